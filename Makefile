@@ -1,0 +1,84 @@
+# T-Developer state platform — the only door. `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ENV ?= local
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+RUN := $(UV) run --frozen
+LS := bash localstack/localstack.sh
+export AWS_ENDPOINT_URL ?= http://127.0.0.1:4566
+# Tests and the demo talk to LocalStack with its fixed test credentials unless pointed elsewhere.
+export AWS_DEFAULT_REGION ?= us-east-1
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: setup
+setup: ## Install uv, the workspace venv (frozen uv.lock) and the LocalStack runtime; idempotent
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(UV) sync --frozen --all-packages
+	@$(LS) install
+
+.PHONY: lint
+lint: setup ## ruff check + format check on every package, tests and benchmarks
+	@$(RUN) ruff check .
+	@$(RUN) ruff format --check .
+
+.PHONY: fmt
+fmt: setup ## Apply ruff's fixes and formatting
+	@$(RUN) ruff check --fix .
+	@$(RUN) ruff format .
+
+.PHONY: typecheck
+typecheck: setup ## mypy --strict over the three packages
+	@$(RUN) mypy
+
+.PHONY: test-unit
+test-unit: setup ## Unit tests (moto, no network)
+	@$(RUN) pytest -m unit -q -p no:cacheprovider
+
+.PHONY: test-integration
+test-integration: setup ## Integration tests against LocalStack (started and stopped here) or $$AWS_ENDPOINT_URL
+	@bash scripts/with-localstack.sh $(RUN) pytest -m integration -q -p no:cacheprovider
+
+.PHONY: test
+test: ## lint + typecheck + unit + integration (starts and stops LocalStack)
+	@bash scripts/timed.sh setup $(MAKE) --no-print-directory setup
+	@bash scripts/timed.sh lint $(MAKE) --no-print-directory lint
+	@bash scripts/timed.sh typecheck $(MAKE) --no-print-directory typecheck
+	@bash scripts/timed.sh test-unit $(MAKE) --no-print-directory test-unit
+	@bash scripts/timed.sh test-integration $(MAKE) --no-print-directory test-integration
+
+.PHONY: localstack-up
+localstack-up: ## Start LocalStack (Docker if an engine answers, host mode otherwise); idempotent
+	@$(LS) up
+
+.PHONY: localstack-down
+localstack-down: ## Stop the LocalStack that localstack-up started (pid file, never by name)
+	@$(LS) down
+
+.PHONY: localstack-logs
+localstack-logs: ## Show LocalStack's log
+	@$(LS) logs
+
+.PHONY: tables
+tables: setup ## Create the tables for ENV on $$AWS_ENDPOINT_URL (idempotent)
+	@$(RUN) python -m tdev_state.tables create --env $(ENV)
+
+.PHONY: bench
+bench: setup ## Benchmarks on LocalStack (results: docs/benchmarks.md)
+	@bash scripts/with-localstack.sh $(RUN) python -m benchmarks
+
+.PHONY: synth diff deploy destroy
+synth diff deploy destroy: ## Infra (issue #4): not built yet
+	@echo "make $@: the CDKTF infra is not built yet (issue #4)." >&2; exit 2
+
+.PHONY: demo
+demo: ## The main job on a local LocalStack (issue #7): not built yet
+	@echo "make demo: not built yet (issue #7). Try: make test" >&2; exit 2
+
+.PHONY: clean
+clean: localstack-down ## Stop LocalStack and remove caches (keeps the LocalStack runtime)
+	@rm -rf .pytest_cache .mypy_cache .ruff_cache reports

@@ -1,0 +1,82 @@
+"""T-Developer state client: pipeline sessions, agent executions and user projects on DynamoDB.
+
+Typed API: `StateClient` (blocking) and `AsyncStateClient` (awaitable), each with `.sessions`,
+`.executions` and `.projects`. The plan's dict API: `save_pipeline_session`, `update_agent_execution`,
+`get_failed_sessions`, `save_user_project`. The other packages build on `tdev_state.dynamo.DynamoLayer`
+and `tdev_state.schema`.
+"""
+
+from tdev_state._plan import (
+    configure,
+    get_failed_sessions,
+    save_pipeline_session,
+    save_user_project,
+    update_agent_execution,
+)
+from tdev_state.client import AsyncStateClient, StateClient
+from tdev_state.config import StateConfig
+from tdev_state.exceptions import (
+    ConfigurationError,
+    ConflictError,
+    ExecutionNotFoundError,
+    InvalidTransitionError,
+    NotFoundError,
+    PayloadIntegrityError,
+    PayloadTooLargeError,
+    ProjectNotFoundError,
+    SessionExistsError,
+    SessionNotFoundError,
+    StateError,
+    StorageError,
+    StorageUnavailableError,
+    TableMissingError,
+    ValidationError,
+)
+from tdev_state.models import (
+    AGENTS,
+    AgentExecution,
+    AgentStatus,
+    AgentTransition,
+    Page,
+    PipelineType,
+    RecoveryCandidate,
+    Session,
+    SessionStatus,
+    UserProject,
+)
+
+__all__ = [
+    "AGENTS",
+    "AgentExecution",
+    "AgentStatus",
+    "AgentTransition",
+    "AsyncStateClient",
+    "ConfigurationError",
+    "ConflictError",
+    "ExecutionNotFoundError",
+    "InvalidTransitionError",
+    "NotFoundError",
+    "Page",
+    "PayloadIntegrityError",
+    "PayloadTooLargeError",
+    "PipelineType",
+    "ProjectNotFoundError",
+    "RecoveryCandidate",
+    "Session",
+    "SessionExistsError",
+    "SessionNotFoundError",
+    "SessionStatus",
+    "StateClient",
+    "StateConfig",
+    "StateError",
+    "StorageError",
+    "StorageUnavailableError",
+    "TableMissingError",
+    "UserProject",
+    "ValidationError",
+    "configure",
+    "get_failed_sessions",
+    "save_pipeline_session",
+    "save_user_project",
+    "update_agent_execution",
+]

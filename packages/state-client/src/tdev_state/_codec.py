@@ -1,0 +1,159 @@
+"""Payload codec: any JSON value in, the same value out — never truncated.
+
+A payload is stored in one attribute, in one of three forms the attribute's DynamoDB type tells apart:
+
+- `S`: the JSON text itself, when small (below `compress_threshold`) or when compression saves < 10 %;
+- `B`: a one-byte format tag + zlib-compressed JSON text;
+- `M`: a reference to an S3 object holding the compressed JSON, `{"s3": {bucket, key, sha256, bytes}}`,
+  when the encoded payload exceeds `offload_threshold` and a bucket is configured.
+
+JSON (not DynamoDB's native map) is the stored form on purpose: floats round-trip exactly, any nesting depth
+and key works, and the bytes we are billed for are the compressed ones. S3 keys are content-addressed (the
+SHA-256 of the JSON), so a retried write puts the same object again instead of leaving a second copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tdev_state.config import StateConfig
+from tdev_state.dynamo import DynamoLayer
+from tdev_state.exceptions import PayloadIntegrityError, PayloadTooLargeError, ValidationError
+
+_ZLIB_TAG = b"\x01"
+#: Room kept in an item for its keys and non-payload attributes.
+_ITEM_OVERHEAD = 8 * 1024
+
+JSONValue = Any
+
+
+@dataclass(frozen=True)
+class EncodedPayload:
+    """A payload ready to store: the attribute value plus sizes for logs, metrics and the CLI."""
+
+    value: str | bytes | dict[str, Any]
+    json_bytes: int
+    stored_bytes: int
+    form: str  # "json" | "zlib" | "s3"
+
+
+def dumps(value: JSONValue, *, field: str) -> bytes:
+    """Canonical compact JSON, refusing NaN/Infinity and non-JSON types with a message naming the field."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError as exc:
+        raise ValidationError(
+            f"{field} contains NaN or Infinity ({exc}); JSON has no such numbers — "
+            "send null or a finite number"
+        ) from None
+    except TypeError as exc:
+        raise ValidationError(
+            f"{field} is not JSON-serializable ({exc}); send dicts, lists, str, int, float, bool or None "
+            "(convert datetimes to ISO strings, Decimals and sets to float/list)"
+        ) from None
+    except RecursionError:
+        raise ValidationError(f"{field} is nested too deeply (or refers to itself)") from None
+    return text.encode("utf-8")
+
+
+def encode(
+    value: JSONValue,
+    *,
+    field: str,
+    object_key: str,
+    layer: DynamoLayer,
+    share_of_item: float = 0.5,
+) -> EncodedPayload:
+    """Encode `value` for the attribute `field`; offload to S3 under `object_key` when too large.
+
+    `share_of_item` is the part of the item budget this field may use when no bucket is configured (an
+    execution item holds an input and an output, so each gets half).
+    """
+    config: StateConfig = layer.config
+    raw = dumps(value, field=field)
+    stored: str | bytes = raw.decode("utf-8")
+    form = "json"
+    if len(raw) >= config.compress_threshold:
+        packed = zlib.compress(raw, 6)
+        if len(packed) + 1 <= 0.9 * len(raw):
+            stored, form = _ZLIB_TAG + packed, "zlib"
+    size = len(stored) if isinstance(stored, bytes) else len(raw)
+
+    if config.payload_bucket and size > config.offload_threshold:
+        body = stored if isinstance(stored, bytes) else _ZLIB_TAG + zlib.compress(raw, 6)
+        digest = hashlib.sha256(raw).hexdigest()
+        key = f"{config.payload_prefix}{object_key}/{field}-{digest}.json.z"
+        layer.put_object(key, body, metadata={"sha256": digest, "json-bytes": str(len(raw))})
+        ref = {
+            "s3": {
+                "bucket": config.payload_bucket,
+                "key": key,
+                "sha256": digest,
+                "bytes": len(raw),
+            }
+        }
+        return EncodedPayload(value=ref, json_bytes=len(raw), stored_bytes=len(body), form="s3")
+
+    budget = int((config.max_item_bytes - _ITEM_OVERHEAD) * share_of_item)
+    if size > budget:
+        raise PayloadTooLargeError(
+            f"{field} is {len(raw):,} bytes of JSON ({size:,} bytes stored), over the {budget:,}-byte "
+            "share of a DynamoDB item it may use; configure a payload bucket (TDEV_PAYLOAD_BUCKET / "
+            "payload_bucket) so large payloads go to S3. Nothing was written."
+        )
+    return EncodedPayload(value=stored, json_bytes=len(raw), stored_bytes=size, form=form)
+
+
+def decode(stored: Any, *, field: str, layer: DynamoLayer) -> JSONValue:
+    """The original JSON value of a stored payload attribute (fetching from S3 when referenced)."""
+    if stored is None:
+        return None
+    if isinstance(stored, str):
+        return _loads(stored.encode("utf-8"), field)
+    if isinstance(stored, bytes | bytearray):
+        return _loads(_unpack(bytes(stored), field), field)
+    if isinstance(stored, Mapping) and isinstance(stored.get("s3"), Mapping):
+        ref = stored["s3"]
+        body = layer.get_object(str(ref["bucket"]), str(ref["key"]))
+        raw = _unpack(body, field)
+        if hashlib.sha256(raw).hexdigest() != ref.get("sha256"):
+            raise PayloadIntegrityError(
+                f"{field}: s3://{ref['bucket']}/{ref['key']} does not match its recorded SHA-256; "
+                "the object was changed or truncated outside this client"
+            )
+        return _loads(raw, field)
+    raise PayloadIntegrityError(f"{field}: stored value of type {type(stored).__name__} is not a payload")
+
+
+def _unpack(body: bytes, field: str) -> bytes:
+    if not body.startswith(_ZLIB_TAG):
+        raise PayloadIntegrityError(f"{field}: unknown payload format tag {body[:1]!r}")
+    try:
+        return zlib.decompress(body[1:])
+    except zlib.error as exc:
+        raise PayloadIntegrityError(f"{field}: compressed payload is corrupt ({exc})") from None
+
+
+def _loads(raw: bytes, field: str) -> JSONValue:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise PayloadIntegrityError(f"{field}: stored JSON does not parse ({exc})") from None
+
+
+def stored_size(stored: Any) -> int:
+    """Bytes of JSON a stored payload decodes to, without fetching it (for listings)."""
+    if stored is None:
+        return 0
+    if isinstance(stored, str):
+        return len(stored.encode("utf-8"))
+    if isinstance(stored, bytes | bytearray):
+        return len(zlib.decompress(bytes(stored)[1:]))
+    if isinstance(stored, Mapping) and isinstance(stored.get("s3"), Mapping):
+        return int(stored["s3"].get("bytes", 0))
+    return 0

@@ -1,0 +1,156 @@
+"""User projects: save/update, get, list by last access, record a download, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from tdev_state import _validate as check
+from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item
+from tdev_state.exceptions import ProjectNotFoundError
+from tdev_state.models import Page, UserProject, format_ts, parse_ts
+
+log = structlog.get_logger("tdev_state.projects")
+
+
+def _project_from_item(item: Item) -> UserProject:
+    size = item.get("size_mb")
+    return UserProject(
+        user_id=item["user_id"],
+        project_id=item["project_id"],
+        project_name=item["project_name"],
+        description=item.get("description", ""),
+        tech_stack=list(item.get("tech_stack", [])),
+        download_count=int(item.get("download_count", 0)),
+        last_accessed=parse_ts(item["last_accessed"]) if item.get("last_accessed") else None,
+        created_at=parse_ts(item["created_at"]) if item.get("created_at") else None,
+        file_path=item.get("file_path"),
+        size_mb=float(size) if isinstance(size, Decimal | int | float) else None,
+    )
+
+
+class ProjectStore:
+    """Projects in `t-developer-{env}-user-projects`, listed through the by-last-accessed LSI."""
+
+    def __init__(self, layer: DynamoLayer, clock: Callable[[], datetime]) -> None:
+        self._layer = layer
+        self._table = layer.tables.projects
+        self._clock = clock
+
+    def save(
+        self,
+        *,
+        user_id: str,
+        project_id: str,
+        project_name: str,
+        description: str | None = None,
+        tech_stack: Sequence[str] | None = None,
+        file_path: str | None = None,
+        size_mb: float | None = None,
+    ) -> UserProject:
+        """Create or update a project; fields left None keep their stored value (empty when new).
+
+        Keeps download_count and created_at; touches last_accessed. One UpdateItem, so saving twice (a
+        retry) leaves the same item, not two.
+        """
+        user = check.identifier("user_id", user_id)
+        project = check.identifier("project_id", project_id)
+        values: dict[str, Any] = {
+            ":name": check.text("project_name", project_name, allow_empty=False, max_chars=256),
+            ":now": format_ts(self._clock()),
+            ":zero": 0,
+        }
+        sets = ["project_name = :name", "last_accessed = :now"]
+        if description is None:
+            sets.append("description = if_not_exists(description, :empty)")
+            values[":empty"] = ""
+        else:
+            sets.append("description = :desc")
+            values[":desc"] = check.text("description", description)
+        if tech_stack is None:
+            sets.append("tech_stack = if_not_exists(tech_stack, :nostack)")
+            values[":nostack"] = []
+        else:
+            sets.append("tech_stack = :stack")
+            values[":stack"] = check.string_list("tech_stack", tech_stack)
+        sets += [
+            "created_at = if_not_exists(created_at, :now)",
+            "download_count = if_not_exists(download_count, :zero)",
+        ]
+        if file_path is not None:
+            sets.append("file_path = :path")
+            values[":path"] = check.text("file_path", file_path, allow_empty=False, max_chars=1024)
+        if size_mb is not None:
+            sets.append("size_mb = :size")
+            values[":size"] = check.number("size_mb", size_mb)
+        item = self._layer.update(
+            self._table,
+            {"user_id": user, "project_id": project},
+            update="SET " + ", ".join(sets),
+            values=values,
+            return_values="ALL_NEW",
+        )
+        assert item is not None
+        log.info("project.saved", user_id=user, project_id=project)
+        return _project_from_item(item)
+
+    def get(self, user_id: str, project_id: str) -> UserProject:
+        """The project, or ProjectNotFoundError."""
+        key = self._key(user_id, project_id)
+        item = self._layer.get(self._table, key)
+        if item is None:
+            raise ProjectNotFoundError(f"user {key['user_id']!r} has no project {key['project_id']!r}")
+        return _project_from_item(item)
+
+    def list_for_user(self, user_id: str, *, limit: int = 20, cursor: str | None = None) -> Page[UserProject]:
+        """A user's projects, most recently accessed first, a page at a time."""
+        user = check.identifier("user_id", user_id)
+        page = self._layer.query(
+            self._table,
+            index="by-last-accessed",
+            key_condition="user_id = :u",
+            values={":u": user},
+            forward=False,
+            limit=check.limit(limit),
+            start_key=check.decode_cursor(cursor, expected_keys=("user_id", "project_id", "last_accessed")),
+            consistent=True,
+        )
+        return Page(
+            items=[_project_from_item(i) for i in page.items],
+            next_cursor=check.encode_cursor(page.last_key),
+        )
+
+    def record_download(self, user_id: str, project_id: str) -> UserProject:
+        """Count one download (atomic ADD) and touch last_accessed."""
+        key = self._key(user_id, project_id)
+        try:
+            item = self._layer.update(
+                self._table,
+                key,
+                update="ADD download_count :one SET last_accessed = :now",
+                condition="attribute_exists(project_id)",
+                values={":one": 1, ":now": format_ts(self._clock())},
+                return_values="ALL_NEW",
+            )
+        except ConditionFailed:
+            raise ProjectNotFoundError(
+                f"user {key['user_id']!r} has no project {key['project_id']!r}; save it first"
+            ) from None
+        assert item is not None
+        return _project_from_item(item)
+
+    def delete(self, user_id: str, project_id: str) -> bool:
+        """Delete a project; True if it existed. Unconditional, so a retried delete is harmless."""
+        removed = self._layer.delete(self._table, self._key(user_id, project_id))
+        return removed is not None
+
+    @staticmethod
+    def _key(user_id: str, project_id: str) -> dict[str, str]:
+        return {
+            "user_id": check.identifier("user_id", user_id),
+            "project_id": check.identifier("project_id", project_id),
+        }

@@ -1,0 +1,151 @@
+"""Input checks shared by every public call: they run before anything is written, and say how to fix it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from tdev_state.exceptions import ValidationError
+from tdev_state.models import AGENT_STEP, AGENTS
+
+E = TypeVar("E", bound=StrEnum)
+
+MAX_ID_BYTES = 256
+MAX_TEXT_CHARS = 4096
+MAX_ERROR_CHARS = 4000
+
+
+def identifier(name: str, value: Any) -> str:
+    """A key value: a non-empty string of at most 256 UTF-8 bytes without control characters."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{name} must be a string, got {type(value).__name__} {value!r:.60}")
+    if not value.strip():
+        raise ValidationError(f"{name} must not be empty or blank")
+    if len(value.encode("utf-8")) > MAX_ID_BYTES:
+        raise ValidationError(
+            f"{name} is {len(value.encode('utf-8'))} bytes; keys may be at most {MAX_ID_BYTES} bytes"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValidationError(f"{name} contains control characters; use printable text")
+    if "#" in value and name in ("agent_name",):
+        raise ValidationError(f"{name} must not contain '#'")
+    return value
+
+
+def text(name: str, value: Any, *, allow_empty: bool = True, max_chars: int = MAX_TEXT_CHARS) -> str:
+    """A free-text attribute of bounded length."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{name} must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise ValidationError(f"{name} must not be empty")
+    if len(value) > max_chars:
+        raise ValidationError(f"{name} is {len(value)} characters; the limit is {max_chars}")
+    return value
+
+
+def error_text(value: Any) -> str:
+    """An agent's error message. Over-long tracebacks are cut (marked), since refusing to record a
+    failure would lose it; payloads, by contrast, are never cut."""
+    if not isinstance(value, str):
+        raise ValidationError(f"error_message must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValidationError("error_message must say what failed; it is empty")
+    if len(value) > MAX_ERROR_CHARS:
+        cut = len(value) - MAX_ERROR_CHARS
+        return value[:MAX_ERROR_CHARS] + f"… [{cut} more characters cut]"
+    return value
+
+
+def agent(value: Any) -> str:
+    """One of the nine agent names."""
+    if value not in AGENT_STEP:
+        raise ValidationError(f"unknown agent {value!r}; agents are, in order: {', '.join(AGENTS)}")
+    return str(value)
+
+
+def enum(kind: type[E], name: str, value: Any) -> E:
+    """A member of a string enum, accepted as the enum or its value."""
+    try:
+        return kind(value)
+    except (ValueError, TypeError):
+        allowed = ", ".join(m.value for m in kind)
+        raise ValidationError(f"{name} {value!r} is not one of: {allowed}") from None
+
+
+def whole(name: str, value: Any, *, low: int, high: int | None = None) -> int:
+    """An int (not bool) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{name} must be an integer, got {type(value).__name__} {value!r:.40}")
+    if value < low or (high is not None and value > high):
+        upper = f"..{high}" if high is not None else " or more"
+        raise ValidationError(f"{name} is {value}; it must be {low}{upper}")
+    return value
+
+
+def number(name: str, value: Any, *, low: float = 0.0) -> float:
+    """A finite float or int >= low."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < low:
+        raise ValidationError(f"{name} is {value!r}; it must be a finite number >= {low}")
+    return float(value)
+
+
+def string_list(name: str, value: Any, *, max_items: int = 100) -> list[str]:
+    """A list of short non-empty strings (e.g. tech_stack)."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValidationError(f"{name} must be a list of strings, got {type(value).__name__}")
+    items = list(value)
+    if len(items) > max_items:
+        raise ValidationError(f"{name} has {len(items)} entries; at most {max_items}")
+    return [text(f"{name}[{i}]", v, allow_empty=False, max_chars=200) for i, v in enumerate(items)]
+
+
+def limit(value: Any) -> int:
+    """A page size."""
+    return whole("limit", value, low=1, high=1000)
+
+
+def plan_dict(name: str, value: Any, required: Iterable[str], allowed: Iterable[str]) -> dict[str, Any]:
+    """The plan's dict arguments: a Mapping with the required keys and no unknown ones."""
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"{name} takes a dict, got {type(value).__name__}")
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise ValidationError(f"{name}: missing key(s) {', '.join(missing)}")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise ValidationError(
+            f"{name}: unknown key(s) {', '.join(map(str, unknown))}; "
+            f"accepted keys: {', '.join(sorted(allowed))}"
+        )
+    return dict(value)
+
+
+def encode_cursor(last_key: Mapping[str, Any] | None) -> str | None:
+    """An opaque page cursor for a LastEvaluatedKey (string keys only in this schema)."""
+    if last_key is None:
+        return None
+    raw = json.dumps({k: str(v) for k, v in last_key.items()}, sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: Any, *, expected_keys: Iterable[str]) -> dict[str, Any] | None:
+    """Inverse of encode_cursor, refusing cursors that were not made for this listing."""
+    if cursor is None:
+        return None
+    if not isinstance(cursor, str) or not cursor:
+        raise ValidationError("cursor must be the next_cursor string of a previous page")
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise ValidationError("cursor is not a valid page cursor; pass next_cursor unchanged") from None
+    if not isinstance(data, dict) or set(data) != set(expected_keys):
+        raise ValidationError("cursor belongs to a different listing; pass this listing's next_cursor")
+    return data

@@ -1,0 +1,170 @@
+"""The state client: a sync facade and an async facade over the same stores.
+
+The async API runs each call on a dedicated thread pool sized like the HTTP connection pool — boto3 is
+blocking, and the pool keeps that off the event loop. Every async method is the sync method run there, so
+the two APIs cannot drift apart, and no async call is secretly synchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+import boto3
+
+from tdev_state._executions import ExecutionStore
+from tdev_state._projects import ProjectStore
+from tdev_state._sessions import SessionStore
+from tdev_state.config import StateConfig
+from tdev_state.dynamo import DynamoLayer
+from tdev_state.models import utcnow
+from tdev_state.tables import create_tables
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_s3 import S3Client
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class StateClient:
+    """Sessions, agent executions and user projects of one environment (blocking API).
+
+    Create one per process and share it across threads; clients may be injected for tests.
+    """
+
+    def __init__(
+        self,
+        config: StateConfig | None = None,
+        *,
+        layer: DynamoLayer | None = None,
+        session: boto3.session.Session | None = None,
+        dynamodb: DynamoDBClient | None = None,
+        s3: S3Client | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        if layer is None:
+            layer = DynamoLayer(config or StateConfig.from_env(), session=session, dynamodb=dynamodb, s3=s3)
+        self.layer = layer
+        self.config = layer.config
+        self.sessions = SessionStore(layer, clock)
+        self.executions = ExecutionStore(layer, clock)
+        self.projects = ProjectStore(layer, clock)
+
+    def create_tables(self) -> list[str]:
+        """Create this environment's tables if missing (LocalStack and tests; infra does it in AWS)."""
+        return create_tables(self.layer)
+
+    def close(self) -> None:
+        """Close the HTTP connection pools."""
+        self.layer.dynamodb.close()
+        if self.layer.s3 is not None:
+            self.layer.s3.close()
+
+    def __enter__(self) -> StateClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _off_loop(
+    method: Callable[Concatenate[Any, P], R],
+) -> Callable[Concatenate[_AsyncStore, P], Awaitable[R]]:
+    """The async twin of a store method: the same call, run on the client's thread pool."""
+
+    async def run(self: _AsyncStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        bound = functools.partial(getattr(self._store, method.__name__), *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, bound)
+
+    run.__name__ = method.__name__
+    run.__qualname__ = method.__qualname__
+    run.__doc__ = method.__doc__
+    return run
+
+
+class _AsyncStore:
+    def __init__(self, store: Any, executor: ThreadPoolExecutor) -> None:
+        self._store = store
+        self._executor = executor
+
+
+class AsyncSessions(_AsyncStore):
+    """Async twin of SessionStore."""
+
+    create = _off_loop(SessionStore.create)
+    get = _off_loop(SessionStore.get)
+    list_for_user = _off_loop(SessionStore.list_for_user)
+    update = _off_loop(SessionStore.update)
+    heartbeat = _off_loop(SessionStore.heartbeat)
+    recovery_candidates = _off_loop(SessionStore.recovery_candidates)
+    failed_sessions = _off_loop(SessionStore.failed_sessions)
+
+
+class AsyncExecutions(_AsyncStore):
+    """Async twin of ExecutionStore."""
+
+    start = _off_loop(ExecutionStore.start)
+    complete = _off_loop(ExecutionStore.complete)
+    fail = _off_loop(ExecutionStore.fail)
+    retry = _off_loop(ExecutionStore.retry)
+    list = _off_loop(ExecutionStore.list)
+    get = _off_loop(ExecutionStore.get)
+
+
+class AsyncProjects(_AsyncStore):
+    """Async twin of ProjectStore."""
+
+    save = _off_loop(ProjectStore.save)
+    get = _off_loop(ProjectStore.get)
+    list_for_user = _off_loop(ProjectStore.list_for_user)
+    record_download = _off_loop(ProjectStore.record_download)
+    delete = _off_loop(ProjectStore.delete)
+
+
+class AsyncStateClient:
+    """The async API: the same operations as StateClient, awaitable, never blocking the event loop."""
+
+    def __init__(
+        self,
+        client: StateClient | None = None,
+        *,
+        config: StateConfig | None = None,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.sync = client or StateClient(config)
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(
+            max_workers=self.sync.config.max_pool_connections, thread_name_prefix="tdev-state"
+        )
+        self.sessions = AsyncSessions(self.sync.sessions, self._executor)
+        self.executions = AsyncExecutions(self.sync.executions, self._executor)
+        self.projects = AsyncProjects(self.sync.projects, self._executor)
+
+    @classmethod
+    async def from_config(cls, config: StateConfig | None = None) -> AsyncStateClient:
+        """Build the client off the event loop (creating boto3 clients reads files and takes ~50 ms)."""
+        loop = asyncio.get_running_loop()
+        sync = await loop.run_in_executor(None, StateClient, config)
+        return cls(sync)
+
+    async def create_tables(self) -> list[str]:
+        """Async twin of StateClient.create_tables."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.sync.create_tables)
+
+    async def aclose(self) -> None:
+        """Close connections and, if we made it, the thread pool (waiting for calls in flight)."""
+        if self._own_executor:
+            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+        self.sync.close()
+
+    async def __aenter__(self) -> AsyncStateClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,110 @@
+"""Client configuration: one frozen object, read from the environment once, at the entry point.
+
+Explicit arguments beat environment variables: `StateConfig(env="dev", ...)` for code,
+`StateConfig.from_env()` for processes configured by their deployment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from tdev_state.exceptions import ConfigurationError
+from tdev_state.schema import TableNames, validate_env_name
+
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "localstack", "host.docker.internal"})
+
+#: DynamoDB's item limit is 400 KB; we keep a margin for attribute names and the non-payload attributes.
+DYNAMODB_ITEM_LIMIT = 400 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateConfig:
+    """How a client reaches its tables and bucket, and how it stores payloads.
+
+    Payload thresholds are byte counts of the JSON text (compression) or of the encoded payload (offload).
+    """
+
+    env: str
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    #: S3 bucket for payloads too large to keep in an item; None keeps everything in DynamoDB.
+    payload_bucket: str | None = None
+    payload_prefix: str = "payloads/"
+    #: JSON above this many bytes is zlib-compressed when that saves at least 10 %.
+    compress_threshold: int = 1024
+    #: With a bucket, an encoded payload above this goes to S3. 16 KB: a transactional write costs 2 write
+    #: units per KB, an S3 PUT about 8 write units' price, so bigger payloads are cheaper in S3 (docs/).
+    offload_threshold: int = 16 * 1024
+    #: The largest item we let DynamoDB see; PayloadTooLargeError above it when nothing can be offloaded.
+    max_item_bytes: int = 380 * 1024
+    #: Days until DynamoDB's TTL may delete finished sessions and executions; None keeps them.
+    retention_days: int | None = None
+    #: botocore standard-mode attempts per call (throttling and 5xx are retried with backoff).
+    max_attempts: int = 8
+    #: Our own bounded retries of a transaction cancelled by a concurrent transaction (not by a condition).
+    transaction_conflict_retries: int = 6
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
+    #: HTTP connections per client; also the async API's thread count, so neither waits on the other.
+    max_pool_connections: int = 64
+    #: Refuse plain-HTTP endpoints outside `local` unless the host is loopback (LocalStack on this machine).
+    allow_insecure_endpoint: bool = False
+
+    def __post_init__(self) -> None:
+        validate_env_name(self.env)
+        for name in ("compress_threshold", "offload_threshold", "max_item_bytes", "max_attempts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_item_bytes > DYNAMODB_ITEM_LIMIT:
+            raise ConfigurationError(
+                f"max_item_bytes={self.max_item_bytes} exceeds DynamoDB's item limit of "
+                f"{DYNAMODB_ITEM_LIMIT} bytes (400 KB); lower it"
+            )
+        if self.retention_days is not None and self.retention_days < 1:
+            raise ConfigurationError("retention_days must be >= 1, or None to keep items forever")
+        if self.endpoint_url:
+            parsed = urlparse(self.endpoint_url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ConfigurationError(
+                    f"endpoint_url {self.endpoint_url!r} is not an http(s) URL; "
+                    "use e.g. http://127.0.0.1:4566 for LocalStack, or leave it unset for AWS"
+                )
+            insecure_ok = (
+                self.allow_insecure_endpoint or self.env == "local" or parsed.hostname in _LOOPBACK_HOSTS
+            )
+            if parsed.scheme == "http" and not insecure_ok:
+                raise ConfigurationError(
+                    f"refusing plain-HTTP endpoint {self.endpoint_url!r} for env {self.env!r}: state data "
+                    "must travel over TLS outside `local`; use https, or a loopback LocalStack endpoint"
+                )
+
+    @property
+    def tables(self) -> TableNames:
+        """Physical table names for this environment."""
+        return TableNames(self.env)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> StateConfig:
+        """Build from `TDEV_ENV`, `AWS_ENDPOINT_URL`, `AWS_REGION`/`AWS_DEFAULT_REGION`,
+        `TDEV_PAYLOAD_BUCKET`, `TDEV_RETENTION_DAYS`; keyword overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {
+            "env": env.get("TDEV_ENV", "local"),
+            "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            "endpoint_url": env.get("AWS_ENDPOINT_URL") or None,
+            "payload_bucket": env.get("TDEV_PAYLOAD_BUCKET") or None,
+        }
+        retention = env.get("TDEV_RETENTION_DAYS")
+        if retention:
+            try:
+                values["retention_days"] = int(retention)
+            except ValueError:
+                raise ConfigurationError(
+                    f"TDEV_RETENTION_DAYS={retention!r} is not a whole number of days"
+                ) from None
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,565 @@
+"""The one DynamoDB (and payload S3) access layer shared by the state client, the worker and the collector.
+
+It owns what must exist exactly once: client creation (botocore *standard* retries, timeouts, a pool as large
+as the async API's thread pool), marshalling (Python floats become exact Decimals; NaN/Infinity are refused),
+translation of every botocore error into a `tdev_state.exceptions` error, our own bounded retry of
+transactions cancelled by a *concurrent transaction* (botocore never retries TransactionCanceled), and a
+meter of the read/write units DynamoDB reports, which the benchmarks and the demo print.
+
+Condition failures surface as `ConditionFailed` / `TransactionCancelled` carrying the item as it was
+(`ReturnValuesOnConditionCheckFailure=ALL_OLD`), so callers classify a refusal without a second read.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Context, Decimal, Inexact, Rounded
+from typing import TYPE_CHECKING, Any, Literal
+
+import boto3
+import structlog
+from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from tdev_state.config import StateConfig
+from tdev_state.exceptions import (
+    ConflictError,
+    PayloadTooLargeError,
+    StateError,
+    StorageError,
+    StorageUnavailableError,
+    TableMissingError,
+    ValidationError,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_s3 import S3Client
+
+log = structlog.get_logger("tdev_state.dynamo")
+
+Item = dict[str, Any]
+_THROTTLING = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "Throttling",
+        "SlowDown",
+    }
+)
+_UNAVAILABLE_ERRORS = (
+    EndpointConnectionError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+)
+# DynamoDB numbers carry 38 significant digits; repr() of a float needs at most 17.
+_DECIMAL_CONTEXT = Context(prec=38, traps=[Inexact, Rounded])
+
+
+class ConditionFailed(StateError):
+    """A single-item write's condition was false; `old_item` is the item as it was (None if absent)."""
+
+    def __init__(self, old_item: Item | None) -> None:
+        super().__init__("condition check failed")
+        self.old_item = old_item
+
+
+@dataclass(frozen=True)
+class CancellationReason:
+    """Why one action of a cancelled transaction failed, with the item as it was."""
+
+    code: str
+    old_item: Item | None
+    message: str = ""
+
+
+class TransactionCancelled(StateError):
+    """A transaction's condition failed; `reasons[i]` belongs to action i (code "None" where it held)."""
+
+    def __init__(self, reasons: list[CancellationReason]) -> None:
+        super().__init__("transaction cancelled: " + ", ".join(r.code for r in reasons))
+        self.reasons = reasons
+
+
+def to_dynamo(value: Any, *, path: str = "value") -> Any:
+    """Convert a Python value for DynamoDB: floats to exact Decimals, tuples to lists; refuse NaN/Infinity."""
+    if isinstance(value, bool) or value is None or isinstance(value, str | bytes | int | Decimal):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(
+                f"{path} is {value!r}: DynamoDB cannot store NaN or Infinity; "
+                "send a finite number, or null for a missing value"
+            )
+        # repr() is the shortest text that reads back as the same float, so the round trip is exact.
+        return _DECIMAL_CONTEXT.create_decimal(repr(value))
+    if isinstance(value, Mapping):
+        return {str(k): to_dynamo(v, path=f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_dynamo(v, path=f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, set | frozenset):
+        return {to_dynamo(v, path=path) for v in value}
+    raise ValidationError(f"{path} has type {type(value).__name__}, which DynamoDB cannot store")
+
+
+@dataclass
+class CapacityMeter:
+    """Read/write units DynamoDB reported (ReturnConsumedCapacity=TOTAL), per table; thread-safe."""
+
+    read_units: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    write_units: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    s3_puts: int = 0
+    s3_gets: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, kind: Literal["read", "write"], consumed: Any) -> None:
+        entries = consumed if isinstance(consumed, list) else [consumed] if consumed else []
+        with self._lock:
+            target = self.read_units if kind == "read" else self.write_units
+            for entry in entries:
+                target[entry.get("TableName", "?")] += float(entry.get("CapacityUnits", 0.0))
+
+    def count_s3(self, kind: Literal["put", "get"]) -> None:
+        with self._lock:
+            if kind == "put":
+                self.s3_puts += 1
+            else:
+                self.s3_gets += 1
+
+    def snapshot(self) -> dict[str, float]:
+        """Totals so far: read_units, write_units, s3_puts, s3_gets."""
+        with self._lock:
+            return {
+                "read_units": sum(self.read_units.values()),
+                "write_units": sum(self.write_units.values()),
+                "s3_puts": float(self.s3_puts),
+                "s3_gets": float(self.s3_gets),
+            }
+
+
+@dataclass(frozen=True)
+class TransactAction:
+    """One action of a TransactWriteItems call, in Python values (the layer marshals it)."""
+
+    kind: Literal["Put", "Update", "ConditionCheck", "Delete"]
+    table: str
+    key: Mapping[str, Any] | None = None
+    item: Mapping[str, Any] | None = None
+    update: str | None = None
+    condition: str | None = None
+    names: Mapping[str, str] | None = None
+    values: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class QueryPage:
+    """One page of a Query: the items and the key to continue from (None on the last page)."""
+
+    items: list[Item]
+    last_key: Item | None
+
+
+class DynamoLayer:
+    """DynamoDB and payload-S3 access for one environment. Create one per process and share it.
+
+    Clients may be injected (moto, LocalStack, a pre-configured session); otherwise they are created here,
+    once, from the config. boto3 clients are thread-safe, so one layer serves every thread.
+    """
+
+    def __init__(
+        self,
+        config: StateConfig,
+        *,
+        session: boto3.session.Session | None = None,
+        dynamodb: DynamoDBClient | None = None,
+        s3: S3Client | None = None,
+    ) -> None:
+        self.config = config
+        self.tables = config.tables
+        self.meter = CapacityMeter()
+        self._serializer = TypeSerializer()
+        self._deserializer = TypeDeserializer()
+        boto_config = BotoConfig(
+            region_name=config.region,
+            retries={"mode": "standard", "total_max_attempts": config.max_attempts},
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            max_pool_connections=config.max_pool_connections,
+            tcp_keepalive=True,
+            s3={"addressing_style": "path"} if config.endpoint_url else None,
+        )
+        boto_session = session or boto3.session.Session(region_name=config.region)
+        self.dynamodb: DynamoDBClient = dynamodb or boto_session.client(
+            "dynamodb", endpoint_url=config.endpoint_url, config=boto_config
+        )
+        self.s3: S3Client | None = s3
+        if self.s3 is None and config.payload_bucket:
+            self.s3 = boto_session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
+
+    # --- marshalling -----------------------------------------------------------------------------------
+
+    def serialize(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """Python values to DynamoDB's wire format (after `to_dynamo`)."""
+        return {k: self._serializer.serialize(to_dynamo(v, path=k)) for k, v in item.items()}
+
+    def deserialize(self, item: Mapping[str, Any] | None) -> Item | None:
+        """DynamoDB's wire format to Python values (numbers come back as Decimal, binary as bytes)."""
+        if item is None:
+            return None
+        out: Item = {}
+        for k, v in item.items():
+            value = self._deserializer.deserialize(v)
+            out[k] = value.value if isinstance(value, Binary) else value  # type: ignore[attr-defined]
+        return out
+
+    def _expression_args(
+        self,
+        *,
+        condition: str | None,
+        names: Mapping[str, str] | None,
+        values: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        if condition:
+            args["ConditionExpression"] = condition
+        if names:
+            args["ExpressionAttributeNames"] = dict(names)
+        if values:
+            args["ExpressionAttributeValues"] = self.serialize(values)
+        return args
+
+    # --- single-item operations -------------------------------------------------------------------------
+
+    def get(
+        self,
+        table: str,
+        key: Mapping[str, Any],
+        *,
+        consistent: bool = True,
+        attributes: Sequence[str] | None = None,
+    ) -> Item | None:
+        """GetItem; None when absent. Strongly consistent by default: state is read to be written."""
+        args: dict[str, Any] = {"TableName": table, "Key": self.serialize(key)}
+        args["ConsistentRead"] = consistent
+        args["ReturnConsumedCapacity"] = "TOTAL"
+        if attributes:
+            args["ProjectionExpression"] = ", ".join(f"#p{i}" for i in range(len(attributes)))
+            args["ExpressionAttributeNames"] = {f"#p{i}": a for i, a in enumerate(attributes)}
+        resp = self._call("GetItem", table, self.dynamodb.get_item, args)
+        self.meter.record("read", resp.get("ConsumedCapacity"))
+        return self.deserialize(resp.get("Item"))
+
+    def put(
+        self,
+        table: str,
+        item: Mapping[str, Any],
+        *,
+        condition: str | None = None,
+        names: Mapping[str, str] | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> None:
+        """PutItem; raises ConditionFailed (with the existing item) when `condition` is false."""
+        args: dict[str, Any] = {
+            "TableName": table,
+            "Item": self.serialize(item),
+            "ReturnConsumedCapacity": "TOTAL",
+            **self._expression_args(condition=condition, names=names, values=values),
+        }
+        if condition:
+            args["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        resp = self._call("PutItem", table, self.dynamodb.put_item, args)
+        self.meter.record("write", resp.get("ConsumedCapacity"))
+
+    def update(
+        self,
+        table: str,
+        key: Mapping[str, Any],
+        *,
+        update: str,
+        condition: str | None = None,
+        names: Mapping[str, str] | None = None,
+        values: Mapping[str, Any] | None = None,
+        return_values: Literal["NONE", "ALL_NEW", "ALL_OLD", "UPDATED_NEW"] = "NONE",
+    ) -> Item | None:
+        """UpdateItem; returns the requested image; ConditionFailed carries the item as it was."""
+        args: dict[str, Any] = {
+            "TableName": table,
+            "Key": self.serialize(key),
+            "UpdateExpression": update,
+            "ReturnValues": return_values,
+            "ReturnConsumedCapacity": "TOTAL",
+            **self._expression_args(condition=condition, names=names, values=values),
+        }
+        if condition:
+            args["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        resp = self._call("UpdateItem", table, self.dynamodb.update_item, args)
+        self.meter.record("write", resp.get("ConsumedCapacity"))
+        return self.deserialize(resp.get("Attributes"))
+
+    def delete(self, table: str, key: Mapping[str, Any]) -> Item | None:
+        """DeleteItem, unconditional (so a retried delete succeeds); returns the deleted item or None."""
+        args: dict[str, Any] = {
+            "TableName": table,
+            "Key": self.serialize(key),
+            "ReturnValues": "ALL_OLD",
+            "ReturnConsumedCapacity": "TOTAL",
+        }
+        resp = self._call("DeleteItem", table, self.dynamodb.delete_item, args)
+        self.meter.record("write", resp.get("ConsumedCapacity"))
+        return self.deserialize(resp.get("Attributes"))
+
+    # --- multi-item operations --------------------------------------------------------------------------
+
+    def query(
+        self,
+        table: str,
+        *,
+        key_condition: str,
+        names: Mapping[str, str] | None = None,
+        values: Mapping[str, Any] | None = None,
+        index: str | None = None,
+        forward: bool = True,
+        limit: int | None = None,
+        start_key: Mapping[str, Any] | None = None,
+        consistent: bool = False,
+    ) -> QueryPage:
+        """One Query page. Consistent reads are not available on a GSI; pass consistent=False there."""
+        args: dict[str, Any] = {
+            "TableName": table,
+            "KeyConditionExpression": key_condition,
+            "ScanIndexForward": forward,
+            "ConsistentRead": consistent,
+            "ReturnConsumedCapacity": "TOTAL",
+            **self._expression_args(condition=None, names=names, values=values),
+        }
+        if index:
+            args["IndexName"] = index
+        if limit:
+            args["Limit"] = limit
+        if start_key:
+            args["ExclusiveStartKey"] = self.serialize(start_key)
+        resp = self._call("Query", table, self.dynamodb.query, args)
+        self.meter.record("read", resp.get("ConsumedCapacity"))
+        items = [self.deserialize(i) or {} for i in resp.get("Items", [])]
+        return QueryPage(items=items, last_key=self.deserialize(resp.get("LastEvaluatedKey")))
+
+    def query_all(self, table: str, **kwargs: Any) -> Iterator[Item]:
+        """Every item a Query matches, following LastEvaluatedKey."""
+        start_key: Item | None = None
+        while True:
+            page = self.query(table, start_key=start_key, **kwargs)
+            yield from page.items
+            if page.last_key is None:
+                return
+            start_key = page.last_key
+
+    def batch_get(
+        self, table: str, keys: Sequence[Mapping[str, Any]], *, consistent: bool = True
+    ) -> list[Item]:
+        """BatchGetItem in chunks of 100, retrying UnprocessedKeys with backoff; order follows `keys`."""
+        found: dict[tuple[Any, ...], Item] = {}
+        key_names = tuple(keys[0].keys()) if keys else ()
+        for start in range(0, len(keys), 100):
+            pending: list[dict[str, Any]] = [self.serialize(k) for k in keys[start : start + 100]]
+            attempt = 0
+            while pending:
+                args: dict[str, Any] = {
+                    "RequestItems": {table: {"Keys": pending, "ConsistentRead": consistent}},
+                    "ReturnConsumedCapacity": "TOTAL",
+                }
+                resp = self._call("BatchGetItem", table, self.dynamodb.batch_get_item, args)
+                self.meter.record("read", resp.get("ConsumedCapacity"))
+                for raw in resp.get("Responses", {}).get(table, []):
+                    item = self.deserialize(raw) or {}
+                    found[tuple(item[k] for k in key_names)] = item
+                pending = list(resp.get("UnprocessedKeys", {}).get(table, {}).get("Keys", []))
+                if pending:
+                    attempt = self._backoff(attempt, "BatchGetItem", table)
+        return [
+            found[tuple(k[n] for n in key_names)] for k in keys if tuple(k[n] for n in key_names) in found
+        ]
+
+    def transact_write(self, actions: Sequence[TransactAction], *, token: str) -> None:
+        """TransactWriteItems with an idempotency token (a retry with the same token is a no-op).
+
+        A cancellation caused by a concurrent transaction on the same items is retried here, bounded,
+        with the same token; one caused by a false condition raises TransactionCancelled at once.
+        """
+        request = [self._transact_item(a) for a in actions]
+        tables = ",".join(sorted({a.table for a in actions}))
+        attempt = 0
+        while True:
+            try:
+                resp = self.dynamodb.transact_write_items(
+                    TransactItems=request,  # type: ignore[arg-type]
+                    ClientRequestToken=token,
+                    ReturnConsumedCapacity="TOTAL",
+                )
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code == "TransactionCanceledException":
+                    reasons = [
+                        CancellationReason(
+                            code=r.get("Code", "None"),
+                            old_item=self.deserialize(r.get("Item")),
+                            message=r.get("Message", ""),
+                        )
+                        for r in exc.response.get("CancellationReasons", [])
+                    ]
+                    codes = {r.code for r in reasons}
+                    if "ConditionalCheckFailed" in codes:
+                        raise TransactionCancelled(reasons) from None
+                    if "ValidationError" in codes:
+                        detail = "; ".join(r.message for r in reasons if r.message)
+                        if "size" in detail.lower():
+                            raise PayloadTooLargeError(
+                                f"an item in this write exceeds DynamoDB's 400 KB limit ({detail}); "
+                                "configure a payload bucket (TDEV_PAYLOAD_BUCKET) to offload payloads"
+                            ) from None
+                        raise StorageError(f"TransactWriteItems refused: {detail}") from None
+                    if attempt >= self.config.transaction_conflict_retries:
+                        raise ConflictError(
+                            f"transaction on {tables} kept conflicting with concurrent writers "
+                            f"({', '.join(sorted(codes))}) after {attempt + 1} attempts; retry later"
+                        ) from None
+                    attempt = self._backoff(attempt, "TransactWriteItems", tables, reason=codes)
+                    continue
+                if code == "TransactionInProgressException":
+                    # The same token is still being applied by an earlier attempt: wait for its outcome.
+                    if attempt >= self.config.transaction_conflict_retries:
+                        raise StorageUnavailableError(
+                            "a transaction with this token is still in progress; retry later"
+                        ) from None
+                    attempt = self._backoff(attempt, "TransactWriteItems", tables, reason={code})
+                    continue
+                if code == "IdempotentParameterMismatchException":
+                    raise ConflictError(
+                        "this idempotency token was already used for a different write; "
+                        "a retried call must send the same values"
+                    ) from None
+                raise self._translate(exc, "TransactWriteItems", tables) from None
+            except _UNAVAILABLE_ERRORS as exc:
+                raise self._unavailable(exc, "TransactWriteItems", tables) from None
+            except BotoCoreError as exc:
+                raise StorageError(f"TransactWriteItems on {tables} failed: {exc}") from None
+            self.meter.record("write", resp.get("ConsumedCapacity"))
+            return
+
+    def _transact_item(self, action: TransactAction) -> dict[str, Any]:
+        body: dict[str, Any] = {"TableName": action.table}
+        if action.item is not None:
+            body["Item"] = self.serialize(action.item)
+        if action.key is not None:
+            body["Key"] = self.serialize(action.key)
+        if action.update is not None:
+            body["UpdateExpression"] = action.update
+        body.update(
+            self._expression_args(condition=action.condition, names=action.names, values=action.values)
+        )
+        if action.condition:
+            body["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        return {action.kind: body}
+
+    # --- payload objects ------------------------------------------------------------------------------
+
+    def put_object(self, key: str, body: bytes, *, metadata: Mapping[str, str]) -> None:
+        """Write a payload object to the configured bucket (content-addressed keys make retries harmless)."""
+        s3, bucket = self._require_bucket()
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=dict(metadata))
+        except ClientError as exc:
+            raise self._translate(exc, "PutObject", f"s3://{bucket}") from None
+        except _UNAVAILABLE_ERRORS as exc:
+            raise self._unavailable(exc, "PutObject", f"s3://{bucket}") from None
+        self.meter.count_s3("put")
+
+    def get_object(self, bucket: str, key: str) -> bytes:
+        """Read a payload object."""
+        if self.s3 is None:
+            raise StorageError(
+                f"payload s3://{bucket}/{key} is stored in S3 but this client has no S3 access; "
+                "configure payload_bucket (TDEV_PAYLOAD_BUCKET)"
+            )
+        try:
+            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            raise self._translate(exc, "GetObject", f"s3://{bucket}/{key}") from None
+        except _UNAVAILABLE_ERRORS as exc:
+            raise self._unavailable(exc, "GetObject", f"s3://{bucket}") from None
+        self.meter.count_s3("get")
+        return bytes(body)
+
+    def _require_bucket(self) -> tuple[S3Client, str]:
+        if self.s3 is None or not self.config.payload_bucket:
+            raise PayloadTooLargeError("no payload bucket is configured")
+        return self.s3, self.config.payload_bucket
+
+    # --- plumbing -------------------------------------------------------------------------------------
+
+    def _call(self, op: str, table: str, fn: Any, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            resp: dict[str, Any] = fn(**args)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "ConditionalCheckFailedException":
+                raise ConditionFailed(self.deserialize(exc.response.get("Item"))) from None  # type: ignore[arg-type]
+            raise self._translate(exc, op, table) from None
+        except _UNAVAILABLE_ERRORS as exc:
+            raise self._unavailable(exc, op, table) from None
+        except BotoCoreError as exc:
+            raise StorageError(f"{op} on {table} failed: {exc}") from None
+        return resp
+
+    def _translate(self, exc: ClientError, op: str, target: str) -> StateError:
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", "Unknown"), error.get("Message", "")
+        if code == "ResourceNotFoundException":
+            return TableMissingError(
+                f"{op}: {target} does not exist in env {self.config.env!r}; create the tables "
+                f"(`make tables ENV={self.config.env}`) or deploy infra (`make deploy ENV=...`)"
+            )
+        if code in ("NoSuchBucket", "NoSuchKey", "404"):
+            return StorageError(f"{op}: {target}: {code}; check payload_bucket and its lifecycle")
+        if code in _THROTTLING:
+            return StorageUnavailableError(
+                f"{op} on {target} was throttled on all {self.config.max_attempts} attempts "
+                f"({code}); nothing was written by the failed call, retry later or raise capacity"
+            )
+        if code == "ValidationException" and "size" in message.lower():
+            return PayloadTooLargeError(
+                f"{op} on {target}: {message}; configure a payload bucket (TDEV_PAYLOAD_BUCKET)"
+            )
+        if code in ("InternalServerError", "ServiceUnavailable", "InternalFailure"):
+            return StorageUnavailableError(f"{op} on {target} failed after retries: {code}")
+        return StorageError(f"{op} on {target} failed: {code}: {message}")
+
+    def _unavailable(self, exc: Exception, op: str, target: str) -> StorageUnavailableError:
+        where = self.config.endpoint_url or f"AWS {self.config.region}"
+        return StorageUnavailableError(
+            f"{op} on {target}: {where} did not answer ({type(exc).__name__}) after "
+            f"{self.config.max_attempts} attempts; is it running? (`make localstack-up` for local)"
+        )
+
+    @staticmethod
+    def _backoff(attempt: int, op: str, target: str, reason: object = None) -> int:
+        # Full jitter (AWS architecture blog): spreads competing writers apart, 25 ms doubling, cap 1 s.
+        delay = random.uniform(0, min(1.0, 0.025 * 2**attempt))
+        log.debug("retrying", op=op, target=target, attempt=attempt + 1, reason=reason, delay=delay)
+        time.sleep(delay)
+        return attempt + 1

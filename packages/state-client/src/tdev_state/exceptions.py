@@ -1,0 +1,74 @@
+"""Every error the state client raises. One root, `StateError`; no botocore error reaches a caller.
+
+Each message says what was wrong and how to fix it. Errors raised for bad input are raised before anything
+is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StateError(Exception):
+    """Root of every error raised by tdev_state and the packages built on it."""
+
+
+class ConfigurationError(StateError):
+    """The client's configuration (env name, endpoint, bucket, limits) is unusable."""
+
+
+class ValidationError(StateError, ValueError):
+    """An argument is malformed: wrong type, missing key, unknown agent or status, non-JSON value, NaN."""
+
+
+class NotFoundError(StateError, LookupError):
+    """The addressed item does not exist."""
+
+
+class SessionNotFoundError(NotFoundError):
+    """No pipeline session has that session_id."""
+
+
+class ExecutionNotFoundError(NotFoundError):
+    """No agent execution exists for that (execution_id, agent_name)."""
+
+
+class ProjectNotFoundError(NotFoundError):
+    """No user project exists for that (user_id, project_id)."""
+
+
+class ConflictError(StateError):
+    """Another writer changed the item since it was read; re-read and decide again."""
+
+
+class SessionExistsError(ConflictError):
+    """A session with that session_id already exists; creating it again would overwrite it."""
+
+
+class InvalidTransitionError(StateError):
+    """The requested status/agent transition is not legal from the item's current state."""
+
+    def __init__(self, message: str, *, current: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        #: The item's state at the moment the transition was refused (None if unknown).
+        self.current = current
+
+
+class PayloadTooLargeError(StateError):
+    """A payload does not fit in a DynamoDB item and no payload bucket is configured to offload it."""
+
+
+class StorageError(StateError):
+    """DynamoDB or S3 refused a request for a reason other than the caller's input (bug, misconfiguration)."""
+
+
+class TableMissingError(StorageError):
+    """A table does not exist in this environment: create it (`make tables ENV=...`) or deploy infra."""
+
+
+class StorageUnavailableError(StorageError):
+    """The store stayed throttled, timed out or unreachable after every retry; retry later."""
+
+
+class PayloadIntegrityError(StorageError):
+    """A stored payload does not match its recorded checksum, or could not be decoded."""

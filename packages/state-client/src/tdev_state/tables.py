@@ -1,0 +1,106 @@
+"""Create or delete an environment's tables from the schema declaration (LocalStack, tests, demos).
+
+In AWS the tables come from infra (CDKTF), rendered from the same declaration. Usage:
+`python -m tdev_state.tables create --env local` (what `make tables` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+from botocore.exceptions import ClientError
+
+from tdev_state.exceptions import StateError
+from tdev_state.schema import ALL_TABLES
+
+if TYPE_CHECKING:
+    from tdev_state.dynamo import DynamoLayer
+
+log = structlog.get_logger("tdev_state.tables")
+
+
+def create_tables(layer: DynamoLayer, *, wait_seconds: float = 120.0) -> list[str]:
+    """Create every table of `layer`'s env that is missing, wait until ACTIVE, enable TTL. Idempotent."""
+    env = layer.config.env
+    names = []
+    for spec in ALL_TABLES:
+        request = spec.create_table_request(env)
+        name = request["TableName"]
+        names.append(name)
+        try:
+            layer.dynamodb.create_table(**request)
+            log.info("table.created", table=name)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
+                raise StateError(f"CreateTable {name} failed: {exc}") from None
+    for spec in ALL_TABLES:
+        name = spec.physical_name(env)
+        _wait_active(layer, name, wait_seconds)
+        if spec.ttl_attribute:
+            try:
+                layer.dynamodb.update_time_to_live(
+                    TableName=name,
+                    TimeToLiveSpecification={"Enabled": True, "AttributeName": spec.ttl_attribute},
+                )
+            except ClientError as exc:
+                # Already enabled is fine; anything else is not.
+                if "already enabled" not in str(exc).lower() and "TimeToLive is already" not in str(exc):
+                    raise StateError(f"UpdateTimeToLive {name} failed: {exc}") from None
+    return names
+
+
+def delete_tables(layer: DynamoLayer) -> list[str]:
+    """Delete every table of `layer`'s env that exists (tests clean up with this)."""
+    deleted = []
+    for spec in ALL_TABLES:
+        name = spec.physical_name(layer.config.env)
+        try:
+            layer.dynamodb.delete_table(TableName=name)
+            deleted.append(name)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+                raise StateError(f"DeleteTable {name} failed: {exc}") from None
+    return deleted
+
+
+def _wait_active(layer: DynamoLayer, name: str, wait_seconds: float) -> None:
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        table = layer.dynamodb.describe_table(TableName=name)["Table"]
+        indexes = table.get("GlobalSecondaryIndexes", [])
+        if table.get("TableStatus") == "ACTIVE" and all(
+            i.get("IndexStatus", "ACTIVE") == "ACTIVE" for i in indexes
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise StateError(f"table {name} not ACTIVE after {wait_seconds:.0f}s")
+        time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: create or delete the tables of an env on $AWS_ENDPOINT_URL (or AWS)."""
+    from tdev_state.config import StateConfig
+    from tdev_state.dynamo import DynamoLayer
+
+    parser = argparse.ArgumentParser(prog="python -m tdev_state.tables")
+    parser.add_argument("action", choices=("create", "delete"))
+    parser.add_argument("--env", default=None, help="environment name (default: $TDEV_ENV or local)")
+    args = parser.parse_args(argv)
+    try:
+        config = StateConfig.from_env(**({"env": args.env} if args.env else {}))
+        layer = DynamoLayer(config)
+        names = create_tables(layer) if args.action == "create" else delete_tables(layer)
+    except StateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for name in names:
+        print(f"{args.action}d {name}" if args.action == "delete" else f"ready   {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

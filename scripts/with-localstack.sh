@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs a command with a LocalStack endpoint available, and stops LocalStack afterwards if (and only if) this
+# script started it — also when the command fails or is interrupted.
+#
+# Against a real AWS account: set TDEV_TARGET=aws (and credentials/region as usual); nothing is started and
+# AWS_ENDPOINT_URL is unset so boto3 talks to AWS.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ "${TDEV_TARGET:-localstack}" = "aws" ]; then
+  unset AWS_ENDPOINT_URL
+  exec "$@"
+fi
+started=0
+if ! bash "$here/localstack/localstack.sh" status >/dev/null 2>&1; then
+  bash "$here/localstack/localstack.sh" up >/dev/null
+  started=1
+fi
+stop() { [ "$started" = 1 ] && bash "$here/localstack/localstack.sh" down || true; }
+trap stop EXIT INT TERM
+"$@"

@@ -1,0 +1,59 @@
+"""Unit fixtures: moto's in-process AWS, fresh per test; a client with a controllable clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from tdev_state import StateClient, StateConfig
+
+BUCKET = "tdev-unit-payloads"
+
+
+class FakeClock:
+    """A clock tests move by hand (recovery thresholds, ordering by time)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(microseconds=1)  # every reading is distinct, like a real clock
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_client(clock: FakeClock, **config: object) -> StateClient:
+    """A client on moto with tables (and, unless payload_bucket=None, a payload bucket)."""
+    settings: dict[str, object] = {"env": "unit", "payload_bucket": BUCKET, **config}
+    if settings["payload_bucket"]:
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=str(settings["payload_bucket"]))
+    client = StateClient(StateConfig(**settings), clock=clock)  # type: ignore[arg-type]
+    client.create_tables()
+    return client
+
+
+@pytest.fixture
+def client(aws: None, clock: FakeClock) -> StateClient:
+    return make_client(clock)
