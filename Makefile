@@ -7,8 +7,6 @@ ENV ?= local
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 LS := bash localstack/localstack.sh
-export AWS_ENDPOINT_URL ?= http://127.0.0.1:4566
-# Tests and the demo talk to LocalStack with its fixed test credentials unless pointed elsewhere.
 export AWS_DEFAULT_REGION ?= us-east-1
 
 .PHONY: help

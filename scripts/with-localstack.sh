@@ -10,6 +10,7 @@ if [ "${TDEV_TARGET:-localstack}" = "aws" ]; then
   unset AWS_ENDPOINT_URL
   exec "$@"
 fi
+export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-$(bash "$here/localstack/localstack.sh" endpoint)}"
 started=0
 if ! bash "$here/localstack/localstack.sh" status >/dev/null 2>&1; then
   bash "$here/localstack/localstack.sh" up >/dev/null

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import boto3
@@ -28,14 +29,22 @@ class FakeClock:
         self.now += timedelta(**delta)
 
 
+@contextmanager
+def moto_aws() -> Iterator[None]:
+    """moto's AWS with fake credentials and no endpoint override, whatever the shell exported."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+            patch.delenv(key, raising=False)
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        with mock_aws():
+            yield
+
+
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
+def aws() -> Iterator[None]:
+    with moto_aws():
         yield
 
 

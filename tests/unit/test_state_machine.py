@@ -8,7 +8,6 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from moto import mock_aws
 
 from tdev_state import (
     AGENTS,
@@ -18,6 +17,8 @@ from tdev_state import (
     StateConfig,
     StateError,
 )
+
+from .conftest import moto_aws
 
 agents = st.sampled_from(AGENTS)
 
@@ -112,7 +113,7 @@ _CLIENT: StateClient
 @pytest.fixture(scope="module", autouse=True)
 def _moto_client() -> object:
     global _CLIENT  # noqa: PLW0603 - hypothesis instantiates the machine itself; it reads this
-    with mock_aws():
+    with moto_aws():
         _CLIENT = StateClient(StateConfig(env=f"sm{uuid.uuid4().hex[:6]}", region="us-east-1"))
         _CLIENT.create_tables()
         yield
