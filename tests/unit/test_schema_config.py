@@ -42,7 +42,8 @@ def test_recovery_index_is_sparse_on_recovery_shard() -> None:
     index = PIPELINE_SESSIONS.index("by-recovery")
     assert index.partition_key.name == "recovery_shard"
     assert index.sort_key is not None
-    assert index.sort_key.name == "last_updated"
+    assert index.sort_key.name == "alive_at"
+    assert index.projection == "KEYS_ONLY"
 
 
 @pytest.mark.parametrize("env", ["", "Dev", "a_b", "-x", "x-", "a" * 33, "dev prod", "ümlaut"])

@@ -144,3 +144,38 @@ def test_recovery_candidates_by_age_and_kind(client: StateClient, clock: FakeClo
     }
     failed = client.sessions.failed_sessions(older_than=timedelta(hours=1))
     assert [s.session_id for s in failed] == [old_failed.session_id]
+
+
+def _alive_at(client: StateClient, sid: str) -> str:
+    item = client.layer.get(client.config.tables.sessions, {"session_id": sid})
+    assert item is not None
+    return str(item["alive_at"])
+
+
+def test_liveness_stamp_is_refreshed_once_per_interval(client: StateClient, clock: FakeClock) -> None:
+    """Transitions within the liveness interval leave alive_at (and the index) alone; later ones refresh it."""
+    sid = client.sessions.create(user_id="u", project_name="p").session_id
+    stamp = _alive_at(client, sid)
+    client.executions.start(sid, "nl_input")
+    client.executions.complete(sid, "nl_input")
+    assert _alive_at(client, sid) == stamp
+    clock.advance(seconds=61)
+    client.executions.start(sid, "ui_selection")
+    assert _alive_at(client, sid) > stamp
+    assert _alive_at(client, sid) == client.sessions.get(sid).last_updated.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_a_progressing_run_is_never_reported_stalled(client: StateClient, clock: FakeClock) -> None:
+    """A run that keeps completing agents (no heartbeats) stays out of the stalled candidates."""
+    sid = client.sessions.create(user_id="u", project_name="p").session_id
+    for agent in ("nl_input", "ui_selection", "parser"):
+        clock.advance(minutes=4)
+        client.executions.start(sid, agent)
+        clock.advance(minutes=4)
+        client.executions.complete(sid, agent)
+    found = client.sessions.recovery_candidates(failed_idle=None, stalled_idle=timedelta(minutes=5))
+    assert sid not in {c.session_id for c in found}
+    clock.advance(minutes=6)
+    found = client.sessions.recovery_candidates(failed_idle=None, stalled_idle=timedelta(minutes=5))
+    assert [c.session_id for c in found] == [sid]
+    assert (found[0].progress, found[0].current_agent) == (3, "component_decision")

@@ -25,6 +25,7 @@ import structlog
 
 from tdev_state import _codec
 from tdev_state import _validate as check
+from tdev_state._liveness import LivenessStamps
 from tdev_state.dynamo import DynamoLayer, Item, TransactAction, TransactionCancelled
 from tdev_state.exceptions import (
     ConflictError,
@@ -70,11 +71,12 @@ def agent_sort_key(agent_name: str) -> str:
 class ExecutionStore:
     """Agent items in `t-developer-{env}-agent-executions` (execution_id = the run's session_id)."""
 
-    def __init__(self, layer: DynamoLayer, clock: Callable[[], datetime]) -> None:
+    def __init__(self, layer: DynamoLayer, clock: Callable[[], datetime], liveness: LivenessStamps) -> None:
         self._layer = layer
         self._table = layer.tables.executions
         self._sessions = layer.tables.sessions
         self._clock = clock
+        self._liveness = liveness
 
     # --- transitions ----------------------------------------------------------------------------------
 
@@ -116,11 +118,18 @@ class ExecutionStore:
             names={"#s": "status"},
             values={":pending": AgentStatus.PENDING.value},
         )
+        refresh = self._liveness.due(sid, now)
         session_action = self._session_action(
-            sid, step, now, extra_set=["current_agent = :agent"], values={":agent": agent}
+            sid,
+            step,
+            now,
+            extra_set=["current_agent = :agent"],
+            values={":agent": agent},
+            refresh_liveness=refresh,
         )
         return self._transact(
             "start",
+            refreshed=refresh,
             sid=sid,
             agent=agent,
             step=step,
@@ -169,11 +178,13 @@ class ExecutionStore:
             if days:
                 extra_set.append("expires_at = :exp")
                 values[":exp"] = int((now + timedelta(days=days)).timestamp())
+        refresh = not last and self._liveness.due(sid, now)
         session_action = self._session_action(
-            sid, step, now, extra_set=extra_set, values=values, removes=removes
+            sid, step, now, extra_set=extra_set, values=values, removes=removes, refresh_liveness=refresh
         )
         return self._transact(
             "complete",
+            refreshed=refresh,
             sid=sid,
             agent=agent,
             step=step,
@@ -224,9 +235,11 @@ class ExecutionStore:
                 ":shard": recovery_shard(sid, SessionStatus.FAILED),
                 ":serr": check.error_text(f"{agent}: {message}"),
             },
+            refresh_liveness=True,  # FAILED's idle time counts from the failure
         )
         return self._transact(
             "fail",
+            refreshed=True,
             sid=sid,
             agent=agent,
             step=step,
@@ -269,9 +282,11 @@ class ExecutionStore:
             },
             removes=["error_message"],
             from_statuses="(#s = :active OR #s = :sfailed)",
+            refresh_liveness=True,
         )
         return self._transact(
             "retry",
+            refreshed=True,
             sid=sid,
             agent=agent,
             step=step,
@@ -323,8 +338,11 @@ class ExecutionStore:
         values: dict[str, Any],
         removes: builtins.list[str] | None = None,
         from_statuses: str = "#s = :active",
+        refresh_liveness: bool,
     ) -> TransactAction:
         sets = ["last_updated = :now", "version = version + :one", *extra_set]
+        if refresh_liveness:
+            sets.append("alive_at = :now")
         update = "SET " + ", ".join(sets)
         if removes:
             update += " REMOVE " + ", ".join(removes)
@@ -356,12 +374,15 @@ class ExecutionStore:
         now: datetime,
         fingerprint: str,
         actions: builtins.list[TransactAction],
+        refreshed: bool,
     ) -> AgentTransition:
         target = _TARGET[kind]
         try:
             self._layer.transact_write(actions, token=str(uuid.uuid4()))
         except TransactionCancelled as exc:
             return self._classify(kind, sid=sid, agent=agent, step=step, fingerprint=fingerprint, exc=exc)
+        if refreshed:
+            self._liveness.mark(sid, now)
         progress = step if kind == "complete" else step - 1
         if kind == "fail":
             session_status = SessionStatus.FAILED

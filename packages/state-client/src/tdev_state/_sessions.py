@@ -12,6 +12,7 @@ import structlog
 
 from tdev_state import _codec
 from tdev_state import _validate as check
+from tdev_state._liveness import LivenessStamps
 from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item
 from tdev_state.exceptions import (
     ConflictError,
@@ -71,10 +72,11 @@ class SessionStore:
     (optimistic locking); agent transitions (in ExecutionStore) are conditioned on the state they change.
     """
 
-    def __init__(self, layer: DynamoLayer, clock: Callable[[], datetime]) -> None:
+    def __init__(self, layer: DynamoLayer, clock: Callable[[], datetime], liveness: LivenessStamps) -> None:
         self._layer = layer
         self._table = layer.tables.sessions
         self._clock = clock
+        self._liveness = liveness
 
     def create(
         self,
@@ -91,7 +93,8 @@ class SessionStore:
         name = check.text("project_name", project_name, allow_empty=False, max_chars=256)
         kind = check.enum(PipelineType, "pipeline_type", pipeline_type)
         encoded = _codec.encode(metadata, field="metadata", object_key=sid, layer=self._layer)
-        now = format_ts(self._clock())
+        moment = self._clock()
+        now = format_ts(moment)
         token = str(uuid.uuid4())
         item: dict[str, Any] = {
             "session_id": sid,
@@ -107,6 +110,7 @@ class SessionStore:
             "resume_count": 0,
             "metadata": encoded.value,
             "recovery_shard": recovery_shard(sid, SessionStatus.ACTIVE),
+            "alive_at": now,
             "last_request": token,
         }
         try:
@@ -116,6 +120,7 @@ class SessionStore:
                 raise SessionExistsError(
                     f"session {sid!r} already exists; pick another session_id or update it instead"
                 ) from None
+        self._liveness.mark(sid, moment)
         log.info("session.created", session_id=sid, user_id=user, pipeline_type=kind.value)
         return session_from_item(item, self._layer)
 
@@ -171,10 +176,11 @@ class SessionStore:
         conditions = ["version = :v"]
         names: dict[str, str] = {}
         token = str(uuid.uuid4())
+        moment = self._clock()
         values: dict[str, Any] = {
             ":one": 1,
             ":v": version,
-            ":now": format_ts(self._clock()),
+            ":now": format_ts(moment),
             ":token": token,
         }
         target: SessionStatus | None = None
@@ -219,6 +225,9 @@ class SessionStore:
             values[":err"] = check.error_text(error_message)
         elif target is SessionStatus.ACTIVE:
             removes.append("error_message")
+        refresh = target is not None or self._liveness.due(sid, moment)
+        if refresh:
+            sets.append("alive_at = :now")
         expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         try:
             item = self._layer.update(
@@ -236,6 +245,8 @@ class SessionStore:
                 return self.get(sid)  # our own earlier attempt was applied (retried after a timeout)
             raise self._refusal(sid, version, target, progress, old) from None
         assert item is not None
+        if refresh:
+            self._liveness.mark(sid, moment)
         log.info(
             "session.updated",
             session_id=sid,
@@ -257,7 +268,7 @@ class SessionStore:
             self._layer.update(
                 self._table,
                 {"session_id": sid},
-                update="SET last_updated = :now",
+                update="SET last_updated = :now, alive_at = :now",
                 condition="#s = :active",
                 names={"#s": "status"},
                 values={":now": format_ts(now), ":active": SessionStatus.ACTIVE.value},
@@ -269,6 +280,7 @@ class SessionStore:
                 f"session {sid!r} is {exc.old_item.get('status')}; only ACTIVE runs heartbeat",
                 current=exc.old_item,
             ) from None
+        self._liveness.mark(sid, now)
         return now
 
     def recovery_candidates(
@@ -281,42 +293,44 @@ class SessionStore:
     ) -> list[RecoveryCandidate]:
         """FAILED runs idle longer than `failed_idle` and ACTIVE runs whose heartbeat is older than
         `stalled_idle`, oldest first — from the sparse recovery index, never a Scan. Pass None to skip
-        one kind.
-
-        The index is eventually consistent: treat results as candidates and claim on the base table.
+        one kind. Hits are confirmed on the base table; claim them with a conditional write all the same,
+        since another worker may act between this read and yours.
         """
         size = check.limit(limit)
         moment = now or self._clock()
-        found: list[RecoveryCandidate] = []
-        for status, idle in (
-            (SessionStatus.FAILED, failed_idle),
-            (SessionStatus.ACTIVE, stalled_idle),
-        ):
+        cutoffs: dict[SessionStatus, str] = {}
+        keys: list[dict[str, Any]] = []
+        for status, idle in ((SessionStatus.FAILED, failed_idle), (SessionStatus.ACTIVE, stalled_idle)):
             if idle is None:
                 continue
             if not isinstance(idle, timedelta) or idle < timedelta(0):
                 raise ValidationError(f"idle thresholds must be non-negative timedeltas, got {idle!r}")
-            cutoff = format_ts(moment - idle)
+            cutoffs[status] = format_ts(moment - idle)
             for shard in range(RECOVERY_INDEX_SHARDS):
-                for item in self._layer.query_all(
+                page = self._layer.query(
                     self._table,
                     index="by-recovery",
-                    key_condition="recovery_shard = :shard AND last_updated < :cutoff",
-                    values={":shard": f"{status.value}#{shard}", ":cutoff": cutoff},
+                    key_condition="recovery_shard = :shard AND alive_at < :cutoff",
+                    values={":shard": f"{status.value}#{shard}", ":cutoff": cutoffs[status]},
                     limit=size,
-                ):
-                    found.append(
-                        RecoveryCandidate(
-                            session_id=item["session_id"],
-                            status=SessionStatus(item.get("status", status.value)),
-                            last_updated=parse_ts(item["last_updated"]),
-                            progress=int(item.get("progress", 0)),
-                            current_agent=item.get("current_agent"),
-                            version=int(item.get("version", 0)),
-                        )
+                )
+                keys += [{"session_id": i["session_id"]} for i in page.items]
+        # The index is eventually consistent and alive_at may lag last_updated by up to the liveness
+        # interval: confirm each hit on the base table, with one strongly consistent BatchGetItem.
+        found = []
+        for item in self._layer.batch_get(self._table, keys) if keys else []:
+            status = SessionStatus(item["status"])
+            if status in cutoffs and item["last_updated"] < cutoffs[status]:
+                found.append(
+                    RecoveryCandidate(
+                        session_id=item["session_id"],
+                        status=status,
+                        last_updated=parse_ts(item["last_updated"]),
+                        progress=int(item["progress"]),
+                        current_agent=item.get("current_agent"),
+                        version=int(item["version"]),
                     )
-                    if len(found) >= size * 2 * RECOVERY_INDEX_SHARDS:
-                        break
+                )
         found.sort(key=lambda c: c.last_updated)
         return found[:size]
 

@@ -11,12 +11,13 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import boto3
 
 from tdev_state._executions import ExecutionStore
+from tdev_state._liveness import LivenessStamps
 from tdev_state._projects import ProjectStore
 from tdev_state._sessions import SessionStore
 from tdev_state.config import StateConfig
@@ -52,8 +53,9 @@ class StateClient:
             layer = DynamoLayer(config or StateConfig.from_env(), session=session, dynamodb=dynamodb, s3=s3)
         self.layer = layer
         self.config = layer.config
-        self.sessions = SessionStore(layer, clock)
-        self.executions = ExecutionStore(layer, clock)
+        liveness = LivenessStamps(timedelta(seconds=layer.config.liveness_interval_seconds))
+        self.sessions = SessionStore(layer, clock, liveness)
+        self.executions = ExecutionStore(layer, clock, liveness)
         self.projects = ProjectStore(layer, clock)
 
     def create_tables(self) -> list[str]:

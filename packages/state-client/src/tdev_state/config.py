@@ -50,6 +50,10 @@ class StateConfig:
     read_timeout: float = 10.0
     #: HTTP connections per client; also the async API's thread count, so neither waits on the other.
     max_pool_connections: int = 64
+    #: How stale the recovery index's liveness stamp (`alive_at`) may get before a write refreshes it.
+    #: Refreshing rewrites the index entry (4 write units inside a transaction), so it happens at most
+    #: this often per session; stall thresholds must be well above it. `last_updated` is always exact.
+    liveness_interval_seconds: float = 60.0
     #: Refuse plain-HTTP endpoints outside `local` unless the host is loopback (LocalStack on this machine).
     allow_insecure_endpoint: bool = False
 

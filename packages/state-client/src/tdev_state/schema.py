@@ -155,13 +155,9 @@ PIPELINE_SESSIONS = TableSpec(
         IndexSpec("by-user", KeyAttribute("user_id"), KeyAttribute("created_at"), "KEYS_ONLY"),
         # Sparse: `recovery_shard` ("ACTIVE#n" / "FAILED#n") exists only while a run is open, so the
         # recovery sweep reads only open runs older than a cutoff, never a Scan of finished ones.
-        IndexSpec(
-            "by-recovery",
-            KeyAttribute("recovery_shard"),
-            KeyAttribute("last_updated"),
-            "INCLUDE",
-            non_key_attributes=("status", "progress", "current_agent", "version"),
-        ),
+        # Sorted by `alive_at`, a liveness stamp rewritten at most once per liveness interval (not on every
+        # transition), and KEYS_ONLY: the index entry changes only when it must.
+        IndexSpec("by-recovery", KeyAttribute("recovery_shard"), KeyAttribute("alive_at"), "KEYS_ONLY"),
     ),
     description="One item per pipeline run.",
 )

@@ -1,0 +1,82 @@
+"""`make bench`: every benchmark against the endpoint in AWS_ENDPOINT_URL, results to reports/ and stdout.
+
+Creates tables and a bucket under a unique prefix and deletes them afterwards. Timings are compared only
+as ratios measured in the same run; capacity units are deterministic and reported as measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import structlog
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import state_client  # noqa: E402
+from tdev_state import StateClient, StateConfig  # noqa: E402
+from tdev_state.tables import delete_tables  # noqa: E402
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()} — {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--rounds", type=int, default=15, help="A/B rounds for the overhead ratio")
+    parser.add_argument("--runs", type=int, default=50, help="runs for the concurrency benchmark")
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings and up
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    env = f"b{uuid.uuid4().hex[:8]}"
+    bucket = f"tdev-{env}-payloads"
+    config = StateConfig(env=env, endpoint_url=endpoint, payload_bucket=bucket)
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=config.region)
+    s3.create_bucket(Bucket=bucket)
+    client = StateClient(config)
+    client.create_tables()
+    try:
+        results: dict[str, Any] = {
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine(),
+            "endpoint": endpoint or "AWS",
+            "state_client": state_client.run_all(config, rounds=args.rounds, runs=args.runs),
+        }
+    finally:
+        delete_tables(client.layer)
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])
+        s3.delete_bucket(Bucket=bucket)
+    out = ROOT / "reports" / "bench.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    print(f"\nwritten to {out.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

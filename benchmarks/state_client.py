@@ -1,0 +1,344 @@
+"""State-client benchmarks (issue #3), run against the endpoint in AWS_ENDPOINT_URL (LocalStack by default).
+
+1. overhead: the client's start/complete of a 9-agent run versus hand-written boto3 doing the same writes
+   (the same TransactWriteItems with the same bytes), interleaved A/B rounds, ratio of medians;
+2. cost: write units per run from ConsumedCapacity — the client versus the plan's naive way (a full put of
+   the item with its raw JSON per update) — for the issue's payload profile and two comparison profiles;
+3. concurrency: 50 runs through the async API at once versus one after another, and event-loop lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+import uuid
+import zlib
+from dataclasses import replace
+from typing import Any
+
+import boto3
+from tests.payloads import agent_payload, generated_project
+
+from tdev_state import AGENTS, AsyncStateClient, StateClient, StateConfig
+from tdev_state.dynamo import to_dynamo
+from tdev_state.models import format_ts, utcnow
+
+# On-demand, us-east-1 (shared/ANCHORS.md): $0.625 per million write request units, $0.125 per million
+# read units; S3 standard: $0.005 per 1,000 PUT and $0.0004 per 1,000 GET.
+WRU_USD, RRU_USD, S3_PUT_USD, S3_GET_USD = 0.625e-6, 0.125e-6, 0.005e-3, 0.0004e-3
+
+
+def profile(name: str) -> dict[str, tuple[Any, Any]]:
+    """(input, output) per agent. "issue": 1 KB inputs, 3 KB outputs, 1 MB of generated code."""
+    big = {"issue": 1_000_000, "naive-fits": 300_000, "small": 0}[name]
+    payloads = {}
+    for i, agent in enumerate(AGENTS):
+        output: Any = agent_payload(3, seed=i)
+        if agent == "generation" and big:
+            output = generated_project(big, seed=i)
+        payloads[agent] = (agent_payload(1, seed=100 + i), output)
+    return payloads
+
+
+def run_with_client(client: StateClient, payloads: dict[str, tuple[Any, Any]]) -> str:
+    sid = client.sessions.create(user_id="bench", project_name="bench").session_id
+    for agent in AGENTS:
+        inp, out = payloads[agent]
+        client.executions.start(sid, agent, input_data=inp, project_id="bench-project")
+        client.executions.complete(sid, agent, output_data=out)
+    return sid
+
+
+# --- 1. overhead against hand-written boto3 ---------------------------------------------------------------
+
+
+def _stored(value: Any) -> dict[str, Any]:
+    raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(raw) >= 1024:
+        packed = zlib.compress(raw, 6)
+        if len(packed) + 1 <= 0.9 * len(raw):
+            return {"B": b"\x01" + packed}
+    return {"S": raw.decode()}
+
+
+def run_raw(ddb: Any, tables: Any, payloads: dict[str, tuple[Any, Any]]) -> None:
+    """The same items, conditions and transactions, written with boto3 directly (no validation, no models,
+    no error classification) — what the client's work is measured against."""
+    sid = str(uuid.uuid4())
+    now = format_ts(utcnow())
+    ddb.put_item(
+        TableName=tables.sessions,
+        Item={
+            "session_id": {"S": sid},
+            "user_id": {"S": "bench"},
+            "project_name": {"S": "bench"},
+            "pipeline_type": {"S": "SIMPLE"},
+            "status": {"S": "ACTIVE"},
+            "current_agent": {"S": "nl_input"},
+            "progress": {"N": "0"},
+            "created_at": {"S": now},
+            "last_updated": {"S": now},
+            "version": {"N": "1"},
+            "resume_count": {"N": "0"},
+            "metadata": {"S": "null"},
+            "recovery_shard": {"S": "ACTIVE#0"},
+            "last_request": {"S": str(uuid.uuid4())},
+        },
+        ConditionExpression="attribute_not_exists(session_id)",
+    )
+    for step, agent in enumerate(AGENTS, start=1):
+        inp, out = payloads[agent]
+        key = {"execution_id": {"S": sid}, "agent_name": {"S": f"{step:02d}#{agent}"}}
+        session_key = {"session_id": {"S": sid}}
+        ts = {"S": format_ts(utcnow())}
+        ddb.transact_write_items(
+            ClientRequestToken=str(uuid.uuid4()),
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": tables.executions,
+                        "Item": {
+                            **key,
+                            "agent": {"S": agent},
+                            "step": {"N": str(step)},
+                            "status": {"S": "RUNNING"},
+                            "start_time": ts,
+                            "input_data": _stored(inp),
+                            "input_bytes": {"N": "1000"},
+                            "retry_count": {"N": "0"},
+                            "fingerprint": {"S": uuid.uuid4().hex},
+                            "project_id": {"S": "bench-project"},
+                        },
+                        "ConditionExpression": "attribute_not_exists(execution_id) OR #s = :p",
+                        "ExpressionAttributeNames": {"#s": "status"},
+                        "ExpressionAttributeValues": {":p": {"S": "PENDING"}},
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": tables.sessions,
+                        "Key": session_key,
+                        "UpdateExpression": "SET last_updated = :now, version = version + :one, "
+                        "current_agent = :a",
+                        "ConditionExpression": "attribute_exists(session_id) AND #s = :active "
+                        "AND progress = :prev",
+                        "ExpressionAttributeNames": {"#s": "status"},
+                        "ExpressionAttributeValues": {
+                            ":now": ts,
+                            ":one": {"N": "1"},
+                            ":a": {"S": agent},
+                            ":active": {"S": "ACTIVE"},
+                            ":prev": {"N": str(step - 1)},
+                        },
+                    }
+                },
+            ],
+        )
+        last = step == len(AGENTS)
+        ddb.transact_write_items(
+            ClientRequestToken=str(uuid.uuid4()),
+            TransactItems=[
+                {
+                    "Update": {
+                        "TableName": tables.executions,
+                        "Key": key,
+                        "UpdateExpression": "SET #s = :d, end_time = :now, output_data = :o, "
+                        "output_bytes = :n, fingerprint = :fp REMOVE error_message",
+                        "ConditionExpression": "#s = :r",
+                        "ExpressionAttributeNames": {"#s": "status"},
+                        "ExpressionAttributeValues": {
+                            ":d": {"S": "COMPLETED"},
+                            ":r": {"S": "RUNNING"},
+                            ":now": ts,
+                            ":o": _stored(out),
+                            ":n": {"N": "3000"},
+                            ":fp": {"S": uuid.uuid4().hex},
+                        },
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": tables.sessions,
+                        "Key": session_key,
+                        "UpdateExpression": "SET last_updated = :now, version = version + :one, "
+                        "progress = :step, current_agent = :next"
+                        + (", #s = :c REMOVE recovery_shard" if last else ""),
+                        "ConditionExpression": "attribute_exists(session_id) AND #s = :active "
+                        "AND progress = :prev",
+                        "ExpressionAttributeNames": {"#s": "status"},
+                        "ExpressionAttributeValues": {
+                            ":now": ts,
+                            ":one": {"N": "1"},
+                            ":step": {"N": str(step)},
+                            ":next": {"S": AGENTS[step] if not last else agent},
+                            ":active": {"S": "ACTIVE"},
+                            ":prev": {"N": str(step - 1)},
+                            **({":c": {"S": "COMPLETED"}} if last else {}),
+                        },
+                    }
+                },
+            ],
+        )
+
+
+def bench_overhead(client: StateClient, rounds: int) -> dict[str, Any]:
+    payloads = profile("small")
+    ddb = client.layer.dynamodb  # the same HTTP pool for both sides
+    run_with_client(client, payloads)  # warm-up: JVM, connections
+    run_raw(ddb, client.config.tables, payloads)
+    ours, raw = [], []
+    for _ in range(rounds):  # interleaved, so drift on a noisy machine hits both sides alike
+        t = time.perf_counter()
+        run_with_client(client, payloads)
+        ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        run_raw(ddb, client.config.tables, payloads)
+        raw.append(time.perf_counter() - t)
+    return {
+        "rounds": rounds,
+        "client_median_ms": statistics.median(ours) * 1000,
+        "raw_median_ms": statistics.median(raw) * 1000,
+        "ratio": statistics.median(ours) / statistics.median(raw),
+    }
+
+
+# --- 2. write units per run ---------------------------------------------------------------------------
+
+
+def _naive_put(ddb: Any, table: str, item: dict[str, Any]) -> float:
+    response = ddb.put_item(
+        TableName=table,
+        Item={k: boto3.dynamodb.types.TypeSerializer().serialize(to_dynamo(v)) for k, v in item.items()},
+        ReturnConsumedCapacity="TOTAL",
+    )
+    return float(response["ConsumedCapacity"]["CapacityUnits"])
+
+
+def run_naive(ddb: Any, tables: Any, payloads: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+    """The plan's sample: every update is a full put of the item, payloads as raw JSON text."""
+    sid = str(uuid.uuid4())
+    units = 0.0
+    session: dict[str, Any] = {
+        "session_id": sid,
+        "user_id": "bench",
+        "project_name": "bench",
+        "pipeline_type": "SIMPLE",
+        "status": "ACTIVE",
+        "current_agent": "nl_input",
+        "progress": 0,
+        "created_at": format_ts(utcnow()),
+        "last_updated": format_ts(utcnow()),
+        "metadata": "{}",
+        "recovery_shard": "ACTIVE#0",
+    }
+    units += _naive_put(ddb, tables.sessions, session)
+    for step, agent in enumerate(AGENTS, start=1):
+        inp, out = payloads[agent]
+        execution: dict[str, Any] = {
+            "execution_id": f"{sid}-{agent}",  # the plan's f"{project_id}-{agent_name}"
+            "agent_name": agent,
+            "project_id": sid,
+            "status": "RUNNING",
+            "start_time": format_ts(utcnow()),
+            "input_data": json.dumps(inp),
+            "retry_count": 0,
+        }
+        try:
+            units += _naive_put(ddb, tables.executions, execution)
+            session.update(current_agent=agent, last_updated=format_ts(utcnow()))
+            units += _naive_put(ddb, tables.sessions, session)
+            execution.update(status="COMPLETED", end_time=format_ts(utcnow()), output_data=json.dumps(out))
+            units += _naive_put(ddb, tables.executions, execution)
+            session.update(progress=step, last_updated=format_ts(utcnow()))
+            units += _naive_put(ddb, tables.sessions, session)
+        except ddb.exceptions.ClientError as exc:
+            return {"write_units": None, "failed_at": agent, "error": str(exc)[:120]}
+    return {"write_units": units, "failed_at": None}
+
+
+def bench_cost(client: StateClient) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in ("issue", "naive-fits", "small"):
+        payloads = profile(name)
+        fresh = StateClient(layer=type(client.layer)(client.config))
+        run_with_client(fresh, payloads)
+        meter = fresh.layer.meter.snapshot()
+        naive = run_naive(client.layer.dynamodb, client.config.tables, payloads)
+        ours_usd = (
+            meter["write_units"] * WRU_USD
+            + meter["read_units"] * RRU_USD
+            + meter["s3_puts"] * S3_PUT_USD
+            + meter["s3_gets"] * S3_GET_USD
+        )
+        entry: dict[str, Any] = {
+            "client_write_units": meter["write_units"],
+            "client_s3_puts": meter["s3_puts"],
+            "client_usd_per_million_runs": ours_usd * 1e6,
+            "naive_write_units": naive["write_units"],
+            "naive_failed_at": naive["failed_at"],
+        }
+        if naive["write_units"]:
+            entry["ratio"] = meter["write_units"] / naive["write_units"]
+            entry["naive_usd_per_million_runs"] = naive["write_units"] * WRU_USD * 1e6
+        results[name] = entry
+    return results
+
+
+# --- 3. concurrency and event-loop lag ----------------------------------------------------------------
+
+
+async def _one_run(client: AsyncStateClient, payloads: dict[str, tuple[Any, Any]]) -> None:
+    sid = (await client.sessions.create(user_id="bench", project_name="bench")).session_id
+    for agent in AGENTS:
+        inp, out = payloads[agent]
+        await client.executions.start(sid, agent, input_data=inp)
+        await client.executions.complete(sid, agent, output_data=out)
+
+
+async def _lag_probe(stop: asyncio.Event, lags: list[float]) -> None:
+    interval = 0.005
+    while not stop.is_set():
+        t = time.perf_counter()
+        await asyncio.sleep(interval)
+        lags.append(max(0.0, time.perf_counter() - t - interval))
+
+
+async def bench_concurrency(config: StateConfig, runs: int) -> dict[str, Any]:
+    payloads = profile("small")
+    client = AsyncStateClient(StateClient(config))
+    try:
+        await _one_run(client, payloads)  # warm-up
+        stop, lags = asyncio.Event(), []
+        probe = asyncio.create_task(_lag_probe(stop, lags))
+        t = time.perf_counter()
+        for _ in range(runs):
+            await _one_run(client, payloads)
+        sequential = time.perf_counter() - t
+        t = time.perf_counter()
+        await asyncio.gather(*(_one_run(client, payloads) for _ in range(runs)))
+        concurrent = time.perf_counter() - t
+        stop.set()
+        await probe
+    finally:
+        await client.aclose()
+    lags.sort()
+    return {
+        "runs": runs,
+        "sequential_s": sequential,
+        "concurrent_s": concurrent,
+        "throughput_ratio": sequential / concurrent,
+        "loop_lag_p50_ms": lags[len(lags) // 2] * 1000,
+        "loop_lag_p99_ms": lags[int(len(lags) * 0.99)] * 1000,
+        "loop_lag_samples": len(lags),
+    }
+
+
+def run_all(base: StateConfig, *, rounds: int, runs: int) -> dict[str, Any]:
+    client = StateClient(base)
+    return {
+        "overhead": bench_overhead(client, rounds),
+        "cost": bench_cost(client),
+        "concurrency": asyncio.run(bench_concurrency(replace(base), runs)),
+    }
