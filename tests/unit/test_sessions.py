@@ -153,7 +153,7 @@ def _alive_at(client: StateClient, sid: str) -> str:
 
 
 def test_liveness_stamp_is_refreshed_once_per_interval(client: StateClient, clock: FakeClock) -> None:
-    """Transitions within the liveness interval leave alive_at (and the index) alone; later ones refresh it."""
+    """Transitions within the liveness interval leave alive_at (and the index) alone; later ones do not."""
     sid = client.sessions.create(user_id="u", project_name="p").session_id
     stamp = _alive_at(client, sid)
     client.executions.start(sid, "nl_input")
