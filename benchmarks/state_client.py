@@ -358,14 +358,29 @@ async def bench_concurrency(config: StateConfig, runs: int) -> dict[str, Any]:
         for _ in range(runs):
             await _one_run(client, payloads)
         sequential = time.perf_counter() - t
+        stop.set()
+        await probe
+        # Lag while the async API carries the concurrent runs.
+        stop, lags = asyncio.Event(), []
+        probe = asyncio.create_task(_lag_probe(stop, lags))
         t = time.perf_counter()
         await asyncio.gather(*(_one_run(client, payloads) for _ in range(runs)))
         concurrent = time.perf_counter() - t
         stop.set()
         await probe
+        # Control: what blocking the loop looks like — the sync client called from a coroutine.
+        stop, blocked = asyncio.Event(), []
+        probe = asyncio.create_task(_lag_probe(stop, blocked))
+        await asyncio.sleep(0.02)
+        for _ in range(5):
+            run_with_client(client.sync, payloads)
+            await asyncio.sleep(0)
+        stop.set()
+        await probe
     finally:
         await client.aclose()
     lags.sort()
+    blocked.sort()
     return {
         "runs": runs,
         "sequential_s": sequential,
@@ -373,7 +388,9 @@ async def bench_concurrency(config: StateConfig, runs: int) -> dict[str, Any]:
         "throughput_ratio": sequential / concurrent,
         "loop_lag_p50_ms": lags[len(lags) // 2] * 1000,
         "loop_lag_p99_ms": lags[int(len(lags) * 0.99)] * 1000,
+        "loop_lag_max_ms": lags[-1] * 1000,
         "loop_lag_samples": len(lags),
+        "blocking_control_lag_p99_ms": blocked[int(len(blocked) * 0.99)] * 1000 if blocked else None,
     }
 
 
