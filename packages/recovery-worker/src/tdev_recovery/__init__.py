@@ -1,8 +1,36 @@
-"""T-Developer recovery worker.
+"""T-Developer recovery worker: finds failed and stalled pipeline runs and resumes each exactly once.
 
-Finds failed and stalled pipeline runs through the state client's sparse recovery index and resumes each
-exactly once (issue #6). Until then this package only fixes its import name and typing marker, so the
-workspace, the lint and the type check cover it from the start.
+Run replicas with the `tdev-recovery-worker` console script; embed with `RecoveryWorker`; the plan's
+`resume_pipeline(session_id)` performs one resume.
 """
 
-__all__: list[str] = []
+from tdev_recovery._plan import resume_pipeline
+from tdev_recovery.config import RetryPolicy, WorkerConfig
+from tdev_recovery.exceptions import (
+    ClaimLostError,
+    NotRecoverableError,
+    RecoveryError,
+    ResumerConfigError,
+    ResumeRejected,
+)
+from tdev_recovery.metrics import WorkerMetrics
+from tdev_recovery.resumers import CompletedAgent, HttpResumer, ResumeRequest, load_resumer
+from tdev_recovery.worker import Outcome, RecoveryWorker
+
+__all__ = [
+    "ClaimLostError",
+    "CompletedAgent",
+    "HttpResumer",
+    "NotRecoverableError",
+    "Outcome",
+    "RecoveryError",
+    "RecoveryWorker",
+    "ResumeRejected",
+    "ResumeRequest",
+    "ResumerConfigError",
+    "RetryPolicy",
+    "WorkerConfig",
+    "WorkerMetrics",
+    "load_resumer",
+    "resume_pipeline",
+]

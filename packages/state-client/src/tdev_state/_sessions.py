@@ -329,6 +329,10 @@ class SessionStore:
                         progress=int(item["progress"]),
                         current_agent=item.get("current_agent"),
                         version=int(item["version"]),
+                        lease_expires_at=(
+                            parse_ts(item["lease_expires_at"]) if item.get("lease_expires_at") else None
+                        ),
+                        fencing_token=int(item.get("fencing_token", 0)),
                     )
                 )
         found.sort(key=lambda c: c.last_updated)

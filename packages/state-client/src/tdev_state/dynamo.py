@@ -205,12 +205,21 @@ class DynamoLayer:
             s3={"addressing_style": "path"} if config.endpoint_url else None,
         )
         boto_session = session or boto3.session.Session(region_name=config.region)
+        self._boto_session, self._boto_config = boto_session, boto_config
         self.dynamodb: DynamoDBClient = dynamodb or boto_session.client(
             "dynamodb", endpoint_url=config.endpoint_url, config=boto_config
         )
         self.s3: S3Client | None = s3
         if self.s3 is None and config.payload_bucket:
             self.s3 = boto_session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
+
+    def extra_client(self, service: str) -> Any:
+        """Another AWS client (e.g. "cloudwatch") with this layer's session, endpoint and retries."""
+        return self._boto_session.client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=self.config.endpoint_url,
+            config=self._boto_config,
+        )
 
     # --- marshalling -----------------------------------------------------------------------------------
 

@@ -182,6 +182,9 @@ class RecoveryCandidate(_DictMixin):
     progress: int
     current_agent: str | None
     version: int
+    #: Until when a recovery worker holds the run (None: nobody does).
+    lease_expires_at: datetime | None = None
+    fencing_token: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,140 @@
+"""`tdev-recovery-worker`: run one replica. Reads flags and environment once, installs signal handlers.
+
+    tdev-recovery-worker --resumer http://pipeline:8000/resume --env dev --http-port 8080
+
+Every flag has an environment variable (in brackets in --help); flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+
+import structlog
+
+from tdev_recovery.config import RetryPolicy, WorkerConfig
+from tdev_recovery.ops import OpsServer
+from tdev_recovery.resumers import load_resumer
+from tdev_recovery.worker import RecoveryWorker
+from tdev_state import StateClient, StateConfig, StateError
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def _envd(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tdev-recovery-worker", description=__doc__.split("\n")[0])
+    add = p.add_argument
+    add("--env", default=_envd("TDEV_ENV", "local"), help="table environment [TDEV_ENV]")
+    add("--resumer", default=_env("TDEV_RESUMER"), help="URL or module:function [TDEV_RESUMER]")
+    add("--poll-interval", type=float, default=float(_envd("TDEV_POLL_INTERVAL", "5")), help="seconds")
+    add("--retry-delay", type=float, default=float(_envd("TDEV_RETRY_DELAY", "3600")),
+        help="seconds a FAILED run waits before it is resumed [TDEV_RETRY_DELAY]")  # fmt: skip
+    add("--stall-threshold", type=float, default=float(_envd("TDEV_STALL_THRESHOLD", "600")),
+        help="seconds without heartbeat before an ACTIVE run is stalled [TDEV_STALL_THRESHOLD]")  # fmt: skip
+    add("--lease", type=float, default=float(_envd("TDEV_LEASE", "30")), help="claim lease, seconds")
+    add("--max-attempts", type=int, default=int(_envd("TDEV_MAX_ATTEMPTS", "5")))
+    add("--max-resumes", type=int, default=int(_envd("TDEV_MAX_RESUMES", "3")))
+    add("--initial-backoff", type=float, default=float(_envd("TDEV_INITIAL_BACKOFF", "1")))
+    add("--concurrency", type=int, default=int(_envd("TDEV_CONCURRENCY", "8")))
+    add("--grace-period", type=float, default=float(_envd("TDEV_GRACE_PERIOD", "20")))
+    add("--http-port", type=int, default=int(_envd("TDEV_HTTP_PORT", "8080")), help="0 disables")
+    add("--worker-id", default=_env("TDEV_WORKER_ID"))
+    add("--cloudwatch-namespace", default=_env("TDEV_CLOUDWATCH_NAMESPACE"),
+        help="publish RecoveryBacklog here each sweep [TDEV_CLOUDWATCH_NAMESPACE]")  # fmt: skip
+    add("--log-level", default=_envd("TDEV_LOG_LEVEL", "info"))
+    return p
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines on stdout, for container log collectors."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+    )
+
+
+def backlog_publisher(client: StateClient, namespace: str) -> Callable[[int], None]:
+    cloudwatch = client.layer.extra_client("cloudwatch")
+
+    def publish(backlog: int) -> None:
+        try:
+            cloudwatch.put_metric_data(
+                Namespace=namespace,
+                MetricData=[
+                    {
+                        "MetricName": "RecoveryBacklog",
+                        "Dimensions": [{"Name": "Environment", "Value": client.config.env}],
+                        "Value": backlog,
+                        "Unit": "Count",
+                    }
+                ],
+            )
+        except Exception as exc:
+            structlog.get_logger("tdev_recovery.cli").warning("backlog.publish_failed", error=str(exc))
+
+    return publish
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    if not args.resumer:
+        print("error: no resumer: pass --resumer URL|module:function or set TDEV_RESUMER", file=sys.stderr)
+        return 2
+    config = WorkerConfig(
+        poll_interval=args.poll_interval,
+        retry_delay=timedelta(seconds=args.retry_delay),
+        stall_threshold=timedelta(seconds=args.stall_threshold),
+        lease=timedelta(seconds=args.lease),
+        retry=RetryPolicy(
+            maximum_attempts=args.max_attempts, initial_interval=timedelta(seconds=args.initial_backoff)
+        ),
+        max_resumes=args.max_resumes,
+        concurrency=args.concurrency,
+        grace_period=args.grace_period,
+        **({"worker_id": args.worker_id} if args.worker_id else {}),
+    )
+    client = StateClient(StateConfig.from_env(env=args.env))
+    publish = backlog_publisher(client, args.cloudwatch_namespace) if args.cloudwatch_namespace else None
+    worker = RecoveryWorker(client, load_resumer(args.resumer), config, publish_backlog=publish)
+    ops = OpsServer(worker, port=args.http_port).start() if args.http_port else None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.shutdown()))
+    try:
+        await worker.run()
+    finally:
+        if ops:
+            ops.stop()
+        client.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script and of `python -m tdev_recovery`."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        return asyncio.run(_serve(args))
+    except StateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

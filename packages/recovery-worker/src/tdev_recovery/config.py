@@ -1,0 +1,70 @@
+"""Worker configuration: a frozen dataclass; the entry point reads flags and environment once."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from tdev_recovery.exceptions import RecoveryError
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Temporal-style: delay = initial * coefficient**(attempt-1), capped, with full jitter."""
+
+    initial_interval: timedelta = timedelta(seconds=1)
+    backoff_coefficient: float = 2.0
+    maximum_interval: timedelta = timedelta(seconds=100)
+    maximum_attempts: int = 5
+    #: Resume errors (ResumeRejected kinds, by the HTTP status class or exception name) never retried.
+    non_retryable: frozenset[str] = frozenset({"http_4xx", "ValueError"})
+
+    def __post_init__(self) -> None:
+        if self.maximum_attempts < 1:
+            raise RecoveryError("maximum_attempts must be >= 1")
+        if self.backoff_coefficient < 1:
+            raise RecoveryError("backoff_coefficient must be >= 1")
+
+    def delay(self, attempt: int) -> float:
+        """The cap for the wait before attempt `attempt + 1`; callers draw uniformly below it."""
+        raw = self.initial_interval.total_seconds() * self.backoff_coefficient ** (attempt - 1)
+        return min(raw, self.maximum_interval.total_seconds())
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerConfig:
+    """How one worker replica finds, claims and resumes runs."""
+
+    worker_id: str = field(default_factory=_default_worker_id)
+    #: Seconds between sweeps of the recovery index.
+    poll_interval: float = 5.0
+    #: FAILED runs are resumed once idle this long (the plan: one hour).
+    retry_delay: timedelta = timedelta(hours=1)
+    #: ACTIVE runs whose last heartbeat/transition is older than this are stalled (a crashed pipeline).
+    stall_threshold: timedelta = timedelta(minutes=10)
+    #: How long a claim lasts without a lease heartbeat; heartbeats every third of it.
+    lease: timedelta = timedelta(seconds=30)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Successful hand-overs of one run before it is ABANDONED (a run that keeps failing).
+    max_resumes: int = 3
+    #: Resumes in flight at once in this replica.
+    concurrency: int = 8
+    #: On shutdown, how long in-flight resumes may finish before they are cancelled and released.
+    grace_period: float = 20.0
+    #: Candidates fetched per sweep.
+    batch_size: int = 100
+
+    def __post_init__(self) -> None:
+        if self.lease < timedelta(seconds=1):
+            raise RecoveryError("lease must be at least one second")
+        if self.stall_threshold <= self.lease:
+            raise RecoveryError("stall_threshold must exceed the lease, or live runs would be taken")
+        if self.concurrency < 1 or self.batch_size < 1 or self.max_resumes < 1:
+            raise RecoveryError("concurrency, batch_size and max_resumes must be >= 1")

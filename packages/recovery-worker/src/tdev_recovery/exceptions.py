@@ -1,0 +1,31 @@
+"""Errors of the recovery worker. All derive from `RecoveryError`, itself a `tdev_state.StateError`."""
+
+from __future__ import annotations
+
+from tdev_state.exceptions import StateError
+
+
+class RecoveryError(StateError):
+    """Root of every error raised by tdev_recovery."""
+
+
+class ResumerConfigError(RecoveryError):
+    """The resumer spec (`module:function` or an http(s) URL) cannot be loaded."""
+
+
+class ResumeRejected(RecoveryError):
+    """The pipeline refused or failed a resume request; `retryable` says whether to try again."""
+
+    def __init__(self, message: str, *, retryable: bool, stale: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        #: The pipeline has seen a newer fencing token: another worker owns this run now.
+        self.stale = stale
+
+
+class ClaimLostError(RecoveryError):
+    """This worker's lease on a run expired and another worker (a higher fencing token) took it."""
+
+
+class NotRecoverableError(RecoveryError):
+    """The session is not open (COMPLETED/ABANDONED), or is leased by a live worker."""

@@ -1,0 +1,114 @@
+"""Resumers hand a claimed run back to the pipeline. Two kinds, both async callables:
+
+- a Python callable named `module:function` (`async def resume(request: ResumeRequest) -> None`);
+- `HttpResumer(url)`: POSTs the request as JSON; 2xx accepted, 409 stale token, other 4xx refused for good,
+  5xx or no answer retryable.
+
+A resumer raises `ResumeRejected` to refuse; any other exception counts as retryable unless its class name is
+in the retry policy's non-retryable kinds. The fencing token travels with every request, so the pipeline can
+reject a worker that lost its claim (compare with the highest token it has seen for the run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tdev_recovery.exceptions import ResumerConfigError, ResumeRejected
+
+Resumer = Callable[["ResumeRequest"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class CompletedAgent:
+    """An agent that finished before the run stopped, with its output: never run again."""
+
+    agent_name: str
+    output_data: Any
+
+
+@dataclass(frozen=True)
+class ResumeRequest:
+    """What the pipeline needs to continue a run from its first unfinished agent."""
+
+    session_id: str
+    next_agent: str
+    fencing_token: int
+    attempt: int
+    #: The status the run had when it was claimed (FAILED, or ACTIVE for a stalled run).
+    reason: str
+    completed: list[CompletedAgent] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class HttpResumer:
+    """POST the resume request to the pipeline's URL (stdlib HTTP, on a thread)."""
+
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ResumerConfigError(f"HTTP resumer needs an http(s) URL, got {url!r}")
+        self.url = url
+        self.timeout = timeout
+
+    async def __call__(self, request: ResumeRequest) -> None:
+        await asyncio.to_thread(self._post, request)
+
+    def _post(self, request: ResumeRequest) -> None:
+        body = json.dumps(request.to_json()).encode()
+        http_request = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
+            self.url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "X-Fencing-Token": str(request.fencing_token),
+                "Idempotency-Key": f"{request.session_id}:{request.fencing_token}",
+            },
+        )
+        try:
+            with urllib.request.urlopen(http_request, timeout=self.timeout) as response:  # noqa: S310
+                response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:300].decode(errors="replace")
+            if exc.code == 409:
+                raise ResumeRejected(
+                    f"pipeline has a newer claim on {request.session_id}: {detail}",
+                    retryable=False,
+                    stale=True,
+                ) from None
+            if 400 <= exc.code < 500:
+                raise ResumeRejected(
+                    f"pipeline refused the resume ({exc.code}): {detail}", retryable=False
+                ) from None
+            raise ResumeRejected(f"pipeline error {exc.code}: {detail}", retryable=True) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            raise ResumeRejected(f"pipeline unreachable at {self.url}: {exc}", retryable=True) from None
+
+
+def load_resumer(spec: str, *, timeout: float = 10.0) -> Resumer:
+    """`http(s)://…` → HttpResumer; `package.module:function` → that async callable."""
+    if spec.startswith(("http://", "https://")):
+        return HttpResumer(spec, timeout=timeout)
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ResumerConfigError(
+            f"resumer {spec!r} is neither a URL nor 'module:function' (e.g. 'myapp.pipeline:resume')"
+        )
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ResumerConfigError(f"cannot load resumer {spec!r}: {exc}") from None
+    if not asyncio.iscoroutinefunction(target) and not asyncio.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004
+    ):
+        raise ResumerConfigError(f"resumer {spec!r} must be an async callable")
+    resumer: Resumer = target
+    return resumer

@@ -1,0 +1,301 @@
+"""The recovery worker: sweep the sparse recovery index, claim, resume from the first unfinished agent.
+
+Lifecycle (after temporalio's Worker): `run()` until `shutdown()`; `shutdown()` is idempotent, stops claiming,
+lets in-flight resumes finish within the grace period, then cancels them and releases their claims so other
+replicas take over at once. `async with RecoveryWorker(...)` runs and shuts down around a block. Signal
+handlers belong to the entry point (`tdev_recovery.cli`), never to this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ParamSpec, TypeVar
+
+import structlog
+
+from tdev_recovery._claims import Claim, ClaimStore
+from tdev_recovery.config import WorkerConfig
+from tdev_recovery.exceptions import ClaimLostError, ResumeRejected
+from tdev_recovery.metrics import WorkerMetrics
+from tdev_recovery.resumers import CompletedAgent, Resumer, ResumeRequest
+from tdev_state import AGENTS, AgentStatus, SessionStatus, StateClient, StateError
+from tdev_state.models import RecoveryCandidate, utcnow
+
+log = structlog.get_logger("tdev_recovery.worker")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Outcome(StrEnum):
+    """How one resume ended."""
+
+    RESUMED = "resumed"  # the pipeline accepted the run
+    ABANDONED = "abandoned"  # attempts or resumes exhausted, or a non-retryable refusal
+    STALE = "stale"  # the pipeline has a newer claim: another worker owns the run
+    LOST = "lost"  # our lease was taken over (we were too slow to heartbeat)
+    RELEASED = "released"  # shutdown: handed back untouched
+    NOTHING_TO_DO = "nothing_to_do"  # every agent had completed
+
+
+class RecoveryWorker:
+    """One replica. Several replicas may run against the same tables; claims keep them apart."""
+
+    def __init__(
+        self,
+        client: StateClient,
+        resumer: Resumer,
+        config: WorkerConfig | None = None,
+        *,
+        metrics: WorkerMetrics | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        publish_backlog: Callable[[int], None] | None = None,
+    ) -> None:
+        self.config = config or WorkerConfig()
+        self.metrics = metrics or WorkerMetrics()
+        self._client = client
+        self._resumer = resumer
+        self._clock = clock
+        self._claims = ClaimStore(client.layer, clock)
+        self._publish_backlog = publish_backlog
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.config.concurrency + 2, thread_name_prefix="tdev-recovery"
+        )
+        self._inflight: dict[str, asyncio.Task[Outcome]] = {}
+        self._stopping: asyncio.Event | None = None
+        self._stopped = False
+        self.last_sweep_monotonic: float | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Sweep every poll interval until shutdown() is called."""
+        self._stopping = asyncio.Event()
+        log.info("worker.started", worker_id=self.config.worker_id)
+        while not self._stopping.is_set():
+            try:
+                await self.sweep()
+            except StateError as exc:
+                self.metrics.sweep_errors.inc()
+                log.error("sweep.failed", error=str(exc))  # noqa: TRY400 - expected, no traceback
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.config.poll_interval)
+        await self._drain()
+        log.info("worker.stopped", worker_id=self.config.worker_id)
+
+    async def shutdown(self) -> None:
+        """Stop claiming; in-flight resumes get the grace period, then are released. Idempotent."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def __aenter__(self) -> RecoveryWorker:
+        self._runner = asyncio.create_task(self.run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+        await self._runner
+
+    async def _drain(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        tasks = list(self._inflight.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.config.grace_period)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._pool.shutdown(wait=True)
+
+    # --- sweeping and claiming ------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """One pass: find candidates, claim what this replica has room for, start their resumes."""
+        self.metrics.sweeps.inc()
+        candidates = await self._io(
+            self._client.sessions.recovery_candidates,
+            failed_idle=self.config.retry_delay,
+            stalled_idle=self.config.stall_threshold,
+            limit=self.config.batch_size,
+        )
+        self.last_sweep_monotonic = time.monotonic()
+        self.metrics.backlog.set(len(candidates))
+        self.metrics.candidates.inc(len(candidates))
+        if self._publish_backlog is not None:
+            await self._io(self._publish_backlog, len(candidates))
+        started = 0
+        now = self._clock()
+        for candidate in candidates:
+            if self._stopping is not None and self._stopping.is_set():
+                break
+            if len(self._inflight) >= self.config.concurrency:
+                break
+            if candidate.session_id in self._inflight:
+                continue
+            if candidate.lease_expires_at is not None and candidate.lease_expires_at > now:
+                continue  # a live worker holds it; a conditional write would fail and still be billed
+            claim = await self._io(
+                self._claims.claim,
+                candidate,
+                worker_id=self.config.worker_id,
+                lease=self.config.lease,
+            )
+            if claim is None:
+                self.metrics.claim_conflicts.inc()
+                continue
+            self.metrics.claims.inc()
+            self.metrics.detection_lag.observe(self._detection_lag(candidate, now))
+            self._start(claim)
+            started += 1
+        return started
+
+    def _start(self, claim: Claim) -> None:
+        task = asyncio.create_task(self.resume_claimed(claim))
+        self._inflight[claim.session_id] = task
+        self.metrics.inflight.set(len(self._inflight))
+
+        def done(_: asyncio.Task[Outcome]) -> None:
+            self._inflight.pop(claim.session_id, None)
+            self.metrics.inflight.set(len(self._inflight))
+
+        task.add_done_callback(done)
+
+    def _detection_lag(self, candidate: RecoveryCandidate, now: datetime) -> float:
+        """Seconds between the moment the run became eligible and its claim."""
+        threshold = (
+            self.config.retry_delay
+            if candidate.status is SessionStatus.FAILED
+            else self.config.stall_threshold
+        )
+        return max(0.0, (now - (candidate.last_updated + threshold)).total_seconds())
+
+    # --- resuming -------------------------------------------------------------------------------------
+
+    async def resume_claimed(self, claim: Claim) -> Outcome:
+        """Resume a run this worker has claimed, heartbeating the lease until it ends."""
+        bound = log.bind(session_id=claim.session_id, fencing_token=claim.fencing_token)
+        holder = {"claim": claim}
+        current = asyncio.current_task()
+        assert current is not None
+        heartbeat = asyncio.create_task(self._heartbeat(holder, current))
+        try:
+            outcome = await self._resume(holder, bound)
+        except asyncio.CancelledError:
+            lost = (
+                heartbeat.done()
+                and not heartbeat.cancelled()
+                and isinstance(heartbeat.exception(), ClaimLostError)
+            )
+            heartbeat.cancel()
+            if lost:
+                outcome = Outcome.LOST
+            else:  # shutdown after the grace period: hand the run back for another replica
+                await self._io(self._claims.release, holder["claim"])
+                outcome = Outcome.RELEASED
+        except ClaimLostError:
+            outcome = Outcome.LOST
+        finally:
+            heartbeat.cancel()
+        self.metrics.resumes.labels(outcome=outcome.value).inc()
+        bound.info("resume.finished", outcome=outcome.value, attempt=holder["claim"].attempt)
+        return outcome
+
+    async def _resume(self, holder: dict[str, Claim], bound: Any) -> Outcome:
+        claim = holder["claim"]
+        if claim.resume_count >= self.config.max_resumes:
+            await self._io(
+                self._claims.abandon,
+                claim,
+                reason=f"resumed {claim.resume_count} times and failed again; giving up",
+            )
+            self.metrics.abandoned.inc()
+            return Outcome.ABANDONED
+        policy = self.config.retry
+        while True:
+            request = await self._io(self._build_request, holder["claim"])
+            if request is None:
+                await self._io(self._claims.release, holder["claim"])
+                return Outcome.NOTHING_TO_DO
+            bound.info(
+                "resume.requested",
+                next_agent=request.next_agent,
+                attempt=request.attempt,
+                completed=len(request.completed),
+            )
+            try:
+                await self._resumer(request)
+            except ResumeRejected as exc:
+                if exc.stale:
+                    return Outcome.STALE
+                retryable, error = exc.retryable, str(exc)
+            except Exception as exc:  # a pluggable resumer may raise anything
+                retryable = type(exc).__name__ not in policy.non_retryable
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                await self._io(self._claims.handed_over, holder["claim"])
+                return Outcome.RESUMED
+            self.metrics.failures.inc()
+            claim = holder["claim"]
+            bound.warning("resume.failed", attempt=claim.attempt, retryable=retryable, error=error)
+            if not retryable or claim.attempt >= policy.maximum_attempts:
+                why = "not retryable" if not retryable else f"{claim.attempt} attempts exhausted"
+                await self._io(self._claims.abandon, claim, reason=f"resume failed ({why}): {error}")
+                self.metrics.abandoned.inc()
+                return Outcome.ABANDONED
+            await asyncio.sleep(random.uniform(0, policy.delay(claim.attempt)))
+            holder["claim"] = await self._io(self._claims.next_attempt, holder["claim"])
+
+    def _build_request(self, claim: Claim) -> ResumeRequest | None:
+        """Completed agents (with outputs) and the first unfinished one. An agent left RUNNING by a
+        crashed pipeline is marked FAILED first, so the pipeline restarts it as a retry."""
+        run = {e.agent_name: e for e in self._client.executions.list(claim.session_id)}
+        completed: list[CompletedAgent] = []
+        for agent in AGENTS:
+            execution = run.get(agent)
+            if execution is None or execution.status is not AgentStatus.COMPLETED:
+                break
+            completed.append(CompletedAgent(agent, execution.output_data))
+        else:
+            return None
+        next_agent = AGENTS[len(completed)]
+        execution = run.get(next_agent)
+        if execution is not None and execution.status is AgentStatus.RUNNING:
+            self._client.executions.fail(
+                claim.session_id,
+                next_agent,
+                error_message=f"interrupted: the pipeline stopped heartbeating; recovered by "
+                f"{claim.worker_id} (fencing token {claim.fencing_token})",
+            )
+        return ResumeRequest(
+            session_id=claim.session_id,
+            next_agent=next_agent,
+            fencing_token=claim.fencing_token,
+            attempt=claim.attempt,
+            reason=claim.status.value,
+            completed=completed,
+        )
+
+    async def _heartbeat(self, holder: dict[str, Claim], owner: asyncio.Task[Any]) -> None:
+        interval = self.config.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                holder["claim"] = await self._io(
+                    self._claims.extend, holder["claim"], lease=self.config.lease
+                )
+            except ClaimLostError:
+                log.warning("claim.lost", session_id=holder["claim"].session_id)
+                owner.cancel()
+                raise
+
+    async def _io(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run blocking DynamoDB work on this worker's pool, never on the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))

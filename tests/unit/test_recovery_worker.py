@@ -1,0 +1,299 @@
+"""Recovery worker on moto: what is resumed, from where, how often, and what is left alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from tdev_recovery import (
+    HttpResumer,
+    RecoveryWorker,
+    ResumeRejected,
+    ResumeRequest,
+    RetryPolicy,
+    WorkerConfig,
+    resume_pipeline,
+)
+from tdev_recovery._claims import ClaimStore
+from tdev_recovery.exceptions import ClaimLostError, NotRecoverableError
+from tdev_recovery.ops import OpsServer
+from tdev_state import AGENTS, AgentStatus, SessionStatus, StateClient
+
+from .conftest import FakeClock
+
+FAST = WorkerConfig(
+    worker_id="w1",
+    poll_interval=0.05,
+    retry_delay=timedelta(hours=1),
+    stall_threshold=timedelta(minutes=10),
+    lease=timedelta(seconds=30),
+    retry=RetryPolicy(initial_interval=timedelta(milliseconds=1), maximum_attempts=3),
+    grace_period=1.0,
+)
+
+
+class Recorder:
+    """An in-process resumer: records requests; optionally fails."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.requests: list[ResumeRequest] = []
+        self.error = error
+
+    async def __call__(self, request: ResumeRequest) -> None:
+        self.requests.append(request)
+        if self.error:
+            raise self.error
+
+
+def crashed_run(client: StateClient, completed: int, *, running_next: bool) -> str:
+    sid = client.sessions.create(user_id="u", project_name="p").session_id
+    for agent in AGENTS[:completed]:
+        client.executions.start(sid, agent, input_data={"in": agent})
+        client.executions.complete(sid, agent, output_data={"out": agent})
+    if running_next:
+        client.executions.start(sid, AGENTS[completed])
+    return sid
+
+
+async def sweep_and_wait(worker: RecoveryWorker) -> int:
+    started = await worker.sweep()
+    await asyncio.gather(*list(worker._inflight.values()))
+    return started
+
+
+@pytest.mark.parametrize("running_next", [False, True])
+async def test_run_crashed_after_agent_4_resumes_at_agent_5(
+    client: StateClient, clock: FakeClock, running_next: bool
+) -> None:
+    """Completed agents 1-4 and their outputs go to the resumer; agent 5 is next and nothing reruns."""
+    sid = crashed_run(client, 4, running_next=running_next)
+    clock.advance(minutes=11)
+    resumer = Recorder()
+    worker = RecoveryWorker(client, resumer, FAST, clock=clock)
+    assert await sweep_and_wait(worker) == 1
+    (request,) = resumer.requests
+    assert request.next_agent == "match_rate"
+    assert [(c.agent_name, c.output_data) for c in request.completed] == [(a, {"out": a}) for a in AGENTS[:4]]
+    assert request.fencing_token == 1
+    run = client.executions.list(sid)
+    assert [e.status for e in run[:4]] == [AgentStatus.COMPLETED] * 4
+    if running_next:  # the interrupted attempt is closed as FAILED so the pipeline retries it
+        assert run[4].status is AgentStatus.FAILED
+        assert "interrupted" in (run[4].error_message or "")
+    session = client.sessions.get(sid)
+    assert session.resume_count == 1
+
+
+async def test_failed_run_waits_for_the_retry_delay(client: StateClient, clock: FakeClock) -> None:
+    """A FAILED run younger than the delay is left alone; once older, it is resumed once."""
+    sid = crashed_run(client, 2, running_next=True)
+    client.executions.fail(sid, "parser", error_message="llm 500")
+    resumer = Recorder()
+    worker = RecoveryWorker(client, resumer, FAST, clock=clock)
+    clock.advance(minutes=30)
+    assert await sweep_and_wait(worker) == 0
+    clock.advance(minutes=31)
+    assert await sweep_and_wait(worker) == 1
+    assert await sweep_and_wait(worker) == 0  # handed over: not picked again right away
+    assert [r.next_agent for r in resumer.requests] == ["parser"]
+
+
+async def test_a_live_heartbeat_is_not_a_stall(client: StateClient, clock: FakeClock) -> None:
+    """A slow agent that heartbeats is never taken."""
+    sid = crashed_run(client, 1, running_next=True)
+    for _ in range(4):
+        clock.advance(minutes=5)
+        client.sessions.heartbeat(sid)
+    worker = RecoveryWorker(client, Recorder(), FAST, clock=clock)
+    assert await sweep_and_wait(worker) == 0
+
+
+async def test_exhausted_attempts_abandon_the_run(client: StateClient, clock: FakeClock) -> None:
+    """A pipeline that keeps failing: three attempts, then ABANDONED with the reason recorded."""
+    sid = crashed_run(client, 3, running_next=False)
+    clock.advance(minutes=11)
+    resumer = Recorder(ResumeRejected("pipeline 503", retryable=True))
+    worker = RecoveryWorker(client, resumer, FAST, clock=clock)
+    await sweep_and_wait(worker)
+    assert [r.attempt for r in resumer.requests] == [1, 2, 3]
+    session = client.sessions.get(sid)
+    assert session.status is SessionStatus.ABANDONED
+    assert "3 attempts exhausted" in (session.error_message or "")
+    assert worker.metrics.abandoned._value.get() == 1
+
+
+async def test_non_retryable_refusal_abandons_at_once(client: StateClient, clock: FakeClock) -> None:
+    """A refusal marked non-retryable is final after one attempt."""
+    sid = crashed_run(client, 3, running_next=False)
+    clock.advance(minutes=11)
+    resumer = Recorder(ResumeRejected("unknown session", retryable=False))
+    await sweep_and_wait(RecoveryWorker(client, resumer, FAST, clock=clock))
+    assert len(resumer.requests) == 1
+    assert client.sessions.get(sid).status is SessionStatus.ABANDONED
+
+
+async def test_a_live_claim_is_never_taken_an_expired_one_is(client: StateClient, clock: FakeClock) -> None:
+    """Worker B skips A's live lease; after expiry B claims with a higher token and A is fenced out."""
+    sid = crashed_run(client, 2, running_next=False)
+    clock.advance(minutes=11)
+    (candidate,) = client.sessions.recovery_candidates(failed_idle=None, stalled_idle=timedelta(minutes=10))
+    claims = ClaimStore(client.layer, clock)
+    a = claims.claim(candidate, worker_id="A", lease=timedelta(seconds=30))
+    assert a is not None
+    assert a.fencing_token == 1
+    b_resumer = Recorder()
+    b = RecoveryWorker(client, b_resumer, WorkerConfig(**{**FAST.__dict__, "worker_id": "B"}), clock=clock)
+    assert await sweep_and_wait(b) == 0
+    clock.advance(seconds=31)
+    assert await sweep_and_wait(b) == 1
+    assert b_resumer.requests[0].fencing_token == 2
+    with pytest.raises(ClaimLostError):
+        claims.extend(a, lease=timedelta(seconds=30))
+
+
+async def test_a_run_that_keeps_failing_is_abandoned_after_max_resumes(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """After max_resumes hand-overs, the next failure ends the run as ABANDONED."""
+    sid = crashed_run(client, 1, running_next=True)
+    resumer = Recorder()
+    worker = RecoveryWorker(client, resumer, FAST, clock=clock)
+    for _ in range(FAST.max_resumes):
+        clock.advance(minutes=11)
+        await sweep_and_wait(worker)
+        client.executions.retry(sid, "ui_selection")  # the pipeline retries ... and stalls again
+    clock.advance(minutes=11)
+    await sweep_and_wait(worker)
+    assert len(resumer.requests) == FAST.max_resumes
+    session = client.sessions.get(sid)
+    assert session.status is SessionStatus.ABANDONED
+    assert "resumed 3 times" in (session.error_message or "")
+
+
+async def test_resume_pipeline_as_the_plan_calls_it(client: StateClient, clock: FakeClock) -> None:
+    """await resume_pipeline(session_id) performs one resume, regardless of age."""
+    sid = crashed_run(client, 5, running_next=False)
+    resumer = Recorder()
+    result = await resume_pipeline(sid, resumer=resumer, client=client)
+    assert result == {"session_id": sid, "outcome": "resumed", "fencing_token": 1}
+    assert resumer.requests[0].next_agent == "search"
+    for agent in AGENTS[5:]:
+        client.executions.start(sid, agent)
+        client.executions.complete(sid, agent)
+    with pytest.raises(NotRecoverableError, match="COMPLETED"):
+        await resume_pipeline(sid, resumer=resumer, client=client)
+
+
+async def test_shutdown_is_idempotent_and_stops_the_loop(client: StateClient, clock: FakeClock) -> None:
+    """run() returns after shutdown(); calling shutdown() again is harmless."""
+    worker = RecoveryWorker(client, Recorder(), FAST, clock=clock)
+    runner = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.15)
+    await worker.shutdown()
+    await worker.shutdown()
+    await asyncio.wait_for(runner, timeout=5)
+    assert worker.metrics.sweeps._value.get() >= 1
+
+
+async def test_shutdown_releases_a_resume_that_outlives_the_grace_period(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """A resume still running after the grace period is cancelled and its claim handed back."""
+    sid = crashed_run(client, 2, running_next=False)
+    clock.advance(minutes=11)
+
+    async def hangs(request: ResumeRequest) -> None:
+        await asyncio.sleep(60)
+
+    config = WorkerConfig(**{**FAST.__dict__, "grace_period": 0.2})
+    worker = RecoveryWorker(client, hangs, config, clock=clock)
+    runner = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.3)
+    await worker.shutdown()
+    await asyncio.wait_for(runner, timeout=5)
+    item = client.layer.get(client.config.tables.sessions, {"session_id": sid})
+    assert item is not None
+    assert "lease_owner" not in item
+    assert item["fencing_token"] == 1
+
+
+class _Pipeline(BaseHTTPRequestHandler):
+    status = 200
+    seen: list[dict[str, Any]] = []  # noqa: RUF012
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen.append(body)
+        self.send_response(type(self).status)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def pipeline() -> Iterator[tuple[str, type[_Pipeline]]]:
+    handler = type("Handler", (_Pipeline,), {"seen": [], "status": 200})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/resume", handler
+    server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable", "stale"), [(409, False, True), (422, False, False), (503, True, False)]
+)
+async def test_http_resumer_maps_status_codes(
+    pipeline: tuple[str, type[_Pipeline]], status: int, retryable: bool, stale: bool
+) -> None:
+    """409 = a newer claim exists, other 4xx = refused for good, 5xx = retry."""
+    url, handler = pipeline
+    handler.status = status
+    request = ResumeRequest("s", "parser", fencing_token=7, attempt=1, reason="FAILED")
+    with pytest.raises(ResumeRejected) as caught:
+        await HttpResumer(url)(request)
+    assert (caught.value.retryable, caught.value.stale) == (retryable, stale)
+    assert handler.seen[-1]["fencing_token"] == 7
+
+
+async def test_http_resumer_posts_the_request(
+    client: StateClient, clock: FakeClock, pipeline: tuple[str, type[_Pipeline]]
+) -> None:
+    """The pipeline receives session, next agent, token and completed outputs as JSON."""
+    url, handler = pipeline
+    sid = crashed_run(client, 1, running_next=False)
+    clock.advance(minutes=11)
+    await sweep_and_wait(RecoveryWorker(client, HttpResumer(url), FAST, clock=clock))
+    (body,) = handler.seen
+    assert body["session_id"] == sid
+    assert body["next_agent"] == "ui_selection"
+    assert body["completed"] == [{"agent_name": "nl_input", "output_data": {"out": "nl_input"}}]
+
+
+async def test_ops_endpoints(client: StateClient, clock: FakeClock) -> None:
+    """/healthz, /readyz and /metrics answer; metrics are Prometheus text."""
+    worker = RecoveryWorker(client, Recorder(), FAST, clock=clock)
+    await worker.sweep()
+    ops = OpsServer(worker, host="127.0.0.1", port=0).start()
+    try:
+        base = f"http://127.0.0.1:{ops.port}"
+
+        def get(path: str) -> tuple[int, str]:
+            with urllib.request.urlopen(base + path, timeout=5) as r:
+                return r.status, r.read().decode()
+
+        assert (await asyncio.to_thread(get, "/healthz"))[0] == 200
+        assert (await asyncio.to_thread(get, "/readyz"))[0] == 200
+        status, text = await asyncio.to_thread(get, "/metrics")
+        assert status == 200
+        assert "tdev_recovery_sweeps_total 1.0" in text
+    finally:
+        ops.stop()
