@@ -22,7 +22,7 @@ import structlog
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import state_client  # noqa: E402
+from benchmarks import recovery, state_client  # noqa: E402
 from tdev_state import StateClient, StateConfig  # noqa: E402
 from tdev_state.tables import delete_tables  # noqa: E402
 
@@ -43,6 +43,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--rounds", type=int, default=15, help="A/B rounds for the overhead ratio")
     parser.add_argument("--runs", type=int, default=50, help="runs for the concurrency benchmark")
+    parser.add_argument(
+        "--only", choices=("state_client", "recovery"), default=None, help="run one group only"
+    )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings and up
 
@@ -62,15 +65,18 @@ def main() -> int:
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(),
             "endpoint": endpoint or "AWS",
-            "state_client": state_client.run_all(config, rounds=args.rounds, runs=args.runs),
         }
+        if args.only in (None, "state_client"):
+            results["state_client"] = state_client.run_all(config, rounds=args.rounds, runs=args.runs)
+        if args.only in (None, "recovery"):
+            results["recovery"] = recovery.run_all(client)
     finally:
         delete_tables(client.layer)
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for obj in page.get("Contents", []):
                 s3.delete_object(Bucket=bucket, Key=obj["Key"])
         s3.delete_bucket(Bucket=bucket)
-    out = ROOT / "reports" / "bench.json"
+    out = ROOT / "reports" / f"bench-{args.only or 'all'}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

@@ -8,22 +8,20 @@ agent ran again, and every run ended COMPLETED (nothing left unclaimed).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from tdev_state import AGENTS, AgentStatus, InvalidTransitionError, SessionStatus, StateClient
+
+from ..builders import make_stalled_runs, serve_resume_endpoint, start_worker
 
 RUNS = int(os.environ.get("TDEV_CHAOS_RUNS", "500"))
 WORKERS = 5
@@ -71,66 +69,12 @@ class FakePipeline:
             self.client.executions.complete(sid, agent, output_data={"by": "resume"})
 
 
-def serve(pipeline: FakePipeline) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            code = pipeline.handle(body)
-            self.send_response(code)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def make_stalled_runs(client: StateClient, count: int) -> dict[str, list[str]]:
-    """`count` runs that crashed after a random number of agents, some with the next agent RUNNING."""
-    rng = random.Random(42)
-    plans = [(rng.randint(0, 8), rng.random() < 0.5) for _ in range(count)]
-
-    def one(plan: tuple[int, bool]) -> tuple[str, list[str]]:
-        done, running = plan
-        sid = client.sessions.create(user_id="chaos", project_name="c").session_id
-        for agent in AGENTS[:done]:
-            client.executions.start(sid, agent, input_data={"before": True})
-            client.executions.complete(sid, agent, output_data={"by": "original"})
-        if running:
-            client.executions.start(sid, AGENTS[done], input_data={"before": True})
-        return sid, list(AGENTS[:done])
-
-    with ThreadPoolExecutor(16) as pool:
-        return dict(pool.map(one, plans))
-
-
-def start_worker(index: int, url: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    args = [
-        sys.executable, "-m", "tdev_recovery",
-        "--resumer", url,
-        "--poll-interval", "0.5",
-        "--stall-threshold", str(STALL_SECONDS),
-        "--retry-delay", str(STALL_SECONDS),
-        "--lease", "2",
-        "--initial-backoff", "0.1",
-        "--concurrency", "8",
-        "--http-port", "0",
-        "--worker-id", f"chaos-{index}-{time.monotonic_ns()}",
-        "--log-level", "warning",
-    ]  # fmt: skip
-    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 @pytest.mark.timeout(600)
 def test_killed_workers_resume_every_run_exactly_once(client: StateClient) -> None:
     """500 stalled runs, 5 replicas killed with SIGKILL at random: each run resumed once, none rerun."""
     originals = make_stalled_runs(client, RUNS)
     pipeline = FakePipeline(StateClient(client.config))
-    server = serve(pipeline)
-    url = f"http://127.0.0.1:{server.server_address[1]}/resume"
+    server, url = serve_resume_endpoint(pipeline.handle)
     env = {
         **os.environ,
         "TDEV_ENV": client.config.env,
@@ -138,7 +82,7 @@ def test_killed_workers_resume_every_run_exactly_once(client: StateClient) -> No
         "TDEV_PAYLOAD_BUCKET": client.config.payload_bucket or "",
     }
     time.sleep(STALL_SECONDS)  # the last runs created must look stalled too
-    workers = [start_worker(i, url, env) for i in range(WORKERS)]
+    workers = [start_worker(i, url, env, stall=STALL_SECONDS) for i in range(WORKERS)]
     rng = random.Random(7)
     kills = 0
     deadline = time.monotonic() + 420
@@ -149,7 +93,7 @@ def test_killed_workers_resume_every_run_exactly_once(client: StateClient) -> No
             workers[victim].send_signal(signal.SIGKILL)
             workers[victim].wait()
             kills += 1
-            workers[victim] = start_worker(victim + 10 * kills, url, env)
+            workers[victim] = start_worker(victim + 10 * kills, url, env, stall=STALL_SECONDS)
             if len(pipeline.accepted) >= RUNS:
                 break
         # Let the survivors finish what they hold, without more kills.

@@ -145,6 +145,7 @@ async def test_a_live_claim_is_never_taken_an_expired_one_is(client: StateClient
     sid = crashed_run(client, 2, running_next=False)
     clock.advance(minutes=11)
     (candidate,) = client.sessions.recovery_candidates(failed_idle=None, stalled_idle=timedelta(minutes=10))
+    assert candidate.session_id == sid
     claims = ClaimStore(client.layer, clock)
     a = claims.claim(candidate, worker_id="A", lease=timedelta(seconds=30))
     assert a is not None
@@ -297,3 +298,16 @@ async def test_ops_endpoints(client: StateClient, clock: FakeClock) -> None:
         assert "tdev_recovery_sweeps_total 1.0" in text
     finally:
         ops.stop()
+
+
+async def test_resume_pipeline_is_importable_with_the_plans_other_calls(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """`from tdev_state import resume_pipeline` works as the pipeline writes it."""
+    from tdev_state import resume_pipeline as plan_resume
+
+    sid = crashed_run(client, 2, running_next=True)
+    resumer = Recorder()
+    result = await plan_resume(sid, resumer=resumer, client=client)
+    assert result["outcome"] == "resumed"
+    assert resumer.requests[0].next_agent == "parser"

@@ -2,13 +2,15 @@
 
 Typed API: `StateClient` (blocking) and `AsyncStateClient` (awaitable), each with `.sessions`,
 `.executions` and `.projects`. The plan's dict API: `save_pipeline_session`, `update_agent_execution`,
-`get_failed_sessions`, `save_user_project`. The other packages build on `tdev_state.dynamo.DynamoLayer`
+`get_failed_sessions`, `save_user_project`, `resume_pipeline` (needs
+tdev-recovery-worker). The other packages build on `tdev_state.dynamo.DynamoLayer`
 and `tdev_state.schema`.
 """
 
 from tdev_state._plan import (
     configure,
     get_failed_sessions,
+    resume_pipeline,
     save_pipeline_session,
     save_user_project,
     update_agent_execution,
@@ -76,6 +78,7 @@ __all__ = [
     "ValidationError",
     "configure",
     "get_failed_sessions",
+    "resume_pipeline",
     "save_pipeline_session",
     "save_user_project",
     "update_agent_execution",

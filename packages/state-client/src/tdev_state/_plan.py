@@ -20,7 +20,12 @@ from typing import Any
 from tdev_state import _validate as check
 from tdev_state.client import AsyncStateClient, StateClient
 from tdev_state.config import StateConfig
-from tdev_state.exceptions import InvalidTransitionError, SessionNotFoundError, ValidationError
+from tdev_state.exceptions import (
+    ConfigurationError,
+    InvalidTransitionError,
+    SessionNotFoundError,
+    ValidationError,
+)
 from tdev_state.models import AgentStatus, SessionStatus
 
 _SERVER_MANAGED = frozenset(
@@ -211,3 +216,17 @@ async def save_user_project(project: Mapping[str, Any]) -> dict[str, Any]:
 def _reset_for_tests() -> None:
     """Forget the process-wide client (tests that change the environment call this)."""
     configure(None)
+
+
+async def resume_pipeline(session_id: str, **options: Any) -> dict[str, Any]:
+    """The plan's call: resume one failed or stalled run now (implemented by tdev-recovery-worker).
+
+    Importable from `tdev_state` with the plan's other calls; the worker package is loaded on first use.
+    """
+    try:
+        from tdev_recovery import resume_pipeline as resume
+    except ImportError:
+        raise ConfigurationError(
+            "resume_pipeline needs the tdev-recovery-worker package installed next to tdev-state-client"
+        ) from None
+    return await resume(session_id, **options)
