@@ -107,6 +107,15 @@ def _finished_sessions(client: StateClient, count: int) -> None:
 
 
 def bench_sweep_cost(client: StateClient) -> dict[str, Any]:
+    _retire(
+        client,
+        {
+            c.session_id
+            for c in client.sessions.recovery_candidates(
+                failed_idle=timedelta(0), stalled_idle=timedelta(0), limit=1000
+            )
+        },
+    )
     make_stalled_runs(client, 10, seed=3)
     results: dict[str, Any] = {}
     written = 0
@@ -130,7 +139,7 @@ def bench_sweep_cost(client: StateClient) -> dict[str, Any]:
 def bench_throughput(client: StateClient, runs: int = 200) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for replicas in (1, 4):
-        make_stalled_runs(client, runs, seed=replicas)
+        phase = set(make_stalled_runs(client, runs, seed=replicas))
         accepted: set[str] = set()
         lock = threading.Lock()
 
@@ -155,6 +164,7 @@ def bench_throughput(client: StateClient, runs: int = 200) -> dict[str, Any]:
         for proc in workers:
             proc.wait(timeout=30)
         server.shutdown()
+        _retire(client, phase)  # accepted but never continued: keep them out of the next phase
         out[f"{replicas}_workers"] = {
             "resumed": len(accepted),
             "seconds": elapsed,
@@ -162,6 +172,16 @@ def bench_throughput(client: StateClient, runs: int = 200) -> dict[str, Any]:
         }
     out["speedup"] = out["4_workers"]["per_second"] / out["1_workers"]["per_second"]
     return out
+
+
+def _retire(client: StateClient, sessions: set[str]) -> None:
+    def one(sid: str) -> None:
+        session = client.sessions.get(sid)
+        if session.status.value in ("ACTIVE", "FAILED"):
+            client.sessions.update(sid, expected_version=session.version, status="ABANDONED")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, sessions))
 
 
 def run_all(client: StateClient) -> dict[str, Any]:

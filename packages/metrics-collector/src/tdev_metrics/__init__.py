@@ -1,8 +1,32 @@
-"""T-Developer metrics collector.
+"""T-Developer metrics collector: buffered, aggregated, exactly-once metrics from the pipeline to DynamoDB.
 
-Buffers and aggregates pipeline metrics in memory and flushes them to the metrics table exactly once
-(issue #5). Until then this package only fixes its import name and typing marker, so the workspace, the
-lint and the type check cover it from the start.
+`MetricsCollector.record()` (or the plan's `await record_metric({...})`) costs about a microsecond and only
+touches memory; flushes write one UpdateItem per key, exactly once. `MetricsReader` reads hourly/daily
+summaries with percentiles and A/B comparisons; `tdev-metrics report` prints and charts them.
 """
 
-__all__: list[str] = []
+from tdev_metrics._plan import configure, record_metric
+from tdev_metrics.collector import CollectorConfig, MetricsCollector, install_signal_handlers
+from tdev_metrics.exceptions import (
+    BufferFullError,
+    CollectorClosedError,
+    MetricsError,
+    MetricValidationError,
+)
+from tdev_metrics.report import Comparison, Interval, MetricsReader, Summary
+
+__all__ = [
+    "BufferFullError",
+    "CollectorClosedError",
+    "CollectorConfig",
+    "Comparison",
+    "Interval",
+    "MetricValidationError",
+    "MetricsCollector",
+    "MetricsError",
+    "MetricsReader",
+    "Summary",
+    "configure",
+    "install_signal_handlers",
+    "record_metric",
+]

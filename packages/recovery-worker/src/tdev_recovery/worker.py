@@ -132,6 +132,9 @@ class RecoveryWorker:
             await self._io(self._publish_backlog, len(candidates))
         started = 0
         now = self._clock()
+        # Replicas see the same candidates; walking them in the same order makes them collide on every
+        # claim. Each replica takes the oldest ones in its own random order.
+        candidates = random.sample(candidates, len(candidates))
         for candidate in candidates:
             if self._stopping is not None and self._stopping.is_set():
                 break

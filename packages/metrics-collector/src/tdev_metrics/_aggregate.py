@@ -1,0 +1,96 @@
+"""One key's aggregate: exact count/sum/sumsq/min/max/errors and DDSketch buckets (1 % relative accuracy).
+
+Values are kept raw until there are `FOLD_AT` of them, then folded into bucket counts with ddsketch's
+logarithmic mapping, so `add` stays a handful of float operations and memory per key stays bounded.
+Bucket counts are what the table stores (one numeric attribute per bucket, summed with ADD), and what
+`sketch()` rebuilds a mergeable DDSketch from for percentiles.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from ddsketch.ddsketch import BaseDDSketch
+from ddsketch.mapping import LogarithmicMapping
+from ddsketch.store import DenseStore
+
+RELATIVE_ACCURACY = 0.01
+MAPPING = LogarithmicMapping(RELATIVE_ACCURACY)
+FOLD_AT = 2048
+
+
+class Key(NamedTuple):
+    """What one aggregate (and one table item) is about. `hour` counts hours since the Unix epoch (UTC)."""
+
+    hour: int
+    metric: str
+    agent: str
+    variant: str | None
+
+
+def bucket_of(value: float) -> str:
+    """The stored bucket name of a value: "p<k>" positive, "n<k>" negative, "z" for (near) zero."""
+    if value > MAPPING.min_possible:
+        return f"p{MAPPING.key(value)}"
+    if value < -MAPPING.min_possible:
+        return f"n{MAPPING.key(-value)}"
+    return "z"
+
+
+@dataclass
+class Aggregate:
+    """Everything recorded for one key since it was last handed to a flush."""
+
+    count: int = 0
+    total: float = 0.0
+    sumsq: float = 0.0
+    errors: int = 0
+    low: float = float("inf")
+    high: float = float("-inf")
+    raw: list[float] = field(default_factory=list)
+    buckets: Counter[str] = field(default_factory=Counter)
+
+    def add(self, value: float, error: bool) -> None:
+        self.count += 1
+        self.total += value
+        self.sumsq += value * value
+        if error:
+            self.errors += 1
+        self.low = min(self.low, value)
+        self.high = max(self.high, value)
+        self.raw.append(value)
+        if len(self.raw) >= FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Move raw values into bucket counts."""
+        if self.raw:
+            self.buckets.update(bucket_of(v) for v in self.raw)
+            self.raw.clear()
+
+    def merge(self, other: Aggregate) -> None:
+        self.count += other.count
+        self.total += other.total
+        self.sumsq += other.sumsq
+        self.errors += other.errors
+        self.low = min(self.low, other.low)
+        self.high = max(self.high, other.high)
+        other.fold()
+        self.fold()
+        self.buckets.update(other.buckets)
+
+
+def sketch_from_buckets(buckets: dict[str, float]) -> BaseDDSketch:
+    """A DDSketch with these bucket counts (merge sketches of hours into days with `.merge`)."""
+    positive, negative = DenseStore(), DenseStore()
+    zero = 0.0
+    for name, count in buckets.items():
+        if name == "z":
+            zero += float(count)
+        elif name[0] == "p":
+            positive.add(int(name[1:]), float(count))
+        elif name[0] == "n":
+            negative.add(int(name[1:]), float(count))
+    return BaseDDSketch(MAPPING, positive, negative, zero)

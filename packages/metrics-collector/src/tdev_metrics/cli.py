@@ -1,0 +1,175 @@
+"""`tdev-metrics report`: print metrics as a table, chart them to a PNG, compare two variants.
+
+    tdev-metrics report --metric agent_execution_time --from 2026-11-26 [--to …] [--agent generation]
+                        [--daily] [--png out.png] [--json]
+    tdev-metrics report --metric agent_execution_time --agent generation --compare A B
+
+Exit codes: 0 ok, 1 no data, 2 bad arguments, 3 the store failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from tdev_metrics.exceptions import MetricValidationError
+from tdev_metrics.report import Comparison, MetricsReader, Summary
+from tdev_state import StateClient, StateConfig, StateError
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tdev-metrics")
+    sub = parser.add_subparsers(dest="command", required=True)
+    report = sub.add_parser("report", help="hourly or daily figures, a PNG chart, or an A/B comparison")
+    report.add_argument("--metric", default="agent_execution_time")
+    today = datetime.now(UTC).date()
+    report.add_argument("--from", dest="start", type=_day, default=today, help="first day (UTC)")
+    report.add_argument("--to", dest="end", type=_day, default=None, help="last day (default: --from)")
+    report.add_argument("--agent", default=None)
+    report.add_argument("--variant", default=None)
+    report.add_argument("--daily", action="store_true", help="one row per day instead of per hour")
+    report.add_argument("--png", type=Path, default=None, help="write a chart here")
+    report.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two variants of --agent")
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.add_argument("--env", default=None, help="table environment (default: $TDEV_ENV or local)")
+    return parser
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render_table(rows: list[Summary], console: Console, title: str) -> None:
+    table = Table(title=title)
+    for column in ("date", "hour", "agent", "variant", "count", "avg", "p50", "p95", "p99", "error rate"):
+        table.add_column(column, justify="right" if column not in ("date", "agent", "variant") else "left")
+    for r in rows:
+        table.add_row(
+            r.date,
+            "-" if r.hour is None else f"{r.hour:02d}",
+            r.agent,
+            r.variant or "",
+            str(r.count),
+            _fmt(r.avg_response_time),
+            _fmt(r.p50),
+            _fmt(r.p95),
+            _fmt(r.p99),
+            _fmt(r.error_rate, 4),
+        )
+    console.print(table)
+
+
+def render_png(rows: list[Summary], path: Path, metric: str) -> None:
+    """Average response time and error rate per agent per hour, one line per agent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    agents = sorted({r.agent for r in rows})
+    for agent in agents:
+        points = [r for r in rows if r.agent == agent]
+        x = [datetime.fromisoformat(f"{r.date}T{(r.hour or 0):02d}:00:00") for r in points]
+        top.plot(x, [r.avg_response_time or 0 for r in points], marker="o", label=agent)
+        bottom.plot(x, [100 * (r.error_rate or 0) for r in points], marker="o", label=agent)
+    top.set_ylabel(f"avg {metric}")
+    top.set_title(f"{metric}: average per agent per hour")
+    bottom.set_ylabel("error rate (%)")
+    bottom.set_xlabel("hour (UTC)")
+    top.legend(loc="upper left", fontsize="small", ncol=3)
+    top.grid(alpha=0.3)
+    bottom.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render_comparison(result: Comparison, console: Console) -> None:
+    table = Table(title=f"{result.a.agent}: {result.b.variant} vs {result.a.variant} (95 % intervals)")
+    for column in ("variant", "count", "avg", "p95", "error rate"):
+        table.add_column(column)
+    for s in (result.a, result.b):
+        table.add_row(
+            s.variant or "", str(s.count), _fmt(s.avg_response_time), _fmt(s.p95), _fmt(s.error_rate, 4)
+        )
+    console.print(table)
+    for label, interval in (("mean", result.mean), ("error rate", result.error_rate)):
+        if interval is None:
+            console.print(f"{label}: not enough data")
+        else:
+            verdict = "significant" if interval.significant else "not significant"
+            console.print(
+                f"{label} difference (B - A): {interval.difference:+.4f} "
+                f"[{interval.low:+.4f}, {interval.high:+.4f}] — {verdict}"
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    # Piped output (scripts, CI logs) gets a wide console instead of rich's 80-column default.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    try:
+        client = StateClient(StateConfig.from_env(**({"env": args.env} if args.env else {})))
+        reader = MetricsReader(client)
+        if args.compare:
+            if not args.agent:
+                print("error: --compare needs --agent", file=sys.stderr)
+                return 2
+            result = reader.compare(
+                args.metric,
+                agent=args.agent,
+                variant_a=args.compare[0],
+                variant_b=args.compare[1],
+                start=args.start,
+                end=args.end,
+            )
+            if args.json:
+                mean, rate = result.mean, result.error_rate
+                payload = {
+                    "a": result.a.to_dict(),
+                    "b": result.b.to_dict(),
+                    "mean": mean.__dict__ if mean else None,
+                    "error_rate": rate.__dict__ if rate else None,
+                }
+                print(json.dumps(payload))
+            else:
+                render_comparison(result, console)
+            return 0 if result.a.count and result.b.count else 1
+        query = reader.daily if args.daily else reader.hourly
+        rows = query(args.metric, start=args.start, end=args.end, agent=args.agent, variant=args.variant)
+    except MetricValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows]))
+    else:
+        render_table(rows, console, f"{args.metric} {args.start}..{args.end or args.start}")
+    if args.png and rows:
+        render_png(rows, args.png, args.metric)
+        if not args.json:
+            console.print(f"chart written to {args.png}")
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

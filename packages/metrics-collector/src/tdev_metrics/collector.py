@@ -1,0 +1,361 @@
+"""The buffered, aggregating collector that runs inside the pipeline process.
+
+`record()` touches only memory: the calling thread's own shard (a dict and a lock nobody else takes except
+a flush), so it costs about a microsecond and never blocks an event loop. A flusher thread writes one
+UpdateItem per key per flush — on an interval, when the buffer grows past a size, on `flush()`, on exit of
+`with`, and at interpreter exit (atexit). SIGTERM/SIGINT are the entry point's to handle:
+`install_signal_handlers(collector)` flushes and then defers to the previous handler.
+
+Delivery is exactly once (see `_store`): a batch that failed is kept and re-sent as the same write, before
+anything newer for its key, with exponential backoff; new records keep aggregating meanwhile. Memory is
+bounded by `max_keys`; past it, the overflow policy applies and every dropped record is counted and logged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any, Literal
+
+import structlog
+
+from tdev_metrics._aggregate import Aggregate, Key
+from tdev_metrics._store import MetricsStore, Write, plan_writes
+from tdev_metrics.exceptions import BufferFullError, CollectorClosedError, MetricValidationError
+from tdev_state import StateClient, StateError
+from tdev_state.models import AGENTS
+
+log = structlog.get_logger("tdev_metrics.collector")
+
+_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollectorConfig:
+    """Buffering and delivery settings."""
+
+    flush_interval: float = 10.0
+    #: Records since the last flush that trigger an early one.
+    flush_at_records: int = 50_000
+    #: Distinct keys held in memory at most (buffered + awaiting delivery).
+    max_keys: int = 10_000
+    overflow: Literal["drop", "raise"] = "drop"
+    #: Agents accepted; None accepts any well-formed name (the pipeline's nine by default).
+    agents: frozenset[str] | None = frozenset(AGENTS)
+    max_backoff: float = 60.0
+
+
+@dataclass
+class _Shard:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    aggs: dict[Key, Aggregate] = field(default_factory=dict)
+    records: int = 0
+
+
+@dataclass
+class _Pending:
+    """A key's data handed to delivery: writes not yet confirmed (kept verbatim for retries)."""
+
+    writes: list[Write]
+
+
+class MetricsCollector:
+    """Buffered, aggregated metrics for one process. Thread-safe; create one and share it."""
+
+    def __init__(
+        self,
+        client: StateClient,
+        config: CollectorConfig | None = None,
+        *,
+        writer_id: str | None = None,
+        start: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config or CollectorConfig()
+        self.writer_id = writer_id or uuid.uuid4().hex[:12]
+        self._store = MetricsStore(client.layer, self.writer_id)
+        self._clock = clock
+        self._local = threading.local()
+        self._shards: list[_Shard] = []
+        self._shards_lock = threading.Lock()
+        self._keys: set[Key] = set()  # keys buffered in shards, for the max_keys bound
+        self._pending: dict[Key, _Pending] = {}  # handed to delivery, not yet confirmed
+        self._staged: dict[Key, Aggregate] = {}  # collected, waiting behind a pending write
+        self._flush_lock = threading.Lock()
+        self._seq = int(time.time() * 1000)  # strictly increasing across restarts of this writer id
+        self._wake = threading.Event()
+        self._closed = False
+        self._valid_names: set[str] = set()
+        self.dropped = 0
+        self.flushes = 0
+        self.failed_flushes = 0
+        self.duplicates_ignored = 0
+        self.records = 0
+        self._backoff = 0.0
+        self._deferred_signal: Callable[[], None] | None = None
+        self._thread: threading.Thread | None = None
+        if start:
+            self.start()
+
+    # --- recording (hot path) -------------------------------------------------------------------------
+
+    def record(
+        self,
+        metric_name: str,
+        value: float,
+        *,
+        agent_name: str,
+        timestamp: datetime | float | None = None,
+        error: bool = False,
+        variant: str | None = None,
+    ) -> None:
+        """Add one observation to its (hour, metric, agent, variant) aggregate. Never does I/O."""
+        if self._closed:
+            raise CollectorClosedError("record() after close(); create a new collector")
+        if type(value) is not float and (type(value) is not int or isinstance(value, bool)):
+            raise MetricValidationError(
+                f"value must be an int or float, got {type(value).__name__} {value!r:.40}"
+            )
+        if not math.isfinite(value):
+            raise MetricValidationError(f"value is {value!r}; metrics must be finite numbers")
+        if metric_name not in self._valid_names or agent_name not in self._valid_names:
+            self._check_names(metric_name, agent_name)
+        if variant is not None and variant not in self._valid_names:
+            self._check_name("variant", variant)
+        if timestamp is None:
+            moment = self._clock()
+        elif isinstance(timestamp, datetime):
+            moment = timestamp.timestamp()  # naive datetimes are local time, as datetime.now() gives
+        elif type(timestamp) in (float, int) and math.isfinite(timestamp):
+            moment = float(timestamp)
+        else:
+            raise MetricValidationError(f"timestamp must be a datetime or epoch seconds, got {timestamp!r}")
+        key = Key(int(moment // 3600), metric_name, agent_name, variant)
+        local = self._local
+        shard: _Shard | None = getattr(local, "shard", None)
+        if shard is None:
+            shard = self._new_shard()
+        local.busy = True  # a signal handler arriving now must not flush (we hold the shard lock)
+        try:
+            with shard.lock:
+                agg = shard.aggs.get(key)
+                if agg is None:
+                    if not self._admit(key):
+                        return
+                    agg = shard.aggs[key] = Aggregate()
+                agg.add(float(value), bool(error))
+                shard.records += 1
+                if shard.records >= self.config.flush_at_records:
+                    shard.records = 0
+                    self._wake.set()
+        finally:
+            local.busy = False
+        if self._deferred_signal is not None:
+            self._run_deferred_signal()
+
+    def _new_shard(self) -> _Shard:
+        shard = _Shard()
+        with self._shards_lock:
+            self._shards.append(shard)
+        self._local.shard = shard
+        return shard
+
+    def _admit(self, key: Key) -> bool:
+        with self._shards_lock:
+            if key in self._keys:
+                return True
+            if len(self._keys) + len(self._pending) + len(self._staged) < self.config.max_keys:
+                self._keys.add(key)
+                return True
+            self.dropped += 1
+        if self.config.overflow == "raise":
+            raise BufferFullError(
+                f"the metrics buffer holds {self.config.max_keys} keys; raise max_keys or flush more often"
+            )
+        if self.dropped == 1 or self.dropped % 10_000 == 0:
+            log.warning("metrics.overflow_dropped", dropped=self.dropped, max_keys=self.config.max_keys)
+        return False
+
+    def _check_names(self, metric_name: str, agent_name: str) -> None:
+        self._check_name("metric_name", metric_name)
+        self._check_name("agent_name", agent_name)
+        if self.config.agents is not None and agent_name not in self.config.agents:
+            raise MetricValidationError(
+                f"unknown agent {agent_name!r}; agents are: {', '.join(sorted(self.config.agents))}"
+            )
+
+    def _check_name(self, field_name: str, name: object) -> None:
+        if not isinstance(name, str) or not name or len(name) > 64 or not set(name) <= _NAME_OK:
+            raise MetricValidationError(
+                f"{field_name} {name!r} must be 1-64 characters of letters, digits, '_', '-' or '.'"
+            )
+        self._valid_names.add(name)
+
+    # --- flushing -------------------------------------------------------------------------------------
+
+    def flush(self) -> bool:
+        """Deliver everything buffered now. True if all of it was confirmed; on failure the data stays
+        and is retried (by the next flush, or the flusher thread after a backoff)."""
+        busy_before = getattr(self._local, "busy", False)
+        self._local.busy = True
+        try:
+            with self._flush_lock:
+                self._collect()
+                ok = True
+                for key in list(self._pending):
+                    if not self._deliver(key):
+                        ok = False
+                self.flushes += 1
+                if not ok:
+                    self.failed_flushes += 1
+        finally:
+            self._local.busy = busy_before
+        if not busy_before and self._deferred_signal is not None:
+            self._run_deferred_signal()
+        return ok
+
+    def _collect(self) -> None:
+        with self._shards_lock:
+            shards = list(self._shards)
+        taken: dict[Key, Aggregate] = {}
+        for shard in shards:
+            with shard.lock:
+                aggs, shard.aggs, shard.records = shard.aggs, {}, 0
+            for key, agg in aggs.items():
+                if key in taken:
+                    taken[key].merge(agg)
+                else:
+                    taken[key] = agg
+        with self._shards_lock:
+            self._keys.difference_update(taken)
+            for key, agg in taken.items():
+                self.records += agg.count
+                if key in self._staged:
+                    self._staged[key].merge(agg)
+                else:
+                    self._staged[key] = agg
+            for key in list(self._staged):
+                if key not in self._pending:
+                    self._pending[key] = _Pending(plan_writes(self._staged.pop(key), self._next_seq))
+
+    def _deliver(self, key: Key) -> bool:
+        pending = self._pending[key]
+        while pending.writes:
+            try:
+                applied = self._store.apply(key, pending.writes[0])
+            except StateError as exc:
+                log.warning("flush.failed", metric_name=key.metric, agent_name=key.agent, error=str(exc))
+                return False
+            if not applied:
+                self.duplicates_ignored += 1
+            pending.writes.pop(0)
+        with self._shards_lock:
+            del self._pending[key]
+            if key in self._staged:  # newer data waited behind this write: it goes next time
+                self._pending[key] = _Pending(plan_writes(self._staged.pop(key), self._next_seq))
+        return True
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def buffered_keys(self) -> int:
+        """Keys in memory: collecting, staged or awaiting delivery."""
+        with self._shards_lock:
+            return len(self._keys) + len(self._pending) + len(self._staged)
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the flusher thread and register the atexit flush. Idempotent."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="tdev-metrics-flusher", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(timeout=self._backoff or self.config.flush_interval)
+            self._wake.clear()
+            if self._closed:  # close() delivers the rest itself
+                return
+            if self.flush():
+                self._backoff = 0.0
+            else:  # exponential backoff with jitter, capped
+                cap = min(self.config.max_backoff, max(0.5, self._backoff * 2))
+                self._backoff = random.uniform(cap / 2, cap)
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop the flusher and deliver what is left (retrying until `timeout`). Idempotent.
+        Returns True if nothing is left undelivered."""
+        if self._closed:
+            return self.buffered_keys() == 0
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        delay = 0.1
+        while True:
+            if self.flush():
+                return True
+            if time.monotonic() + delay > deadline:
+                log.error("metrics.undelivered_at_close", keys=self.buffered_keys())
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _run_deferred_signal(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals are the main thread's business; it runs the action itself
+        action, self._deferred_signal = self._deferred_signal, None
+        if action is not None:
+            action()
+
+    def in_critical_section(self) -> bool:
+        """True while the calling thread is inside record() or flush() (signal handlers defer then)."""
+        return bool(getattr(self._local, "busy", False))
+
+    def defer_until_safe(self, action: Callable[[], None]) -> None:
+        """Run `action` as soon as the calling thread leaves record()/flush() (for signal handlers)."""
+        self._deferred_signal = action
+
+    def __enter__(self) -> MetricsCollector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def install_signal_handlers(
+    collector: MetricsCollector, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+) -> None:
+    """For the process's entry point: on SIGTERM/SIGINT flush the collector, then do what the previous
+    handler would have done (the default: terminate). Must be called from the main thread."""
+    for signum in signals:
+        previous = signal.getsignal(signum)
+
+        def handler(num: int, frame: FrameType | None, previous: Any = previous) -> None:
+            collector.close()
+            if callable(previous):
+                previous(num, frame)
+            elif previous == signal.SIG_DFL:
+                signal.signal(num, signal.SIG_DFL)
+                signal.raise_signal(num)
+
+        signal.signal(signum, handler)
+
+
+def utc_hour(moment: float) -> datetime:
+    """The start of the UTC hour containing `moment` (for reports and tests)."""
+    return datetime.fromtimestamp(int(moment // 3600) * 3600, UTC)

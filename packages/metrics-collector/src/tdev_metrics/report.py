@@ -1,0 +1,216 @@
+"""Reading metrics back: hourly and daily summaries with percentiles, and A/B comparisons.
+
+The plan's `avg_response_time` and `error_rate` are ratios. Two collectors cannot update a stored ratio
+atomically, so the table keeps their exact parts (`value` = sum, `count`, `errors`) and they are computed
+here. Percentiles come from the stored DDSketch buckets, merged across hours for daily figures (1 %
+relative accuracy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from tdev_metrics._aggregate import sketch_from_buckets
+from tdev_metrics._store import MetricsStore
+from tdev_metrics.exceptions import MetricValidationError
+from tdev_state import StateClient
+
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One metric of one agent (and variant) over one hour, or one day when `hour` is None."""
+
+    date: str
+    hour: int | None
+    metric: str
+    agent: str
+    variant: str | None
+    count: int
+    total: float
+    errors: int
+    avg_response_time: float | None
+    error_rate: float | None
+    stddev: float | None
+    min: float | None
+    max: float | None
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A difference (B - A) with its 95 % confidence interval."""
+
+    difference: float
+    low: float
+    high: float
+
+    @property
+    def significant(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Variant B against variant A of one agent's metric."""
+
+    a: Summary
+    b: Summary
+    mean: Interval | None
+    error_rate: Interval | None
+
+
+class MetricsReader:
+    """Query API over the metrics table."""
+
+    def __init__(self, client: StateClient) -> None:
+        self._store = MetricsStore(client.layer, writer_id="reader")
+
+    def hourly(
+        self,
+        metric: str,
+        *,
+        start: date,
+        end: date | None = None,
+        agent: str | None = None,
+        variant: str | None = None,
+    ) -> list[Summary]:
+        """One summary per (date, hour, agent, variant) in [start, end], ordered by time then agent."""
+        return [self._summary(*group) for group in self._groups(metric, start, end, agent, variant)]
+
+    def daily(
+        self,
+        metric: str,
+        *,
+        start: date,
+        end: date | None = None,
+        agent: str | None = None,
+        variant: str | None = None,
+    ) -> list[Summary]:
+        """Hours merged per (date, agent, variant): counts add, sketches merge."""
+        days: dict[tuple[str, str, str | None], list[dict[str, Any]]] = defaultdict(list)
+        for day, _hour, _metric, agent_name, var, items in self._groups(metric, start, end, agent, variant):
+            days[(day, agent_name, var)].extend(items)
+        return [
+            self._summary(day, None, metric, agent_name, var, items)
+            for (day, agent_name, var), items in sorted(
+                days.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")
+            )
+        ]
+
+    def compare(
+        self,
+        metric: str,
+        *,
+        agent: str,
+        variant_a: str,
+        variant_b: str,
+        start: date,
+        end: date | None = None,
+    ) -> Comparison:
+        """B against A over the period: difference of means (Welch, normal approximation) and of error
+        rates (Wald), each with a 95 % confidence interval."""
+        a, b = (self._total(metric, agent, v, start, end) for v in (variant_a, variant_b))
+        return Comparison(a=a, b=b, mean=_mean_interval(a, b), error_rate=_rate_interval(a, b))
+
+    # --- helpers --------------------------------------------------------------------------------------
+
+    def _total(self, metric: str, agent: str, variant: str, start: date, end: date | None) -> Summary:
+        items = [i for *_, items in self._groups(metric, start, end, agent, variant) for i in items]
+        return self._summary(start.isoformat(), None, metric, agent, variant, items)
+
+    def _groups(
+        self, metric: str, start: date, end: date | None, agent: str | None, variant: str | None
+    ) -> list[tuple[str, int, str, str, str | None, list[dict[str, Any]]]]:
+        if not metric or "#" in metric:
+            raise MetricValidationError(f"metric name {metric!r} is not valid")
+        last = end or start
+        if last < start:
+            raise MetricValidationError(f"end {last} is before start {start}")
+        if (last - start).days > 366:
+            raise MetricValidationError("at most 366 days per query")
+        prefix = f"{metric}#" + (f"{agent}#" if agent else "")
+        out = []
+        day = start
+        while day <= last:
+            for item in self._store.query_day(day.isoformat(), prefix):
+                parts = str(item["metric_name"]).split("#")
+                item_variant = parts[3] if len(parts) > 3 else None
+                if variant is not None and item_variant != variant:
+                    continue
+                out.append((day.isoformat(), int(parts[2]), parts[0], parts[1], item_variant, [item]))
+            day += timedelta(days=1)
+        out.sort(key=lambda g: (g[0], g[1], g[3], g[4] or ""))
+        return out
+
+    @staticmethod
+    def _summary(  # noqa: PLR0917 - mirrors the group tuple it is applied to
+        day: str, hour: int | None, metric: str, agent: str, variant: str | None, items: list[dict[str, Any]]
+    ) -> Summary:
+        count = sum(int(i.get("count", 0)) for i in items)
+        total = sum(float(i.get("value", 0)) for i in items)
+        sumsq = sum(float(i.get("sumsq", 0)) for i in items)
+        errors = sum(int(i.get("errors", 0)) for i in items)
+        lows = [float(i["min_value"]) for i in items if "min_value" in i]
+        highs = [float(i["max_value"]) for i in items if "max_value" in i]
+        sketch = None
+        for item in items:
+            part = sketch_from_buckets({k[2:]: float(v) for k, v in item.items() if k.startswith("b_")})
+            if sketch is None:
+                sketch = part
+            else:
+                sketch.merge(part)
+
+        def quantile(q: float) -> float | None:
+            if sketch is None or sketch.count == 0:
+                return None
+            value = sketch.get_quantile_value(q)
+            return float(value) if value is not None else None
+
+        mean = total / count if count else None
+        variance = (sumsq / count - (mean or 0.0) ** 2) * count / (count - 1) if count > 1 else None
+        return Summary(
+            date=day,
+            hour=hour,
+            metric=metric,
+            agent=agent,
+            variant=variant,
+            count=count,
+            total=total,
+            errors=errors,
+            avg_response_time=mean,
+            error_rate=errors / count if count else None,
+            stddev=math.sqrt(max(variance, 0.0)) if variance is not None else None,
+            min=min(lows) if lows else None,
+            max=max(highs) if highs else None,
+            p50=quantile(0.50),
+            p95=quantile(0.95),
+            p99=quantile(0.99),
+        )
+
+
+def _mean_interval(a: Summary, b: Summary) -> Interval | None:
+    if a.count < 2 or b.count < 2 or a.stddev is None or b.stddev is None:
+        return None
+    diff = (b.avg_response_time or 0.0) - (a.avg_response_time or 0.0)
+    half = Z95 * math.sqrt(a.stddev**2 / a.count + b.stddev**2 / b.count)
+    return Interval(diff, diff - half, diff + half)
+
+
+def _rate_interval(a: Summary, b: Summary) -> Interval | None:
+    if not a.count or not b.count or a.error_rate is None or b.error_rate is None:
+        return None
+    pa, pb = a.error_rate, b.error_rate
+    diff = pb - pa
+    half = Z95 * math.sqrt(pa * (1 - pa) / a.count + pb * (1 - pb) / b.count)
+    return Interval(diff, diff - half, diff + half)
