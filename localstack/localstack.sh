@@ -10,10 +10,13 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 state="${TDEV_LOCALSTACK_HOME:-$root/.cache/localstack}"
 venv="$state/venv"
-fsroot="$state/fs"
-pidfile="$state/localstack.pid"
-modefile="$state/mode"
-logfile="$state/localstack.log"
+# A second instance (e.g. one injecting faults on another port) sets TDEV_LOCALSTACK_RUN to its own directory
+# for pid, log and data; it shares the installed runtime and DynamoDB Local jar.
+run_dir="${TDEV_LOCALSTACK_RUN:-$state}"
+fsroot="$run_dir/fs"
+pidfile="$run_dir/localstack.pid"
+modefile="$run_dir/mode"
+logfile="$run_dir/localstack.log"
 port="${LOCALSTACK_PORT:-4566}"
 endpoint="http://127.0.0.1:${port}"
 services="dynamodb,dynamodbstreams,s3,kms,iam,sts,cloudwatch,sns"
@@ -51,7 +54,7 @@ ls_env() {
   # libraries under /var/lib/localstack; FILESYSTEM_ROOT keeps them in the checkout's cache.
   export OVERRIDE_IN_DOCKER=0 FILESYSTEM_ROOT="$fsroot" GATEWAY_LISTEN="127.0.0.1:${port}" \
          SERVICES="$services" LOCALSTACK_TELEMETRY_DISABLED=1 DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 \
-         SKIP_INFRA_DOWNLOADS=1 EAGER_SERVICE_LOADING=0 DYNAMODB_ERROR_PROBABILITY="${DYNAMODB_ERROR_PROBABILITY:-0.0}" DEBUG="${LOCALSTACK_DEBUG:-0}"
+         SKIP_INFRA_DOWNLOADS=1 EAGER_SERVICE_LOADING=0 DYNAMODB_IN_MEMORY=1 DYNAMODB_ERROR_PROBABILITY="${DYNAMODB_ERROR_PROBABILITY:-0.0}" DEBUG="${LOCALSTACK_DEBUG:-0}"
 }
 
 install_host() {
@@ -152,6 +155,11 @@ up() {
       log "host-mode process $(cat "$pidfile") is starting; waiting for it"
     else
       install_host
+      mkdir -p "$run_dir"
+      if [ "$run_dir" != "$state" ]; then
+        mkdir -p "$fsroot/var/lib/localstack"
+        ln -sfn "$state/fs/var/lib/localstack/lib" "$fsroot/var/lib/localstack/lib"
+      fi
       echo host >"$modefile"
       ls_env
       log "starting LocalStack ${LOCALSTACK_VERSION} in host mode (no Docker engine answered); log: $logfile"

@@ -68,6 +68,9 @@ def timeout_after_success(client: Any, operation: str, times: int = 1) -> Iterat
     lock = threading.Lock()
 
     def handler(request: Any, **_: Any) -> None:
+        # Only a call's first attempt: botocore's retry of it must reach the endpoint untouched.
+        if b"attempt=1;" not in request.headers.get("amz-sdk-request", b""):
+            return
         with lock:
             if counts["injected"] >= times:
                 return

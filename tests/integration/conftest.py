@@ -83,3 +83,34 @@ def layer_for(config: StateConfig, **overrides: object) -> DynamoLayer:
     from dataclasses import replace
 
     return DynamoLayer(replace(config, **overrides))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def throttling_config(base_config: StateConfig) -> Iterator[StateConfig]:
+    """A second LocalStack on port 4567 started with DYNAMODB_ERROR_PROBABILITY=0.3, with its own tables.
+
+    Only meaningful against LocalStack: against AWS, faults cannot be ordered up, so the test using this
+    fixture reports itself skipped with that reason.
+    """
+    if base_config.endpoint_url is None:
+        pytest.skip("DYNAMODB_ERROR_PROBABILITY is a LocalStack feature; not available against AWS")
+    import subprocess
+    from dataclasses import replace
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "TDEV_LOCALSTACK_RUN": str(root / ".cache" / "localstack-faulty"),
+        "LOCALSTACK_PORT": "4567",
+        "LOCALSTACK_MODE": "host",
+        "DYNAMODB_ERROR_PROBABILITY": "0.3",
+    }
+    script = str(root / "localstack" / "localstack.sh")
+    subprocess.run(["bash", script, "up"], env=env, check=True, capture_output=True)
+    config = replace(base_config, endpoint_url="http://127.0.0.1:4567")
+    try:
+        StateClient(config).create_tables()
+        yield config
+    finally:
+        subprocess.run(["bash", script, "down"], env=env, check=False, capture_output=True)

@@ -256,3 +256,25 @@ def test_ab_comparison_and_report_cli(
     assert code == 0
     assert "significant" in capsys.readouterr().out
     assert metrics_cli(["report", "--metric", "nothing", "--from", "2026-11-26"]) == 1
+
+
+def test_a_signal_inside_record_is_handled_after_it(client: StateClient) -> None:
+    """A signal landing while the main thread is inside record() waits for it, instead of deadlocking."""
+    import signal
+
+    from tdev_metrics import install_signal_handlers
+
+    metrics = collector(client)
+    fired: list[str] = []
+    old = signal.signal(signal.SIGUSR1, lambda num, frame: fired.append("previous handler"))
+    try:
+        install_signal_handlers(metrics, (signal.SIGUSR1,))
+        metrics._local.busy = True
+        signal.raise_signal(signal.SIGUSR1)
+        assert fired == []
+        metrics._local.busy = False
+        metrics.record("m", 1.0, agent_name="parser", timestamp=NOON)  # leaving record() runs it
+        assert fired == ["previous handler"]
+        assert MetricsReader(client).hourly("m", start=DAY)[0].count == 1
+    finally:
+        signal.signal(signal.SIGUSR1, old)

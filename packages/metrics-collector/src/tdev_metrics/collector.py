@@ -341,17 +341,27 @@ def install_signal_handlers(
     collector: MetricsCollector, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
 ) -> None:
     """For the process's entry point: on SIGTERM/SIGINT flush the collector, then do what the previous
-    handler would have done (the default: terminate). Must be called from the main thread."""
+    handler would have done (the default: terminate). Must be called from the main thread.
+
+    A signal that lands while the main thread is inside record() or flush() is handled the moment it
+    leaves them: flushing from inside would wait forever on the lock the main thread itself holds.
+    """
     for signum in signals:
         previous = signal.getsignal(signum)
 
-        def handler(num: int, frame: FrameType | None, previous: Any = previous) -> None:
+        def terminate(num: int, frame: FrameType | None, previous: Any = previous) -> None:
             collector.close()
             if callable(previous):
                 previous(num, frame)
             elif previous == signal.SIG_DFL:
                 signal.signal(num, signal.SIG_DFL)
                 signal.raise_signal(num)
+
+        def handler(num: int, frame: FrameType | None, terminate: Any = terminate) -> None:
+            if collector.in_critical_section():
+                collector.defer_until_safe(lambda: terminate(num, frame))
+            else:
+                terminate(num, frame)
 
         signal.signal(signum, handler)
 

@@ -1,0 +1,134 @@
+"""Metrics under faults on a real endpoint: throttling, timeouts after success, SIGTERM, two processes.
+
+Stored totals must equal recorded totals exactly: nothing lost, nothing counted twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from tdev_metrics import CollectorConfig, MetricsCollector, MetricsReader
+from tdev_state import AGENTS, StateClient, StateConfig
+
+from ..faults import timeout_after_success
+
+NOON = datetime(2026, 11, 26, 12, 30, tzinfo=UTC).timestamp()
+DAY = date(2026, 11, 26)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _record_many(collector: MetricsCollector, metric: str, n: int, agents: int = len(AGENTS)) -> None:
+    for i in range(n):
+        agent = AGENTS[i % agents]
+        collector.record(
+            metric, float(i % 50), agent_name=agent, timestamp=NOON + (i % 3) * 3600, error=i % 11 == 0
+        )
+
+
+def _expected(n: int) -> tuple[int, float, int]:
+    return n, float(sum(i % 50 for i in range(n))), sum(1 for i in range(n) if i % 11 == 0)
+
+
+def _stored(client: StateClient, metric: str) -> tuple[int, float, int]:
+    days = MetricsReader(client).daily(metric, start=DAY)
+    return sum(s.count for s in days), sum(s.total for s in days), sum(s.errors for s in days)
+
+
+def test_exact_totals_under_localstack_throttling(throttling_config: StateConfig) -> None:
+    """With 30 % of DynamoDB calls throttled by LocalStack, many small flushes still store exact totals."""
+    client = StateClient(throttling_config)
+    collector = MetricsCollector(client, CollectorConfig(), start=False)
+    metric = f"throttled_{uuid.uuid4().hex[:6]}"
+    for _ in range(8):  # 8 flushes x 6 keys: dozens of throttled-and-retried writes
+        _record_many(collector, metric, 500, agents=2)
+        while not collector.flush():
+            time.sleep(0.2)
+    count, total, errors = _expected(500)
+    assert _stored(client, metric) == (8 * count, 8 * total, 8 * errors)
+
+
+def test_a_timeout_after_a_successful_write_is_not_counted_twice(client: StateClient) -> None:
+    """Each of the first five writes lands, then times out and is retried: stored totals stay exact."""
+    fresh = StateClient(client.config)
+    collector = MetricsCollector(fresh, CollectorConfig(), start=False)
+    metric = f"timeouts_{uuid.uuid4().hex[:6]}"
+    _record_many(collector, metric, 3000)
+    with timeout_after_success(fresh.layer.dynamodb, "UpdateItem", times=5) as counts:
+        assert collector.flush()
+    assert counts["injected"] == 5
+    assert collector.duplicates_ignored == 5
+    assert _stored(client, metric) == _expected(3000)
+
+
+def _child_env(config: StateConfig) -> dict[str, str]:
+    return {
+        **os.environ,
+        "TDEV_ENV": config.env,
+        "AWS_ENDPOINT_URL": config.endpoint_url or "",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def test_sigterm_mid_stream_loses_nothing(client: StateClient, tmp_path: Path) -> None:
+    """A child recording flat out is sent SIGTERM: what it took in is exactly what is stored."""
+    metric = f"sigterm_{uuid.uuid4().hex[:6]}"
+    out = tmp_path / "count"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.metrics_child",
+            "--mode",
+            "stream",
+            "--out",
+            str(out),
+            "--metric",
+            metric,
+        ],
+        env=_child_env(client.config),
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 30
+    while not Path(str(out) + ".ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=60) == 0
+    recorded = int(out.read_text())
+    assert recorded > 10_000
+    assert _stored(client, metric)[0] == recorded
+
+
+def test_two_processes_writing_the_same_keys_sum_correctly(client: StateClient, tmp_path: Path) -> None:
+    """Two collector processes, same metric/agent/hour: counts and errors add up exactly."""
+    metric = f"twoproc_{uuid.uuid4().hex[:6]}"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.metrics_child",
+                "--mode",
+                "fixed",
+                "--count",
+                "20000",
+                "--out",
+                str(tmp_path / f"c{i}"),
+                "--metric",
+                metric,
+            ],
+            env=_child_env(client.config),
+            cwd=ROOT,
+        )
+        for i in range(2)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    errors = 2 * sum(1 for i in range(20000) if i % 7 == 0)
+    assert _stored(client, metric) == (40_000, 40_000.0, errors)
