@@ -22,7 +22,7 @@ import structlog
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import recovery, state_client  # noqa: E402
+from benchmarks import metrics, recovery, state_client  # noqa: E402
 from tdev_state import StateClient, StateConfig  # noqa: E402
 from tdev_state.tables import delete_tables  # noqa: E402
 
@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15, help="A/B rounds for the overhead ratio")
     parser.add_argument("--runs", type=int, default=50, help="runs for the concurrency benchmark")
     parser.add_argument(
-        "--only", choices=("state_client", "recovery"), default=None, help="run one group only"
+        "--only", choices=("state_client", "recovery", "metrics"), default=None, help="run one group only"
     )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings and up
@@ -70,6 +70,8 @@ def main() -> int:
             results["state_client"] = state_client.run_all(config, rounds=args.rounds, runs=args.runs)
         if args.only in (None, "recovery"):
             results["recovery"] = recovery.run_all(client)
+        if args.only in (None, "metrics"):
+            results["metrics"] = metrics.run_all(client)
     finally:
         delete_tables(client.layer)
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
