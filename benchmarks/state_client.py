@@ -394,10 +394,44 @@ async def bench_concurrency(config: StateConfig, runs: int) -> dict[str, Any]:
     }
 
 
+def idle_loop_control(config: StateConfig, runs: int) -> dict[str, Any]:
+    """Lag of an event loop doing nothing, in this process, while a *separate* process drives the same
+    concurrent runs: what the machine alone (CPU shared with LocalStack) does to a loop."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, sys; sys.path.insert(0, '.');"
+        "from tdev_state import StateConfig;"
+        "from benchmarks.state_client import bench_concurrency;"
+        f"asyncio.run(bench_concurrency(StateConfig(env={config.env!r}, endpoint_url={config.endpoint_url!r}), {runs}))"
+    )
+    env = {**os.environ, "PYTHONPATH": "."}
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL)
+
+    async def probe() -> list[float]:
+        stop, lags = asyncio.Event(), []
+        task = asyncio.create_task(_lag_probe(stop, lags))
+        while child.poll() is None:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        return lags
+
+    lags = sorted(asyncio.run(probe()))
+    return {
+        "idle_loop_lag_p50_ms": lags[len(lags) // 2] * 1000,
+        "idle_loop_lag_p99_ms": lags[int(len(lags) * 0.99)] * 1000,
+        "samples": len(lags),
+    }
+
+
 def run_all(base: StateConfig, *, rounds: int, runs: int) -> dict[str, Any]:
     client = StateClient(base)
     return {
         "overhead": bench_overhead(client, rounds),
         "cost": bench_cost(client),
         "concurrency": asyncio.run(bench_concurrency(replace(base), runs)),
+        "idle_loop_control": idle_loop_control(base, runs),
     }

@@ -278,3 +278,21 @@ def test_a_signal_inside_record_is_handled_after_it(client: StateClient) -> None
         assert MetricsReader(client).hourly("m", start=DAY)[0].count == 1
     finally:
         signal.signal(signal.SIGUSR1, old)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    values=st.lists(
+        st.floats(min_value=-1e12, max_value=1e12, allow_nan=False, allow_infinity=False), min_size=1
+    )
+)
+def test_vectorised_buckets_match_ddsketch_mapping(values: list[float]) -> None:
+    """The numpy fold puts every value in the bucket ddsketch's own mapping would (zero within limits)."""
+    from collections import Counter
+
+    from tdev_metrics._aggregate import bucket_of
+
+    agg = Aggregate()
+    agg.raw = list(values)
+    agg.fold()
+    assert agg.buckets == Counter(bucket_of(v) for v in values)

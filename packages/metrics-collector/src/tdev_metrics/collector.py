@@ -54,11 +54,15 @@ class CollectorConfig:
     max_backoff: float = 60.0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Shard:
+    """One thread's buffer. Only its thread writes it; a flush swaps `aggs` out under `lock`."""
+
     lock: threading.Lock = field(default_factory=threading.Lock)
-    aggs: dict[Key, Aggregate] = field(default_factory=dict)
+    aggs: dict[tuple[int, str, str, str | None], Aggregate] = field(default_factory=dict)
     records: int = 0
+    #: True while its thread is inside record() (a signal handler on that thread must not flush).
+    busy: bool = False
 
 
 @dataclass
@@ -102,6 +106,7 @@ class MetricsCollector:
         self.records = 0
         self._backoff = 0.0
         self._deferred_signal: Callable[[], None] | None = None
+        self._flush_at = self.config.flush_at_records
         self._thread: threading.Thread | None = None
         if start:
             self.start()
@@ -139,26 +144,27 @@ class MetricsCollector:
             moment = float(timestamp)
         else:
             raise MetricValidationError(f"timestamp must be a datetime or epoch seconds, got {timestamp!r}")
-        key = Key(int(moment // 3600), metric_name, agent_name, variant)
-        local = self._local
-        shard: _Shard | None = getattr(local, "shard", None)
+        key = (int(moment // 3600), metric_name, agent_name, variant)  # a plain tuple: Key() is 10x dearer
+        shard: _Shard | None = getattr(self._local, "shard", None)
         if shard is None:
             shard = self._new_shard()
-        local.busy = True  # a signal handler arriving now must not flush (we hold the shard lock)
+        shard.busy = True  # a signal handler arriving now must not flush (we may hold the shard lock)
+        lock = shard.lock
+        lock.acquire()
         try:
-            with shard.lock:
-                agg = shard.aggs.get(key)
-                if agg is None:
-                    if not self._admit(key):
-                        return
-                    agg = shard.aggs[key] = Aggregate()
-                agg.add(float(value), bool(error))
-                shard.records += 1
-                if shard.records >= self.config.flush_at_records:
-                    shard.records = 0
-                    self._wake.set()
+            agg = shard.aggs.get(key)
+            if agg is None:
+                if not self._admit(Key(*key)):
+                    return
+                agg = shard.aggs[key] = Aggregate()
+            agg.add(float(value), bool(error))
+            shard.records += 1
+            if shard.records >= self._flush_at:
+                shard.records = 0
+                self._wake.set()
         finally:
-            local.busy = False
+            lock.release()
+            shard.busy = False
         if self._deferred_signal is not None:
             self._run_deferred_signal()
 
@@ -230,7 +236,9 @@ class MetricsCollector:
         for shard in shards:
             with shard.lock:
                 aggs, shard.aggs, shard.records = shard.aggs, {}, 0
-            for key, agg in aggs.items():
+            for raw_key, agg in aggs.items():
+                key = Key(*raw_key)
+                agg.fold()  # here, on the flusher's thread, not in record()
                 if key in taken:
                     taken[key].merge(agg)
                 else:
@@ -324,7 +332,8 @@ class MetricsCollector:
 
     def in_critical_section(self) -> bool:
         """True while the calling thread is inside record() or flush() (signal handlers defer then)."""
-        return bool(getattr(self._local, "busy", False))
+        shard: _Shard | None = getattr(self._local, "shard", None)
+        return bool(getattr(self._local, "busy", False)) or (shard is not None and shard.busy)
 
     def defer_until_safe(self, action: Callable[[], None]) -> None:
         """Run `action` as soon as the calling thread leaves record()/flush() (for signal handlers)."""
