@@ -74,8 +74,8 @@ synth diff deploy destroy: ## Infra (issue #4): not built yet
 	@echo "make $@: the CDKTF infra is not built yet (issue #4)." >&2; exit 2
 
 .PHONY: demo
-demo: ## The main job on a local LocalStack (issue #7): not built yet
-	@echo "make demo: not built yet (issue #7). Try: make test" >&2; exit 2
+demo: setup ## The whole system on LocalStack with faults on purpose; report in reports/demo/index.html
+	@bash scripts/with-localstack.sh $(RUN) python -m demo $(DEMO_ARGS)
 
 .PHONY: clean
 clean: localstack-down ## Stop LocalStack and remove caches (keeps the LocalStack runtime)

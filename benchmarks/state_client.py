@@ -405,7 +405,8 @@ def idle_loop_control(config: StateConfig, runs: int) -> dict[str, Any]:
         "import asyncio, sys; sys.path.insert(0, '.');"
         "from tdev_state import StateConfig;"
         "from benchmarks.state_client import bench_concurrency;"
-        f"asyncio.run(bench_concurrency(StateConfig(env={config.env!r}, endpoint_url={config.endpoint_url!r}), {runs}))"
+        f"config = StateConfig(env={config.env!r}, endpoint_url={config.endpoint_url!r});"
+        f"asyncio.run(bench_concurrency(config, {runs}))"
     )
     env = {**os.environ, "PYTHONPATH": "."}
     child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL)
@@ -413,8 +414,7 @@ def idle_loop_control(config: StateConfig, runs: int) -> dict[str, Any]:
     async def probe() -> list[float]:
         stop, lags = asyncio.Event(), []
         task = asyncio.create_task(_lag_probe(stop, lags))
-        while child.poll() is None:
-            await asyncio.sleep(0.05)
+        await asyncio.to_thread(child.wait)
         stop.set()
         await task
         return lags

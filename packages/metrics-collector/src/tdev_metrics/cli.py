@@ -74,27 +74,47 @@ def render_table(rows: list[Summary], console: Console, title: str) -> None:
 
 
 def render_png(rows: list[Summary], path: Path, metric: str) -> None:
-    """Average response time and error rate per agent per hour, one line per agent."""
+    """Average and error rate per agent per hour (variants merged, count-weighted): lines over the hours,
+    or grouped bars when there is a single hour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cells: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        hour = f"{r.date} {(r.hour or 0):02d}:00"
+        cell = cells.setdefault((r.agent, hour), [0.0, 0.0, 0.0])
+        cell[0] += r.count
+        cell[1] += r.total
+        cell[2] += r.errors
+    agents = sorted({agent for agent, _ in cells})
+    hours = sorted({hour for _, hour in cells})
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
-    agents = sorted({r.agent for r in rows})
-    for agent in agents:
-        points = [r for r in rows if r.agent == agent]
-        x = [datetime.fromisoformat(f"{r.date}T{(r.hour or 0):02d}:00:00") for r in points]
-        top.plot(x, [r.avg_response_time or 0 for r in points], marker="o", label=agent)
-        bottom.plot(x, [100 * (r.error_rate or 0) for r in points], marker="o", label=agent)
+    width = 0.8 / max(1, len(agents))
+    for i, agent in enumerate(agents):
+        avg = [
+            cells[(agent, h)][1] / cells[(agent, h)][0] if (agent, h) in cells else float("nan")
+            for h in hours
+        ]
+        err = [
+            100 * cells[(agent, h)][2] / cells[(agent, h)][0] if (agent, h) in cells else float("nan")
+            for h in hours
+        ]
+        if len(hours) == 1:
+            x = [j - 0.4 + (i + 0.5) * width for j in range(len(hours))]
+            top.bar(x, avg, width=width, label=agent)
+            bottom.bar(x, err, width=width, label=agent)
+        else:
+            top.plot(range(len(hours)), avg, marker="o", label=agent)
+            bottom.plot(range(len(hours)), err, marker="o", label=agent)
+    bottom.set_xticks(range(len(hours)), hours, rotation=30, ha="right")
     top.set_ylabel(f"avg {metric}")
-    top.set_title(f"{metric}: average per agent per hour")
+    top.set_title(f"{metric}: average and error rate per agent per hour (UTC)")
     bottom.set_ylabel("error rate (%)")
-    bottom.set_xlabel("hour (UTC)")
-    top.legend(loc="upper left", fontsize="small", ncol=3)
+    top.legend(loc="upper left", fontsize="small", ncol=5)
     top.grid(alpha=0.3)
     bottom.grid(alpha=0.3)
-    fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,260 @@
+"""`make demo`: the whole system on LocalStack, faults on purpose, invariants checked, a report written.
+
+    python -m demo [--runs 32] [--drivers 4] [--kills 2] [--out reports/demo]
+
+Plans the runs (users, SIMPLE/PRODUCTION, flaky agents, runs that fail outright once, runs doomed to fail
+every time), starts the pipeline's resume endpoint and two recovery-worker replicas as separate processes,
+starts the driver processes, SIGKILLs some of them mid-run, shows progress until every run is final, then
+checks the invariants and exits non-zero if one fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import structlog
+
+from demo.report import write_report
+from tdev_metrics import MetricsReader
+from tdev_state import AGENTS, Session, SessionNotFoundError, SessionStatus, StateClient, StateConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def plan_runs(runs: int, drivers: int, demo_run: str, rng: random.Random) -> list[dict[str, Any]]:
+    users = [f"{demo_run}-user{u}" for u in range(max(2, runs // 6))]
+    plans = []
+    for i in range(runs):
+        kind = rng.random()
+        fail_at = rng.choice(AGENTS[1:8]) if kind < 0.30 else None
+        plans.append(
+            {
+                "session_id": f"{demo_run}-run{i:03d}",
+                "demo_run": demo_run,
+                "driver": i % drivers,
+                "user_id": rng.choice(users),
+                "project_id": f"{demo_run}-proj{i:03d}",
+                "project_name": rng.choice(["todo app", "shop", "blog", "dashboard", "chat"]),
+                "pipeline_type": rng.choice(["SIMPLE", "PRODUCTION"]),
+                "flaky": sorted(rng.sample(AGENTS, rng.randint(0, 2))),
+                "fail_at": fail_at,  # fails outright there once; resumed, it succeeds
+                "doomed": kind < 0.08,  # fails there on every attempt: must end ABANDONED
+                "variant": "A" if i % 2 else "B",
+            }
+        )
+    return plans
+
+
+def start(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.Popen[Any]:
+    return subprocess.Popen([sys.executable, *args], env=env, cwd=ROOT, **kw)  # noqa: S603
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo")
+    parser.add_argument("--runs", type=int, default=32)
+    parser.add_argument("--drivers", type=int, default=4)
+    parser.add_argument("--kills", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "demo")
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    os.environ.setdefault("TDEV_ENV", "local")
+    bucket = f"t-developer-{os.environ['TDEV_ENV']}-payloads"
+    os.environ.setdefault("TDEV_PAYLOAD_BUCKET", bucket)
+    demo_run = datetime.now(UTC).strftime("demo%H%M%S") + uuid.uuid4().hex[:4]
+    rng = random.Random(args.seed if args.seed is not None else time.time_ns())
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    events_path, plan_path = out / "events.jsonl", out / "plan.json"
+    events_path.unlink(missing_ok=True)
+
+    client = StateClient(StateConfig.from_env())
+    print(
+        f"demo {demo_run}: tables t-developer-{client.config.env}-* on {client.config.endpoint_url or 'AWS'}"
+    )
+    client.create_tables()
+    s3 = boto3.client("s3", endpoint_url=client.config.endpoint_url, region_name=client.config.region)
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+        s3.create_bucket(Bucket=bucket)
+    baseline = _stored_attempts(client)
+    plans = plan_runs(args.runs, args.drivers, demo_run, rng)
+    plan_path.write_text(json.dumps(plans))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    common = ["--plan", str(plan_path), "--events", str(events_path)]
+
+    server = start(["-m", "demo.pipeline", "serve", *common], env, stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    port = int(server.stdout.readline())
+    workers = [
+        start(
+            [
+                "-m",
+                "tdev_recovery",
+                "--resumer",
+                f"http://127.0.0.1:{port}/resume",
+                "--poll-interval",
+                "0.5",
+                "--stall-threshold",
+                "5",
+                "--retry-delay",
+                "4",
+                "--lease",
+                "2",
+                "--max-resumes",
+                "2",
+                "--max-attempts",
+                "4",
+                "--initial-backoff",
+                "0.2",
+                "--http-port",
+                "0",
+                "--worker-id",
+                f"demo-worker-{i}",
+                "--log-level",
+                "warning",
+            ],
+            env,
+        )
+        for i in range(2)
+    ]
+    drivers = [
+        start(["-m", "demo.pipeline", "drive", *common, "--driver", str(d)], env) for d in range(args.drivers)
+    ]
+    started = time.monotonic()
+    # Kills land mid-run: 0.5-2.5 s after every run exists (a process start takes seconds here).
+    kill_delays = sorted(rng.uniform(0.5, 2.5) for _ in range(min(args.kills, args.drivers)))
+    kill_at: list[float] = []
+    victims = rng.sample(range(args.drivers), len(kill_delays))
+    killed_pids: list[int] = []
+    final = {SessionStatus.COMPLETED, SessionStatus.ABANDONED}
+    statuses: Counter[str] = Counter()
+    print(f"{len(plans)} runs, {args.drivers} pipeline processes ({len(kill_at)} to be SIGKILLed), 2 workers")
+    try:
+        while time.monotonic() - started < args.timeout:
+            elapsed = time.monotonic() - started
+            while kill_at and elapsed >= kill_at[0]:
+                kill_at.pop(0)
+                victim = drivers[victims.pop(0)]
+                victim.send_signal(signal.SIGKILL)
+                killed_pids.append(victim.pid)
+                print(f"  t={elapsed:5.1f}s  SIGKILL pipeline process {victim.pid} mid-run")
+            sessions = [s for s in (_get(client, p["session_id"]) for p in plans) if s is not None]
+            if len(sessions) == len(plans) and kill_delays:
+                kill_at, kill_delays = [elapsed + d for d in kill_delays], []
+            statuses = Counter(s.status.value for s in sessions)
+            resumes = sum(s.resume_count for s in sessions)
+            print(
+                f"  t={elapsed:5.1f}s  created {len(sessions):3d}  "
+                + "  ".join(
+                    f"{k} {statuses.get(k, 0):3d}" for k in ("ACTIVE", "FAILED", "COMPLETED", "ABANDONED")
+                )
+                + f"  resumes {resumes}",
+                flush=True,
+            )
+            if len(sessions) == len(plans) and all(s.status in final for s in sessions):
+                break
+            time.sleep(1.0)
+    finally:
+        for proc in [*drivers, *workers, server]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in [*drivers, *workers, server]:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    elapsed = time.monotonic() - started
+    if elapsed >= args.timeout:
+        print(f"timed out after {args.timeout:.0f}s")
+    events = [json.loads(line) for line in events_path.read_text().splitlines()]
+    failures = check_invariants(client, plans, events, killed_pids, baseline)
+    report = write_report(out, client, MetricsReader(client), plans, events, killed_pids, elapsed)
+    print()
+    print(f"finished in {elapsed:.0f}s: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+    print(f"report: {report}")
+    if failures:
+        print("INVARIANTS FAILED:")
+        for failure in failures:
+            print(f"  - {failure}")
+        return 1
+    print("all invariants hold")
+    return 0
+
+
+def _get(client: StateClient, session_id: str) -> Session | None:
+    try:
+        return client.sessions.get(session_id)
+    except SessionNotFoundError:
+        return None
+
+
+def check_invariants(
+    client: StateClient,
+    plans: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    killed: list[int],
+    baseline: int,
+) -> list[str]:
+    """Every run ended as intended; no agent completed twice; metric counts equal the work done."""
+    failures = []
+    for plan in plans:
+        sid = plan["session_id"]
+        session = client.sessions.get(sid)
+        expected = SessionStatus.ABANDONED if plan["doomed"] else SessionStatus.COMPLETED
+        if session.status is not expected:
+            failures.append(f"{sid} ended {session.status.value}, expected {expected.value}")
+        if expected is SessionStatus.COMPLETED:
+            run = client.executions.list(sid, load_payloads=False)
+            if [e.agent_name for e in run if e.status.value == "COMPLETED"] != list(AGENTS):
+                failures.append(f"{sid}: not every agent COMPLETED")
+    completions = Counter((e["sid"], e["agent"]) for e in events if e["event"] == "complete")
+    twice = [k for k, n in completions.items() if n > 1]
+    if twice:
+        failures.append(f"agents completed twice: {twice[:5]}")
+    accepted = Counter(e["sid"] for e in events if e["event"] == "resume_accepted")
+    for plan in plans:
+        session = client.sessions.get(plan["session_id"])
+        if accepted.get(plan["session_id"], 0) != session.resume_count:
+            failures.append(
+                f"{plan['session_id']}: pipeline accepted {accepted.get(plan['session_id'], 0)} resumes, "
+                f"worker recorded {session.resume_count}"
+            )
+    # Metrics: every agent attempt records one observation; a SIGKILLed process loses its unflushed buffer
+    # by nature, so those processes' attempts are excluded from the expected count.
+    attempts = sum(1 for e in events if e["event"] in ("complete", "fail") and e["pid"] not in killed)
+    demo_attempts_stored = _stored_attempts(client) - baseline
+    killed_attempts = sum(1 for e in events if e["event"] in ("complete", "fail") and e["pid"] in killed)
+    if not attempts <= demo_attempts_stored <= attempts + killed_attempts:
+        failures.append(
+            f"metrics: {demo_attempts_stored} observations stored, {attempts} recorded by processes that "
+            f"exited normally (+ up to {killed_attempts} flushed by killed ones before they died)"
+        )
+    return failures
+
+
+def _stored_attempts(client: StateClient) -> int:
+    """Observations of agent_execution_time stored today (the demo compares before and after)."""
+    reader = MetricsReader(client)
+    today = datetime.now(UTC).date()
+    return sum(s.count for s in reader.daily("agent_execution_time", start=today))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""A simulated T-Developer pipeline that drives the real packages, as the demo's workload.
+
+Two roles, each its own process:
+
+- `drive`: runs a share of the planned runs concurrently from the first agent, through the plan's own calls
+  (`save_pipeline_session`, `update_agent_execution`, `record_metric`, `save_user_project`); the demo kills
+  some drivers with SIGKILL mid-run.
+- `serve`: the pipeline's resume endpoint for the recovery worker's HTTP resumer. It accepts a resume only
+  with a fencing token higher than any it has seen for the run (409 otherwise) and continues the run from
+  the agent it is told, in the background.
+
+Each agent attempt sleeps a short, agent-specific time (heartbeating), may fail (flaky agents are retried in
+process up to twice), and appends an event line to events.jsonl, which the demo checks its invariants with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from tests.payloads import agent_payload, generated_project
+
+from tdev_metrics import install_signal_handlers, record_metric
+from tdev_metrics._plan import default_collector
+from tdev_state import (
+    AGENTS,
+    save_pipeline_session,
+    save_user_project,
+    update_agent_execution,
+)
+from tdev_state._plan import default_client
+
+#: Seconds an agent works in the demo (the real ones take tens of seconds; the proportions are kept).
+AGENT_SECONDS = {
+    "nl_input": 0.10,
+    "ui_selection": 0.15,
+    "parser": 0.20,
+    "component_decision": 0.20,
+    "match_rate": 0.15,
+    "search": 0.30,
+    "generation": 0.60,
+    "assembly": 0.35,
+    "download": 0.10,
+}
+IN_PROCESS_RETRIES = 2
+
+
+class Events:
+    """Append-only JSON lines shared by every demo process (O_APPEND writes of one line are atomic)."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def log(self, **event: Any) -> None:
+        line = json.dumps({"t": time.time(), "pid": os.getpid(), **event}) + "\n"
+        os.write(self._fd, line.encode())
+
+
+async def run_agents(plan: dict[str, Any], start_at: str, events: Events, *, resumed: bool) -> str:
+    """Run the agents of one planned run from `start_at`; returns COMPLETED or FAILED."""
+    sid = plan["session_id"]
+    rng = random.Random(f"{sid}-{start_at}-{resumed}")
+    client = (await default_client()).sync
+    for agent in AGENTS[AGENTS.index(start_at) :]:
+        for attempt in range(IN_PROCESS_RETRIES + 1):
+            await update_agent_execution(
+                {
+                    "execution_id": sid,
+                    "agent_name": agent,
+                    "status": "RUNNING",
+                    "project_id": plan["project_id"],
+                    "input_data": agent_payload(0.8, seed=hash((sid, agent)) % 1000),
+                }
+            )
+            events.log(event="start", sid=sid, agent=agent, attempt=attempt, resumed=resumed)
+            started = time.monotonic()
+            await asyncio.sleep(AGENT_SECONDS[agent] * rng.uniform(0.7, 1.4))
+            await asyncio.to_thread(client.sessions.heartbeat, sid)
+            elapsed = time.monotonic() - started
+            doomed_here = plan["doomed"] and agent == plan["fail_at"]
+            outright_here = plan["fail_at"] == agent and not resumed
+            flaky_here = agent in plan["flaky"] and attempt == 0
+            failing = doomed_here or outright_here or flaky_here
+            await record_metric(
+                {
+                    "metric_name": "agent_execution_time",
+                    "agent_name": agent,
+                    "value": elapsed,
+                    "error": failing,
+                    "variant": plan["variant"] if agent == "generation" else None,
+                }
+            )
+            if failing:
+                await update_agent_execution(
+                    {
+                        "execution_id": sid,
+                        "agent_name": agent,
+                        "status": "FAILED",
+                        "error_message": f"simulated failure of {agent} (attempt {attempt + 1})",
+                    }
+                )
+                events.log(event="fail", sid=sid, agent=agent, attempt=attempt, resumed=resumed)
+                give_up = doomed_here or outright_here or attempt == IN_PROCESS_RETRIES
+                if give_up:
+                    events.log(event="run_failed", sid=sid, agent=agent, resumed=resumed)
+                    return "FAILED"
+                continue
+            output: Any = (
+                generated_project(200_000, seed=hash(sid) % 1000)
+                if agent == "generation"
+                else agent_payload(2, seed=hash((sid, agent, "out")) % 1000)
+            )
+            await update_agent_execution(
+                {"execution_id": sid, "agent_name": agent, "status": "COMPLETED", "output_data": output}
+            )
+            events.log(
+                event="complete", sid=sid, agent=agent, attempt=attempt, resumed=resumed, duration=elapsed
+            )
+            break
+    await save_user_project(
+        {
+            "user_id": plan["user_id"],
+            "project_id": plan["project_id"],
+            "project_name": plan["project_name"],
+            "description": "generated by the demo",
+            "tech_stack": ["react", "tailwind"],
+            "size_mb": 1.2,
+        }
+    )
+    await asyncio.to_thread(client.projects.record_download, plan["user_id"], plan["project_id"])
+    events.log(event="run_completed", sid=sid, resumed=resumed)
+    return "COMPLETED"
+
+
+async def drive(plans: list[dict[str, Any]], events: Events) -> None:
+    async def one(plan: dict[str, Any], delay: float) -> None:
+        await asyncio.sleep(delay)
+        await save_pipeline_session(
+            {
+                "session_id": plan["session_id"],
+                "user_id": plan["user_id"],
+                "project_name": plan["project_name"],
+                "pipeline_type": plan["pipeline_type"],
+                "status": "ACTIVE",
+                "progress": 0,
+                "metadata": {"demo_run": plan["demo_run"]},
+            }
+        )
+        events.log(event="created", sid=plan["session_id"])
+        await run_agents(plan, AGENTS[0], events, resumed=False)
+
+    await asyncio.gather(*(one(p, i * 0.15) for i, p in enumerate(plans)))
+    events.log(event="meter", meter=(await default_client()).sync.layer.meter.snapshot())
+
+
+def serve(plans: dict[str, dict[str, Any]], events: Events) -> None:
+    """The resume endpoint; runs until SIGTERM (which flushes metrics first)."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    highest: dict[str, int] = {}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            sid, token = body["session_id"], int(body["fencing_token"])
+            with lock:
+                stale = token <= highest.get(sid, 0) or sid not in plans
+                if not stale:
+                    highest[sid] = token
+            if stale:
+                events.log(event="resume_rejected", sid=sid, token=token)
+                self.send_response(409)
+            else:
+                events.log(
+                    event="resume_accepted",
+                    sid=sid,
+                    token=token,
+                    next_agent=body["next_agent"],
+                    completed=[c["agent_name"] for c in body["completed"]],
+                )
+                asyncio.run_coroutine_threadsafe(
+                    run_agents(plans[sid], body["next_agent"], events, resumed=True), loop
+                )
+                self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+
+    def meter() -> dict[str, float]:
+        return asyncio.run_coroutine_threadsafe(default_client(), loop).result().sync.layer.meter.snapshot()
+
+    def stop(num: int, frame: object) -> None:
+        events.log(event="meter", meter=meter())
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    install_signal_handlers(default_collector(), (signal.SIGTERM,))
+    server.serve_forever()
+    default_collector().close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo.pipeline")
+    parser.add_argument("role", choices=("drive", "serve"))
+    parser.add_argument("--plan", type=Path, required=True)
+    parser.add_argument("--events", type=Path, required=True)
+    parser.add_argument("--driver", type=int, default=0)
+    args = parser.parse_args()
+    plans: list[dict[str, Any]] = json.loads(args.plan.read_text())
+    events = Events(args.events)
+    if args.role == "serve":
+        serve({p["session_id"]: p for p in plans}, events)
+        return 0
+    asyncio.run(drive([p for p in plans if p["driver"] == args.driver], events))
+    default_collector().close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

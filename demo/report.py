@@ -1,0 +1,142 @@
+"""The demo's HTML report: run timelines, recoveries, response times and error rates, write units."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from tdev_metrics import MetricsReader
+from tdev_metrics.cli import render_png
+from tdev_state import AGENTS, StateClient
+
+WRU_USD = 0.625e-6
+
+
+def _png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def timeline_png(plans: list[dict[str, Any]], events: list[dict[str, Any]], killed: list[int]) -> str:
+    """One row per run; a bar per agent attempt (red: failed); black ticks where a resume was accepted."""
+    t0 = min(e["t"] for e in events)
+    rows = {p["session_id"]: i for i, p in enumerate(plans)}
+    tab10 = plt.get_cmap("tab10")
+    palette = [tab10(i) for i in (0, 1, 2, 4, 5, 6, 7, 8, 9)]  # no red: red means a failed attempt
+    fig, ax = plt.subplots(figsize=(12, max(4, len(plans) * 0.28 + 1.2)))
+    open_attempts: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for e in sorted(events, key=lambda e: e["t"]):
+        if e["event"] == "start":
+            open_attempts[(e["sid"], e["agent"], e["pid"])] = e
+        elif e["event"] in ("complete", "fail"):
+            start = open_attempts.pop((e["sid"], e["agent"], e["pid"]), None)
+            if start:
+                failed = e["event"] == "fail"
+                color = "tab:red" if failed else palette[AGENTS.index(e["agent"])]
+                ax.barh(
+                    rows[e["sid"]],
+                    e["t"] - start["t"],
+                    left=start["t"] - t0,
+                    color=color,
+                    height=0.7,
+                    hatch="xx" if failed else None,
+                    edgecolor="white",
+                )
+        elif e["event"] == "resume_accepted":
+            ax.plot([e["t"] - t0] * 2, [rows[e["sid"]] - 0.45, rows[e["sid"]] + 0.45], color="black", lw=2)
+    for (sid, _agent, _pid), start in open_attempts.items():  # attempts cut off by a SIGKILL
+        ax.barh(
+            rows[sid], 0.3, left=start["t"] - t0, color="white", edgecolor="black", hatch="//", height=0.7
+        )
+    ax.set_yticks(range(len(plans)), [p["session_id"].split("-")[-1] for p in plans], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the demo started")
+    ax.set_title("Run timelines — bars: agent attempts (red failed, hatched cut by SIGKILL); black: resume")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=palette[i]) for i in range(len(AGENTS))]
+    ax.legend(handles, AGENTS, fontsize=7, ncol=9, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    fig.tight_layout()
+    return _png(fig)
+
+
+def write_report(  # noqa: PLR0917 - the demo's one call site passes everything it gathered
+    out: Path,
+    client: StateClient,
+    reader: MetricsReader,
+    plans: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    killed: list[int],
+    elapsed: float,
+) -> Path:
+    sessions = {p["session_id"]: client.sessions.get(p["session_id"]) for p in plans}
+    status = Counter(s.status.value for s in sessions.values())
+    today = datetime.now(UTC).date()
+    hourly = reader.hourly("agent_execution_time", start=today)
+    metrics_png = out / "metrics.png"
+    if hourly:
+        render_png(hourly, metrics_png, "agent_execution_time")
+    resumes = [e for e in events if e["event"] == "resume_accepted"]
+    meters = [e["meter"] for e in events if e["event"] == "meter"]
+    write_units = sum(m["write_units"] for m in meters)
+    completed_by_metered = len(
+        {e["sid"] for e in events if e["event"] == "run_completed" and e["pid"] not in killed}
+    )
+    per_run = write_units / completed_by_metered if completed_by_metered else 0.0
+    by_agent: dict[str, list[float]] = defaultdict(list)
+    errors: Counter[str] = Counter()
+    for e in events:
+        if e["event"] == "complete":
+            by_agent[e["agent"]].append(e["duration"])
+        elif e["event"] == "fail":
+            errors[e["agent"]] += 1
+
+    final_status = ", ".join(f"{k} {v}" for k, v in sorted(status.items()))
+
+    def row(*cells: Any) -> str:
+        return "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+
+    recovery_rows = "".join(
+        row(e["sid"], e["token"], e["next_agent"], len(e["completed"]), sessions[e["sid"]].status.value)
+        for e in resumes
+    )
+    agent_rows = "".join(
+        row(
+            a,
+            len(by_agent[a]),
+            f"{sum(by_agent[a]) / len(by_agent[a]):.3f}" if by_agent[a] else "-",
+            errors[a],
+        )
+        for a in AGENTS
+    )
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>T-Developer demo</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}h2{{margin-top:1.5em}}</style></head><body>
+<h1>T-Developer state platform — demo report</h1>
+<p>{len(plans)} runs in {elapsed:.0f} s; final status: {final_status};
+{len(killed)} pipeline processes SIGKILLed mid-run; {len(resumes)} resumes accepted by the pipeline.</p>
+<h2>Write units</h2>
+<p>{write_units:.0f} write units reported by the processes that exited normally, for the
+{completed_by_metered} runs they completed: <b>{per_run:.1f} write units per run</b>
+(≈ ${per_run * WRU_USD * 1e6:.2f} per million runs on demand). Killed processes could not report theirs.</p>
+<h2>Run timelines</h2><img src="data:image/png;base64,{timeline_png(plans, events, killed)}" width="100%">
+<h2>Recoveries</h2><table><tr><th>session</th><th>fencing token</th><th>resumed at</th>
+<th>agents already done</th><th>final</th></tr>{recovery_rows}</table>
+<h2>Response time and error rate per agent per hour</h2>
+{'<img src="metrics.png" width="100%">' if hourly else "<p>no metrics</p>"}
+<table><tr><th>agent</th><th>completed attempts</th><th>mean seconds</th><th>failed attempts</th></tr>
+{agent_rows}</table>
+</body></html>"""
+    path = out / "index.html"
+    path.write_text(doc)
+    return path
