@@ -22,6 +22,8 @@ import structlog
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.builders import empty_and_delete_bucket  # noqa: E402
+
 from benchmarks import metrics, recovery, state_client  # noqa: E402
 from tdev_state import StateClient, StateConfig  # noqa: E402
 from tdev_state.tables import delete_tables  # noqa: E402
@@ -74,10 +76,7 @@ def main() -> int:
             results["metrics"] = metrics.run_all(client)
     finally:
         delete_tables(client.layer)
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for obj in page.get("Contents", []):
-                s3.delete_object(Bucket=bucket, Key=obj["Key"])
-        s3.delete_bucket(Bucket=bucket)
+        empty_and_delete_bucket(s3, bucket)
     out = ROOT / "reports" / f"bench-{args.only or 'all'}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

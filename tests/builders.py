@@ -75,3 +75,11 @@ def start_worker(index: int, url: str, env: dict[str, str], *, stall: float) -> 
         "--log-level", "warning",
     ]  # fmt: skip
     return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
+
+
+def empty_and_delete_bucket(s3: Any, bucket: str) -> None:
+    """Delete every object of a test bucket, then the bucket (test and benchmark clean-up)."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            s3.delete_object(Bucket=bucket, Key=obj["Key"])
+    s3.delete_bucket(Bucket=bucket)

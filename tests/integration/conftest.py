@@ -19,6 +19,8 @@ from tdev_state import StateClient, StateConfig
 from tdev_state.dynamo import DynamoLayer
 from tdev_state.tables import delete_tables
 
+from ..builders import empty_and_delete_bucket
+
 DEFAULT_ENDPOINT = "http://127.0.0.1:4566"
 
 
@@ -66,10 +68,7 @@ def client(base_config: StateConfig) -> Iterator[StateClient]:
         yield client
     finally:
         delete_tables(client.layer)
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for obj in page.get("Contents", []):
-                s3.delete_object(Bucket=bucket, Key=obj["Key"])
-        s3.delete_bucket(Bucket=bucket)
+        empty_and_delete_bucket(s3, bucket)
 
 
 @pytest.fixture
