@@ -32,8 +32,10 @@ class FakePipeline:
     """Accepts resumes fenced by token and completes the run synchronously (its transitions are its
     sign of life, as a real pipeline's heartbeats would be)."""
 
-    def __init__(self, client: StateClient) -> None:
+    def __init__(self, client: StateClient, runs: set[str]) -> None:
         self.client = client
+        #: Only these runs are ours: other tests' stalled runs share the tables and are refused.
+        self.runs = runs
         self.lock = threading.Lock()
         self.highest: dict[str, int] = {}
         self.accepted: Counter[str] = Counter()
@@ -43,6 +45,8 @@ class FakePipeline:
 
     def handle(self, body: dict[str, Any]) -> int:
         sid, token = body["session_id"], int(body["fencing_token"])
+        if sid not in self.runs:
+            return 409
         with self.lock:
             if token <= self.highest.get(sid, 0):
                 self.stale += 1
@@ -73,7 +77,7 @@ class FakePipeline:
 def test_killed_workers_resume_every_run_exactly_once(client: StateClient) -> None:
     """500 stalled runs, 5 replicas killed with SIGKILL at random: each run resumed once, none rerun."""
     originals = make_stalled_runs(client, RUNS)
-    pipeline = FakePipeline(StateClient(client.config))
+    pipeline = FakePipeline(StateClient(client.config), set(originals))
     server, url = serve_resume_endpoint(pipeline.handle)
     env = {
         **os.environ,
