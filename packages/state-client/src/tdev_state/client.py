@@ -1,8 +1,9 @@
 """The state client: a sync facade and an async facade over the same stores.
 
-The async API runs each call on a dedicated thread pool sized like the HTTP connection pool — boto3 is
-blocking, and the pool keeps that off the event loop. Every async method is the sync method run there, so
-the two APIs cannot drift apart, and no async call is secretly synchronous.
+The async API runs each call on a small dedicated thread pool (`async_threads`, 2 by default): boto3 is
+blocking, the pool keeps that off the event loop, and few threads leave the GIL to the loop. Every async
+method is the sync method run there, so the two APIs cannot drift apart, and no async call is secretly
+synchronous.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class AsyncStateClient:
         self.sync = client or StateClient(config)
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(
-            max_workers=self.sync.config.max_pool_connections, thread_name_prefix="tdev-state"
+            max_workers=self.sync.config.async_threads, thread_name_prefix="tdev-state"
         )
         self.sessions = AsyncSessions(self.sync.sessions, self._executor)
         self.executions = AsyncExecutions(self.sync.executions, self._executor)

@@ -48,8 +48,12 @@ class StateConfig:
     transaction_conflict_retries: int = 6
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
-    #: HTTP connections per client; also the async API's thread count, so neither waits on the other.
+    #: HTTP connections per client (the blocking API may be shared by many threads).
     max_pool_connections: int = 64
+    #: Threads running the async API's calls. Each one doing botocore/JSON work competes with the event loop
+    #: for the GIL: measured with 50 concurrent runs, loop-lag p99 was 3.0-3.6 ms with 2 threads, 5-6 ms with
+    #: 4, 8-12 ms with 8 and 24-46 ms with 64, for 13 % less throughput at 2 than at 64 (docs/benchmarks.md).
+    async_threads: int = 2
     #: How stale the recovery index's liveness stamp (`alive_at`) may get before a write refreshes it.
     #: Refreshing rewrites the index entry (4 write units inside a transaction), so it happens at most
     #: this often per session; stall thresholds must be well above it. `last_updated` is always exact.
@@ -59,7 +63,13 @@ class StateConfig:
 
     def __post_init__(self) -> None:
         validate_env_name(self.env)
-        for name in ("compress_threshold", "offload_threshold", "max_item_bytes", "max_attempts"):
+        for name in (
+            "compress_threshold",
+            "offload_threshold",
+            "max_item_bytes",
+            "max_attempts",
+            "async_threads",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
@@ -94,7 +104,7 @@ class StateConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> StateConfig:
         """Build from `TDEV_ENV`, `AWS_ENDPOINT_URL`, `AWS_REGION`/`AWS_DEFAULT_REGION`,
-        `TDEV_PAYLOAD_BUCKET`, `TDEV_RETENTION_DAYS`; keyword overrides win."""
+        `TDEV_PAYLOAD_BUCKET`, `TDEV_RETENTION_DAYS`, `TDEV_ASYNC_THREADS`; keyword overrides win."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {
             "env": env.get("TDEV_ENV", "local"),
@@ -102,6 +112,12 @@ class StateConfig:
             "endpoint_url": env.get("AWS_ENDPOINT_URL") or None,
             "payload_bucket": env.get("TDEV_PAYLOAD_BUCKET") or None,
         }
+        threads = env.get("TDEV_ASYNC_THREADS")
+        if threads:
+            try:
+                values["async_threads"] = int(threads)
+            except ValueError:
+                raise ConfigurationError(f"TDEV_ASYNC_THREADS={threads!r} is not a whole number") from None
         retention = env.get("TDEV_RETENTION_DAYS")
         if retention:
             try:
