@@ -68,3 +68,13 @@ def test_timeout_after_an_applied_update_is_not_a_conflict(fresh_client: StateCl
     assert counts["injected"] == 1
     assert updated.version == 2
     assert fresh_client.sessions.get(sid).metadata == {"m": 1}
+
+
+def test_timeout_after_an_applied_download_is_counted_once(fresh_client: StateClient) -> None:
+    """A download whose write landed before a timeout is not counted again by botocore's retry."""
+    fresh_client.projects.save(user_id="faults", project_id="dl", project_name="P")
+    with timeout_after_success(fresh_client.layer.dynamodb, "UpdateItem") as counts:
+        project = fresh_client.projects.record_download("faults", "dl")
+    assert counts["injected"] == 1
+    assert project.download_count == 1
+    assert fresh_client.projects.get("faults", "dl").download_count == 1

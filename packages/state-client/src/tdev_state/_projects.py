@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -125,18 +126,26 @@ class ProjectStore:
         )
 
     def record_download(self, user_id: str, project_id: str) -> UserProject:
-        """Count one download (atomic ADD) and touch last_accessed."""
+        """Count one download (atomic ADD) and touch last_accessed.
+
+        The write carries a token of this call and is conditioned on the item not holding it already, so
+        botocore's retry of a write that landed before a timeout is recognised instead of counted again.
+        """
         key = self._key(user_id, project_id)
+        token = str(uuid.uuid4())
         try:
             item = self._layer.update(
                 self._table,
                 key,
-                update="ADD download_count :one SET last_accessed = :now",
-                condition="attribute_exists(project_id)",
-                values={":one": 1, ":now": format_ts(self._clock())},
+                update="ADD download_count :one SET last_accessed = :now, last_download = :token",
+                condition="attribute_exists(project_id) AND "
+                "(attribute_not_exists(last_download) OR last_download <> :token)",
+                values={":one": 1, ":now": format_ts(self._clock()), ":token": token},
                 return_values="ALL_NEW",
             )
-        except ConditionFailed:
+        except ConditionFailed as exc:
+            if exc.old_item is not None and exc.old_item.get("last_download") == token:
+                return _project_from_item(exc.old_item)  # our own write, applied before a timeout
             raise ProjectNotFoundError(
                 f"user {key['user_id']!r} has no project {key['project_id']!r}; save it first"
             ) from None
