@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from tdev_metrics._aggregate import Aggregate, Key
+from tdev_metrics.exceptions import MetricsError
 from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item
 
 log = structlog.get_logger("tdev_metrics.store")
@@ -101,7 +102,10 @@ class MetricsStore:
                 _num(item.get("max_value")),
             )
             return True
-        raise ConditionFailed(None)  # pragma: no cover - four conflicting writers in a row
+        raise MetricsError(  # pragma: no cover - four writers moving min/max past ours in a row
+            f"could not apply a metrics write to {table_key['metric_name']} after 4 attempts; it is kept "
+            "and retried with the next flush"
+        )
 
     def _update(
         self, key: Key, table_key: dict[str, str], write: Write, *, send_low: bool, send_high: bool
