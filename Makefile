@@ -69,9 +69,17 @@ tables: setup ## Create the tables for ENV on $$AWS_ENDPOINT_URL (idempotent)
 bench: setup ## Benchmarks on LocalStack (results: docs/benchmarks.md)
 	@bash scripts/with-localstack.sh $(RUN) python -m benchmarks
 
-.PHONY: synth diff deploy destroy
-synth diff deploy destroy: ## Infra (issue #4): not built yet
-	@echo "make $@: the CDKTF infra is not built yet (issue #4)." >&2; exit 2
+.PHONY: synth
+synth: setup ## Synthesize the local, dev and prod stacks (cdktf CLI; no Terraform needed) into infra/cdktf.out
+	@bash infra/cdktf.sh synth
+
+.PHONY: diff deploy destroy
+diff deploy destroy: setup ## cdktf diff/deploy/destroy of ENV=local|dev|prod (needs Terraform >= 1.10); local = LocalStack
+	@bash infra/cdktf.sh $@
+
+.PHONY: checkov
+checkov: setup ## Synthesize and scan every stack with checkov (what the infra tests run)
+	@$(RUN) pytest tests/unit/infra/test_checkov.py -q -p no:cacheprovider
 
 .PHONY: demo
 demo: setup ## The whole system on LocalStack with faults on purpose; report in reports/demo/index.html

@@ -311,3 +311,24 @@ async def test_resume_pipeline_is_importable_with_the_plans_other_calls(
     result = await plan_resume(sid, resumer=resumer, client=client)
     assert result["outcome"] == "resumed"
     assert resumer.requests[0].next_agent == "parser"
+
+
+def test_backlog_is_published_as_embedded_metric_format() -> None:
+    """One EMF line per sweep: CloudWatch Logs turns it into the metric the infra's backlog alarm reads."""
+    import io
+
+    from tdev_recovery.cli import BACKLOG_METRIC, backlog_publisher
+
+    out = io.StringIO()
+    publish = backlog_publisher("prod", "T-Developer", out)
+    publish(3)
+    publish(0)
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    (directive,) = first["_aws"]["CloudWatchMetrics"]
+    assert directive == {
+        "Namespace": "T-Developer",
+        "Dimensions": [["Environment"]],
+        "Metrics": [{"Name": BACKLOG_METRIC, "Unit": "Count"}],
+    }
+    assert (first["Environment"], first[BACKLOG_METRIC], second[BACKLOG_METRIC]) == ("prod", 3, 0)
+    assert isinstance(first["_aws"]["Timestamp"], int)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import TextIO
 
 import structlog
 
@@ -23,6 +26,9 @@ from tdev_recovery.ops import OpsServer
 from tdev_recovery.resumers import load_resumer
 from tdev_recovery.worker import RecoveryWorker
 from tdev_state import StateClient, StateConfig, StateError
+
+#: The metric the infra's backlog alarm and dashboard read (namespace from --cloudwatch-namespace).
+BACKLOG_METRIC = "RecoveryBacklog"
 
 
 def _env(name: str) -> str | None:
@@ -70,24 +76,34 @@ def configure_logging(level: str) -> None:
     )
 
 
-def backlog_publisher(client: StateClient, namespace: str) -> Callable[[int], None]:
-    cloudwatch = client.layer.extra_client("cloudwatch")
+def backlog_publisher(env: str, namespace: str, out: TextIO | None = None) -> Callable[[int], None]:
+    """Publish `RecoveryBacklog` as a CloudWatch Embedded Metric Format line on stdout.
+
+    Why EMF and not PutMetricData: the container's log driver already ships stdout to CloudWatch Logs, which
+    turns EMF lines into metrics (the infra's backlog alarm reads them). The worker's IAM policy then needs
+    no `cloudwatch:PutMetricData` — an action with no resource-level permissions, i.e. `Resource: "*"` —
+    and a CloudWatch outage can never slow a sweep.
+    """
+    stream = out or sys.stdout
 
     def publish(backlog: int) -> None:
-        try:
-            cloudwatch.put_metric_data(
-                Namespace=namespace,
-                MetricData=[
+        line = {
+            "_aws": {
+                "Timestamp": int(time.time() * 1000),
+                "CloudWatchMetrics": [
                     {
-                        "MetricName": "RecoveryBacklog",
-                        "Dimensions": [{"Name": "Environment", "Value": client.config.env}],
-                        "Value": backlog,
-                        "Unit": "Count",
+                        "Namespace": namespace,
+                        "Dimensions": [["Environment"]],
+                        "Metrics": [{"Name": BACKLOG_METRIC, "Unit": "Count"}],
                     }
                 ],
-            )
-        except Exception as exc:
-            structlog.get_logger("tdev_recovery.cli").warning("backlog.publish_failed", error=str(exc))
+            },
+            "Environment": env,
+            BACKLOG_METRIC: backlog,
+            "event": "recovery.backlog",
+        }
+        stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+        stream.flush()
 
     return publish
 
@@ -110,7 +126,9 @@ async def _serve(args: argparse.Namespace) -> int:
         **({"worker_id": args.worker_id} if args.worker_id else {}),
     )
     client = StateClient(StateConfig.from_env(env=args.env))
-    publish = backlog_publisher(client, args.cloudwatch_namespace) if args.cloudwatch_namespace else None
+    publish = (
+        backlog_publisher(client.config.env, args.cloudwatch_namespace) if args.cloudwatch_namespace else None
+    )
     worker = RecoveryWorker(client, load_resumer(args.resumer), config, publish_backlog=publish)
     ops = OpsServer(worker, port=args.http_port).start() if args.http_port else None
     loop = asyncio.get_running_loop()

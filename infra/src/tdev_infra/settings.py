@@ -1,0 +1,129 @@
+"""Per-environment settings (the plan's table) and the few knobs read from the environment at synth time.
+
+Pure Python — no CDKTF import — so tests and docs can read the settings without paying for jsii.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from tdev_state.exceptions import ConfigurationError
+from tdev_state.schema import TABLE_NAME_PREFIX
+
+TableEncryption = Literal["aws-owned", "aws-managed", "customer-managed"]
+MissingData = Literal["breaching", "notBreaching", "ignore", "missing"]
+
+#: The namespace the recovery worker's `--cloudwatch-namespace` writes RecoveryBacklog to (EMF).
+RECOVERY_NAMESPACE = "T-Developer"
+LOCALSTACK_ENDPOINT = "http://localhost:4566"
+
+
+@dataclass(frozen=True)
+class EnvironmentSettings:
+    """Everything that differs between local, dev and prod."""
+
+    env: str
+    billing: Literal["PAY_PER_REQUEST", "PROVISIONED"]
+    deletion_protection: bool
+    table_encryption: TableEncryption
+    alarms: bool
+    localstack: bool = False
+    point_in_time_recovery: bool = True
+    #: Provisioned capacity (prod): the floor autoscaling never goes below, for the table and every GSI.
+    read_capacity: int = 5
+    write_capacity: int = 5
+    autoscaling_max: int = 200
+    autoscaling_target_percent: float = 70.0
+    #: Days an offloaded payload object lives; set the clients' TDEV_RETENTION_DAYS to the same value.
+    retention_days: int = 30
+    #: The recovery backlog alarm: more than this many failed/stalled runs for 3 periods of 5 minutes.
+    backlog_threshold: int = 10
+    #: prod treats "no worker reported" as an alarm; dev may run without a worker.
+    backlog_missing_data: MissingData = "notBreaching"
+    region: str = "us-east-1"
+    localstack_endpoint: str = LOCALSTACK_ENDPOINT
+    #: Who may assume the per-component roles (a service such as ecs-tasks.amazonaws.com, or an IAM ARN).
+    task_role_principal: str | None = None
+
+    @property
+    def stack_name(self) -> str:
+        return f"{TABLE_NAME_PREFIX}-{self.env}"
+
+    @property
+    def provisioned(self) -> bool:
+        return self.billing == "PROVISIONED"
+
+
+ENVIRONMENTS: dict[str, EnvironmentSettings] = {
+    "local": EnvironmentSettings(
+        env="local",
+        billing="PAY_PER_REQUEST",
+        deletion_protection=False,
+        table_encryption="aws-owned",
+        alarms=False,
+        localstack=True,
+        retention_days=7,
+    ),
+    "dev": EnvironmentSettings(
+        env="dev",
+        billing="PAY_PER_REQUEST",
+        deletion_protection=False,
+        table_encryption="aws-managed",
+        alarms=True,
+    ),
+    "prod": EnvironmentSettings(
+        env="prod",
+        billing="PROVISIONED",
+        deletion_protection=True,
+        table_encryption="customer-managed",
+        alarms=True,
+        retention_days=90,
+        backlog_missing_data="breaching",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Where Terraform keeps state: a local file, or S3 with native locking (Terraform >= 1.10)."""
+
+    bucket: str | None = None
+    region: str | None = None
+    key_prefix: str = TABLE_NAME_PREFIX
+
+    def key(self, env: str) -> str:
+        return f"{self.key_prefix}/{env}.tfstate"
+
+
+def from_environment(
+    environ: Mapping[str, str] | None = None,
+) -> tuple[list[EnvironmentSettings], BackendSettings]:
+    """The three environments with synth-time overrides, and the backend, from environment variables.
+
+    TDEV_INFRA_REGION (default us-east-1), TDEV_LOCALSTACK_ENDPOINT, TDEV_TASK_ROLE_PRINCIPAL (roles are
+    created only when set), TDEV_TF_STATE_BUCKET / TDEV_TF_STATE_REGION / TDEV_TF_STATE_KEY_PREFIX (S3
+    backend when the bucket is set).
+    """
+    env = os.environ if environ is None else environ
+    overrides: dict[str, str] = {}
+    if env.get("TDEV_INFRA_REGION"):
+        overrides["region"] = env["TDEV_INFRA_REGION"]
+    if env.get("TDEV_LOCALSTACK_ENDPOINT"):
+        endpoint = env["TDEV_LOCALSTACK_ENDPOINT"]
+        if not endpoint.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"TDEV_LOCALSTACK_ENDPOINT={endpoint!r} is not a URL; use e.g. http://localhost:4566"
+            )
+        overrides["localstack_endpoint"] = endpoint
+    if env.get("TDEV_TASK_ROLE_PRINCIPAL"):
+        overrides["task_role_principal"] = env["TDEV_TASK_ROLE_PRINCIPAL"]
+    settings = [replace(s, **overrides) for s in ENVIRONMENTS.values()]  # type: ignore[arg-type]
+    backend = BackendSettings(
+        bucket=env.get("TDEV_TF_STATE_BUCKET") or None,
+        region=env.get("TDEV_TF_STATE_REGION") or None,
+        key_prefix=env.get("TDEV_TF_STATE_KEY_PREFIX") or TABLE_NAME_PREFIX,
+    )
+    return settings, backend

@@ -1,0 +1,572 @@
+"""One Terraform stack per environment: tables from the schema, key, payload bucket, scaling, alarms, IAM.
+
+Every table attribute comes from `tdev_state.schema` (the contract test compares the synthesized JSON with
+it), every IAM statement from the components' declared grants (`tdev_state.access` and friends). Checks
+that checkov would fail on purpose are skipped per resource with the reason next to the code that causes
+them; tests/unit/infra fails on any other failed check.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tdev_infra import _cdktf as tf
+from tdev_infra.policies import COMPONENTS, ResourceArns, construct_id, policy_document
+from tdev_infra.settings import RECOVERY_NAMESPACE, BackendSettings, EnvironmentSettings
+from tdev_state.access import ComponentAccess
+from tdev_state.schema import ALL_TABLES, TableSpec
+
+#: DynamoDB reports SystemErrors per operation; these are the operations the components call.
+SYSTEM_ERROR_OPERATIONS = (
+    "GetItem",
+    "PutItem",
+    "UpdateItem",
+    "DeleteItem",
+    "Query",
+    "BatchGetItem",
+    "TransactWriteItems",
+)
+LOCALSTACK_SERVICES = ("dynamodb", "s3", "kms", "iam", "sts", "sns", "cloudwatch", "applicationautoscaling")
+
+
+class StateStack(tf.TerraformStack):
+    """The T-Developer state platform in one environment."""
+
+    def __init__(self, scope: tf.Construct, settings: EnvironmentSettings, backend: BackendSettings) -> None:
+        super().__init__(scope, settings.stack_name)
+        self.settings = settings
+        self._skips: dict[Any, list[str]] = {}
+        self._provider()
+        self._backend(backend)
+        self.caller = tf.DataAwsCallerIdentity(self, "caller")
+        self.partition = tf.DataAwsPartition(self, "partition")
+        self.key = self._key()
+        self.tables = {spec.logical_name: self._table(spec) for spec in ALL_TABLES}
+        self.bucket = self._payload_bucket()
+        self.topic = self._alarms() if settings.alarms else None
+        self.policies = {c.component: self._policy(c) for c in COMPONENTS}
+        self._outputs()
+        for resource, reasons in self._skips.items():
+            # Terraform ignores "//" keys; checkov's JSON runner reads no inline skips, so the infra tests
+            # read these and accept a failed check only where one names it, with its reason.
+            resource.add_override("//.checkov_skip", reasons)
+
+    # --- provider and backend -----------------------------------------------------------------------------
+
+    def _provider(self) -> None:
+        s = self.settings
+        tags = [
+            tf.AwsProviderDefaultTags(
+                tags={"Project": "t-developer", "Environment": s.env, "ManagedBy": "cdktf"}
+            )
+        ]
+        if s.localstack:
+            # LocalStack: test credentials, every service on its one endpoint, path-style S3, no account or
+            # credential lookups against real AWS.
+            endpoint = s.localstack_endpoint
+            tf.AwsProvider(
+                self,
+                "aws",
+                region=s.region,
+                access_key="test",
+                secret_key="test",  # noqa: S106 - LocalStack's documented fake credentials
+                skip_credentials_validation=True,
+                skip_metadata_api_check="true",
+                skip_requesting_account_id=True,
+                s3_use_path_style=True,
+                endpoints=[tf.AwsProviderEndpoints(**dict.fromkeys(LOCALSTACK_SERVICES, endpoint))],
+                default_tags=tags,
+            )
+        else:
+            tf.AwsProvider(self, "aws", region=s.region, default_tags=tags)
+
+    def _backend(self, backend: BackendSettings) -> None:
+        # The local stack's state describes a LocalStack that lives and dies on one machine: it stays local.
+        if backend.bucket and not self.settings.localstack:
+            tf.S3Backend(
+                self,
+                bucket=backend.bucket,
+                key=backend.key(self.settings.env),
+                region=backend.region or self.settings.region,
+                encrypt=True,
+            )
+            # Native S3 locking (Terraform >= 1.10); the DynamoDB lock table is deprecated.
+            self.add_override("terraform.backend.s3.use_lockfile", True)
+        else:
+            tf.LocalBackend(self, path=f"terraform.{self.settings.stack_name}.tfstate")
+
+    def _skip(self, resource: Any, check: str, reason: str) -> None:
+        """Record a deliberate checkov skip, with why, on the resource it is about."""
+        self._skips.setdefault(resource, []).append(f"{check}: {reason}")
+
+    # --- key ----------------------------------------------------------------------------------------------
+
+    def _key(self) -> tf.KmsKey:
+        s = self.settings
+        account_root = f"arn:{self.partition.partition}:iam::{self.caller.account_id}:root"
+        statements: list[dict[str, Any]] = [
+            {
+                # The account administers the key; who may *use* it is then decided by IAM policies.
+                "Sid": "AccountAdministers",
+                "Effect": "Allow",
+                "Principal": {"AWS": account_root},
+                "Action": "kms:*",
+                "Resource": "*",
+            }
+        ]
+        if s.alarms:
+            statements.append(
+                {
+                    # CloudWatch publishes alarm notifications to the topic, which this key encrypts.
+                    "Sid": "CloudWatchAlarmsPublish",
+                    "Effect": "Allow",
+                    "Principal": {"Service": "cloudwatch.amazonaws.com"},
+                    "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                    "Resource": "*",
+                    "Condition": {"StringEquals": {"aws:SourceAccount": self.caller.account_id}},
+                }
+            )
+        key = tf.KmsKey(
+            self,
+            "state_key",
+            description=f"T-Developer {s.env}: payload bucket, alarm topic"
+            + (", state tables" if s.table_encryption == "customer-managed" else ""),
+            enable_key_rotation=True,
+            deletion_window_in_days=30 if s.env == "prod" else 7,
+            policy=json.dumps({"Version": "2012-10-17", "Statement": statements}),
+        )
+        tf.KmsAlias(self, "state_key_alias", name=f"alias/{s.stack_name}-state", target_key_id=key.key_id)
+        return key
+
+    # --- tables -------------------------------------------------------------------------------------------
+
+    def _table(self, spec: TableSpec) -> tf.DynamodbTable:
+        s = self.settings
+        request = spec.create_table_request(s.env)  # the same fields LocalStack tables are created with
+        capacity: dict[str, Any] = (
+            {"read_capacity": s.read_capacity, "write_capacity": s.write_capacity} if s.provisioned else {}
+        )
+        gsis = [
+            tf.DynamodbTableGlobalSecondaryIndex(
+                name=g["IndexName"],
+                hash_key=str(_key_of(g["KeySchema"], "HASH")),
+                range_key=_key_of(g["KeySchema"], "RANGE"),
+                projection_type=g["Projection"]["ProjectionType"],
+                non_key_attributes=g["Projection"].get("NonKeyAttributes"),
+                **capacity,
+            )
+            for g in request.get("GlobalSecondaryIndexes", [])
+        ]
+        lsis = [
+            tf.DynamodbTableLocalSecondaryIndex(
+                name=i["IndexName"],
+                range_key=str(_key_of(i["KeySchema"], "RANGE")),
+                projection_type=i["Projection"]["ProjectionType"],
+                non_key_attributes=i["Projection"].get("NonKeyAttributes"),
+            )
+            for i in request.get("LocalSecondaryIndexes", [])
+        ]
+        encryption = {
+            "aws-owned": None,
+            "aws-managed": tf.DynamodbTableServerSideEncryption(enabled=True),
+            "customer-managed": tf.DynamodbTableServerSideEncryption(enabled=True, kms_key_arn=self.key.arn),
+        }[s.table_encryption]
+        table = tf.DynamodbTable(
+            self,
+            construct_id(spec),
+            name=request["TableName"],
+            billing_mode=s.billing,
+            hash_key=_key_of(request["KeySchema"], "HASH"),
+            range_key=_key_of(request["KeySchema"], "RANGE"),
+            attribute=[
+                tf.DynamodbTableAttribute(name=a["AttributeName"], type=a["AttributeType"])
+                for a in request["AttributeDefinitions"]
+            ],
+            global_secondary_index=gsis or None,
+            local_secondary_index=lsis or None,
+            ttl=tf.DynamodbTableTtl(attribute_name=spec.ttl_attribute, enabled=True)
+            if spec.ttl_attribute
+            else None,
+            point_in_time_recovery=tf.DynamodbTablePointInTimeRecovery(enabled=s.point_in_time_recovery),
+            server_side_encryption=encryption,
+            deletion_protection_enabled=s.deletion_protection,
+            stream_enabled=spec.stream or None,
+            stream_view_type="NEW_AND_OLD_IMAGES" if spec.stream else None,
+            # Autoscaling owns the capacity numbers once the table exists; Terraform must not reset them. GSI
+            # capacities live inside global_secondary_index, so that block is ignored too (as
+            # terraform-aws-modules/dynamodb-table does for autoscaled tables): a new index in prod is
+            # added with a targeted change, see docs/operations.md.
+            lifecycle=tf.TerraformResourceLifecycle(
+                ignore_changes=["read_capacity", "write_capacity", "global_secondary_index"]
+            )
+            if s.provisioned
+            else None,
+            **capacity,
+        )
+        if s.table_encryption == "aws-owned":
+            self._skip(table, "CKV_AWS_119", "local runs on LocalStack: AWS-owned key, no CMK to manage")
+        elif s.table_encryption == "aws-managed":
+            self._skip(table, "CKV_AWS_119", "dev uses the AWS-managed key by plan; prod uses the CMK")
+        if s.provisioned:
+            self._autoscaling(
+                spec, table, [g["IndexName"] for g in request.get("GlobalSecondaryIndexes", [])]
+            )
+        return table
+
+    def _autoscaling(self, spec: TableSpec, table: tf.DynamodbTable, gsis: list[str]) -> None:
+        s = self.settings
+        targets = [("", f"table/{table.name}", "table")] + [
+            (f"_{g.replace('-', '_')}", f"table/{table.name}/index/{g}", "index") for g in gsis
+        ]
+        for suffix, resource_id, kind in targets:
+            for mode, metric in (
+                ("Read", "DynamoDBReadCapacityUtilization"),
+                ("Write", "DynamoDBWriteCapacityUtilization"),
+            ):
+                name = f"{construct_id(spec)}{suffix}_{mode.lower()}"
+                target = tf.AppautoscalingTarget(
+                    self,
+                    f"{name}_target",
+                    service_namespace="dynamodb",
+                    resource_id=resource_id,
+                    scalable_dimension=f"dynamodb:{kind}:{mode}CapacityUnits",
+                    min_capacity=s.read_capacity if mode == "Read" else s.write_capacity,
+                    max_capacity=s.autoscaling_max,
+                )
+                tf.AppautoscalingPolicy(
+                    self,
+                    f"{name}_policy",
+                    name=f"{s.stack_name}-{spec.logical_name}{suffix.replace('_', '-')}-{mode.lower()}",
+                    policy_type="TargetTrackingScaling",
+                    service_namespace=target.service_namespace,
+                    resource_id=target.resource_id,
+                    scalable_dimension=target.scalable_dimension,
+                    target_tracking_scaling_policy_configuration=tf.AppautoscalingPolicyTargetTrackingScalingPolicyConfiguration(
+                        target_value=s.autoscaling_target_percent,
+                        predefined_metric_specification=tf.AppautoscalingPolicyTargetTrackingScalingPolicyConfigurationPredefinedMetricSpecification(
+                            predefined_metric_type=metric
+                        ),
+                    ),
+                )
+
+    # --- payload bucket -----------------------------------------------------------------------------------
+
+    def _payload_bucket(self) -> tf.S3Bucket:
+        s = self.settings
+        bucket = tf.S3Bucket(
+            self,
+            "payloads",
+            bucket=f"{s.stack_name}-payloads-{self.caller.account_id}",
+            force_destroy=s.env != "prod",
+        )
+        self._skip(
+            bucket, "CKV_AWS_18", "payload reads/writes are already traced per run in the state tables"
+        )
+        self._skip(bucket, "CKV_AWS_144", "payloads expire after the retention period; a run is re-runnable")
+        self._skip(bucket, "CKV2_AWS_62", "nothing consumes payload events; objects are read by key only")
+        tf.S3BucketOwnershipControls(
+            self,
+            "payloads_ownership",
+            bucket=bucket.id,
+            rule=tf.S3BucketOwnershipControlsRule(object_ownership="BucketOwnerEnforced"),
+        )
+        tf.S3BucketPublicAccessBlock(
+            self,
+            "payloads_public_access",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+        )
+        tf.S3BucketServerSideEncryptionConfigurationA(
+            self,
+            "payloads_encryption",
+            bucket=bucket.id,
+            rule=[
+                tf.S3BucketServerSideEncryptionConfigurationRuleA(
+                    apply_server_side_encryption_by_default=tf.S3BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultA(
+                        sse_algorithm="aws:kms", kms_master_key_id=self.key.arn
+                    ),
+                    # One KMS call per bucket key period instead of per object: cheaper, fewer throttles.
+                    bucket_key_enabled=True,
+                )
+            ],
+        )
+        tf.S3BucketVersioningA(
+            self,
+            "payloads_versioning",
+            bucket=bucket.id,
+            versioning_configuration=tf.S3BucketVersioningVersioningConfiguration(status="Enabled"),
+        )
+        tf.S3BucketLifecycleConfiguration(
+            self,
+            "payloads_lifecycle",
+            bucket=bucket.id,
+            rule=[
+                tf.S3BucketLifecycleConfigurationRule(
+                    id="payload-retention",
+                    status="Enabled",
+                    filter=[tf.S3BucketLifecycleConfigurationRuleFilter(prefix="")],
+                    expiration=[tf.S3BucketLifecycleConfigurationRuleExpiration(days=s.retention_days)],
+                    noncurrent_version_expiration=[
+                        tf.S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(noncurrent_days=1)
+                    ],
+                    abort_incomplete_multipart_upload=[
+                        tf.S3BucketLifecycleConfigurationRuleAbortIncompleteMultipartUpload(
+                            days_after_initiation=1
+                        )
+                    ],
+                )
+            ],
+        )
+        tf.S3BucketPolicy(
+            self,
+            "payloads_tls_only",
+            bucket=bucket.id,
+            policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Sid": "DenyInsecureTransport",
+                            "Effect": "Deny",
+                            "Principal": "*",
+                            "Action": "s3:*",
+                            "Resource": [bucket.arn, f"{bucket.arn}/*"],
+                            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                        }
+                    ],
+                }
+            ),
+        )
+        return bucket
+
+    # --- alarms, topic, dashboard -------------------------------------------------------------------------
+
+    def _alarms(self) -> tf.SnsTopic:
+        s = self.settings
+        topic = tf.SnsTopic(self, "alarms", name=f"{s.stack_name}-alarms", kms_master_key_id=self.key.arn)
+        notify = [topic.arn]
+        for spec in ALL_TABLES:
+            table = spec.physical_name(s.env)
+            tid = construct_id(spec)
+            tf.CloudwatchMetricAlarm(
+                self,
+                f"{tid}_throttles",
+                alarm_name=f"{table}-throttled-requests",
+                alarm_description=f"Requests to {table} throttled: the client retries; callers see latency.",
+                comparison_operator="GreaterThanThreshold",
+                threshold=0,
+                evaluation_periods=3,
+                datapoints_to_alarm=2,
+                treat_missing_data="notBreaching",
+                metric_query=[
+                    _metric("m1", "AWS/DynamoDB", "ReadThrottleEvents", {"TableName": table}, "Sum"),
+                    _metric("m2", "AWS/DynamoDB", "WriteThrottleEvents", {"TableName": table}, "Sum"),
+                    tf.CloudwatchMetricAlarmMetricQuery(
+                        id="throttles", expression="m1 + m2", return_data=True
+                    ),
+                ],
+                alarm_actions=notify,
+                ok_actions=notify,
+            )
+            errors = [
+                _metric(f"e{i}", "AWS/DynamoDB", "SystemErrors", {"TableName": table, "Operation": op}, "Sum")
+                for i, op in enumerate(SYSTEM_ERROR_OPERATIONS)
+            ]
+            tf.CloudwatchMetricAlarm(
+                self,
+                f"{tid}_system_errors",
+                alarm_name=f"{table}-system-errors",
+                alarm_description=f"DynamoDB answered 5xx to calls on {table}.",
+                comparison_operator="GreaterThanThreshold",
+                threshold=0,
+                evaluation_periods=1,
+                treat_missing_data="notBreaching",
+                metric_query=[
+                    *errors,
+                    tf.CloudwatchMetricAlarmMetricQuery(
+                        id="errors",
+                        expression=" + ".join(f"FILL(e{i}, 0)" for i in range(len(errors))),
+                        return_data=True,
+                    ),
+                ],
+                alarm_actions=notify,
+                ok_actions=notify,
+            )
+            if s.provisioned:
+                for mode in ("Read", "Write"):
+                    tf.CloudwatchMetricAlarm(
+                        self,
+                        f"{tid}_{mode.lower()}_capacity",
+                        alarm_name=f"{table}-{mode.lower()}-capacity",
+                        alarm_description=(
+                            f"Consumed {mode.lower()} units above 90 % of provisioned on {table} for 15 "
+                            "minutes: autoscaling is at its maximum or too slow."
+                        ),
+                        comparison_operator="GreaterThanThreshold",
+                        threshold=90,
+                        evaluation_periods=3,
+                        treat_missing_data="notBreaching",
+                        metric_query=[
+                            _metric(
+                                "c",
+                                "AWS/DynamoDB",
+                                f"Consumed{mode}CapacityUnits",
+                                {"TableName": table},
+                                "Sum",
+                            ),
+                            _metric(
+                                "p",
+                                "AWS/DynamoDB",
+                                f"Provisioned{mode}CapacityUnits",
+                                {"TableName": table},
+                                "Average",
+                            ),
+                            tf.CloudwatchMetricAlarmMetricQuery(
+                                id="utilization", expression="100 * (c / 300) / p", return_data=True
+                            ),
+                        ],
+                        alarm_actions=notify,
+                        ok_actions=notify,
+                    )
+        tf.CloudwatchMetricAlarm(
+            self,
+            "recovery_backlog",
+            alarm_name=f"{s.stack_name}-recovery-backlog",
+            alarm_description=(
+                "Failed or stalled runs waiting for the recovery worker (RecoveryBacklog, written by "
+                "tdev-recovery-worker --cloudwatch-namespace). Missing data = no replica reporting."
+            ),
+            namespace=RECOVERY_NAMESPACE,
+            metric_name="RecoveryBacklog",
+            dimensions={"Environment": s.env},
+            statistic="Maximum",
+            period=300,
+            evaluation_periods=3,
+            threshold=s.backlog_threshold,
+            comparison_operator="GreaterThanThreshold",
+            treat_missing_data=s.backlog_missing_data,
+            alarm_actions=notify,
+            ok_actions=notify,
+        )
+        tf.CloudwatchDashboard(
+            self, "dashboard", dashboard_name=s.stack_name, dashboard_body=self._dashboard()
+        )
+        return topic
+
+    def _dashboard(self) -> str:
+        s = self.settings
+        names = [spec.physical_name(s.env) for spec in ALL_TABLES]
+
+        def widget(title: str, metrics: list[list[Any]], stat: str = "Sum") -> dict[str, Any]:
+            return {
+                "type": "metric",
+                "width": 12,
+                "height": 6,
+                "properties": {
+                    "title": title,
+                    "region": s.region,
+                    "stat": stat,
+                    "period": 60,
+                    "metrics": metrics,
+                },
+            }
+
+        def per_table(metric: str) -> list[list[Any]]:
+            return [["AWS/DynamoDB", metric, "TableName", n] for n in names]
+
+        widgets = [
+            widget("Throttled reads", per_table("ReadThrottleEvents")),
+            widget("Throttled writes", per_table("WriteThrottleEvents")),
+            widget(
+                "System errors (TransactWriteItems, UpdateItem)",
+                [
+                    ["AWS/DynamoDB", "SystemErrors", "TableName", n, "Operation", op]
+                    for n in names
+                    for op in ("TransactWriteItems", "UpdateItem")
+                ],
+            ),
+            widget("Consumed write units", per_table("ConsumedWriteCapacityUnits")),
+            widget("Consumed read units", per_table("ConsumedReadCapacityUnits")),
+            widget(
+                "Recovery backlog",
+                [[RECOVERY_NAMESPACE, "RecoveryBacklog", "Environment", s.env]],
+                stat="Maximum",
+            ),
+        ]
+        return json.dumps({"widgets": widgets})
+
+    # --- IAM ----------------------------------------------------------------------------------------------
+
+    def _policy(self, access: ComponentAccess) -> tf.IamPolicy:
+        s = self.settings
+        arns = ResourceArns(
+            table=lambda spec: self.tables[spec.logical_name].arn,
+            payload_objects=f"{self.bucket.arn}/payloads/*",
+            key=self.key.arn,
+            region=s.region,
+        )
+        policy = tf.IamPolicy(
+            self,
+            f"policy_{access.component.replace('-', '_')}",
+            name=f"{s.stack_name}-{access.component}",
+            description=access.description,
+            policy=json.dumps(policy_document(access, arns)),
+        )
+        if s.task_role_principal:
+            principal = (
+                {"AWS": s.task_role_principal}
+                if ":" in s.task_role_principal
+                else {"Service": s.task_role_principal}
+            )
+            role = tf.IamRole(
+                self,
+                f"role_{access.component.replace('-', '_')}",
+                name=f"{s.stack_name}-{access.component}",
+                assume_role_policy=json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {"Effect": "Allow", "Principal": principal, "Action": "sts:AssumeRole"}
+                        ],
+                    }
+                ),
+            )
+            tf.IamRolePolicyAttachment(
+                self,
+                f"role_{access.component.replace('-', '_')}_policy",
+                role=role.name,
+                policy_arn=policy.arn,
+            )
+        return policy
+
+    def _outputs(self) -> None:
+        for logical, table in self.tables.items():
+            key = logical.replace("-", "_")
+            tf.TerraformOutput(self, f"{key}_table_name", value=table.name)
+            tf.TerraformOutput(self, f"{key}_table_arn", value=table.arn)
+        for component, policy in self.policies.items():
+            tf.TerraformOutput(self, f"{component.replace('-', '_')}_policy_arn", value=policy.arn)
+        tf.TerraformOutput(self, "payload_bucket", value=self.bucket.bucket)
+        tf.TerraformOutput(self, "state_key_arn", value=self.key.arn)
+        tf.TerraformOutput(self, "retention_days", value=self.settings.retention_days)
+        if self.topic is not None:
+            tf.TerraformOutput(self, "alarm_topic_arn", value=self.topic.arn)
+
+
+def _key_of(schema: list[dict[str, str]], kind: str) -> str | None:
+    return next((k["AttributeName"] for k in schema if k["KeyType"] == kind), None)
+
+
+def _metric(
+    qid: str, namespace: str, name: str, dimensions: dict[str, str], stat: str
+) -> tf.CloudwatchMetricAlarmMetricQuery:
+    return tf.CloudwatchMetricAlarmMetricQuery(
+        id=qid,
+        metric=tf.CloudwatchMetricAlarmMetricQueryMetric(
+            namespace=namespace, metric_name=name, dimensions=dimensions, stat=stat, period=300
+        ),
+    )

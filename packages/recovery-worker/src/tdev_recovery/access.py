@@ -1,0 +1,31 @@
+"""The recovery worker's AWS access, declared next to its code (see `tdev_state.access`).
+
+The worker reads the recovery index, claims runs on the sessions table (conditional UpdateItem with a
+fencing token), lists a run's agents and marks a stalled agent failed. Resuming is the pipeline's job: a
+resumer that runs the pipeline in the worker's process also needs the pipeline client's policy.
+"""
+
+from __future__ import annotations
+
+from tdev_state.access import ComponentAccess, Grant
+from tdev_state.schema import AGENT_EXECUTIONS, PIPELINE_SESSIONS
+
+RECOVERY_WORKER = ComponentAccess(
+    component="recovery-worker",
+    description="tdev-recovery-worker replicas (sweeps, claims, /readyz).",
+    grants=(
+        Grant(
+            "table",
+            frozenset(
+                {
+                    "dynamodb:UpdateItem",
+                    "dynamodb:BatchGetItem",
+                    "dynamodb:DescribeTable",
+                }
+            ),
+            table=PIPELINE_SESSIONS,
+        ),
+        Grant("index", frozenset({"dynamodb:Query"}), table=PIPELINE_SESSIONS, index="by-recovery"),
+        Grant("table", frozenset({"dynamodb:Query", "dynamodb:UpdateItem"}), table=AGENT_EXECUTIONS),
+    ),
+)

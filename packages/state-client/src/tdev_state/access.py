@@ -1,0 +1,96 @@
+"""What each component may do in AWS: the declaration infra turns into one IAM policy per component.
+
+The grants live next to the code that makes the calls and are checked against it: tests/unit/test_access.py
+runs each component's flows under moto with every AWS call recorded, and fails if a call needs an action not
+granted here or a grant here is never used. `infra/` renders each grant as one IAM statement scoped to a
+table, an index, the payload prefix of the bucket or the state key — never `Resource: "*"`.
+
+Actions are IAM actions, not API operations: TransactWriteItems has no IAM action of its own, it needs the
+item-level action (PutItem, UpdateItem, ConditionCheckItem, DeleteItem) of each of its parts on each table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from tdev_state.schema import AGENT_EXECUTIONS, PIPELINE_SESSIONS, USER_PROJECTS, TableSpec
+
+ResourceKind = Literal["table", "index", "payloads", "key"]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Actions on one resource. `via` names the service that calls on our behalf (S3 SSE-KMS calls KMS)."""
+
+    resource: ResourceKind
+    actions: frozenset[str]
+    table: TableSpec | None = None
+    index: str | None = None
+    via: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.resource in ("table", "index") and self.table is None:
+            raise ValueError(f"a {self.resource} grant needs its table")
+        if self.resource == "index":
+            assert self.table is not None
+            self.table.index(self.index or "")  # KeyError for an index the schema does not declare
+        if not self.actions or any("*" in a or ":" not in a for a in self.actions):
+            raise ValueError(
+                f"grant actions must be explicit service:Action names, got {sorted(self.actions)}"
+            )
+
+    @property
+    def resource_id(self) -> str:
+        """A stable name for the resource: `table:<logical>`, `index:<logical>/<index>`, `payloads`, `key`."""
+        if self.resource == "table":
+            assert self.table is not None
+            return f"table:{self.table.logical_name}"
+        if self.resource == "index":
+            assert self.table is not None
+            return f"index:{self.table.logical_name}/{self.index}"
+        return self.resource
+
+
+@dataclass(frozen=True)
+class ComponentAccess:
+    """Everything one component's code calls, as grants."""
+
+    component: str
+    grants: tuple[Grant, ...]
+    description: str = ""
+
+    def pairs(self, *, include_via: bool = True) -> frozenset[tuple[str, str]]:
+        """Every (action, resource_id) this component is granted."""
+        return frozenset(
+            (action, g.resource_id)
+            for g in self.grants
+            if include_via or g.via is None
+            for action in g.actions
+        )
+
+
+def _table(spec: TableSpec, *actions: str) -> Grant:
+    return Grant("table", frozenset(f"dynamodb:{a}" for a in actions), table=spec)
+
+
+def _index(spec: TableSpec, index: str, *actions: str) -> Grant:
+    return Grant("index", frozenset(f"dynamodb:{a}" for a in actions), table=spec, index=index)
+
+
+#: The pipeline's own process: sessions, agent executions (transactions with the session), user projects,
+#: payloads offloaded to S3 (SSE-KMS, so S3 uses the key on the caller's behalf).
+PIPELINE_CLIENT = ComponentAccess(
+    component="pipeline-client",
+    description="The T-Developer pipeline process (tdev_state.StateClient / AsyncStateClient).",
+    grants=(
+        _table(PIPELINE_SESSIONS, "GetItem", "PutItem", "UpdateItem", "BatchGetItem"),
+        _index(PIPELINE_SESSIONS, "by-user", "Query"),
+        _index(PIPELINE_SESSIONS, "by-recovery", "Query"),
+        _table(AGENT_EXECUTIONS, "GetItem", "PutItem", "UpdateItem", "Query"),
+        _table(USER_PROJECTS, "GetItem", "UpdateItem", "DeleteItem"),
+        _index(USER_PROJECTS, "by-last-accessed", "Query"),
+        Grant("payloads", frozenset({"s3:PutObject", "s3:GetObject"})),
+        Grant("key", frozenset({"kms:GenerateDataKey", "kms:Decrypt"}), via="s3"),
+    ),
+)

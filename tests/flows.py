@@ -1,0 +1,127 @@
+"""Each component's job, end to end, as one flow: what IAM must allow (and what is recorded to prove it).
+
+Used by tests/unit/test_access.py (every AWS call recorded and checked against the component's declared
+grants) and by the IAM-enforcement tests (the same flows under the policy infra synthesizes). A flow is
+split in `setup` (done by other components, not recorded and not under the policy) and `act`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import tdev_state
+from tdev_metrics import CollectorConfig, MetricsCollector, MetricsReader
+from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig
+from tdev_recovery.ops import OpsServer
+from tdev_state import AGENTS, StateClient
+
+from .payloads import generated_project
+
+
+@dataclass
+class Flow:
+    """A component's flow: `setup` prepares state with full rights; `act` is the component's own work."""
+
+    component: str
+    setup: Callable[[StateClient, Any], Awaitable[None]]
+    act: Callable[[StateClient, Any], Awaitable[None]]
+
+
+async def _nothing(client: StateClient, clock: Any) -> None:
+    return None
+
+
+async def pipeline_act(client: StateClient, clock: Any) -> None:
+    """A whole run with a large payload, a failure and a retry; listings; projects; the plan's dict calls."""
+    sid = client.sessions.create(user_id="u-flow", project_name="shop", metadata={"req": "x"}).session_id
+    for i, agent in enumerate(AGENTS):
+        client.executions.start(sid, agent, input_data={"step": i})
+        if agent == "parser":
+            client.executions.fail(sid, agent, error_message="llm 500")
+            client.executions.retry(sid, agent)
+        output = generated_project(200_000) if agent == "generation" else {"ok": agent}
+        client.executions.complete(sid, agent, output_data=output)
+        if i == 3:
+            client.sessions.heartbeat(sid)
+    assert len(client.executions.list(sid)) == len(AGENTS)
+    client.executions.get(sid, "generation")
+    client.sessions.get(sid)
+    client.sessions.list_for_user("u-flow")
+    client.sessions.failed_sessions()
+    client.projects.save(user_id="u-flow", project_id="p1", project_name="shop", size_mb=1.5)
+    client.projects.get("u-flow", "p1")
+    client.projects.list_for_user("u-flow")
+    client.projects.record_download("u-flow", "p1")
+    client.projects.delete("u-flow", "p1")
+    tdev_state.configure(client)
+    try:
+        await tdev_state.save_pipeline_session(
+            {"session_id": "s-plan", "user_id": "u-flow", "project_name": "p", "status": "ACTIVE"}
+        )
+        await tdev_state.update_agent_execution(
+            {"execution_id": "s-plan", "agent_name": "nl_input", "status": "RUNNING", "input_data": {"a": 1}}
+        )
+        await tdev_state.get_failed_sessions()
+        await tdev_state.save_user_project({"user_id": "u-flow", "project_id": "p2", "project_name": "n"})
+    finally:
+        tdev_state.configure(None)
+
+
+async def worker_setup(client: StateClient, clock: Any) -> None:
+    """Two crashed runs (one with an agent left RUNNING) and one failed run, all old enough to resume."""
+    for completed, running in ((4, True), (2, False)):
+        sid = client.sessions.create(user_id="u-w", project_name="p").session_id
+        for agent in AGENTS[:completed]:
+            client.executions.start(sid, agent)
+            client.executions.complete(sid, agent, output_data={"out": agent})
+        if running:
+            client.executions.start(sid, AGENTS[completed])
+    sid = client.sessions.create(user_id="u-w", project_name="p").session_id
+    client.executions.start(sid, AGENTS[0])
+    client.executions.fail(sid, AGENTS[0], error_message="boom")
+    clock.advance(hours=2)
+
+
+async def worker_act(client: StateClient, clock: Any) -> None:
+    """Sweep, claim, close interrupted attempts, hand runs to a resumer; the ops endpoints answer."""
+    resumed: list[ResumeRequest] = []
+
+    async def resumer(request: ResumeRequest) -> None:
+        resumed.append(request)
+
+    config = WorkerConfig(
+        worker_id="flow",
+        poll_interval=0.05,
+        retry_delay=timedelta(minutes=1),
+        stall_threshold=timedelta(minutes=10),
+        lease=timedelta(seconds=30),
+        retry=RetryPolicy(initial_interval=timedelta(milliseconds=1), maximum_attempts=3),
+        grace_period=1.0,
+    )
+    worker = RecoveryWorker(client, resumer, config, clock=clock)
+    await worker.sweep()
+    await asyncio.gather(*list(worker._inflight.values()))
+    assert len(resumed) == 3, resumed
+    ops = OpsServer(worker, host="127.0.0.1", port=0)
+    assert ops.ready()
+
+
+async def metrics_act(client: StateClient, clock: Any) -> None:
+    """Record, flush (sequence-guarded updates), read back as a report does."""
+    noon = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    with MetricsCollector(client, CollectorConfig(), start=False) as metrics:
+        for i in range(20):
+            metrics.record("agent_execution_time", 1.0 + i, agent_name="parser", timestamp=noon)
+        assert metrics.flush()
+    assert MetricsReader(client).hourly("agent_execution_time", start=date(2026, 11, 26))[0].count == 20
+
+
+FLOWS = (
+    Flow("pipeline-client", _nothing, pipeline_act),
+    Flow("recovery-worker", worker_setup, worker_act),
+    Flow("metrics-collector", _nothing, metrics_act),
+)
