@@ -48,8 +48,10 @@ async def pipeline_act(client: StateClient, clock: Any) -> None:
         if i == 3:
             client.sessions.heartbeat(sid)
     assert len(client.executions.list(sid)) == len(AGENTS)
-    client.executions.get(sid, "generation")
-    client.sessions.get(sid)
+    # Another process (empty data-key cache) reads the run: sealed fields cost it one KMS Decrypt.
+    reader = StateClient(client.config, clock=clock)
+    assert reader.executions.get(sid, "generation").output_data == generated_project(200_000)
+    assert reader.sessions.get(sid).metadata == {"req": "x"}
     client.sessions.list_for_user("u-flow")
     client.sessions.failed_sessions()
     client.projects.save(user_id="u-flow", project_id="p1", project_name="shop", size_mb=1.5)

@@ -17,6 +17,8 @@ from tdev_state import PayloadIntegrityError, PayloadTooLargeError, StateClient,
 from ..payloads import generated_project
 from .conftest import BUCKET, FakeClock, make_client
 
+CTX = _codec.PayloadContext("agent-executions", "s", "parser")
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(), children, max_size=6),
@@ -36,8 +38,8 @@ def test_any_json_value_round_trips(tiny_thresholds: StateClient, value: object,
     """encode/decode returns an equal value for any JSON value and size, inline, zlib or in S3."""
     payload = {"v": value, "pad": "ab" * padding}
     layer = tiny_thresholds.layer
-    encoded = _codec.encode(payload, field="output_data", object_key="s/a", layer=layer)
-    decoded = _codec.decode(encoded.value, field="output_data", layer=layer)
+    encoded = _codec.encode(payload, field="output_data", object_key="s/a", context=CTX, layer=layer)
+    decoded = _codec.decode(encoded.value, field="output_data", context=CTX, layer=layer)
     assert json.dumps(decoded, sort_keys=True) == json.dumps(payload, sort_keys=True)
 
 
@@ -45,7 +47,7 @@ def test_each_form_is_used(tiny_thresholds: StateClient) -> None:
     """Small JSON stays text, compressible JSON is zlib, large JSON goes to S3."""
     layer = tiny_thresholds.layer
     forms = {
-        _codec.encode(v, field="f", object_key="k", layer=layer).form
+        _codec.encode(v, field="f", object_key="k", context=CTX, layer=layer).form
         for v in ({"a": 1}, {"t": "abc" * 40}, {"t": random.Random(1).randbytes(2000).hex()})
     }
     assert forms == {"json", "zlib", "s3"}
@@ -62,13 +64,13 @@ def test_floats_round_trip_exactly(client: StateClient) -> None:
 def test_nan_and_infinity_are_refused(client: StateClient, bad: object) -> None:
     """NaN/Infinity raise ValidationError naming the field."""
     with pytest.raises(ValidationError, match="input_data contains NaN"):
-        _codec.encode(bad, field="input_data", object_key="k", layer=client.layer)
+        _codec.encode(bad, field="input_data", object_key="k", context=CTX, layer=client.layer)
 
 
 def test_non_json_values_are_refused(client: StateClient) -> None:
     """A set or object is a ValidationError saying what to send instead."""
     with pytest.raises(ValidationError, match="not JSON-serializable"):
-        _codec.encode({"s": {1, 2}}, field="input_data", object_key="k", layer=client.layer)
+        _codec.encode({"s": {1, 2}}, field="input_data", object_key="k", context=CTX, layer=client.layer)
 
 
 def test_too_large_without_bucket_raises_and_writes_nothing(aws: None, clock: FakeClock) -> None:

@@ -64,8 +64,5 @@ def policy_document(access: ComponentAccess, arns: ResourceArns) -> dict[str, An
             "Action": sorted(grant.actions),
             "Resource": grant_resources(grant, arns),
         }
-        if grant.via == "s3":
-            # The key is usable only through S3 (SSE-KMS on the payload bucket), never directly.
-            statement["Condition"] = {"StringEquals": {"kms:ViaService": f"s3.{arns.region}.amazonaws.com"}}
         statements.append(statement)
     return {"Version": "2012-10-17", "Statement": statements}

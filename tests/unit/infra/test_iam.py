@@ -64,7 +64,16 @@ def test_no_component_can_manage_tables_keys_or_buckets(synth: Synth) -> None:
                 assert not [a for a in statement["Action"] if forbidden.match(a)], statement
 
 
-def test_the_key_is_used_only_through_s3_by_the_pipeline(synth: Synth) -> None:
-    policy = json.loads(synth.resources("prod", "aws_iam_policy")["policy_pipeline_client"]["policy"])
-    (key_statement,) = [s for s in policy["Statement"] if s["Resource"] == ["${aws_kms_key.state_key.arn}"]]
-    assert key_statement["Condition"] == {"StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"}}
+def test_only_the_pipeline_uses_the_key_and_only_for_data_keys(synth: Synth) -> None:
+    for env in STACKS:
+        for name, policy in synth.resources(env, "aws_iam_policy").items():
+            key_statements = [
+                s
+                for s in json.loads(policy["policy"])["Statement"]
+                if s["Resource"] == ["${aws_kms_key.state_key.arn}"]
+            ]
+            if name != "policy_pipeline_client":
+                assert not key_statements
+                continue
+            (statement,) = key_statements
+            assert statement["Action"] == ["kms:Decrypt", "kms:GenerateDataKey"]

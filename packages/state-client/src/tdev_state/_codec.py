@@ -7,6 +7,11 @@ A payload is stored in one attribute, in one of three forms the attribute's Dyna
 - `M`: a reference to an S3 object holding the compressed JSON, `{"s3": {bucket, key, sha256, bytes}}`,
   when the encoded payload exceeds `offload_threshold` and a bucket is configured.
 
+A field the configuration marks sensitive (`StateConfig.encrypt_fields`) is sealed (`_crypto`) after
+compression, so it is stored as `B` with the sealed tag, or offloaded as a sealed S3 object whose name and
+checksum are those of the ciphertext (never a hash of the plaintext, which would let a reader confirm a
+guess). Its associated data is the item's table, id, agent and field (`PayloadContext`).
+
 JSON (not DynamoDB's native map) is the stored form on purpose: floats round-trip exactly, any nesting depth
 and key works, and the bytes we are billed for are the compressed ones. S3 keys are content-addressed (the
 SHA-256 of the JSON), so a retried write puts the same object again instead of leaving a second copy.
@@ -21,15 +26,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tdev_state._crypto import SEALED_TAG
 from tdev_state.config import StateConfig
 from tdev_state.dynamo import DynamoLayer
 from tdev_state.exceptions import PayloadIntegrityError, PayloadTooLargeError, ValidationError
 
+_RAW_TAG = b"\x00"
 _ZLIB_TAG = b"\x01"
 #: Room kept in an item for its keys and non-payload attributes.
 _ITEM_OVERHEAD = 8 * 1024
 
 JSONValue = Any
+
+
+@dataclass(frozen=True)
+class PayloadContext:
+    """Where a payload lives — the associated data that binds a sealed payload to its place."""
+
+    table: str
+    item_id: str
+    agent: str | None = None
+
+    def aad(self, field: str) -> bytes:
+        return "|".join(("t-developer/v1", self.table, self.item_id, self.agent or "", field)).encode()
 
 
 @dataclass(frozen=True)
@@ -39,7 +58,13 @@ class EncodedPayload:
     value: str | bytes | dict[str, Any]
     json_bytes: int
     stored_bytes: int
-    form: str  # "json" | "zlib" | "s3"
+    form: str  # "json" | "zlib" | "s3", with "+sealed" when encrypted
+    #: SHA-256 of the JSON text: what duplicate detection compares (never stored in clear when sealed).
+    digest: str = ""
+
+    @property
+    def sealed(self) -> bool:
+        return self.form.endswith("+sealed")
 
 
 def dumps(value: JSONValue, *, field: str) -> bytes:
@@ -66,6 +91,7 @@ def encode(
     *,
     field: str,
     object_key: str,
+    context: PayloadContext,
     layer: DynamoLayer,
     share_of_item: float = 0.5,
 ) -> EncodedPayload:
@@ -76,28 +102,39 @@ def encode(
     """
     config: StateConfig = layer.config
     raw = dumps(value, field=field)
+    raw_digest = hashlib.sha256(raw).hexdigest()
     stored: str | bytes = raw.decode("utf-8")
     form = "json"
     if len(raw) >= config.compress_threshold:
         packed = zlib.compress(raw, 6)
         if len(packed) + 1 <= 0.9 * len(raw):
             stored, form = _ZLIB_TAG + packed, "zlib"
+    if config.should_encrypt(field, context.agent):
+        inner = stored if isinstance(stored, bytes) else _RAW_TAG + raw
+        stored, form = layer.cipher.seal(inner, context.aad(field), field=field), form + "+sealed"
     size = len(stored) if isinstance(stored, bytes) else len(raw)
 
     if config.payload_bucket and size > config.offload_threshold:
         body = stored if isinstance(stored, bytes) else _ZLIB_TAG + zlib.compress(raw, 6)
-        digest = hashlib.sha256(raw).hexdigest()
+        # Sealed objects are named and checked by their ciphertext: a plaintext hash would be an oracle.
+        digest = hashlib.sha256(body).hexdigest() if form.endswith("+sealed") else raw_digest
         key = f"{config.payload_prefix}{object_key}/{field}-{digest}.json.z"
         layer.put_object(key, body, metadata={"sha256": digest, "json-bytes": str(len(raw))})
-        ref = {
-            "s3": {
-                "bucket": config.payload_bucket,
-                "key": key,
-                "sha256": digest,
-                "bytes": len(raw),
-            }
+        ref: dict[str, Any] = {
+            "bucket": config.payload_bucket,
+            "key": key,
+            "sha256": digest,
+            "bytes": len(raw),
         }
-        return EncodedPayload(value=ref, json_bytes=len(raw), stored_bytes=len(body), form="s3")
+        if form.endswith("+sealed"):
+            ref["sealed"] = True
+        return EncodedPayload(
+            value={"s3": ref},
+            json_bytes=len(raw),
+            stored_bytes=len(body),
+            form="s3+sealed" if ref.get("sealed") else "s3",
+            digest=raw_digest,
+        )
 
     budget = int((config.max_item_bytes - _ITEM_OVERHEAD) * share_of_item)
     if size > budget:
@@ -106,22 +143,23 @@ def encode(
             "share of a DynamoDB item it may use; configure a payload bucket (TDEV_PAYLOAD_BUCKET / "
             "payload_bucket) so large payloads go to S3. Nothing was written."
         )
-    return EncodedPayload(value=stored, json_bytes=len(raw), stored_bytes=size, form=form)
+    return EncodedPayload(value=stored, json_bytes=len(raw), stored_bytes=size, form=form, digest=raw_digest)
 
 
-def decode(stored: Any, *, field: str, layer: DynamoLayer) -> JSONValue:
-    """The original JSON value of a stored payload attribute (fetching from S3 when referenced)."""
+def decode(stored: Any, *, field: str, context: PayloadContext, layer: DynamoLayer) -> JSONValue:
+    """The original JSON value of a stored payload attribute (fetching from S3, opening sealed ones)."""
     if stored is None:
         return None
     if isinstance(stored, str):
         return _loads(stored.encode("utf-8"), field)
     if isinstance(stored, bytes | bytearray):
-        return _loads(_unpack(bytes(stored), field), field)
+        return _loads(_unpack(bytes(stored), field, context, layer), field)
     if isinstance(stored, Mapping) and isinstance(stored.get("s3"), Mapping):
         ref = stored["s3"]
         body = layer.get_object(str(ref["bucket"]), str(ref["key"]))
-        raw = _unpack(body, field)
-        if hashlib.sha256(raw).hexdigest() != ref.get("sha256"):
+        checked = body if ref.get("sealed") else None
+        raw = _unpack(body, field, context, layer)
+        if hashlib.sha256(checked if checked is not None else raw).hexdigest() != ref.get("sha256"):
             raise PayloadIntegrityError(
                 f"{field}: s3://{ref['bucket']}/{ref['key']} does not match its recorded SHA-256; "
                 "the object was changed or truncated outside this client"
@@ -130,7 +168,11 @@ def decode(stored: Any, *, field: str, layer: DynamoLayer) -> JSONValue:
     raise PayloadIntegrityError(f"{field}: stored value of type {type(stored).__name__} is not a payload")
 
 
-def _unpack(body: bytes, field: str) -> bytes:
+def _unpack(body: bytes, field: str, context: PayloadContext, layer: DynamoLayer) -> bytes:
+    if body.startswith(SEALED_TAG):
+        body = layer.cipher.open(body, context.aad(field), field=field)
+        if body.startswith(_RAW_TAG):
+            return body[1:]
     if not body.startswith(_ZLIB_TAG):
         raise PayloadIntegrityError(f"{field}: unknown payload format tag {body[:1]!r}")
     try:
@@ -153,6 +195,8 @@ def stored_size(stored: Any) -> int:
     if isinstance(stored, str):
         return len(stored.encode("utf-8"))
     if isinstance(stored, bytes | bytearray):
+        if bytes(stored).startswith(SEALED_TAG):
+            return len(stored)  # sealed: the size of the ciphertext, without opening it
         return len(zlib.decompress(bytes(stored)[1:]))
     if isinstance(stored, Mapping) and isinstance(stored.get("s3"), Mapping):
         return int(stored["s3"].get("bytes", 0))

@@ -18,6 +18,7 @@ import builtins
 import hashlib
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ from tdev_state.exceptions import (
     ConflictError,
     ExecutionNotFoundError,
     InvalidTransitionError,
+    PayloadIntegrityError,
     SessionNotFoundError,
 )
 from tdev_state.models import (
@@ -43,6 +45,7 @@ from tdev_state.models import (
     format_ts,
     parse_ts,
 )
+from tdev_state.schema import AGENT_EXECUTIONS
 
 from ._sessions import recovery_shard
 
@@ -92,9 +95,14 @@ class ExecutionStore:
         sid, agent, step = self._address(session_id, agent_name)
         project = check.identifier("project_id", project_id) if project_id is not None else None
         payload = _codec.encode(
-            input_data, field="input_data", object_key=f"{sid}/{agent}", layer=self._layer
+            input_data,
+            field="input_data",
+            object_key=f"{sid}/{agent}",
+            context=execution_context(sid, agent),
+            layer=self._layer,
         )
         now = self._clock()
+        fingerprint = self._fingerprint("start", sid, agent, payload)
         item: dict[str, Any] = {
             "execution_id": sid,
             "agent_name": agent_sort_key(agent),
@@ -105,7 +113,7 @@ class ExecutionStore:
             "input_data": payload.value,
             "input_bytes": payload.json_bytes,
             "retry_count": 0,
-            "fingerprint": _fingerprint("start", agent, payload.value),
+            "fingerprint": fingerprint.stored,
         }
         if project:
             item["project_id"] = project
@@ -134,7 +142,7 @@ class ExecutionStore:
             agent=agent,
             step=step,
             now=now,
-            fingerprint=item["fingerprint"],
+            fingerprint=fingerprint,
             actions=[exec_action, session_action],
         )
 
@@ -145,10 +153,14 @@ class ExecutionStore:
         """
         sid, agent, step = self._address(session_id, agent_name)
         payload = _codec.encode(
-            output_data, field="output_data", object_key=f"{sid}/{agent}", layer=self._layer
+            output_data,
+            field="output_data",
+            object_key=f"{sid}/{agent}",
+            context=execution_context(sid, agent),
+            layer=self._layer,
         )
         now = self._clock()
-        fingerprint = _fingerprint("complete", agent, payload.value)
+        fingerprint = self._fingerprint("complete", sid, agent, payload)
         exec_action = TransactAction(
             "Update",
             self._table,
@@ -163,7 +175,7 @@ class ExecutionStore:
                 ":now": format_ts(now),
                 ":out": payload.value,
                 ":n": payload.json_bytes,
-                ":fp": fingerprint,
+                ":fp": fingerprint.stored,
             },
         )
         last = step == len(AGENTS)
@@ -207,15 +219,20 @@ class ExecutionStore:
             ":now": format_ts(now),
             ":err": message,
         }
-        fp_source: Any = message
+        fp_parts: list[_codec.EncodedPayload | str] = [message]
         if output_data is not None:
             payload = _codec.encode(
-                output_data, field="output_data", object_key=f"{sid}/{agent}", layer=self._layer
+                output_data,
+                field="output_data",
+                object_key=f"{sid}/{agent}",
+                context=execution_context(sid, agent),
+                layer=self._layer,
             )
             sets += ", output_data = :out, output_bytes = :n"
             values.update({":out": payload.value, ":n": payload.json_bytes})
-            fp_source = [message, payload.value]
-        values[":fp"] = fingerprint = _fingerprint("fail", agent, fp_source)
+            fp_parts.append(payload)
+        fingerprint = self._fingerprint("fail", sid, agent, *fp_parts)
+        values[":fp"] = fingerprint.stored
         exec_action = TransactAction(
             "Update",
             self._table,
@@ -252,7 +269,7 @@ class ExecutionStore:
         """Run a FAILED agent again: RUNNING, retry_count + 1 (atomic), and the session ACTIVE again."""
         sid, agent, step = self._address(session_id, agent_name)
         now = self._clock()
-        fingerprint = _fingerprint("retry", agent, str(uuid.uuid4()))
+        fingerprint = self._fingerprint("retry", sid, agent, str(uuid.uuid4()))
         exec_action = TransactAction(
             "Update",
             self._table,
@@ -265,7 +282,7 @@ class ExecutionStore:
                 ":running": AgentStatus.RUNNING.value,
                 ":failed": AgentStatus.FAILED.value,
                 ":now": format_ts(now),
-                ":fp": fingerprint,
+                ":fp": fingerprint.stored,
                 ":one": 1,
             },
         )
@@ -372,7 +389,7 @@ class ExecutionStore:
         agent: str,
         step: int,
         now: datetime,
-        fingerprint: str,
+        fingerprint: Fingerprint,
         actions: builtins.list[TransactAction],
         refreshed: bool,
     ) -> AgentTransition:
@@ -408,7 +425,7 @@ class ExecutionStore:
         sid: str,
         agent: str,
         step: int,
-        fingerprint: str,
+        fingerprint: Fingerprint,
         exc: TransactionCancelled,
     ) -> AgentTransition:
         """Turn a refused transition into a duplicate success or the error that explains it."""
@@ -417,7 +434,9 @@ class ExecutionStore:
         old_exec: Item | None = exec_reason.old_item if exec_reason.code == failed else None
         old_session: Item | None = session_reason.old_item if session_reason.code == failed else None
         target = _TARGET[kind]
-        if old_exec is not None and old_exec.get("fingerprint") == fingerprint:
+        if old_exec is not None and self._same_fingerprint(
+            old_exec.get("fingerprint"), fingerprint, sid, agent
+        ):
             log.info(f"agent.{kind}.duplicate", session_id=sid, agent_name=agent)
             return AgentTransition(
                 execution_id=sid,
@@ -465,9 +484,42 @@ class ExecutionStore:
             )
         raise ConflictError(f"{kind} {agent} of {sid!r} was refused: {exc}")  # pragma: no cover
 
+    def _fingerprint(
+        self, kind: str, sid: str, agent: str, *parts: _codec.EncodedPayload | str
+    ) -> Fingerprint:
+        """Digest of a transition and its payloads' JSON. Sealed when a payload is: a digest of a sealed
+        payload stored in clear would let anyone who can read the table confirm a guess of its content."""
+        digest = hashlib.sha256(f"{kind}|{agent}|".encode())
+        sealed = False
+        for part in parts:
+            if isinstance(part, _codec.EncodedPayload):
+                digest.update(part.digest.encode())
+                sealed = sealed or part.sealed
+            else:
+                digest.update(part.encode())
+        clear = digest.hexdigest()[:32]
+        if not sealed:
+            return Fingerprint(clear, clear)
+        aad = execution_context(sid, agent).aad("fingerprint")
+        return Fingerprint(self._layer.cipher.seal(clear.encode(), aad, field="fingerprint"), clear)
+
+    def _same_fingerprint(self, stored: Any, new: Fingerprint, sid: str, agent: str) -> bool:
+        if isinstance(stored, str):
+            return stored == new.clear
+        if isinstance(stored, bytes | bytearray):
+            aad = execution_context(sid, agent).aad("fingerprint")
+            try:
+                return self._layer.cipher.open(bytes(stored), aad, field="fingerprint").decode() == new.clear
+            except PayloadIntegrityError:
+                return False
+        return False
+
     def _from_item(self, item: Item, *, load_payloads: bool) -> AgentExecution:
         def payload(name: str) -> Any:
-            return _codec.decode(item.get(name), field=name, layer=self._layer) if load_payloads else None
+            if not load_payloads:
+                return None
+            context = execution_context(item["execution_id"], item["agent"])
+            return _codec.decode(item.get(name), field=name, context=context, layer=self._layer)
 
         return AgentExecution(
             execution_id=item["execution_id"],
@@ -486,8 +538,14 @@ class ExecutionStore:
         )
 
 
-def _fingerprint(kind: str, agent: str, stored: Any) -> str:
-    """A short digest of a transition and its stored payload (the S3 reference, for offloaded ones)."""
-    digest = hashlib.sha256(f"{kind}|{agent}|".encode())
-    digest.update(repr(stored).encode() if not isinstance(stored, bytes) else stored)
-    return digest.hexdigest()[:32]
+def execution_context(session_id: str, agent: str) -> _codec.PayloadContext:
+    """Where an agent's payloads live (the associated data of sealed input/output)."""
+    return _codec.PayloadContext(AGENT_EXECUTIONS.logical_name, session_id, agent)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A transition's digest: `stored` on the item (sealed when its payload is), `clear` to compare."""
+
+    stored: str | bytes
+    clear: str

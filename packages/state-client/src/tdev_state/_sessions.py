@@ -34,7 +34,7 @@ from tdev_state.models import (
     parse_ts,
     predecessors,
 )
-from tdev_state.schema import RECOVERY_INDEX_SHARDS
+from tdev_state.schema import PIPELINE_SESSIONS, RECOVERY_INDEX_SHARDS
 
 log = structlog.get_logger("tdev_state.sessions")
 
@@ -44,6 +44,11 @@ _UNSET: Any = object()
 def recovery_shard(session_id: str, status: SessionStatus) -> str:
     """The sparse recovery index's partition value for an open session (absent once it is final)."""
     return f"{status.value}#{zlib.crc32(session_id.encode()) % RECOVERY_INDEX_SHARDS}"
+
+
+def session_context(session_id: str) -> _codec.PayloadContext:
+    """Where a session's metadata lives (the associated data of sealed metadata)."""
+    return _codec.PayloadContext(PIPELINE_SESSIONS.logical_name, session_id)
 
 
 def session_from_item(item: Item, layer: DynamoLayer) -> Session:
@@ -59,7 +64,9 @@ def session_from_item(item: Item, layer: DynamoLayer) -> Session:
         created_at=parse_ts(item["created_at"]),
         last_updated=parse_ts(item["last_updated"]),
         version=int(item["version"]),
-        metadata=_codec.decode(item.get("metadata"), field="metadata", layer=layer),
+        metadata=_codec.decode(
+            item.get("metadata"), field="metadata", context=session_context(item["session_id"]), layer=layer
+        ),
         error_message=item.get("error_message"),
         resume_count=int(item.get("resume_count", 0)),
     )
@@ -92,7 +99,9 @@ class SessionStore:
         user = check.identifier("user_id", user_id)
         name = check.text("project_name", project_name, allow_empty=False, max_chars=256)
         kind = check.enum(PipelineType, "pipeline_type", pipeline_type)
-        encoded = _codec.encode(metadata, field="metadata", object_key=sid, layer=self._layer)
+        encoded = _codec.encode(
+            metadata, field="metadata", object_key=sid, context=session_context(sid), layer=self._layer
+        )
         moment = self._clock()
         now = format_ts(moment)
         token = str(uuid.uuid4())
@@ -218,7 +227,7 @@ class SessionStore:
         if metadata is not _UNSET:
             sets.append("metadata = :meta")
             values[":meta"] = _codec.encode(
-                metadata, field="metadata", object_key=sid, layer=self._layer
+                metadata, field="metadata", object_key=sid, context=session_context(sid), layer=self._layer
             ).value
         if error_message is not None:
             sets.append("error_message = :err")

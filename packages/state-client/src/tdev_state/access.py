@@ -21,13 +21,12 @@ ResourceKind = Literal["table", "index", "payloads", "key"]
 
 @dataclass(frozen=True)
 class Grant:
-    """Actions on one resource. `via` names the service that calls on our behalf (S3 SSE-KMS calls KMS)."""
+    """Actions on one resource."""
 
     resource: ResourceKind
     actions: frozenset[str]
     table: TableSpec | None = None
     index: str | None = None
-    via: str | None = None
 
     def __post_init__(self) -> None:
         if self.resource in ("table", "index") and self.table is None:
@@ -60,14 +59,9 @@ class ComponentAccess:
     grants: tuple[Grant, ...]
     description: str = ""
 
-    def pairs(self, *, include_via: bool = True) -> frozenset[tuple[str, str]]:
+    def pairs(self) -> frozenset[tuple[str, str]]:
         """Every (action, resource_id) this component is granted."""
-        return frozenset(
-            (action, g.resource_id)
-            for g in self.grants
-            if include_via or g.via is None
-            for action in g.actions
-        )
+        return frozenset((action, g.resource_id) for g in self.grants for action in g.actions)
 
 
 def _table(spec: TableSpec, *actions: str) -> Grant:
@@ -79,7 +73,7 @@ def _index(spec: TableSpec, index: str, *actions: str) -> Grant:
 
 
 #: The pipeline's own process: sessions, agent executions (transactions with the session), user projects,
-#: payloads offloaded to S3 (SSE-KMS, so S3 uses the key on the caller's behalf).
+#: payloads offloaded to S3, sealed payload fields (KMS data keys; S3's SSE-KMS uses the same two actions).
 PIPELINE_CLIENT = ComponentAccess(
     component="pipeline-client",
     description="The T-Developer pipeline process (tdev_state.StateClient / AsyncStateClient).",
@@ -91,6 +85,7 @@ PIPELINE_CLIENT = ComponentAccess(
         _table(USER_PROJECTS, "GetItem", "UpdateItem", "DeleteItem"),
         _index(USER_PROJECTS, "by-last-accessed", "Query"),
         Grant("payloads", frozenset({"s3:PutObject", "s3:GetObject"})),
-        Grant("key", frozenset({"kms:GenerateDataKey", "kms:Decrypt"}), via="s3"),
+        # Sealing payload fields (GenerateDataKey, Decrypt) — the same two S3 needs for SSE-KMS objects.
+        Grant("key", frozenset({"kms:GenerateDataKey", "kms:Decrypt"})),
     ),
 )

@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from tdev_state.exceptions import ConfigurationError
+from tdev_state.models import AGENTS
 from tdev_state.schema import TableNames, validate_env_name
 
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "localstack", "host.docker.internal"})
+
+#: The payload attributes client-side encryption can seal (docs/security.md).
+ENCRYPTABLE_FIELDS = frozenset({"input_data", "output_data", "metadata"})
 
 #: DynamoDB's item limit is 400 KB; we keep a margin for attribute names and the non-payload attributes.
 DYNAMODB_ITEM_LIMIT = 400 * 1024
@@ -60,6 +64,14 @@ class StateConfig:
     liveness_interval_seconds: float = 60.0
     #: Refuse plain-HTTP endpoints outside `local` unless the host is loopback (LocalStack on this machine).
     allow_insecure_endpoint: bool = False
+    #: KMS key (id, ARN or alias) for client-side encryption of the payload fields named in `encrypt_fields`.
+    kms_key_id: str | None = None
+    #: Payload fields sealed before they leave the process (docs/security.md): "input_data", "output_data",
+    #: "metadata", or one agent's field only, e.g. "generation.output_data".
+    encrypt_fields: frozenset[str] = frozenset()
+    #: Bounds on reusing one KMS data key: at most this many seconds and this many sealed fields.
+    data_key_max_age_seconds: float = 300.0
+    data_key_max_uses: int = 1000
 
     def __post_init__(self) -> None:
         validate_env_name(self.env)
@@ -78,6 +90,7 @@ class StateConfig:
                 f"max_item_bytes={self.max_item_bytes} exceeds DynamoDB's item limit of "
                 f"{DYNAMODB_ITEM_LIMIT} bytes (400 KB); lower it"
             )
+        self._check_encryption()
         if self.retention_days is not None and self.retention_days < 1:
             raise ConfigurationError("retention_days must be >= 1, or None to keep items forever")
         if self.endpoint_url:
@@ -96,6 +109,41 @@ class StateConfig:
                     "must travel over TLS outside `local`; use https, or a loopback LocalStack endpoint"
                 )
 
+    def _check_encryption(self) -> None:
+        fields: object = self.encrypt_fields
+        if not isinstance(fields, set | frozenset | list | tuple) or not all(
+            isinstance(f, str) for f in fields
+        ):
+            raise ConfigurationError(
+                f"encrypt_fields must be a set of field names, got {fields!r}; e.g. "
+                "{'output_data', 'metadata'} or {'generation.output_data'}"
+            )
+        object.__setattr__(self, "encrypt_fields", frozenset(fields))
+        for entry in self.encrypt_fields:
+            agent, _, name = entry.rpartition(".")
+            if name not in ENCRYPTABLE_FIELDS or (agent and (agent not in AGENTS or name == "metadata")):
+                raise ConfigurationError(
+                    f"encrypt_fields entry {entry!r} names no payload field: use one of "
+                    f"{sorted(ENCRYPTABLE_FIELDS)}, or an agent's input_data/output_data such as "
+                    "'generation.output_data' (agents: " + ", ".join(AGENTS) + ")"
+                )
+        if self.encrypt_fields and not self.kms_key_id:
+            raise ConfigurationError(
+                "encrypt_fields is set but kms_key_id is not: give the KMS key to seal them with "
+                "(TDEV_KMS_KEY_ID, e.g. alias/t-developer-dev-state from the infra stack)"
+            )
+        if not (self.data_key_max_age_seconds > 0 and 0 < self.data_key_max_uses <= 2**20):
+            raise ConfigurationError(
+                "data_key_max_age_seconds must be > 0 and data_key_max_uses in 1..1048576 (AES-GCM with "
+                "random nonces must stay far below 2^32 messages per key)"
+            )
+
+    def should_encrypt(self, field: str, agent: str | None = None) -> bool:
+        """Whether payload `field` (of `agent`'s execution, if any) is sealed before it is stored."""
+        return field in self.encrypt_fields or (
+            agent is not None and f"{agent}.{field}" in self.encrypt_fields
+        )
+
     @property
     def tables(self) -> TableNames:
         """Physical table names for this environment."""
@@ -104,13 +152,18 @@ class StateConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> StateConfig:
         """Build from `TDEV_ENV`, `AWS_ENDPOINT_URL`, `AWS_REGION`/`AWS_DEFAULT_REGION`,
-        `TDEV_PAYLOAD_BUCKET`, `TDEV_RETENTION_DAYS`, `TDEV_ASYNC_THREADS`; keyword overrides win."""
+        `TDEV_PAYLOAD_BUCKET`, `TDEV_RETENTION_DAYS`, `TDEV_ASYNC_THREADS`, `TDEV_KMS_KEY_ID`,
+        `TDEV_ENCRYPT_FIELDS` (comma-separated); keyword overrides win."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {
             "env": env.get("TDEV_ENV", "local"),
             "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             "endpoint_url": env.get("AWS_ENDPOINT_URL") or None,
             "payload_bucket": env.get("TDEV_PAYLOAD_BUCKET") or None,
+            "kms_key_id": env.get("TDEV_KMS_KEY_ID") or None,
+            "encrypt_fields": frozenset(
+                f.strip() for f in (env.get("TDEV_ENCRYPT_FIELDS") or "").split(",") if f.strip()
+            ),
         }
         threads = env.get("TDEV_ASYNC_THREADS")
         if threads:

@@ -12,6 +12,7 @@ Condition failures surface as `ConditionFailed` / `TransactionCancelled` carryin
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import threading
@@ -35,8 +36,10 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from tdev_state._crypto import FieldCipher
 from tdev_state.config import StateConfig
 from tdev_state.exceptions import (
+    ConfigurationError,
     ConflictError,
     PayloadTooLargeError,
     StateError,
@@ -212,6 +215,22 @@ class DynamoLayer:
         self.s3: S3Client | None = s3
         if self.s3 is None and config.payload_bucket:
             self.s3 = boto_session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
+
+    @functools.cached_property
+    def cipher(self) -> FieldCipher:
+        """The field cipher (KMS data keys, AES-GCM); ConfigurationError when no KMS key is configured."""
+        if not self.config.kms_key_id:
+            raise ConfigurationError(
+                "a sealed payload needs a KMS key: set kms_key_id (TDEV_KMS_KEY_ID) to the key it was "
+                "sealed with"
+            )
+        return FieldCipher(
+            self.extra_client("kms"),
+            self.config.kms_key_id,
+            env=self.config.env,
+            max_age_seconds=self.config.data_key_max_age_seconds,
+            max_uses=self.config.data_key_max_uses,
+        )
 
     def extra_client(self, service: str) -> Any:
         """Another AWS client (e.g. "cloudwatch") with this layer's session, endpoint and retries."""

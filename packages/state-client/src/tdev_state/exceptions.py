@@ -72,3 +72,7 @@ class StorageUnavailableError(StorageError):
 
 class PayloadIntegrityError(StorageError):
     """A stored payload does not match its recorded checksum, or could not be decoded."""
+
+
+class EncryptionError(StorageError):
+    """KMS refused to make or open a data key for this caller (permissions, disabled key, wrong key id)."""
