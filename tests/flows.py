@@ -49,7 +49,7 @@ async def pipeline_act(client: StateClient, clock: Any) -> None:
             client.sessions.heartbeat(sid)
     assert len(client.executions.list(sid)) == len(AGENTS)
     # Another process (empty data-key cache) reads the run: sealed fields cost it one KMS Decrypt.
-    reader = StateClient(client.config, clock=clock)
+    reader = StateClient(client.config, clock=clock, session=client.layer.session)
     assert reader.executions.get(sid, "generation").output_data == generated_project(200_000)
     assert reader.sessions.get(sid).metadata == {"req": "x"}
     client.sessions.list_for_user("u-flow")

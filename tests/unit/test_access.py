@@ -11,6 +11,7 @@ import pytest
 
 from tdev_metrics.access import METRICS_COLLECTOR
 from tdev_recovery.access import RECOVERY_WORKER
+from tdev_state import StateClient
 from tdev_state.access import PIPELINE_CLIENT, ComponentAccess
 
 from ..aws_calls import CallRecorder
@@ -30,9 +31,11 @@ async def test_declared_grants_are_exactly_what_the_code_calls(
     key = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
     client = make_client(clock, kms_key_id=key, encrypt_fields={"output_data", "metadata"})
     await flow.setup(client, clock)
+    # The component is another process than the one that set the scene: its own client, empty key cache.
+    actor = StateClient(client.config, clock=clock)
     recorder = CallRecorder(client.config.env, BUCKET)
     with recorder.recording():
-        await flow.act(client, clock)
+        await flow.act(actor, clock)
     declared = DECLARED[flow.component].pairs()
     missing = recorder.pairs - declared
     unused = declared - recorder.pairs

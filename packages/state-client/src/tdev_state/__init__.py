@@ -18,8 +18,10 @@ from tdev_state._plan import (
 from tdev_state.client import AsyncStateClient, StateClient
 from tdev_state.config import StateConfig
 from tdev_state.exceptions import (
+    AccessDeniedError,
     ConfigurationError,
     ConflictError,
+    EncryptionError,
     ExecutionNotFoundError,
     InvalidTransitionError,
     NotFoundError,
@@ -49,12 +51,14 @@ from tdev_state.models import (
 
 __all__ = [
     "AGENTS",
+    "AccessDeniedError",
     "AgentExecution",
     "AgentStatus",
     "AgentTransition",
     "AsyncStateClient",
     "ConfigurationError",
     "ConflictError",
+    "EncryptionError",
     "ExecutionNotFoundError",
     "InvalidTransitionError",
     "NotFoundError",

@@ -39,6 +39,7 @@ from botocore.exceptions import (
 from tdev_state._crypto import FieldCipher
 from tdev_state.config import StateConfig
 from tdev_state.exceptions import (
+    AccessDeniedError,
     ConfigurationError,
     ConflictError,
     PayloadTooLargeError,
@@ -209,6 +210,8 @@ class DynamoLayer:
         )
         boto_session = session or boto3.session.Session(region_name=config.region)
         self._boto_session, self._boto_config = boto_session, boto_config
+        #: The boto3 session (credentials) this layer's clients use; share it to act as the same principal.
+        self.session = boto_session
         self.dynamodb: DynamoDBClient = dynamodb or boto_session.client(
             "dynamodb", endpoint_url=config.endpoint_url, config=boto_config
         )
@@ -554,13 +557,18 @@ class DynamoLayer:
             raise StorageError(f"{op} on {table} failed: {exc}") from None
         return resp
 
-    def _translate(self, exc: ClientError, op: str, target: str) -> StateError:
+    def _translate(self, exc: ClientError, op: str, target: str) -> StateError:  # noqa: PLR0911 - a table
         error = exc.response.get("Error", {})
         code, message = error.get("Code", "Unknown"), error.get("Message", "")
         if code == "ResourceNotFoundException":
             return TableMissingError(
                 f"{op}: {target} does not exist in env {self.config.env!r}; create the tables "
                 f"(`make tables ENV={self.config.env}`) or deploy infra (`make deploy ENV=...`)"
+            )
+        if code in ("AccessDeniedException", "AccessDenied"):
+            return AccessDeniedError(
+                f"{op} on {target} was denied by IAM ({message}); run this component with the policy "
+                "infra creates for it (t-developer-{env}-<component>, see infra/README.md)"
             )
         if code in ("NoSuchBucket", "NoSuchKey", "404"):
             return StorageError(f"{op}: {target}: {code}; check payload_bucket and its lifecycle")

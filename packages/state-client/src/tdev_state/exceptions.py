@@ -76,3 +76,7 @@ class PayloadIntegrityError(StorageError):
 
 class EncryptionError(StorageError):
     """KMS refused to make or open a data key for this caller (permissions, disabled key, wrong key id)."""
+
+
+class AccessDeniedError(StorageError):
+    """IAM does not allow this caller the call: the component runs with the wrong policy or role."""
