@@ -21,7 +21,7 @@ from rich.table import Table
 
 from tdev_metrics.exceptions import MetricValidationError
 from tdev_metrics.report import Comparison, MetricsReader, Summary
-from tdev_state import StateClient, StateConfig, StateError
+from tdev_state import ConfigurationError, StateClient, StateConfig, StateError
 
 
 def _day(text: str) -> date:
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if result.a.count and result.b.count else 1
         query = reader.daily if args.daily else reader.hourly
         rows = query(args.metric, start=args.start, end=args.end, agent=args.agent, variant=args.variant)
-    except MetricValidationError as exc:
+    except (MetricValidationError, ConfigurationError) as exc:  # bad arguments or environment
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except StateError as exc:

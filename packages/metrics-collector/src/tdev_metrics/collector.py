@@ -132,9 +132,14 @@ class MetricsCollector:
             )
         if not math.isfinite(value):
             raise MetricValidationError(f"value is {value!r}; metrics must be finite numbers")
-        if metric_name not in self._valid_names or agent_name not in self._valid_names:
+        try:  # the hot path: one set lookup per name seen before (try costs nothing when nothing raises)
+            known = metric_name in self._valid_names and agent_name in self._valid_names
+            known_variant = variant is None or variant in self._valid_names
+        except TypeError:  # unhashable (a list, a dict): certainly not a name; say which one below
+            known = known_variant = False
+        if not known:
             self._check_names(metric_name, agent_name)
-        if variant is not None and variant not in self._valid_names:
+        if not known_variant:
             self._check_name("variant", variant)
         if timestamp is None:
             moment = self._clock()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from tdev_metrics._aggregate import sketch_from_buckets
@@ -132,8 +132,16 @@ class MetricsReader:
     def _groups(
         self, metric: str, start: date, end: date | None, agent: str | None, variant: str | None
     ) -> list[tuple[str, int, str, str, str | None, list[dict[str, Any]]]]:
-        if not metric or "#" in metric:
-            raise MetricValidationError(f"metric name {metric!r} is not valid")
+        for name, value in (("metric", metric), ("agent", agent), ("variant", variant)):
+            if value is None and name != "metric":
+                continue
+            if not isinstance(value, str) or not value or "#" in value:
+                raise MetricValidationError(
+                    f"{name} name {value!r:.60} is not valid: a non-empty string without '#'"
+                )
+        for name, day in (("start", start), ("end", end)):
+            if day is not None and (not isinstance(day, date) or isinstance(day, datetime)):
+                raise MetricValidationError(f"{name} must be a date (YYYY-MM-DD), got {type(day).__name__}")
         last = end or start
         if last < start:
             raise MetricValidationError(f"end {last} is before start {start}")

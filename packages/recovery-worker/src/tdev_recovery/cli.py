@@ -22,10 +22,11 @@ from typing import TextIO
 import structlog
 
 from tdev_recovery.config import RetryPolicy, WorkerConfig
+from tdev_recovery.exceptions import RecoveryError
 from tdev_recovery.ops import OpsServer
 from tdev_recovery.resumers import load_resumer
 from tdev_recovery.worker import RecoveryWorker
-from tdev_state import StateClient, StateConfig, StateError
+from tdev_state import ConfigurationError, StateClient, StateConfig, StateError, ValidationError
 
 #: The metric the infra's backlog alarm and dashboard read (namespace from --cloudwatch-namespace).
 BACKLOG_METRIC = "RecoveryBacklog"
@@ -149,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         return asyncio.run(_serve(args))
+    except (ConfigurationError, ValidationError, RecoveryError) as exc:  # flags or environment: exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except StateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

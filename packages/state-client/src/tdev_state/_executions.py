@@ -336,7 +336,7 @@ class ExecutionStore:
     # --- helpers --------------------------------------------------------------------------------------
 
     def _address(self, session_id: str, agent_name: str) -> tuple[str, str, int]:
-        sid = check.identifier("execution_id", session_id)
+        sid = check.identifier("session_id", session_id)
         agent = check.agent(agent_name)
         return sid, agent, AGENT_STEP[agent]
 

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from tdev_state.client import StateClient
 from tdev_state.config import StateConfig
-from tdev_state.exceptions import NotFoundError, StateError, ValidationError
+from tdev_state.exceptions import ConfigurationError, NotFoundError, StateError, ValidationError
 from tdev_state.models import AGENTS, AgentExecution, Session, SessionStatus, format_ts
 
 
@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
     except NotFoundError as exc:
         print(f"not found: {exc}", file=sys.stderr)
         return 1
-    except ValidationError as exc:
+    except (ValidationError, ConfigurationError) as exc:  # bad arguments or environment: the caller's to fix
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except StateError as exc:
