@@ -81,6 +81,10 @@ diff deploy destroy: setup ## cdktf diff/deploy/destroy of ENV=local|dev|prod (n
 checkov: setup ## Synthesize and scan every stack with checkov (what the infra tests run)
 	@$(RUN) pytest tests/unit/infra/test_checkov.py -q -p no:cacheprovider
 
+.PHONY: chaos
+chaos: setup ## The fault tests on LocalStack, reported: lost / double-counted / resumed twice (docs/reliability.md)
+	@bash scripts/with-localstack.sh $(RUN) python -m chaos
+
 .PHONY: demo
 demo: setup ## The whole system on LocalStack with faults on purpose; report in reports/demo/index.html
 	@bash scripts/with-localstack.sh $(RUN) python -m demo $(DEMO_ARGS)

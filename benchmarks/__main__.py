@@ -46,7 +46,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15, help="A/B rounds for the overhead ratio")
     parser.add_argument("--runs", type=int, default=50, help="runs for the concurrency benchmark")
     parser.add_argument(
-        "--only", choices=("state_client", "recovery", "metrics"), default=None, help="run one group only"
+        "--only",
+        choices=("state_client", "encryption", "recovery", "metrics"),
+        default=None,
+        help="run one group only",
     )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings and up
@@ -70,6 +73,8 @@ def main() -> int:
         }
         if args.only in (None, "state_client"):
             results["state_client"] = state_client.run_all(config, rounds=args.rounds, runs=args.runs)
+        if args.only == "encryption":  # part of state_client; alone for a quick look
+            results["encryption"] = state_client.bench_encryption(config)
         if args.only in (None, "recovery"):
             results["recovery"] = recovery.run_all(client)
         if args.only in (None, "metrics"):

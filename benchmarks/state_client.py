@@ -427,11 +427,55 @@ def idle_loop_control(config: StateConfig, runs: int) -> dict[str, Any]:
     }
 
 
+# --- 4. client-side encryption: cost and time -----------------------------------------------------------
+
+
+def bench_encryption(base: StateConfig, rounds: int = 5) -> dict[str, Any]:
+    """Plain vs every payload field sealed: write units, S3 PUTs and KMS calls per run, and the time of a
+    run as a ratio measured in the same loop (interleaved, so machine noise hits both alike)."""
+    kms = boto3.client("kms", region_name=base.region, endpoint_url=base.endpoint_url)
+    key = kms.create_key(Description="bench field encryption")["KeyMetadata"]["KeyId"]
+    sealed_config = replace(
+        base, kms_key_id=key, encrypt_fields=frozenset({"input_data", "output_data", "metadata"})
+    )
+    results: dict[str, Any] = {}
+    try:
+        for name in ("issue", "small"):
+            payloads = profile(name)
+            times: dict[str, list[float]] = {"plain": [], "sealed": []}
+            entry: dict[str, Any] = {}
+            for _ in range(rounds):
+                for label, config in (("plain", base), ("sealed", sealed_config)):
+                    clock = SimulatedClock()
+                    client = StateClient(config, clock=clock)
+                    started = time.perf_counter()
+                    sid = run_with_client(client, payloads, clock)
+                    times[label].append(time.perf_counter() - started)
+                    meter = client.layer.meter.snapshot()
+                    entry[f"{label}_write_units"] = meter["write_units"]
+                    entry[f"{label}_s3_puts"] = meter["s3_puts"]
+                    if label == "sealed":
+                        entry["kms_generate_per_run"] = client.layer.cipher.stats().generate_calls
+                        reader = StateClient(config)
+                        reader.executions.list(sid)
+                        entry["kms_decrypt_per_run_read"] = reader.layer.cipher.stats().decrypt_calls
+            entry["write_units_ratio"] = entry["sealed_write_units"] / entry["plain_write_units"]
+            entry["time_ratio_median"] = statistics.median(
+                s / p for s, p in zip(times["sealed"], times["plain"], strict=True)
+            )
+            entry["plain_run_ms_median"] = statistics.median(times["plain"]) * 1000
+            results[name] = entry
+    finally:
+        kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+    return results
+
+
 def run_all(base: StateConfig, *, rounds: int, runs: int) -> dict[str, Any]:
     client = StateClient(base)
     return {
         "overhead": bench_overhead(client, rounds),
         "cost": bench_cost(client),
+        "encryption": bench_encryption(base),
         "concurrency": asyncio.run(bench_concurrency(replace(base), runs)),
         "idle_loop_control": idle_loop_control(base, runs),
     }

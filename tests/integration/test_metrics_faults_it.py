@@ -17,6 +17,7 @@ from pathlib import Path
 from tdev_metrics import CollectorConfig, MetricsCollector, MetricsReader
 from tdev_state import AGENTS, StateClient, StateConfig
 
+from ..chaos_report import record
 from ..faults import timeout_after_success
 
 NOON = datetime(2026, 11, 26, 12, 30, tzinfo=UTC).timestamp()
@@ -51,7 +52,17 @@ def test_exact_totals_under_localstack_throttling(throttling_config: StateConfig
         while not collector.flush():
             time.sleep(0.2)
     count, total, errors = _expected(500)
-    assert _stored(client, metric) == (8 * count, 8 * total, 8 * errors)
+    stored = _stored(client, metric)
+    assert stored == (8 * count, 8 * total, 8 * errors)
+    record(
+        "metrics flushes with 30 % of DynamoDB calls failing (LocalStack error probability)",
+        lost=max(0, 8 * count - stored[0]),
+        double_counted=max(0, stored[0] - 8 * count),
+        resumed_twice=0,
+        observations=8 * count,
+        flushes=8,
+        flush_attempts_failed=collector.failed_flushes,
+    )
 
 
 def test_a_timeout_after_a_successful_write_is_not_counted_twice(client: StateClient) -> None:
@@ -64,7 +75,17 @@ def test_a_timeout_after_a_successful_write_is_not_counted_twice(client: StateCl
         assert collector.flush()
     assert counts["injected"] == 5
     assert collector.duplicates_ignored == 5
-    assert _stored(client, metric) == _expected(3000)
+    stored = _stored(client, metric)
+    assert stored == _expected(3000)
+    record(
+        "metrics writes timing out after they landed (retried by botocore)",
+        lost=max(0, 3000 - stored[0]),
+        double_counted=max(0, stored[0] - 3000),
+        resumed_twice=0,
+        observations=3000,
+        timeouts_injected=counts["injected"],
+        duplicate_writes_recognised=collector.duplicates_ignored,
+    )
 
 
 def _child_env(config: StateConfig) -> dict[str, str]:
@@ -103,7 +124,16 @@ def test_sigterm_mid_stream_loses_nothing(client: StateClient, tmp_path: Path) -
     assert child.wait(timeout=60) == 0
     recorded = int(out.read_text())
     assert recorded > 10_000
-    assert _stored(client, metric)[0] == recorded
+    stored = _stored(client, metric)[0]
+    assert stored == recorded
+    record(
+        "metrics collector SIGTERMed while recording flat out",
+        lost=recorded - stored if stored <= recorded else 0,
+        double_counted=stored - recorded if stored > recorded else 0,
+        resumed_twice=0,
+        observations_recorded=recorded,
+        observations_stored=stored,
+    )
 
 
 def test_two_processes_writing_the_same_keys_sum_correctly(client: StateClient, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import pytest
 from tdev_state import AGENTS, AgentStatus, InvalidTransitionError, SessionStatus, StateClient
 
 from ..builders import make_stalled_runs, serve_resume_endpoint, start_worker
+from ..chaos_report import record
 
 RUNS = int(os.environ.get("TDEV_CHAOS_RUNS", "500"))
 WORKERS = 5
@@ -127,3 +128,12 @@ def test_killed_workers_resume_every_run_exactly_once(client: StateClient) -> No
             expected = "original" if execution.agent_name in originals[sid] else "resume"
             assert execution.output_data == {"by": expected}
     print(f"\nchaos: {RUNS} runs, {kills} SIGKILLs, {pipeline.stale} stale-token requests rejected")
+    record(
+        "recovery workers SIGKILLed at random (5 replicas)",
+        lost=RUNS - len(pipeline.accepted),
+        double_counted=len(rerun),
+        resumed_twice=sum(1 for n in pipeline.accepted.values() if n > 1),
+        runs=RUNS,
+        sigkills=kills,
+        stale_token_requests_rejected=pipeline.stale,
+    )

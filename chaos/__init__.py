@@ -1,0 +1,1 @@
+"""`make chaos`: the fault tests, run for their figures (docs/reliability.md)."""
