@@ -107,37 +107,25 @@ def test_tampered_or_moved_ciphertext_is_refused(clock: FakeClock, kms_key: str)
     for agent in AGENTS[:2]:
         client.executions.start(sid, agent)
         client.executions.complete(sid, agent, output_data={"secret": agent})
-    ddb = boto3.client("dynamodb", region_name="us-east-1")
     table = client.config.tables.executions
     first = _raw_item(table, _exec_key(client, sid, "nl_input"))["output_data"]["B"]
 
-    flipped = first[:-1] + bytes([first[-1] ^ 1])
-    ddb.update_item(
-        TableName=table,
-        Key=_exec_key(client, sid, "nl_input"),
-        UpdateExpression="SET output_data = :b",
-        ExpressionAttributeValues={":b": {"B": flipped}},
-    )
+    def overwrite(agent: str, sealed: bytes) -> None:
+        boto3.client("dynamodb", region_name="us-east-1").update_item(
+            TableName=table,
+            Key=_exec_key(client, sid, agent),
+            UpdateExpression="SET output_data = :b",
+            ExpressionAttributeValues={":b": {"B": sealed}},
+        )
+
+    overwrite("nl_input", first[:-1] + bytes([first[-1] ^ 1]))
     with pytest.raises(PayloadIntegrityError, match="does not authenticate"):
         client.executions.get(sid, "nl_input")
-
     # A valid ciphertext of another item (agent 1's output pasted into agent 2's) does not open there.
-    ddb.update_item(
-        TableName=table,
-        Key=_exec_key(client, sid, "ui_selection"),
-        UpdateExpression="SET output_data = :b",
-        ExpressionAttributeValues={":b": {"B": first}},
-    )
+    overwrite("ui_selection", first)
     with pytest.raises(PayloadIntegrityError, match="another item or field"):
         client.executions.get(sid, "ui_selection")
-
-    truncated = first[:20]
-    ddb.update_item(
-        TableName=table,
-        Key=_exec_key(client, sid, "ui_selection"),
-        UpdateExpression="SET output_data = :b",
-        ExpressionAttributeValues={":b": {"B": truncated}},
-    )
+    overwrite("ui_selection", first[:20])
     with pytest.raises(PayloadIntegrityError, match="truncated"):
         client.executions.get(sid, "ui_selection")
 
