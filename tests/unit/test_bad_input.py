@@ -28,7 +28,8 @@ from tdev_metrics import CollectorConfig, MetricsCollector, MetricsReader, Metri
 from tdev_metrics import cli as metrics_cli
 from tdev_recovery import RetryPolicy, WorkerConfig
 from tdev_recovery import cli as worker_cli
-from tdev_recovery.exceptions import RecoveryError
+from tdev_recovery.exceptions import RecoveryError, ResumerConfigError
+from tdev_recovery.resumers import load_resumer
 from tdev_state import (
     AGENTS,
     ConfigurationError,
@@ -515,6 +516,55 @@ def test_worker_config_refuses_bad_values(lease: float, attempts: int, concurren
         RetryPolicy(maximum_attempts=attempts)
     with pytest.raises(RecoveryError, match="concurrency"):
         WorkerConfig(concurrency=concurrency)
+
+
+@SETTINGS
+@given(
+    field=st.sampled_from(
+        ["flush_interval", "flush_at_records", "max_keys", "overflow", "agents", "max_backoff"]
+    ),
+    value=st.one_of(
+        st.just(0),
+        st.just(-1),
+        st.just(math.nan),
+        st.just(math.inf),
+        st.just("10"),
+        st.just(True),
+        st.just([1]),
+    ),
+)
+def test_collector_config_refuses_bad_values(field: str, value: Any) -> None:
+    if field == "flush_interval" and value is True:
+        value = 0  # bool is refused too, but keep the example meaningful for every field
+    with pytest.raises(MetricValidationError, match=field):
+        CollectorConfig(**{field: value})
+
+
+@SETTINGS
+@given(
+    field=st.sampled_from(
+        ["poll_interval", "grace_period", "retry_delay", "stall_threshold", "worker_id", "batch_size"]
+    ),
+    value=st.one_of(
+        st.just(0), st.just(-5), st.just(math.nan), st.just("x"), st.just(None), st.just(timedelta(0))
+    ),
+)
+def test_worker_config_refuses_bad_fields(field: str, value: Any) -> None:
+    if field == "worker_id" and value == "x":
+        value = "   "  # "x" is a fine worker id; a blank one is not
+    with pytest.raises(RecoveryError, match=field):
+        WorkerConfig(**{field: value})
+
+
+@SETTINGS
+@given(
+    spec=st.one_of(
+        st.just(""), st.just("no_colon"), st.just("ftp://x"), st.just("nosuchmodule:fn"), st.just("os:sep")
+    )
+)
+def test_resumer_specs_are_refused_with_a_typed_error(spec: str) -> None:
+    with pytest.raises(ResumerConfigError):
+        load_resumer(spec)
 
 
 # --- env names and the CLIs ---

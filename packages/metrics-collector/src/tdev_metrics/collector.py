@@ -53,6 +53,23 @@ class CollectorConfig:
     agents: frozenset[str] | None = frozenset(AGENTS)
     max_backoff: float = 60.0
 
+    def __post_init__(self) -> None:
+        for name in ("flush_interval", "max_backoff"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise MetricValidationError(f"{name} must be a positive number of seconds, got {value!r:.40}")
+        for name in ("flush_at_records", "max_keys"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MetricValidationError(f"{name} must be a whole number >= 1, got {value!r:.40}")
+        if self.overflow not in ("drop", "raise"):
+            raise MetricValidationError(f"overflow must be 'drop' or 'raise', got {self.overflow!r:.40}")
+        agents: object = self.agents
+        if agents is not None and (
+            not isinstance(agents, set | frozenset) or not all(isinstance(a, str) and a for a in agents)
+        ):
+            raise MetricValidationError(f"agents must be a set of agent names or None, got {agents!r:.60}")
+
 
 @dataclass(slots=True)
 class _Shard:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import uuid
@@ -27,10 +28,19 @@ class RetryPolicy:
     non_retryable: frozenset[str] = frozenset({"http_4xx", "ValueError"})
 
     def __post_init__(self) -> None:
+        if isinstance(self.maximum_attempts, bool) or not isinstance(self.maximum_attempts, int):
+            raise RecoveryError(f"maximum_attempts must be a whole number, got {self.maximum_attempts!r:.40}")
         if self.maximum_attempts < 1:
             raise RecoveryError("maximum_attempts must be >= 1")
-        if self.backoff_coefficient < 1:
+        if (
+            not isinstance(self.backoff_coefficient, int | float)
+            or not 1 <= self.backoff_coefficient < math.inf
+        ):
             raise RecoveryError("backoff_coefficient must be >= 1")
+        _positive_duration("initial_interval", self.initial_interval)
+        _positive_duration("maximum_interval", self.maximum_interval)
+        if self.maximum_interval < self.initial_interval:
+            raise RecoveryError("maximum_interval must be at least initial_interval")
 
     def delay(self, attempt: int) -> float:
         """The cap for the wait before attempt `attempt + 1`; callers draw uniformly below it."""
@@ -62,9 +72,28 @@ class WorkerConfig:
     batch_size: int = 100
 
     def __post_init__(self) -> None:
+        if not isinstance(self.worker_id, str) or not self.worker_id.strip():
+            raise RecoveryError(f"worker_id must be a non-empty string, got {self.worker_id!r:.40}")
+        for name in ("retry_delay", "stall_threshold", "lease"):
+            _positive_duration(name, getattr(self, name))
+        for name in ("poll_interval", "grace_period"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise RecoveryError(f"{name} must be a positive number of seconds, got {value!r:.40}")
+        if not isinstance(self.retry, RetryPolicy):
+            raise RecoveryError(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
+        for name in ("concurrency", "batch_size", "max_resumes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise RecoveryError(f"{name} must be a whole number, got {value!r:.40}")
         if self.lease < timedelta(seconds=1):
             raise RecoveryError("lease must be at least one second")
         if self.stall_threshold <= self.lease:
             raise RecoveryError("stall_threshold must exceed the lease, or live runs would be taken")
         if self.concurrency < 1 or self.batch_size < 1 or self.max_resumes < 1:
             raise RecoveryError("concurrency, batch_size and max_resumes must be >= 1")
+
+
+def _positive_duration(name: str, value: object) -> None:
+    if not isinstance(value, timedelta) or value <= timedelta(0):
+        raise RecoveryError(f"{name} must be a positive timedelta, got {value!r:.60}")
