@@ -211,3 +211,52 @@ def test_outputs(synth: Synth, env: str) -> None:
         "recovery_worker_policy_arn",
     } <= outputs
     assert ("alarm_topic_arn" in outputs) is (env != "local")
+
+
+def _plan_row(env: str) -> list[tuple[str, dict[str, Any]]]:
+    """The plan's table for one environment, as (resource type, properties) for cdktf's matchers."""
+    s = ENVIRONMENTS[env]
+    rows: list[tuple[str, dict[str, Any]]] = [
+        (
+            "aws_dynamodb_table",
+            {"billing_mode": s.billing, "deletion_protection_enabled": s.deletion_protection},
+        ),
+        ("aws_dynamodb_table", {"point_in_time_recovery": {"enabled": True}}),
+        ("aws_kms_key", {"enable_key_rotation": True}),
+        ("aws_s3_bucket_public_access_block", {"block_public_acls": True, "restrict_public_buckets": True}),
+        ("aws_s3_bucket_versioning", {"versioning_configuration": {"status": "Enabled"}}),
+        ("aws_iam_policy", {"name": f"t-developer-{env}-pipeline-client"}),
+        ("aws_iam_policy", {"name": f"t-developer-{env}-recovery-worker"}),
+        ("aws_iam_policy", {"name": f"t-developer-{env}-metrics-collector"}),
+    ]
+    if s.table_encryption == "customer-managed":
+        rows.append(("aws_dynamodb_table", {"server_side_encryption": {"enabled": True}}))
+    if s.alarms:
+        rows += [
+            ("aws_sns_topic", {"name": f"t-developer-{env}-alarms"}),
+            ("aws_cloudwatch_dashboard", {"dashboard_name": f"t-developer-{env}"}),
+            ("aws_cloudwatch_metric_alarm", {"alarm_name": f"t-developer-{env}-recovery-backlog"}),
+        ]
+    if s.provisioned:
+        rows.append(("aws_appautoscaling_policy", {"policy_type": "TargetTrackingScaling"}))
+    return rows
+
+
+@pytest.mark.parametrize("env", STACKS)
+def test_each_stack_matches_the_plans_row_with_cdktf_matchers(
+    synth: Synth, cdktf_testing: Any, env: str
+) -> None:
+    text = synth.text(env)
+    for resource_type, properties in _plan_row(env):
+        assert cdktf_testing.to_have_resource_with_properties(text, resource_type, properties), (
+            resource_type,
+            properties,
+        )
+    present = {
+        t: cdktf_testing.to_have_resource(text, t) for t in ("aws_sns_topic", "aws_appautoscaling_target")
+    }
+    assert present == {"aws_sns_topic": env != "local", "aws_appautoscaling_target": env == "prod"}
+    # A matcher that should fail does: the assertions above are not vacuous.
+    assert not cdktf_testing.to_have_resource_with_properties(
+        text, "aws_dynamodb_table", {"deletion_protection_enabled": env != "prod"}
+    )
