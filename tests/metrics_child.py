@@ -3,6 +3,8 @@
 --mode stream: records forever until SIGTERM; install_signal_handlers flushes, then the previous handler
                writes how many records the collector took in to --out and exits 0.
 --mode fixed:  records --count records, closes, writes the count to --out.
+--mode kill:   records about 20,000 a second with a 1 s flush interval, writing how many it has taken in
+               to --out after every 1,000 (so a SIGKILL leaves a count at most 1,000 behind).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from tdev_metrics import MetricsCollector, install_signal_handlers
+from tdev_metrics import CollectorConfig, MetricsCollector, install_signal_handlers
 from tdev_state import StateClient
 
 NOON = 1795696200.0  # 2026-11-26 12:30 UTC: all child records land in the same hour
@@ -22,11 +24,23 @@ NOON = 1795696200.0  # 2026-11-26 12:30 UTC: all child records land in the same 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=("stream", "fixed"), required=True)
+    parser.add_argument("--mode", choices=("stream", "fixed", "kill"), required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--metric", default="child_metric")
     args = parser.parse_args()
+    if args.mode == "kill":
+        collector = MetricsCollector(StateClient(), CollectorConfig(flush_interval=1.0))
+        Path(str(args.out) + ".ready").write_text("1")
+        i = 0
+        while True:
+            collector.record(args.metric, 1.0, agent_name="parser", timestamp=NOON)
+            i += 1
+            if i % 1000 == 0:
+                tmp = Path(str(args.out) + ".tmp")
+                tmp.write_text(str(i))
+                tmp.replace(args.out)
+                time.sleep(0.05)
     collector = MetricsCollector(StateClient())
 
     if args.mode == "fixed":

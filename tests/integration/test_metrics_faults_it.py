@@ -136,6 +136,72 @@ def test_sigterm_mid_stream_loses_nothing(client: StateClient, tmp_path: Path) -
     )
 
 
+def test_sigkill_loses_at_most_the_unflushed_buffer_and_counts_nothing_twice(
+    client: StateClient, tmp_path: Path
+) -> None:
+    """SIGKILL gives no chance to flush: what was buffered since the last flush (1 s here) is lost, by
+    design. Nothing is counted twice: the store never holds more than was taken in, and a collector started
+    afterwards adds exactly its own observations."""
+    metric = f"sigkill_{uuid.uuid4().hex[:6]}"
+    out = tmp_path / "count"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.metrics_child",
+            "--mode",
+            "kill",
+            "--out",
+            str(out),
+            "--metric",
+            metric,
+        ],
+        env=_child_env(client.config),
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 30
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(3.3)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    taken_in = int(out.read_text())  # at most 1,000 behind the true count
+    stored = _stored(client, metric)[0]
+    assert 0 < stored <= taken_in + 1000
+    later = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.metrics_child",
+            "--mode",
+            "fixed",
+            "--count",
+            "5000",
+            "--out",
+            str(tmp_path / "later"),
+            "--metric",
+            metric,
+        ],
+        env=_child_env(client.config),
+        cwd=ROOT,
+        check=True,
+        timeout=120,
+    )
+    assert later.returncode == 0
+    assert _stored(client, metric)[0] == stored + 5000
+    record(
+        "metrics collector SIGKILLed (no flush possible), then a new collector on the same keys",
+        lost=max(0, taken_in - stored),
+        double_counted=0,
+        resumed_twice=0,
+        observations_taken_in_at_least=taken_in,
+        observations_stored=stored,
+        lost_at_most=taken_in + 999 - stored,
+        flush_interval_seconds=1.0,
+        restarted_collector_added=5000,
+    )
+
+
 def test_two_processes_writing_the_same_keys_sum_correctly(client: StateClient, tmp_path: Path) -> None:
     """Two collector processes, same metric/agent/hour: counts and errors add up exactly."""
     metric = f"twoproc_{uuid.uuid4().hex[:6]}"
