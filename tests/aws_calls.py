@@ -15,6 +15,7 @@ from typing import Any
 
 import botocore.client
 
+from tdev_state.config import PAYLOAD_PREFIX
 from tdev_state.schema import ALL_TABLES, TableNames
 
 #: TransactWriteItems/TransactGetItems have no IAM action of their own: each part needs its item action.
@@ -32,7 +33,7 @@ S3_KMS_IMPLIED = {"PutObject": "kms:GenerateDataKey", "GetObject": "kms:Decrypt"
 class CallRecorder:
     """Collects (action, resource_id) pairs, plus the raw (service, operation) list for messages."""
 
-    def __init__(self, env: str, bucket: str | None, payload_prefix: str = "payloads/") -> None:
+    def __init__(self, env: str, bucket: str | None, payload_prefix: str = PAYLOAD_PREFIX) -> None:
         names = TableNames(env)
         self._tables = {spec.physical_name(names.env): spec.logical_name for spec in ALL_TABLES}
         self._bucket = bucket

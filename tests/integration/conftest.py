@@ -9,8 +9,13 @@ the end of the run, whatever the outcome.
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import boto3
 import pytest
@@ -93,23 +98,43 @@ def throttling_config(base_config: StateConfig) -> Iterator[StateConfig]:
     """
     if base_config.endpoint_url is None:
         pytest.skip("DYNAMODB_ERROR_PROBABILITY is a LocalStack feature; not available against AWS")
-    import subprocess
     from dataclasses import replace
-    from pathlib import Path
 
+    with extra_localstack("localstack-faulty", 4567, DYNAMODB_ERROR_PROBABILITY="0.3") as faulty:
+        config = replace(base_config, endpoint_url=faulty.endpoint)
+        StateClient(config).create_tables()
+        yield config
+
+
+@dataclass(frozen=True)
+class ExtraLocalStack:
+    """Another host-mode LocalStack for fault tests: its endpoint, and `ctl` to start or stop it."""
+
+    endpoint: str
+    env: dict[str, str]
+    script: str
+
+    def ctl(self, command: str) -> float:
+        """Run `localstack.sh command` for this instance; the seconds it took."""
+        started = time.monotonic()
+        subprocess.run(["bash", self.script, command], env=self.env, check=True, capture_output=True)
+        return time.monotonic() - started
+
+
+@contextmanager
+def extra_localstack(name: str, port: int, **settings: str) -> Iterator[ExtraLocalStack]:
+    """Start one (own run dir under .cache/, own port, extra LocalStack settings); always stopped after."""
     root = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
-        "TDEV_LOCALSTACK_RUN": str(root / ".cache" / "localstack-faulty"),
-        "LOCALSTACK_PORT": "4567",
+        "TDEV_LOCALSTACK_RUN": str(root / ".cache" / name),
+        "LOCALSTACK_PORT": str(port),
         "LOCALSTACK_MODE": "host",
-        "DYNAMODB_ERROR_PROBABILITY": "0.3",
+        **settings,
     }
-    script = str(root / "localstack" / "localstack.sh")
-    subprocess.run(["bash", script, "up"], env=env, check=True, capture_output=True)
-    config = replace(base_config, endpoint_url="http://127.0.0.1:4567")
+    instance = ExtraLocalStack(f"http://127.0.0.1:{port}", env, str(root / "localstack" / "localstack.sh"))
+    instance.ctl("up")
     try:
-        StateClient(config).create_tables()
-        yield config
+        yield instance
     finally:
-        subprocess.run(["bash", script, "down"], env=env, check=False, capture_output=True)
+        subprocess.run(["bash", instance.script, "down"], env=env, check=False, capture_output=True)

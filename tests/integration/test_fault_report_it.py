@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
@@ -32,11 +30,11 @@ from tdev_state import (
 
 from ..chaos_report import record
 from ..faults import timeout_after_success
+from .conftest import extra_localstack
 
 T = TypeVar("T")
 RUNS = int(os.environ.get("TDEV_FAULT_RUNS", "10"))
 EXPECTED_VERSION = 1 + 2 * len(AGENTS)  # create, then one start and one complete per agent
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class Pipeline:
@@ -164,31 +162,11 @@ def restartable(base_config: StateConfig) -> Iterator[tuple[StateConfig, Callabl
     """A LocalStack of its own on port 4568 that the test may stop and start (LocalStack targets only)."""
     if base_config.endpoint_url is None:
         pytest.skip("restarting the endpoint is only possible with LocalStack")
-    env = {
-        **os.environ,
-        "TDEV_LOCALSTACK_RUN": str(ROOT / ".cache" / "localstack-restart"),
-        "LOCALSTACK_PORT": "4568",
-        "LOCALSTACK_MODE": "host",
-    }
-    script = str(ROOT / "localstack" / "localstack.sh")
-
-    def ctl(command: str) -> float:
-        started = time.monotonic()
-        subprocess.run(["bash", script, command], env=env, check=True, capture_output=True)
-        return time.monotonic() - started
-
-    ctl("up")
-    config = replace(
-        base_config,
-        endpoint_url="http://127.0.0.1:4568",
-        max_attempts=3,
-        connect_timeout=1.0,
-        read_timeout=3.0,
-    )
-    try:
-        yield config, ctl
-    finally:
-        subprocess.run(["bash", script, "down"], env=env, check=False, capture_output=True)
+    with extra_localstack("localstack-restart", 4568) as instance:
+        config = replace(
+            base_config, endpoint_url=instance.endpoint, max_attempts=3, connect_timeout=1.0, read_timeout=3.0
+        )
+        yield config, instance.ctl
 
 
 def _prepare(config: StateConfig) -> None:

@@ -97,25 +97,29 @@ def _child_env(config: StateConfig) -> dict[str, str]:
     }
 
 
+def _child(config: StateConfig, mode: str, out: Path, metric: str, count: int = 0) -> subprocess.Popen[bytes]:
+    """A tests.metrics_child process recording `metric` against `config`'s tables."""
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.metrics_child",
+        "--mode",
+        mode,
+        "--out",
+        str(out),
+        "--metric",
+        metric,
+    ]
+    if count:
+        argv += ["--count", str(count)]
+    return subprocess.Popen(argv, env=_child_env(config), cwd=ROOT)
+
+
 def test_sigterm_mid_stream_loses_nothing(client: StateClient, tmp_path: Path) -> None:
     """A child recording flat out is sent SIGTERM: what it took in is exactly what is stored."""
     metric = f"sigterm_{uuid.uuid4().hex[:6]}"
     out = tmp_path / "count"
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.metrics_child",
-            "--mode",
-            "stream",
-            "--out",
-            str(out),
-            "--metric",
-            metric,
-        ],
-        env=_child_env(client.config),
-        cwd=ROOT,
-    )
+    child = _child(client.config, "stream", out, metric)
     deadline = time.monotonic() + 30
     while not Path(str(out) + ".ready").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -144,21 +148,7 @@ def test_sigkill_loses_at_most_the_unflushed_buffer_and_counts_nothing_twice(
     afterwards adds exactly its own observations."""
     metric = f"sigkill_{uuid.uuid4().hex[:6]}"
     out = tmp_path / "count"
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.metrics_child",
-            "--mode",
-            "kill",
-            "--out",
-            str(out),
-            "--metric",
-            metric,
-        ],
-        env=_child_env(client.config),
-        cwd=ROOT,
-    )
+    child = _child(client.config, "kill", out, metric)
     deadline = time.monotonic() + 30
     while not out.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -168,26 +158,7 @@ def test_sigkill_loses_at_most_the_unflushed_buffer_and_counts_nothing_twice(
     taken_in = int(out.read_text())  # at most 1,000 behind the true count
     stored = _stored(client, metric)[0]
     assert 0 < stored <= taken_in + 1000
-    later = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.metrics_child",
-            "--mode",
-            "fixed",
-            "--count",
-            "5000",
-            "--out",
-            str(tmp_path / "later"),
-            "--metric",
-            metric,
-        ],
-        env=_child_env(client.config),
-        cwd=ROOT,
-        check=True,
-        timeout=120,
-    )
-    assert later.returncode == 0
+    assert _child(client.config, "fixed", tmp_path / "later", metric, count=5000).wait(timeout=120) == 0
     assert _stored(client, metric)[0] == stored + 5000
     record(
         "metrics collector SIGKILLed (no flush possible), then a new collector on the same keys",
@@ -205,26 +176,7 @@ def test_sigkill_loses_at_most_the_unflushed_buffer_and_counts_nothing_twice(
 def test_two_processes_writing_the_same_keys_sum_correctly(client: StateClient, tmp_path: Path) -> None:
     """Two collector processes, same metric/agent/hour: counts and errors add up exactly."""
     metric = f"twoproc_{uuid.uuid4().hex[:6]}"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.metrics_child",
-                "--mode",
-                "fixed",
-                "--count",
-                "20000",
-                "--out",
-                str(tmp_path / f"c{i}"),
-                "--metric",
-                metric,
-            ],
-            env=_child_env(client.config),
-            cwd=ROOT,
-        )
-        for i in range(2)
-    ]
+    procs = [_child(client.config, "fixed", tmp_path / f"c{i}", metric, count=20000) for i in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     errors = 2 * sum(1 for i in range(20000) if i % 7 == 0)
     assert _stored(client, metric) == (40_000, 40_000.0, errors)

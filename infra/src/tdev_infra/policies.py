@@ -26,12 +26,11 @@ def construct_id(spec: TableSpec) -> str:
 
 @dataclass(frozen=True)
 class ResourceArns:
-    """How to name each kind of resource: table ARN, payload objects' ARN pattern, key ARN, region."""
+    """How to name each kind of resource: table ARN, payload objects' ARN pattern, key ARN."""
 
     table: Callable[[TableSpec], str]
     payload_objects: str
     key: str
-    region: str
 
 
 def _sid(component: str, grant: Grant) -> str:

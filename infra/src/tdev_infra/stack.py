@@ -15,6 +15,7 @@ from tdev_infra import _cdktf as tf
 from tdev_infra.policies import COMPONENTS, ResourceArns, construct_id, policy_document
 from tdev_infra.settings import RECOVERY_NAMESPACE, BackendSettings, EnvironmentSettings
 from tdev_state.access import ComponentAccess
+from tdev_state.config import PAYLOAD_PREFIX
 from tdev_state.schema import ALL_TABLES, TableSpec
 
 #: DynamoDB reports SystemErrors per operation; these are the operations the components call.
@@ -505,9 +506,8 @@ class StateStack(tf.TerraformStack):
         s = self.settings
         arns = ResourceArns(
             table=lambda spec: self.tables[spec.logical_name].arn,
-            payload_objects=f"{self.bucket.arn}/payloads/*",
+            payload_objects=f"{self.bucket.arn}/{PAYLOAD_PREFIX}*",
             key=self.key.arn,
-            region=s.region,
         )
         policy = tf.IamPolicy(
             self,

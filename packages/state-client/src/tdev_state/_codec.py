@@ -109,7 +109,8 @@ def encode(
         packed = zlib.compress(raw, 6)
         if len(packed) + 1 <= 0.9 * len(raw):
             stored, form = _ZLIB_TAG + packed, "zlib"
-    if config.should_encrypt(field, context.agent):
+    sealed = config.should_encrypt(field, context.agent)
+    if sealed:
         inner = stored if isinstance(stored, bytes) else _RAW_TAG + raw
         stored, form = layer.cipher.seal(inner, context.aad(field), field=field), form + "+sealed"
     size = len(stored) if isinstance(stored, bytes) else len(raw)
@@ -117,7 +118,7 @@ def encode(
     if config.payload_bucket and size > config.offload_threshold:
         body = stored if isinstance(stored, bytes) else _ZLIB_TAG + zlib.compress(raw, 6)
         # Sealed objects are named and checked by their ciphertext: a plaintext hash would be an oracle.
-        digest = hashlib.sha256(body).hexdigest() if form.endswith("+sealed") else raw_digest
+        digest = hashlib.sha256(body).hexdigest() if sealed else raw_digest
         key = f"{config.payload_prefix}{object_key}/{field}-{digest}.json.z"
         layer.put_object(key, body, metadata={"sha256": digest, "json-bytes": str(len(raw))})
         ref: dict[str, Any] = {
@@ -126,13 +127,13 @@ def encode(
             "sha256": digest,
             "bytes": len(raw),
         }
-        if form.endswith("+sealed"):
+        if sealed:
             ref["sealed"] = True
         return EncodedPayload(
             value={"s3": ref},
             json_bytes=len(raw),
             stored_bytes=len(body),
-            form="s3+sealed" if ref.get("sealed") else "s3",
+            form="s3+sealed" if sealed else "s3",
             digest=raw_digest,
         )
 

@@ -20,6 +20,9 @@ _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "localstack", "hos
 #: The payload attributes client-side encryption can seal (docs/security.md).
 ENCRYPTABLE_FIELDS = frozenset({"input_data", "output_data", "metadata"})
 
+#: Where offloaded payloads go in the bucket; infra scopes the pipeline's S3 permissions to this prefix.
+PAYLOAD_PREFIX = "payloads/"
+
 #: DynamoDB's item limit is 400 KB; we keep a margin for attribute names and the non-payload attributes.
 DYNAMODB_ITEM_LIMIT = 400 * 1024
 
@@ -36,7 +39,7 @@ class StateConfig:
     endpoint_url: str | None = None
     #: S3 bucket for payloads too large to keep in an item; None keeps everything in DynamoDB.
     payload_bucket: str | None = None
-    payload_prefix: str = "payloads/"
+    payload_prefix: str = PAYLOAD_PREFIX
     #: JSON above this many bytes is zlib-compressed when that saves at least 10 %.
     compress_threshold: int = 1024
     #: With a bucket, an encoded payload above this goes to S3. 16 KB: a transactional write costs 2 write
