@@ -74,17 +74,20 @@ async def pipeline_act(client: StateClient, clock: Any) -> None:
 
 
 async def worker_setup(client: StateClient, clock: Any) -> None:
-    """Two crashed runs (one with an agent left RUNNING) and one failed run, all old enough to resume."""
-    for completed, running in ((4, True), (2, False)):
+    """Two crashed runs (one with an agent left RUNNING after an offloaded generation output) and one
+    failed run (its critical agent failed), all old enough to resume."""
+    for completed, running in ((7, True), (2, False)):
         sid = client.sessions.create(user_id="u-w", project_name="p").session_id
         for agent in AGENTS[:completed]:
             client.executions.start(sid, agent)
-            client.executions.complete(sid, agent, output_data={"out": agent})
+            output = generated_project(200_000) if agent == "generation" else {"out": agent}
+            client.executions.complete(sid, agent, output_data=output)
         if running:
             client.executions.start(sid, AGENTS[completed])
     sid = client.sessions.create(user_id="u-w", project_name="p").session_id
-    client.executions.start(sid, AGENTS[0])
-    client.executions.fail(sid, AGENTS[0], error_message="boom")
+    for agent in AGENTS[:6]:
+        client.executions.complete(sid, agent, output_data={"out": agent})
+    client.executions.fail(sid, "generation", error_message="boom")
     clock.advance(hours=2)
 
 

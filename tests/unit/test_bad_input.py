@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -94,15 +94,17 @@ class _Opaque:
     """Not JSON."""
 
 
+# Plain Python values (datetime, Decimal, sets, Paths, dataclasses...) have a documented JSON form now
+# (test_codec); these have none.
 non_json = st.one_of(
-    st.just({1, 2}),
     st.just(math.nan),
     st.just({"x": [1.0, math.inf]}),
-    st.just({"when": datetime(2026, 1, 1, tzinfo=UTC)}),
-    st.just({"price": Decimal("1.10")}),
+    st.just({"price": Decimal("NaN")}),
+    st.just({1: "a", "1": "b"}),
     st.just([b"bytes"]),
     st.builds(_Opaque),
-    st.recursive(st.just(frozenset({1})), lambda c: st.lists(c, min_size=1, max_size=2), max_leaves=3),
+    st.just({"lone": "\ud800"}),
+    st.recursive(st.builds(_Opaque), lambda c: st.lists(c, min_size=1, max_size=2), max_leaves=3),
 )
 bad_env_names = st.one_of(
     st.just(""),
@@ -153,7 +155,7 @@ SID = "s-known"
 CASES = [
     Case(
         "sessions.create user_id",
-        bad_ids,
+        bad_optional_ids,
         lambda c, s, v: c.sessions.create(user_id=v, project_name="p"),
         mentions="user_id",
     ),

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import decimal
+import enum
 import json
 import math
+import pathlib
 import random
+import threading
 import zlib
 
 import boto3
@@ -67,10 +73,73 @@ def test_nan_and_infinity_are_refused(client: StateClient, bad: object) -> None:
         _codec.encode(bad, field="input_data", object_key="k", context=CTX, layer=client.layer)
 
 
-def test_non_json_values_are_refused(client: StateClient) -> None:
-    """A set or object is a ValidationError saying what to send instead."""
-    with pytest.raises(ValidationError, match="not JSON-serializable"):
-        _codec.encode({"s": {1, 2}}, field="input_data", object_key="k", context=CTX, layer=client.layer)
+def test_values_with_no_json_form_are_refused(client: StateClient) -> None:
+    """An arbitrary object is a ValidationError naming the field and the type."""
+    with pytest.raises(ValidationError, match="input_data contains a lock"):
+        _codec.encode(
+            {"s": threading.Lock()}, field="input_data", object_key="k", context=CTX, layer=client.layer
+        )
+
+
+def test_non_string_keys_are_refused_not_merged(client: StateClient) -> None:
+    """{1: 'a', '1': 'b'} would lose a value as JSON: refused, naming the key's type."""
+    with pytest.raises(ValidationError, match="key of type int"):
+        _codec.encode(
+            {1: "a", "1": "b"}, field="output_data", object_key="k", context=CTX, layer=client.layer
+        )
+
+
+def test_a_circular_reference_is_named_as_such(client: StateClient) -> None:
+    """A payload that contains itself is reported as a circular reference (not as NaN)."""
+    loop: dict[str, object] = {}
+    loop["me"] = loop
+    with pytest.raises(ValidationError, match="circular reference"):
+        _codec.encode(loop, field="output_data", object_key="k", context=CTX, layer=client.layer)
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class Generated:
+    path: pathlib.Path
+    at: datetime.datetime
+    tags: set[str]
+
+
+class Modelish:
+    def model_dump(self) -> dict[str, object]:
+        return {"kind": "pydantic-like"}
+
+
+def test_plain_python_values_are_stored_as_their_json_form(client: StateClient) -> None:
+    """datetime, date, Path, Enum, tuple, set (sorted), dataclass, model_dump() and Decimal have one form."""
+    value = {
+        "when": datetime.datetime(2026, 11, 27, 3, 15, tzinfo=datetime.UTC),
+        "day": datetime.date(2026, 11, 27),
+        "file": pathlib.PurePosixPath("src/App.tsx"),
+        "colour": Colour.RED,
+        "pair": (1, 2),
+        "set": {"b", "a"},
+        "mixed": {1, "x"},
+        "files": Generated(pathlib.Path("a.py"), datetime.datetime(2026, 1, 1), {"z", "y"}),
+        "model": Modelish(),
+        "price": decimal.Decimal("12.50"),
+        "count": decimal.Decimal("3"),
+    }
+    stored = _codec.encode(value, field="output_data", object_key="k", context=CTX, layer=client.layer)
+    back = _codec.decode(stored.value, field="output_data", context=CTX, layer=client.layer)
+    assert back["when"] == "2026-11-27T03:15:00+00:00"
+    assert back["day"] == "2026-11-27"
+    assert back["file"] == "src/App.tsx"
+    assert back["colour"] == "red"
+    assert back["pair"] == [1, 2]
+    assert back["set"] == ["a", "b"]
+    assert sorted(map(str, back["mixed"])) == ["1", "x"]
+    assert back["files"] == {"path": "a.py", "at": "2026-01-01T00:00:00", "tags": ["y", "z"]}
+    assert back["model"] == {"kind": "pydantic-like"}
+    assert (back["price"], back["count"]) == (12.5, 3)
 
 
 def test_too_large_without_bucket_raises_and_writes_nothing(aws: None, clock: FakeClock) -> None:

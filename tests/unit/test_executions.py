@@ -57,12 +57,23 @@ def test_agents_run_in_order(client: StateClient) -> None:
     assert client.executions.list(sid) == []
 
 
-def test_complete_needs_running(client: StateClient) -> None:
-    """Completing an agent that never started is refused and writes nothing."""
+def test_complete_without_running_is_a_first_record(client: StateClient) -> None:
+    """The plan records an agent only when it finishes: COMPLETED first stores what is known."""
     sid = _session(client)
-    with pytest.raises(InvalidTransitionError, match="never started"):
-        client.executions.complete(sid, "nl_input", output_data={})
+    done = client.executions.complete(sid, "nl_input", output_data={"intent": "shop"})
+    assert done.progress == 1
+    stored = client.executions.get(sid, "nl_input")
+    assert (stored.status, stored.start_time, stored.output_data) == ("COMPLETED", None, {"intent": "shop"})
+    assert stored.end_time is not None
+
+
+def test_completing_out_of_order_is_refused_and_writes_nothing(client: StateClient) -> None:
+    """A first record of an agent that is not next is refused; neither item changes."""
+    sid = _session(client)
+    with pytest.raises(InvalidTransitionError, match="next one is nl_input"):
+        client.executions.complete(sid, "parser", output_data={})
     assert client.sessions.get(sid).version == 1
+    assert client.executions.list(sid) == []
 
 
 def test_repeated_complete_is_a_duplicate_not_a_second_transition(client: StateClient) -> None:
@@ -86,25 +97,79 @@ def test_a_different_second_complete_is_a_conflict(client: StateClient) -> None:
     assert client.executions.get(sid, "nl_input").output_data == "mine"
 
 
-def test_fail_then_retry_counts_attempts(client: StateClient) -> None:
-    """fail marks agent and session FAILED; retry makes both run again with retry_count + 1."""
+def _through(client: StateClient, sid: str, last: str) -> None:
+    for agent in AGENTS[: AGENTS.index(last)]:
+        client.executions.start(sid, agent)
+        client.executions.complete(sid, agent, output_data={agent: 1})
+
+
+def test_a_critical_failure_fails_the_run_and_a_retry_reactivates_it(client: StateClient) -> None:
+    """generation failing marks the session FAILED; retry runs it again (retry_count + 1, last_error kept)."""
+    sid = _session(client)
+    _through(client, sid, "generation")
+    client.executions.start(sid, "generation")
+    failed = client.executions.fail(sid, "generation", error_message="model timeout")
+    assert (failed.session_status, failed.tolerated) == (SessionStatus.FAILED, False)
+    session = client.sessions.get(sid)
+    assert (session.status, session.progress) == (SessionStatus.FAILED, 6)
+    assert session.error_message == "generation: model timeout"
+    with pytest.raises(InvalidTransitionError, match="is FAILED, not ACTIVE"):
+        client.executions.start(sid, "assembly")
+    for attempt in (1, 2):
+        client.executions.retry(sid, "generation")
+        assert client.executions.get(sid, "generation").retry_count == attempt
+        if attempt == 1:
+            client.executions.fail(sid, "generation", error_message="model timeout")
+    assert client.sessions.get(sid).status is SessionStatus.ACTIVE
+    client.executions.complete(sid, "generation", output_data=1)
+    stored = client.executions.get(sid, "generation")
+    assert (stored.error_message, stored.last_error) == (None, "model timeout")
+
+
+def test_a_non_critical_failure_is_tolerated_and_the_run_goes_on(client: StateClient) -> None:
+    """search failing for good: the session stays ACTIVE, lists it, and match_rate's successor starts."""
+    sid = _session(client)
+    _through(client, sid, "search")
+    client.executions.start(sid, "search")
+    failed = client.executions.fail(sid, "search", error_message="index down")
+    assert (failed.session_status, failed.tolerated, failed.progress) == (SessionStatus.ACTIVE, True, 6)
+    client.executions.start(sid, "generation")
+    with pytest.raises(InvalidTransitionError, match="moved on to generation"):
+        client.executions.retry(sid, "search")
+    for agent in AGENTS[6:]:
+        if agent != "generation":
+            client.executions.start(sid, agent)
+        client.executions.complete(sid, agent, output_data=agent)
+    session = client.sessions.get(sid)
+    assert (session.status, session.failed_agents) == (SessionStatus.COMPLETED, ("search",))
+
+
+def test_too_many_tolerated_failures_end_the_run_failed(client: StateClient) -> None:
+    """Three non-critical agents failing for good: the last agent ends the run FAILED (policy: < 3)."""
+    sid = _session(client)
+    for agent in AGENTS:
+        if agent in ("ui_selection", "match_rate", "search"):
+            result = client.executions.fail(sid, agent, error_message="no")
+        else:
+            result = client.executions.complete(sid, agent, output_data=agent)
+    assert result.session_status is SessionStatus.FAILED
+    session = client.sessions.get(sid)
+    assert session.failed_agents == ("ui_selection", "match_rate", "search")
+    assert "allows 2 failed agent(s)" in (session.error_message or "")
+    with pytest.raises(InvalidTransitionError, match="from FAILED to COMPLETED"):
+        client.sessions.update(sid, status="COMPLETED")
+
+
+def test_a_failed_non_critical_agent_retried_at_once_completes(client: StateClient) -> None:
+    """The orchestrator's in-process retry: fail, retry, complete — the failure leaves the session's list."""
     sid = _session(client)
     client.executions.start(sid, "nl_input")
-    failed = client.executions.fail(sid, "nl_input", error_message="model timeout")
-    assert failed.session_status is SessionStatus.FAILED
+    client.executions.fail(sid, "nl_input", error_message="flaky")
+    assert client.sessions.get(sid).failed_agents == ("nl_input",)
+    client.executions.retry(sid, "nl_input")
+    client.executions.complete(sid, "nl_input", output_data="ok")
     session = client.sessions.get(sid)
-    assert session.status is SessionStatus.FAILED
-    assert session.error_message == "nl_input: model timeout"
-    with pytest.raises(InvalidTransitionError, match="retry_agent"):
-        client.executions.start(sid, "ui_selection")
-    for attempt in (1, 2):
-        client.executions.retry(sid, "nl_input")
-        assert client.executions.get(sid, "nl_input").retry_count == attempt
-        if attempt == 1:
-            client.executions.fail(sid, "nl_input", error_message="model timeout")
-    assert client.sessions.get(sid).status is SessionStatus.ACTIVE
-    client.executions.complete(sid, "nl_input", output_data=1)
-    assert client.executions.get(sid, "nl_input").error_message is None
+    assert (session.failed_agents, session.progress) == ((), 1)
 
 
 def test_transition_on_missing_session(client: StateClient) -> None:

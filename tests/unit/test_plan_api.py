@@ -120,7 +120,7 @@ async def test_save_user_project_as_written(plan: StateClient) -> None:
         (save_pipeline_session, ["not", "a", "dict"], "takes a dict"),
         (save_pipeline_session, {"user_id": "u"}, "missing key"),
         (save_pipeline_session, {"session_id": "s", "colour": "red"}, "unknown key"),
-        (save_pipeline_session, {"session_id": "s"}, "include user_id"),
+        (save_pipeline_session, {"session_id": "s", "status": "COMPLETED"}, "starts ACTIVE at progress 0"),
         (update_agent_execution, {"agent_name": "parser", "status": "RUNNING"}, "execution_id"),
         (update_agent_execution, {"execution_id": "s", "agent_name": "x", "status": "RUNNING"}, "agent"),
         (update_agent_execution, {"execution_id": "s", "agent_name": "parser", "status": "DONE"}, "status"),

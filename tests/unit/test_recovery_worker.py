@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -22,12 +23,12 @@ from tdev_recovery import (
     WorkerConfig,
     resume_pipeline,
 )
-from tdev_recovery._claims import ClaimStore
 from tdev_recovery.exceptions import ClaimLostError, NotRecoverableError
 from tdev_recovery.ops import OpsServer
 from tdev_state import AGENTS, AgentStatus, SessionStatus, StateClient
+from tdev_state.models import epoch
 
-from .conftest import FakeClock
+from .conftest import FakeClock, make_client
 
 FAST = WorkerConfig(
     worker_id="w1",
@@ -93,9 +94,10 @@ async def test_run_crashed_after_agent_4_resumes_at_agent_5(
 
 
 async def test_failed_run_waits_for_the_retry_delay(client: StateClient, clock: FakeClock) -> None:
-    """A FAILED run younger than the delay is left alone; once older, it is resumed once."""
-    sid = crashed_run(client, 2, running_next=True)
-    client.executions.fail(sid, "parser", error_message="llm 500")
+    """A FAILED run (its critical agent failed) younger than the delay is left alone; once older, it is
+    resumed once, at that agent."""
+    sid = crashed_run(client, 6, running_next=True)
+    client.executions.fail(sid, "generation", error_message="llm 500")
     resumer = Recorder()
     worker = RecoveryWorker(client, resumer, FAST, clock=clock)
     clock.advance(minutes=30)
@@ -103,7 +105,122 @@ async def test_failed_run_waits_for_the_retry_delay(client: StateClient, clock: 
     clock.advance(minutes=31)
     assert await sweep_and_wait(worker) == 1
     assert await sweep_and_wait(worker) == 0  # handed over: not picked again right away
+    assert [r.next_agent for r in resumer.requests] == ["generation"]
+
+
+async def test_a_tolerated_failure_is_never_rerun(client: StateClient, clock: FakeClock) -> None:
+    """A run that went on past a failed non-critical agent and then stalled resumes after the last agent it
+    reached: neither its COMPLETED agents nor the tolerated FAILED one are handed back to run."""
+    sid = crashed_run(client, 3, running_next=False)
+    client.executions.fail(sid, "component_decision", error_message="no components")
+    client.executions.start(sid, "match_rate")
+    clock.advance(minutes=11)
+    resumer = Recorder()
+    assert await sweep_and_wait(RecoveryWorker(client, resumer, FAST, clock=clock)) == 1
+    (request,) = resumer.requests
+    assert request.next_agent == "match_rate"
+    assert request.tolerated_failures == ["component_decision"]
+    assert [c.agent_name for c in request.completed] == list(AGENTS[:3])
+    assert client.executions.get(sid, "component_decision").status is AgentStatus.FAILED
+
+
+async def test_an_agent_left_running_in_a_run_the_pipeline_failed_is_closed(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """The pipeline marked its run FAILED while an agent was RUNNING: the worker closes that agent under its
+    claim (fenced) and resumes there, instead of dying on every claim."""
+    sid = crashed_run(client, 2, running_next=True)
+    client.sessions.update(sid, status="FAILED", error_message="orchestrator gave up")
+    clock.advance(hours=2)
+    resumer = Recorder()
+    assert await sweep_and_wait(RecoveryWorker(client, resumer, FAST, clock=clock)) == 1
     assert [r.next_agent for r in resumer.requests] == ["parser"]
+    assert client.executions.get(sid, "parser").status is AgentStatus.FAILED
+
+
+async def test_a_run_whose_generation_output_is_in_s3_is_resumed_with_it(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """An offloaded generation output is read back from the payload bucket for the resumer."""
+    files = {f"src/f{i}.ts": "x" * 200 + str(i) for i in range(200)}
+    sid = crashed_run(client, 6, running_next=False)
+    client.executions.complete(sid, "generation", output_data={"files": files})
+    assert client.executions.get(sid, "generation", load_payloads=False).output_bytes > 16 * 1024
+    clock.advance(minutes=11)
+    resumer = Recorder()
+    assert await sweep_and_wait(RecoveryWorker(client, resumer, FAST, clock=clock)) == 1
+    (request,) = resumer.requests
+    assert request.next_agent == "assembly"
+    assert request.completed[-1].output_data == {"files": files}
+
+
+async def test_a_run_with_a_vanished_payload_is_abandoned_within_its_attempts(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """A missing S3 object makes every attempt fail; each is counted with its reason, and when they run out
+    the run is ABANDONED (with its TTL) instead of being claimed forever."""
+    client = make_client(clock, retention_days=30)
+    sid = crashed_run(client, 6, running_next=False)
+    client.executions.complete(
+        sid, "generation", output_data={"files": random.Random(1).randbytes(30_000).hex()}
+    )
+    bucket = client.config.payload_bucket
+    s3 = client.layer.s3
+    assert s3 is not None
+    assert bucket
+    for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]:
+        s3.delete_object(Bucket=bucket, Key=obj["Key"])
+    clock.advance(minutes=11)
+    resumer = Recorder()
+    worker = RecoveryWorker(client, resumer, FAST, clock=clock)
+    await sweep_and_wait(worker)
+    item = client.layer.get(client.config.tables.sessions, {"session_id": sid})
+    assert item is not None
+    assert item["status"] == "ABANDONED"
+    assert "3 attempts exhausted" in item["error_message"]
+    assert "NoSuchKey" in item["error_message"]
+    assert int(item["fencing_token"]) == 1  # one claim, three counted attempts
+    assert "recovery_shard" not in item
+    assert int(item["expires_at"]) > int(epoch(clock.now))
+    assert resumer.requests == []
+
+
+async def test_attempts_of_dead_workers_count_toward_abandoning(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """Claims whose worker died mid-attempt still count: past maximum_attempts the next claim abandons."""
+    sid = crashed_run(client, 2, running_next=False)
+    for _ in range(FAST.retry.maximum_attempts):
+        clock.advance(minutes=11)
+        (candidate,) = client.sessions.recovery_candidates(
+            failed_idle=None, stalled_idle=timedelta(minutes=10)
+        )
+        assert client.claims.claim(candidate, worker_id="dies", lease=timedelta(seconds=30))
+    clock.advance(minutes=11)
+    resumer = Recorder()
+    assert await sweep_and_wait(RecoveryWorker(client, resumer, FAST, clock=clock)) == 1
+    session = client.sessions.get(sid)
+    assert session.status is SessionStatus.ABANDONED
+    assert "resume attempts exhausted" in (session.error_message or "")
+    assert resumer.requests == []
+
+
+async def test_a_run_the_policy_failed_with_nothing_left_is_abandoned(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """Every agent finished but three failed for good: FAILED by policy, nothing to resume — ABANDONED."""
+    sid = client.sessions.create().session_id
+    for agent in AGENTS:
+        if agent in ("ui_selection", "match_rate", "search"):
+            client.executions.fail(sid, agent, error_message="no")
+        else:
+            client.executions.complete(sid, agent, output_data=agent)
+    clock.advance(hours=2)
+    resumer = Recorder()
+    await sweep_and_wait(RecoveryWorker(client, resumer, FAST, clock=clock))
+    session = client.sessions.get(sid)
+    assert session.status is SessionStatus.ABANDONED
+    assert "nothing left to resume" in (session.error_message or "")
 
 
 async def test_a_live_heartbeat_is_not_a_stall(client: StateClient, clock: FakeClock) -> None:
@@ -146,7 +263,7 @@ async def test_a_live_claim_is_never_taken_an_expired_one_is(client: StateClient
     clock.advance(minutes=11)
     (candidate,) = client.sessions.recovery_candidates(failed_idle=None, stalled_idle=timedelta(minutes=10))
     assert candidate.session_id == sid
-    claims = ClaimStore(client.layer, clock)
+    claims = client.claims
     a = claims.claim(candidate, worker_id="A", lease=timedelta(seconds=30))
     assert a is not None
     assert a.fencing_token == 1

@@ -27,14 +27,19 @@ def test_table_names_follow_the_plan() -> None:
 
 
 def test_keys_are_exactly_the_plans() -> None:
-    """Partition and sort keys keep the plan's names and string types."""
+    """Primary keys keep the plan's names and string types; time-sorted index keys are Number, as the plan
+    types timestamps."""
     assert AGENT_EXECUTIONS.key_names == ("execution_id", "agent_name")
     assert PIPELINE_SESSIONS.key_names == ("session_id",)
     assert USER_PROJECTS.key_names == ("user_id", "project_id")
     assert METRICS.key_names == ("date", "metric_name")
     for spec in ALL_TABLES:
         request = spec.create_table_request("dev")
-        assert all(a["AttributeType"] == "S" for a in request["AttributeDefinitions"])
+        types = {a["AttributeName"]: a["AttributeType"] for a in request["AttributeDefinitions"]}
+        for name in spec.key_names:
+            assert types[name] == "S"
+        for name in {"created_at", "alive_at", "last_accessed"} & set(types):
+            assert types[name] == "N"
 
 
 def test_recovery_index_is_sparse_on_recovery_shard() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -15,6 +16,7 @@ from tdev_state import (
     StateClient,
     ValidationError,
 )
+from tdev_state.models import epoch
 
 from .conftest import FakeClock
 
@@ -58,7 +60,7 @@ def test_update_bumps_version_and_conditions_on_it(client: StateClient) -> None:
 def test_illegal_status_change_is_refused(client: StateClient) -> None:
     """COMPLETED and ABANDONED are final; COMPLETED needs all nine agents."""
     s = client.sessions.create(user_id="u", project_name="p")
-    with pytest.raises(InvalidTransitionError, match="progress"):
+    with pytest.raises(InvalidTransitionError, match="cannot be COMPLETED: 0 of 9 agents finished"):
         client.sessions.update(s.session_id, expected_version=1, status="COMPLETED")
     abandoned = client.sessions.update(s.session_id, expected_version=1, status="ABANDONED")
     assert abandoned.status is SessionStatus.ABANDONED
@@ -66,12 +68,16 @@ def test_illegal_status_change_is_refused(client: StateClient) -> None:
         client.sessions.update(s.session_id, expected_version=2, status="ACTIVE")
 
 
-def test_progress_never_goes_backwards(client: StateClient) -> None:
-    """Setting progress lower than stored is an InvalidTransitionError."""
+def test_progress_follows_the_agents_only(client: StateClient) -> None:
+    """Progress the pipeline sends must agree with the agents; a contradicting one is refused, unwritten."""
     s = client.sessions.create(user_id="u", project_name="p")
-    s = client.sessions.update(s.session_id, expected_version=1, progress=3)
-    with pytest.raises(InvalidTransitionError, match="backwards"):
-        client.sessions.update(s.session_id, expected_version=s.version, progress=2)
+    client.executions.start(s.session_id, "nl_input")
+    with pytest.raises(InvalidTransitionError, match="progress follows the agents"):
+        client.sessions.update(s.session_id, progress=1)
+    with pytest.raises(InvalidTransitionError, match="current_agent follows"):
+        client.sessions.update(s.session_id, current_agent="parser")
+    assert client.executions.complete(s.session_id, "nl_input").progress == 1
+    assert client.sessions.update(s.session_id, progress=1, current_agent="ui_selection").progress == 1
 
 
 def test_bad_input_writes_nothing(client: StateClient) -> None:
@@ -111,7 +117,7 @@ def test_heartbeat_refreshes_last_updated_without_version(client: StateClient, c
     after = client.sessions.get(s.session_id)
     assert after.last_updated == beat
     assert after.version == 1
-    client.sessions.update(s.session_id, expected_version=1, progress=1)
+    client.sessions.update(s.session_id, expected_version=1, metadata={"still": "mine"})
 
 
 def test_heartbeat_of_a_finished_run_is_refused(client: StateClient) -> None:
@@ -146,10 +152,10 @@ def test_recovery_candidates_by_age_and_kind(client: StateClient, clock: FakeClo
     assert [s.session_id for s in failed] == [old_failed.session_id]
 
 
-def _alive_at(client: StateClient, sid: str) -> str:
+def _alive_at(client: StateClient, sid: str) -> Decimal:
     item = client.layer.get(client.config.tables.sessions, {"session_id": sid})
     assert item is not None
-    return str(item["alive_at"])
+    return item["alive_at"]  # type: ignore[no-any-return]
 
 
 def test_liveness_stamp_is_refreshed_once_per_interval(client: StateClient, clock: FakeClock) -> None:
@@ -162,7 +168,7 @@ def test_liveness_stamp_is_refreshed_once_per_interval(client: StateClient, cloc
     clock.advance(seconds=61)
     client.executions.start(sid, "ui_selection")
     assert _alive_at(client, sid) > stamp
-    assert _alive_at(client, sid) == client.sessions.get(sid).last_updated.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert _alive_at(client, sid) == epoch(client.sessions.get(sid).last_updated)
 
 
 def test_a_progressing_run_is_never_reported_stalled(client: StateClient, clock: FakeClock) -> None:

@@ -19,6 +19,7 @@ def seeded(client: StateClient, monkeypatch: pytest.MonkeyPatch) -> str:
         client.executions.complete(sid, agent, output_data={"y": 2})
     client.executions.start(sid, AGENTS[3])
     client.executions.fail(sid, AGENTS[3], error_message="llm timeout")
+    client.sessions.update(sid, status="FAILED")  # the pipeline gives up on the run
     client.projects.save(user_id="ops", project_id="p1", project_name="Shop")
     return sid
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tdev_recovery._claims import ClaimStore
 from tdev_recovery.config import WorkerConfig
 from tdev_recovery.exceptions import NotRecoverableError, ResumerConfigError
 from tdev_recovery.resumers import Resumer, load_resumer
@@ -34,7 +33,7 @@ async def resume_pipeline(
             raise ResumerConfigError("resume_pipeline needs a resumer: pass resumer= or set TDEV_RESUMER")
         resumer = load_resumer(spec)
     worker = RecoveryWorker(sync, resumer, config)
-    claims = ClaimStore(sync.layer, worker._clock)
+    claims = sync.claims
     session = await worker._io(sync.sessions.get, session_id)
     if session.status not in (SessionStatus.ACTIVE, SessionStatus.FAILED):
         raise NotRecoverableError(f"session {session_id!r} is {session.status.value}; nothing to resume")

@@ -1,9 +1,10 @@
 """The recovery worker's AWS access, declared next to its code (see `tdev_state.access`).
 
 The worker reads the recovery index, claims runs on the sessions table (conditional UpdateItem with a
-fencing token), lists a run's agents (opening sealed outputs: kms:Decrypt) and marks a stalled agent
-failed. Resuming is the pipeline's job: a resumer that runs the pipeline in the worker's process also
-needs the pipeline client's policy.
+fencing token), lists a run's agents (reading offloaded outputs from the payload bucket, opening sealed ones:
+kms:Decrypt) and marks a stalled agent failed under its claim (a fenced transaction on both tables).
+Resuming is the pipeline's job: a resumer that runs the pipeline in the worker's process also needs the
+pipeline client's policy.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ RECOVERY_WORKER = ComponentAccess(
         ),
         Grant("index", frozenset({"dynamodb:Query"}), table=PIPELINE_SESSIONS, index="by-recovery"),
         Grant("table", frozenset({"dynamodb:Query", "dynamodb:UpdateItem"}), table=AGENT_EXECUTIONS),
-        # A run's completed outputs go to the resumer, sealed ones opened. It never seals: no GenerateDataKey.
+        # A run's completed outputs go to the resumer: offloaded ones read from the bucket, sealed ones
+        # opened. It never writes payloads and never seals: no PutObject, no GenerateDataKey.
+        Grant("payloads", frozenset({"s3:GetObject"})),
         Grant("key", frozenset({"kms:Decrypt"})),
     ),
 )

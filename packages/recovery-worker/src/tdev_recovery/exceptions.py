@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from tdev_state.exceptions import StateError
+from tdev_state.exceptions import ClaimLostError, StateError
+
+__all__ = [
+    "ClaimLostError",
+    "NotRecoverableError",
+    "RecoveryError",
+    "ResumeRejected",
+    "ResumerConfigError",
+]
 
 
 class RecoveryError(StateError):
@@ -21,10 +29,6 @@ class ResumeRejected(RecoveryError):
         self.retryable = retryable
         #: The pipeline has seen a newer fencing token: another worker owns this run now.
         self.stale = stale
-
-
-class ClaimLostError(RecoveryError):
-    """This worker's lease on a run expired and another worker (a higher fencing token) took it."""
 
 
 class NotRecoverableError(RecoveryError):

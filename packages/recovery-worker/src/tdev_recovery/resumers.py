@@ -44,6 +44,8 @@ class ResumeRequest:
     #: The status the run had when it was claimed (FAILED, or ACTIVE for a stalled run).
     reason: str
     completed: list[CompletedAgent] = field(default_factory=list)
+    #: Agents that failed for good and were tolerated by the run policy: never rerun either.
+    tolerated_failures: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

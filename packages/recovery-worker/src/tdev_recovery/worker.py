@@ -20,13 +20,12 @@ from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
-from tdev_recovery._claims import Claim, ClaimStore
 from tdev_recovery.config import WorkerConfig
 from tdev_recovery.exceptions import ClaimLostError, ResumeRejected
 from tdev_recovery.metrics import WorkerMetrics
 from tdev_recovery.resumers import CompletedAgent, Resumer, ResumeRequest
-from tdev_state import AGENTS, AgentStatus, SessionStatus, StateClient, StateError
-from tdev_state.models import RecoveryCandidate, utcnow
+from tdev_state import AGENTS, AgentStatus, Claim, SessionStatus, StateClient, StateError
+from tdev_state.models import RecoveryCandidate
 
 log = structlog.get_logger("tdev_recovery.worker")
 P = ParamSpec("P")
@@ -41,7 +40,7 @@ class Outcome(StrEnum):
     STALE = "stale"  # the pipeline has a newer claim: another worker owns the run
     LOST = "lost"  # our lease was taken over (we were too slow to heartbeat)
     RELEASED = "released"  # shutdown: handed back untouched
-    NOTHING_TO_DO = "nothing_to_do"  # every agent had completed
+    ERROR = "error"  # an unexpected error ended this claim; the lease expires and the attempt counts
 
 
 class RecoveryWorker:
@@ -54,15 +53,15 @@ class RecoveryWorker:
         config: WorkerConfig | None = None,
         *,
         metrics: WorkerMetrics | None = None,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime] | None = None,
         publish_backlog: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config or WorkerConfig()
         self.metrics = metrics or WorkerMetrics()
         self._client = client
         self._resumer = resumer
-        self._clock = clock
-        self._claims = ClaimStore(client.layer, clock)
+        self._clock = clock or client.clock
+        self._claims = client.claims
         self._publish_backlog = publish_backlog
         self._pool = ThreadPoolExecutor(
             max_workers=self.config.concurrency + 2, thread_name_prefix="tdev-recovery"
@@ -204,6 +203,10 @@ class RecoveryWorker:
                 outcome = Outcome.RELEASED
         except ClaimLostError:
             outcome = Outcome.LOST
+        except Exception as exc:  # one bad run never stops the worker: counted, logged, and it expires
+            bound.error("resume.crashed", error=f"{type(exc).__name__}: {exc}")
+            self.metrics.failures.inc()
+            outcome = Outcome.ERROR
         finally:
             heartbeat.cancel()
         self.metrics.resumes.labels(outcome=outcome.value).inc()
@@ -211,33 +214,45 @@ class RecoveryWorker:
         return outcome
 
     async def _resume(self, holder: dict[str, Claim], bound: Any) -> Outcome:
+        """Resume attempts under one claim. Every failure on this path — building the request (an unreadable
+        payload, an agent that cannot be closed) or sending it — is an attempt with its reason; when the
+        attempts run out the run is ABANDONED with the last reason, so no run can be claimed forever."""
         claim = holder["claim"]
-        if claim.resume_count >= self.config.max_resumes:
-            await self._io(
-                self._claims.abandon,
-                claim,
-                reason=f"resumed {claim.resume_count} times and failed again; giving up",
-            )
-            self.metrics.abandoned.inc()
-            return Outcome.ABANDONED
         policy = self.config.retry
-        while True:
-            request = await self._io(self._build_request, holder["claim"])
-            if request is None:
-                await self._io(self._claims.release, holder["claim"])
-                return Outcome.NOTHING_TO_DO
-            bound.info(
-                "resume.requested",
-                next_agent=request.next_agent,
-                attempt=request.attempt,
-                completed=len(request.completed),
+        if claim.resume_count >= self.config.max_resumes:
+            return await self._abandon(
+                claim, f"resumed {claim.resume_count} times and failed again; giving up"
             )
+        if claim.attempt > policy.maximum_attempts:
+            # Earlier claims ended without an outcome (their worker died mid-attempt): that counts.
+            return await self._abandon(
+                claim,
+                f"{claim.attempt - 1} resume attempts exhausted; last error: {claim.last_error or 'unknown'}",
+            )
+        while True:
+            retryable, error = True, ""
             try:
+                request = await self._io(self._build_request, holder["claim"])
+                if request is None:
+                    return await self._abandon(
+                        holder["claim"],
+                        "nothing left to resume: every agent has finished (the run policy failed the run)",
+                    )
+                bound.info(
+                    "resume.requested",
+                    next_agent=request.next_agent,
+                    attempt=request.attempt,
+                    completed=len(request.completed),
+                )
                 await self._resumer(request)
+            except ClaimLostError:
+                raise
             except ResumeRejected as exc:
                 if exc.stale:
                     return Outcome.STALE
                 retryable, error = exc.retryable, str(exc)
+            except StateError as exc:
+                error = f"could not prepare the resume: {type(exc).__name__}: {exc}"
             except Exception as exc:  # a pluggable resumer may raise anything
                 retryable = type(exc).__name__ not in policy.non_retryable
                 error = f"{type(exc).__name__}: {exc}"
@@ -249,32 +264,38 @@ class RecoveryWorker:
             bound.warning("resume.failed", attempt=claim.attempt, retryable=retryable, error=error)
             if not retryable or claim.attempt >= policy.maximum_attempts:
                 why = "not retryable" if not retryable else f"{claim.attempt} attempts exhausted"
-                await self._io(self._claims.abandon, claim, reason=f"resume failed ({why}): {error}")
-                self.metrics.abandoned.inc()
-                return Outcome.ABANDONED
+                return await self._abandon(claim, f"resume failed ({why}): {error}")
+            # Counted (with its reason) before the wait, so a worker dying now still leaves the count.
+            holder["claim"] = await self._io(self._claims.next_attempt, claim, error=error)
             await asyncio.sleep(random.uniform(0, policy.delay(claim.attempt)))
-            holder["claim"] = await self._io(self._claims.next_attempt, holder["claim"])
+
+    async def _abandon(self, claim: Claim, reason: str) -> Outcome:
+        await self._io(self._claims.abandon, claim, reason=reason)
+        self.metrics.abandoned.inc()
+        return Outcome.ABANDONED
 
     def _build_request(self, claim: Claim) -> ResumeRequest | None:
-        """Completed agents (with outputs) and the first unfinished one. An agent left RUNNING by a
-        crashed pipeline is marked FAILED first, so the pipeline restarts it as a retry."""
-        run = {e.agent_name: e for e in self._client.executions.list(claim.session_id)}
-        completed: list[CompletedAgent] = []
-        for agent in AGENTS:
-            execution = run.get(agent)
-            if execution is None or execution.status is not AgentStatus.COMPLETED:
-                break
-            completed.append(CompletedAgent(agent, execution.output_data))
-        else:
+        """The completed agents (with outputs) and the agent to run next: the one after the last agent the
+        run finished (completed, or failed and tolerated), so neither kind is ever rerun. An agent left
+        RUNNING by a dead pipeline is closed as FAILED first, under the claim, so the pipeline retries it."""
+        if claim.progress >= len(AGENTS):
             return None
-        next_agent = AGENTS[len(completed)]
+        run = {e.agent_name: e for e in self._client.executions.list(claim.session_id)}
+        completed = [
+            CompletedAgent(agent, run[agent].output_data)
+            for agent in AGENTS[: claim.progress]
+            if agent in run and run[agent].status is AgentStatus.COMPLETED
+        ]
+        next_agent = AGENTS[claim.progress]
         execution = run.get(next_agent)
         if execution is not None and execution.status is AgentStatus.RUNNING:
-            self._client.executions.fail(
+            self._client.executions.interrupt(
                 claim.session_id,
                 next_agent,
-                error_message=f"interrupted: the pipeline stopped heartbeating; recovered by "
+                reason=f"interrupted: the pipeline stopped heartbeating; recovered by "
                 f"{claim.worker_id} (fencing token {claim.fencing_token})",
+                fencing_token=claim.fencing_token,
+                worker_id=claim.worker_id,
             )
         return ResumeRequest(
             session_id=claim.session_id,
@@ -283,6 +304,7 @@ class RecoveryWorker:
             attempt=claim.attempt,
             reason=claim.status.value,
             completed=completed,
+            tolerated_failures=list(claim.failed_agents),
         )
 
     async def _heartbeat(self, holder: dict[str, Claim], owner: asyncio.Task[Any]) -> None:

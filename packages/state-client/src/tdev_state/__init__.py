@@ -1,12 +1,13 @@
 """T-Developer state client: pipeline sessions, agent executions and user projects on DynamoDB.
 
 Typed API: `StateClient` (blocking) and `AsyncStateClient` (awaitable), each with `.sessions`,
-`.executions` and `.projects`. The plan's dict API: `save_pipeline_session`, `update_agent_execution`,
-`get_failed_sessions`, `save_user_project`, `resume_pipeline` (needs
-tdev-recovery-worker). The other packages build on `tdev_state.dynamo.DynamoLayer`
-and `tdev_state.schema`.
+`.executions`, `.projects` and `.claims`; `PipelineRun` wraps an orchestrator's per-agent attempts.
+The plan's dict API: `save_pipeline_session`, `update_agent_execution`, `get_failed_sessions`,
+`save_user_project`, `resume_pipeline` (implemented by tdev-recovery-worker, found by entry point).
+The other packages build on `tdev_state.dynamo.DynamoLayer` and `tdev_state.schema`.
 """
 
+from tdev_state._claims import Claim
 from tdev_state._plan import (
     configure,
     get_failed_sessions,
@@ -15,10 +16,12 @@ from tdev_state._plan import (
     save_user_project,
     update_agent_execution,
 )
+from tdev_state._run import AgentStep, MetricsSink, PipelineRun, ProgressEvent
 from tdev_state.client import AsyncStateClient, StateClient
 from tdev_state.config import StateConfig
 from tdev_state.exceptions import (
     AccessDeniedError,
+    ClaimLostError,
     ConfigurationError,
     ConflictError,
     EncryptionError,
@@ -44,6 +47,7 @@ from tdev_state.models import (
     Page,
     PipelineType,
     RecoveryCandidate,
+    RunPolicy,
     Session,
     SessionStatus,
     UserProject,
@@ -54,20 +58,27 @@ __all__ = [
     "AccessDeniedError",
     "AgentExecution",
     "AgentStatus",
+    "AgentStep",
     "AgentTransition",
     "AsyncStateClient",
+    "Claim",
+    "ClaimLostError",
     "ConfigurationError",
     "ConflictError",
     "EncryptionError",
     "ExecutionNotFoundError",
     "InvalidTransitionError",
+    "MetricsSink",
     "NotFoundError",
     "Page",
     "PayloadIntegrityError",
     "PayloadTooLargeError",
+    "PipelineRun",
     "PipelineType",
+    "ProgressEvent",
     "ProjectNotFoundError",
     "RecoveryCandidate",
+    "RunPolicy",
     "Session",
     "SessionExistsError",
     "SessionNotFoundError",

@@ -19,11 +19,16 @@ SHA-256 of the JSON), so a retried write puts the same object again instead of l
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
+from enum import Enum
+from pathlib import PurePath
 from typing import Any
 
 from tdev_state._crypto import SEALED_TAG
@@ -67,23 +72,95 @@ class EncodedPayload:
         return self.form.endswith("+sealed")
 
 
+class _NoJSONForm(TypeError):
+    def __init__(self, value: Any) -> None:
+        super().__init__(type(value).__name__)
+        self.value = value
+
+
+def json_default(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value
+    """The one encoder of plain Python values in payloads (json's `default` hook), documented in
+    docs/data-model.md: what an agent returns — often an object flattened by `__dict__` — is stored as:
+
+    datetime / date / time -> ISO 8601 text; `Path` -> its text; `Enum` -> its value; set / frozenset -> a
+    list (sorted when its members compare); a dataclass instance or an object with `model_dump()`
+    (pydantic) -> its dict; `Decimal` -> a number (int when integral). Tuples are lists already. Anything
+    else has no JSON form and is refused (`ValidationError` naming the field and the type); nothing is
+    written.
+    """
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        try:
+            return sorted(value)
+        except TypeError:
+            return list(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError("NaN or Infinity")
+        return int(value) if value == value.to_integral_value() else float(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        dumped = dump()
+        if isinstance(dumped, dict):
+            return dumped
+    raise _NoJSONForm(value)
+
+
+def _check_keys(value: Any, field: str, path: str = "", depth: int = 0) -> None:
+    """Refuse dict keys that are not strings: JSON would silently turn `1` into `"1"` (and lose a value)."""
+    if depth > 200:
+        return  # json.dumps reports the depth itself
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(
+                    f"{field}{path} has a key of type {type(key).__name__} ({key!r:.40}); payload keys must "
+                    "be strings (JSON would turn it into text and could merge two keys)"
+                )
+            if isinstance(item, dict | list | tuple):
+                _check_keys(item, field, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if isinstance(item, dict | list | tuple):
+                _check_keys(item, field, f"{path}[{i}]", depth + 1)
+
+
 def dumps(value: JSONValue, *, field: str) -> bytes:
-    """Canonical compact JSON, refusing NaN/Infinity and non-JSON types with a message naming the field."""
+    """Canonical compact JSON of a payload (plain Python values through `json_default`), refusing NaN,
+    Infinity, non-string keys, cycles and values with no JSON form, with a message naming the field."""
+    _check_keys(value, field)
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(
+            value, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=json_default
+        )
+    except _NoJSONForm as exc:
+        raise ValidationError(
+            f"{field} contains a {type(exc.value).__name__} ({exc.value!r:.60}), which has no JSON form; "
+            "send dicts, lists, str, numbers, bool, None, datetimes, Paths, Enums, sets, dataclasses or "
+            "objects with model_dump(). Nothing was written."
+        ) from None
     except ValueError as exc:
+        if "circular" in str(exc).lower():
+            raise ValidationError(f"{field} refers to itself (a circular reference); send a tree") from None
         raise ValidationError(
             f"{field} contains NaN or Infinity ({exc}); JSON has no such numbers — "
             "send null or a finite number"
         ) from None
-    except TypeError as exc:
-        raise ValidationError(
-            f"{field} is not JSON-serializable ({exc}); send dicts, lists, str, int, float, bool or None "
-            "(convert datetimes to ISO strings, Decimals and sets to float/list)"
-        ) from None
     except RecursionError:
-        raise ValidationError(f"{field} is nested too deeply (or refers to itself)") from None
-    return text.encode("utf-8")
+        raise ValidationError(f"{field} is nested too deeply (more than ~900 levels)") from None
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(
+            f"{field} contains a lone surrogate (invalid Unicode); decode your text properly first"
+        ) from None
 
 
 def encode(

@@ -1,9 +1,10 @@
-"""Agent executions: start, complete, fail and retry an agent, each together with its session.
+"""Agent executions: start, complete, fail, retry and interrupt an agent, each together with its session.
 
-Each transition is one TransactWriteItems of two actions — the agent's item and the session item — so an
-agent is never COMPLETED while its session still points at it, or the reverse. Conditions are on the state
-each transition changes (agent status; session status and progress), which makes concurrent callers
-serialize: exactly one wins, the others get ConflictError, and no read is needed before the write.
+Each transition is one row of `_lifecycle.AGENT_RULES`, applied as one TransactWriteItems of two actions — the
+agent's item and the session item — so an agent is never COMPLETED while its session still points at it, or
+the reverse. Conditions are on the state each transition changes (agent status; session status and
+progress), which makes concurrent callers serialize: exactly one wins, the others get ConflictError, and no
+read is needed before the write.
 
 Idempotency, two layers deep:
 - the ClientRequestToken (fixed for the call, so botocore's own retries after a timeout are no-ops);
@@ -19,16 +20,25 @@ import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any
 
 import structlog
 
 from tdev_state import _codec
 from tdev_state import _validate as check
+from tdev_state._lifecycle import (
+    AGENT_RULES,
+    AgentKind,
+    SessionEffect,
+    agent_item_update,
+    agent_session_effect,
+    agent_session_update,
+)
 from tdev_state._liveness import LivenessStamps
-from tdev_state.dynamo import DynamoLayer, Item, TransactAction, TransactionCancelled
+from tdev_state.dynamo import DynamoLayer, Item, TransactionCancelled
 from tdev_state.exceptions import (
+    ClaimLostError,
     ConflictError,
     ExecutionNotFoundError,
     InvalidTransitionError,
@@ -42,28 +52,13 @@ from tdev_state.models import (
     AgentStatus,
     AgentTransition,
     SessionStatus,
-    format_ts,
-    parse_ts,
+    from_epoch,
 )
 from tdev_state.schema import AGENT_EXECUTIONS
 
-from ._sessions import recovery_shard
-
 log = structlog.get_logger("tdev_state.executions")
 
-Kind = Literal["start", "complete", "fail", "retry"]
-_TARGET: dict[Kind, AgentStatus] = {
-    "start": AgentStatus.RUNNING,
-    "complete": AgentStatus.COMPLETED,
-    "fail": AgentStatus.FAILED,
-    "retry": AgentStatus.RUNNING,
-}
-_FROM: dict[Kind, str] = {
-    "start": "PENDING (never started)",
-    "complete": "RUNNING",
-    "fail": "RUNNING",
-    "retry": "FAILED",
-}
+_UNSET: Any = object()
 
 
 def agent_sort_key(agent_name: str) -> str:
@@ -80,6 +75,7 @@ class ExecutionStore:
         self._sessions = layer.tables.sessions
         self._clock = clock
         self._liveness = liveness
+        self._policy = layer.config.run_policy
 
     # --- transitions ----------------------------------------------------------------------------------
 
@@ -91,225 +87,93 @@ class ExecutionStore:
         input_data: Any = None,
         project_id: str | None = None,
     ) -> AgentTransition:
-        """Mark `agent_name` RUNNING with its input and point the session at it (the next agent only)."""
-        sid, agent, step = self._address(session_id, agent_name)
-        project = check.identifier("project_id", project_id) if project_id is not None else None
-        payload = _codec.encode(
-            input_data,
-            field="input_data",
-            object_key=f"{sid}/{agent}",
-            context=execution_context(sid, agent),
-            layer=self._layer,
-        )
-        now = self._clock()
-        fingerprint = self._fingerprint("start", sid, agent, payload)
-        item: dict[str, Any] = {
-            "execution_id": sid,
-            "agent_name": agent_sort_key(agent),
-            "agent": agent,
-            "step": step,
-            "status": AgentStatus.RUNNING.value,
-            "start_time": format_ts(now),
-            "input_data": payload.value,
-            "input_bytes": payload.json_bytes,
-            "retry_count": 0,
-            "fingerprint": fingerprint.stored,
-        }
-        if project:
-            item["project_id"] = project
-        self._set_expiry(item, now)
-        exec_action = TransactAction(
-            "Put",
-            self._table,
-            item=item,
-            condition="attribute_not_exists(execution_id) OR #s = :pending",
-            names={"#s": "status"},
-            values={":pending": AgentStatus.PENDING.value},
-        )
-        refresh = self._liveness.due(sid, now)
-        session_action = self._session_action(
-            sid,
-            step,
-            now,
-            extra_set=["current_agent = :agent"],
-            values={":agent": agent},
-            refresh_liveness=refresh,
-        )
-        return self._transact(
-            "start",
-            refreshed=refresh,
-            sid=sid,
-            agent=agent,
-            step=step,
-            now=now,
-            fingerprint=fingerprint,
-            actions=[exec_action, session_action],
-        )
+        """Mark the next agent RUNNING with its input and point the session at it."""
+        sid, agent = self._address(session_id, agent_name)
+        sets: dict[str, Any] = {}
+        if project_id is not None:
+            sets["project_id"] = check.identifier("project_id", project_id)
+        payloads = {"input_data": self._encode(input_data, "input_data", sid, agent)}
+        return self._apply("start", sid, agent, sets=sets, payloads=payloads)
 
-    def complete(self, session_id: str, agent_name: str, *, output_data: Any = None) -> AgentTransition:
-        """Mark a RUNNING agent COMPLETED with its output and advance the session's progress to its step.
+    def complete(
+        self,
+        session_id: str,
+        agent_name: str,
+        *,
+        output_data: Any = None,
+        input_data: Any = _UNSET,
+        retry_count: int | None = None,
+        project_id: str | None = None,
+    ) -> AgentTransition:
+        """Mark the agent COMPLETED with its output and advance the session's progress to its step.
 
-        Completing the last agent completes the session, which leaves the recovery index.
+        The agent need not have been started: a first record that is already COMPLETED (the plan records an
+        agent when it finishes) stores what is known. Completing the last agent ends the run.
         """
-        sid, agent, step = self._address(session_id, agent_name)
-        payload = _codec.encode(
-            output_data,
-            field="output_data",
-            object_key=f"{sid}/{agent}",
-            context=execution_context(sid, agent),
-            layer=self._layer,
-        )
-        now = self._clock()
-        fingerprint = self._fingerprint("complete", sid, agent, payload)
-        exec_action = TransactAction(
-            "Update",
-            self._table,
-            key={"execution_id": sid, "agent_name": agent_sort_key(agent)},
-            update="SET #s = :done, end_time = :now, output_data = :out, output_bytes = :n, "
-            "fingerprint = :fp REMOVE error_message",
-            condition="#s = :running",
-            names={"#s": "status"},
-            values={
-                ":done": AgentStatus.COMPLETED.value,
-                ":running": AgentStatus.RUNNING.value,
-                ":now": format_ts(now),
-                ":out": payload.value,
-                ":n": payload.json_bytes,
-                ":fp": fingerprint.stored,
-            },
-        )
-        last = step == len(AGENTS)
-        extra_set = ["progress = :step", "current_agent = :next"]
-        values: dict[str, Any] = {":step": step, ":next": AGENTS[step] if not last else agent}
-        removes: list[str] = []
-        if last:
-            extra_set.append("#s = :completed")
-            values[":completed"] = SessionStatus.COMPLETED.value
-            removes.append("recovery_shard")
-            days = self._layer.config.retention_days
-            if days:
-                extra_set.append("expires_at = :exp")
-                values[":exp"] = int((now + timedelta(days=days)).timestamp())
-        refresh = not last and self._liveness.due(sid, now)
-        session_action = self._session_action(
-            sid, step, now, extra_set=extra_set, values=values, removes=removes, refresh_liveness=refresh
-        )
-        return self._transact(
-            "complete",
-            refreshed=refresh,
-            sid=sid,
-            agent=agent,
-            step=step,
-            now=now,
-            fingerprint=fingerprint,
-            actions=[exec_action, session_action],
-        )
+        sid, agent = self._address(session_id, agent_name)
+        sets = self._extras(retry_count=retry_count, project_id=project_id)
+        payloads = {"output_data": self._encode(output_data, "output_data", sid, agent)}
+        if input_data is not _UNSET:
+            payloads["input_data"] = self._encode(input_data, "input_data", sid, agent)
+        return self._apply("complete", sid, agent, sets=sets, payloads=payloads)
 
     def fail(
-        self, session_id: str, agent_name: str, *, error_message: str, output_data: Any = None
+        self,
+        session_id: str,
+        agent_name: str,
+        *,
+        error_message: str,
+        output_data: Any = None,
+        input_data: Any = _UNSET,
+        retry_count: int | None = None,
+        project_id: str | None = None,
     ) -> AgentTransition:
-        """Mark a RUNNING agent FAILED and the session FAILED (visible to recovery after its delay)."""
-        sid, agent, step = self._address(session_id, agent_name)
-        message = check.error_text(error_message)
-        now = self._clock()
-        sets = "SET #s = :failed, end_time = :now, error_message = :err, fingerprint = :fp"
-        values: dict[str, Any] = {
-            ":failed": AgentStatus.FAILED.value,
-            ":running": AgentStatus.RUNNING.value,
-            ":now": format_ts(now),
-            ":err": message,
-        }
-        fp_parts: list[_codec.EncodedPayload | str] = [message]
-        if output_data is not None:
-            payload = _codec.encode(
-                output_data,
-                field="output_data",
-                object_key=f"{sid}/{agent}",
-                context=execution_context(sid, agent),
-                layer=self._layer,
-            )
-            sets += ", output_data = :out, output_bytes = :n"
-            values.update({":out": payload.value, ":n": payload.json_bytes})
-            fp_parts.append(payload)
-        fingerprint = self._fingerprint("fail", sid, agent, *fp_parts)
-        values[":fp"] = fingerprint.stored
-        exec_action = TransactAction(
-            "Update",
-            self._table,
-            key={"execution_id": sid, "agent_name": agent_sort_key(agent)},
-            update=sets,
-            condition="#s = :running",
-            names={"#s": "status"},
-            values=values,
-        )
-        session_action = self._session_action(
-            sid,
-            step,
-            now,
-            extra_set=["#s = :sfailed", "recovery_shard = :shard", "error_message = :serr"],
-            values={
-                ":sfailed": SessionStatus.FAILED.value,
-                ":shard": recovery_shard(sid, SessionStatus.FAILED),
-                ":serr": check.error_text(f"{agent}: {message}"),
-            },
-            refresh_liveness=True,  # FAILED's idle time counts from the failure
-        )
-        return self._transact(
-            "fail",
-            refreshed=True,
-            sid=sid,
-            agent=agent,
-            step=step,
-            now=now,
-            fingerprint=fingerprint,
-            actions=[exec_action, session_action],
-        )
+        """Record that the agent failed (for now: a retry may follow).
 
-    def retry(self, session_id: str, agent_name: str) -> AgentTransition:
-        """Run a FAILED agent again: RUNNING, retry_count + 1 (atomic), and the session ACTIVE again."""
-        sid, agent, step = self._address(session_id, agent_name)
-        now = self._clock()
-        fingerprint = self._fingerprint("retry", sid, agent, str(uuid.uuid4()))
-        exec_action = TransactAction(
-            "Update",
-            self._table,
-            key={"execution_id": sid, "agent_name": agent_sort_key(agent)},
-            update="SET #s = :running, start_time = :now, fingerprint = :fp "
-            "REMOVE end_time, error_message ADD retry_count :one",
-            condition="#s = :failed",
-            names={"#s": "status"},
-            values={
-                ":running": AgentStatus.RUNNING.value,
-                ":failed": AgentStatus.FAILED.value,
-                ":now": format_ts(now),
-                ":fp": fingerprint.stored,
-                ":one": 1,
-            },
-        )
-        session_action = self._session_action(
+        Under the run policy, a critical agent's failure makes the session FAILED (open for recovery); any
+        other agent's failure is tolerated: the run goes on to the next agent and the session lists it.
+        """
+        sid, agent = self._address(session_id, agent_name)
+        message = check.error_text(error_message)
+        sets = self._extras(retry_count=retry_count, project_id=project_id)
+        sets.update(error_message=message, last_error=message)
+        payloads: dict[str, _codec.EncodedPayload] = {}
+        if output_data is not None:
+            payloads["output_data"] = self._encode(output_data, "output_data", sid, agent)
+        if input_data is not _UNSET:
+            payloads["input_data"] = self._encode(input_data, "input_data", sid, agent)
+        return self._apply("fail", sid, agent, sets=sets, payloads=payloads, extra=(message,), error=message)
+
+    def retry(self, session_id: str, agent_name: str, *, input_data: Any = _UNSET) -> AgentTransition:
+        """Run a FAILED agent again: RUNNING, retry_count + 1, the session ACTIVE at this agent again.
+
+        Legal while no later agent has started (the orchestrator retries at once, in process).
+        """
+        sid, agent = self._address(session_id, agent_name)
+        payloads = {}
+        if input_data is not _UNSET:
+            payloads["input_data"] = self._encode(input_data, "input_data", sid, agent)
+        # Every retry is a new attempt, so its fingerprint is unique: a repeat is a second retry.
+        return self._apply("retry", sid, agent, sets={}, payloads=payloads, extra=(str(uuid.uuid4()),))
+
+    def interrupt(
+        self, session_id: str, agent_name: str, *, reason: str, fencing_token: int, worker_id: str
+    ) -> AgentTransition:
+        """Close an agent a dead pipeline left RUNNING, as FAILED, under a recovery claim (fenced).
+
+        ClaimLostError if the claim has moved on. The run's status and progress stay: the resume retries it.
+        """
+        sid, agent = self._address(session_id, agent_name)
+        message = check.error_text(reason)
+        sets = {"error_message": message, "last_error": message}
+        return self._apply(
+            "interrupt",
             sid,
-            step,
-            now,
-            extra_set=["#s = :sactive", "recovery_shard = :shard", "current_agent = :agent"],
-            values={
-                ":sactive": SessionStatus.ACTIVE.value,
-                ":shard": recovery_shard(sid, SessionStatus.ACTIVE),
-                ":agent": agent,
-                ":sfailed": SessionStatus.FAILED.value,
-            },
-            removes=["error_message"],
-            from_statuses="(#s = :active OR #s = :sfailed)",
-            refresh_liveness=True,
-        )
-        return self._transact(
-            "retry",
-            refreshed=True,
-            sid=sid,
-            agent=agent,
-            step=step,
-            now=now,
-            fingerprint=fingerprint,
-            actions=[exec_action, session_action],
+            agent,
+            sets=sets,
+            payloads={},
+            extra=(message,),
+            claim=(check.whole("fencing_token", fencing_token, low=1), worker_id),
         )
 
     # --- reads ----------------------------------------------------------------------------------------
@@ -327,113 +191,120 @@ class ExecutionStore:
 
     def get(self, execution_id: str, agent_name: str, *, load_payloads: bool = True) -> AgentExecution:
         """One agent's execution, or ExecutionNotFoundError if it never started."""
-        sid, agent, _ = self._address(execution_id, agent_name)
+        sid, agent = self._address(execution_id, agent_name)
         item = self._layer.get(self._table, {"execution_id": sid, "agent_name": agent_sort_key(agent)})
         if item is None:
             raise ExecutionNotFoundError(f"agent {agent!r} of execution {sid!r} has not started")
         return self._from_item(item, load_payloads=load_payloads)
 
-    # --- helpers --------------------------------------------------------------------------------------
+    # --- the one executor ------------------------------------------------------------------------------
 
-    def _address(self, session_id: str, agent_name: str) -> tuple[str, str, int]:
-        sid = check.identifier("session_id", session_id)
-        agent = check.agent(agent_name)
-        return sid, agent, AGENT_STEP[agent]
-
-    def _set_expiry(self, item: dict[str, Any], now: datetime) -> None:
-        days = self._layer.config.retention_days
-        if days:
-            item["expires_at"] = int((now + timedelta(days=days)).timestamp())
-
-    def _session_action(
+    def _apply(
         self,
-        sid: str,
-        step: int,
-        now: datetime,
-        *,
-        extra_set: builtins.list[str],
-        values: dict[str, Any],
-        removes: builtins.list[str] | None = None,
-        from_statuses: str = "#s = :active",
-        refresh_liveness: bool,
-    ) -> TransactAction:
-        sets = ["last_updated = :now", "version = version + :one", *extra_set]
-        if refresh_liveness:
-            sets.append("alive_at = :now")
-        update = "SET " + ", ".join(sets)
-        if removes:
-            update += " REMOVE " + ", ".join(removes)
-        return TransactAction(
-            "Update",
-            self._sessions,
-            key={"session_id": sid},
-            update=update,
-            # The agent must be the next one: progress counts the completed agents before it.
-            condition=f"attribute_exists(session_id) AND {from_statuses} AND progress = :prev",
-            names={"#s": "status"},
-            values={
-                ":now": format_ts(now),
-                ":one": 1,
-                ":active": SessionStatus.ACTIVE.value,
-                ":prev": step - 1,
-                **values,
-            },
-        )
-
-    def _transact(
-        self,
-        kind: Kind,
-        /,
-        *,
+        kind: AgentKind,
         sid: str,
         agent: str,
-        step: int,
-        now: datetime,
-        fingerprint: Fingerprint,
-        actions: builtins.list[TransactAction],
-        refreshed: bool,
+        *,
+        sets: dict[str, Any],
+        payloads: dict[str, _codec.EncodedPayload],
+        extra: tuple[str, ...] = (),
+        error: str | None = None,
+        claim: tuple[int, str] | None = None,
     ) -> AgentTransition:
-        target = _TARGET[kind]
-        try:
-            self._layer.transact_write(actions, token=str(uuid.uuid4()))
-        except TransactionCancelled as exc:
-            return self._classify(kind, sid=sid, agent=agent, step=step, fingerprint=fingerprint, exc=exc)
-        if refreshed:
+        """Apply one row of AGENT_RULES to the agent item and its session, in one transaction."""
+        rule = AGENT_RULES[kind]
+        now = self._clock()
+        fingerprint = self._fingerprint(kind, sid, agent, *payloads.values(), *extra)
+        for name, payload in payloads.items():
+            sets[name] = payload.value
+            sets[name.replace("_data", "_bytes")] = payload.json_bytes
+        retention = self._layer.config.retention_days
+        refresh = self._liveness.due(sid, now)
+        effect = agent_session_effect(rule, agent, self._policy)
+        while True:
+            agent_expr = agent_item_update(
+                rule, agent, now=now, sets=sets, fingerprint=fingerprint.stored, retention_days=retention
+            )
+            session_expr = agent_session_update(
+                rule,
+                sid,
+                agent,
+                effect,
+                now=now,
+                policy=self._policy,
+                retention_days=retention,
+                refresh_liveness=refresh,
+                error_message=error,
+                claim=claim,
+            )
+            key = {"execution_id": sid, "agent_name": agent_sort_key(agent)}
+            try:
+                self._layer.transact_write(
+                    [
+                        agent_expr.action(self._table, key),
+                        session_expr.action(self._sessions, {"session_id": sid}),
+                    ],
+                    token=str(uuid.uuid4()),
+                )
+            except TransactionCancelled as exc:
+                if self._over_budget(exc, effect, agent):
+                    # The run's last agent finished with more failures than the policy tolerates.
+                    effect = agent_session_effect(rule, agent, self._policy, over_budget=True)
+                    continue
+                return self._classify(kind, sid=sid, agent=agent, fingerprint=fingerprint, exc=exc)
+            break
+        if refresh or effect.status is not SessionStatus.ACTIVE:
             self._liveness.mark(sid, now)
-        progress = step if kind == "complete" else step - 1
-        if kind == "fail":
-            session_status = SessionStatus.FAILED
-        elif kind == "complete" and step == len(AGENTS):
-            session_status = SessionStatus.COMPLETED
-        else:
-            session_status = SessionStatus.ACTIVE
-        log.info(f"agent.{kind}", session_id=sid, agent_name=agent, progress=progress)
+        log.info(
+            f"agent.{kind}",
+            session_id=sid,
+            agent_name=agent,
+            progress=effect.progress,
+            session_status=effect.status.value,
+            tolerated=effect.tolerated,
+        )
         return AgentTransition(
             execution_id=sid,
             agent_name=agent,
-            status=target,
-            session_status=session_status,
-            progress=progress,
+            status=rule.agent_to,
+            session_status=effect.status,
+            progress=effect.progress,
             at=now,
+            tolerated=effect.tolerated,
+        )
+
+    def _over_budget(self, exc: TransactionCancelled, effect: SessionEffect, agent: str) -> bool:
+        """Whether only the failure budget stopped a run-ending transition from completing the run."""
+        if not (effect.finished and effect.status is SessionStatus.COMPLETED):
+            return False
+        agent_reason, session_reason = exc.reasons[0], exc.reasons[1]
+        old = session_reason.old_item
+        if agent_reason.code == "ConditionalCheckFailed" or old is None:
+            return False
+        failures = len(old.get("failed_agents") or ()) + (1 if effect.tolerated else 0)
+        return (
+            old.get("status") == SessionStatus.ACTIVE.value
+            and int(old.get("progress", -1)) == AGENT_STEP[agent] - 1
+            and failures > self._policy.tolerated_failures
         )
 
     def _classify(
         self,
-        kind: Kind,
+        kind: AgentKind,
         /,
         *,
         sid: str,
         agent: str,
-        step: int,
         fingerprint: Fingerprint,
         exc: TransactionCancelled,
     ) -> AgentTransition:
         """Turn a refused transition into a duplicate success or the error that explains it."""
+        rule = AGENT_RULES[kind]
+        step = AGENT_STEP[agent]
         exec_reason, session_reason = exc.reasons[0], exc.reasons[1]
         failed = "ConditionalCheckFailed"
         old_exec: Item | None = exec_reason.old_item if exec_reason.code == failed else None
         old_session: Item | None = session_reason.old_item if session_reason.code == failed else None
-        target = _TARGET[kind]
         if old_exec is not None and self._same_fingerprint(
             old_exec.get("fingerprint"), fingerprint, sid, agent
         ):
@@ -449,40 +320,82 @@ class ExecutionStore:
             )
         if session_reason.code == failed and old_session is None:
             raise SessionNotFoundError(
-                f"no pipeline session {sid!r}: create the session first; an execution_id is the "
-                "session_id of its run (see docs/data-model.md)"
+                f"no pipeline session {sid!r}: create the session first (save_pipeline_session); an "
+                "execution_id is the session_id of its run (see docs/data-model.md)"
             )
-        if old_exec is not None and old_exec.get("status") == target.value:
+        if rule.fenced and old_session is not None and session_reason.code == failed:
+            raise ClaimLostError(
+                f"the claim on {sid!r} (fencing token {dict(old_session).get('fencing_token')}) is no "
+                "longer this worker's; another worker owns the run now"
+            )
+        if old_exec is not None and old_exec.get("status") == rule.agent_to.value and kind != "retry":
             log.warning(f"agent.{kind}.conflict", session_id=sid, agent_name=agent)
             raise ConflictError(
-                f"{agent} of session {sid!r} is already {target.value} by another writer; "
+                f"{agent} of session {sid!r} is already {rule.agent_to.value} by another writer; "
                 "re-read the run before acting on it"
             )
-        if old_session is not None:
-            status, progress = old_session["status"], int(old_session["progress"])
-            allowed = "ACTIVE or FAILED" if kind == "retry" else "ACTIVE"
-            if status not in allowed.split(" or "):
-                hint = " (retry_agent reactivates a FAILED run)" if status == "FAILED" else ""
-                raise InvalidTransitionError(
-                    f"cannot {kind} {agent}: session {sid!r} is {status}, not {allowed}{hint}",
-                    current=old_session,
-                )
-            if progress != step - 1:
-                expected = AGENTS[progress] if progress < len(AGENTS) else "none (all done)"
-                raise InvalidTransitionError(
-                    f"cannot {kind} {agent} (step {step}): the session has completed {progress} "
-                    f"agent(s); agents run in order and the next one is {expected}",
-                    current=old_session,
-                )
-        if exec_reason.code == failed:
-            if old_exec is None:
-                raise InvalidTransitionError(f"cannot {kind} {agent} of {sid!r}: it was never started")
+        agent_refused = exec_reason.code == failed and (
+            old_exec is None or old_exec.get("status") not in {s.value for s in rule.agent_from}
+        )
+        if old_session is not None and not agent_refused:
+            raise self._session_refusal(rule.kind, agent, sid, old_session)
+        if agent_refused:
+            allowed = " or ".join(
+                "not started" if s is AgentStatus.PENDING else s.value for s in rule.agent_from
+            )
+            state = old_exec["status"] if old_exec else "not started"
             raise InvalidTransitionError(
-                f"cannot {kind} {agent} of {sid!r}: it is {old_exec['status']}, and {kind} is legal "
-                f"only from {_FROM[kind]}",
+                f"cannot {kind} {agent} of {sid!r}: it is {state}, and {kind} is legal only when it "
+                f"is {allowed}",
                 current=old_exec,
             )
         raise ConflictError(f"{kind} {agent} of {sid!r} was refused: {exc}")  # pragma: no cover
+
+    def _session_refusal(self, kind: AgentKind, agent: str, sid: str, old: Item) -> InvalidTransitionError:
+        rule = AGENT_RULES[kind]
+        step = AGENT_STEP[agent]
+        status, progress = old["status"], int(old["progress"])
+        allowed = " or ".join(s.value for s in rule.session_from)
+        if status not in {s.value for s in rule.session_from}:
+            hint = " (send RUNNING again to retry the failed agent)" if status == "FAILED" else ""
+            return InvalidTransitionError(
+                f"cannot {kind} {agent}: session {sid!r} is {status}, not {allowed}{hint}", current=old
+            )
+        if kind == "retry":
+            return InvalidTransitionError(
+                f"cannot retry {agent} (step {step}) of {sid!r}: the run has moved on to "
+                f"{old.get('current_agent')}; a failed agent is retried before the next one starts",
+                current=old,
+            )
+        expected = AGENTS[progress] if progress < len(AGENTS) else "none (all finished)"
+        return InvalidTransitionError(
+            f"cannot {kind} {agent} (step {step}) of {sid!r}: {progress} agent(s) have finished; agents "
+            f"run in order and the next one is {expected}",
+            current=old,
+        )
+
+    # --- helpers --------------------------------------------------------------------------------------
+
+    def _address(self, session_id: str, agent_name: str) -> tuple[str, str]:
+        return check.identifier("session_id", session_id), check.agent(agent_name)
+
+    def _encode(self, value: Any, field: str, sid: str, agent: str) -> _codec.EncodedPayload:
+        return _codec.encode(
+            value,
+            field=field,
+            object_key=f"{sid}/{agent}",
+            context=execution_context(sid, agent),
+            layer=self._layer,
+        )
+
+    @staticmethod
+    def _extras(*, retry_count: int | None, project_id: str | None) -> dict[str, Any]:
+        sets: dict[str, Any] = {}
+        if retry_count is not None:
+            sets["retry_count"] = check.whole("retry_count", retry_count, low=0, high=1000)
+        if project_id is not None:
+            sets["project_id"] = check.identifier("project_id", project_id)
+        return sets
 
     def _fingerprint(
         self, kind: str, sid: str, agent: str, *parts: _codec.EncodedPayload | str
@@ -527,14 +440,15 @@ class ExecutionStore:
             step=int(item["step"]),
             status=AgentStatus(item["status"]),
             project_id=item.get("project_id"),
-            start_time=parse_ts(item["start_time"]) if item.get("start_time") else None,
-            end_time=parse_ts(item["end_time"]) if item.get("end_time") else None,
+            start_time=from_epoch(item["start_time"]) if item.get("start_time") is not None else None,
+            end_time=from_epoch(item["end_time"]) if item.get("end_time") is not None else None,
             input_data=payload("input_data"),
             output_data=payload("output_data"),
             error_message=item.get("error_message"),
             retry_count=int(item.get("retry_count", 0)),
             input_bytes=int(item.get("input_bytes", 0)),
             output_bytes=int(item.get("output_bytes", 0)),
+            last_error=item.get("last_error"),
         )
 
 

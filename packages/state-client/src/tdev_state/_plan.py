@@ -1,20 +1,26 @@
-"""The plan's calls, as the pipeline already writes them: awaitables taking and returning plain dicts.
+"""The plan's calls, exactly as the pipeline writes them: awaitables taking and returning plain dicts.
 
-    await save_pipeline_session({"session_id": sid, "user_id": u, "project_name": p, ...})
-    await update_agent_execution({"execution_id": sid, "agent_name": "parser", "status": "COMPLETED", ...})
-    await get_failed_sessions()
-    await save_user_project({"user_id": u, "project_id": pid, "project_name": p, ...})
+    await save_pipeline_session({"session_id": project_id, "status": "ACTIVE", "current_agent": "nl_input",
+                                 "progress": 0})
+    await update_agent_execution({"execution_id": f"{project_id}-{agent_name}", "status": "COMPLETED",
+                                  "output_data": json.dumps(result.output_data)})
+    for session in await get_failed_sessions():
+        if session["last_updated"] < time.time() - 3600: ...
+    await save_user_project({"user_id": u, "project_id": pid, "project_name": p, "tech_stack": "[...]"})
 
 They use one process-wide AsyncStateClient built from the environment on first use (`TDEV_ENV`,
 `AWS_ENDPOINT_URL`, `AWS_REGION`, `TDEV_PAYLOAD_BUCKET`), or the one given to `configure()`.
-Server-managed keys (timestamps, download_count) are accepted and ignored: the store sets them.
+Server-managed keys (timestamps, download_count) are accepted and ignored: the store sets them. Returned
+timestamps are Number, epoch seconds, as the plan's tables type them.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping
 from datetime import timedelta
+from importlib.metadata import entry_points
 from typing import Any
 
 from tdev_state import _validate as check
@@ -23,10 +29,11 @@ from tdev_state.config import StateConfig
 from tdev_state.exceptions import (
     ConfigurationError,
     InvalidTransitionError,
+    SessionExistsError,
     SessionNotFoundError,
     ValidationError,
 )
-from tdev_state.models import AgentStatus, SessionStatus
+from tdev_state.models import AGENTS, AgentStatus, AgentTransition, SessionStatus
 
 _SERVER_MANAGED = frozenset(
     {"created_at", "last_updated", "last_accessed", "download_count", "start_time", "end_time"}
@@ -90,9 +97,12 @@ async def default_client() -> AsyncStateClient:
 
 
 async def save_pipeline_session(session: Mapping[str, Any]) -> dict[str, Any]:
-    """Create the session if it is new, else apply the given status/progress/agent/metadata changes.
+    """Create the session if it is new, else apply the status / metadata / error the pipeline sends.
 
-    A change is conditioned on `version` when the dict carries it, else on the version just read.
+    A new session stores what it is given: `user_id` and `project_name` are optional (the orchestrator has
+    no user id). `progress` and `current_agent` follow the agents' transitions: sent again they must agree
+    with the stored run (InvalidTransitionError otherwise). A status is checked against the lifecycle and the
+    run policy. A change is conditioned on `version` when the dict carries it.
     """
     data = check.plan_dict("save_pipeline_session", session, ("session_id",), _SESSION_KEYS | _SERVER_MANAGED)
     client = await default_client()
@@ -100,22 +110,27 @@ async def save_pipeline_session(session: Mapping[str, Any]) -> dict[str, Any]:
     try:
         current = await client.sessions.get(sid)
     except SessionNotFoundError:
-        if "user_id" not in data or "project_name" not in data:
-            raise ValidationError(
-                f"session {sid!r} does not exist; to create it, include user_id and project_name"
-            ) from None
         if data.get("status", "ACTIVE") != "ACTIVE" or data.get("progress", 0) != 0:
             raise ValidationError(
-                "a new session starts ACTIVE at progress 0; create it first, then advance it"
+                f"session {sid!r} does not exist; a new session starts ACTIVE at progress 0 — create it "
+                "so, then record its agents"
             ) from None
-        created = await client.sessions.create(
-            session_id=sid,
-            user_id=data["user_id"],
-            project_name=data["project_name"],
-            pipeline_type=data.get("pipeline_type", "SIMPLE"),
-            metadata=data.get("metadata"),
-        )
-        return created.to_dict()
+        if data.get("current_agent", AGENTS[0]) != AGENTS[0]:
+            raise ValidationError(
+                f"a new session starts at {AGENTS[0]}, not {data['current_agent']!r}"
+            ) from None
+        try:
+            created = await client.sessions.create(
+                session_id=sid,
+                user_id=data.get("user_id"),
+                project_name=data.get("project_name"),
+                pipeline_type=data.get("pipeline_type", "SIMPLE"),
+                metadata=_json_value(data.get("metadata"), "metadata"),
+            )
+        except SessionExistsError:
+            current = await client.sessions.get(sid)  # a concurrent creator won; apply ours as an update
+        else:
+            return created.to_dict()
     for fixed in ("user_id", "project_name", "pipeline_type"):
         if fixed in data and data[fixed] != getattr(current, fixed):
             raise ValidationError(
@@ -125,92 +140,201 @@ async def save_pipeline_session(session: Mapping[str, Any]) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if "status" in data and data["status"] != current.status:
         changes["status"] = data["status"]
-    if "progress" in data and data["progress"] != current.progress:
-        changes["progress"] = data["progress"]
-    if "current_agent" in data and data["current_agent"] != current.current_agent:
-        changes["current_agent"] = data["current_agent"]
+    for derived in ("progress", "current_agent"):
+        if derived in data and data[derived] != getattr(current, derived):
+            changes[derived] = data[derived]  # checked against the run by the store, never written
     if "metadata" in data:
-        changes["metadata"] = data["metadata"]
-    if data.get("error_message"):
+        changes["metadata"] = _json_value(data["metadata"], "metadata")
+    if data.get("error_message") is not None:
         changes["error_message"] = data["error_message"]
     if not changes:
         return current.to_dict()
-    updated = await client.sessions.update(
-        sid, expected_version=data.get("version", current.version), **changes
-    )
+    updated = await client.sessions.update(sid, expected_version=data.get("version"), **changes)
     return updated.to_dict()
 
 
 async def update_agent_execution(execution: Mapping[str, Any]) -> dict[str, Any]:
-    """Record an agent's status change: RUNNING (start, or retry after FAILED), COMPLETED, FAILED.
+    """Record an agent's status: RUNNING (a start, or a retry after FAILED), COMPLETED or FAILED.
 
-    `execution_id` is the run's session_id (`session_id` is accepted as its alias). PENDING writes
-    nothing: an agent with no item reads as PENDING.
+    The agent is addressed either as the plan writes it, `execution_id = f"{project_id}-{agent_name}"`, or
+    as `execution_id` (the run's session id) plus `agent_name`; both land in the same items. COMPLETED or
+    FAILED with no RUNNING before it is a legal first record. A COMPLETED or FAILED for an agent whose
+    last attempt FAILED is a retry that ended so (retry_count + 1). `input_data` / `output_data` given as
+    JSON text are stored as the JSON value they encode. PENDING writes nothing.
     """
     data = check.plan_dict(
-        "update_agent_execution",
-        execution,
-        ("agent_name", "status"),
-        _EXECUTION_KEYS | _SERVER_MANAGED,
+        "update_agent_execution", execution, ("status",), _EXECUTION_KEYS | _SERVER_MANAGED
     )
-    sid = data.get("execution_id", data.get("session_id"))
-    if sid is None:
-        raise ValidationError("update_agent_execution: give execution_id (the run's session_id)")
-    agent = check.agent(data["agent_name"])
-    status = check.enum(AgentStatus, "status", data["status"])
     client = await default_client()
+    sid, agent = await _address(client, data)
+    status = check.enum(AgentStatus, "status", data["status"])
+    payloads: dict[str, Any] = {
+        k: _json_value(data[k], k) for k in ("input_data", "output_data") if k in data
+    }
+    retry_count = data.get("retry_count")
+    project = data.get("project_id")
     if status is AgentStatus.PENDING:
-        check.identifier("execution_id", sid)
+        _refuse_extra(data, status, ("input_data", "output_data", "error_message", "retry_count"))
         return {"execution_id": sid, "agent_name": agent, "status": "PENDING", "written": False}
     if status is AgentStatus.RUNNING:
+        _refuse_extra(data, status, ("output_data", "error_message", "retry_count"))
         try:
             done = await client.executions.start(
-                sid, agent, input_data=data.get("input_data"), project_id=data.get("project_id")
+                sid, agent, input_data=payloads.get("input_data"), project_id=project
             )
         except InvalidTransitionError as exc:
-            if not (exc.current and exc.current.get("status") == AgentStatus.FAILED.value):
+            if not _last_attempt_failed(exc):
                 raise
-            done = await client.executions.retry(sid, agent)  # a FAILED agent runs again: a retry
-    elif status is AgentStatus.COMPLETED:
-        done = await client.executions.complete(sid, agent, output_data=data.get("output_data"))
+            done = await client.executions.retry(sid, agent, **_only(payloads, "input_data"))
+        return done.to_dict()
+    if status is AgentStatus.COMPLETED:
+        _refuse_extra(data, status, ("error_message",))
+
+        async def finish() -> AgentTransition:
+            return await client.executions.complete(
+                sid, agent, retry_count=retry_count, project_id=project, **payloads
+            )
     else:
-        done = await client.executions.fail(
-            sid,
-            agent,
-            error_message=data.get("error_message") or "agent failed (no error_message given)",
-            output_data=data.get("output_data"),
-        )
+        if not data.get("error_message"):
+            raise ValidationError("update_agent_execution: a FAILED agent needs error_message (what failed)")
+
+        async def finish() -> AgentTransition:
+            return await client.executions.fail(
+                sid,
+                agent,
+                error_message=data["error_message"],
+                retry_count=retry_count,
+                project_id=project,
+                **payloads,
+            )
+
+    try:
+        done = await finish()
+    except InvalidTransitionError as exc:
+        if not _last_attempt_failed(exc):
+            raise
+        await client.executions.retry(sid, agent)  # this attempt is a retry of the failed one
+        done = await finish()
     return done.to_dict()
 
 
 async def get_failed_sessions(
     older_than: timedelta = timedelta(hours=1), limit: int = 100
 ) -> list[dict[str, Any]]:
-    """FAILED sessions idle for longer than `older_than` (default: the plan's one hour), as dicts."""
+    """FAILED sessions idle for longer than `older_than` (default: the plan's one hour), as dicts whose
+    timestamps are epoch seconds (`session["last_updated"] < time.time() - 3600` works)."""
+    if not isinstance(older_than, timedelta):
+        raise ValidationError(f"older_than must be a timedelta, got {type(older_than).__name__}")
+    if older_than > _LONGEST_IDLE:
+        raise ValidationError(f"older_than is {older_than}; at most {_LONGEST_IDLE.days} days")
     client = await default_client()
     sessions = await client.sessions.failed_sessions(older_than=older_than, limit=limit)
     return [s.to_dict() for s in sessions if s.status is SessionStatus.FAILED]
 
 
 async def save_user_project(project: Mapping[str, Any]) -> dict[str, Any]:
-    """Create or update a user's project (download_count and created_at are kept)."""
+    """Create or update a user's project (download_count and created_at are kept). `tech_stack` is a list
+    of names or, as the plan types it, JSON text of one."""
     data = check.plan_dict(
         "save_user_project",
         project,
         ("user_id", "project_id", "project_name"),
         _PROJECT_KEYS | _SERVER_MANAGED,
     )
+    stack = data.get("tech_stack")
+    if isinstance(stack, str):
+        try:
+            stack = json.loads(stack)
+        except ValueError:
+            raise ValidationError(
+                "tech_stack is text but not JSON; send a list of names or json.dumps of one"
+            ) from None
     client = await default_client()
     saved = await client.projects.save(
         user_id=data["user_id"],
         project_id=data["project_id"],
         project_name=data["project_name"],
         description=data.get("description"),
-        tech_stack=data.get("tech_stack"),
+        tech_stack=stack,
         file_path=data.get("file_path"),
         size_mb=data.get("size_mb"),
     )
     return saved.to_dict()
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+_LONGEST_IDLE = timedelta(days=3650)
+
+
+def _json_value(value: Any, field: str) -> Any:
+    """A payload given as JSON text (the plan json.dumps its outputs) is stored as the value it encodes;
+    text that is not JSON is stored as text."""
+    if isinstance(value, str | bytes | bytearray):
+        try:
+            return json.loads(value)
+        except (ValueError, UnicodeDecodeError):
+            if isinstance(value, bytes | bytearray):
+                raise ValidationError(f"{field} is bytes but not JSON text; send a value or text") from None
+            return value
+    return value
+
+
+async def _address(client: AsyncStateClient, data: Mapping[str, Any]) -> tuple[str, str]:
+    """(session_id, agent) from the plan's `f"{project_id}-{agent_name}"`, or execution_id + agent_name."""
+    raw = data.get("execution_id", data.get("session_id"))
+    if raw is None:
+        raise ValidationError(
+            'update_agent_execution: give execution_id (f"{project_id}-{agent_name}", or the session id '
+            "with agent_name)"
+        )
+    execution_id = check.identifier("execution_id", raw)
+    named = check.agent(data["agent_name"]) if "agent_name" in data else None
+    suffix = next((a for a in AGENTS if execution_id.endswith(f"-{a}")), None)
+    if named is not None and suffix not in (None, named):
+        suffix = None  # "x-parser" with agent_name=search: the id is a session id that ends so
+    if suffix is None:
+        if named is None:
+            raise ValidationError(
+                f"update_agent_execution: execution_id {execution_id!r} names no agent; use "
+                f'f"{{project_id}}-{{agent_name}}" (agents: {", ".join(AGENTS)}) or add agent_name'
+            )
+        sid, agent = execution_id, named
+    else:
+        sid, agent = execution_id[: -len(suffix) - 1], suffix
+        if named is not None and "session_id" not in data and await _session_exists(client, execution_id):
+            sid = execution_id  # the whole id is a session's: the current form, whose id ends so
+    if "session_id" in data and "execution_id" in data and data["session_id"] != sid:
+        raise ValidationError(
+            f"session_id {data['session_id']!r} contradicts execution_id {execution_id!r} (run {sid!r})"
+        )
+    return check.identifier("session_id", sid), agent
+
+
+async def _session_exists(client: AsyncStateClient, session_id: str) -> bool:
+    try:
+        await client.sessions.get(session_id)
+    except SessionNotFoundError:
+        return False
+    return True
+
+
+def _last_attempt_failed(exc: InvalidTransitionError) -> bool:
+    return bool(exc.current and exc.current.get("status") == AgentStatus.FAILED.value)
+
+
+def _refuse_extra(data: Mapping[str, Any], status: AgentStatus, keys: tuple[str, ...]) -> None:
+    given = [k for k in keys if data.get(k) is not None]
+    if given:
+        raise ValidationError(
+            f"update_agent_execution: {', '.join(given)} cannot be recorded with status {status.value}; "
+            "send it with the status it belongs to (input with RUNNING, output with COMPLETED/FAILED, "
+            "error_message with FAILED)"
+        )
+
+
+def _only(values: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: values[k] for k in keys if k in values}
 
 
 def _reset_for_tests() -> None:
@@ -221,12 +345,15 @@ def _reset_for_tests() -> None:
 async def resume_pipeline(session_id: str, **options: Any) -> dict[str, Any]:
     """The plan's call: resume one failed or stalled run now (implemented by tdev-recovery-worker).
 
-    Importable from `tdev_state` with the plan's other calls; the worker package is loaded on first use.
+    Importable from `tdev_state` with the plan's other calls. The implementation lives in the worker package,
+    which depends on this one; it is found through the `tdev_state.plan` entry point, so tdev_state never
+    imports tdev_recovery (no import cycle).
     """
-    try:
-        from tdev_recovery import resume_pipeline as resume
-    except ImportError:
+    found = entry_points(group="tdev_state.plan", name="resume_pipeline")
+    if not found:
         raise ConfigurationError(
             "resume_pipeline needs the tdev-recovery-worker package installed next to tdev-state-client"
-        ) from None
-    return await resume(session_id, **options)
+        )
+    resume = next(iter(found)).load()
+    result: dict[str, Any] = await resume(session_id, **options)
+    return result

@@ -13,7 +13,7 @@ import structlog
 from tdev_state import _validate as check
 from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item
 from tdev_state.exceptions import ProjectNotFoundError
-from tdev_state.models import Page, UserProject, format_ts, parse_ts
+from tdev_state.models import Page, UserProject, epoch, from_epoch
 
 log = structlog.get_logger("tdev_state.projects")
 
@@ -27,8 +27,8 @@ def _project_from_item(item: Item) -> UserProject:
         description=item.get("description", ""),
         tech_stack=list(item.get("tech_stack", [])),
         download_count=int(item.get("download_count", 0)),
-        last_accessed=parse_ts(item["last_accessed"]) if item.get("last_accessed") else None,
-        created_at=parse_ts(item["created_at"]) if item.get("created_at") else None,
+        last_accessed=from_epoch(item["last_accessed"]) if item.get("last_accessed") is not None else None,
+        created_at=from_epoch(item["created_at"]) if item.get("created_at") is not None else None,
         file_path=item.get("file_path"),
         size_mb=float(size) if isinstance(size, Decimal | int | float) else None,
     )
@@ -62,7 +62,7 @@ class ProjectStore:
         project = check.identifier("project_id", project_id)
         values: dict[str, Any] = {
             ":name": check.text("project_name", project_name, allow_empty=False, max_chars=256),
-            ":now": format_ts(self._clock()),
+            ":now": epoch(self._clock()),
             ":zero": 0,
         }
         sets = ["project_name = :name", "last_accessed = :now"]
@@ -117,7 +117,9 @@ class ProjectStore:
             values={":u": user},
             forward=False,
             limit=check.limit(limit),
-            start_key=check.decode_cursor(cursor, expected_keys=("user_id", "project_id", "last_accessed")),
+            start_key=check.decode_cursor(
+                cursor, expected_keys=("user_id", "project_id", "last_accessed"), expect={"user_id": user}
+            ),
             consistent=True,
         )
         return Page(
@@ -140,7 +142,7 @@ class ProjectStore:
                 update="ADD download_count :one SET last_accessed = :now, last_download = :token",
                 condition="attribute_exists(project_id) AND "
                 "(attribute_not_exists(last_download) OR last_download <> :token)",
-                values={":one": 1, ":now": format_ts(self._clock()), ":token": token},
+                values={":one": 1, ":now": epoch(self._clock()), ":token": token},
                 return_values="ALL_NEW",
             )
         except ConditionFailed as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-import zlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,6 +11,14 @@ import structlog
 
 from tdev_state import _codec
 from tdev_state import _validate as check
+from tdev_state._expr import Expr
+from tdev_state._lifecycle import (
+    SESSION_TRANSITIONS,
+    predecessors,
+    recovery_shard,
+    require_within_budget,
+    status_effects,
+)
 from tdev_state._liveness import LivenessStamps
 from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item
 from tdev_state.exceptions import (
@@ -22,28 +29,21 @@ from tdev_state.exceptions import (
     ValidationError,
 )
 from tdev_state.models import (
+    AGENT_STEP,
     AGENTS,
-    OPEN_STATUSES,
-    SESSION_TRANSITIONS,
     Page,
     PipelineType,
     RecoveryCandidate,
     Session,
     SessionStatus,
-    format_ts,
-    parse_ts,
-    predecessors,
+    epoch,
+    from_epoch,
 )
 from tdev_state.schema import PIPELINE_SESSIONS, RECOVERY_INDEX_SHARDS
 
 log = structlog.get_logger("tdev_state.sessions")
 
 _UNSET: Any = object()
-
-
-def recovery_shard(session_id: str, status: SessionStatus) -> str:
-    """The sparse recovery index's partition value for an open session (absent once it is final)."""
-    return f"{status.value}#{zlib.crc32(session_id.encode()) % RECOVERY_INDEX_SHARDS}"
 
 
 def session_context(session_id: str) -> _codec.PayloadContext:
@@ -55,20 +55,21 @@ def session_from_item(item: Item, layer: DynamoLayer) -> Session:
     """Build a Session from its stored item, decoding metadata."""
     return Session(
         session_id=item["session_id"],
-        user_id=item["user_id"],
-        project_name=item["project_name"],
-        pipeline_type=PipelineType(item["pipeline_type"]),
+        user_id=item.get("user_id"),
+        project_name=item.get("project_name"),
+        pipeline_type=PipelineType(item.get("pipeline_type", PipelineType.SIMPLE.value)),
         status=SessionStatus(item["status"]),
         current_agent=item.get("current_agent"),
         progress=int(item["progress"]),
-        created_at=parse_ts(item["created_at"]),
-        last_updated=parse_ts(item["last_updated"]),
+        created_at=from_epoch(item["created_at"]),
+        last_updated=from_epoch(item["last_updated"]),
         version=int(item["version"]),
         metadata=_codec.decode(
             item.get("metadata"), field="metadata", context=session_context(item["session_id"]), layer=layer
         ),
         error_message=item.get("error_message"),
         resume_count=int(item.get("resume_count", 0)),
+        failed_agents=tuple(sorted(item.get("failed_agents") or (), key=lambda a: AGENT_STEP.get(a, 99))),
     )
 
 
@@ -88,27 +89,33 @@ class SessionStore:
     def create(
         self,
         *,
-        user_id: str,
-        project_name: str,
+        user_id: str | None = None,
+        project_name: str | None = None,
         pipeline_type: PipelineType | str = PipelineType.SIMPLE,
         metadata: Any = None,
         session_id: str | None = None,
     ) -> Session:
-        """Create an ACTIVE session at progress 0; never overwrites (SessionExistsError)."""
+        """Create an ACTIVE session at progress 0; never overwrites (SessionExistsError).
+
+        `user_id` and `project_name` may be left out (T-Developer's orchestrator has no user id): the run is
+        then simply not in the by-user index.
+        """
         sid = check.identifier("session_id", session_id) if session_id is not None else str(uuid.uuid4())
-        user = check.identifier("user_id", user_id)
-        name = check.text("project_name", project_name, allow_empty=False, max_chars=256)
+        user = check.identifier("user_id", user_id) if user_id is not None else None
+        name = (
+            check.text("project_name", project_name, allow_empty=False, max_chars=256)
+            if project_name is not None
+            else None
+        )
         kind = check.enum(PipelineType, "pipeline_type", pipeline_type)
         encoded = _codec.encode(
             metadata, field="metadata", object_key=sid, context=session_context(sid), layer=self._layer
         )
         moment = self._clock()
-        now = format_ts(moment)
+        now = epoch(moment)
         token = str(uuid.uuid4())
         item: dict[str, Any] = {
             "session_id": sid,
-            "user_id": user,
-            "project_name": name,
             "pipeline_type": kind.value,
             "status": SessionStatus.ACTIVE.value,
             "current_agent": AGENTS[0],
@@ -122,6 +129,10 @@ class SessionStore:
             "alive_at": now,
             "last_request": token,
         }
+        if user is not None:
+            item["user_id"] = user
+        if name is not None:
+            item["project_name"] = name
         try:
             self._layer.put(self._table, item, condition="attribute_not_exists(session_id)")
         except ConditionFailed as exc:
@@ -145,7 +156,9 @@ class SessionStore:
         """A user's sessions, newest first: the by-user index (keys only), then one BatchGetItem."""
         user = check.identifier("user_id", user_id)
         size = check.limit(limit)
-        start = check.decode_cursor(cursor, expected_keys=("session_id", "user_id", "created_at"))
+        start = check.decode_cursor(
+            cursor, expected_keys=("session_id", "user_id", "created_at"), expect={"user_id": user}
+        )
         page = self._layer.query(
             self._table,
             index="by-user",
@@ -166,93 +179,73 @@ class SessionStore:
         self,
         session_id: str,
         *,
-        expected_version: int,
+        expected_version: int | None = None,
         status: SessionStatus | str | None = None,
         current_agent: str | None = None,
         progress: int | None = None,
         metadata: Any = _UNSET,
         error_message: str | None = None,
     ) -> Session:
-        """Change status/current_agent/progress/metadata if the session is still at `expected_version`.
+        """Apply what the pipeline says about its run: a status change, metadata, an error message.
 
-        Raises ConflictError when another writer got there first, InvalidTransitionError when the status
-        change is illegal or progress would go backwards.
+        Progress and current_agent follow the agents' transitions only: given here, they are checked
+        against the stored run (and refused with InvalidTransitionError when they disagree), never written.
+        A status change is checked against the lifecycle and the run policy (COMPLETED only once every agent
+        finished within the failure budget). With `expected_version`, the write is also conditioned on it
+        (ConflictError when another writer got there first).
         """
         sid = check.identifier("session_id", session_id)
-        version = check.whole("expected_version", expected_version, low=1)
-        sets = ["version = version + :one", "last_updated = :now", "last_request = :token"]
-        removes: list[str] = []
-        conditions = ["version = :v"]
-        names: dict[str, str] = {}
+        version = (
+            check.whole("expected_version", expected_version, low=1) if expected_version is not None else None
+        )
         token = str(uuid.uuid4())
         moment = self._clock()
-        values: dict[str, Any] = {
-            ":one": 1,
-            ":v": version,
-            ":now": format_ts(moment),
-            ":token": token,
-        }
+        expr = Expr().require_exists("session_id")
+        expr.set_many({"last_updated": epoch(moment), "last_request": token}).increment("version")
+        if version is not None:
+            expr.require_equal("version", version)
         target: SessionStatus | None = None
         if status is not None:
             target = check.enum(SessionStatus, "status", status)
-            names["#s"] = "status"
-            sets.append("#s = :status")
-            values[":status"] = target.value
             allowed = predecessors(target)
             if not allowed:
                 raise InvalidTransitionError(f"no session may move to {target.value}")
-            conditions.append("#s IN (" + ", ".join(f":from{i}" for i in range(len(allowed))) + ")")
-            values.update({f":from{i}": s.value for i, s in enumerate(allowed)})
-            if target in OPEN_STATUSES:
-                sets.append("recovery_shard = :shard")
-                values[":shard"] = recovery_shard(sid, target)
-            else:
-                removes.append("recovery_shard")
-                self._set_expiry(sets, values)
-            if target is SessionStatus.COMPLETED and progress is None:
-                conditions.append("progress = :all")
-                values[":all"] = len(AGENTS)
+            expr.require_in("status", [s.value for s in allowed])
+            status_effects(expr, sid, target, now=moment, retention_days=self._layer.config.retention_days)
+            if target is SessionStatus.COMPLETED:
+                expr.require_equal("progress", len(AGENTS))
+                require_within_budget(expr, self._layer.config.run_policy, adding=0)
+            if target is SessionStatus.ACTIVE and error_message is None:
+                expr.remove("error_message")
         if progress is not None:
-            step = check.whole("progress", progress, low=0, high=len(AGENTS))
-            if target is SessionStatus.COMPLETED and step != len(AGENTS):
-                raise InvalidTransitionError(
-                    f"a session completes only after all {len(AGENTS)} agents; progress {step}"
-                )
-            sets.append("progress = :p")
-            conditions.append("progress <= :p")
-            values[":p"] = step
+            expr.require_equal("progress", check.whole("progress", progress, low=0, high=len(AGENTS)))
         if current_agent is not None:
-            sets.append("current_agent = :agent")
-            values[":agent"] = check.agent(current_agent)
+            expr.require_equal("current_agent", check.agent(current_agent))
         if metadata is not _UNSET:
-            sets.append("metadata = :meta")
-            values[":meta"] = _codec.encode(
-                metadata, field="metadata", object_key=sid, context=session_context(sid), layer=self._layer
-            ).value
+            expr.set(
+                "metadata",
+                _codec.encode(
+                    metadata,
+                    field="metadata",
+                    object_key=sid,
+                    context=session_context(sid),
+                    layer=self._layer,
+                ).value,
+            )
         if error_message is not None:
-            sets.append("error_message = :err")
-            values[":err"] = check.error_text(error_message)
-        elif target is SessionStatus.ACTIVE:
-            removes.append("error_message")
+            expr.set("error_message", check.error_text(error_message))
         refresh = target is not None or self._liveness.due(sid, moment)
         if refresh:
-            sets.append("alive_at = :now")
-        expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+            expr.set("alive_at", epoch(moment))
         try:
             item = self._layer.update(
-                self._table,
-                {"session_id": sid},
-                update=expression,
-                condition=" AND ".join(conditions),
-                names=names or None,
-                values=values,
-                return_values="ALL_NEW",
+                self._table, {"session_id": sid}, **expr.kwargs(), return_values="ALL_NEW"
             )
         except ConditionFailed as exc:
             old = exc.old_item
             if old is not None and old.get("last_request") == token:
                 return self.get(sid)  # our own earlier attempt was applied (retried after a timeout)
-            raise self._refusal(sid, version, target, progress, old) from None
+            raise self._refusal(sid, version, target, progress, current_agent, old) from None
         assert item is not None
         if refresh:
             self._liveness.mark(sid, moment)
@@ -280,7 +273,7 @@ class SessionStore:
                 update="SET last_updated = :now, alive_at = :now",
                 condition="#s = :active",
                 names={"#s": "status"},
-                values={":now": format_ts(now), ":active": SessionStatus.ACTIVE.value},
+                values={":now": epoch(now), ":active": SessionStatus.ACTIVE.value},
             )
         except ConditionFailed as exc:
             if exc.old_item is None:
@@ -307,14 +300,14 @@ class SessionStore:
         """
         size = check.limit(limit)
         moment = now or self._clock()
-        cutoffs: dict[SessionStatus, str] = {}
+        cutoffs: dict[SessionStatus, Any] = {}
         keys: list[dict[str, Any]] = []
         for status, idle in ((SessionStatus.FAILED, failed_idle), (SessionStatus.ACTIVE, stalled_idle)):
             if idle is None:
                 continue
             if not isinstance(idle, timedelta) or idle < timedelta(0):
                 raise ValidationError(f"idle thresholds must be non-negative timedeltas, got {idle!r}")
-            cutoffs[status] = format_ts(moment - idle)
+            cutoffs[status] = epoch(moment - idle)
             for shard in range(RECOVERY_INDEX_SHARDS):
                 page = self._layer.query(
                     self._table,
@@ -334,12 +327,12 @@ class SessionStore:
                     RecoveryCandidate(
                         session_id=item["session_id"],
                         status=status,
-                        last_updated=parse_ts(item["last_updated"]),
+                        last_updated=from_epoch(item["last_updated"]),
                         progress=int(item["progress"]),
                         current_agent=item.get("current_agent"),
                         version=int(item["version"]),
                         lease_expires_at=(
-                            parse_ts(item["lease_expires_at"]) if item.get("lease_expires_at") else None
+                            from_epoch(item["lease_expires_at"]) if item.get("lease_expires_at") else None
                         ),
                         fencing_token=int(item.get("fencing_token", 0)),
                     )
@@ -361,24 +354,19 @@ class SessionStore:
 
     # --- helpers --------------------------------------------------------------------------------------
 
-    def _set_expiry(self, sets: list[str], values: dict[str, Any]) -> None:
-        days = self._layer.config.retention_days
-        if days:
-            sets.append("expires_at = :exp")
-            values[":exp"] = int((self._clock() + timedelta(days=days)).timestamp())
-
-    def _refusal(
+    def _refusal(  # noqa: PLR0917 - private; one argument per thing the refusal may be about
         self,
         sid: str,
-        version: int,
+        version: int | None,
         target: SessionStatus | None,
         progress: int | None,
+        current_agent: str | None,
         old: Item | None,
     ) -> Exception:
         if old is None:
             return SessionNotFoundError(f"no pipeline session {sid!r}; create it first")
         current = SessionStatus(old["status"])
-        if int(old["version"]) != version:
+        if version is not None and int(old["version"]) != version:
             return ConflictError(
                 f"session {sid!r} is at version {old['version']} but you expected {version}: another "
                 "writer changed it; re-read the session and decide again"
@@ -390,8 +378,23 @@ class SessionStore:
                 + (", ".join(sorted(s.value for s in SESSION_TRANSITIONS[current])) or "nothing (final)"),
                 current=old,
             )
+        stored = int(old["progress"])
+        if progress is not None and progress != stored:
+            return InvalidTransitionError(
+                f"session {sid!r} has progress {stored}, not {progress}: progress follows the agents "
+                "(it counts the agents that finished) and is never set directly; record the agent instead",
+                current=old,
+            )
+        if current_agent is not None and current_agent != old.get("current_agent"):
+            return InvalidTransitionError(
+                f"session {sid!r} is at agent {old.get('current_agent')!r}, not {current_agent!r}: "
+                "current_agent follows the agents' transitions; record the agent instead",
+                current=old,
+            )
+        failures = sorted(old.get("failed_agents") or ())
         return InvalidTransitionError(
-            f"session {sid!r} has progress {old['progress']}; progress never goes backwards "
-            f"(asked for {progress}) and COMPLETED needs all {len(AGENTS)} agents",
+            f"session {sid!r} cannot be COMPLETED: {stored} of {len(AGENTS)} agents finished and "
+            f"{len(failures)} failed ({', '.join(failures) or 'none'}); the run policy allows "
+            f"{self._layer.config.run_policy.tolerated_failures} tolerated failure(s)",
             current=old,
         )

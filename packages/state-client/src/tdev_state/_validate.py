@@ -7,6 +7,7 @@ import binascii
 import json
 import math
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -128,24 +129,57 @@ def plan_dict(name: str, value: Any, required: Iterable[str], allowed: Iterable[
 
 
 def encode_cursor(last_key: Mapping[str, Any] | None) -> str | None:
-    """An opaque page cursor for a LastEvaluatedKey (string keys only in this schema)."""
+    """An opaque page cursor for a LastEvaluatedKey (string and number keys, types kept)."""
     if last_key is None:
         return None
-    raw = json.dumps({k: str(v) for k, v in last_key.items()}, sort_keys=True).encode()
+    typed = {k: ["N", str(v)] if isinstance(v, Decimal | int) else ["S", str(v)] for k, v in last_key.items()}
+    raw = json.dumps(typed, sort_keys=True).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: Any, *, expected_keys: Iterable[str]) -> dict[str, Any] | None:
-    """Inverse of encode_cursor, refusing cursors that were not made for this listing."""
+def decode_cursor(
+    cursor: Any, *, expected_keys: Iterable[str], expect: Mapping[str, str] | None = None
+) -> dict[str, Any] | None:
+    """Inverse of encode_cursor, refusing cursors that were not made for this listing (other keys, or
+    `expect`ed key values that differ: another user's cursor) and forged ones."""
     if cursor is None:
         return None
     if not isinstance(cursor, str) or not cursor:
         raise ValidationError("cursor must be the next_cursor string of a previous page")
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise ValidationError("cursor is not a valid page cursor; pass next_cursor unchanged") from None
-    if not isinstance(data, dict) or set(data) != set(expected_keys):
+    key = _parse_cursor(cursor)
+    if key is None:
+        raise ValidationError("cursor is not a valid page cursor; pass next_cursor unchanged")
+    if set(key) != set(expected_keys):
         raise ValidationError("cursor belongs to a different listing; pass this listing's next_cursor")
-    return data
+    for name, value in (expect or {}).items():
+        if key.get(name) != value:
+            raise ValidationError("cursor belongs to another listing (another user); start without one")
+    return key
+
+
+def _parse_cursor(cursor: str) -> dict[str, Any] | None:  # noqa: PLR0911 - one exit per malformation
+    """The typed key inside a cursor, or None when it is not one of ours."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    key: dict[str, Any] = {}
+    for name, typed in data.items():
+        if not (isinstance(typed, list) and len(typed) == 2 and isinstance(typed[1], str)):
+            return None
+        kind, text = typed
+        if kind == "S":
+            key[name] = text
+        elif kind == "N":
+            try:
+                number = Decimal(text)
+            except ArithmeticError:
+                return None
+            if not number.is_finite():
+                return None
+            key[name] = number
+        else:
+            return None
+    return key

@@ -81,7 +81,7 @@ PIPELINE_CLIENT = ComponentAccess(
         _table(PIPELINE_SESSIONS, "GetItem", "PutItem", "UpdateItem", "BatchGetItem"),
         _index(PIPELINE_SESSIONS, "by-user", "Query"),
         _index(PIPELINE_SESSIONS, "by-recovery", "Query"),
-        _table(AGENT_EXECUTIONS, "GetItem", "PutItem", "UpdateItem", "Query"),
+        _table(AGENT_EXECUTIONS, "GetItem", "UpdateItem", "Query"),
         _table(USER_PROJECTS, "GetItem", "UpdateItem", "DeleteItem"),
         _index(USER_PROJECTS, "by-last-accessed", "Query"),
         Grant("payloads", frozenset({"s3:PutObject", "s3:GetObject"})),

@@ -25,7 +25,7 @@ from rich.table import Table
 from tdev_state.client import StateClient
 from tdev_state.config import StateConfig
 from tdev_state.exceptions import ConfigurationError, NotFoundError, StateError, ValidationError
-from tdev_state.models import AGENTS, AgentExecution, Session, SessionStatus, format_ts
+from tdev_state.models import AGENTS, AgentExecution, Session, SessionStatus, epoch_float
 
 
 def _console() -> Console:
@@ -46,7 +46,7 @@ def _session_row(s: Session) -> dict[str, Any]:
         "progress": s.progress,
         "current_agent": s.current_agent,
         "resumes": s.resume_count,
-        "last_updated": format_ts(s.last_updated),
+        "last_updated": epoch_float(s.last_updated),
     }
 
 
@@ -94,8 +94,8 @@ def _timeline(run: list[AgentExecution]) -> list[dict[str, Any]]:
                 "step": AGENTS.index(agent) + 1,
                 "agent": agent,
                 "status": e.status.value if e else "PENDING",
-                "start": format_ts(e.start_time) if e and e.start_time else None,
-                "end": format_ts(e.end_time) if e and e.end_time else None,
+                "start": epoch_float(e.start_time) if e and e.start_time else None,
+                "end": epoch_float(e.end_time) if e and e.end_time else None,
                 "duration_s": round(e.duration_seconds, 3) if e and e.duration_seconds is not None else None,
                 "retries": e.retry_count if e else 0,
                 "input_bytes": e.input_bytes if e else 0,

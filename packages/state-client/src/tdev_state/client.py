@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import boto3
 
+from tdev_state._claims import ClaimStore
 from tdev_state._executions import ExecutionStore
 from tdev_state._liveness import LivenessStamps
 from tdev_state._projects import ProjectStore
@@ -58,6 +59,9 @@ class StateClient:
         self.sessions = SessionStore(layer, clock, liveness)
         self.executions = ExecutionStore(layer, clock, liveness)
         self.projects = ProjectStore(layer, clock)
+        #: Recovery claims (leases and fencing tokens): the recovery worker's writes to sessions.
+        self.claims = ClaimStore(layer, clock)
+        self.clock = clock
 
     def create_tables(self) -> list[str]:
         """Create this environment's tables if missing (LocalStack and tests; infra does it in AWS)."""
@@ -116,6 +120,7 @@ class AsyncExecutions(_AsyncStore):
     complete = _off_loop(ExecutionStore.complete)
     fail = _off_loop(ExecutionStore.fail)
     retry = _off_loop(ExecutionStore.retry)
+    interrupt = _off_loop(ExecutionStore.interrupt)
     list = _off_loop(ExecutionStore.list)
     get = _off_loop(ExecutionStore.get)
 

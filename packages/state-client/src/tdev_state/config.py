@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from tdev_state.exceptions import ConfigurationError
-from tdev_state.models import AGENTS
+from tdev_state.models import AGENTS, RunPolicy
 from tdev_state.schema import TableNames, validate_env_name
 
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "localstack", "host.docker.internal"})
@@ -75,6 +75,8 @@ class StateConfig:
     #: Bounds on reusing one KMS data key: at most this many seconds and this many sealed fields.
     data_key_max_age_seconds: float = 300.0
     data_key_max_uses: int = 1000
+    #: Which agents stop the run when they fail for good, and when a finished run counts as successful.
+    run_policy: RunPolicy = field(default_factory=RunPolicy)
 
     def __post_init__(self) -> None:
         validate_env_name(self.env)
@@ -94,6 +96,7 @@ class StateConfig:
                 f"{DYNAMODB_ITEM_LIMIT} bytes (400 KB); lower it"
             )
         self._check_encryption()
+        self._check_policy()
         if self.retention_days is not None and self.retention_days < 1:
             raise ConfigurationError("retention_days must be >= 1, or None to keep items forever")
         if self.endpoint_url:
@@ -141,6 +144,20 @@ class StateConfig:
                 "random nonces must stay far below 2^32 messages per key)"
             )
 
+    def _check_policy(self) -> None:
+        policy = self.run_policy
+        if not isinstance(policy, RunPolicy):
+            raise ConfigurationError(f"run_policy must be a RunPolicy, got {type(policy).__name__}")
+        unknown = sorted(set(policy.critical_agents) - set(AGENTS))
+        if unknown:
+            raise ConfigurationError(
+                f"run_policy names unknown critical agent(s) {', '.join(map(repr, unknown))}; agents are: "
+                + ", ".join(AGENTS)
+            )
+        for name, value in (("min_succeeded", policy.min_succeeded), ("max_failures", policy.max_failures)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= len(AGENTS):
+                raise ConfigurationError(f"run_policy.{name} must be a whole number 0..{len(AGENTS)}")
+
     def should_encrypt(self, field: str, agent: str | None = None) -> bool:
         """Whether payload `field` (of `agent`'s execution, if any) is sealed before it is stored."""
         return field in self.encrypt_fields or (
@@ -156,7 +173,8 @@ class StateConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> StateConfig:
         """Build from `TDEV_ENV`, `AWS_ENDPOINT_URL`, `AWS_REGION`/`AWS_DEFAULT_REGION`,
         `TDEV_PAYLOAD_BUCKET`, `TDEV_RETENTION_DAYS`, `TDEV_ASYNC_THREADS`, `TDEV_KMS_KEY_ID`,
-        `TDEV_ENCRYPT_FIELDS` (comma-separated); keyword overrides win."""
+        `TDEV_ENCRYPT_FIELDS` (comma-separated), `TDEV_CRITICAL_AGENTS` (comma-separated, may be empty);
+        keyword overrides win."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {
             "env": env.get("TDEV_ENV", "local"),
@@ -182,5 +200,10 @@ class StateConfig:
                 raise ConfigurationError(
                     f"TDEV_RETENTION_DAYS={retention!r} is not a whole number of days"
                 ) from None
+        critical = env.get("TDEV_CRITICAL_AGENTS")
+        if critical is not None:
+            values["run_policy"] = RunPolicy(
+                critical_agents=frozenset(a.strip() for a in critical.split(",") if a.strip())
+            )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -41,6 +41,10 @@ class ConflictError(StateError):
     """Another writer changed the item since it was read; re-read and decide again."""
 
 
+class ClaimLostError(ConflictError):
+    """A recovery claim's write was refused: another worker holds the run now (its fencing token moved on)."""
+
+
 class SessionExistsError(ConflictError):
     """A session with that session_id already exists; creating it again would overwrite it."""
 

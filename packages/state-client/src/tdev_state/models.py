@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -47,57 +48,42 @@ class AgentStatus(StrEnum):
     FAILED = "FAILED"
 
 
-#: Legal session status changes. FAILED -> ACTIVE is a retry or a recovery resume.
-SESSION_TRANSITIONS: dict[SessionStatus, frozenset[SessionStatus]] = {
-    SessionStatus.ACTIVE: frozenset(
-        {
-            SessionStatus.ACTIVE,
-            SessionStatus.COMPLETED,
-            SessionStatus.FAILED,
-            SessionStatus.ABANDONED,
-        }
-    ),
-    SessionStatus.FAILED: frozenset({SessionStatus.FAILED, SessionStatus.ACTIVE, SessionStatus.ABANDONED}),
-    SessionStatus.COMPLETED: frozenset(),
-    SessionStatus.ABANDONED: frozenset(),
-}
-
-#: Legal agent status changes; a FAILED agent runs again only through a retry (retry_count + 1).
-AGENT_TRANSITIONS: dict[AgentStatus, frozenset[AgentStatus]] = {
-    AgentStatus.PENDING: frozenset({AgentStatus.RUNNING}),
-    AgentStatus.RUNNING: frozenset({AgentStatus.COMPLETED, AgentStatus.FAILED}),
-    AgentStatus.FAILED: frozenset({AgentStatus.RUNNING}),
-    AgentStatus.COMPLETED: frozenset(),
-}
-
-OPEN_STATUSES = frozenset({SessionStatus.ACTIVE, SessionStatus.FAILED})
-
-
-def predecessors(target: SessionStatus) -> list[SessionStatus]:
-    """Statuses from which `target` may be reached, in a stable order (for condition expressions)."""
-    return sorted(s for s, allowed in SESSION_TRANSITIONS.items() if target in allowed)
-
-
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
 
 
-def format_ts(moment: datetime) -> str:
-    """Fixed-width ISO-8601 UTC with microseconds, so stored timestamps sort as strings."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROS = Decimal(1_000_000)
+
+
+def epoch(moment: datetime) -> Decimal:
+    """A moment as the plan stores it: Number, epoch seconds, microseconds kept exactly.
+
+    Computed in integers (not `datetime.timestamp()`'s float), so `from_epoch(epoch(t)) == t` bit for bit:
+    conditions that compare a stored time with one read earlier (claims) need that exactness.
+    """
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    delta = moment - _EPOCH
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return Decimal(micros) / _MICROS
 
 
-def parse_ts(text: str) -> datetime:
-    """Inverse of format_ts."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+def from_epoch(value: Any) -> datetime:
+    """Inverse of `epoch` (accepts the Decimal DynamoDB returns, or an int/float)."""
+    micros = int((Decimal(value) * _MICROS).to_integral_value())
+    return datetime.fromtimestamp(0, UTC) + timedelta(microseconds=micros)
+
+
+def epoch_float(moment: datetime) -> float:
+    """Epoch seconds as a float: what the plan's dicts carry (`time.time()` compares with it)."""
+    return float(epoch(moment))
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
-        return format_ts(value)
+        return epoch_float(value)
     if isinstance(value, StrEnum):
         return str(value)
     if isinstance(value, dict):
@@ -109,17 +95,47 @@ def _plain(value: Any) -> Any:
 
 class _DictMixin:
     def to_dict(self) -> dict[str, Any]:
-        """A plain dict (ISO timestamps, string enums), the shape the plan's dict API returns."""
+        """A plain dict (epoch-second timestamps, string enums), the shape the plan's dict API returns."""
         return {k: _plain(v) for k, v in asdict(self).items()}  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)
+class RunPolicy:
+    """When a run goes on after an agent fails for good, and when a finished run counts as successful.
+
+    T-Developer's orchestrator records a failed agent and runs the next one, except for the critical agents
+    (`generation`, `assembly`), whose failure stops the run; a run succeeds when at least `min_succeeded`
+    agents succeeded and fewer than `max_failures` failed. Configurable per deployment
+    (`TDEV_CRITICAL_AGENTS`, `StateConfig.run_policy`).
+    """
+
+    critical_agents: frozenset[str] = frozenset({"generation", "assembly"})
+    min_succeeded: int = 7
+    max_failures: int = 3
+
+    @property
+    def tolerated_failures(self) -> int:
+        """How many agents may fail for good in a run that still ends COMPLETED."""
+        return max(0, min(len(AGENTS) - self.min_succeeded, self.max_failures - 1))
+
+    def is_critical(self, agent: str) -> bool:
+        """Whether `agent` failing for good stops the run (the session becomes FAILED)."""
+        return agent in self.critical_agents
+
+
+@dataclass(frozen=True)
 class Session(_DictMixin):
-    """A pipeline run as stored, including its optimistic-locking version."""
+    """A pipeline run as stored, including its optimistic-locking version.
+
+    `user_id` and `project_name` are optional: T-Developer's orchestrator has no user id, and a run without
+    one is simply absent from the by-user index. `failed_agents` lists the agents that failed for good and
+    were tolerated (the run went on); a COMPLETED run with a non-empty list completed with tolerated
+    failures.
+    """
 
     session_id: str
-    user_id: str
-    project_name: str
+    user_id: str | None
+    project_name: str | None
     pipeline_type: PipelineType
     status: SessionStatus
     current_agent: str | None
@@ -130,6 +146,7 @@ class Session(_DictMixin):
     metadata: Any = None
     error_message: str | None = None
     resume_count: int = 0
+    failed_agents: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,6 +166,8 @@ class AgentExecution(_DictMixin):
     retry_count: int = 0
     input_bytes: int = 0
     output_bytes: int = 0
+    #: The error of the attempt before the latest retry (kept when the retry succeeds).
+    last_error: str | None = None
 
     @property
     def duration_seconds(self) -> float | None:
@@ -170,6 +189,8 @@ class AgentTransition(_DictMixin):
     at: datetime
     #: True when this call repeated one that had already been applied, so nothing changed.
     duplicate: bool = False
+    #: True when the run went on past this agent's failure (a non-critical agent under the run policy).
+    tolerated: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """The one declaration of the four tables: names, keys, indexes, TTL.
 
+Timestamps are Number (epoch seconds, microseconds kept), as the plan types them, so index sort keys on time
+are numeric too.
+
 Everything that creates or checks a table is generated from here: `create_tables()` for LocalStack and tests,
 the CDKTF stacks in `infra/`, and the contract test between them. Never re-type a key name elsewhere; import
 the spec. docs/data-model.md explains each index by the access pattern that needs it.
@@ -152,12 +155,13 @@ PIPELINE_SESSIONS = TableSpec(
     indexes=(
         # A user's sessions, newest first. KEYS_ONLY: the index is written only when a session is created
         # (user_id and created_at never change), not on every agent transition.
-        IndexSpec("by-user", KeyAttribute("user_id"), KeyAttribute("created_at"), "KEYS_ONLY"),
+        # Sparse too: a run without a user (the orchestrator has none) is not in it.
+        IndexSpec("by-user", KeyAttribute("user_id"), KeyAttribute("created_at", "N"), "KEYS_ONLY"),
         # Sparse: `recovery_shard` ("ACTIVE#n" / "FAILED#n") exists only while a run is open, so the
         # recovery sweep reads only open runs older than a cutoff, never a Scan of finished ones.
         # Sorted by `alive_at`, a liveness stamp rewritten at most once per liveness interval (not on every
         # transition), and KEYS_ONLY: the index entry changes only when it must.
-        IndexSpec("by-recovery", KeyAttribute("recovery_shard"), KeyAttribute("alive_at"), "KEYS_ONLY"),
+        IndexSpec("by-recovery", KeyAttribute("recovery_shard"), KeyAttribute("alive_at", "N"), "KEYS_ONLY"),
     ),
     description="One item per pipeline run.",
 )
@@ -171,7 +175,7 @@ USER_PROJECTS = TableSpec(
         IndexSpec(
             "by-last-accessed",
             KeyAttribute("user_id"),
-            KeyAttribute("last_accessed"),
+            KeyAttribute("last_accessed", "N"),
             "ALL",
             local=True,
         ),

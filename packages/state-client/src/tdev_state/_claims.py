@@ -1,0 +1,164 @@
+"""Recovery claims on the session item: a lease (owner, expiry) and a monotonically increasing fencing token.
+
+The session rows `claim`, `extend`, `next_attempt`, `hand_over`, `release` and `abandon` of
+`_lifecycle.SESSION_RULES`, applied. A claim succeeds only if the run is still as the sweep saw it (status,
+last_updated) and no live lease exists, and it increments `fencing_token`, so a token orders all claims ever
+made on the run. Every later write of the claim is conditioned on that token and owner: a worker whose lease
+expired and was taken over cannot write again (ClaimLostError), and the pipeline can reject its requests by
+comparing tokens (unlike a random record version, which cannot be ordered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import structlog
+
+from tdev_state import _validate as check
+from tdev_state._expr import Expr
+from tdev_state._lifecycle import SESSION_RULES, SessionKind, require_claim, status_effects
+from tdev_state.dynamo import ConditionFailed, DynamoLayer
+from tdev_state.exceptions import ClaimLostError
+from tdev_state.models import RecoveryCandidate, SessionStatus, epoch
+
+log = structlog.get_logger("tdev_state.claims")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A held claim on one run."""
+
+    session_id: str
+    worker_id: str
+    fencing_token: int
+    status: SessionStatus
+    lease_expires_at: datetime
+    #: Resume attempts counted on the run so far, this one included (they survive lost claims).
+    attempt: int
+    resume_count: int
+    last_updated: datetime
+    #: Why the previous attempt failed (None for a first attempt).
+    last_error: str | None = None
+    #: The run's progress when claimed (agents finished); while the claim holds, nobody else moves it.
+    progress: int = 0
+    #: The agents the run policy tolerated as failed: never rerun.
+    failed_agents: tuple[str, ...] = ()
+
+
+class ClaimStore:
+    """Claim, extend, release, hand over and abandon runs on `t-developer-{env}-pipeline-sessions`."""
+
+    def __init__(self, layer: DynamoLayer, clock: Callable[[], datetime]) -> None:
+        self._layer = layer
+        self._table = layer.tables.sessions
+        self._clock = clock
+
+    def claim(self, candidate: RecoveryCandidate, *, worker_id: str, lease: timedelta) -> Claim | None:
+        """Take the run if it is unchanged since the sweep and not leased; None if someone was faster."""
+        owner = check.identifier("worker_id", worker_id)
+        now = self._clock()
+        expr = self._expr("claim")
+        expr.require_equal("status", candidate.status.value)
+        expr.require_equal("last_updated", epoch(candidate.last_updated))
+        lease_at = expr.n("lease_expires_at")
+        expr.require(f"attribute_not_exists({lease_at}) OR {lease_at} < {expr.v(epoch(now))}")
+        expr.set_many({"lease_owner": owner, "lease_expires_at": epoch(now + lease)})
+        expr.increment("fencing_token").increment("resume_attempts")
+        try:
+            item = self._layer.update(
+                self._table, {"session_id": candidate.session_id}, **expr.kwargs(), return_values="ALL_NEW"
+            )
+        except ConditionFailed:
+            return None
+        assert item is not None
+        claim = Claim(
+            session_id=candidate.session_id,
+            worker_id=owner,
+            fencing_token=int(item["fencing_token"]),
+            status=candidate.status,
+            lease_expires_at=now + lease,
+            attempt=int(item["resume_attempts"]),
+            resume_count=int(item.get("resume_count", 0)),
+            last_updated=candidate.last_updated,
+            last_error=item.get("last_resume_error"),
+            progress=int(item.get("progress", 0)),
+            failed_agents=tuple(sorted(item.get("failed_agents") or ())),
+        )
+        log.info(
+            "claim.taken",
+            session_id=claim.session_id,
+            fencing_token=claim.fencing_token,
+            attempt=claim.attempt,
+        )
+        return claim
+
+    def extend(self, claim: Claim, *, lease: timedelta) -> Claim:
+        """Heartbeat the lease; ClaimLostError if another worker holds the run now."""
+        expires = self._clock() + lease
+        self._fenced(claim, self._expr("extend").set("lease_expires_at", epoch(expires)))
+        return replace(claim, lease_expires_at=expires)
+
+    def next_attempt(self, claim: Claim, *, error: str) -> Claim:
+        """Count one more attempt under the same claim, after a failure, with its reason."""
+        reason = check.error_text(error)
+        expr = self._expr("next_attempt").increment("resume_attempts").set("last_resume_error", reason)
+        self._fenced(claim, expr)
+        return replace(claim, attempt=claim.attempt + 1, last_error=reason)
+
+    def handed_over(self, claim: Claim) -> None:
+        """The pipeline accepted the resume: count it, reset attempts, refresh liveness, drop the lease.
+
+        `last_updated` and `alive_at` move to now: the hand-over is the run's latest sign of life, so it is
+        not taken again unless the pipeline then stays silent for a whole stall threshold (or retry delay).
+        """
+        now = epoch(self._clock())
+        expr = self._expr("hand_over").increment("resume_count")
+        expr.set_many({"resume_attempts": 0, "last_resumed_at": now, "last_updated": now, "alive_at": now})
+        expr.remove("lease_owner", "lease_expires_at", "last_resume_error")
+        self._fenced(claim, expr)
+
+    def release(self, claim: Claim) -> None:
+        """Give the run back untouched (shutdown): another worker may take it at once."""
+        try:
+            self._fenced(claim, self._expr("release").remove("lease_owner", "lease_expires_at"))
+        except ClaimLostError:
+            return  # already someone else's: nothing to give back
+
+    def abandon(self, claim: Claim, *, reason: str) -> None:
+        """Final: ABANDONED with the reason and the retention TTL; the run leaves the recovery index."""
+        why = check.error_text(reason)
+        moment = self._clock()
+        expr = self._expr("abandon").set_many(
+            {"abandon_reason": why, "error_message": why, "last_updated": epoch(moment)}
+        )
+        status_effects(
+            expr,
+            claim.session_id,
+            SessionStatus.ABANDONED,
+            now=moment,
+            retention_days=self._layer.config.retention_days,
+        )
+        self._fenced(claim, expr)
+        log.warning("run.abandoned", session_id=claim.session_id, reason=why)
+
+    # --- helpers --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _expr(kind: SessionKind) -> Expr:
+        rule = SESSION_RULES[kind]
+        expr = Expr().require_in("status", [s.value for s in rule.session_from])
+        if rule.versioned:
+            expr.increment("version")
+        return expr
+
+    def _fenced(self, claim: Claim, expr: Expr) -> None:
+        require_claim(expr, claim.fencing_token, claim.worker_id)
+        try:
+            self._layer.update(self._table, {"session_id": claim.session_id}, **expr.kwargs())
+        except ConditionFailed as exc:
+            newer = exc.old_item.get("fencing_token") if exc.old_item else None
+            raise ClaimLostError(
+                f"lost the claim on {claim.session_id} (token {claim.fencing_token}; now {newer})"
+            ) from None

@@ -1,0 +1,353 @@
+"""The run lifecycle, declared once. Every write of a session or agent item goes through this module.
+
+Two state machines, as data:
+
+- `AGENT_RULES`: one row per agent transition (start, complete, fail, retry, interrupt) — the agent statuses
+  it leaves, the status it reaches, the session statuses it needs, where the session's progress must be.
+  `AgentLifecycle.apply` turns a row into one TransactWriteItems of the agent item and the session item.
+- `SESSION_RULES`: one row per session transition (create, pipeline status changes, heartbeat, the recovery
+  worker's claim / extend / attempt / hand-over / release / abandon): from-statuses, to-status, whether it
+  is fenced by a claim. `status_effects` is the one place that knows what a status does to the recovery
+  index (`recovery_shard`) and to the TTL (`expires_at`).
+
+The run model is T-Developer's: an agent that fails for good does not stop the run unless the run policy
+names it critical; the run goes on to the next agent, and the session lists the tolerated failures. When the
+last agent finishes, the run is COMPLETED if the policy's failure budget held, else FAILED.
+Progress counts the agents that have finished (completed, or failed and tolerated), so the next agent may
+start exactly when `progress = step - 1`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from tdev_state._expr import Expr
+from tdev_state.models import (
+    AGENT_STEP,
+    AGENTS,
+    AgentStatus,
+    RunPolicy,
+    SessionStatus,
+    epoch,
+)
+from tdev_state.schema import RECOVERY_INDEX_SHARDS
+
+AgentKind = Literal["start", "complete", "fail", "retry", "interrupt"]
+SessionKind = Literal[
+    "create",
+    "set_status",
+    "heartbeat",
+    "claim",
+    "extend",
+    "next_attempt",
+    "hand_over",
+    "release",
+    "abandon",
+]
+
+OPEN_STATUSES = frozenset({SessionStatus.ACTIVE, SessionStatus.FAILED})
+_ALL_OPEN = (SessionStatus.ACTIVE, SessionStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class AgentRule:
+    """One agent transition. PENDING in `agent_from` means "no item yet" (nothing is stored as PENDING)."""
+
+    kind: AgentKind
+    agent_from: tuple[AgentStatus, ...]
+    agent_to: AgentStatus
+    session_from: tuple[SessionStatus, ...]
+    #: Where the session's progress must be: "next" = step - 1 (this agent is the next one to finish);
+    #: "this" = step - 1 or step, and the session's current_agent is this agent (nothing later started).
+    #: None: not checked (fenced transitions are ordered by the claim instead).
+    progress: Literal["next", "this"] | None
+    #: Conditioned on the recovery claim's fencing token instead of on progress.
+    fenced: bool = False
+    summary: str = ""
+
+
+AGENT_RULES: dict[AgentKind, AgentRule] = {
+    rule.kind: rule
+    for rule in (
+        AgentRule(
+            "start",
+            (AgentStatus.PENDING,),
+            AgentStatus.RUNNING,
+            (SessionStatus.ACTIVE,),
+            "next",
+            summary="the next agent begins; the session points at it",
+        ),
+        AgentRule(
+            "complete",
+            (AgentStatus.PENDING, AgentStatus.RUNNING),
+            AgentStatus.COMPLETED,
+            (SessionStatus.ACTIVE,),
+            "next",
+            summary="progress = step; after the last agent the run ends (COMPLETED or, over the "
+            "policy's failure budget, FAILED)",
+        ),
+        AgentRule(
+            "fail",
+            (AgentStatus.PENDING, AgentStatus.RUNNING),
+            AgentStatus.FAILED,
+            (SessionStatus.ACTIVE,),
+            "next",
+            summary="critical agent: the session becomes FAILED; otherwise tolerated: progress = step, "
+            "the agent joins failed_agents and the run goes on",
+        ),
+        AgentRule(
+            "retry",
+            (AgentStatus.FAILED,),
+            AgentStatus.RUNNING,
+            (SessionStatus.ACTIVE, SessionStatus.FAILED),
+            "this",
+            summary="a FAILED agent runs again (retry_count + 1, its error kept as last_error); the "
+            "session is ACTIVE at progress step - 1",
+        ),
+        AgentRule(
+            "interrupt",
+            (AgentStatus.RUNNING,),
+            AgentStatus.FAILED,
+            _ALL_OPEN,
+            None,
+            fenced=True,
+            summary="the recovery worker closes an agent a dead pipeline left RUNNING, under its claim",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class SessionRule:
+    """One session transition: the statuses it leaves and the one it reaches (None: unchanged)."""
+
+    kind: SessionKind
+    session_from: tuple[SessionStatus, ...]
+    session_to: SessionStatus | None
+    #: Conditioned on the recovery claim (fencing token and owner).
+    fenced: bool = False
+    #: Bumps `version` (heartbeats do not: they change nothing anyone reads to write).
+    versioned: bool = True
+    summary: str = ""
+
+
+SESSION_RULES: dict[SessionKind, SessionRule] = {
+    rule.kind: rule
+    for rule in (
+        SessionRule("create", (), SessionStatus.ACTIVE, summary="a new run, ACTIVE at progress 0"),
+        SessionRule(
+            "set_status",
+            _ALL_OPEN,
+            None,
+            summary="the pipeline sets ACTIVE/FAILED/ABANDONED, or COMPLETED once all agents finished "
+            "within the policy",
+        ),
+        SessionRule(
+            "heartbeat", (SessionStatus.ACTIVE,), None, versioned=False, summary="an ACTIVE run is alive"
+        ),
+        SessionRule(
+            "claim", _ALL_OPEN, None, summary="a worker leases a run; the fencing token goes up by one"
+        ),
+        SessionRule("extend", _ALL_OPEN, None, fenced=True, versioned=False, summary="lease heartbeat"),
+        SessionRule("next_attempt", _ALL_OPEN, None, fenced=True, summary="a resume attempt failed"),
+        SessionRule("hand_over", _ALL_OPEN, None, fenced=True, summary="the pipeline accepted a resume"),
+        SessionRule("release", _ALL_OPEN, None, fenced=True, versioned=False, summary="lease given back"),
+        SessionRule(
+            "abandon",
+            _ALL_OPEN,
+            SessionStatus.ABANDONED,
+            fenced=True,
+            summary="the worker gives up on a run, with the reason",
+        ),
+    )
+}
+
+#: Legal status changes the pipeline may ask for (`sessions.update(status=...)`).
+SESSION_TRANSITIONS: dict[SessionStatus, frozenset[SessionStatus]] = {
+    SessionStatus.ACTIVE: frozenset(
+        {SessionStatus.ACTIVE, SessionStatus.COMPLETED, SessionStatus.FAILED, SessionStatus.ABANDONED}
+    ),
+    SessionStatus.FAILED: frozenset({SessionStatus.FAILED, SessionStatus.ACTIVE, SessionStatus.ABANDONED}),
+    SessionStatus.COMPLETED: frozenset(),
+    SessionStatus.ABANDONED: frozenset(),
+}
+
+
+def predecessors(target: SessionStatus) -> list[SessionStatus]:
+    """Statuses from which `target` may be reached, in a stable order (for condition expressions)."""
+    return sorted(s for s, allowed in SESSION_TRANSITIONS.items() if target in allowed)
+
+
+def recovery_shard(session_id: str, status: SessionStatus) -> str:
+    """The sparse recovery index's partition value for an open session (absent once it is final)."""
+    return f"{status.value}#{zlib.crc32(session_id.encode()) % RECOVERY_INDEX_SHARDS}"
+
+
+def status_effects(
+    expr: Expr, session_id: str, target: SessionStatus, *, now: datetime, retention_days: int | None
+) -> None:
+    """What reaching `target` does besides the status: open runs are in the recovery index, final runs
+    leave it and get their retention TTL."""
+    expr.set("status", target.value)
+    if target in OPEN_STATUSES:
+        expr.set("recovery_shard", recovery_shard(session_id, target))
+    else:
+        expr.remove("recovery_shard", "lease_owner", "lease_expires_at")
+        if retention_days:
+            expr.set("expires_at", int((now + timedelta(days=retention_days)).timestamp()))
+
+
+def require_claim(expr: Expr, fencing_token: int, worker_id: str) -> None:
+    """Condition a write on the claim still being this worker's (the fencing token has not moved on)."""
+    expr.require_equal("fencing_token", fencing_token)
+    expr.require_equal("lease_owner", worker_id)
+
+
+def require_within_budget(expr: Expr, policy: RunPolicy, *, adding: int) -> None:
+    """Condition: the run's tolerated failures, plus `adding`, stay within the policy's budget.
+
+    Checked in the same transaction that ends the run, so the outcome never rests on a stale read; when it
+    fails, the caller applies the FAILED outcome instead (`over_budget`).
+    """
+    alias = expr.n("failed_agents")
+    expr.require(
+        f"attribute_not_exists({alias}) OR size({alias}) <= {expr.v(policy.tolerated_failures - adding)}"
+    )
+
+
+@dataclass(frozen=True)
+class SessionEffect:
+    """What an agent transition does to its session, as decided by `agent_session_effect`."""
+
+    status: SessionStatus
+    progress: int
+    tolerated: bool = False
+    #: The run ended with this transition (the last agent finished).
+    finished: bool = False
+
+
+def agent_session_effect(
+    rule: AgentRule, agent: str, policy: RunPolicy, *, over_budget: bool = False
+) -> SessionEffect:
+    """The session status and progress after `rule` applies to `agent` (before any condition check).
+
+    `over_budget`: the last agent finished but the run's tolerated failures exceed the policy's budget, so
+    the run ends FAILED instead of COMPLETED.
+    """
+    step = AGENT_STEP[agent]
+    last = step == len(AGENTS)
+    end = SessionStatus.FAILED if over_budget else SessionStatus.COMPLETED
+    if rule.kind == "complete":
+        return SessionEffect(end if last else SessionStatus.ACTIVE, step, finished=last)
+    if rule.kind == "fail":
+        if policy.is_critical(agent):
+            return SessionEffect(SessionStatus.FAILED, step - 1)
+        if policy.tolerated_failures < 1:
+            end = SessionStatus.FAILED  # no failure is tolerated at the end of the run
+        return SessionEffect(end if last else SessionStatus.ACTIVE, step, tolerated=True, finished=last)
+    if rule.kind == "interrupt":
+        return SessionEffect(SessionStatus.FAILED, step - 1)  # reported only; the session is untouched
+    return SessionEffect(SessionStatus.ACTIVE, step - 1)
+
+
+def agent_session_update(
+    rule: AgentRule,
+    session_id: str,
+    agent: str,
+    effect: SessionEffect,
+    *,
+    now: datetime,
+    policy: RunPolicy,
+    retention_days: int | None,
+    refresh_liveness: bool,
+    error_message: str | None,
+    claim: tuple[int, str] | None,
+) -> Expr:
+    """The session half of an agent transition, conditioned as the rule says."""
+    step = AGENT_STEP[agent]
+    expr = Expr()
+    expr.require_exists("session_id")
+    expr.require_in("status", [s.value for s in rule.session_from])
+    if rule.progress == "next":
+        expr.require_equal("progress", step - 1)
+    elif rule.progress == "this":
+        expr.require(f"{expr.n('progress')} BETWEEN {expr.v(step - 1)} AND {expr.v(step)}")
+        expr.require_equal("current_agent", agent)
+    if rule.fenced:
+        if claim is None:
+            raise AssertionError(f"{rule.kind} is fenced: it needs the claim")  # pragma: no cover
+        require_claim(expr, *claim)
+    if rule.kind == "interrupt":
+        expr.increment("version")  # the claim orders it; the run's status and progress stay
+        return expr
+    expr.set("last_updated", epoch(now)).increment("version")
+    if refresh_liveness or effect.status is not SessionStatus.ACTIVE or rule.kind == "retry":
+        expr.set("alive_at", epoch(now))
+    if rule.kind == "start":
+        expr.set("current_agent", agent)
+    elif rule.kind in ("complete", "fail"):
+        expr.set("progress", effect.progress)
+        if effect.tolerated:
+            expr.add_to_set("failed_agents", {agent})
+        if rule.kind == "complete" and not effect.finished:
+            expr.set("current_agent", AGENTS[step])
+        elif rule.kind == "fail":
+            expr.set("current_agent", agent)  # stays on the failed agent until the next one starts
+        if effect.finished and effect.status is SessionStatus.COMPLETED:
+            require_within_budget(expr, policy, adding=1 if effect.tolerated else 0)
+        if effect.status is not SessionStatus.ACTIVE:
+            status_effects(expr, session_id, effect.status, now=now, retention_days=retention_days)
+        if effect.status is SessionStatus.FAILED and error_message:
+            expr.set("error_message", f"{agent}: {error_message}"[:4000])
+        elif effect.status is SessionStatus.FAILED:
+            expr.set(
+                "error_message",
+                f"the run policy allows {policy.tolerated_failures} failed agent(s); more failed",
+            )
+    elif rule.kind == "retry":
+        expr.set("progress", step - 1).set("current_agent", agent)
+        expr.delete_from_set("failed_agents", {agent})
+        status_effects(expr, session_id, SessionStatus.ACTIVE, now=now, retention_days=retention_days)
+        expr.remove("error_message")
+    return expr
+
+
+def agent_item_update(
+    rule: AgentRule,
+    agent: str,
+    *,
+    now: datetime,
+    sets: dict[str, Any],
+    fingerprint: Any,
+    retention_days: int | None,
+) -> Expr:
+    """The agent half of a transition: status, times, and the payload/error attributes in `sets`."""
+    step = AGENT_STEP[agent]
+    expr = Expr()
+    existing = [s for s in rule.agent_from if s is not AgentStatus.PENDING]
+    alternatives = []
+    if AgentStatus.PENDING in rule.agent_from:
+        alternatives.append(f"attribute_not_exists({expr.n('execution_id')})")
+    if existing:
+        listed = ", ".join(expr.v(s.value) for s in existing)
+        alternatives.append(f"{expr.n('status')} IN ({listed})")
+    expr.require(" OR ".join(alternatives))
+    expr.set("status", rule.agent_to.value).set("fingerprint", fingerprint)
+    expr.set_many({"agent": agent, "step": step})
+    if rule.agent_to is AgentStatus.RUNNING:
+        expr.set("start_time", epoch(now)).remove("end_time")
+    else:
+        expr.set("end_time", epoch(now))
+    if rule.kind == "retry":
+        expr.increment("retry_count")
+    elif "retry_count" not in sets:
+        expr.set_default("retry_count", 0)
+    if rule.agent_to is not AgentStatus.FAILED:
+        expr.remove("error_message")  # `last_error` keeps the latest failure's message
+    expr.set_many(sets)
+    if retention_days and rule.kind == "start":
+        expr.set("expires_at", int((now + timedelta(days=retention_days)).timestamp()))
+    return expr
