@@ -10,13 +10,17 @@ Two roles, each its own process:
   the agent it is told, in the background.
 
 Each agent attempt sleeps a short, agent-specific time (heartbeating), may fail (flaky agents are retried in
-process up to twice), and appends an event line to events.jsonl, which the demo checks its invariants with.
+process, as the orchestrator's retry counts say; a non-critical agent that fails for good is tolerated and
+the run goes on; generation or assembly failing stops the run), and appends an event line to events.jsonl,
+which the demo checks its invariants with. Agents use the plan's own form,
+`execution_id = f"{project_id}-{agent_name}"`, and receive the accumulated pipeline data as input.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -24,6 +28,9 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -34,6 +41,7 @@ from tdev_metrics import install_signal_handlers, record_metric
 from tdev_metrics._plan import default_collector
 from tdev_state import (
     AGENTS,
+    StateError,
     save_pipeline_session,
     save_user_project,
     update_agent_execution,
@@ -52,7 +60,32 @@ AGENT_SECONDS = {
     "assembly": 0.35,
     "download": 0.10,
 }
-IN_PROCESS_RETRIES = 2
+#: In-process retries per agent, as T-Developer's orchestrator configures them.
+RETRIES = {
+    "nl_input": 2,
+    "ui_selection": 2,
+    "parser": 1,
+    "component_decision": 1,
+    "match_rate": 2,
+    "search": 2,
+    "generation": 1,
+    "assembly": 1,
+    "download": 1,
+}
+CRITICAL = ("generation", "assembly")
+
+
+class Framework(Enum):
+    """What a real agent returns inside its objects (enums, paths, datetimes, sets, dataclasses)."""
+
+    REACT = "react"
+    VUE = "vue"
+
+
+@dataclass
+class GeneratedFile:
+    path: Path
+    content: str
 
 
 class Events:
@@ -66,21 +99,39 @@ class Events:
         os.write(self._fd, line.encode())
 
 
+def agent_output(plan: dict[str, Any], agent: str) -> Any:
+    """An agent's result as the orchestrator has it: objects flattened by `__dict__`, plain values inside."""
+    if agent == "generation":
+        files = generated_project(200_000, seed=hash(plan["session_id"]) % 1000)
+        return {
+            "framework": Framework.REACT,
+            "files": [GeneratedFile(Path(name), text) for name, text in sorted(files.items())],
+            "generated_at": datetime.now(UTC),
+        }
+    return {
+        **agent_payload(2, seed=hash((plan["session_id"], agent, "out")) % 1000),
+        "finished_at": datetime.now(UTC),
+        "tags": {agent, "demo"},
+    }
+
+
 async def run_agents(plan: dict[str, Any], start_at: str, events: Events, *, resumed: bool) -> str:
-    """Run the agents of one planned run from `start_at`; returns COMPLETED or FAILED."""
+    """Run the agents of one planned run from `start_at`, as T-Developer's orchestrator does: each agent
+    retried in process; a non-critical agent that fails for good is recorded and the next one runs; a
+    critical one (generation, assembly) stops the run. Returns COMPLETED or FAILED."""
     sid = plan["session_id"]
     rng = random.Random(f"{sid}-{start_at}-{resumed}")
     client = (await default_client()).sync
+    # Every agent's input is the accumulated pipeline data: the request plus every earlier output.
+    data: dict[str, Any] = {"request": plan["request"]}
+    for agent in AGENTS[: AGENTS.index(start_at)]:
+        with contextlib.suppress(StateError):
+            data[agent] = client.executions.get(sid, agent).output_data
     for agent in AGENTS[AGENTS.index(start_at) :]:
-        for attempt in range(IN_PROCESS_RETRIES + 1):
+        retries = RETRIES[agent]
+        for attempt in range(retries + 1):
             await update_agent_execution(
-                {
-                    "execution_id": sid,
-                    "agent_name": agent,
-                    "status": "RUNNING",
-                    "project_id": plan["project_id"],
-                    "input_data": agent_payload(0.8, seed=hash((sid, agent)) % 1000),
-                }
+                {"execution_id": f"{sid}-{agent}", "status": "RUNNING", "input_data": data}
             )
             events.log(event="start", sid=sid, agent=agent, attempt=attempt, resumed=resumed)
             started = time.monotonic()
@@ -88,9 +139,10 @@ async def run_agents(plan: dict[str, Any], start_at: str, events: Events, *, res
             await asyncio.to_thread(client.sessions.heartbeat, sid)
             elapsed = time.monotonic() - started
             doomed_here = plan["doomed"] and agent == plan["fail_at"]
-            outright_here = plan["fail_at"] == agent and not resumed
+            critical_once = plan["fail_at"] == agent and not resumed and agent in CRITICAL
+            tolerated_here = agent == plan["tolerated"]
             flaky_here = agent in plan["flaky"] and attempt == 0
-            failing = doomed_here or outright_here or flaky_here
+            failing = doomed_here or critical_once or tolerated_here or flaky_here
             await record_metric(
                 {
                     "metric_name": "agent_execution_time",
@@ -103,41 +155,40 @@ async def run_agents(plan: dict[str, Any], start_at: str, events: Events, *, res
             if failing:
                 await update_agent_execution(
                     {
-                        "execution_id": sid,
-                        "agent_name": agent,
+                        "execution_id": f"{sid}-{agent}",
                         "status": "FAILED",
                         "error_message": f"simulated failure of {agent} (attempt {attempt + 1})",
                     }
                 )
                 events.log(event="fail", sid=sid, agent=agent, attempt=attempt, resumed=resumed)
-                give_up = doomed_here or outright_here or attempt == IN_PROCESS_RETRIES
-                if give_up:
+                if attempt < retries:
+                    continue  # retried at once, in process
+                if agent in CRITICAL:
                     events.log(event="run_failed", sid=sid, agent=agent, resumed=resumed)
                     return "FAILED"
-                continue
-            output: Any = (
-                generated_project(200_000, seed=hash(sid) % 1000)
-                if agent == "generation"
-                else agent_payload(2, seed=hash((sid, agent, "out")) % 1000)
-            )
+                events.log(event="tolerated", sid=sid, agent=agent, resumed=resumed)
+                break  # recorded; the run goes on to the next agent
+            output = agent_output(plan, agent)
             await update_agent_execution(
-                {"execution_id": sid, "agent_name": agent, "status": "COMPLETED", "output_data": output}
+                {"execution_id": f"{sid}-{agent}", "status": "COMPLETED", "output_data": output}
             )
+            data[agent] = output
             events.log(
                 event="complete", sid=sid, agent=agent, attempt=attempt, resumed=resumed, duration=elapsed
             )
             break
-    await save_user_project(
-        {
-            "user_id": plan["user_id"],
-            "project_id": plan["project_id"],
-            "project_name": plan["project_name"],
-            "description": "generated by the demo",
-            "tech_stack": ["react", "tailwind"],
-            "size_mb": 1.2,
-        }
-    )
-    await asyncio.to_thread(client.projects.record_download, plan["user_id"], plan["project_id"])
+    if plan["user_id"]:
+        await save_user_project(
+            {
+                "user_id": plan["user_id"],
+                "project_id": plan["project_id"],
+                "project_name": plan["project_name"],
+                "description": "generated by the demo",
+                "tech_stack": json.dumps(["React", "Tailwind"]),
+                "size_mb": 1.2,
+            }
+        )
+        await asyncio.to_thread(client.projects.record_download, plan["user_id"], plan["project_id"])
     events.log(event="run_completed", sid=sid, resumed=resumed)
     return "COMPLETED"
 
@@ -145,17 +196,17 @@ async def run_agents(plan: dict[str, Any], start_at: str, events: Events, *, res
 async def drive(plans: list[dict[str, Any]], events: Events) -> None:
     async def one(plan: dict[str, Any], delay: float) -> None:
         await asyncio.sleep(delay)
-        await save_pipeline_session(
-            {
-                "session_id": plan["session_id"],
-                "user_id": plan["user_id"],
-                "project_name": plan["project_name"],
-                "pipeline_type": plan["pipeline_type"],
-                "status": "ACTIVE",
-                "progress": 0,
-                "metadata": {"demo_run": plan["demo_run"]},
-            }
-        )
+        session: dict[str, Any] = {  # as the orchestrator writes it; some runs have no user at all
+            "session_id": plan["session_id"],
+            "status": "ACTIVE",
+            "current_agent": "nl_input",
+            "progress": 0,
+            "pipeline_type": plan["pipeline_type"],
+            "metadata": {"demo_run": plan["demo_run"]},
+        }
+        if plan["user_id"]:
+            session.update(user_id=plan["user_id"], project_name=plan["project_name"])
+        await save_pipeline_session(session)
         events.log(event="created", sid=plan["session_id"])
         await run_agents(plan, AGENTS[0], events, resumed=False)
 

@@ -18,7 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tdev_state import PayloadIntegrityError, PayloadTooLargeError, StateClient, ValidationError, _codec
+from tdev_state import (
+    AGENTS,
+    PayloadIntegrityError,
+    PayloadTooLargeError,
+    StateClient,
+    ValidationError,
+    _codec,
+)
 
 from ..payloads import generated_project
 from .conftest import BUCKET, FakeClock, make_client
@@ -50,13 +57,13 @@ def test_any_json_value_round_trips(tiny_thresholds: StateClient, value: object,
 
 
 def test_each_form_is_used(tiny_thresholds: StateClient) -> None:
-    """Small JSON stays text, compressible JSON is zlib, large JSON goes to S3."""
+    """Small JSON stays text, compressible JSON is zlib, large JSON goes to S3 as content-addressed chunks."""
     layer = tiny_thresholds.layer
     forms = {
         _codec.encode(v, field="f", object_key="k", context=CTX, layer=layer).form
         for v in ({"a": 1}, {"t": "abc" * 40}, {"t": random.Random(1).randbytes(2000).hex()})
     }
-    assert forms == {"json", "zlib", "s3"}
+    assert forms == {"json", "zlib", "chunks"}
 
 
 def test_floats_round_trip_exactly(client: StateClient) -> None:
@@ -160,7 +167,7 @@ def test_megabyte_payload_goes_to_s3_and_back(client: StateClient) -> None:
     assert len(json.dumps(source)) > 990_000
     client.executions.start(sid, "nl_input", input_data=source)
     assert client.executions.get(sid, "nl_input").input_data == source
-    assert client.layer.meter.s3_puts == 1
+    assert client.layer.meter.s3_puts == 1  # 40 files of 25 KB: one chunk, not one object per file
 
 
 def test_tampered_s3_payload_is_detected(client: StateClient) -> None:
@@ -172,4 +179,39 @@ def test_tampered_s3_payload_is_detected(client: StateClient) -> None:
     key = s3.list_objects_v2(Bucket=BUCKET)["Contents"][0]["Key"]
     s3.put_object(Bucket=BUCKET, Key=key, Body=b"\x01" + zlib.compress(b'{"t":"forged"}'))
     with pytest.raises(PayloadIntegrityError, match="SHA-256"):
+        client.executions.get(sid, "nl_input")
+
+
+def test_accumulated_inputs_store_the_generated_files_once(client: StateClient) -> None:
+    """generation's files come back in assembly's and download's inputs: one chunk in S3, PUT once."""
+    files = generated_project(300_000, seed=3)
+    sid = client.sessions.create().session_id
+    data: dict[str, object] = {"request": "a shop"}
+    for agent in AGENTS:
+        client.executions.start(sid, agent, input_data=data)
+        output = {"files": files, "framework": "react"} if agent == "generation" else {"ok": agent}
+        client.executions.complete(sid, agent, output_data=output)
+        data[agent] = output
+    bucket = client.config.payload_bucket
+    assert bucket
+    s3 = client.layer.s3
+    assert s3 is not None
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"payloads/{sid}/")["Contents"]]
+    assert len(keys) == 1, keys  # the files subtree, named by its SHA-256
+    assert client.layer.meter.snapshot()["s3_puts"] == 1
+    reader = StateClient(client.config, clock=client.clock)  # another process: empty caches
+    assert reader.executions.get(sid, "download").input_data["generation"]["files"] == files
+    assert reader.executions.get(sid, "generation").output_data == {"files": files, "framework": "react"}
+
+
+def test_a_tampered_chunk_is_an_integrity_error(client: StateClient) -> None:
+    """A chunk changed in S3 no longer matches its name: PayloadIntegrityError, never wrong data."""
+    sid = client.sessions.create().session_id
+    client.executions.complete(sid, "nl_input", output_data={"big": random.Random(4).randbytes(40_000).hex()})
+    s3, bucket = client.layer.s3, client.config.payload_bucket
+    assert s3 is not None
+    assert bucket
+    (obj,) = s3.list_objects_v2(Bucket=bucket, Prefix=f"payloads/{sid}/")["Contents"]
+    s3.put_object(Bucket=bucket, Key=obj["Key"], Body=b"\x01" + zlib.compress(b'{"big":"forged"}'))
+    with pytest.raises(PayloadIntegrityError, match="does not match its SHA-256"):
         client.executions.get(sid, "nl_input")

@@ -52,6 +52,6 @@ async def record_metric(metric: Mapping[str, Any]) -> None:
         metric["value"],
         agent_name=metric["agent_name"],
         timestamp=metric.get("timestamp"),
-        error=bool(metric.get("error", False)),
+        error=metric.get("error", False),
         variant=metric.get("variant"),
     )

@@ -31,7 +31,7 @@ import structlog
 from tdev_metrics._aggregate import Aggregate, Key
 from tdev_metrics._store import MetricsStore, Write, plan_writes
 from tdev_metrics.exceptions import BufferFullError, CollectorClosedError, MetricValidationError
-from tdev_state import StateClient, StateError
+from tdev_state import PayloadTooLargeError, StateClient, StateError, ValidationError
 from tdev_state.models import AGENTS
 
 log = structlog.get_logger("tdev_metrics.collector")
@@ -102,7 +102,10 @@ class MetricsCollector:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config or CollectorConfig()
-        self.writer_id = writer_id or uuid.uuid4().hex[:12]
+        # Unique by construction: two collectors given the same id would otherwise guard each other's
+        # writes with one sequence attribute and drop each other's data as "duplicates".
+        prefix = _checked_name("writer_id", writer_id) + "-" if writer_id is not None else ""
+        self.writer_id = prefix + uuid.uuid4().hex[:12]
         self._store = MetricsStore(client.layer, self.writer_id)
         self._clock = clock
         self._local = threading.local()
@@ -115,8 +118,15 @@ class MetricsCollector:
         self._seq = int(time.time() * 1000)  # strictly increasing across restarts of this writer id
         self._wake = threading.Event()
         self._closed = False
-        self._valid_names: set[str] = set()
+        # Names already checked, one set per kind: a name valid as a metric is not thereby a valid agent.
+        self._valid_metrics: set[str] = set()
+        self._valid_agents: set[str] = set()
+        self._valid_variants: set[str] = set()
         self.dropped = 0
+        #: Writes that could never be applied (the store refused their values): dropped, counted, logged.
+        self.dropped_writes = 0
+        #: Exceptions the flusher thread survived (each logged).
+        self.flusher_errors = 0
         self.flushes = 0
         self.failed_flushes = 0
         self.duplicates_ignored = 0
@@ -149,23 +159,25 @@ class MetricsCollector:
             )
         if not math.isfinite(value):
             raise MetricValidationError(f"value is {value!r}; metrics must be finite numbers")
+        if not (value == 0 or _SMALLEST <= abs(value) <= _LARGEST):
+            raise MetricValidationError(
+                f"value {value!r} is outside what the metrics table can aggregate (0, or a magnitude "
+                f"between {_SMALLEST:g} and {_LARGEST:g}: its square must fit DynamoDB's number range)"
+            )
         try:  # the hot path: one set lookup per name seen before (try costs nothing when nothing raises)
-            known = metric_name in self._valid_names and agent_name in self._valid_names
-            known_variant = variant is None or variant in self._valid_names
+            known = metric_name in self._valid_metrics and agent_name in self._valid_agents
+            known_variant = variant is None or variant in self._valid_variants
         except TypeError:  # unhashable (a list, a dict): certainly not a name; say which one below
             known = known_variant = False
         if not known:
             self._check_names(metric_name, agent_name)
         if not known_variant:
-            self._check_name("variant", variant)
-        if timestamp is None:
-            moment = self._clock()
-        elif isinstance(timestamp, datetime):
-            moment = timestamp.timestamp()  # naive datetimes are local time, as datetime.now() gives
-        elif type(timestamp) in (float, int) and math.isfinite(timestamp):
-            moment = float(timestamp)
-        else:
-            raise MetricValidationError(f"timestamp must be a datetime or epoch seconds, got {timestamp!r}")
+            self._valid_variants.add(_checked_name("variant", variant))
+        if type(error) is not bool:
+            raise MetricValidationError(
+                f"error must be True or False, got {type(error).__name__} {error!r:.20}"
+            )
+        moment = self._clock() if timestamp is None else _epoch_seconds(timestamp, self._clock())
         key = (int(moment // 3600), metric_name, agent_name, variant)  # a plain tuple: Key() is 10x dearer
         shard: _Shard | None = getattr(self._local, "shard", None)
         if shard is None:
@@ -214,19 +226,13 @@ class MetricsCollector:
         return False
 
     def _check_names(self, metric_name: str, agent_name: str) -> None:
-        self._check_name("metric_name", metric_name)
-        self._check_name("agent_name", agent_name)
-        if self.config.agents is not None and agent_name not in self.config.agents:
+        self._valid_metrics.add(_checked_name("metric_name", metric_name))
+        agent = _checked_name("agent_name", agent_name)
+        if self.config.agents is not None and agent not in self.config.agents:
             raise MetricValidationError(
-                f"unknown agent {agent_name!r}; agents are: {', '.join(sorted(self.config.agents))}"
+                f"unknown agent {agent!r}; agents are: {', '.join(sorted(self.config.agents))}"
             )
-
-    def _check_name(self, field_name: str, name: object) -> None:
-        if not isinstance(name, str) or not name or len(name) > 64 or not set(name) <= _NAME_OK:
-            raise MetricValidationError(
-                f"{field_name} {name!r} must be 1-64 characters of letters, digits, '_', '-' or '.'"
-            )
-        self._valid_names.add(name)
+        self._valid_agents.add(agent)
 
     # --- flushing -------------------------------------------------------------------------------------
 
@@ -282,6 +288,19 @@ class MetricsCollector:
         while pending.writes:
             try:
                 applied = self._store.apply(key, pending.writes[0])
+            except (ValidationError, PayloadTooLargeError) as exc:
+                # This write can never be applied: keeping it first in line would block its key forever.
+                self.dropped_writes += pending.writes[0].count or 1
+                log.error(  # noqa: TRY400 - a refused value, not a bug: no traceback
+                    "flush.write_dropped",
+                    metric_name=key.metric,
+                    agent_name=key.agent,
+                    records=pending.writes[0].count,
+                    error=str(exc),
+                    tdev_metrics_dropped_total=self.dropped_writes,
+                )
+                pending.writes.pop(0)
+                continue
             except StateError as exc:
                 log.warning("flush.failed", metric_name=key.metric, agent_name=key.agent, error=str(exc))
                 return False
@@ -319,7 +338,13 @@ class MetricsCollector:
             self._wake.clear()
             if self._closed:  # close() delivers the rest itself
                 return
-            if self.flush():
+            try:
+                delivered = self.flush()
+            except Exception as exc:  # the flusher survives anything: counted, logged, retried later
+                self.flusher_errors += 1
+                log.exception("flush.crashed", error=repr(exc), flusher_errors=self.flusher_errors)
+                delivered = False
+            if delivered:
                 self._backoff = 0.0
             else:  # exponential backoff with jitter, capped
                 cap = min(self.config.max_backoff, max(0.5, self._backoff * 2))
@@ -395,6 +420,42 @@ def install_signal_handlers(
                 terminate(num, frame)
 
         signal.signal(signum, handler)
+
+
+#: A value's square is aggregated (sumsq): it must stay inside DynamoDB's number range (1e-130 .. 9.99e125)
+#: even summed over many records.
+_LARGEST = 1e50
+_SMALLEST = 1e-50
+#: Timestamps are epoch seconds from 2000 to a day ahead: milliseconds (x1000) or a datetime.max are refused.
+_EARLIEST = 946_684_800.0
+
+
+def _checked_name(field_name: str, name: object) -> str:
+    if not isinstance(name, str) or not name or len(name) > 64 or not set(name) <= _NAME_OK:
+        raise MetricValidationError(
+            f"{field_name} {name!r:.80} must be 1-64 characters of letters, digits, '_', '-' or '.'"
+        )
+    return name
+
+
+def _epoch_seconds(timestamp: object, now: float) -> float:
+    """A record's time as epoch seconds, refusing what is not a plausible moment (ms, far future)."""
+    if isinstance(timestamp, datetime):
+        try:
+            moment = timestamp.timestamp()  # naive datetimes are local time, as datetime.now() gives
+        except (OverflowError, ValueError, OSError):
+            moment = math.inf
+    elif type(timestamp) in (float, int):
+        moment = float(timestamp)  # type: ignore[arg-type]
+    else:
+        raise MetricValidationError(f"timestamp must be a datetime or epoch seconds, got {timestamp!r:.60}")
+    if not (_EARLIEST <= moment <= now + 86_400):
+        hint = " (it looks like milliseconds: divide by 1000)" if now * 100 < moment < now * 10_000 else ""
+        raise MetricValidationError(
+            f"timestamp {timestamp!r:.40} is not a moment between 2000 and a day from now{hint}; "
+            "send epoch seconds or a datetime"
+        )
+    return moment
 
 
 def utc_hour(moment: float) -> datetime:

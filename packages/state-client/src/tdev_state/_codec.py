@@ -4,8 +4,11 @@ A payload is stored in one attribute, in one of three forms the attribute's Dyna
 
 - `S`: the JSON text itself, when small (below `compress_threshold`) or when compression saves < 10 %;
 - `B`: a one-byte format tag + zlib-compressed JSON text;
-- `M`: a reference to an S3 object holding the compressed JSON, `{"s3": {bucket, key, sha256, bytes}}`,
-  when the encoded payload exceeds `offload_threshold` and a bucket is configured.
+- `M`: when the encoded payload exceeds `offload_threshold` and a bucket is configured, content-addressed
+  chunks of the run in S3 and the skeleton that references them, `{"chunks": {bucket, prefix, tree, sha256,
+  bytes}}` (`_chunks`: a subtree that recurs in the run, like the generated files in every later agent's
+  accumulated input, is stored once); a sealed payload goes whole to one object, `{"s3": {bucket, key,
+  sha256, bytes, sealed}}`.
 
 A field the configuration marks sensitive (`StateConfig.encrypt_fields`) is sealed (`_crypto`) after
 compression, so it is stored as `B` with the sealed tag, or offloaded as a sealed S3 object whose name and
@@ -31,6 +34,7 @@ from enum import Enum
 from pathlib import PurePath
 from typing import Any
 
+from tdev_state import _chunks
 from tdev_state._crypto import SEALED_TAG
 from tdev_state.config import StateConfig
 from tdev_state.dynamo import DynamoLayer
@@ -192,6 +196,8 @@ def encode(
         stored, form = layer.cipher.seal(inner, context.aad(field), field=field), form + "+sealed"
     size = len(stored) if isinstance(stored, bytes) else len(raw)
 
+    if config.payload_bucket and size > config.offload_threshold and not sealed:
+        return _offload_chunked(raw, raw_digest, field=field, run=object_key.split("/", 1)[0], layer=layer)
     if config.payload_bucket and size > config.offload_threshold:
         body = stored if isinstance(stored, bytes) else _ZLIB_TAG + zlib.compress(raw, 6)
         # Sealed objects are named and checked by their ciphertext: a plaintext hash would be an oracle.
@@ -224,6 +230,44 @@ def encode(
     return EncodedPayload(value=stored, json_bytes=len(raw), stored_bytes=size, form=form, digest=raw_digest)
 
 
+def _offload_chunked(raw: bytes, digest: str, *, field: str, run: str, layer: DynamoLayer) -> EncodedPayload:
+    """Store a large payload's big subtrees as content-addressed chunks of its run (see `_chunks`); the item
+    keeps the skeleton. A chunk this process already stored is not PUT again."""
+    config = layer.config
+    bucket = config.payload_bucket
+    assert bucket is not None
+    prefix = f"{config.payload_prefix}{run}/chunks/"
+    written = [0]
+
+    def store(name: str, text: bytes) -> None:
+        key = f"{prefix}{name}.json.z"
+        if key in layer.stored_objects:
+            return
+        body = _chunks.pack(text)
+        layer.put_object(key, body, metadata={"sha256": name, "json-bytes": str(len(text))})
+        layer.stored_objects.add(key)
+        written[0] += len(body)
+
+    skeleton = _chunks.canonical(
+        _chunks.split(json.loads(raw), min_bytes=config.chunk_min_bytes, store=store)
+    )
+    if len(_chunks.pack(skeleton)) > config.offload_threshold:  # what is left is still too big for the item
+        name = hashlib.sha256(skeleton).hexdigest()
+        store(name, skeleton)
+        skeleton = _chunks.canonical({_chunks.CHUNK_MARK: name})
+    tree: str | bytes = skeleton.decode("utf-8")
+    if len(skeleton) >= config.compress_threshold:
+        tree = _chunks.pack(skeleton)
+    ref = {"bucket": bucket, "prefix": prefix, "tree": tree, "bytes": len(raw), "sha256": digest}
+    return EncodedPayload(
+        value={"chunks": ref},
+        json_bytes=len(raw),
+        stored_bytes=written[0] + len(tree),
+        form="chunks",
+        digest=digest,
+    )
+
+
 def decode(stored: Any, *, field: str, context: PayloadContext, layer: DynamoLayer) -> JSONValue:
     """The original JSON value of a stored payload attribute (fetching from S3, opening sealed ones)."""
     if stored is None:
@@ -232,6 +276,17 @@ def decode(stored: Any, *, field: str, context: PayloadContext, layer: DynamoLay
         return _loads(stored.encode("utf-8"), field)
     if isinstance(stored, bytes | bytearray):
         return _loads(_unpack(bytes(stored), field, context, layer), field)
+    if isinstance(stored, Mapping) and isinstance(stored.get("chunks"), Mapping):
+        ref = stored["chunks"]
+        bucket, prefix, tree = str(ref["bucket"]), str(ref["prefix"]), ref["tree"]
+        skeleton = _loads(
+            tree.encode("utf-8") if isinstance(tree, str) else _chunks.unpack(bytes(tree), field=field), field
+        )
+
+        def fetch(digest: str) -> bytes:
+            return _chunks.unpack(layer.get_object(bucket, f"{prefix}{digest}.json.z"), field=field)
+
+        return _chunks.join(skeleton, fetch, field=field)
     if isinstance(stored, Mapping) and isinstance(stored.get("s3"), Mapping):
         ref = stored["s3"]
         body = layer.get_object(str(ref["bucket"]), str(ref["key"]))
@@ -276,6 +331,7 @@ def stored_size(stored: Any) -> int:
         if bytes(stored).startswith(SEALED_TAG):
             return len(stored)  # sealed: the size of the ciphertext, without opening it
         return len(zlib.decompress(bytes(stored)[1:]))
-    if isinstance(stored, Mapping) and isinstance(stored.get("s3"), Mapping):
-        return int(stored["s3"].get("bytes", 0))
+    for form in ("s3", "chunks"):
+        if isinstance(stored, Mapping) and isinstance(stored.get(form), Mapping):
+            return int(stored[form].get("bytes", 0))
     return 0

@@ -305,8 +305,10 @@ class SessionStore:
         for status, idle in ((SessionStatus.FAILED, failed_idle), (SessionStatus.ACTIVE, stalled_idle)):
             if idle is None:
                 continue
-            if not isinstance(idle, timedelta) or idle < timedelta(0):
-                raise ValidationError(f"idle thresholds must be non-negative timedeltas, got {idle!r}")
+            if not isinstance(idle, timedelta) or not timedelta(0) <= idle <= timedelta(days=3650):
+                raise ValidationError(
+                    f"idle thresholds must be timedeltas from 0 to 3650 days, got {idle!r:.60}"
+                )
             cutoffs[status] = epoch(moment - idle)
             for shard in range(RECOVERY_INDEX_SHARDS):
                 page = self._layer.query(

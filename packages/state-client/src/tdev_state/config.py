@@ -45,6 +45,10 @@ class StateConfig:
     #: With a bucket, an encoded payload above this goes to S3. 16 KB: a transactional write costs 2 write
     #: units per KB, an S3 PUT about 8 write units' price, so bigger payloads are cheaper in S3 (docs/).
     offload_threshold: int = 16 * 1024
+    #: Offloaded payloads are split into content-addressed chunks: each subtree of at least this many bytes of
+    #: JSON gets its own object, so one that recurs in the run (generated files in every later agent's
+    #: accumulated input) is stored once. Smaller parts stay inside their parent's chunk: fewer PUTs.
+    chunk_min_bytes: int = 64 * 1024
     #: The largest item we let DynamoDB see; PayloadTooLargeError above it when nothing can be offloaded.
     max_item_bytes: int = 380 * 1024
     #: Days until DynamoDB's TTL may delete finished sessions and executions; None keeps them.
@@ -83,6 +87,7 @@ class StateConfig:
         for name in (
             "compress_threshold",
             "offload_threshold",
+            "chunk_min_bytes",
             "max_item_bytes",
             "max_attempts",
             "async_threads",

@@ -36,6 +36,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from tdev_state._chunks import StoredObjects
 from tdev_state._crypto import FieldCipher
 from tdev_state.config import StateConfig
 from tdev_state.exceptions import (
@@ -103,8 +104,10 @@ class TransactionCancelled(StateError):
 
 def to_dynamo(value: Any, *, path: str = "value") -> Any:
     """Convert a Python value for DynamoDB: floats to exact Decimals, tuples to lists; refuse NaN/Infinity."""
-    if isinstance(value, bool) or value is None or isinstance(value, str | bytes | int | Decimal):
+    if isinstance(value, bool) or value is None or isinstance(value, str | bytes):
         return value
+    if isinstance(value, int | Decimal):
+        return _in_range(value, path)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValidationError(
@@ -112,7 +115,7 @@ def to_dynamo(value: Any, *, path: str = "value") -> Any:
                 "send a finite number, or null for a missing value"
             )
         # repr() is the shortest text that reads back as the same float, so the round trip is exact.
-        return _DECIMAL_CONTEXT.create_decimal(repr(value))
+        return _in_range(_DECIMAL_CONTEXT.create_decimal(repr(value)), path)
     if isinstance(value, Mapping):
         return {str(k): to_dynamo(v, path=f"{path}.{k}") for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -120,6 +123,25 @@ def to_dynamo(value: Any, *, path: str = "value") -> Any:
     if isinstance(value, set | frozenset):
         return {to_dynamo(v, path=path) for v in value}
     raise ValidationError(f"{path} has type {type(value).__name__}, which DynamoDB cannot store")
+
+
+_LARGEST = Decimal("1E126")
+_SMALLEST = Decimal("1E-130")
+
+
+def _in_range(number: int | Decimal, path: str) -> int | Decimal:
+    """DynamoDB's real number limits: magnitude below 1e126, at least 1e-130 unless zero."""
+    try:
+        size = abs(Decimal(number))
+        fits = not size or _SMALLEST <= size < _LARGEST
+    except ArithmeticError:
+        fits = False
+    if not fits:
+        raise ValidationError(
+            f"{path} is {str(number)[:40]}: DynamoDB numbers must be 0 or have a magnitude from 1e-130 to "
+            "9.99e125 (38 significant digits)"
+        )
+    return number
 
 
 @dataclass
@@ -197,6 +219,8 @@ class DynamoLayer:
         self.config = config
         self.tables = config.tables
         self.meter = CapacityMeter()
+        #: Payload objects this process stored: content-addressed chunks are PUT once per process.
+        self.stored_objects = StoredObjects()
         self._serializer = TypeSerializer()
         self._deserializer = TypeDeserializer()
         boto_config = BotoConfig(
@@ -246,8 +270,19 @@ class DynamoLayer:
     # --- marshalling -----------------------------------------------------------------------------------
 
     def serialize(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        """Python values to DynamoDB's wire format (after `to_dynamo`)."""
-        return {k: self._serializer.serialize(to_dynamo(v, path=k)) for k, v in item.items()}
+        """Python values to DynamoDB's wire format (after `to_dynamo`); a number DynamoDB cannot hold
+        (beyond 9.99e125, below 1e-130, or more than 38 digits) is a ValidationError, not a raw decimal
+        error."""
+        out: dict[str, Any] = {}
+        for key, value in item.items():
+            try:
+                out[key] = self._serializer.serialize(to_dynamo(value, path=key))
+            except (ArithmeticError, TypeError) as exc:
+                raise ValidationError(
+                    f"{key} holds a number DynamoDB cannot store ({type(exc).__name__}): its numbers have "
+                    "at most 38 significant digits and a magnitude between 1e-130 and 9.99e125"
+                ) from None
+        return out
 
     def deserialize(self, item: Mapping[str, Any] | None) -> Item | None:
         """DynamoDB's wire format to Python values (numbers come back as Decimal, binary as bytes)."""
