@@ -24,7 +24,7 @@ from tests.builders import make_stalled_runs, serve_resume_endpoint, start_worke
 
 from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig
 from tdev_state import AGENTS, StateClient
-from tdev_state.models import format_ts, utcnow
+from tdev_state.models import epoch, utcnow
 
 
 def bench_detection(
@@ -76,7 +76,7 @@ def bench_detection(
 def _finished_sessions(client: StateClient, count: int) -> None:
     """Write `count` COMPLETED sessions as the client leaves them (no recovery_shard), 25 per batch."""
     table = client.config.tables.sessions
-    now = format_ts(utcnow())
+    now = epoch(utcnow())
 
     def batch(n: int) -> None:
         items = []

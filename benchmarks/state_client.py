@@ -25,7 +25,7 @@ from tests.payloads import agent_payload, generated_project
 
 from tdev_state import AGENTS, AsyncStateClient, StateClient, StateConfig
 from tdev_state.dynamo import to_dynamo
-from tdev_state.models import format_ts, utcnow
+from tdev_state.models import epoch, utcnow
 
 # On-demand, us-east-1 (shared/ANCHORS.md): $0.625 per million write request units, $0.125 per million
 # read units; S3 standard: $0.005 per 1,000 PUT and $0.0004 per 1,000 GET.
@@ -33,14 +33,21 @@ WRU_USD, RRU_USD, S3_PUT_USD, S3_GET_USD = 0.625e-6, 0.125e-6, 0.005e-3, 0.0004e
 
 
 def profile(name: str) -> dict[str, tuple[Any, Any]]:
-    """(input, output) per agent. "issue": 1 KB inputs, 3 KB outputs, 1 MB of generated code."""
-    big = {"issue": 1_000_000, "naive-fits": 300_000, "small": 0}[name]
+    """(input, output) per agent. "issue": 1 KB inputs, 3 KB outputs, 1 MB of generated code.
+    "orchestrator": T-Developer's real inputs — each agent receives the request plus every earlier output
+    (so assembly and download receive the 1 MB of generated files again)."""
+    big = {"issue": 1_000_000, "naive-fits": 300_000, "small": 0, "orchestrator": 1_000_000}[name]
     payloads = {}
+    accumulated: dict[str, Any] = {"request": agent_payload(1, seed=99)}
     for i, agent in enumerate(AGENTS):
         output: Any = agent_payload(3, seed=i)
         if agent == "generation" and big:
             output = generated_project(big, seed=i)
-        payloads[agent] = (agent_payload(1, seed=100 + i), output)
+        if name == "orchestrator":
+            payloads[agent] = (dict(accumulated), output)
+            accumulated[agent] = output
+        else:
+            payloads[agent] = (agent_payload(1, seed=100 + i), output)
     return payloads
 
 
@@ -101,7 +108,7 @@ def run_raw(ddb: Any, tables: Any, payloads: dict[str, tuple[Any, Any]]) -> None
     """The same items, conditions and transactions, written with boto3 directly (no validation, no models,
     no error classification) — what the client's work is measured against."""
     sid = str(uuid.uuid4())
-    now = format_ts(utcnow())
+    now = str(epoch(utcnow()))
     ddb.put_item(
         TableName=tables.sessions,
         Item={
@@ -112,8 +119,8 @@ def run_raw(ddb: Any, tables: Any, payloads: dict[str, tuple[Any, Any]]) -> None
             "status": {"S": "ACTIVE"},
             "current_agent": {"S": "nl_input"},
             "progress": {"N": "0"},
-            "created_at": {"S": now},
-            "last_updated": {"S": now},
+            "created_at": {"N": now},
+            "last_updated": {"N": now},
             "version": {"N": "1"},
             "resume_count": {"N": "0"},
             "metadata": {"S": "null"},
@@ -126,28 +133,30 @@ def run_raw(ddb: Any, tables: Any, payloads: dict[str, tuple[Any, Any]]) -> None
         inp, out = payloads[agent]
         key = {"execution_id": {"S": sid}, "agent_name": {"S": f"{step:02d}#{agent}"}}
         session_key = {"session_id": {"S": sid}}
-        ts = {"S": format_ts(utcnow())}
+        ts = {"N": str(epoch(utcnow()))}
         ddb.transact_write_items(
             ClientRequestToken=str(uuid.uuid4()),
             TransactItems=[
                 {
-                    "Put": {
+                    "Update": {
                         "TableName": tables.executions,
-                        "Item": {
-                            **key,
-                            "agent": {"S": agent},
-                            "step": {"N": str(step)},
-                            "status": {"S": "RUNNING"},
-                            "start_time": ts,
-                            "input_data": _stored(inp),
-                            "input_bytes": {"N": "1000"},
-                            "retry_count": {"N": "0"},
-                            "fingerprint": {"S": uuid.uuid4().hex},
-                            "project_id": {"S": "bench-project"},
-                        },
-                        "ConditionExpression": "attribute_not_exists(execution_id) OR #s = :p",
+                        "Key": key,
+                        "UpdateExpression": "SET #s = :r, fingerprint = :fp, agent = :a, step = :step, "
+                        "start_time = :now, retry_count = if_not_exists(retry_count, :zero), "
+                        "input_data = :i, input_bytes = :n, project_id = :pid REMOVE end_time, error_message",
+                        "ConditionExpression": "attribute_not_exists(execution_id)",
                         "ExpressionAttributeNames": {"#s": "status"},
-                        "ExpressionAttributeValues": {":p": {"S": "PENDING"}},
+                        "ExpressionAttributeValues": {
+                            ":r": {"S": "RUNNING"},
+                            ":fp": {"S": uuid.uuid4().hex},
+                            ":a": {"S": agent},
+                            ":step": {"N": str(step)},
+                            ":now": ts,
+                            ":zero": {"N": "0"},
+                            ":i": _stored(inp),
+                            ":n": {"N": "1000"},
+                            ":pid": {"S": "bench-project"},
+                        },
                     }
                 },
                 {
@@ -272,8 +281,8 @@ def run_naive(ddb: Any, tables: Any, payloads: dict[str, tuple[Any, Any]]) -> di
         "status": "ACTIVE",
         "current_agent": "nl_input",
         "progress": 0,
-        "created_at": format_ts(utcnow()),
-        "last_updated": format_ts(utcnow()),
+        "created_at": epoch(utcnow()),
+        "last_updated": epoch(utcnow()),
         "metadata": "{}",
         "recovery_shard": "ACTIVE#0",
     }
@@ -286,23 +295,23 @@ def run_naive(ddb: Any, tables: Any, payloads: dict[str, tuple[Any, Any]]) -> di
             "agent_name": agent,
             "project_id": sid,
             "status": "RUNNING",
-            "start_time": format_ts(utcnow()),
+            "start_time": epoch(utcnow()),
             "input_data": json.dumps(inp),
             "retry_count": 0,
         }
         units += _naive_put(ddb, tables.executions, execution, refused)
-        session.update(current_agent=agent, last_updated=format_ts(utcnow()))
+        session.update(current_agent=agent, last_updated=epoch(utcnow()))
         units += _naive_put(ddb, tables.sessions, session, refused)
-        execution.update(status="COMPLETED", end_time=format_ts(utcnow()), output_data=json.dumps(out))
+        execution.update(status="COMPLETED", end_time=epoch(utcnow()), output_data=json.dumps(out))
         units += _naive_put(ddb, tables.executions, execution, refused)
-        session.update(progress=step, last_updated=format_ts(utcnow()))
+        session.update(progress=step, last_updated=epoch(utcnow()))
         units += _naive_put(ddb, tables.sessions, session, refused)
     return {"write_units": units, "refused": refused}
 
 
 def bench_cost(client: StateClient) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for name in ("issue", "naive-fits", "small"):
+    for name in ("issue", "naive-fits", "small", "orchestrator"):
         payloads = profile(name)
         clock = SimulatedClock()
         fresh = StateClient(layer=type(client.layer)(client.config), clock=clock)
@@ -318,6 +327,7 @@ def bench_cost(client: StateClient) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "client_write_units": meter["write_units"],
             "client_s3_puts": meter["s3_puts"],
+            "client_s3_put_bytes": meter["s3_put_bytes"],
             "client_usd_per_million_runs": ours_usd * 1e6,
             "naive_write_units": naive["write_units"],
             "naive_refused_items": naive["refused"],

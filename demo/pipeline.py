@@ -177,6 +177,9 @@ async def run_agents(plan: dict[str, Any], start_at: str, events: Events, *, res
                 event="complete", sid=sid, agent=agent, attempt=attempt, resumed=resumed, duration=elapsed
             )
             break
+    # The orchestrator ends the run itself (a last agent that failed for good is then tolerated); a run
+    # whose download completed has ended already, and saying COMPLETED again changes nothing.
+    await save_pipeline_session({"session_id": sid, "status": "COMPLETED"})
     if plan["user_id"]:
         await save_user_project(
             {

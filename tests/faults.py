@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -60,9 +60,12 @@ def throttle(client: Any, operation: str, times: int) -> Iterator[dict[str, int]
 
 
 @contextmanager
-def timeout_after_success(client: Any, operation: str, times: int = 1) -> Iterator[dict[str, int]]:
+def timeout_after_success(
+    client: Any, operation: str, times: int = 1, *, meanwhile: Callable[[], object] | None = None
+) -> Iterator[dict[str, int]]:
     """The next `times` calls of `operation` really reach the endpoint, then the client sees a read
-    timeout — the case where a retry must not apply the write a second time. Real endpoints only."""
+    timeout — the case where a retry must not apply the write a second time. `meanwhile` runs between the
+    applied request and the timeout (another writer acting before the retry). Real endpoints only."""
     counts = {"injected": 0}
     http = URLLib3Session()
     lock = threading.Lock()
@@ -77,6 +80,8 @@ def timeout_after_success(client: Any, operation: str, times: int = 1) -> Iterat
             counts["injected"] += 1
         response = http.send(request)
         assert response.status_code == 200, response.content
+        if meanwhile is not None:
+            meanwhile()
         raise ReadTimeoutError(endpoint_url=request.url)
 
     event = f"before-send.dynamodb.{operation}"

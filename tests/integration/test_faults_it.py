@@ -73,8 +73,26 @@ def test_timeout_after_an_applied_update_is_not_a_conflict(fresh_client: StateCl
 def test_timeout_after_an_applied_download_is_counted_once(fresh_client: StateClient) -> None:
     """A download whose write landed before a timeout is not counted again by botocore's retry."""
     fresh_client.projects.save(user_id="faults", project_id="dl", project_name="P")
-    with timeout_after_success(fresh_client.layer.dynamodb, "UpdateItem") as counts:
+    with timeout_after_success(fresh_client.layer.dynamodb, "TransactWriteItems") as counts:
         project = fresh_client.projects.record_download("faults", "dl")
     assert counts["injected"] == 1
     assert project.download_count == 1
     assert fresh_client.projects.get("faults", "dl").download_count == 1
+
+
+def test_a_download_between_a_timeout_and_its_retry_counts_both_once(
+    fresh_client: StateClient, client: StateClient
+) -> None:
+    """Another download lands after ours was applied and before botocore retries it: 2 downloads, count 2
+    (a token kept on the item was overwritten by the other download, and the retry counted again: 3)."""
+    fresh_client.projects.save(user_id="faults", project_id="dl2", project_name="P")
+
+    def another_download() -> None:
+        client.projects.record_download("faults", "dl2")
+
+    with timeout_after_success(
+        fresh_client.layer.dynamodb, "TransactWriteItems", meanwhile=another_download
+    ) as counts:
+        fresh_client.projects.record_download("faults", "dl2")
+    assert counts["injected"] == 1
+    assert fresh_client.projects.get("faults", "dl2").download_count == 2

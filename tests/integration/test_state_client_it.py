@@ -51,8 +51,9 @@ def test_without_a_bucket_a_huge_payload_writes_nothing(client: StateClient) -> 
 def test_recovery_index_finds_failed_and_stalled_runs(client: StateClient) -> None:
     """The sparse index returns a FAILED run and a stalled ACTIVE one, not a COMPLETED one."""
     failed = client.sessions.create(user_id="rec", project_name="a").session_id
-    client.executions.start(failed, "nl_input")
-    client.executions.fail(failed, "nl_input", error_message="llm timeout")
+    for agent in AGENTS[:6]:
+        client.executions.complete(failed, agent)
+    client.executions.fail(failed, "generation", error_message="llm timeout")  # critical: the run fails
     stalled = client.sessions.create(user_id="rec", project_name="b").session_id
     done = client.sessions.create(user_id="rec", project_name="c").session_id
     for agent in AGENTS:

@@ -127,13 +127,16 @@ def test_a_critical_failure_fails_the_run_and_a_retry_reactivates_it(client: Sta
 
 
 def test_a_non_critical_failure_is_tolerated_and_the_run_goes_on(client: StateClient) -> None:
-    """search failing for good: the session stays ACTIVE, lists it, and match_rate's successor starts."""
+    """search failing: the session stays ACTIVE; when the pipeline starts generation, search is moved past
+    (listed as a tolerated failure) and can no longer be retried."""
     sid = _session(client)
     _through(client, sid, "search")
     client.executions.start(sid, "search")
     failed = client.executions.fail(sid, "search", error_message="index down")
-    assert (failed.session_status, failed.tolerated, failed.progress) == (SessionStatus.ACTIVE, True, 6)
-    client.executions.start(sid, "generation")
+    assert (failed.session_status, failed.tolerated, failed.progress) == (SessionStatus.ACTIVE, True, 5)
+    assert client.sessions.get(sid).failed_agents == ()  # an attempt failed; a retry may follow
+    assert client.executions.start(sid, "generation").progress == 6
+    assert client.sessions.get(sid).failed_agents == ("search",)
     with pytest.raises(InvalidTransitionError, match="moved on to generation"):
         client.executions.retry(sid, "search")
     for agent in AGENTS[6:]:
@@ -142,6 +145,33 @@ def test_a_non_critical_failure_is_tolerated_and_the_run_goes_on(client: StateCl
         client.executions.complete(sid, agent, output_data=agent)
     session = client.sessions.get(sid)
     assert (session.status, session.failed_agents) == (SessionStatus.COMPLETED, ("search",))
+
+
+def test_the_run_cannot_move_past_a_running_agent(client: StateClient) -> None:
+    """Skipping an agent that is still RUNNING (or never failed) is refused: only failures are moved past."""
+    sid = _session(client)
+    client.executions.start(sid, "nl_input")
+    with pytest.raises(InvalidTransitionError, match="the agent before it, nl_input, is RUNNING"):
+        client.executions.start(sid, "ui_selection")
+    client.executions.complete(sid, "nl_input")
+    client.executions.start(sid, "ui_selection")
+    with pytest.raises(InvalidTransitionError):
+        client.executions.complete(sid, "parser")
+    assert client.sessions.get(sid).progress == 1
+
+
+def test_the_last_agent_failing_can_be_retried_then_the_pipeline_ends_the_run(client: StateClient) -> None:
+    """download failing does not end the run (an in-process retry follows); when it fails for good, the
+    pipeline declares the run COMPLETED and download becomes a tolerated failure."""
+    sid = _session(client)
+    _through(client, sid, "download")
+    client.executions.start(sid, "download")
+    client.executions.fail(sid, "download", error_message="zip failed")
+    client.executions.retry(sid, "download")
+    client.executions.fail(sid, "download", error_message="zip failed again")
+    assert client.sessions.get(sid).status is SessionStatus.ACTIVE
+    done = client.sessions.update(sid, status="COMPLETED")
+    assert (done.status, done.progress, done.failed_agents) == (SessionStatus.COMPLETED, 9, ("download",))
 
 
 def test_too_many_tolerated_failures_end_the_run_failed(client: StateClient) -> None:
@@ -161,11 +191,10 @@ def test_too_many_tolerated_failures_end_the_run_failed(client: StateClient) -> 
 
 
 def test_a_failed_non_critical_agent_retried_at_once_completes(client: StateClient) -> None:
-    """The orchestrator's in-process retry: fail, retry, complete — the failure leaves the session's list."""
+    """The orchestrator's in-process retry: fail, retry, complete — nothing is listed as tolerated."""
     sid = _session(client)
     client.executions.start(sid, "nl_input")
     client.executions.fail(sid, "nl_input", error_message="flaky")
-    assert client.sessions.get(sid).failed_agents == ("nl_input",)
     client.executions.retry(sid, "nl_input")
     client.executions.complete(sid, "nl_input", output_data="ok")
     session = client.sessions.get(sid)

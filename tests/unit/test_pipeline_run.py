@@ -118,6 +118,17 @@ async def test_a_long_agent_keeps_the_run_alive(aclient: AsyncStateClient, clien
     assert len(beats) >= 3
 
 
+async def test_finish_tolerates_a_last_agent_that_failed_for_good(
+    aclient: AsyncStateClient, client: StateClient
+) -> None:
+    """download failing on every attempt: finish() declares the run COMPLETED with download tolerated."""
+    run = await PipelineRun.open(aclient, "prod_20261127_031504_0004")
+    assert await orchestrate(run, {"download": 5}) == "done"
+    assert (await run.session()).status is SessionStatus.ACTIVE
+    finished = await run.finish()
+    assert (finished.status, finished.failed_agents) == (SessionStatus.COMPLETED, ("download",))
+
+
 async def test_a_block_without_complete_is_recorded_as_a_failure(aclient: AsyncStateClient) -> None:
     """Forgetting step.complete() is an error that says so (and is recorded, not silently COMPLETED)."""
     run = await PipelineRun.open(aclient, "prod_20261127_031503_0003")

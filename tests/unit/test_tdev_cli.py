@@ -62,3 +62,24 @@ def test_exit_codes_and_errors_without_tracebacks(seeded: str, capsys: pytest.Ca
     assert tdev(["projects", "list", "nobody"]) == 1
     assert tdev(["sessions", "list", "--user", ""]) == 2
     assert tdev(["bogus"]) == 2
+
+
+def test_stored_markup_is_printed_as_written(
+    client: StateClient, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Names and errors holding rich markup (`[/]`, `[/srv/build]`, `[bold]`) print verbatim, no crash."""
+    monkeypatch.setenv("TDEV_ENV", client.config.env)
+    sid = client.sessions.create(user_id="hostile", project_name="shop [/] v2 [bold]x").session_id
+    client.executions.start(sid, "nl_input")
+    client.executions.fail(
+        sid, "nl_input", error_message="cannot write [/srv/build] <script>alert(1)</script>"
+    )
+    client.projects.save(user_id="hostile", project_id="p[/]", project_name="[red]shop[/red] [/]")
+    assert tdev(["sessions", "show", sid]) == 0
+    out = capsys.readouterr().out
+    assert "shop [/] v2 [bold]x" in out
+    assert "[/srv/build]" in out
+    assert tdev(["sessions", "list", "--user", "hostile"]) == 0
+    assert "shop [/] v2" in capsys.readouterr().out
+    assert tdev(["projects", "list", "hostile"]) == 0
+    assert "[red]shop[/red] [/]" in capsys.readouterr().out

@@ -34,9 +34,10 @@ from tdev_state._lifecycle import (
     agent_item_update,
     agent_session_effect,
     agent_session_update,
+    agent_sort_key,
 )
 from tdev_state._liveness import LivenessStamps
-from tdev_state.dynamo import DynamoLayer, Item, TransactionCancelled
+from tdev_state.dynamo import DynamoLayer, Item, TransactAction, TransactionCancelled
 from tdev_state.exceptions import (
     ClaimLostError,
     ConflictError,
@@ -59,11 +60,6 @@ from tdev_state.schema import AGENT_EXECUTIONS
 log = structlog.get_logger("tdev_state.executions")
 
 _UNSET: Any = object()
-
-
-def agent_sort_key(agent_name: str) -> str:
-    """The stored sort key: "NN#agent", so a Query returns a run's agents in pipeline order."""
-    return f"{AGENT_STEP[agent_name]:02d}#{agent_name}"
 
 
 class ExecutionStore:
@@ -221,6 +217,7 @@ class ExecutionStore:
         retention = self._layer.config.retention_days
         refresh = self._liveness.due(sid, now)
         effect = agent_session_effect(rule, agent, self._policy)
+        key = {"execution_id": sid, "agent_name": agent_sort_key(agent)}
         while True:
             agent_expr = agent_item_update(
                 rule, agent, now=now, sets=sets, fingerprint=fingerprint.stored, retention_days=retention
@@ -237,21 +234,20 @@ class ExecutionStore:
                 error_message=error,
                 claim=claim,
             )
-            key = {"execution_id": sid, "agent_name": agent_sort_key(agent)}
+            actions = [
+                agent_expr.action(self._table, key),
+                session_expr.action(self._sessions, {"session_id": sid}),
+            ]
+            if effect.moved_past is not None:
+                actions.append(self._still_failed(sid, effect.moved_past))
             try:
-                self._layer.transact_write(
-                    [
-                        agent_expr.action(self._table, key),
-                        session_expr.action(self._sessions, {"session_id": sid}),
-                    ],
-                    token=str(uuid.uuid4()),
-                )
+                self._layer.transact_write(actions, token=str(uuid.uuid4()))
             except TransactionCancelled as exc:
-                if self._over_budget(exc, effect, agent):
-                    # The run's last agent finished with more failures than the policy tolerates.
-                    effect = agent_session_effect(rule, agent, self._policy, over_budget=True)
-                    continue
-                return self._classify(kind, sid=sid, agent=agent, fingerprint=fingerprint, exc=exc)
+                retry_as = self._next_variant(rule.kind, agent, effect, exc)
+                if retry_as is None:
+                    return self._classify(kind, sid=sid, agent=agent, fingerprint=fingerprint, exc=exc)
+                effect = retry_as
+                continue
             break
         if refresh or effect.status is not SessionStatus.ACTIVE:
             self._liveness.mark(sid, now)
@@ -261,7 +257,7 @@ class ExecutionStore:
             agent_name=agent,
             progress=effect.progress,
             session_status=effect.status.value,
-            tolerated=effect.tolerated,
+            moved_past=effect.moved_past,
         )
         return AgentTransition(
             execution_id=sid,
@@ -270,23 +266,48 @@ class ExecutionStore:
             session_status=effect.status,
             progress=effect.progress,
             at=now,
-            tolerated=effect.tolerated,
+            tolerated=kind == "fail" and not self._policy.is_critical(agent),
         )
 
-    def _over_budget(self, exc: TransactionCancelled, effect: SessionEffect, agent: str) -> bool:
-        """Whether only the failure budget stopped a run-ending transition from completing the run."""
-        if not (effect.finished and effect.status is SessionStatus.COMPLETED):
-            return False
-        agent_reason, session_reason = exc.reasons[0], exc.reasons[1]
-        old = session_reason.old_item
-        if agent_reason.code == "ConditionalCheckFailed" or old is None:
-            return False
-        failures = len(old.get("failed_agents") or ()) + (1 if effect.tolerated else 0)
-        return (
-            old.get("status") == SessionStatus.ACTIVE.value
-            and int(old.get("progress", -1)) == AGENT_STEP[agent] - 1
-            and failures > self._policy.tolerated_failures
+    def _still_failed(self, sid: str, agent: str) -> TransactAction:
+        """ConditionCheck: the agent being moved past is FAILED (not running, not completed)."""
+        return TransactAction(
+            "ConditionCheck",
+            self._table,
+            key={"execution_id": sid, "agent_name": agent_sort_key(agent)},
+            condition="#s = :failed",
+            names={"#s": "status"},
+            values={":failed": AgentStatus.FAILED.value},
         )
+
+    def _next_variant(
+        self, kind: AgentKind, agent: str, effect: SessionEffect, exc: TransactionCancelled
+    ) -> SessionEffect | None:
+        """The variant to try after a refusal, when the refusal shows which one holds: the move-on (the
+        agent before this one failed and the pipeline moved past it), or the over-budget end of the run."""
+        rule = AGENT_RULES[kind]
+        step = AGENT_STEP[agent]
+        failed = "ConditionalCheckFailed"
+        agent_reason, session_reason = exc.reasons[0], exc.reasons[1]
+        check_failed = len(exc.reasons) > 2 and exc.reasons[2].code == failed
+        old = session_reason.old_item
+        if agent_reason.code == failed or check_failed or old is None:
+            return None
+        if old.get("status") != SessionStatus.ACTIVE.value:
+            return None
+        progress = int(old.get("progress", -1))
+        if rule.progress == "next" and effect.moved_past is None and step >= 2 and progress == step - 2:
+            previous = AGENTS[step - 2]
+            if old.get("current_agent") == previous and not self._policy.is_critical(previous):
+                return agent_session_effect(rule, agent, self._policy, moved_past=previous)
+        if effect.finished and effect.status is SessionStatus.COMPLETED:
+            failures = len(old.get("failed_agents") or ()) + (1 if effect.moved_past else 0)
+            expected = step - (2 if effect.moved_past else 1)
+            if progress == expected and failures > self._policy.tolerated_failures:
+                return agent_session_effect(
+                    rule, agent, self._policy, moved_past=effect.moved_past, over_budget=True
+                )
+        return None
 
     def _classify(
         self,
@@ -317,6 +338,14 @@ class ExecutionStore:
                 progress=int(old_session["progress"]) if old_session else step - 1,
                 at=self._clock(),
                 duplicate=True,
+            )
+        if len(exc.reasons) > 2 and exc.reasons[2].code == failed:
+            previous = AGENTS[step - 2]
+            state = (exc.reasons[2].old_item or {}).get("status", "not started")
+            raise InvalidTransitionError(
+                f"cannot {kind} {agent} of {sid!r}: the agent before it, {previous}, is {state}; it must "
+                "complete, or fail, before the run moves on",
+                current=exc.reasons[2].old_item,
             )
         if session_reason.code == failed and old_session is None:
             raise SessionNotFoundError(

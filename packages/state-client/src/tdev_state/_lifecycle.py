@@ -10,11 +10,14 @@ Two state machines, as data:
   is fenced by a claim. `status_effects` is the one place that knows what a status does to the recovery
   index (`recovery_shard`) and to the TTL (`expires_at`).
 
-The run model is T-Developer's: an agent that fails for good does not stop the run unless the run policy
-names it critical; the run goes on to the next agent, and the session lists the tolerated failures. When the
-last agent finishes, the run is COMPLETED if the policy's failure budget held, else FAILED.
-Progress counts the agents that have finished (completed, or failed and tolerated), so the next agent may
-start exactly when `progress = step - 1`.
+The run model is T-Developer's. A failed attempt is recorded (agent FAILED, retried in process by the
+pipeline); a critical agent's failure (run policy: generation, assembly) makes the session FAILED at once. A
+non-critical failure becomes *tolerated* when the pipeline moves past it — records the next agent — and the
+session then lists it in `failed_agents`. The run ends when the last agent completes (or when the pipeline
+declares it COMPLETED with the last agent failed): COMPLETED if the policy's failure budget held, else FAILED.
+Progress counts the agents that have finished (completed, or failed and moved past), so the next agent may
+start when `progress = step - 1` — or at `step - 2` when the agent before it failed and is moved past, in
+the same transaction (the "move-on" variant, with a ConditionCheck that it is FAILED).
 """
 
 from __future__ import annotations
@@ -60,8 +63,9 @@ class AgentRule:
     agent_from: tuple[AgentStatus, ...]
     agent_to: AgentStatus
     session_from: tuple[SessionStatus, ...]
-    #: Where the session's progress must be: "next" = step - 1 (this agent is the next one to finish);
-    #: "this" = step - 1 or step, and the session's current_agent is this agent (nothing later started).
+    #: Where the session's progress must be: "next" = step - 1 (this agent is the next one to finish), or
+    #: step - 2 with the agent before it FAILED (moved past); "this" = step - 1 and the session's
+    #: current_agent is this agent (nothing later started).
     #: None: not checked (fenced transitions are ordered by the claim instead).
     progress: Literal["next", "this"] | None
     #: Conditioned on the recovery claim's fencing token instead of on progress.
@@ -95,8 +99,8 @@ AGENT_RULES: dict[AgentKind, AgentRule] = {
             AgentStatus.FAILED,
             (SessionStatus.ACTIVE,),
             "next",
-            summary="critical agent: the session becomes FAILED; otherwise tolerated: progress = step, "
-            "the agent joins failed_agents and the run goes on",
+            summary="a failed attempt; a critical agent's makes the session FAILED. A non-critical one is "
+            "tolerated once the pipeline records the next agent",
         ),
         AgentRule(
             "retry",
@@ -104,8 +108,8 @@ AGENT_RULES: dict[AgentKind, AgentRule] = {
             AgentStatus.RUNNING,
             (SessionStatus.ACTIVE, SessionStatus.FAILED),
             "this",
-            summary="a FAILED agent runs again (retry_count + 1, its error kept as last_error); the "
-            "session is ACTIVE at progress step - 1",
+            summary="a FAILED agent runs again (retry_count + 1, its error kept as last_error) while it is "
+            "still the session's current agent; the session is ACTIVE again",
         ),
         AgentRule(
             "interrupt",
@@ -181,6 +185,11 @@ def predecessors(target: SessionStatus) -> list[SessionStatus]:
     return sorted(s for s, allowed in SESSION_TRANSITIONS.items() if target in allowed)
 
 
+def agent_sort_key(agent_name: str) -> str:
+    """An agent item's stored sort key: "NN#agent", so a Query returns a run's agents in pipeline order."""
+    return f"{AGENT_STEP[agent_name]:02d}#{agent_name}"
+
+
 def recovery_shard(session_id: str, status: SessionStatus) -> str:
     """The sparse recovery index's partition value for an open session (absent once it is final)."""
     return f"{status.value}#{zlib.crc32(session_id.encode()) % RECOVERY_INDEX_SHARDS}"
@@ -224,33 +233,33 @@ class SessionEffect:
 
     status: SessionStatus
     progress: int
-    tolerated: bool = False
-    #: The run ended with this transition (the last agent finished).
+    #: The agent before this one, FAILED, that this transition moves past (it joins failed_agents).
+    moved_past: str | None = None
+    #: The run ended with this transition (the last agent completed).
     finished: bool = False
 
 
 def agent_session_effect(
-    rule: AgentRule, agent: str, policy: RunPolicy, *, over_budget: bool = False
+    rule: AgentRule,
+    agent: str,
+    policy: RunPolicy,
+    *,
+    moved_past: str | None = None,
+    over_budget: bool = False,
 ) -> SessionEffect:
     """The session status and progress after `rule` applies to `agent` (before any condition check).
 
-    `over_budget`: the last agent finished but the run's tolerated failures exceed the policy's budget, so
+    `over_budget`: the last agent completed but the run's tolerated failures exceed the policy's budget, so
     the run ends FAILED instead of COMPLETED.
     """
     step = AGENT_STEP[agent]
     last = step == len(AGENTS)
-    end = SessionStatus.FAILED if over_budget else SessionStatus.COMPLETED
     if rule.kind == "complete":
-        return SessionEffect(end if last else SessionStatus.ACTIVE, step, finished=last)
-    if rule.kind == "fail":
-        if policy.is_critical(agent):
-            return SessionEffect(SessionStatus.FAILED, step - 1)
-        if policy.tolerated_failures < 1:
-            end = SessionStatus.FAILED  # no failure is tolerated at the end of the run
-        return SessionEffect(end if last else SessionStatus.ACTIVE, step, tolerated=True, finished=last)
-    if rule.kind == "interrupt":
-        return SessionEffect(SessionStatus.FAILED, step - 1)  # reported only; the session is untouched
-    return SessionEffect(SessionStatus.ACTIVE, step - 1)
+        end = SessionStatus.FAILED if over_budget else SessionStatus.COMPLETED
+        return SessionEffect(end if last else SessionStatus.ACTIVE, step, moved_past, finished=last)
+    if rule.kind == "fail" and policy.is_critical(agent):
+        return SessionEffect(SessionStatus.FAILED, step - 1, moved_past)
+    return SessionEffect(SessionStatus.ACTIVE, step - 1, moved_past)
 
 
 def agent_session_update(
@@ -271,11 +280,14 @@ def agent_session_update(
     expr = Expr()
     expr.require_exists("session_id")
     expr.require_in("status", [s.value for s in rule.session_from])
-    if rule.progress == "next":
+    previous = effect.moved_past
+    if rule.progress == "next" and previous is None:
         expr.require_equal("progress", step - 1)
+    elif rule.progress == "next" and previous is not None:
+        expr.require_equal("progress", step - 2).require_equal("current_agent", previous)
+        expr.add_to_set("failed_agents", {previous})
     elif rule.progress == "this":
-        expr.require(f"{expr.n('progress')} BETWEEN {expr.v(step - 1)} AND {expr.v(step)}")
-        expr.require_equal("current_agent", agent)
+        expr.require_equal("progress", step - 1).require_equal("current_agent", agent)
     if rule.fenced:
         if claim is None:
             raise AssertionError(f"{rule.kind} is fenced: it needs the claim")  # pragma: no cover
@@ -286,32 +298,22 @@ def agent_session_update(
     expr.set("last_updated", epoch(now)).increment("version")
     if refresh_liveness or effect.status is not SessionStatus.ACTIVE or rule.kind == "retry":
         expr.set("alive_at", epoch(now))
-    if rule.kind == "start":
+    expr.set("progress", effect.progress)
+    if rule.kind == "complete" and not effect.finished:
+        expr.set("current_agent", AGENTS[step])
+    else:
         expr.set("current_agent", agent)
-    elif rule.kind in ("complete", "fail"):
-        expr.set("progress", effect.progress)
-        if effect.tolerated:
-            expr.add_to_set("failed_agents", {agent})
-        if rule.kind == "complete" and not effect.finished:
-            expr.set("current_agent", AGENTS[step])
-        elif rule.kind == "fail":
-            expr.set("current_agent", agent)  # stays on the failed agent until the next one starts
-        if effect.finished and effect.status is SessionStatus.COMPLETED:
-            require_within_budget(expr, policy, adding=1 if effect.tolerated else 0)
-        if effect.status is not SessionStatus.ACTIVE:
-            status_effects(expr, session_id, effect.status, now=now, retention_days=retention_days)
-        if effect.status is SessionStatus.FAILED and error_message:
-            expr.set("error_message", f"{agent}: {error_message}"[:4000])
-        elif effect.status is SessionStatus.FAILED:
-            expr.set(
-                "error_message",
-                f"the run policy allows {policy.tolerated_failures} failed agent(s); more failed",
-            )
-    elif rule.kind == "retry":
-        expr.set("progress", step - 1).set("current_agent", agent)
-        expr.delete_from_set("failed_agents", {agent})
-        status_effects(expr, session_id, SessionStatus.ACTIVE, now=now, retention_days=retention_days)
+    if effect.finished and effect.status is SessionStatus.COMPLETED:
+        require_within_budget(expr, policy, adding=1 if effect.moved_past else 0)
+    if rule.kind == "retry":
         expr.remove("error_message")
+    if effect.status is not SessionStatus.ACTIVE or rule.kind == "retry":
+        status_effects(expr, session_id, effect.status, now=now, retention_days=retention_days)
+    if effect.status is SessionStatus.FAILED:
+        reason = (
+            error_message or f"the run policy allows {policy.tolerated_failures} failed agent(s); more failed"
+        )
+        expr.set("error_message", f"{agent}: {reason}"[:4000] if error_message else reason)
     return expr
 
 

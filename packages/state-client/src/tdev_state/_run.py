@@ -35,7 +35,7 @@ import structlog
 from tdev_state import _validate as check
 from tdev_state.client import AsyncStateClient
 from tdev_state.exceptions import InvalidTransitionError, StateError, ValidationError
-from tdev_state.models import AgentStatus, AgentTransition, Session
+from tdev_state.models import AgentStatus, AgentTransition, Session, SessionStatus
 
 log = structlog.get_logger("tdev_state.run")
 
@@ -112,6 +112,18 @@ class PipelineRun:
     async def session(self) -> Session:
         """The run's session as stored now."""
         return await self.client.sessions.get(self.session_id)
+
+    async def finish(self) -> Session:
+        """End the run as the orchestrator does after its last agent. A run whose last agent completed has
+        ended already; one whose last agent failed for good is declared COMPLETED (that failure tolerated)
+        when the policy's budget holds, else FAILED with the reason."""
+        session = await self.session()
+        if session.status is not SessionStatus.ACTIVE:
+            return session
+        try:
+            return await self.client.sessions.update(self.session_id, status="COMPLETED")
+        except InvalidTransitionError as exc:
+            return await self.client.sessions.update(self.session_id, status="FAILED", error_message=str(exc))
 
     def agent(self, agent_name: str, *, input_data: Any = None) -> AgentStep:
         """One attempt of one agent, as an async context manager."""

@@ -14,13 +14,14 @@ from tdev_state import _validate as check
 from tdev_state._expr import Expr
 from tdev_state._lifecycle import (
     SESSION_TRANSITIONS,
+    agent_sort_key,
     predecessors,
     recovery_shard,
     require_within_budget,
     status_effects,
 )
 from tdev_state._liveness import LivenessStamps
-from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item
+from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item, TransactAction, TransactionCancelled
 from tdev_state.exceptions import (
     ConflictError,
     InvalidTransitionError,
@@ -31,6 +32,7 @@ from tdev_state.exceptions import (
 from tdev_state.models import (
     AGENT_STEP,
     AGENTS,
+    AgentStatus,
     Page,
     PipelineType,
     RecoveryCandidate,
@@ -200,52 +202,91 @@ class SessionStore:
         )
         token = str(uuid.uuid4())
         moment = self._clock()
-        expr = Expr().require_exists("session_id")
-        expr.set_many({"last_updated": epoch(moment), "last_request": token}).increment("version")
-        if version is not None:
-            expr.require_equal("version", version)
-        target: SessionStatus | None = None
-        if status is not None:
-            target = check.enum(SessionStatus, "status", status)
-            allowed = predecessors(target)
-            if not allowed:
-                raise InvalidTransitionError(f"no session may move to {target.value}")
-            expr.require_in("status", [s.value for s in allowed])
-            status_effects(expr, sid, target, now=moment, retention_days=self._layer.config.retention_days)
-            if target is SessionStatus.COMPLETED:
-                expr.require_equal("progress", len(AGENTS))
-                require_within_budget(expr, self._layer.config.run_policy, adding=0)
-            if target is SessionStatus.ACTIVE and error_message is None:
-                expr.remove("error_message")
-        if progress is not None:
-            expr.require_equal("progress", check.whole("progress", progress, low=0, high=len(AGENTS)))
-        if current_agent is not None:
-            expr.require_equal("current_agent", check.agent(current_agent))
-        if metadata is not _UNSET:
-            expr.set(
-                "metadata",
-                _codec.encode(
-                    metadata,
-                    field="metadata",
-                    object_key=sid,
-                    context=session_context(sid),
-                    layer=self._layer,
-                ).value,
+        target = check.enum(SessionStatus, "status", status) if status is not None else None
+        if target is not None and not predecessors(target):
+            raise InvalidTransitionError(f"no session may move to {target.value}")
+        sent_progress = (
+            check.whole("progress", progress, low=0, high=len(AGENTS)) if progress is not None else None
+        )
+        sent_agent = check.agent(current_agent) if current_agent is not None else None
+        encoded = (
+            _codec.encode(
+                metadata, field="metadata", object_key=sid, context=session_context(sid), layer=self._layer
             )
-        if error_message is not None:
-            expr.set("error_message", check.error_text(error_message))
+            if metadata is not _UNSET
+            else None
+        )
+        error = check.error_text(error_message) if error_message is not None else None
+        policy = self._layer.config.run_policy
         refresh = target is not None or self._liveness.due(sid, moment)
-        if refresh:
-            expr.set("alive_at", epoch(moment))
+
+        def build(moved_past: str | None) -> Expr:
+            expr = Expr().require_exists("session_id")
+            expr.set_many({"last_updated": epoch(moment), "last_request": token}).increment("version")
+            if version is not None:
+                expr.require_equal("version", version)
+            if target is not None:
+                expr.require_in("status", [s.value for s in predecessors(target)])
+                status_effects(
+                    expr, sid, target, now=moment, retention_days=self._layer.config.retention_days
+                )
+                if target is SessionStatus.COMPLETED and moved_past is None:
+                    expr.require_equal("progress", len(AGENTS))
+                elif target is SessionStatus.COMPLETED and moved_past is not None:
+                    # The pipeline ends the run with its last agent failed: that failure is moved past.
+                    expr.require_equal("progress", len(AGENTS) - 1).require_equal("current_agent", moved_past)
+                    expr.set("progress", len(AGENTS)).add_to_set("failed_agents", {moved_past})
+                if target is SessionStatus.COMPLETED:
+                    require_within_budget(expr, policy, adding=1 if moved_past else 0)
+                if target is SessionStatus.ACTIVE and error is None:
+                    expr.remove("error_message")
+            if sent_progress is not None:
+                expr.require_equal("progress", sent_progress)
+            if sent_agent is not None:
+                expr.require_equal("current_agent", sent_agent)
+            if encoded is not None:
+                expr.set("metadata", encoded.value)
+            if error is not None:
+                expr.set("error_message", error)
+            if refresh:
+                expr.set("alive_at", epoch(moment))
+            return expr
+
+        last = AGENTS[-1]
         try:
             item = self._layer.update(
-                self._table, {"session_id": sid}, **expr.kwargs(), return_values="ALL_NEW"
+                self._table, {"session_id": sid}, **build(None).kwargs(), return_values="ALL_NEW"
             )
         except ConditionFailed as exc:
             old = exc.old_item
             if old is not None and old.get("last_request") == token:
                 return self.get(sid)  # our own earlier attempt was applied (retried after a timeout)
-            raise self._refusal(sid, version, target, progress, current_agent, old) from None
+            ends_after_failed_last = (
+                target is SessionStatus.COMPLETED
+                and old is not None
+                and old.get("status") == SessionStatus.ACTIVE.value
+                and int(old.get("progress", -1)) == len(AGENTS) - 1
+                and old.get("current_agent") == last
+                and not policy.is_critical(last)
+            )
+            if not ends_after_failed_last:
+                raise self._refusal(sid, version, target, progress, current_agent, old) from None
+            check_last = TransactAction(
+                "ConditionCheck",
+                self._layer.tables.executions,
+                key={"execution_id": sid, "agent_name": agent_sort_key(last)},
+                condition="#s = :failed",
+                names={"#s": "status"},
+                values={":failed": AgentStatus.FAILED.value},
+            )
+            try:
+                self._layer.transact_write(
+                    [build(last).action(self._table, {"session_id": sid}), check_last], token=token
+                )
+            except TransactionCancelled as cancelled:
+                current = cancelled.reasons[0].old_item or old
+                raise self._refusal(sid, version, target, progress, current_agent, current) from None
+            item = self._layer.get(self._table, {"session_id": sid})
         assert item is not None
         if refresh:
             self._liveness.mark(sid, moment)

@@ -21,18 +21,39 @@ MAX_TEXT_CHARS = 4096
 MAX_ERROR_CHARS = 4000
 
 
+#: Characters that have no place in an identifier: C0/C1 controls, bidi overrides and isolates (they make a
+#: terminal show another id than the stored one), zero-width characters and the BOM.
+_INVISIBLE = frozenset(
+    [*range(0x00, 0x20), *range(0x7F, 0xA0), *range(0x200B, 0x2010), 0x2060, 0xFEFF, *range(0x202A, 0x202F)]
+) | frozenset(range(0x2066, 0x206A))
+
+
+def encodable(name: str, value: str) -> str:
+    """Refuse text that cannot be stored as UTF-8 (a lone surrogate from badly decoded input)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(
+            f"{name} contains a lone surrogate (invalid Unicode); decode the text properly first"
+        ) from None
+    return value
+
+
 def identifier(name: str, value: Any) -> str:
-    """A key value: a non-empty string of at most 256 UTF-8 bytes without control characters."""
+    """A key value: a non-empty string of at most 256 UTF-8 bytes, printable: no control, bidi-override or
+    zero-width characters (they would let one id display as another)."""
     if not isinstance(value, str):
         raise ValidationError(f"{name} must be a string, got {type(value).__name__} {value!r:.60}")
     if not value.strip():
         raise ValidationError(f"{name} must not be empty or blank")
-    if len(value.encode("utf-8")) > MAX_ID_BYTES:
+    size = len(encodable(name, value).encode("utf-8"))
+    if size > MAX_ID_BYTES:
+        raise ValidationError(f"{name} is {size} bytes; keys may be at most {MAX_ID_BYTES} bytes")
+    bad = next((c for c in value if ord(c) in _INVISIBLE), None)
+    if bad is not None:
         raise ValidationError(
-            f"{name} is {len(value.encode('utf-8'))} bytes; keys may be at most {MAX_ID_BYTES} bytes"
+            f"{name} contains the invisible or control character U+{ord(bad):04X}; use printable text"
         )
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValidationError(f"{name} contains control characters; use printable text")
     if "#" in value and name in ("agent_name",):
         raise ValidationError(f"{name} must not contain '#'")
     return value
@@ -46,7 +67,7 @@ def text(name: str, value: Any, *, allow_empty: bool = True, max_chars: int = MA
         raise ValidationError(f"{name} must not be empty")
     if len(value) > max_chars:
         raise ValidationError(f"{name} is {len(value)} characters; the limit is {max_chars}")
-    return value
+    return encodable(name, value)
 
 
 def error_text(value: Any) -> str:
@@ -56,6 +77,7 @@ def error_text(value: Any) -> str:
         raise ValidationError(f"error_message must be a string, got {type(value).__name__}")
     if not value.strip():
         raise ValidationError("error_message must say what failed; it is empty")
+    encodable("error_message", value)
     if len(value) > MAX_ERROR_CHARS:
         cut = len(value) - MAX_ERROR_CHARS
         return value[:MAX_ERROR_CHARS] + f"… [{cut} more characters cut]"

@@ -20,7 +20,9 @@ from datetime import timedelta
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from tdev_state.client import StateClient
 from tdev_state.config import StateConfig
@@ -30,6 +32,12 @@ from tdev_state.models import AGENTS, AgentExecution, Session, SessionStatus, ep
 
 def _console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def _cell(value: Any) -> Text:
+    """A table cell from stored data: plain Text, never parsed as markup (a project called `shop [/] v2`
+    or an error about `[/srv/build]` must print as written, not crash the table)."""
+    return Text("" if value is None else str(value))
 
 
 def _client(args: argparse.Namespace) -> StateClient:
@@ -79,7 +87,7 @@ def sessions_list(args: argparse.Namespace) -> int:
         for column in rows[0] if rows else ("session_id",):
             table.add_column(column)
         for row in rows:
-            table.add_row(*(str(v) for v in row.values()))
+            table.add_row(*(_cell(v) for v in row.values()))
         _console().print(table)
     return 0 if rows else 1
 
@@ -115,12 +123,15 @@ def sessions_show(args: argparse.Namespace) -> int:
         return 0
     console = _console()
     console.print(
-        f"[bold]{session.session_id}[/] {session.project_name} ({session.pipeline_type.value}) "
-        f"user={session.user_id} status=[bold]{session.status.value}[/] progress={session.progress}/9 "
+        f"[bold]{escape(session.session_id)}[/] {escape(session.project_name or '-')} "
+        f"({session.pipeline_type.value}) user={escape(session.user_id or '-')} "
+        f"status=[bold]{session.status.value}[/] progress={session.progress}/9 "
         f"version={session.version} resumes={session.resume_count}"
     )
+    if session.failed_agents:
+        console.print(Text(f"tolerated failures: {', '.join(session.failed_agents)}"))
     if session.error_message:
-        console.print(f"error: {session.error_message}")
+        console.print(Text(f"error: {session.error_message}"))
     table = Table()
     columns = (
         "step",
@@ -135,7 +146,7 @@ def sessions_show(args: argparse.Namespace) -> int:
     for column in columns:
         table.add_column(column)
     for row in timeline:
-        table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
+        table.add_row(*(_cell(row[c]) for c in columns))
     console.print(table)
     return 0
 
@@ -146,11 +157,11 @@ def projects_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
     else:
-        table = Table(title=f"projects of {args.user}")
+        table = Table(title=f"projects of {escape(args.user)}")
         for column in ("project_id", "project_name", "download_count", "last_accessed", "size_mb"):
             table.add_column(column)
         for row in rows:
-            table.add_row(*(str(row.get(c) or "") for c in (
+            table.add_row(*(_cell(row.get(c)) for c in (
                 "project_id", "project_name", "download_count", "last_accessed", "size_mb")))  # fmt: skip
         _console().print(table)
     return 0 if rows else 1

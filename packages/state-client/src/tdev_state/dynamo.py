@@ -33,6 +33,7 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    NoCredentialsError,
     ReadTimeoutError,
 )
 
@@ -152,6 +153,7 @@ class CapacityMeter:
     write_units: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     s3_puts: int = 0
     s3_gets: int = 0
+    s3_put_bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, kind: Literal["read", "write"], consumed: Any) -> None:
@@ -161,21 +163,23 @@ class CapacityMeter:
             for entry in entries:
                 target[entry.get("TableName", "?")] += float(entry.get("CapacityUnits", 0.0))
 
-    def count_s3(self, kind: Literal["put", "get"]) -> None:
+    def count_s3(self, kind: Literal["put", "get"], size: int = 0) -> None:
         with self._lock:
             if kind == "put":
                 self.s3_puts += 1
+                self.s3_put_bytes += size
             else:
                 self.s3_gets += 1
 
     def snapshot(self) -> dict[str, float]:
-        """Totals so far: read_units, write_units, s3_puts, s3_gets."""
+        """Totals so far: read_units, write_units, s3_puts, s3_gets, s3_put_bytes."""
         with self._lock:
             return {
                 "read_units": sum(self.read_units.values()),
                 "write_units": sum(self.write_units.values()),
                 "s3_puts": float(self.s3_puts),
                 "s3_gets": float(self.s3_gets),
+                "s3_put_bytes": float(self.s3_put_bytes),
             }
 
 
@@ -456,6 +460,11 @@ class DynamoLayer:
                     found[tuple(item[k] for k in key_names)] = item
                 pending = list(resp.get("UnprocessedKeys", {}).get(table, {}).get("Keys", []))
                 if pending:
+                    if attempt >= self.config.max_attempts:
+                        raise StorageUnavailableError(
+                            f"BatchGetItem on {table}: {len(pending)} key(s) stayed unprocessed (throttled) "
+                            f"after {attempt + 1} attempts; retry later or raise capacity"
+                        )
                     attempt = self._backoff(attempt, "BatchGetItem", table)
         return [
             found[tuple(k[n] for n in key_names)] for k in keys if tuple(k[n] for n in key_names) in found
@@ -500,6 +509,11 @@ class DynamoLayer:
                             ) from None
                         raise StorageError(f"TransactWriteItems refused: {detail}") from None
                     if attempt >= self.config.transaction_conflict_retries:
+                        if codes & _THROTTLING:
+                            raise StorageUnavailableError(
+                                f"transaction on {tables} was throttled ({', '.join(sorted(codes))}) on "
+                                f"{attempt + 1} attempts; nothing was written, retry later or raise capacity"
+                            ) from None
                         raise ConflictError(
                             f"transaction on {tables} kept conflicting with concurrent writers "
                             f"({', '.join(sorted(codes))}) after {attempt + 1} attempts; retry later"
@@ -547,13 +561,12 @@ class DynamoLayer:
     def put_object(self, key: str, body: bytes, *, metadata: Mapping[str, str]) -> None:
         """Write a payload object to the configured bucket (content-addressed keys make retries harmless)."""
         s3, bucket = self._require_bucket()
-        try:
-            s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=dict(metadata))
-        except ClientError as exc:
-            raise self._translate(exc, "PutObject", f"s3://{bucket}") from None
-        except _UNAVAILABLE_ERRORS as exc:
-            raise self._unavailable(exc, "PutObject", f"s3://{bucket}") from None
-        self.meter.count_s3("put")
+        self._s3_call(
+            "PutObject",
+            f"s3://{bucket}/{key}",
+            lambda: s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=dict(metadata)),
+        )
+        self.meter.count_s3("put", len(body))
 
     def get_object(self, bucket: str, key: str) -> bytes:
         """Read a payload object."""
@@ -562,14 +575,31 @@ class DynamoLayer:
                 f"payload s3://{bucket}/{key} is stored in S3 but this client has no S3 access; "
                 "configure payload_bucket (TDEV_PAYLOAD_BUCKET)"
             )
-        try:
-            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            raise self._translate(exc, "GetObject", f"s3://{bucket}/{key}") from None
-        except _UNAVAILABLE_ERRORS as exc:
-            raise self._unavailable(exc, "GetObject", f"s3://{bucket}") from None
+        s3 = self.s3
+
+        def read() -> bytes:
+            return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+        body: bytes = self._s3_call("GetObject", f"s3://{bucket}/{key}", read)
         self.meter.count_s3("get")
         return bytes(body)
+
+    def _s3_call(self, op: str, target: str, call: Any) -> Any:
+        """One S3 request (the body read included), every botocore error translated like DynamoDB's:
+        missing credentials, TLS and streaming failures reach no caller raw."""
+        try:
+            return call()
+        except ClientError as exc:
+            raise self._translate(exc, op, target) from None
+        except _UNAVAILABLE_ERRORS as exc:
+            raise self._unavailable(exc, op, target) from None
+        except NoCredentialsError:
+            raise AccessDeniedError(
+                f"{op} on {target}: no AWS credentials were found; configure them as boto3 does "
+                "(environment, profile, role)"
+            ) from None
+        except (BotoCoreError, OSError) as exc:
+            raise StorageUnavailableError(f"{op} on {target} failed: {type(exc).__name__}: {exc}") from None
 
     def _require_bucket(self) -> tuple[S3Client, str]:
         if self.s3 is None or not self.config.payload_bucket:
@@ -588,6 +618,11 @@ class DynamoLayer:
             raise self._translate(exc, op, table) from None
         except _UNAVAILABLE_ERRORS as exc:
             raise self._unavailable(exc, op, table) from None
+        except NoCredentialsError:
+            raise AccessDeniedError(
+                f"{op} on {table}: no AWS credentials were found; configure them as boto3 does (environment, "
+                "profile, role), or point at LocalStack (AWS_ENDPOINT_URL)"
+            ) from None
         except BotoCoreError as exc:
             raise StorageError(f"{op} on {table} failed: {exc}") from None
         return resp
