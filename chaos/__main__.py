@@ -28,6 +28,11 @@ TESTS = [
 FIXED = {"scenario", "lost", "double_counted", "resumed_twice", "at"}
 
 
+def _measured(value: object) -> str:
+    """A figure as measured, or "n/a" for one the scenario does not measure (never a made-up 0)."""
+    return "n/a" if value is None else str(value)
+
+
 def main() -> int:
     out = ROOT / "reports" / "chaos"
     out.mkdir(parents=True, exist_ok=True)
@@ -53,9 +58,7 @@ def main() -> int:
         extra = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in row.items() if k not in FIXED)
         cells = [
             row["scenario"],
-            str(row["lost"]),
-            str(row["double_counted"]),
-            str(row["resumed_twice"]),
+            *(_measured(row.get(k)) for k in ("lost", "double_counted", "resumed_twice")),
             extra,
         ]
         table.add_row(*cells)

@@ -12,7 +12,15 @@ import time
 from typing import Any
 
 
-def record(scenario: str, *, lost: int, double_counted: int, resumed_twice: int, **figures: Any) -> None:
+def record(
+    scenario: str,
+    *,
+    lost: int | None = None,
+    double_counted: int | None = None,
+    resumed_twice: int | None = None,
+    **figures: Any,
+) -> None:
+    """One scenario's figures. A figure the scenario does not measure is left None and printed "n/a"."""
     path = os.environ.get("TDEV_CHAOS_REPORT")
     if not path:
         return

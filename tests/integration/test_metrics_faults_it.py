@@ -58,7 +58,6 @@ def test_exact_totals_under_localstack_throttling(throttling_config: StateConfig
         "metrics flushes with 30 % of DynamoDB calls failing (LocalStack error probability)",
         lost=max(0, 8 * count - stored[0]),
         double_counted=max(0, stored[0] - 8 * count),
-        resumed_twice=0,
         observations=8 * count,
         flushes=8,
         flush_attempts_failed=collector.failed_flushes,
@@ -81,7 +80,6 @@ def test_a_timeout_after_a_successful_write_is_not_counted_twice(client: StateCl
         "metrics writes timing out after they landed (retried by botocore)",
         lost=max(0, 3000 - stored[0]),
         double_counted=max(0, stored[0] - 3000),
-        resumed_twice=0,
         observations=3000,
         timeouts_injected=counts["injected"],
         duplicate_writes_recognised=collector.duplicates_ignored,
@@ -134,7 +132,6 @@ def test_sigterm_mid_stream_loses_nothing(client: StateClient, tmp_path: Path) -
         "metrics collector SIGTERMed while recording flat out",
         lost=recorded - stored if stored <= recorded else 0,
         double_counted=stored - recorded if stored > recorded else 0,
-        resumed_twice=0,
         observations_recorded=recorded,
         observations_stored=stored,
     )
@@ -157,14 +154,16 @@ def test_sigkill_loses_at_most_the_unflushed_buffer_and_counts_nothing_twice(
     child.wait(timeout=30)
     taken_in = int(out.read_text())  # at most 1,000 behind the true count
     stored = _stored(client, metric)[0]
-    assert 0 < stored <= taken_in + 1000
+    assert stored <= taken_in + 1000  # nothing counted twice
+    # The loss docs/reliability.md states: at most what was buffered since the last confirmed flush, i.e.
+    # two flush intervals (1 s each) of records at the child's rate, capped at 20,000/s by its own sleeps.
+    assert taken_in - stored <= 2 * 1.0 * 20_000
     assert _child(client.config, "fixed", tmp_path / "later", metric, count=5000).wait(timeout=120) == 0
     assert _stored(client, metric)[0] == stored + 5000
     record(
         "metrics collector SIGKILLed (no flush possible), then a new collector on the same keys",
         lost=max(0, taken_in - stored),
-        double_counted=0,
-        resumed_twice=0,
+        double_counted=max(0, stored - taken_in - 1000),
         observations_taken_in_at_least=taken_in,
         observations_stored=stored,
         lost_at_most=taken_in + 999 - stored,

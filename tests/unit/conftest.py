@@ -10,6 +10,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+import tdev_state
 from tdev_state import StateClient, StateConfig
 
 BUCKET = "tdev-unit-payloads"
@@ -66,3 +67,11 @@ def make_client(clock: FakeClock, **config: object) -> StateClient:
 @pytest.fixture
 def client(aws: None, clock: FakeClock) -> StateClient:
     return make_client(clock)
+
+
+@pytest.fixture
+def plan(client: StateClient) -> Iterator[StateClient]:
+    """The plan's dict calls bound to the moto client (and unbound afterwards)."""
+    tdev_state.configure(client)
+    yield client
+    tdev_state.configure(None)

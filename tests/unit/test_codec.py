@@ -215,3 +215,35 @@ def test_a_tampered_chunk_is_an_integrity_error(client: StateClient) -> None:
     s3.put_object(Bucket=bucket, Key=obj["Key"], Body=b"\x01" + zlib.compress(b'{"big":"forged"}'))
     with pytest.raises(PayloadIntegrityError, match="does not match its SHA-256"):
         client.executions.get(sid, "nl_input")
+
+
+def test_earlier_outputs_in_an_input_are_stored_as_references(client: StateClient) -> None:
+    """download's input holds every earlier output: stored as references (a few hundred bytes), read back
+    whole by get() and list(), and by another process."""
+    sid = client.sessions.create().session_id
+    data: dict[str, object] = {"request": "a shop"}
+    for agent in AGENTS:
+        client.executions.start(sid, agent, input_data=data)
+        output = {"agent": agent, "notes": "x" * 2000}
+        client.executions.complete(sid, agent, output_data=output)
+        data = {**data, agent: output}
+    item = client.layer.get(
+        client.config.tables.executions, {"execution_id": sid, "agent_name": "09#download"}
+    )
+    assert item is not None
+    assert len(item["input_data"]) < 600, item["input_data"]  # eight references, not 16 KB of outputs
+    expected = {k: v for k, v in data.items() if k != "download"}
+    assert client.executions.get(sid, "download").input_data == expected
+    assert client.executions.list(sid)[-1].input_data == expected
+    assert (
+        StateClient(client.config, clock=client.clock).executions.get(sid, "download").input_data == expected
+    )
+
+
+def test_a_repeated_start_with_references_is_still_a_duplicate(client: StateClient) -> None:
+    """The fingerprint is over the caller's input, not its stored form: a retried start is a duplicate."""
+    sid = client.sessions.create().session_id
+    client.executions.complete(sid, "nl_input", output_data={"intent": "shop"})
+    data = {"request": "r", "nl_input": {"intent": "shop"}}
+    assert not client.executions.start(sid, "ui_selection", input_data=data).duplicate
+    assert client.executions.start(sid, "ui_selection", input_data=data).duplicate

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -19,13 +18,6 @@ from tdev_state import (
 )
 
 from .conftest import FakeClock
-
-
-@pytest.fixture
-def plan(client: StateClient) -> Iterator[StateClient]:
-    tdev_state.configure(client)
-    yield client
-    tdev_state.configure(None)
 
 
 async def test_a_pipeline_run_through_the_plan_calls(plan: StateClient) -> None:

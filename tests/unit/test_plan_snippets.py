@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
-import pytest
 
-import tdev_state
 from tdev_state import (
     StateClient,
     get_failed_sessions,
@@ -25,13 +22,6 @@ from tdev_state import (
 )
 
 from .conftest import FakeClock
-
-
-@pytest.fixture
-def plan(client: StateClient) -> Iterator[StateClient]:
-    tdev_state.configure(client)
-    yield client
-    tdev_state.configure(None)
 
 
 @dataclass

@@ -7,7 +7,7 @@ import json
 import random
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -62,6 +62,13 @@ def crashed_run(client: StateClient, completed: int, *, running_next: bool) -> s
     if running_next:
         client.executions.start(sid, AGENTS[completed])
     return sid
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for a condition instead of assuming how long the worker takes to reach it (10 s at most)."""
+    async with asyncio.timeout(10):
+        while not condition():  # noqa: ASYNC110 - the worker exposes no event for this; polling is the probe
+            await asyncio.sleep(0.01)
 
 
 async def sweep_and_wait(worker: RecoveryWorker) -> int:
@@ -314,7 +321,7 @@ async def test_shutdown_is_idempotent_and_stops_the_loop(client: StateClient, cl
     """run() returns after shutdown(); calling shutdown() again is harmless."""
     worker = RecoveryWorker(client, Recorder(), FAST, clock=clock)
     runner = asyncio.create_task(worker.run())
-    await asyncio.sleep(0.15)
+    await until(lambda: worker.metrics.sweeps._value.get() >= 1)
     await worker.shutdown()
     await worker.shutdown()
     await asyncio.wait_for(runner, timeout=5)
@@ -334,7 +341,7 @@ async def test_shutdown_releases_a_resume_that_outlives_the_grace_period(
     config = WorkerConfig(**{**FAST.__dict__, "grace_period": 0.2})
     worker = RecoveryWorker(client, hangs, config, clock=clock)
     runner = asyncio.create_task(worker.run())
-    await asyncio.sleep(0.3)
+    await until(lambda: sid in worker._inflight)  # claimed, its resume hanging
     await worker.shutdown()
     await asyncio.wait_for(runner, timeout=5)
     item = client.layer.get(client.config.tables.sessions, {"session_id": sid})

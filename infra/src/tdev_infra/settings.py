@@ -37,7 +37,8 @@ class EnvironmentSettings:
     write_capacity: int = 5
     autoscaling_max: int = 200
     autoscaling_target_percent: float = 70.0
-    #: Days an offloaded payload object lives; set the clients' TDEV_RETENTION_DAYS to the same value.
+    #: Days a finished run's items live (the clients' TDEV_RETENTION_DAYS: set it to this value). Payload
+    #: objects live `tdev_state.config.payload_expiry_days(retention_days)`: items never outlive them.
     retention_days: int = 30
     #: The recovery backlog alarm: more than this many failed/stalled runs for 3 periods of 5 minutes.
     backlog_threshold: int = 10

@@ -15,7 +15,7 @@ from tdev_infra import _cdktf as tf
 from tdev_infra.policies import COMPONENTS, ResourceArns, construct_id, policy_document
 from tdev_infra.settings import RECOVERY_NAMESPACE, BackendSettings, EnvironmentSettings
 from tdev_state.access import ComponentAccess
-from tdev_state.config import PAYLOAD_PREFIX
+from tdev_state.config import PAYLOAD_PREFIX, payload_expiry_days
 from tdev_state.schema import ALL_TABLES, TableSpec
 
 #: DynamoDB reports SystemErrors per operation; these are the operations the components call.
@@ -310,7 +310,11 @@ class StateStack(tf.TerraformStack):
                     id="payload-retention",
                     status="Enabled",
                     filter=[tf.S3BucketLifecycleConfigurationRuleFilter(prefix="")],
-                    expiration=[tf.S3BucketLifecycleConfigurationRuleExpiration(days=s.retention_days)],
+                    expiration=[
+                        tf.S3BucketLifecycleConfigurationRuleExpiration(
+                            days=payload_expiry_days(s.retention_days)
+                        )
+                    ],
                     noncurrent_version_expiration=[
                         tf.S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(noncurrent_days=1)
                     ],
@@ -553,6 +557,9 @@ class StateStack(tf.TerraformStack):
         tf.TerraformOutput(self, "payload_bucket", value=self.bucket.bucket)
         tf.TerraformOutput(self, "state_key_arn", value=self.key.arn)
         tf.TerraformOutput(self, "retention_days", value=self.settings.retention_days)
+        tf.TerraformOutput(
+            self, "payload_expiry_days", value=payload_expiry_days(self.settings.retention_days)
+        )
         if self.topic is not None:
             tf.TerraformOutput(self, "alarm_topic_arn", value=self.topic.arn)
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tdev_infra.settings import ENVIRONMENTS, RECOVERY_NAMESPACE
+from tdev_state.config import PAYLOAD_GRACE_DAYS
 from tdev_state.schema import ALL_TABLES
 
 from .conftest import STACKS, STATE_BUCKET, TASK_PRINCIPAL, Synth
@@ -90,8 +91,11 @@ def test_payload_bucket_is_private_encrypted_tls_only_and_expires(synth: Synth, 
     assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert deny["Resource"] == ["${aws_s3_bucket.payloads.arn}", "${aws_s3_bucket.payloads.arn}/*"]
     (lifecycle,) = synth.resources(env, "aws_s3_bucket_lifecycle_configuration").values()
-    assert lifecycle["rule"][0]["expiration"] == [{"days": ENVIRONMENTS[env].retention_days}]
-    assert synth.json(env)["output"]["retention_days"]["value"] == ENVIRONMENTS[env].retention_days
+    # One retention setting drives both: payloads outlive the items that refer to them.
+    days = ENVIRONMENTS[env].retention_days
+    assert lifecycle["rule"][0]["expiration"] == [{"days": days + PAYLOAD_GRACE_DAYS}]
+    assert synth.json(env)["output"]["retention_days"]["value"] == days
+    assert synth.json(env)["output"]["payload_expiry_days"]["value"] == days + PAYLOAD_GRACE_DAYS
 
 
 def test_prod_autoscales_the_table_and_every_gsi(synth: Synth) -> None:

@@ -185,7 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         render_table(rows, console, f"{args.metric} {args.start}..{args.end or args.start}")
     if args.png and rows:
-        render_png(rows, args.png, args.metric)
+        try:
+            render_png(rows, args.png, args.metric)
+        except OSError as exc:
+            print(f"error: cannot write the chart to {args.png}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         if not args.json:
             console.print(f"chart written to {args.png}")
     return 0 if rows else 1

@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 import structlog
 
 from tdev_recovery.config import WorkerConfig
-from tdev_recovery.exceptions import ClaimLostError, ResumeRejected
+from tdev_recovery.exceptions import ClaimLostError, RecoveryError, ResumeRejected
 from tdev_recovery.metrics import WorkerMetrics
 from tdev_recovery.resumers import CompletedAgent, Resumer, ResumeRequest
 from tdev_state import AGENTS, AgentStatus, Claim, SessionStatus, StateClient, StateError
@@ -67,7 +67,10 @@ class RecoveryWorker:
             max_workers=self.config.concurrency + 2, thread_name_prefix="tdev-recovery"
         )
         self._inflight: dict[str, asyncio.Task[Outcome]] = {}
-        self._stopping: asyncio.Event | None = None
+        # Created here, not in run(): shutdown() may come first (an Event binds to a loop only when used).
+        self._stopping = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._running = False
         self._stopped = False
         self.last_sweep_monotonic: float | None = None
 
@@ -75,8 +78,18 @@ class RecoveryWorker:
 
     async def run(self) -> None:
         """Sweep every poll interval until shutdown() is called."""
-        self._stopping = asyncio.Event()
+        if self._running or self._stopped:
+            raise RecoveryError("RecoveryWorker.run() runs once per worker; create another worker")
+        self._running = True
         log.info("worker.started", worker_id=self.config.worker_id)
+        try:
+            await self._loop()
+        finally:
+            await self._drain()
+            self._finished.set()
+            log.info("worker.stopped", worker_id=self.config.worker_id)
+
+    async def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
                 await self.sweep()
@@ -85,13 +98,15 @@ class RecoveryWorker:
                 log.error("sweep.failed", error=str(exc))  # noqa: TRY400 - expected, no traceback
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=self.config.poll_interval)
-        await self._drain()
-        log.info("worker.stopped", worker_id=self.config.worker_id)
 
     async def shutdown(self) -> None:
-        """Stop claiming; in-flight resumes get the grace period, then are released. Idempotent."""
-        if self._stopping is not None:
-            self._stopping.set()
+        """Stop claiming; in-flight resumes get the grace period, then are released; returns once that
+        drain is done. Idempotent, and safe in any order: before run() started, it just closes the worker."""
+        self._stopping.set()
+        if self._running:
+            await self._finished.wait()
+        else:
+            await self._drain()
 
     async def __aenter__(self) -> RecoveryWorker:
         self._runner = asyncio.create_task(self.run())
@@ -135,7 +150,7 @@ class RecoveryWorker:
         # claim. Each replica takes the oldest ones in its own random order.
         candidates = random.sample(candidates, len(candidates))
         for candidate in candidates:
-            if self._stopping is not None and self._stopping.is_set():
+            if self._stopping.is_set():
                 break
             if len(self._inflight) >= self.config.concurrency:
                 break

@@ -85,13 +85,13 @@ def pack(text: bytes) -> bytes:
 
 
 def unpack(body: bytes, *, field: str) -> bytes:
-    """A chunk object's JSON text."""
+    """The JSON text of a tagged, compressed body (a chunk, or any compressed payload)."""
     if not body.startswith(ZLIB_TAG):
-        raise PayloadIntegrityError(f"{field}: unknown chunk format tag {body[:1]!r}")
+        raise PayloadIntegrityError(f"{field}: unknown payload format tag {body[:1]!r}")
     try:
         return zlib.decompress(body[1:])
     except zlib.error as exc:
-        raise PayloadIntegrityError(f"{field}: compressed chunk is corrupt ({exc})") from None
+        raise PayloadIntegrityError(f"{field}: compressed payload is corrupt ({exc})") from None
 
 
 class StoredObjects:

@@ -41,7 +41,7 @@ from tdev_state.dynamo import DynamoLayer
 from tdev_state.exceptions import PayloadIntegrityError, PayloadTooLargeError, ValidationError
 
 _RAW_TAG = b"\x00"
-_ZLIB_TAG = b"\x01"
+_ZLIB_TAG = _chunks.ZLIB_TAG
 #: Room kept in an item for its keys and non-payload attributes.
 _ITEM_OVERHEAD = 8 * 1024
 
@@ -306,12 +306,7 @@ def _unpack(body: bytes, field: str, context: PayloadContext, layer: DynamoLayer
         body = layer.cipher.open(body, context.aad(field), field=field)
         if body.startswith(_RAW_TAG):
             return body[1:]
-    if not body.startswith(_ZLIB_TAG):
-        raise PayloadIntegrityError(f"{field}: unknown payload format tag {body[:1]!r}")
-    try:
-        return zlib.decompress(body[1:])
-    except zlib.error as exc:
-        raise PayloadIntegrityError(f"{field}: compressed payload is corrupt ({exc})") from None
+    return _chunks.unpack(body, field=field)  # the same tag + zlib form as a chunk
 
 
 def _loads(raw: bytes, field: str) -> JSONValue:

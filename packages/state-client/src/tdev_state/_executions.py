@@ -16,6 +16,7 @@ Idempotency, two layers deep:
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from tdev_state import _codec
+from tdev_state import _codec, _inputs
 from tdev_state import _validate as check
 from tdev_state._lifecycle import (
     AGENT_RULES,
@@ -72,6 +73,7 @@ class ExecutionStore:
         self._clock = clock
         self._liveness = liveness
         self._policy = layer.config.run_policy
+        self._known = _inputs.KnownOutputs()
 
     # --- transitions ----------------------------------------------------------------------------------
 
@@ -88,7 +90,7 @@ class ExecutionStore:
         sets: dict[str, Any] = {}
         if project_id is not None:
             sets["project_id"] = check.identifier("project_id", project_id)
-        payloads = {"input_data": self._encode(input_data, "input_data", sid, agent)}
+        payloads = {"input_data": self._encode_input(input_data, sid, agent)}
         return self._apply("start", sid, agent, sets=sets, payloads=payloads)
 
     def complete(
@@ -110,7 +112,7 @@ class ExecutionStore:
         sets = self._extras(retry_count=retry_count, project_id=project_id)
         payloads = {"output_data": self._encode(output_data, "output_data", sid, agent)}
         if input_data is not _UNSET:
-            payloads["input_data"] = self._encode(input_data, "input_data", sid, agent)
+            payloads["input_data"] = self._encode_input(input_data, sid, agent)
         return self._apply("complete", sid, agent, sets=sets, payloads=payloads)
 
     def fail(
@@ -137,7 +139,7 @@ class ExecutionStore:
         if output_data is not None:
             payloads["output_data"] = self._encode(output_data, "output_data", sid, agent)
         if input_data is not _UNSET:
-            payloads["input_data"] = self._encode(input_data, "input_data", sid, agent)
+            payloads["input_data"] = self._encode_input(input_data, sid, agent)
         return self._apply("fail", sid, agent, sets=sets, payloads=payloads, extra=(message,), error=message)
 
     def retry(self, session_id: str, agent_name: str, *, input_data: Any = _UNSET) -> AgentTransition:
@@ -148,7 +150,7 @@ class ExecutionStore:
         sid, agent = self._address(session_id, agent_name)
         payloads = {}
         if input_data is not _UNSET:
-            payloads["input_data"] = self._encode(input_data, "input_data", sid, agent)
+            payloads["input_data"] = self._encode_input(input_data, sid, agent)
         # Every retry is a new attempt, so its fingerprint is unique: a repeat is a second retry.
         return self._apply("retry", sid, agent, sets={}, payloads=payloads, extra=(str(uuid.uuid4()),))
 
@@ -177,13 +179,11 @@ class ExecutionStore:
     def list(self, execution_id: str, *, load_payloads: bool = True) -> builtins.list[AgentExecution]:
         """Every started agent of a run, in pipeline order — one (paged) consistent Query."""
         sid = check.identifier("execution_id", execution_id)
-        items = self._layer.query_all(
-            self._table,
-            key_condition="execution_id = :id",
-            values={":id": sid},
-            consistent=True,
-        )
-        return [self._from_item(i, load_payloads=load_payloads) for i in items]
+        run = [self._from_item(i, load_payloads=load_payloads) for i in self._run_items(sid)]
+        if not any(_inputs.references(e.input_data) for e in run):
+            return run
+        outputs = {e.agent_name: e for e in run}
+        return [self._with_inputs(e, outputs.get) for e in run]
 
     def get(self, execution_id: str, agent_name: str, *, load_payloads: bool = True) -> AgentExecution:
         """One agent's execution, or ExecutionNotFoundError if it never started."""
@@ -191,7 +191,38 @@ class ExecutionStore:
         item = self._layer.get(self._table, {"execution_id": sid, "agent_name": agent_sort_key(agent)})
         if item is None:
             raise ExecutionNotFoundError(f"agent {agent!r} of execution {sid!r} has not started")
-        return self._from_item(item, load_payloads=load_payloads)
+        execution = self._from_item(item, load_payloads=load_payloads)
+        wanted = set(_inputs.references(execution.input_data))
+        if not wanted:
+            return execution
+        items = {i["agent"]: i for i in self._run_items(sid) if i["agent"] in wanted}
+        return self._with_inputs(
+            execution,
+            lambda name: self._from_item(items[name], load_payloads=True) if name in items else None,
+        )
+
+    def _run_items(self, sid: str) -> builtins.list[Item]:
+        return builtins.list(
+            self._layer.query_all(
+                self._table, key_condition="execution_id = :id", values={":id": sid}, consistent=True
+            )
+        )
+
+    def _with_inputs(
+        self, execution: AgentExecution, lookup: Callable[[str], AgentExecution | None]
+    ) -> AgentExecution:
+        """The execution with its input's references to earlier outputs resolved."""
+
+        def output_of(agent: str) -> Any:
+            found = lookup(agent)
+            if found is None or found.status is not AgentStatus.COMPLETED:
+                raise PayloadIntegrityError(
+                    f"input_data of {execution.agent_name} refers to the output of {agent}, which is not "
+                    "stored as COMPLETED in this run"
+                )
+            return found.output_data
+
+        return dataclasses.replace(execution, input_data=_inputs.resolve(execution.input_data, output_of))
 
     # --- the one executor ------------------------------------------------------------------------------
 
@@ -251,6 +282,8 @@ class ExecutionStore:
             break
         if refresh or effect.status is not SessionStatus.ACTIVE:
             self._liveness.mark(sid, now)
+        if kind == "complete" and "output_data" in payloads:  # final: later inputs may refer to it
+            self._known.remember(sid, agent, payloads["output_data"].digest)
         log.info(
             f"agent.{kind}",
             session_id=sid,
@@ -407,6 +440,12 @@ class ExecutionStore:
 
     def _address(self, session_id: str, agent_name: str) -> tuple[str, str]:
         return check.identifier("session_id", session_id), check.agent(agent_name)
+
+    def _encode_input(self, value: Any, sid: str, agent: str) -> _codec.EncodedPayload:
+        """An input with earlier COMPLETED outputs of the run stored as references (`_inputs`)."""
+        stored, original = _inputs.substitute(value, self._known.of(sid), field="input_data")
+        encoded = self._encode(stored, "input_data", sid, agent)
+        return dataclasses.replace(encoded, digest=original) if original else encoded
 
     def _encode(self, value: Any, field: str, sid: str, agent: str) -> _codec.EncodedPayload:
         return _codec.encode(

@@ -27,6 +27,7 @@ from tdev_state.exceptions import (
     InvalidTransitionError,
     SessionExistsError,
     SessionNotFoundError,
+    StateError,
     ValidationError,
 )
 from tdev_state.models import (
@@ -53,8 +54,28 @@ def session_context(session_id: str) -> _codec.PayloadContext:
     return _codec.PayloadContext(PIPELINE_SESSIONS.logical_name, session_id)
 
 
-def session_from_item(item: Item, layer: DynamoLayer) -> Session:
-    """Build a Session from its stored item, decoding metadata."""
+def session_from_item(
+    item: Item, layer: DynamoLayer, *, strict: bool = True, metadata: Any = _UNSET
+) -> Session:
+    """Build a Session from its stored item, decoding metadata (or taking the value already known).
+
+    `strict=False` (listings, and the session an update returns): a metadata payload that cannot be read
+    (its S3 object expired or vanished, a key the caller may not use) leaves `metadata` None and says why in
+    `metadata_error`, instead of failing the whole page. `get()` is strict: the typed error is raised.
+    """
+    error: str | None = None
+    if metadata is _UNSET:
+        try:
+            metadata = _codec.decode(
+                item.get("metadata"),
+                field="metadata",
+                context=session_context(item["session_id"]),
+                layer=layer,
+            )
+        except StateError as exc:
+            if strict:
+                raise
+            metadata, error = None, f"{type(exc).__name__}: {exc}"
     return Session(
         session_id=item["session_id"],
         user_id=item.get("user_id"),
@@ -66,12 +87,11 @@ def session_from_item(item: Item, layer: DynamoLayer) -> Session:
         created_at=from_epoch(item["created_at"]),
         last_updated=from_epoch(item["last_updated"]),
         version=int(item["version"]),
-        metadata=_codec.decode(
-            item.get("metadata"), field="metadata", context=session_context(item["session_id"]), layer=layer
-        ),
+        metadata=metadata,
         error_message=item.get("error_message"),
         resume_count=int(item.get("resume_count", 0)),
         failed_agents=tuple(sorted(item.get("failed_agents") or (), key=lambda a: AGENT_STEP.get(a, 99))),
+        metadata_error=error,
     )
 
 
@@ -173,7 +193,7 @@ class SessionStore:
         keys = [{"session_id": i["session_id"]} for i in page.items]
         items = self._layer.batch_get(self._table, keys) if keys else []
         return Page(
-            items=[session_from_item(i, self._layer) for i in items],
+            items=[session_from_item(i, self._layer, strict=False) for i in items],
             next_cursor=check.encode_cursor(page.last_key),
         )
 
@@ -297,7 +317,9 @@ class SessionStore:
             progress=int(item["progress"]),
             version=int(item["version"]),
         )
-        return session_from_item(item, self._layer)
+        # The write is applied: returning it must not fail on a payload it did not touch.
+        known = metadata if metadata is not _UNSET else _UNSET
+        return session_from_item(item, self._layer, strict=False, metadata=known)
 
     def heartbeat(self, session_id: str) -> datetime:
         """Refresh `last_updated` of an ACTIVE run so recovery tells a slow agent from a dead pipeline.
@@ -392,7 +414,9 @@ class SessionStore:
         items = self._layer.batch_get(self._table, keys) if keys else []
         # The index lags the table: keep only what the table itself still says is FAILED.
         return [
-            session_from_item(i, self._layer) for i in items if i.get("status") == SessionStatus.FAILED.value
+            session_from_item(i, self._layer, strict=False)
+            for i in items
+            if i.get("status") == SessionStatus.FAILED.value
         ]
 
     # --- helpers --------------------------------------------------------------------------------------

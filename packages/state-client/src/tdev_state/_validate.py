@@ -114,9 +114,18 @@ def number(name: str, value: Any, *, low: float = 0.0) -> float:
     """A finite float or int >= low."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < low:
-        raise ValidationError(f"{name} is {value!r}; it must be a finite number >= {low}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if number < low:
+        raise ValidationError(f"{name} is {str(value)[:40]}; it must be a finite number >= {low}")
+    if not math.isfinite(number) or (number and not 1e-130 <= abs(number) < 1e126):
+        raise ValidationError(
+            f"{name} is {str(value)[:40]}: DynamoDB numbers must be 0 or have a magnitude from 1e-130 "
+            "to 9.99e125 (NaN and Infinity have no stored form)"
+        )
+    return number
 
 
 def string_list(name: str, value: Any, *, max_items: int = 100) -> list[str]:

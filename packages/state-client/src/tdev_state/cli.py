@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from importlib.metadata import entry_points
 from typing import Any
 
 from rich.console import Console
@@ -211,20 +212,19 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
     argv = list(sys.argv[1:] if argv is None else argv)
     env_args = argv[:2] if argv[:1] == ["--env"] else []
     rest = argv[len(env_args) :]
-    if rest[:1] == ["metrics"]:
-        try:
-            from tdev_metrics.cli import main as metrics_main
-        except ImportError:
-            print("error: tdev metrics needs tdev-metrics-collector installed", file=sys.stderr)
-            return 2
-        return metrics_main(rest[1:] + (["--env", env_args[1]] if env_args else []))
-    if rest[:2] == ["worker", "run"]:
-        try:
-            from tdev_recovery.cli import main as worker_main
-        except ImportError:
-            print("error: tdev worker needs tdev-recovery-worker installed", file=sys.stderr)
-            return 2
-        return worker_main(rest[2:] + (["--env", env_args[1]] if env_args else []))
+    plugins = {ep.name: ep for ep in entry_points(group="tdev.commands")}
+    if rest[:1] and rest[0] in plugins:
+        # Subcommands of packages built on this one (tdev-metrics, tdev-recovery-worker), found through
+        # their entry points: tdev_state never imports them.
+        command = rest[1:]
+        if rest[0] == "worker" and command[:1] == ["run"]:
+            command = command[1:]
+        run: Callable[[list[str]], int] = plugins[rest[0]].load()
+        return run(command + (["--env", env_args[1]] if env_args else []))
+    if rest[:1] in (["metrics"], ["worker"]):
+        package = "tdev-metrics-collector" if rest[0] == "metrics" else "tdev-recovery-worker"
+        print(f"error: tdev {rest[0]} needs {package} installed", file=sys.stderr)
+        return 2
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse already printed the usage error

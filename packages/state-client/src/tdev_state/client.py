@@ -24,6 +24,7 @@ from tdev_state._projects import ProjectStore
 from tdev_state._sessions import SessionStore
 from tdev_state.config import StateConfig
 from tdev_state.dynamo import DynamoLayer
+from tdev_state.exceptions import ConfigurationError
 from tdev_state.models import utcnow
 from tdev_state.tables import create_tables
 
@@ -87,7 +88,11 @@ def _off_loop(
 
     async def run(self: _AsyncStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
         bound = functools.partial(getattr(self._store, method.__name__), *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, bound)
+        try:
+            future: asyncio.Future[R] = asyncio.get_running_loop().run_in_executor(self._executor, bound)
+        except RuntimeError:  # the executor was shut down by aclose()
+            raise ConfigurationError("this AsyncStateClient is closed (aclose()); create a new one") from None
+        return await future
 
     run.__name__ = method.__name__
     run.__qualname__ = method.__qualname__

@@ -7,6 +7,7 @@ Explicit arguments beat environment variables: `StateConfig(env="dev", ...)` for
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -15,6 +16,8 @@ from tdev_state.exceptions import ConfigurationError
 from tdev_state.models import AGENTS, RunPolicy
 from tdev_state.schema import TableNames, validate_env_name
 
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "localstack", "host.docker.internal"})
 
 #: The payload attributes client-side encryption can seal (docs/security.md).
@@ -22,6 +25,18 @@ ENCRYPTABLE_FIELDS = frozenset({"input_data", "output_data", "metadata"})
 
 #: Where offloaded payloads go in the bucket; infra scopes the pipeline's S3 permissions to this prefix.
 PAYLOAD_PREFIX = "payloads/"
+
+#: Payload objects outlive the items that refer to them by this many days: an item's TTL counts from its
+#: last write (a session's from the end of its run, up to a few days after its metadata was stored) and
+#: DynamoDB deletes expired items up to 48 hours late, while S3 expires an object from its creation.
+PAYLOAD_GRACE_DAYS = 7
+
+
+def payload_expiry_days(retention_days: int) -> int:
+    """Days the payload bucket keeps an object, for items kept `retention_days`: items never outlive their
+    payloads. The one rule infra's bucket lifecycle and the clients' TTL share."""
+    return retention_days + PAYLOAD_GRACE_DAYS
+
 
 #: DynamoDB's item limit is 400 KB; we keep a margin for attribute names and the non-payload attributes.
 DYNAMODB_ITEM_LIMIT = 400 * 1024
@@ -95,6 +110,32 @@ class StateConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("connect_timeout", "read_timeout", "liveness_interval_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86_400:
+                raise ConfigurationError(
+                    f"{name} must be a number of seconds above 0 (and below a day), got {value!r:.40}"
+                )
+        if not isinstance(self.region, str) or not _REGION.fullmatch(self.region):
+            raise ConfigurationError(
+                f"region {self.region!r:.40} is not an AWS region name such as us-east-1"
+            )
+        if self.payload_bucket is not None and (
+            not isinstance(self.payload_bucket, str) or not _BUCKET.fullmatch(self.payload_bucket)
+        ):
+            raise ConfigurationError(
+                f"payload_bucket {self.payload_bucket!r:.80} is not an S3 bucket name (3-63 lowercase "
+                "letters, digits, dots, hyphens); leave it unset (None) to keep payloads in DynamoDB"
+            )
+        if self.max_item_bytes < 64 * 1024:
+            raise ConfigurationError(
+                f"max_item_bytes={self.max_item_bytes} leaves no room for payloads; use 64 KB to 400 KB"
+            )
+        if self.offload_threshold > (self.max_item_bytes - 8 * 1024) // 2:
+            raise ConfigurationError(
+                f"offload_threshold={self.offload_threshold} is above a payload's share of the item budget "
+                f"({(self.max_item_bytes - 8 * 1024) // 2} bytes): such payloads could never be stored"
+            )
         if self.max_item_bytes > DYNAMODB_ITEM_LIMIT:
             raise ConfigurationError(
                 f"max_item_bytes={self.max_item_bytes} exceeds DynamoDB's item limit of "
@@ -102,8 +143,14 @@ class StateConfig:
             )
         self._check_encryption()
         self._check_policy()
-        if self.retention_days is not None and self.retention_days < 1:
-            raise ConfigurationError("retention_days must be >= 1, or None to keep items forever")
+        days = self.retention_days
+        if days is not None and (
+            isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 36_500
+        ):
+            raise ConfigurationError(
+                "retention_days must be a whole number of days from 1 to 36500, or None to keep items "
+                f"forever; got {days!r:.40}"
+            )
         if self.endpoint_url:
             parsed = urlparse(self.endpoint_url)
             if parsed.scheme not in ("http", "https") or not parsed.hostname:

@@ -585,21 +585,8 @@ class DynamoLayer:
         return bytes(body)
 
     def _s3_call(self, op: str, target: str, call: Any) -> Any:
-        """One S3 request (the body read included), every botocore error translated like DynamoDB's:
-        missing credentials, TLS and streaming failures reach no caller raw."""
-        try:
-            return call()
-        except ClientError as exc:
-            raise self._translate(exc, op, target) from None
-        except _UNAVAILABLE_ERRORS as exc:
-            raise self._unavailable(exc, op, target) from None
-        except NoCredentialsError:
-            raise AccessDeniedError(
-                f"{op} on {target}: no AWS credentials were found; configure them as boto3 does "
-                "(environment, profile, role)"
-            ) from None
-        except (BotoCoreError, OSError) as exc:
-            raise StorageUnavailableError(f"{op} on {target} failed: {type(exc).__name__}: {exc}") from None
+        """One S3 request (the body read included), translated like every DynamoDB call."""
+        return self._guarded(op, target, call)
 
     def _require_bucket(self) -> tuple[S3Client, str]:
         if self.s3 is None or not self.config.payload_bucket:
@@ -609,23 +596,28 @@ class DynamoLayer:
     # --- plumbing -------------------------------------------------------------------------------------
 
     def _call(self, op: str, table: str, fn: Any, args: dict[str, Any]) -> dict[str, Any]:
+        resp: dict[str, Any] = self._guarded(op, table, lambda: fn(**args))
+        return resp
+
+    def _guarded(self, op: str, target: str, call: Any) -> Any:
+        """The error boundary: every botocore error of a call becomes this package's (missing credentials,
+        TLS and streaming failures included); a false condition becomes ConditionFailed with the old item."""
         try:
-            resp: dict[str, Any] = fn(**args)
+            return call()
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code == "ConditionalCheckFailedException":
                 raise ConditionFailed(self.deserialize(exc.response.get("Item"))) from None  # type: ignore[arg-type]
-            raise self._translate(exc, op, table) from None
+            raise self._translate(exc, op, target) from None
         except _UNAVAILABLE_ERRORS as exc:
-            raise self._unavailable(exc, op, table) from None
+            raise self._unavailable(exc, op, target) from None
         except NoCredentialsError:
             raise AccessDeniedError(
-                f"{op} on {table}: no AWS credentials were found; configure them as boto3 does (environment, "
-                "profile, role), or point at LocalStack (AWS_ENDPOINT_URL)"
+                f"{op} on {target}: no AWS credentials were found; configure them as boto3 does "
+                "(environment, profile, role), or point at LocalStack (AWS_ENDPOINT_URL)"
             ) from None
-        except BotoCoreError as exc:
-            raise StorageError(f"{op} on {table} failed: {exc}") from None
-        return resp
+        except (BotoCoreError, OSError) as exc:
+            raise StorageUnavailableError(f"{op} on {target} failed: {type(exc).__name__}: {exc}") from None
 
     def _translate(self, exc: ClientError, op: str, target: str) -> StateError:  # noqa: PLR0911 - a table
         error = exc.response.get("Error", {})

@@ -147,6 +147,8 @@ class Session(_DictMixin):
     error_message: str | None = None
     resume_count: int = 0
     failed_agents: tuple[str, ...] = ()
+    #: Why `metadata` is None in a listing although the run has some (its payload could not be read).
+    metadata_error: str | None = None
 
 
 @dataclass(frozen=True)
