@@ -73,14 +73,14 @@ def test_from_env_reads_the_documented_variables() -> None:
             "TDEV_ENV": "dev",
             "AWS_ENDPOINT_URL": "https://ddb.example",
             "AWS_REGION": "eu-west-1",
-            "TDEV_PAYLOAD_BUCKET": "b",
+            "TDEV_PAYLOAD_BUCKET": "tdev-b",
             "TDEV_RETENTION_DAYS": "30",
         }
     )
     assert (config.env, config.region, config.payload_bucket, config.retention_days) == (
         "dev",
         "eu-west-1",
-        "b",
+        "tdev-b",
         30,
     )
     with pytest.raises(ConfigurationError, match="whole number"):

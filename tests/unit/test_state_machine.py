@@ -158,5 +158,5 @@ def _moto_client() -> object:
         yield
 
 
-AgentRun.TestCase.settings = settings(max_examples=80, stateful_step_count=40, deadline=None)
+AgentRun.TestCase.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
 test_agent_run_state_machine = AgentRun.TestCase

@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 from moto import settings as moto_settings
 from moto.core.authorization import ActionAuthenticatorMixin
 
-from tdev_state import AccessDeniedError, StateClient
+from tdev_state import AccessDeniedError, StateClient, StateError
 
 from ...flows import FLOWS, Flow
 from ..conftest import BUCKET, FakeClock, make_client
@@ -79,7 +79,7 @@ def principal_session(component: str, policy: dict[str, Any]) -> boto3.session.S
 
 
 def _denied(call: Any) -> str:
-    with pytest.raises((AccessDeniedError, ClientError)) as info:  # ours, or a raw boto3 call's refusal
+    with pytest.raises((StateError, ClientError)) as info:  # ours, or a raw boto3 call's refusal
         call()
     text = f"{type(info.value).__name__}: {info.value}"
     assert isinstance(info.value, AccessDeniedError) or "AccessDenied" in text, text

@@ -643,6 +643,8 @@ class DynamoLayer:
             return PayloadTooLargeError(
                 f"{op} on {target}: {message}; configure a payload bucket (TDEV_PAYLOAD_BUCKET)"
             )
+        if code == "ValidationException":  # the request can never succeed as sent: not worth a retry
+            return ValidationError(f"{op} on {target} was refused by DynamoDB as invalid: {message}")
         if code in ("InternalServerError", "ServiceUnavailable", "InternalFailure"):
             return StorageUnavailableError(f"{op} on {target} failed after retries: {code}")
         return StorageError(f"{op} on {target} failed: {code}: {message}")
