@@ -232,3 +232,46 @@ async def test_worker_shutdown_is_safe_in_any_order(client: StateClient, clock: 
     await asyncio.wait_for(worker.shutdown(), timeout=5)
     assert runner.done()
     await worker.shutdown()
+
+
+def test_a_transaction_cancelled_by_throttling_is_unavailable_not_a_conflict(client: StateClient) -> None:
+    """Cancellation reasons ThrottlingError / ProvisionedThroughputExceeded: StorageUnavailableError."""
+    sid = client.sessions.create().session_id
+    client.layer._backoff = lambda attempt, *_, **__: attempt + 1  # type: ignore[method-assign]
+
+    def throttled(request: Any, **_: Any) -> AWSResponse:
+        body = json.dumps(
+            {
+                "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+                "message": "Transaction cancelled",
+                "CancellationReasons": [
+                    {"Code": "ThrottlingError"},
+                    {"Code": "ProvisionedThroughputExceeded"},
+                ],
+            }
+        ).encode()
+        return AWSResponse(request.url, 400, {"Content-Type": "application/x-amz-json-1.0"}, _Raw(body))
+
+    events = client.layer.dynamodb.meta.events
+    events.register_first("before-send.dynamodb.TransactWriteItems", throttled)
+    try:
+        with pytest.raises(StorageUnavailableError, match="throttled"):
+            client.executions.start(sid, "nl_input")
+    finally:
+        events.unregister("before-send.dynamodb.TransactWriteItems", throttled)
+
+
+def test_a_chart_to_an_unwritable_path_is_exit_2(
+    client: StateClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tdev-metrics report --png /no/such/dir/x.png` says what is wrong in one line, exit 2."""
+    from tdev_metrics import MetricsCollector
+    from tdev_metrics.cli import main as metrics_cli
+
+    monkeypatch.setenv("TDEV_ENV", client.config.env)
+    with MetricsCollector(client, start=False) as collector:
+        collector.record("agent_execution_time", 1.0, agent_name="parser", timestamp=1795696200.0)
+    code = metrics_cli(
+        ["report", "--metric", "agent_execution_time", "--from", "2026-11-26", "--png", "/no/such/dir/x.png"]
+    )
+    assert code == 2

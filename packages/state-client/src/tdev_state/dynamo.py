@@ -68,6 +68,8 @@ _THROTTLING = frozenset(
         "SlowDown",
     }
 )
+#: Cancellation reason codes of a transaction refused for capacity, not for a condition or a conflict.
+_THROTTLED_REASONS = frozenset({"ProvisionedThroughputExceeded", "ThrottlingError", "RequestLimitExceeded"})
 _UNAVAILABLE_ERRORS = (
     EndpointConnectionError,
     ConnectTimeoutError,
@@ -509,7 +511,7 @@ class DynamoLayer:
                             ) from None
                         raise StorageError(f"TransactWriteItems refused: {detail}") from None
                     if attempt >= self.config.transaction_conflict_retries:
-                        if codes & _THROTTLING:
+                        if codes & _THROTTLED_REASONS:
                             raise StorageUnavailableError(
                                 f"transaction on {tables} was throttled ({', '.join(sorted(codes))}) on "
                                 f"{attempt + 1} attempts; nothing was written, retry later or raise capacity"
