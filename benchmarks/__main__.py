@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import structlog
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -26,6 +25,7 @@ from tests.builders import empty_and_delete_bucket  # noqa: E402
 
 from benchmarks import metrics, recovery, state_client  # noqa: E402
 from tdev_state import StateClient, StateConfig  # noqa: E402
+from tdev_state._log import configure_output  # noqa: E402
 from tdev_state.tables import delete_tables  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def main() -> int:
         help="run one group only",
     )
     args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings and up
+    configure_output("WARNING")  # the library's warnings and up, on stderr
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:

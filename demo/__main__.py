@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import structlog
 
 from demo.report import write_report
 from tdev_metrics import MetricsReader
 from tdev_state import AGENTS, Session, SessionNotFoundError, SessionStatus, StateClient, StateConfig
+from tdev_state._log import configure_output
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,7 +82,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    configure_output("WARNING")  # the library's warnings and up, on stderr
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
     os.environ.setdefault("TDEV_ENV", "local")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,3 +20,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.unit)
         elif HERE / "integration" in path.parents:
             item.add_marker(pytest.mark.integration)
+
+
+LogEntries = Callable[[], list[dict[str, Any]]]
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> LogEntries:
+    """The packages' log entries so far, as dicts (event, log_level and the fields), captured through stdlib
+    logging the way a host application would receive them."""
+    for name in ("tdev_state", "tdev_recovery", "tdev_metrics"):
+        caplog.set_level(logging.DEBUG, logger=name)
+
+    def entries() -> list[dict[str, Any]]:
+        return [
+            {"event": r.tdev_event, "log_level": r.levelname.lower(), **r.tdev_fields}
+            for r in caplog.records
+            if hasattr(r, "tdev_event")
+        ]
+
+    return entries

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import pytest
-from structlog.testing import capture_logs
 
 from tdev_state import StateClient, StateConfig, TableMissingError
+
+from ..conftest import LogEntries
 
 
 def test_missing_tables_say_how_to_create_them(aws: None) -> None:
@@ -16,9 +17,8 @@ def test_missing_tables_say_how_to_create_them(aws: None) -> None:
         client.sessions.get("s")
 
 
-def test_transition_logs_carry_session_and_agent(client: StateClient) -> None:
+def test_transition_logs_carry_session_and_agent(client: StateClient, logs: LogEntries) -> None:
     """Logs carry session_id and agent_name for transitions."""
     sid = client.sessions.create(user_id="u", project_name="p").session_id
-    with capture_logs() as logs:
-        client.executions.start(sid, "nl_input")
-    assert {"event": "agent.start", "session_id": sid, "agent_name": "nl_input"}.items() <= logs[-1].items()
+    client.executions.start(sid, "nl_input")
+    assert {"event": "agent.start", "session_id": sid, "agent_name": "nl_input"}.items() <= logs()[-1].items()

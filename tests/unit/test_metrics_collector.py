@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
 import tdev_metrics
 from tdev_metrics import (
@@ -26,6 +25,7 @@ from tdev_metrics._store import MetricsStore, plan_writes
 from tdev_metrics.cli import main as metrics_cli
 from tdev_state import AGENTS, StateClient, StorageUnavailableError
 
+from ..conftest import LogEntries
 from .conftest import FakeClock, make_client
 
 NOON = datetime(2026, 11, 26, 12, 30, tzinfo=UTC).timestamp()
@@ -142,14 +142,13 @@ def test_percentiles_are_within_one_percent(client: StateClient) -> None:
         assert abs(got - exact) / exact <= 0.011
 
 
-def test_overflow_is_counted_and_logged(client: StateClient) -> None:
+def test_overflow_is_counted_and_logged(client: StateClient, logs: LogEntries) -> None:
     """Past max_keys new keys are dropped, counted and logged; with overflow="raise" it raises."""
     metrics = collector(client, max_keys=2)
-    with capture_logs() as logs:
-        for agent in AGENTS[:4]:
-            metrics.record("m", 1.0, agent_name=agent, timestamp=NOON)
+    for agent in AGENTS[:4]:
+        metrics.record("m", 1.0, agent_name=agent, timestamp=NOON)
     assert metrics.dropped == 2
-    assert any(entry["event"] == "metrics.overflow_dropped" for entry in logs)
+    assert any(entry["event"] == "metrics.overflow_dropped" for entry in logs())
     strict = collector(client, max_keys=1, overflow="raise")
     strict.record("m", 1.0, agent_name="parser", timestamp=NOON)
     with pytest.raises(BufferFullError):

@@ -7,7 +7,6 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from structlog.testing import capture_logs
 
 import tdev_metrics
 from tdev_metrics import (
@@ -19,6 +18,8 @@ from tdev_metrics import (
 )
 from tdev_metrics._store import Write
 from tdev_state import StateClient, ValidationError
+
+from ..conftest import LogEntries
 
 NOW = time.time()
 TODAY = datetime.fromtimestamp(NOW, UTC).date()
@@ -49,7 +50,7 @@ def test_what_cannot_be_stored_is_refused_at_record(
 
 
 def test_a_write_the_store_refuses_is_dropped_counted_and_the_rest_flows(
-    client: StateClient, monkeypatch: pytest.MonkeyPatch
+    client: StateClient, monkeypatch: pytest.MonkeyPatch, logs: LogEntries
 ) -> None:
     """A write that can never be applied is dropped (counted, logged); the 100 records after it all land."""
     metrics = MetricsCollector(client, CollectorConfig(flush_interval=0.05))
@@ -62,12 +63,11 @@ def test_a_write_the_store_refuses_is_dropped_counted_and_the_rest_flows(
         return real(key, write)
 
     monkeypatch.setattr(metrics._store, "apply", refuse_poison)
-    with capture_logs() as logs:
-        for _ in range(100):
-            metrics.record("agent_execution_time", 2.0, agent_name="search")
-        assert metrics.close()
+    for _ in range(100):
+        metrics.record("agent_execution_time", 2.0, agent_name="search")
+    assert metrics.close()
     assert metrics.dropped_writes == 1
-    assert any(e["event"] == "flush.write_dropped" and e["tdev_metrics_dropped_total"] == 1 for e in logs)
+    assert any(e["event"] == "flush.write_dropped" and e["tdev_metrics_dropped_total"] == 1 for e in logs())
     (summary,) = MetricsReader(client).daily("agent_execution_time", start=TODAY)
     assert summary.count == 100
 

@@ -5,6 +5,8 @@ touches memory; flushes write one UpdateItem per key, exactly once. `MetricsRead
 summaries with percentiles and A/B comparisons; `tdev-metrics report` prints and charts them.
 """
 
+import logging
+
 from tdev_metrics._plan import configure, record_metric
 from tdev_metrics.collector import CollectorConfig, MetricsCollector, install_signal_handlers
 from tdev_metrics.exceptions import (
@@ -14,6 +16,10 @@ from tdev_metrics.exceptions import (
     MetricValidationError,
 )
 from tdev_metrics.report import Comparison, Interval, MetricsReader, Summary
+
+# A library is quiet unless the host configures logging (Python logging HOWTO, "Configuring Logging for a
+# Library"): without this, Python would print our warnings to stderr through its last-resort handler.
+logging.getLogger("tdev_metrics").addHandler(logging.NullHandler())
 
 __all__ = [
     "BufferFullError",

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import structlog
-
 from tdev_metrics._aggregate import Aggregate, Key
 from tdev_metrics.exceptions import MetricsError
+from tdev_state._log import get_logger
 from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item
 
-log = structlog.get_logger("tdev_metrics.store")
+log = get_logger(__name__)
 
 #: Buckets per UpdateItem: keeps the expression far below DynamoDB's 4 KB expression limit.
 BUCKETS_PER_WRITE = 120

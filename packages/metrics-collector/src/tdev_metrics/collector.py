@@ -26,15 +26,14 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, Literal
 
-import structlog
-
 from tdev_metrics._aggregate import Aggregate, Key
 from tdev_metrics._store import MetricsStore, Write, plan_writes
 from tdev_metrics.exceptions import BufferFullError, CollectorClosedError, MetricValidationError
 from tdev_state import PayloadTooLargeError, StateClient, StateError, ValidationError
+from tdev_state._log import get_logger
 from tdev_state.models import AGENTS
 
-log = structlog.get_logger("tdev_metrics.collector")
+log = get_logger(__name__)
 
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 

@@ -4,6 +4,8 @@ Run replicas with the `tdev-recovery-worker` console script; embed with `Recover
 `resume_pipeline(session_id)` performs one resume.
 """
 
+import logging
+
 from tdev_recovery._plan import resume_pipeline
 from tdev_recovery.config import RetryPolicy, WorkerConfig
 from tdev_recovery.exceptions import (
@@ -16,6 +18,10 @@ from tdev_recovery.exceptions import (
 from tdev_recovery.metrics import WorkerMetrics
 from tdev_recovery.resumers import CompletedAgent, HttpResumer, ResumeRequest, load_resumer
 from tdev_recovery.worker import Outcome, RecoveryWorker
+
+# A library is quiet unless the host configures logging (Python logging HOWTO, "Configuring Logging for a
+# Library"): without this, Python would print our warnings to stderr through its last-resort handler.
+logging.getLogger("tdev_recovery").addHandler(logging.NullHandler())
 
 __all__ = [
     "ClaimLostError",

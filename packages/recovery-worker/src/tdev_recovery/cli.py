@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
@@ -19,14 +18,13 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TextIO
 
-import structlog
-
 from tdev_recovery.config import RetryPolicy, WorkerConfig
 from tdev_recovery.exceptions import RecoveryError
 from tdev_recovery.ops import OpsServer
 from tdev_recovery.resumers import load_resumer
 from tdev_recovery.worker import RecoveryWorker
 from tdev_state import ConfigurationError, StateClient, StateConfig, StateError, ValidationError
+from tdev_state._log import configure_output
 
 #: The metric the infra's backlog alarm and dashboard read (namespace from --cloudwatch-namespace).
 BACKLOG_METRIC = "RecoveryBacklog"
@@ -60,21 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("--worker-id", default=_env("TDEV_WORKER_ID"))
     add("--cloudwatch-namespace", default=_env("TDEV_CLOUDWATCH_NAMESPACE"),
         help="publish RecoveryBacklog here each sweep [TDEV_CLOUDWATCH_NAMESPACE]")  # fmt: skip
-    add("--log-level", default=_envd("TDEV_LOG_LEVEL", "info"))
+    add("--log-level", type=log_level, default=_envd("TDEV_LOG_LEVEL", "info"),
+        help="debug, info, warning or error [TDEV_LOG_LEVEL]")  # fmt: skip
     return p
 
 
-def configure_logging(level: str) -> None:
-    """JSON lines on stdout, for container log collectors."""
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-    )
+def log_level(text: str) -> str:
+    """A --log-level value (argparse applies it to the TDEV_LOG_LEVEL default too)."""
+    level = text.strip().lower()
+    if level not in _LEVELS:
+        raise argparse.ArgumentTypeError(f"log level {text!r} is not one of: {', '.join(_LEVELS)}")
+    return level
+
+
+_LEVELS = ("debug", "info", "warning", "error")
 
 
 def backlog_publisher(env: str, namespace: str, out: TextIO | None = None) -> Callable[[int], None]:
@@ -147,7 +144,7 @@ async def _serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m tdev_recovery`."""
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_output(args.log_level, json_lines=True)  # JSON lines on stderr, for container log collectors
     try:
         return asyncio.run(_serve(args))
     except (ConfigurationError, ValidationError, RecoveryError) as exc:  # flags or environment: exit 2

@@ -18,16 +18,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
 
-import structlog
-
 from tdev_recovery.config import WorkerConfig
 from tdev_recovery.exceptions import ClaimLostError, RecoveryError, ResumeRejected
 from tdev_recovery.metrics import WorkerMetrics
 from tdev_recovery.resumers import CompletedAgent, Resumer, ResumeRequest
 from tdev_state import AGENTS, AgentStatus, Claim, SessionStatus, StateClient, StateError
+from tdev_state._log import get_logger
 from tdev_state.models import RecoveryCandidate
 
-log = structlog.get_logger("tdev_recovery.worker")
+log = get_logger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 

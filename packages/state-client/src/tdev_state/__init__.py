@@ -7,6 +7,8 @@ The plan's dict API: `save_pipeline_session`, `update_agent_execution`, `get_fai
 The other packages build on `tdev_state.dynamo.DynamoLayer` and `tdev_state.schema`.
 """
 
+import logging
+
 from tdev_state._claims import Claim
 from tdev_state._plan import (
     configure,
@@ -52,6 +54,10 @@ from tdev_state.models import (
     SessionStatus,
     UserProject,
 )
+
+# A library is quiet unless the host configures logging (Python logging HOWTO, "Configuring Logging for a
+# Library"): without this, Python would print our warnings to stderr through its last-resort handler.
+logging.getLogger("tdev_state").addHandler(logging.NullHandler())
 
 __all__ = [
     "AGENTS",

@@ -14,16 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-import structlog
-
 from tdev_state import _validate as check
 from tdev_state._expr import Expr
 from tdev_state._lifecycle import SESSION_RULES, SessionKind, require_claim, status_effects
+from tdev_state._log import get_logger
 from tdev_state.dynamo import ConditionFailed, DynamoLayer
 from tdev_state.exceptions import ClaimLostError
 from tdev_state.models import RecoveryCandidate, SessionStatus, epoch
 
-log = structlog.get_logger("tdev_state.claims")
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import structlog
-
 from tdev_state import _codec, _inputs
 from tdev_state import _validate as check
 from tdev_state._lifecycle import (
@@ -38,6 +36,7 @@ from tdev_state._lifecycle import (
     agent_sort_key,
 )
 from tdev_state._liveness import LivenessStamps
+from tdev_state._log import get_logger
 from tdev_state.dynamo import DynamoLayer, Item, TransactAction, TransactionCancelled
 from tdev_state.exceptions import (
     ClaimLostError,
@@ -58,7 +57,7 @@ from tdev_state.models import (
 )
 from tdev_state.schema import AGENT_EXECUTIONS
 
-log = structlog.get_logger("tdev_state.executions")
+log = get_logger(__name__)
 
 _UNSET: Any = object()
 

@@ -8,15 +8,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import structlog
-
 from tdev_state import _validate as check
 from tdev_state._expr import Expr
+from tdev_state._log import get_logger
 from tdev_state.dynamo import DynamoLayer, Item, TransactionCancelled
 from tdev_state.exceptions import ProjectNotFoundError
 from tdev_state.models import Page, UserProject, epoch, from_epoch
 
-log = structlog.get_logger("tdev_state.projects")
+log = get_logger(__name__)
 
 
 def _project_from_item(item: Item) -> UserProject:

@@ -30,14 +30,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-import structlog
-
 from tdev_state import _validate as check
+from tdev_state._log import get_logger
 from tdev_state.client import AsyncStateClient
 from tdev_state.exceptions import InvalidTransitionError, StateError, ValidationError
 from tdev_state.models import AgentStatus, AgentTransition, Session, SessionStatus
 
-log = structlog.get_logger("tdev_state.run")
+log = get_logger(__name__)
 
 
 class MetricsSink(Protocol):

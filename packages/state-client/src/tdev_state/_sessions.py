@@ -7,8 +7,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-import structlog
-
 from tdev_state import _codec
 from tdev_state import _validate as check
 from tdev_state._expr import Expr
@@ -21,6 +19,7 @@ from tdev_state._lifecycle import (
     status_effects,
 )
 from tdev_state._liveness import LivenessStamps
+from tdev_state._log import get_logger
 from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item, TransactAction, TransactionCancelled
 from tdev_state.exceptions import (
     ConflictError,
@@ -44,7 +43,7 @@ from tdev_state.models import (
 )
 from tdev_state.schema import PIPELINE_SESSIONS, RECOVERY_INDEX_SHARDS
 
-log = structlog.get_logger("tdev_state.sessions")
+log = get_logger(__name__)
 
 _UNSET: Any = object()
 

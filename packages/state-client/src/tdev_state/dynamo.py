@@ -24,7 +24,6 @@ from decimal import Context, Decimal, Inexact, Rounded
 from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
-import structlog
 from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import (
@@ -39,6 +38,7 @@ from botocore.exceptions import (
 
 from tdev_state._chunks import StoredObjects
 from tdev_state._crypto import FieldCipher
+from tdev_state._log import get_logger
 from tdev_state.config import StateConfig
 from tdev_state.exceptions import (
     AccessDeniedError,
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_s3 import S3Client
 
-log = structlog.get_logger("tdev_state.dynamo")
+log = get_logger(__name__)
 
 Item = dict[str, Any]
 _THROTTLING = frozenset(

@@ -11,16 +11,16 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-import structlog
 from botocore.exceptions import ClientError
 
+from tdev_state._log import get_logger
 from tdev_state.exceptions import StateError
 from tdev_state.schema import ALL_TABLES
 
 if TYPE_CHECKING:
     from tdev_state.dynamo import DynamoLayer
 
-log = structlog.get_logger("tdev_state.tables")
+log = get_logger(__name__)
 
 
 def create_tables(layer: DynamoLayer, *, wait_seconds: float = 120.0) -> list[str]:
