@@ -11,14 +11,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from botocore.awsrequest import AWSResponse
 
 from tdev_metrics import CollectorConfig, MetricsCollector, MetricsReader, MetricValidationError
 from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig
 from tdev_state import AGENTS, SessionStatus, StateClient
+from tdev_state.tables import delete_tables
 
 from ..chaos_report import record
 from ..faults import _Raw
@@ -84,11 +87,23 @@ def test_a_poison_metric_loses_no_other_metric(client: StateClient) -> None:
     )
 
 
+@pytest.fixture
+def own_tables(client: StateClient) -> Iterator[StateClient]:
+    """Tables of this test alone: the worker below must not meet the stalled runs other tests leave."""
+    isolated = StateClient(replace(client.config, env=f"{client.config.env}w"))
+    isolated.create_tables()
+    try:
+        yield isolated
+    finally:
+        delete_tables(isolated.layer)
+
+
 async def test_runs_that_can_never_be_resumed_are_abandoned_within_their_attempts(
-    client: StateClient,
+    own_tables: StateClient,
 ) -> None:
     """Ten runs whose generation output vanished from S3: every attempt fails with its reason, and each run
     ends ABANDONED after `maximum_attempts` — none claimed forever, the resumer never called."""
+    client = own_tables
     runs = []
     for _ in range(10):
         sid = client.sessions.create(user_id="wedged").session_id
