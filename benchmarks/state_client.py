@@ -141,11 +141,11 @@ def run_raw(ddb: Any, tables: Any, payloads: dict[str, tuple[Any, Any]]) -> None
                     "Update": {
                         "TableName": tables.executions,
                         "Key": key,
-                        "UpdateExpression": "SET #s = :r, fingerprint = :fp, agent = :a, step = :step, "
+                        "UpdateExpression": "SET #s = :r, fingerprint = :fp, #agent = :a, #step = :step, "
                         "start_time = :now, retry_count = if_not_exists(retry_count, :zero), "
                         "input_data = :i, input_bytes = :n, project_id = :pid REMOVE end_time, error_message",
                         "ConditionExpression": "attribute_not_exists(execution_id)",
-                        "ExpressionAttributeNames": {"#s": "status"},
+                        "ExpressionAttributeNames": {"#s": "status", "#agent": "agent", "#step": "step"},
                         "ExpressionAttributeValues": {
                             ":r": {"S": "RUNNING"},
                             ":fp": {"S": uuid.uuid4().hex},

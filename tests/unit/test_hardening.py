@@ -15,6 +15,7 @@ from botocore.awsrequest import AWSResponse
 import tdev_state
 from tdev_recovery import RecoveryWorker, WorkerConfig
 from tdev_state import (
+    AccessDeniedError,
     AsyncStateClient,
     ConfigurationError,
     StateClient,
@@ -275,3 +276,16 @@ def test_a_chart_to_an_unwritable_path_is_exit_2(
         ["report", "--metric", "agent_execution_time", "--from", "2026-11-26", "--png", "/no/such/dir/x.png"]
     )
     assert code == 2
+
+
+def test_the_s3_path_translates_missing_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No credentials anywhere: reading an offloaded payload is AccessDeniedError saying so, not
+    botocore's NoCredentialsError."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    client = StateClient(StateConfig(env="unit", payload_bucket="tdev-unit-payloads", max_attempts=1))
+    with pytest.raises(AccessDeniedError, match="no AWS credentials"):
+        client.layer.get_object("tdev-unit-payloads", "payloads/x/chunks/y.json.z")
