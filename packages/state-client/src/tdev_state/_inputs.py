@@ -2,12 +2,13 @@
 
 T-Developer hands each agent the request plus every earlier agent's output, keyed by agent name. Stored as
 given, the input of agent k repeats k - 1 outputs that are already stored in their own items: the run's
-write units grow with the square of its length. So when an input is a dict, each top-level value whose JSON
-equals an earlier **COMPLETED** output of the same run (known to this process: it recorded that completion)
-is stored as `{"\\u0000tdev-output": "<agent>"}` and resolved from that agent's item when read. A COMPLETED
-output never changes, so the reference stays exact. A process that did not record the outputs (a resumed
-pipeline) stores inputs whole: correct, only dearer. Large values that are not references still share their
-bytes through content-addressed chunks (`_chunks`).
+write units grow with the square of its length. So when an input is a dict, each top-level value under an
+agent's name whose JSON equals an earlier **COMPLETED** output of the same run (known to this process: it
+recorded that completion) is stored as `{"\u0000tdev-output": "<agent>"}` and resolved from that agent's
+item when read. Only values under agent names are examined, so other inputs cost no extra encoding. A
+COMPLETED output never changes, so the reference stays exact. A process that did not record the outputs (a
+resumed pipeline) stores inputs whole: correct, only dearer. Large values that are not references still
+share their bytes through content-addressed chunks (`_chunks`).
 """
 
 from __future__ import annotations
@@ -49,12 +50,15 @@ def substitute(value: Any, known: Mapping[str, str], *, field: str) -> tuple[Any
     the whole would be encoded, so duplicate detection sees the caller's value, not the stored form."""
     if not known or not isinstance(value, dict) or not value or not all(isinstance(k, str) for k in value):
         return value, None  # (non-string keys are refused by the codec, with its message)
+    agents = set(known.values())
+    if not any(key in agents for key in value):
+        return value, None  # the orchestrator keys earlier outputs by agent name: nothing to look at here
     parts: list[bytes] = []
     out: dict[str, Any] = {}
     replaced = False
     for key, child in value.items():
         text = _codec.dumps(child, field=f"{field}.{key}")
-        agent = known.get(hashlib.sha256(text).hexdigest())
+        agent = known.get(hashlib.sha256(text).hexdigest()) if key in agents else None
         out[key] = {OUTPUT_MARK: agent} if agent is not None else child
         replaced = replaced or agent is not None
         parts.append(_codec.dumps(key, field=field) + b":" + text)
