@@ -31,25 +31,27 @@ class _Raw:
         return self._body
 
 
+#: An answer a fault gives instead of the endpoint: HTTP status and JSON body (None: let the request through).
+Answer = tuple[int, dict[str, Any]] | None
+
+
 @contextmanager
-def throttle(client: Any, operation: str, times: int) -> Iterator[dict[str, int]]:
-    """The next `times` calls of `operation` answer ProvisionedThroughputExceededException (HTTP 400)."""
+def answering(client: Any, operation: str, answer: Callable[[Any], Answer]) -> Iterator[dict[str, int]]:
+    """Calls of `operation` get `answer(request)` instead of reaching the endpoint (when it is not None).
+    Counts the calls and the answers given."""
     counts = {"injected": 0, "calls": 0}
     lock = threading.Lock()
 
     def handler(request: Any, **_: Any) -> AWSResponse | None:
         with lock:
             counts["calls"] += 1
-            if counts["injected"] >= times:
+            given = answer(request)
+            if given is None:
                 return None
             counts["injected"] += 1
-        body = json.dumps(
-            {
-                "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
-                "message": "injected by tests/faults.py",
-            }
-        ).encode()
-        return AWSResponse(request.url, 400, {"Content-Type": "application/x-amz-json-1.0"}, _Raw(body))
+        status, body = given
+        headers = {"Content-Type": "application/x-amz-json-1.0"}
+        return AWSResponse(request.url, status, headers, _Raw(json.dumps(body).encode()))
 
     event = f"before-send.dynamodb.{operation}"
     client.meta.events.register_first(event, handler)
@@ -57,6 +59,26 @@ def throttle(client: Any, operation: str, times: int) -> Iterator[dict[str, int]
         yield counts
     finally:
         client.meta.events.unregister(event, handler)
+
+
+def dynamodb_error(name: str, message: str = "injected by tests/faults.py") -> tuple[int, dict[str, Any]]:
+    """An HTTP 400 DynamoDB error answer of type `name`."""
+    return 400, {"__type": f"com.amazonaws.dynamodb.v20120810#{name}", "message": message}
+
+
+@contextmanager
+def throttle(client: Any, operation: str, times: int) -> Iterator[dict[str, int]]:
+    """The next `times` calls of `operation` answer ProvisionedThroughputExceededException (HTTP 400)."""
+    left = [times]
+
+    def answer(_: Any) -> Answer:
+        if left[0] <= 0:
+            return None
+        left[0] -= 1
+        return dynamodb_error("ProvisionedThroughputExceededException")
+
+    with answering(client, operation, answer) as counts:
+        yield counts
 
 
 @contextmanager

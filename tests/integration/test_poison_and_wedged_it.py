@@ -5,18 +5,15 @@ were claimed forever)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from botocore.awsrequest import AWSResponse
 
 from tdev_metrics import CollectorConfig, MetricsCollector, MetricsReader, MetricValidationError
 from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig
@@ -24,32 +21,18 @@ from tdev_state import AGENTS, SessionStatus, StateClient
 from tdev_state.tables import delete_tables
 
 from ..chaos_report import record
-from ..faults import _Raw
+from ..faults import Answer, answering, dynamodb_error
 
 
-@contextmanager
-def refuse_updates_naming(client: Any, needle: str) -> Iterator[dict[str, int]]:
+def refusing_updates_naming(needle: str) -> Callable[[Any], Answer]:
     """DynamoDB answers ValidationException to every UpdateItem whose request mentions `needle`."""
-    counts = {"refused": 0}
 
-    def handler(request: Any, **_: Any) -> AWSResponse | None:
+    def answer(request: Any) -> Answer:
         if needle.encode() not in (request.body or b""):
             return None
-        counts["refused"] += 1
-        body = json.dumps(
-            {
-                "__type": "com.amazon.coral.validate#ValidationException",
-                "message": "number overflow (injected)",
-            }
-        ).encode()
-        return AWSResponse(request.url, 400, {"Content-Type": "application/x-amz-json-1.0"}, _Raw(body))
+        return dynamodb_error("ValidationException", "number overflow (injected)")
 
-    event = "before-send.dynamodb.UpdateItem"
-    client.meta.events.register_first(event, handler)
-    try:
-        yield counts
-    finally:
-        client.meta.events.unregister(event, handler)
+    return answer
 
 
 def test_a_poison_metric_loses_no_other_metric(client: StateClient) -> None:
@@ -66,7 +49,7 @@ def test_a_poison_metric_loses_no_other_metric(client: StateClient) -> None:
         except MetricValidationError:
             refused += 1
     poison, good = f"poison_{uuid.uuid4().hex[:6]}", f"after_{uuid.uuid4().hex[:6]}"
-    with refuse_updates_naming(fresh.layer.dynamodb, poison) as injected:
+    with answering(fresh.layer.dynamodb, "UpdateItem", refusing_updates_naming(poison)) as injected:
         collector.record(poison, 1.0, agent_name="parser")
         for _ in range(1000):
             collector.record(good, 2.0, agent_name="search")

@@ -4,13 +4,11 @@ call raises after its write applied; nothing loops forever."""
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from botocore.awsrequest import AWSResponse
 
 import tdev_state
 from tdev_recovery import RecoveryWorker, WorkerConfig
@@ -27,6 +25,7 @@ from tdev_state import (
     update_agent_execution,
 )
 
+from ..faults import answering
 from .conftest import FakeClock
 
 
@@ -192,30 +191,15 @@ def test_batch_get_gives_up_under_sustained_throttling(client: StateClient) -> N
     table = client.config.tables.sessions
     client.layer._backoff = lambda attempt, *_, **__: attempt + 1  # type: ignore[method-assign]
 
-    def unprocessed(request: Any, **_: Any) -> AWSResponse:
-        body = json.dumps(
-            {"Responses": {table: []}, "UnprocessedKeys": {table: {"Keys": [{"session_id": {"S": "s0"}}]}}}
-        ).encode()
-        return AWSResponse(request.url, 200, {"Content-Type": "application/x-amz-json-1.0"}, _Raw(body))
-
-    events = client.layer.dynamodb.meta.events
-    events.register_first("before-send.dynamodb.BatchGetItem", unprocessed)
-    try:
-        with pytest.raises(StorageUnavailableError, match="unprocessed"):
-            client.layer.batch_get(table, keys)
-    finally:
-        events.unregister("before-send.dynamodb.BatchGetItem", unprocessed)
-
-
-class _Raw:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Any:
-        yield self._body
-
-    def read(self, *_: Any, **__: Any) -> bytes:
-        return self._body
+    unprocessed = {
+        "Responses": {table: []},
+        "UnprocessedKeys": {table: {"Keys": [{"session_id": {"S": "s0"}}]}},
+    }
+    with (
+        answering(client.layer.dynamodb, "BatchGetItem", lambda _: (200, unprocessed)),
+        pytest.raises(StorageUnavailableError, match="unprocessed"),
+    ):
+        client.layer.batch_get(table, keys)
 
 
 async def test_worker_shutdown_is_safe_in_any_order(client: StateClient, clock: FakeClock) -> None:
@@ -240,26 +224,16 @@ def test_a_transaction_cancelled_by_throttling_is_unavailable_not_a_conflict(cli
     sid = client.sessions.create().session_id
     client.layer._backoff = lambda attempt, *_, **__: attempt + 1  # type: ignore[method-assign]
 
-    def throttled(request: Any, **_: Any) -> AWSResponse:
-        body = json.dumps(
-            {
-                "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
-                "message": "Transaction cancelled",
-                "CancellationReasons": [
-                    {"Code": "ThrottlingError"},
-                    {"Code": "ProvisionedThroughputExceeded"},
-                ],
-            }
-        ).encode()
-        return AWSResponse(request.url, 400, {"Content-Type": "application/x-amz-json-1.0"}, _Raw(body))
-
-    events = client.layer.dynamodb.meta.events
-    events.register_first("before-send.dynamodb.TransactWriteItems", throttled)
-    try:
-        with pytest.raises(StorageUnavailableError, match="throttled"):
-            client.executions.start(sid, "nl_input")
-    finally:
-        events.unregister("before-send.dynamodb.TransactWriteItems", throttled)
+    cancelled = {
+        "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+        "message": "Transaction cancelled",
+        "CancellationReasons": [{"Code": "ThrottlingError"}, {"Code": "ProvisionedThroughputExceeded"}],
+    }
+    with (
+        answering(client.layer.dynamodb, "TransactWriteItems", lambda _: (400, cancelled)),
+        pytest.raises(StorageUnavailableError, match="throttled"),
+    ):
+        client.executions.start(sid, "nl_input")
 
 
 def test_a_chart_to_an_unwritable_path_is_exit_2(
