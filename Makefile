@@ -63,7 +63,7 @@ localstack-logs: ## Show LocalStack's log
 
 .PHONY: tables
 tables: setup ## Create the tables for ENV on $$AWS_ENDPOINT_URL (idempotent)
-	@$(RUN) python -m tdev_state.tables create --env $(ENV)
+	@$(RUN) tdev --env $(ENV) tables create
 
 .PHONY: bench
 bench: setup ## Benchmarks on LocalStack (results: docs/benchmarks.md)

@@ -1,13 +1,11 @@
 """Create or delete an environment's tables from the schema declaration (LocalStack, tests, demos).
 
 In AWS the tables come from infra (CDKTF), rendered from the same declaration. Usage:
-`python -m tdev_state.tables create --env local` (what `make tables` runs).
+`tdev --env local tables create` (what `make tables` runs).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -79,28 +77,3 @@ def _wait_active(layer: DynamoLayer, name: str, wait_seconds: float) -> None:
         if time.monotonic() > deadline:
             raise StateError(f"table {name} not ACTIVE after {wait_seconds:.0f}s")
         time.sleep(0.5)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: create or delete the tables of an env on $AWS_ENDPOINT_URL (or AWS)."""
-    from tdev_state.config import StateConfig
-    from tdev_state.dynamo import DynamoLayer
-
-    parser = argparse.ArgumentParser(prog="python -m tdev_state.tables")
-    parser.add_argument("action", choices=("create", "delete"))
-    parser.add_argument("--env", default=None, help="environment name (default: $TDEV_ENV or local)")
-    args = parser.parse_args(argv)
-    try:
-        config = StateConfig.from_env(**({"env": args.env} if args.env else {}))
-        layer = DynamoLayer(config)
-        names = create_tables(layer) if args.action == "create" else delete_tables(layer)
-    except StateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for name in names:
-        print(f"{args.action}d {name}" if args.action == "delete" else f"ready   {name}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
