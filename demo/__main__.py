@@ -4,8 +4,9 @@
 
 Plans the runs (users, SIMPLE/PRODUCTION, flaky agents, runs that fail outright once, runs doomed to fail
 every time), starts the pipeline's resume endpoint and two recovery-worker replicas as separate processes,
-starts the driver processes, SIGKILLs some of them mid-run, shows progress until every run is final, then
-checks the invariants and exits non-zero if one fails.
+starts the driver processes, SIGKILLs some of them mid-run, shows live progress until every run is final,
+then checks the invariants and exits non-zero if one fails. The child processes' logs go to files under
+`--out`/logs, so the console shows only the demo's own progress, its summary and where the report is.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
 from demo.report import write_report
 from tdev_metrics import MetricsReader
@@ -42,7 +46,9 @@ TOLERABLE = ("ui_selection", "component_decision", "match_rate", "search")
 def plan_runs(runs: int, drivers: int, demo_run: str, rng: random.Random) -> list[dict[str, Any]]:
     """The runs' fates: some tolerate a failed agent, some fail at a critical agent once (then recover),
     a few are doomed there (must end ABANDONED); some have no user id, as the orchestrator has none."""
-    users = [f"{demo_run}-user{u}" for u in range(max(2, runs // 6))]
+    # Stable user ids (demo-user0, demo-user1, …): repeated demos add runs to the same users, and the README's
+    # commands can name one. Session ids carry the demo run's prefix, so they never collide.
+    users = [f"demo-user{u}" for u in range(max(2, runs // 6))]
     plans = []
     for i in range(runs):
         kind = rng.random()
@@ -52,7 +58,7 @@ def plan_runs(runs: int, drivers: int, demo_run: str, rng: random.Random) -> lis
                 "session_id": sid,
                 "demo_run": demo_run,
                 "driver": i % drivers,
-                "user_id": rng.choice(users) if i % 4 else None,
+                "user_id": users[(i // 4 * 3 + i % 4 - 1) % len(users)] if i % 4 else None,  # round robin
                 "project_id": sid,  # the orchestrator's run id is its project id
                 "project_name": rng.choice(["todo app", "shop", "blog", "dashboard", "chat"]),
                 "pipeline_type": rng.choice(["SIMPLE", "PRODUCTION"]),
@@ -69,8 +75,32 @@ def plan_runs(runs: int, drivers: int, demo_run: str, rng: random.Random) -> lis
     return plans
 
 
-def start(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.Popen[Any]:
-    return subprocess.Popen([sys.executable, *args], env=env, cwd=ROOT, **kw)  # noqa: S603
+def start(args: list[str], env: dict[str, str], log: Path, **kw: Any) -> subprocess.Popen[Any]:
+    """A child process whose output (stderr, and stdout unless piped) goes to its own log file."""
+    handle = log.open("a")
+    kw.setdefault("stdout", handle)
+    return subprocess.Popen([sys.executable, *args], env=env, cwd=ROOT, stderr=handle, **kw)  # noqa: S603
+
+
+STATUSES = ("ACTIVE", "FAILED", "COMPLETED", "ABANDONED")
+
+
+def progress_table(
+    elapsed: float, *, total: int, created: int, statuses: Counter[str], resumes: int, killed: str
+) -> Table:
+    """The live view: one row of counts; finished = COMPLETED + ABANDONED."""
+    table = Table(title=f"t = {elapsed:5.1f} s", title_justify="left")
+    for column in ("runs created", *STATUSES, "resumes", "SIGKILLed"):
+        table.add_column(column, justify="right")
+    finished = statuses.get("COMPLETED", 0) + statuses.get("ABANDONED", 0)
+    table.add_row(
+        f"{created}/{total}",
+        *(str(statuses.get(k, 0)) for k in STATUSES),
+        str(resumes),
+        killed,
+    )
+    table.caption = f"{finished}/{total} runs final"
+    return table
 
 
 def main() -> int:
@@ -83,6 +113,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
     configure_output("WARNING")  # the library's warnings and up, on stderr
+    console = Console()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
     os.environ.setdefault("TDEV_ENV", "local")
@@ -94,10 +125,15 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     events_path, plan_path = out / "events.jsonl", out / "plan.json"
     events_path.unlink(missing_ok=True)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    for old in logs.glob("*.log"):
+        old.unlink()
 
     client = StateClient(StateConfig.from_env())
-    print(
-        f"demo {demo_run}: tables t-developer-{client.config.env}-* on {client.config.endpoint_url or 'AWS'}"
+    console.print(
+        f"demo {demo_run}: tables t-developer-{client.config.env}-* on {client.config.endpoint_url or 'AWS'}",
+        highlight=False,
     )
     client.create_tables()
     s3 = boto3.client("s3", endpoint_url=client.config.endpoint_url, region_name=client.config.region)
@@ -109,7 +145,13 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     common = ["--plan", str(plan_path), "--events", str(events_path)]
 
-    server = start(["-m", "demo.pipeline", "serve", *common], env, stdout=subprocess.PIPE, text=True)
+    server = start(
+        ["-m", "demo.pipeline", "serve", *common],
+        env,
+        logs / "pipeline-server.log",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert server.stdout is not None
     port = int(server.stdout.readline())
     workers = [
@@ -138,14 +180,16 @@ def main() -> int:
                 "--worker-id",
                 f"demo-worker-{i}",
                 "--log-level",
-                "warning",
+                "info",
             ],
             env,
+            logs / f"worker-{i}.log",
         )
         for i in range(2)
     ]
     drivers = [
-        start(["-m", "demo.pipeline", "drive", *common, "--driver", str(d)], env) for d in range(args.drivers)
+        start(["-m", "demo.pipeline", "drive", *common, "--driver", str(d)], env, logs / f"pipeline-{d}.log")
+        for d in range(args.drivers)
     ]
     started = time.monotonic()
     # Kills land mid-run: 0.5-2.5 s after every run exists (a process start takes seconds here).
@@ -155,11 +199,17 @@ def main() -> int:
     killed_pids: list[int] = []
     final = {SessionStatus.COMPLETED, SessionStatus.ABANDONED}
     statuses: Counter[str] = Counter()
-    print(
-        f"{len(plans)} runs, {args.drivers} pipeline processes "
-        f"({len(kill_delays)} to be SIGKILLed), 2 workers"
+    planned_kills = len(kill_delays)
+    console.print(
+        f"{len(plans)} runs, {args.drivers} pipeline processes ({planned_kills} to be SIGKILLed mid-run), "
+        f"2 recovery workers; child logs in {logs}",
+        highlight=False,
     )
+    view = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    last_line = -10.0
     try:
+        if view:
+            view.start()
         while time.monotonic() - started < args.timeout:
             elapsed = time.monotonic() - started
             while kill_at and elapsed >= kill_at[0]:
@@ -167,24 +217,36 @@ def main() -> int:
                 victim = drivers[victims.pop(0)]
                 victim.send_signal(signal.SIGKILL)
                 killed_pids.append(victim.pid)
-                print(f"  t={elapsed:5.1f}s  SIGKILL pipeline process {victim.pid} mid-run")
+                console.print(
+                    f"t={elapsed:5.1f}s  SIGKILL pipeline process {victim.pid} mid-run", highlight=False
+                )
             sessions = [s for s in (_get(client, p["session_id"]) for p in plans) if s is not None]
             if len(sessions) == len(plans) and kill_delays:
                 kill_at, kill_delays = [elapsed + d for d in kill_delays], []
             statuses = Counter(s.status.value for s in sessions)
-            resumes = sum(s.resume_count for s in sessions)
-            print(
-                f"  t={elapsed:5.1f}s  created {len(sessions):3d}  "
-                + "  ".join(
-                    f"{k} {statuses.get(k, 0):3d}" for k in ("ACTIVE", "FAILED", "COMPLETED", "ABANDONED")
-                )
-                + f"  resumes {resumes}",
-                flush=True,
+            table = progress_table(
+                elapsed,
+                total=len(plans),
+                created=len(sessions),
+                statuses=statuses,
+                resumes=sum(s.resume_count for s in sessions),
+                killed=f"{len(killed_pids)}/{planned_kills}",
             )
-            if len(sessions) == len(plans) and all(s.status in final for s in sessions):
+            done = len(sessions) == len(plans) and all(s.status in final for s in sessions)
+            if view:
+                view.update(table, refresh=True)
+            elif done or elapsed - last_line >= 5:  # piped (CI, tests): a line every 5 s, not a redraw
+                last_line = elapsed
+                counts = "  ".join(f"{k} {statuses.get(k, 0)}" for k in STATUSES)
+                console.print(
+                    f"t={elapsed:5.1f}s  created {len(sessions)}/{len(plans)}  {counts}", highlight=False
+                )
+            if done:
                 break
             time.sleep(1.0)
     finally:
+        if view:
+            view.stop()
         for proc in [*drivers, *workers, server]:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -195,19 +257,42 @@ def main() -> int:
                 proc.kill()
     elapsed = time.monotonic() - started
     if elapsed >= args.timeout:
-        print(f"timed out after {args.timeout:.0f}s")
+        console.print(f"timed out after {args.timeout:.0f}s")
     events = [json.loads(line) for line in events_path.read_text().splitlines()]
     failures = check_invariants(client, plans, events, killed_pids, baseline)
     report = write_report(out, client, MetricsReader(client), plans, events, killed_pids, elapsed)
-    print()
-    print(f"finished in {elapsed:.0f}s: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
-    print(f"report: {report}")
+    summary = {
+        "demo_run": demo_run,
+        "seconds": round(elapsed, 1),
+        "runs": len(plans),
+        "final": dict(sorted(statuses.items())),
+        "sigkilled": len(killed_pids),
+        "resumes": sum(1 for e in events if e["event"] == "resume_accepted"),
+        "invariants_failed": failures,
+        "report": str(report),
+        "logs": str(logs),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.print()
+    console.print(
+        f"finished in {elapsed:.0f}s: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
+        + f"; {summary['resumes']} resumes; {len(killed_pids)} pipeline processes SIGKILLed",
+        highlight=False,
+    )
+    console.print(f"report: {report}", highlight=False)
+    console.print(f"logs:   {logs}", highlight=False)
     if failures:
-        print("INVARIANTS FAILED:")
+        console.print("INVARIANTS FAILED:")
         for failure in failures:
-            print(f"  - {failure}")
+            console.print(f"  - {failure}", highlight=False, markup=False)
         return 1
-    print("all invariants hold")
+    console.print("all invariants hold")
+    console.print(
+        "look around (with LocalStack kept up by `make localstack-up`): uv run tdev sessions list --user "
+        "demo-user1 · uv run tdev sessions list --status COMPLETED · uv run tdev-metrics report",
+        highlight=False,
+    )
     return 0
 
 

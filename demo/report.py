@@ -22,6 +22,12 @@ from tdev_state import AGENTS, StateClient
 WRU_USD = 0.625e-6
 
 
+def agent_colors() -> dict[str, Any]:
+    """One colour per agent, the same in every chart: tab10 without its red (nine agents, nine colours)."""
+    tab10 = plt.get_cmap("tab10")
+    return {agent: tab10(i) for agent, i in zip(AGENTS, (0, 1, 2, 4, 5, 6, 7, 8, 9), strict=True)}
+
+
 def _png(fig: Any) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -30,11 +36,11 @@ def _png(fig: Any) -> str:
 
 
 def timeline_png(plans: list[dict[str, Any]], events: list[dict[str, Any]], killed: list[int]) -> str:
-    """One row per run; a bar per agent attempt (red: failed); black ticks where a resume was accepted."""
+    """One row per run; a bar per agent attempt in the agent's colour (cross-hatched with a dark edge when
+    it failed); black ticks where a resume was accepted."""
     t0 = min(e["t"] for e in events)
     rows = {p["session_id"]: i for i, p in enumerate(plans)}
-    tab10 = plt.get_cmap("tab10")
-    palette = [tab10(i) for i in (0, 1, 2, 4, 5, 6, 7, 8, 9)]  # no red: red means a failed attempt
+    colors = agent_colors()
     fig, ax = plt.subplots(figsize=(12, max(4, len(plans) * 0.28 + 1.2)))
     open_attempts: dict[tuple[str, str, int], dict[str, Any]] = {}
     for e in sorted(events, key=lambda e: e["t"]):
@@ -44,15 +50,15 @@ def timeline_png(plans: list[dict[str, Any]], events: list[dict[str, Any]], kill
             start = open_attempts.pop((e["sid"], e["agent"], e["pid"]), None)
             if start:
                 failed = e["event"] == "fail"
-                color = "tab:red" if failed else palette[AGENTS.index(e["agent"])]
                 ax.barh(
                     rows[e["sid"]],
                     e["t"] - start["t"],
                     left=start["t"] - t0,
-                    color=color,
+                    color=colors[e["agent"]],
                     height=0.7,
-                    hatch="xx" if failed else None,
-                    edgecolor="white",
+                    hatch="xxx" if failed else None,
+                    edgecolor="black" if failed else "white",
+                    linewidth=1.2 if failed else 0.5,
                 )
         elif e["event"] == "resume_accepted":
             ax.plot([e["t"] - t0] * 2, [rows[e["sid"]] - 0.45, rows[e["sid"]] + 0.45], color="black", lw=2)
@@ -63,9 +69,14 @@ def timeline_png(plans: list[dict[str, Any]], events: list[dict[str, Any]], kill
     ax.set_yticks(range(len(plans)), [p["session_id"].split("-")[-1] for p in plans], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the demo started")
-    ax.set_title("Run timelines — bars: agent attempts (red failed, hatched cut by SIGKILL); black: resume")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=palette[i]) for i in range(len(AGENTS))]
-    ax.legend(handles, AGENTS, fontsize=7, ncol=9, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    ax.set_title(
+        "Run timelines — bars: agent attempts (cross-hatched: failed; white hatched: cut by SIGKILL); "
+        "black: resume",
+        fontsize=10,
+    )
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[a]) for a in AGENTS]
+    handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black", hatch="xxx"))
+    ax.legend(handles, [*AGENTS, "failed attempt"], fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _png(fig)
 
@@ -83,9 +94,11 @@ def write_report(  # noqa: PLR0917 - the demo's one call site passes everything 
     status = Counter(s.status.value for s in sessions.values())
     today = datetime.now(UTC).date()
     hourly = reader.hourly("agent_execution_time", start=today)
-    metrics_png = out / "metrics.png"
+    metrics_png = ""
     if hourly:
-        render_png(hourly, metrics_png, "agent_execution_time")
+        buffer = io.BytesIO()
+        render_png(hourly, buffer, "agent_execution_time", colors=agent_colors())
+        metrics_png = base64.b64encode(buffer.getvalue()).decode()
     resumes = [e for e in events if e["event"] == "resume_accepted"]
     meters = [e["meter"] for e in events if e["event"] == "meter"]
     write_units = sum(m["write_units"] for m in meters)
@@ -133,8 +146,13 @@ td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}h2{{margin-top:1.5e
 <h2>Recoveries</h2><table><tr><th>session</th><th>fencing token</th><th>resumed at</th>
 <th>agents already done</th><th>final</th></tr>{recovery_rows}</table>
 <h2>Response time and error rate per agent per hour</h2>
-{'<img src="metrics.png" width="100%">' if hourly else "<p>no metrics</p>"}
-<table><tr><th>agent</th><th>completed attempts</th><th>mean seconds</th><th>failed attempts</th></tr>
+<p>From the metrics table (what <code>tdev-metrics report</code> reads): the hourly average is over every
+recorded attempt, failed ones included.</p>
+{f'<img src="data:image/png;base64,{metrics_png}" width="100%">' if hourly else "<p>no metrics</p>"}
+<p>From the pipeline processes' own event log: the mean is over <b>completed attempts only</b> (failed
+attempts excluded; they are counted in the last column).</p>
+<table><tr><th>agent</th><th>completed attempts</th><th>mean seconds of completed attempts</th>
+<th>failed attempts</th></tr>
 {agent_rows}</table>
 </body></html>"""
     path = out / "index.html"

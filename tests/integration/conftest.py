@@ -16,9 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import boto3
 import pytest
+from localstack_client.session import Session as LocalStackSession
 
 from tdev_state import StateClient, StateConfig
 from tdev_state.dynamo import DynamoLayer
@@ -27,6 +30,19 @@ from tdev_state.tables import delete_tables
 from ..builders import empty_and_delete_bucket
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:4566"
+
+
+def raw_client(service: str, config: StateConfig) -> Any:
+    """A plain boto3 client for set-up and for checks behind the library's back. On LocalStack it comes from
+    localstack-client's session (LocalStack's endpoint and credentials, whatever the shell exports), on AWS
+    from boto3's own credential chain: the same test code serves both targets."""
+    if config.endpoint_url is None:
+        return boto3.session.Session(region_name=config.region).client(service)
+    session = LocalStackSession(
+        region_name=config.region, localstack_host=urlparse(config.endpoint_url).netloc
+    )
+    # Its endpoint: $AWS_ENDPOINT_URL when set (make test sets it to this same LocalStack), else the host.
+    return session.client(service)
 
 
 def _endpoint() -> str | None:
@@ -58,7 +74,7 @@ def base_config(run_env: str) -> StateConfig:
 def client(base_config: StateConfig) -> Iterator[StateClient]:
     """One client and one set of tables for the run (tests use unique session ids inside them)."""
     client = StateClient(base_config)
-    s3 = boto3.client("s3", region_name=base_config.region, endpoint_url=base_config.endpoint_url)
+    s3 = raw_client("s3", base_config)
     bucket = base_config.payload_bucket
     assert bucket
     if base_config.region == "us-east-1":

@@ -6,20 +6,20 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 
-import boto3
 import pytest
 
 from tdev_state import AGENTS, EncryptionError, PayloadIntegrityError, StateClient, StateConfig
 from tdev_state._crypto import SEALED_TAG
 
 from ..payloads import generated_project
+from .conftest import raw_client
 
 SECRET = {"token": "ghp_" + "x" * 36, "email": "jane@example.com"}
 
 
 @pytest.fixture(scope="module")
 def kms_keys(base_config: StateConfig) -> Iterator[tuple[str, str]]:
-    kms = boto3.client("kms", region_name=base_config.region, endpoint_url=base_config.endpoint_url)
+    kms = raw_client("kms", base_config)
     keys = [kms.create_key(Description=f"{base_config.env} test {i}")["KeyMetadata"]["KeyId"] for i in (1, 2)]
     try:
         yield keys[0], keys[1]

@@ -18,7 +18,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from boto3.dynamodb.types import TypeDeserializer
 
@@ -26,6 +25,7 @@ import tdev_state
 from tdev_state import AGENTS, StateClient, save_pipeline_session, update_agent_execution
 
 from ..payloads import generated_project
+from .conftest import raw_client
 
 RETRIES = {"nl_input": 2, "ui_selection": 2, "match_rate": 2, "search": 2}
 CRITICAL = ("generation", "assembly")
@@ -97,7 +97,7 @@ async def orchestrate(project_id: str, failures: dict[str, int]) -> str:
 
 
 def raw_items(client: StateClient, table: str, key: str, value: str) -> list[dict[str, Any]]:
-    ddb = boto3.client("dynamodb", region_name=client.config.region, endpoint_url=client.config.endpoint_url)
+    ddb = raw_client("dynamodb", client.config)
     out = ddb.query(
         TableName=table,
         KeyConditionExpression="#k = :v",
@@ -145,7 +145,7 @@ async def test_an_orchestrator_run_with_retries_and_a_tolerated_failure(plan: St
     assert run["parser"].output_data["agent"] == "parser"
     assert run["download"].input_data["generation"]["files"] == run["generation"].output_data["files"]
     # The generated files were stored once, though three agents received them.
-    s3 = boto3.client("s3", region_name=plan.config.region, endpoint_url=plan.config.endpoint_url)
+    s3 = raw_client("s3", plan.config)
     listed = s3.list_objects_v2(Bucket=plan.config.payload_bucket or "", Prefix=f"payloads/{project_id}/")
     sizes = sorted(o["Size"] for o in listed["Contents"])
     assert sum(1 for size in sizes if size > 50_000) == 1, sizes

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import gzip
 import json
 import random
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -403,23 +407,88 @@ async def test_http_resumer_posts_the_request(
     assert body["completed"] == [{"agent_name": "nl_input", "output_data": {"out": "nl_input"}}]
 
 
-async def test_ops_endpoints(client: StateClient, clock: FakeClock) -> None:
-    """/healthz, /readyz and /metrics answer; metrics are Prometheus text."""
+def _http(base: str, path: str, method: str = "GET", **headers: str) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(base + path, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+async def test_ops_endpoints(client: StateClient, clock: FakeClock, tmp_path: Path) -> None:
+    """/metrics is prometheus_client's own app (gzip, name[] filters, process and GC collectors); HEAD
+    answers without a body; the port file lets the container HEALTHCHECK find the port."""
     worker = RecoveryWorker(client, Recorder(), FAST, clock=clock)
     await worker.sweep()
-    ops = OpsServer(worker, host="127.0.0.1", port=0).start()
+    port_file = tmp_path / "port"
+    ops = OpsServer(worker, host="127.0.0.1", port=0, port_file=port_file).start()
     try:
         base = f"http://127.0.0.1:{ops.port}"
-
-        def get(path: str) -> tuple[int, str]:
-            with urllib.request.urlopen(base + path, timeout=5) as r:
-                return r.status, r.read().decode()
-
-        assert (await asyncio.to_thread(get, "/healthz"))[0] == 200
-        assert (await asyncio.to_thread(get, "/readyz"))[0] == 200
-        status, text = await asyncio.to_thread(get, "/metrics")
+        get = functools.partial(asyncio.to_thread, _http, base)
+        status, _, body = await get("/healthz")
         assert status == 200
+        assert json.loads(body)["ok"] is True
+        assert (await get("/readyz"))[0] == 200
+        status, headers, body = await get("/metrics")
+        assert status == 200
+        assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = body.decode()
         assert "tdev_recovery_sweeps_total 1.0" in text
+        assert "process_cpu_seconds_total" in text  # the process collector (Linux)
+        assert "python_info{" in text  # the platform collector
+        assert "python_gc_objects_collected_total" in text  # the GC collector
+        _, headers, zipped = await get("/metrics", **{"Accept-Encoding": "gzip"})
+        assert headers["Content-Encoding"] == "gzip"
+        assert "tdev_recovery_sweeps_total" in gzip.decompress(zipped).decode()
+        _, _, only = await get("/metrics?name[]=tdev_recovery_sweeps_total")
+        assert only.decode().count("# TYPE") == 1
+        _, headers, _ = await get("/metrics", Accept="application/openmetrics-text; version=1.0.0")
+        assert headers["Content-Type"].startswith("application/openmetrics-text")
+        for path in ("/healthz", "/readyz", "/metrics"):
+            status, headers, body = await get(path, method="HEAD")
+            assert (status, body) == (200, b""), path
+        assert (await get("/nope"))[0] == 404
+        assert (await get("/healthz", method="POST"))[0] == 405
+        assert port_file.read_text().strip() == str(ops.port)
+        from tdev_recovery import healthcheck
+
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("TDEV_PORT_FILE", str(port_file))
+            env.setenv("TDEV_HTTP_PORT", "1")  # wrong on purpose: the file wins
+            assert await asyncio.to_thread(healthcheck.main) == 0
+    finally:
+        ops.stop()
+    assert not port_file.exists()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TDEV_PORT_FILE", str(port_file))
+        env.setenv("TDEV_HTTP_PORT", str(ops.port))
+        assert await asyncio.to_thread(healthcheck.main) == 1  # nothing listens any more
+
+
+async def test_healthz_means_the_loop_turns_and_readyz_means_dynamodb_answers(
+    clock: FakeClock, aws: None
+) -> None:
+    """A worker whose every sweep fails (its tables do not exist) is alive — a restart fixes nothing — but
+    not ready; a loop that stopped turning is not alive, whatever DynamoDB says."""
+    from tdev_state import StateConfig
+
+    broken = StateClient(StateConfig(env="notables"), clock=clock)
+    worker = RecoveryWorker(broken, Recorder(), FAST, clock=clock)
+    ops = OpsServer(worker, host="127.0.0.1", port=0).start()
+    base = f"http://127.0.0.1:{ops.port}"
+    try:
+        async with worker:
+            await until(lambda: worker.metrics.sweep_errors._value.get() >= 2)
+            status, _, body = await asyncio.to_thread(_http, base, "/healthz")
+            assert status == 200, body
+            status, _, body = await asyncio.to_thread(_http, base, "/readyz")
+            assert status == 503
+            assert "does not exist" in json.loads(body)["dynamodb"]
+            worker.last_turn_monotonic -= 3600  # as if the loop had stopped an hour ago
+            status, _, body = await asyncio.to_thread(_http, base, "/healthz")
+            assert status == 503
+            assert json.loads(body)["loop_turned_seconds_ago"] >= 3600
     finally:
         ops.stop()
 

@@ -43,12 +43,12 @@ def test_sessions_show_json(seeded: str, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_sessions_list_by_user_and_status(seeded: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """Listing by user works; FAILED runs come from the recovery index; finished ones need --user."""
+    """Listing by user works; FAILED runs come from the recovery index; a status no run has finds nothing."""
     assert tdev(["sessions", "list", "--user", "ops", "--json"]) == 0
     assert [r["session_id"] for r in json.loads(capsys.readouterr().out)] == [seeded]
     assert tdev(["sessions", "list", "--status", "FAILED", "--json"]) == 0
     assert [r["session_id"] for r in json.loads(capsys.readouterr().out)] == [seeded]
-    assert tdev(["sessions", "list", "--status", "COMPLETED"]) == 2
+    assert tdev(["sessions", "list", "--status", "COMPLETED", "--day", "2026-11-26"]) == 1
 
 
 def test_exit_codes_and_errors_without_tracebacks(seeded: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,8 @@
                         [--daily] [--png out.png] [--json]
     tdev-metrics report --metric agent_execution_time --agent generation --compare A B
 
-Exit codes: 0 ok, 1 no data, 2 bad arguments, 3 the store failed.
+Target options (`--env`, `--local`/`--aws`, `--region`, `--profile`) go anywhere on the line. Exit codes:
+0 ok, 1 no data, 2 bad arguments, 3 the store failed (`tdev_state.command`, shared by the three CLIs).
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from rich.console import Console
-from rich.table import Table
-
-from tdev_metrics.exceptions import MetricValidationError
 from tdev_metrics.report import Comparison, MetricsReader, Summary
-from tdev_state import ConfigurationError, StateClient, StateConfig, StateError
+from tdev_state import StateClient, command
+from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _day(text: str) -> date:
@@ -31,21 +33,25 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tdev-metrics")
-    sub = parser.add_subparsers(dest="command", required=True)
-    report = sub.add_parser("report", help="hourly or daily figures, a PNG chart, or an A/B comparison")
-    report.add_argument("--metric", default="agent_execution_time")
+def build_parser(prog: str = "tdev-metrics") -> argparse.ArgumentParser:
+    target = command.target_options()
+    parser = command.Parser(
+        prog=prog, description="T-Developer metrics: tables, charts, A/B comparisons.", parents=[target]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    text = "hourly or daily figures, a PNG chart, or an A/B comparison"
+    report = sub.add_parser("report", help=text, description=text, parents=[target],
+                            formatter_class=parser.formatter_class, epilog=parser.epilog)  # fmt: skip
+    report.add_argument("--metric", default="agent_execution_time", help="metric name")
     today = datetime.now(UTC).date()
     report.add_argument("--from", dest="start", type=_day, default=today, help="first day (UTC)")
     report.add_argument("--to", dest="end", type=_day, default=None, help="last day (default: --from)")
-    report.add_argument("--agent", default=None)
-    report.add_argument("--variant", default=None)
+    report.add_argument("--agent", default=None, help="only this agent")
+    report.add_argument("--variant", default=None, help="only this A/B variant")
     report.add_argument("--daily", action="store_true", help="one row per day instead of per hour")
-    report.add_argument("--png", type=Path, default=None, help="write a chart here")
+    report.add_argument("--png", type=Path, default=None, help="also write a chart here")
     report.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two variants of --agent")
-    report.add_argument("--json", action="store_true", help="machine-readable output")
-    report.add_argument("--env", default=None, help="table environment (default: $TDEV_ENV or local)")
+    report.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     return parser
 
 
@@ -54,6 +60,8 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def render_table(rows: list[Summary], console: Console, title: str) -> None:
+    from rich.table import Table
+
     table = Table(title=title)
     for column in ("date", "hour", "agent", "variant", "count", "avg", "p50", "p95", "p99", "error rate"):
         table.add_column(column, justify="right" if column not in ("date", "agent", "variant") else "left")
@@ -73,9 +81,13 @@ def render_table(rows: list[Summary], console: Console, title: str) -> None:
     console.print(table)
 
 
-def render_png(rows: list[Summary], path: Path, metric: str) -> None:
-    """Average and error rate per agent per hour (variants merged, count-weighted): lines over the hours,
-    or grouped bars when there is a single hour."""
+def render_png(
+    rows: list[Summary], path: Path | BinaryIO, metric: str, *, colors: Mapping[str, Any] | None = None
+) -> None:
+    """Average and error rate per agent per hour (variants merged, count-weighted; the average is over
+    every recorded observation, failed attempts included): lines over the hours, or grouped bars when there
+    is a single hour. `colors` gives agents fixed colours (the demo report uses the same in every chart);
+    the legend sits beside the plot, never on the bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,7 +102,11 @@ def render_png(rows: list[Summary], path: Path, metric: str) -> None:
         cell[2] += r.errors
     agents = sorted({agent for agent, _ in cells})
     hours = sorted({hour for _, hour in cells})
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
+
+    def style(agent: str) -> dict[str, Any]:
+        return {"color": colors[agent]} if colors and agent in colors else {}
+
     width = 0.8 / max(1, len(agents))
     for i, agent in enumerate(agents):
         avg = [
@@ -103,24 +119,26 @@ def render_png(rows: list[Summary], path: Path, metric: str) -> None:
         ]
         if len(hours) == 1:
             x = [j - 0.4 + (i + 0.5) * width for j in range(len(hours))]
-            top.bar(x, avg, width=width, label=agent)
-            bottom.bar(x, err, width=width, label=agent)
+            top.bar(x, avg, width=width, label=agent, **style(agent))
+            bottom.bar(x, err, width=width, label=agent, **style(agent))
         else:
-            top.plot(range(len(hours)), avg, marker="o", label=agent)
-            bottom.plot(range(len(hours)), err, marker="o", label=agent)
+            top.plot(range(len(hours)), avg, marker="o", label=agent, **style(agent))
+            bottom.plot(range(len(hours)), err, marker="o", label=agent, **style(agent))
     bottom.set_xticks(range(len(hours)), hours, rotation=30, ha="right")
-    top.set_ylabel(f"avg {metric}")
-    top.set_title(f"{metric}: average and error rate per agent per hour (UTC)")
+    top.set_ylabel(f"avg {metric}\n(all attempts)")
+    top.set_title(f"{metric}: average (failed attempts included) and error rate per agent per hour (UTC)")
     bottom.set_ylabel("error rate (%)")
-    top.legend(loc="upper left", fontsize="small", ncol=5)
+    top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title="agent")
     top.grid(alpha=0.3)
     bottom.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
 def render_comparison(result: Comparison, console: Console) -> None:
+    from rich.table import Table
+
     table = Table(title=f"{result.a.agent}: {result.b.variant} vs {result.a.variant} (95 % intervals)")
     for column in ("variant", "count", "avg", "p95", "error rate"):
         table.add_column(column)
@@ -140,46 +158,34 @@ def render_comparison(result: Comparison, console: Console) -> None:
             )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
-    args = build_parser().parse_args(argv)
-    # Piped output (scripts, CI logs) gets a wide console instead of rich's 80-column default.
-    console = Console() if sys.stdout.isatty() else Console(width=160)
-    try:
-        client = StateClient(StateConfig.from_env(**({"env": args.env} if args.env else {})))
-        reader = MetricsReader(client)
-        if args.compare:
-            if not args.agent:
-                print("error: --compare needs --agent", file=sys.stderr)
-                return 2
-            result = reader.compare(
-                args.metric,
-                agent=args.agent,
-                variant_a=args.compare[0],
-                variant_b=args.compare[1],
-                start=args.start,
-                end=args.end,
-            )
-            if args.json:
-                mean, rate = result.mean, result.error_rate
-                payload = {
-                    "a": result.a.to_dict(),
-                    "b": result.b.to_dict(),
-                    "mean": mean.__dict__ if mean else None,
-                    "error_rate": rate.__dict__ if rate else None,
-                }
-                print(json.dumps(payload))
-            else:
-                render_comparison(result, console)
-            return 0 if result.a.count and result.b.count else 1
-        query = reader.daily if args.daily else reader.hourly
-        rows = query(args.metric, start=args.start, end=args.end, agent=args.agent, variant=args.variant)
-    except (MetricValidationError, ConfigurationError) as exc:  # bad arguments or environment
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
+def _report(args: argparse.Namespace) -> int:
+    console = command.console()
+    reader = MetricsReader(StateClient(command.state_config(args)))
+    if args.compare:
+        if not args.agent:
+            raise UsageError("--compare needs --agent: the comparison is of one agent's two variants")
+        result = reader.compare(
+            args.metric,
+            agent=args.agent,
+            variant_a=args.compare[0],
+            variant_b=args.compare[1],
+            start=args.start,
+            end=args.end,
+        )
+        if args.json:
+            mean, rate = result.mean, result.error_rate
+            payload = {
+                "a": result.a.to_dict(),
+                "b": result.b.to_dict(),
+                "mean": mean.__dict__ if mean else None,
+                "error_rate": rate.__dict__ if rate else None,
+            }
+            print(json.dumps(payload))
+        else:
+            render_comparison(result, console)
+        return EXIT_OK if result.a.count and result.b.count else EXIT_NOT_FOUND
+    query = reader.daily if args.daily else reader.hourly
+    rows = query(args.metric, start=args.start, end=args.end, agent=args.agent, variant=args.variant)
     if args.json:
         print(json.dumps([r.to_dict() for r in rows]))
     else:
@@ -187,12 +193,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.png and rows:
         try:
             render_png(rows, args.png, args.metric)
+        except ImportError:
+            raise UsageError("--png draws with matplotlib: install tdev-metrics-collector[report]") from None
         except OSError as exc:
             print(f"error: cannot write the chart to {args.png}: {exc.strerror or exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         if not args.json:
             console.print(f"chart written to {args.png}")
-    return 0 if rows else 1
+    return EXIT_OK if rows else EXIT_NOT_FOUND
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "tdev-metrics") -> int:
+    """Entry point of the console script and of `tdev metrics`."""
+    args = command.parse(build_parser(prog), argv)
+    if isinstance(args, int):
+        return args
+    return command.run(lambda: _report(args))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""`tdev-recovery-worker`: run one replica. Reads flags and environment once, installs signal handlers.
+"""`tdev-recovery-worker` (also `tdev worker`): run one replica. Reads flags and environment once,
+installs signal handlers.
 
     tdev-recovery-worker --resumer http://pipeline:8000/resume --env dev --http-port 8080
 
-Every flag has an environment variable (in brackets in --help); flags win.
+Every setting has an environment variable (named in --help); flags win. A bad value, from either, is one
+line and exit 2 — before anything starts. Exit codes are `tdev_state.command`'s, shared by the three CLIs.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import TextIO
 
 from tdev_recovery.config import RetryPolicy, WorkerConfig
@@ -23,55 +27,130 @@ from tdev_recovery.exceptions import RecoveryError
 from tdev_recovery.ops import OpsServer
 from tdev_recovery.resumers import load_resumer
 from tdev_recovery.worker import RecoveryWorker
-from tdev_state import ConfigurationError, StateClient, StateConfig, StateError, ValidationError
-from tdev_state._log import configure_output
+from tdev_state import StateClient, StorageUnavailableError, command
+from tdev_state._log import configure_output, get_logger
+from tdev_state.command import UsageError
+
+log = get_logger(__name__)
 
 #: The metric the infra's backlog alarm and dashboard read (namespace from --cloudwatch-namespace).
 BACKLOG_METRIC = "RecoveryBacklog"
 
-
-def _env(name: str) -> str | None:
-    return os.environ.get(name) or None
+_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _envd(name: str, default: str) -> str:
-    return os.environ.get(name) or default
+def _setting(
+    kind: type[float] | type[int], flag: str, variable: str, *, minimum: float
+) -> Callable[[str], float]:
+    """An argparse type for a numeric setting that names both places it may come from when it is wrong
+    (argparse applies it to the environment's string default too, after --help had its chance)."""
+    noun = "whole number" if kind is int else "number"
 
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a {noun} (set by {flag} or ${variable})"
+            ) from None
+        if not value >= minimum or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be at least {minimum} (set by {flag} or ${variable})"
+            )
+        return value
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tdev-recovery-worker", description=__doc__.split("\n")[0])
-    add = p.add_argument
-    add("--env", default=_envd("TDEV_ENV", "local"), help="table environment [TDEV_ENV]")
-    add("--resumer", default=_env("TDEV_RESUMER"), help="URL or module:function [TDEV_RESUMER]")
-    add("--poll-interval", type=float, default=float(_envd("TDEV_POLL_INTERVAL", "5")), help="seconds")
-    add("--retry-delay", type=float, default=float(_envd("TDEV_RETRY_DELAY", "3600")),
-        help="seconds a FAILED run waits before it is resumed [TDEV_RETRY_DELAY]")  # fmt: skip
-    add("--stall-threshold", type=float, default=float(_envd("TDEV_STALL_THRESHOLD", "600")),
-        help="seconds without heartbeat before an ACTIVE run is stalled [TDEV_STALL_THRESHOLD]")  # fmt: skip
-    add("--lease", type=float, default=float(_envd("TDEV_LEASE", "30")), help="claim lease, seconds")
-    add("--max-attempts", type=int, default=int(_envd("TDEV_MAX_ATTEMPTS", "5")))
-    add("--max-resumes", type=int, default=int(_envd("TDEV_MAX_RESUMES", "3")))
-    add("--initial-backoff", type=float, default=float(_envd("TDEV_INITIAL_BACKOFF", "1")))
-    add("--concurrency", type=int, default=int(_envd("TDEV_CONCURRENCY", "8")))
-    add("--grace-period", type=float, default=float(_envd("TDEV_GRACE_PERIOD", "20")))
-    add("--http-port", type=int, default=int(_envd("TDEV_HTTP_PORT", "8080")), help="0 disables")
-    add("--worker-id", default=_env("TDEV_WORKER_ID"))
-    add("--cloudwatch-namespace", default=_env("TDEV_CLOUDWATCH_NAMESPACE"),
-        help="publish RecoveryBacklog here each sweep [TDEV_CLOUDWATCH_NAMESPACE]")  # fmt: skip
-    add("--log-level", type=log_level, default=_envd("TDEV_LOG_LEVEL", "info"),
-        help="debug, info, warning or error [TDEV_LOG_LEVEL]")  # fmt: skip
-    return p
+    return parse
 
 
 def log_level(text: str) -> str:
     """A --log-level value (argparse applies it to the TDEV_LOG_LEVEL default too)."""
     level = text.strip().lower()
     if level not in _LEVELS:
-        raise argparse.ArgumentTypeError(f"log level {text!r} is not one of: {', '.join(_LEVELS)}")
+        raise argparse.ArgumentTypeError(
+            f"log level {text!r} is not one of: {', '.join(_LEVELS)} (set by --log-level or $TDEV_LOG_LEVEL)"
+        )
     return level
 
 
-_LEVELS = ("debug", "info", "warning", "error")
+def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
+    parser = command.Parser(
+        prog=prog, description=__doc__.split("\n\n")[0], parents=[command.target_options()]
+    )
+    knobs = parser.add_argument_group("worker")
+
+    def number(
+        flag: str,
+        variable: str,
+        default: str,
+        help_text: str,
+        *,
+        kind: type[float] | type[int] = float,
+        minimum: float = 0.001,
+    ) -> None:
+        knobs.add_argument(
+            flag,
+            default=os.environ.get(variable) or default,
+            type=_setting(kind, flag, variable, minimum=minimum),
+            help=f"{help_text} [${variable}]",
+        )
+
+    knobs.add_argument(
+        "--resumer",
+        default=os.environ.get("TDEV_RESUMER") or None,
+        help="the pipeline's resume endpoint URL, or module:function [$TDEV_RESUMER]",
+    )
+    number("--poll-interval", "TDEV_POLL_INTERVAL", "5", "seconds between sweeps")
+    number("--retry-delay", "TDEV_RETRY_DELAY", "3600", "seconds a FAILED run waits before it is resumed")
+    number(
+        "--stall-threshold",
+        "TDEV_STALL_THRESHOLD",
+        "600",
+        "seconds without a heartbeat before an ACTIVE run counts as stalled",
+    )
+    number("--lease", "TDEV_LEASE", "30", "claim lease, seconds", minimum=1)
+    number("--max-attempts", "TDEV_MAX_ATTEMPTS", "5", "resume attempts per claim", kind=int, minimum=1)
+    number(
+        "--max-resumes",
+        "TDEV_MAX_RESUMES",
+        "3",
+        "resumes of a run before it is ABANDONED",
+        kind=int,
+        minimum=1,
+    )
+    number("--initial-backoff", "TDEV_INITIAL_BACKOFF", "1", "seconds before the first retry of a resume")
+    number("--concurrency", "TDEV_CONCURRENCY", "8", "resumes in flight per replica", kind=int, minimum=1)
+    number("--grace-period", "TDEV_GRACE_PERIOD", "20", "seconds in-flight resumes get after SIGTERM")
+    number(
+        "--http-port",
+        "TDEV_HTTP_PORT",
+        "8080",
+        "port of /healthz, /readyz, /metrics; 0 disables",
+        kind=int,
+        minimum=0,
+    )
+    knobs.add_argument(
+        "--port-file",
+        type=Path,
+        default=os.environ.get("TDEV_PORT_FILE") or None,
+        help="write the bound HTTP port here, for the container HEALTHCHECK [$TDEV_PORT_FILE]",
+    )
+    knobs.add_argument(
+        "--worker-id",
+        default=os.environ.get("TDEV_WORKER_ID") or None,
+        help="this replica's name in claims and logs (default: host:pid) [$TDEV_WORKER_ID]",
+    )
+    knobs.add_argument(
+        "--cloudwatch-namespace",
+        default=os.environ.get("TDEV_CLOUDWATCH_NAMESPACE") or None,
+        help="publish RecoveryBacklog here each sweep (EMF on stdout) [$TDEV_CLOUDWATCH_NAMESPACE]",
+    )
+    knobs.add_argument(
+        "--log-level",
+        type=log_level,
+        default=os.environ.get("TDEV_LOG_LEVEL") or "info",
+        help="debug, info, warning or error [$TDEV_LOG_LEVEL]",
+    )
+    return parser
 
 
 def backlog_publisher(env: str, namespace: str, out: TextIO | None = None) -> Callable[[int], None]:
@@ -108,8 +187,7 @@ def backlog_publisher(env: str, namespace: str, out: TextIO | None = None) -> Ca
 
 async def _serve(args: argparse.Namespace) -> int:
     if not args.resumer:
-        print("error: no resumer: pass --resumer URL|module:function or set TDEV_RESUMER", file=sys.stderr)
-        return 2
+        raise UsageError("no resumer: pass --resumer URL|module:function or set TDEV_RESUMER")
     config = WorkerConfig(
         poll_interval=args.poll_interval,
         retry_delay=timedelta(seconds=args.retry_delay),
@@ -123,12 +201,26 @@ async def _serve(args: argparse.Namespace) -> int:
         grace_period=args.grace_period,
         **({"worker_id": args.worker_id} if args.worker_id else {}),
     )
-    client = StateClient(StateConfig.from_env(env=args.env))
+    resumer = load_resumer(args.resumer)
+    client = StateClient(command.state_config(args))
     publish = (
         backlog_publisher(client.config.env, args.cloudwatch_namespace) if args.cloudwatch_namespace else None
     )
-    worker = RecoveryWorker(client, load_resumer(args.resumer), config, publish_backlog=publish)
-    ops = OpsServer(worker, port=args.http_port).start() if args.http_port else None
+    try:
+        # A missing table or a denied DescribeTable is a wrong deployment: exit 3 now instead of failing
+        # every sweep for ever. An unreachable DynamoDB is an outage: start anyway; /readyz says so.
+        client.layer.probe(client.layer.tables.sessions)
+    except StorageUnavailableError as exc:
+        log.warning("worker.store_unreachable_at_start", error=str(exc))
+    worker = RecoveryWorker(client, resumer, config, publish_backlog=publish)
+    try:
+        ops = (
+            OpsServer(worker, port=args.http_port, port_file=args.port_file).start()
+            if args.http_port
+            else None
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot serve /healthz on port {args.http_port}: {exc.strerror or exc}") from None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.shutdown()))
@@ -141,18 +233,20 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script and of `python -m tdev_recovery`."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = "tdev-recovery-worker") -> int:
+    """Entry point of the console script, of `tdev worker` and of `python -m tdev_recovery`."""
+    args = command.parse(build_parser(prog), argv)
+    if isinstance(args, int):
+        return args
     configure_output(args.log_level, json_lines=True)  # JSON lines on stderr, for container log collectors
-    try:
-        return asyncio.run(_serve(args))
-    except (ConfigurationError, ValidationError, RecoveryError) as exc:  # flags or environment: exit 2
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+
+    def serve() -> int:
+        try:
+            return asyncio.run(_serve(args))
+        except RecoveryError as exc:  # a worker setting the config objects refused (exit 2, not 3)
+            raise UsageError(str(exc)) from None
+
+    return command.run(serve)
 
 
 if __name__ == "__main__":

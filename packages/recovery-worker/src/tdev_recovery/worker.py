@@ -72,6 +72,14 @@ class RecoveryWorker:
         self._running = False
         self._stopped = False
         self.last_sweep_monotonic: float | None = None
+        #: When the loop last began or ended a turn (monotonic seconds): what /healthz reads. It moves on
+        #: failed sweeps too — a DynamoDB outage is not something a restart fixes.
+        self.last_turn_monotonic = time.monotonic()
+
+    @property
+    def client(self) -> StateClient:
+        """The state client this worker reads and claims through."""
+        return self._client
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -90,11 +98,13 @@ class RecoveryWorker:
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
+            self.last_turn_monotonic = time.monotonic()
             try:
                 await self.sweep()
             except StateError as exc:
                 self.metrics.sweep_errors.inc()
                 log.error("sweep.failed", error=str(exc))  # noqa: TRY400 - expected, no traceback
+            self.last_turn_monotonic = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=self.config.poll_interval)
 

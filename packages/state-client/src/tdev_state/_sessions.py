@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from tdev_state import _codec
@@ -142,6 +142,7 @@ class SessionStore:
             "current_agent": AGENTS[0],
             "progress": 0,
             "created_at": now,
+            "created_day": moment.astimezone(UTC).date().isoformat(),
             "last_updated": now,
             "version": 1,
             "resume_count": 0,
@@ -195,6 +196,41 @@ class SessionStore:
             items=[session_from_item(i, self._layer, strict=False) for i in items],
             next_cursor=check.encode_cursor(page.last_key),
         )
+
+    def list_by_day(
+        self,
+        day: date,
+        *,
+        status: SessionStatus | str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> Page[Session]:
+        """Runs started on `day` (UTC), newest first, optionally of one status: the by-day index (keys only),
+        then one BatchGetItem per page. The status is filtered after the read (it changes during a run, so
+        it is not in the index key): a page may hold fewer than `limit` runs while `next_cursor` is set."""
+        if not isinstance(day, date) or isinstance(day, datetime):
+            raise ValidationError(f"day must be a datetime.date, got {type(day).__name__}")
+        wanted = check.enum(SessionStatus, "status", status) if status is not None else None
+        size = check.limit(limit)
+        key = day.isoformat()
+        start = check.decode_cursor(
+            cursor, expected_keys=("session_id", "created_day", "created_at"), expect={"created_day": key}
+        )
+        page = self._layer.query(
+            self._table,
+            index="by-day",
+            key_condition="created_day = :d",
+            values={":d": key},
+            forward=False,
+            limit=size,
+            start_key=start,
+        )
+        keys = [{"session_id": i["session_id"]} for i in page.items]
+        items = self._layer.batch_get(self._table, keys) if keys else []
+        sessions = [session_from_item(i, self._layer, strict=False) for i in items]
+        if wanted is not None:
+            sessions = [s for s in sessions if s.status is wanted]
+        return Page(items=sessions, next_cursor=check.encode_cursor(page.last_key))
 
     def update(
         self,

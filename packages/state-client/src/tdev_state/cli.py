@@ -1,13 +1,14 @@
 """`tdev`: the operator's CLI over the state platform.
 
-    tdev sessions list [--status ACTIVE|FAILED] [--user U] [--limit N] [--json]
+    tdev sessions list [--status S] [--user U] [--day YYYY-MM-DD] [--days N] [--limit N] [--json]
     tdev sessions show SESSION_ID [--json]
     tdev projects list USER [--json]
-    tdev tables create [--env E]
-    tdev metrics report …        (tdev-metrics report, from tdev-metrics-collector)
-    tdev worker run …            (tdev-recovery-worker, from tdev-recovery-worker)
+    tdev tables create [--json]
+    tdev metrics report …        (tdev-metrics, from tdev-metrics-collector)
+    tdev worker [run] …          (tdev-recovery-worker, from tdev-recovery-worker)
 
-Exit codes: 0 ok, 1 nothing found, 2 bad arguments, 3 the store failed. Errors print one line, no traceback.
+Target options (`--env`, `--local`/`--aws`, `--region`, `--profile`) go anywhere on the line. Exit codes:
+0 ok, 1 nothing found, 2 bad arguments, 3 the store failed. Errors print one line, no traceback.
 """
 
 from __future__ import annotations
@@ -16,33 +17,44 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import timedelta
-from importlib.metadata import entry_points
+from datetime import UTC, date, datetime, timedelta
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
-
+from tdev_state import command
 from tdev_state.client import StateClient
-from tdev_state.config import StateConfig
-from tdev_state.exceptions import ConfigurationError, NotFoundError, StateError, ValidationError
+from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
 from tdev_state.models import AGENTS, AgentExecution, Session, SessionStatus, epoch_float
 
+#: Where packages built on this one register `tdev` subcommands: `name = "module:main"`, where
+#: `main(argv, *, prog)` returns an exit code. tdev_state never imports them.
+COMMANDS_GROUP = "tdev.commands"
 
-def _console() -> Console:
-    return Console() if sys.stdout.isatty() else Console(width=160)
+#: Options of the target parent parser that take a value (to find the subcommand's name in argv).
+_VALUED = ("--env", "--region", "--profile")
 
 
-def _cell(value: Any) -> Text:
+def _cell(value: Any) -> Any:
     """A table cell from stored data: plain Text, never parsed as markup (a project called `shop [/] v2`
     or an error about `[/srv/build]` must print as written, not crash the table)."""
+    from rich.text import Text
+
     return Text("" if value is None else str(value))
 
 
 def _client(args: argparse.Namespace) -> StateClient:
-    return StateClient(StateConfig.from_env(**({"env": args.env} if args.env else {})))
+    return StateClient(command.state_config(args))
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row))
+    command.console().print(table)
 
 
 def _session_row(s: Session) -> dict[str, Any]:
@@ -59,38 +71,73 @@ def _session_row(s: Session) -> dict[str, Any]:
     }
 
 
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
+
+
+def _days(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 366:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 1 to 366")
+    return int(text)
+
+
+def _open_runs(client: StateClient, status: str, limit: int) -> list[Session]:
+    """Open runs of one status from the sparse recovery index (never a Scan), idle for any time at all."""
+    found = client.sessions.recovery_candidates(
+        failed_idle=timedelta(0) if status == "FAILED" else None,
+        stalled_idle=timedelta(0) if status == "ACTIVE" else None,
+        limit=limit,
+    )
+    return [client.sessions.get(c.session_id) for c in found]
+
+
+def _runs_by_day(client: StateClient, last: date, days: int, status: str | None, limit: int) -> list[Session]:
+    """Runs started on `last` and the `days - 1` days before it, newest first, from the by-day index."""
+    found: list[Session] = []
+    for back in range(days):
+        cursor: str | None = None
+        while len(found) < limit:
+            page = client.sessions.list_by_day(
+                last - timedelta(days=back), status=status, limit=limit - len(found), cursor=cursor
+            )
+            found.extend(page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        if len(found) >= limit:
+            break
+    return found
+
+
 def sessions_list(args: argparse.Namespace) -> int:
     client = _client(args)
-    if args.user:
+    if args.user is not None:
         sessions = client.sessions.list_for_user(args.user, limit=args.limit).items
         if args.status:
             sessions = [s for s in sessions if s.status.value == args.status]
-    elif args.status in ("ACTIVE", "FAILED"):
-        # Open runs come from the sparse recovery index (never a Scan): idle for any time at all.
-        found = client.sessions.recovery_candidates(
-            failed_idle=timedelta(0) if args.status == "FAILED" else None,
-            stalled_idle=timedelta(0) if args.status == "ACTIVE" else None,
-            limit=args.limit,
-        )
-        keys = [c.session_id for c in found]
-        sessions = [client.sessions.get(k) for k in keys]
+    elif args.status in ("ACTIVE", "FAILED") and args.day is None:
+        sessions = _open_runs(client, args.status, args.limit)
     else:
-        print(
-            "error: give --user, or --status ACTIVE|FAILED (finished runs are listed per user)",
-            file=sys.stderr,
-        )
-        return 2
+        last = args.day or datetime.now(UTC).date()
+        sessions = _runs_by_day(client, last, args.days, args.status, args.limit)
     rows = [_session_row(s) for s in sessions]
     if args.json:
         print(json.dumps(rows))
-    else:
-        table = Table(title=f"{len(rows)} session(s)")
-        for column in rows[0] if rows else ("session_id",):
-            table.add_column(column)
+    elif args.quiet:
         for row in rows:
-            table.add_row(*(_cell(v) for v in row.values()))
-        _console().print(table)
-    return 0 if rows else 1
+            print(row["session_id"])
+    elif not rows:
+        print("no runs found", file=sys.stderr)
+    else:
+        _table(
+            f"{len(rows)} session(s)",
+            list(rows[0]) if rows else ["session_id"],
+            [list(r.values()) for r in rows],
+        )
+    return EXIT_OK if rows else EXIT_NOT_FOUND
 
 
 def _timeline(run: list[AgentExecution]) -> list[dict[str, Any]]:
@@ -121,8 +168,11 @@ def sessions_show(args: argparse.Namespace) -> int:
     timeline = _timeline(client.executions.list(args.session_id, load_payloads=False))
     if args.json:
         print(json.dumps({"session": session.to_dict(), "agents": timeline}))
-        return 0
-    console = _console()
+        return EXIT_OK
+    from rich.markup import escape
+    from rich.text import Text
+
+    console = command.console()
     console.print(
         f"[bold]{escape(session.session_id)}[/] {escape(session.project_name or '-')} "
         f"({session.pipeline_type.value}) user={escape(session.user_id or '-')} "
@@ -133,23 +183,9 @@ def sessions_show(args: argparse.Namespace) -> int:
         console.print(Text(f"tolerated failures: {', '.join(session.failed_agents)}"))
     if session.error_message:
         console.print(Text(f"error: {session.error_message}"))
-    table = Table()
-    columns = (
-        "step",
-        "agent",
-        "status",
-        "duration_s",
-        "retries",
-        "input_bytes",
-        "output_bytes",
-        "error",
-    )
-    for column in columns:
-        table.add_column(column)
-    for row in timeline:
-        table.add_row(*(_cell(row[c]) for c in columns))
-    console.print(table)
-    return 0
+    columns = ("step", "agent", "status", "duration_s", "retries", "input_bytes", "output_bytes", "error")
+    _table("", columns, [[row[c] for c in columns] for row in timeline])
+    return EXIT_OK
 
 
 def projects_list(args: argparse.Namespace) -> int:
@@ -158,89 +194,111 @@ def projects_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
     else:
-        table = Table(title=f"projects of {escape(args.user)}")
-        for column in ("project_id", "project_name", "download_count", "last_accessed", "size_mb"):
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*(_cell(row.get(c)) for c in (
-                "project_id", "project_name", "download_count", "last_accessed", "size_mb")))  # fmt: skip
-        _console().print(table)
-    return 0 if rows else 1
+        columns = ("project_id", "project_name", "download_count", "last_accessed", "size_mb")
+        _table(f"projects of {args.user}", columns, [[row.get(c) for c in columns] for row in rows])
+    return EXIT_OK if rows else EXIT_NOT_FOUND
 
 
 def tables_create(args: argparse.Namespace) -> int:
-    for name in _client(args).create_tables():
-        print(f"ready {name}")
-    return 0
+    names = _client(args).create_tables()
+    if args.json:
+        print(json.dumps({"ready": names}))
+    else:
+        for name in names:
+            print(f"ready {name}")
+    return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tdev", description="T-Developer state platform operator CLI")
-    parser.add_argument("--env", default=None, help="table environment (default: $TDEV_ENV or local)")
-    sub = parser.add_subparsers(dest="group", required=True)
+def _plugins() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
 
-    sessions = sub.add_parser("sessions").add_subparsers(dest="command", required=True)
-    listing = sessions.add_parser("list", help="sessions of a user, or open runs by status")
-    listing.add_argument("--status", choices=[s.value for s in SessionStatus])
-    listing.add_argument("--user")
-    listing.add_argument("--limit", type=int, default=50)
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(run=sessions_list)
-    show = sessions.add_parser("show", help="one run: its agents' timeline")
-    show.add_argument("session_id")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(run=sessions_show)
 
-    projects = sub.add_parser("projects").add_subparsers(dest="command", required=True)
-    plist = projects.add_parser("list", help="a user's projects, most recently accessed first")
-    plist.add_argument("user")
-    plist.add_argument("--limit", type=int, default=50)
-    plist.add_argument("--json", action="store_true")
-    plist.set_defaults(run=projects_list)
-
-    tables = sub.add_parser("tables").add_subparsers(dest="command", required=True)
-    tables.add_parser("create", help="create this env's tables (LocalStack, tests)").set_defaults(
-        run=tables_create
+def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The built-in commands; `plugins` are listed in --help and run by their own packages."""
+    target = command.target_options()
+    parser = command.Parser(
+        prog="tdev", description="T-Developer state platform: the operator's CLI.", parents=[target]
     )
-    sub.add_parser("metrics", help="metrics report (tdev-metrics)", add_help=False)
-    sub.add_parser("worker", help="run a recovery worker replica (tdev-recovery-worker)", add_help=False)
+    sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    def group(name: str, help_text: str) -> Any:
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[target],
+                           formatter_class=parser.formatter_class, epilog=parser.epilog)  # fmt: skip
+        return p.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+
+    def leaf(parent: Any, name: str, help_text: str, run: Callable[[argparse.Namespace], int]) -> Any:
+        p = parent.add_parser(name, help=help_text, description=help_text, parents=[target],
+                              formatter_class=parser.formatter_class, epilog=parser.epilog)  # fmt: skip
+        p.set_defaults(run=run)
+        return p
+
+    sessions = group("sessions", "pipeline runs: list them, show one")
+    listing = leaf(
+        sessions,
+        "list",
+        "runs of a user, open runs by status, or runs by the day they started (newest first)",
+        sessions_list,
+    )
+    listing.add_argument("--status", choices=[s.value for s in SessionStatus],
+                         help="only runs of this status; ACTIVE/FAILED without --user or --day lists open "
+                         "runs of any age")  # fmt: skip
+    listing.add_argument("--user", help="only this user's runs")
+    listing.add_argument("--day", type=_day, default=None, help="last day to list (UTC; default: today)")
+    listing.add_argument("--days", type=_days, default=7, help="how many days back from --day to look")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many runs")
+    out = listing.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON array on stdout")
+    out.add_argument("-q", "--quiet", action="store_true", help="only the session ids, one per line")
+    show = leaf(sessions, "show", "one run: its nine agents' timeline", sessions_show)
+    show.add_argument("session_id", help="the run's session id")
+    show.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    projects = group("projects", "a user's generated projects")
+    plist = leaf(projects, "list", "a user's projects, most recently accessed first", projects_list)
+    plist.add_argument("user", help="the user id")
+    plist.add_argument("--limit", type=int, default=50, help="at most this many projects")
+    plist.add_argument("--json", action="store_true", help="one JSON array on stdout")
+
+    tables = group("tables", "this environment's DynamoDB tables")
+    create = leaf(tables, "create", "create the env's tables if missing (LocalStack, tests)", tables_create)
+    create.add_argument("--json", action="store_true", help='{"ready": [table names]} on stdout')
+    for name in plugins:
+        sub.add_parser(name, help=f"(from its own package) run `tdev {name} --help`", add_help=False)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit code per outcome
+def _split(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
+    """argv as (options before the command, the command, the rest)."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in _VALUED:
+            i += 2
+            continue
+        if not token.startswith("-"):
+            return list(argv[:i]), token, list(argv[i + 1 :])
+        i += 1
+    return list(argv), None, []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tdev` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    env_args = argv[:2] if argv[:1] == ["--env"] else []
-    rest = argv[len(env_args) :]
-    plugins = {ep.name: ep for ep in entry_points(group="tdev.commands")}
-    if rest[:1] and rest[0] in plugins:
-        # Subcommands of packages built on this one (tdev-metrics, tdev-recovery-worker), found through
-        # their entry points: tdev_state never imports them.
-        command = rest[1:]
-        if rest[0] == "worker" and command[:1] == ["run"]:
-            command = command[1:]
-        run: Callable[[list[str]], int] = plugins[rest[0]].load()
-        return run(command + (["--env", env_args[1]] if env_args else []))
-    if rest[:1] in (["metrics"], ["worker"]):
-        package = "tdev-metrics-collector" if rest[0] == "metrics" else "tdev-recovery-worker"
-        print(f"error: tdev {rest[0]} needs {package} installed", file=sys.stderr)
-        return 2
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse already printed the usage error
-        return 2 if exc.code else 0
-    try:
-        code: int = args.run(args)
-    except NotFoundError as exc:
-        print(f"not found: {exc}", file=sys.stderr)
-        return 1
-    except (ValidationError, ConfigurationError) as exc:  # bad arguments or environment: the caller's to fix
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    return code
+    plugins = _plugins()
+    before, name, rest = _split(argv)
+    if name in plugins:
+        plugin: Callable[..., int] = plugins[name].load()
+        if name == "worker" and rest[:1] == ["run"]:
+            rest = rest[1:]  # `tdev worker run …` reads better in docs; the worker has one command
+        return plugin(rest + before, prog=f"tdev {name}")
+    if name in ("metrics", "worker"):
+        package = "tdev-metrics-collector" if name == "metrics" else "tdev-recovery-worker"
+        print(f"error: `tdev {name}` comes with {package}: install it", file=sys.stderr)
+        return EXIT_USAGE
+    args = command.parse(build_parser(sorted(plugins)), argv)
+    if isinstance(args, int):
+        return args
+    return command.run(lambda: int(args.run(args)))
 
 
 if __name__ == "__main__":

@@ -52,6 +52,11 @@ class StateConfig:
     env: str
     region: str = "us-east-1"
     endpoint_url: str | None = None
+    #: AWS profile the boto3 session uses for credentials (None: boto3's own chain, `AWS_PROFILE` included).
+    profile: str | None = None
+    #: Sign with LocalStack's test credentials instead of looking for real ones: set by the `local` target,
+    #: so a developer's real credentials never sign a request meant for LocalStack (and none are needed).
+    local_credentials: bool = False
     #: S3 bucket for payloads too large to keep in an item; None keeps everything in DynamoDB.
     payload_bucket: str | None = None
     payload_prefix: str = PAYLOAD_PREFIX
@@ -223,15 +228,43 @@ class StateConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> StateConfig:
-        """Build from `TDEV_ENV`, `AWS_ENDPOINT_URL`, `AWS_REGION`/`AWS_DEFAULT_REGION`,
-        `TDEV_PAYLOAD_BUCKET`, `TDEV_RETENTION_DAYS`, `TDEV_ASYNC_THREADS`, `TDEV_KMS_KEY_ID`,
+        """Build from `TDEV_ENV`, `TDEV_TARGET`, `AWS_ENDPOINT_URL`, `AWS_REGION`/`AWS_DEFAULT_REGION`,
+        `AWS_PROFILE`, `TDEV_PAYLOAD_BUCKET`, `TDEV_RETENTION_DAYS`, `TDEV_ASYNC_THREADS`, `TDEV_KMS_KEY_ID`,
         `TDEV_ENCRYPT_FIELDS` (comma-separated), `TDEV_CRITICAL_AGENTS` (comma-separated, may be empty);
-        keyword overrides win."""
+        keyword overrides win (`target` and `profile` included).
+
+        The target says where the tables are: `local` is the LocalStack on this machine (`AWS_ENDPOINT_URL`,
+        else http://127.0.0.1:4566, signed with test credentials unless `AWS_ACCESS_KEY_ID` is set); `aws`
+        is AWS with the credentials boto3 finds. It defaults to `local` for the `local` env — the env the
+        local stack is deployed as — and to `aws` for any other. The region is resolved as boto3 resolves
+        it: the variables, then the profile's configured region, then us-east-1.
+        """
         env = os.environ if environ is None else environ
+        overrides = dict(overrides)
+        target = overrides.pop("target", None) or env.get("TDEV_TARGET") or None
+        profile_given = overrides.pop("profile", None) or env.get("AWS_PROFILE") or None
+        profile = None if profile_given is None else str(profile_given)
+        tdev_env = overrides["env"] if "env" in overrides else env.get("TDEV_ENV", "local")
+        if target is None:
+            target = "local" if tdev_env == "local" else "aws"
+        target = {"localstack": "local"}.get(str(target), target)
+        if target not in ("local", "aws"):
+            raise ConfigurationError(
+                f"TDEV_TARGET={target!r:.40} is not a target: use local (LocalStack on this machine) or aws"
+            )
+        endpoint = env.get("AWS_ENDPOINT_URL") or None
+        if target == "local" and endpoint is None:
+            endpoint = f"http://127.0.0.1:{env.get('LOCALSTACK_PORT') or 4566}"
         values: dict[str, object] = {
-            "env": env.get("TDEV_ENV", "local"),
-            "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-            "endpoint_url": env.get("AWS_ENDPOINT_URL") or None,
+            "env": tdev_env,
+            "region": overrides.pop("region", None)
+            or env.get("AWS_REGION")
+            or env.get("AWS_DEFAULT_REGION")
+            or _profile_region(profile if environ is not None else profile or "")
+            or "us-east-1",
+            "endpoint_url": endpoint,
+            "profile": profile,
+            "local_credentials": target == "local" and not env.get("AWS_ACCESS_KEY_ID"),
             "payload_bucket": env.get("TDEV_PAYLOAD_BUCKET") or None,
             "kms_key_id": env.get("TDEV_KMS_KEY_ID") or None,
             "encrypt_fields": frozenset(
@@ -259,3 +292,23 @@ class StateConfig:
             )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _profile_region(profile: str | None) -> str | None:
+    """The region configured for `profile` in the AWS config file, as boto3 would resolve it ("" means the
+    ambient profile; None means do not look: an explicit environment mapping without a profile)."""
+    if profile is None:
+        return None
+    import botocore.exceptions
+    import botocore.session
+
+    try:
+        region = botocore.session.Session(profile=profile or None).get_config_variable("region")
+    except botocore.exceptions.ProfileNotFound:
+        raise ConfigurationError(
+            f"AWS profile {profile!r:.60} is not in the AWS config files: run `aws configure --profile "
+            f"{profile:.60}` or pick another with --profile / AWS_PROFILE"
+        ) from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise ConfigurationError(f"cannot read the AWS config files: {exc}") from None
+    return region if isinstance(region, str) and region else None

@@ -33,6 +33,7 @@ from botocore.exceptions import (
     ConnectTimeoutError,
     EndpointConnectionError,
     NoCredentialsError,
+    ProfileNotFound,
     ReadTimeoutError,
 )
 
@@ -207,6 +208,24 @@ class QueryPage:
     last_key: Item | None
 
 
+def _boto_session(config: StateConfig) -> boto3.session.Session:
+    """The session a layer signs with: LocalStack's test credentials for the local target, else boto3's
+    chain (with the configured profile, if any)."""
+    if config.local_credentials:
+        return boto3.session.Session(
+            region_name=config.region,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",  # noqa: S106
+        )
+    try:
+        return boto3.session.Session(region_name=config.region, profile_name=config.profile)
+    except ProfileNotFound:
+        raise ConfigurationError(
+            f"AWS profile {config.profile!r:.60} is not in the AWS config files: pick another with "
+            "--profile / AWS_PROFILE"
+        ) from None
+
+
 class DynamoLayer:
     """DynamoDB and payload-S3 access for one environment. Create one per process and share it.
 
@@ -238,7 +257,7 @@ class DynamoLayer:
             tcp_keepalive=True,
             s3={"addressing_style": "path"} if config.endpoint_url else None,
         )
-        boto_session = session or boto3.session.Session(region_name=config.region)
+        boto_session = session or _boto_session(config)
         self._boto_session, self._boto_config = boto_session, boto_config
         #: The boto3 session (credentials) this layer's clients use; share it to act as the same principal.
         self.session = boto_session
@@ -246,6 +265,7 @@ class DynamoLayer:
             "dynamodb", endpoint_url=config.endpoint_url, config=boto_config
         )
         self.s3: S3Client | None = s3
+        self._probe_client: DynamoDBClient | None = None
         if self.s3 is None and config.payload_bucket:
             self.s3 = boto_session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
 
@@ -600,6 +620,26 @@ class DynamoLayer:
     def _call(self, op: str, table: str, fn: Any, args: dict[str, Any]) -> dict[str, Any]:
         resp: dict[str, Any] = self._guarded(op, table, lambda: fn(**args))
         return resp
+
+    def probe(self, table: str) -> None:
+        """Return if DynamoDB answers a DescribeTable of `table` now; else the call's StateError.
+
+        For readiness probes: one attempt with one-second timeouts on a client of its own (created once),
+        because a probe must answer within its own timeout instead of retrying through a long outage."""
+        if self._probe_client is None:
+            self._probe_client = self._boto_session.client(
+                "dynamodb",
+                endpoint_url=self.config.endpoint_url,
+                config=self._boto_config.merge(
+                    BotoConfig(
+                        retries={"mode": "standard", "total_max_attempts": 1},
+                        connect_timeout=1,
+                        read_timeout=1,
+                    )
+                ),
+            )
+        client = self._probe_client
+        self._guarded("DescribeTable", table, lambda: client.describe_table(TableName=table))
 
     def _guarded(self, op: str, target: str, call: Any) -> Any:
         """The error boundary: every botocore error of a call becomes this package's (missing credentials,

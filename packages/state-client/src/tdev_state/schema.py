@@ -162,6 +162,11 @@ PIPELINE_SESSIONS = TableSpec(
         # Sorted by `alive_at`, a liveness stamp rewritten at most once per liveness interval (not on every
         # transition), and KEYS_ONLY: the index entry changes only when it must.
         IndexSpec("by-recovery", KeyAttribute("recovery_shard"), KeyAttribute("alive_at", "N"), "KEYS_ONLY"),
+        # Every run by the UTC day it started, newest first: what operators list when they have no user id
+        # (finished runs, runs of any status). KEYS_ONLY and keyed on attributes that never change, so it
+        # costs one index write per run, at creation; a day's runs share a partition key, and one write per
+        # run keeps that far below a partition's 1,000 writes per second.
+        IndexSpec("by-day", KeyAttribute("created_day"), KeyAttribute("created_at", "N"), "KEYS_ONLY"),
     ),
     description="One item per pipeline run.",
 )

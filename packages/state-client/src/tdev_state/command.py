@@ -1,0 +1,150 @@
+"""The one command-line helper of the platform's three CLIs (`tdev`, `tdev-metrics`, `tdev-recovery-worker`).
+
+Why one helper: the CLIs used to disagree — a store failure was exit 3 in two of them and 1 in the third,
+`--env` worked only before the subcommand, a bad setting printed a traceback in one. Here is what they share:
+
+- **exit codes**: 0 ok, 1 nothing found, 2 bad arguments or settings, 3 the store failed (130 on Ctrl-C);
+  every error is one line on stderr, never a traceback;
+- **target options** (`--env`, `--local`/`--aws`, `--region`, `--profile`) accepted wherever the user puts
+  them: before the subcommand or after it;
+- **help** on every command and subcommand, with defaults shown;
+- **client set-up** from those options and the environment (`StateConfig.from_env`);
+- **console output**: rich when installed (`tdev-state-client[cli]`), wide when piped.
+
+The library itself never prints; only these entry points write to stdout/stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import IO, TYPE_CHECKING, Any, NoReturn
+
+from tdev_state.config import StateConfig
+from tdev_state.exceptions import ConfigurationError, NotFoundError, StateError, ValidationError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_STORE = 3
+EXIT_INTERRUPTED = 130
+
+#: One line at the end of every --help: the codes scripts rely on.
+EXIT_CODES_EPILOG = "exit codes: 0 ok, 1 nothing found, 2 bad arguments or settings, 3 the store failed"
+
+
+class UsageError(StateError):
+    """A command was called with arguments it cannot act on (exit 2)."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option's help; descriptions keep their line breaks."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the platform's conventions: defaults in --help, the exit-code epilog, exit 2 with one
+    line on a bad argument."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        kwargs.setdefault("epilog", EXIT_CODES_EPILOG)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        # One line: what is wrong and where the usage is (the full usage of a 20-option command buries it).
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def target_options() -> Parser:
+    """A parent parser with the options that say *which* store to talk to.
+
+    Their defaults are SUPPRESS so that adding this parent at every level of a command tree lets the user
+    put them anywhere (`tdev --env dev sessions list` and `tdev sessions list --env dev`) without a
+    subcommand's default overwriting a value given earlier.
+    """
+    parent = Parser(add_help=False)
+    group = parent.add_argument_group("target")
+    group.add_argument(
+        "--env",
+        default=argparse.SUPPRESS,
+        help="table environment: t-developer-ENV-* (default: $TDEV_ENV, else local)",
+    )
+    where = group.add_mutually_exclusive_group()
+    where.add_argument(
+        "--local",
+        dest="target",
+        action="store_const",
+        const="local",
+        default=argparse.SUPPRESS,
+        help="talk to the LocalStack on this machine ($AWS_ENDPOINT_URL, else http://127.0.0.1:4566) with "
+        "its test credentials (default when the env is local, or $TDEV_TARGET=local)",
+    )
+    where.add_argument(
+        "--aws",
+        dest="target",
+        action="store_const",
+        const="aws",
+        default=argparse.SUPPRESS,
+        help="talk to AWS with the credentials boto3 finds (default for any other env, or $TDEV_TARGET=aws)",
+    )
+    group.add_argument(
+        "--region",
+        default=argparse.SUPPRESS,
+        help="AWS region (default: $AWS_REGION, else the profile's region, else us-east-1)",
+    )
+    group.add_argument(
+        "--profile",
+        default=argparse.SUPPRESS,
+        help="AWS profile for credentials and region (default: $AWS_PROFILE)",
+    )
+    return parent
+
+
+def state_config(args: argparse.Namespace, **overrides: object) -> StateConfig:
+    """The client configuration: the environment, then the target options the user gave."""
+    given: dict[str, object] = {
+        key: getattr(args, key) for key in ("env", "target", "region", "profile") if hasattr(args, key)
+    }
+    return StateConfig.from_env(None, **given, **overrides)
+
+
+def run(action: Callable[[], int], *, stderr: IO[str] | None = None) -> int:
+    """Run a command's body and turn the platform's errors into one line and an exit code."""
+    err = sys.stderr if stderr is None else stderr
+    try:
+        return action()
+    except NotFoundError as exc:
+        print(f"not found: {exc}", file=err)
+        return EXIT_NOT_FOUND
+    except (ValidationError, ConfigurationError, UsageError) as exc:  # the caller's to fix
+        print(f"error: {exc}", file=err)
+        return EXIT_USAGE
+    except StateError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_STORE
+    except KeyboardInterrupt:
+        print("interrupted", file=err)
+        return EXIT_INTERRUPTED
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
+    """Parse, or the exit code argparse chose (0 after --help, 2 after a usage error it printed)."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+
+def console() -> Console:
+    """A rich console on stdout: the terminal's width, or 160 columns when piped (CI logs, `| less`)."""
+    try:
+        from rich.console import Console
+    except ImportError:  # pragma: no cover - exercised only without the extra installed
+        raise ConfigurationError(
+            "this command prints tables with rich: install tdev-state-client[cli]"
+        ) from None
+    return Console() if sys.stdout.isatty() else Console(width=160)

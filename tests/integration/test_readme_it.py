@@ -1,0 +1,162 @@
+"""Every command the README shows, run as written against LocalStack, in README order, after its demo.
+
+The commands are extracted from README.md's ```bash blocks (a trailing `  # comment` is dropped), run
+through bash from the repository root, and must exit 0. Each one is classified here: run to completion,
+long-running (started, seen healthy on its port, stopped with SIGTERM, exit 0), or not run — with the reason.
+A command the README gains and this file does not know fails the test, so the list cannot fall behind.
+
+The only thing the test adds to the commands is their environment: `TDEV_ENV` and `TDEV_PAYLOAD_BUCKET`
+point them at this run's tables and bucket (on the LocalStack `make test` started, or in an AWS account),
+instead of the `local` env's, so a developer's own demo data is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tdev_state import StateClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Commands not run here, each with the reason.
+NOT_RUN = {
+    "make test": "this test runs inside it",
+    "docker build -f packages/recovery-worker/Dockerfile -t tdev-recovery-worker .": (
+        "no container engine on the CI machine; the image's HEALTHCHECK command is tested without Docker "
+        "(tests/unit/test_recovery_worker.py::test_ops_endpoints)"
+    ),
+    "make localstack-down": (
+        "it would stop the LocalStack this suite runs on; `make test` runs the same `localstack.sh down` at "
+        "its end (scripts/with-localstack.sh)"
+    ),
+    "TDEV_TARGET=aws AWS_PROFILE=... make test-integration": "needs an AWS account",
+    "make diff ENV=dev": "needs Terraform's AWS provider (not downloadable here) and an AWS account",
+    "make deploy ENV=local": "needs Terraform's AWS provider, which this machine cannot download",
+    "make deploy ENV=prod": "needs an AWS account (and asks for approval)",
+    "make destroy ENV=prod CONFIRM_PROD=t-developer-prod": "needs an AWS account",
+}
+
+#: Commands that run until stopped: the worker, seen healthy on its --http-port, then SIGTERMed.
+LONG_RUNNING = re.compile(r"^uv run (tdev-recovery-worker|tdev worker) .*--http-port (\d+)$")
+
+
+def readme_commands() -> list[str]:
+    """Each line of each ```bash block, without its trailing comment."""
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
+        for line in block.splitlines():
+            command = re.sub(r"\s{2,}#.*$", "", line).strip()
+            if command and not command.startswith("#"):
+                commands.append(command)
+    return commands
+
+
+def test_the_readme_lists_its_commands() -> None:
+    """The extraction finds the README's commands (guards against a silently empty list)."""
+    commands = readme_commands()
+    assert "make demo" in commands
+    assert "make test" in commands
+    assert any(c.startswith("uv run tdev sessions show") for c in commands)
+
+
+@pytest.mark.timeout(1200)
+def test_every_readme_command_runs_as_written(client: StateClient, tmp_path: Path) -> None:
+    uv = shutil.which("uv")
+    assert uv, "uv is not on PATH: `make setup` installs it"
+    env = {
+        **os.environ,
+        "TDEV_ENV": client.config.env,
+        "TDEV_PAYLOAD_BUCKET": client.config.payload_bucket or "",
+    }
+    if client.config.endpoint_url:
+        env["AWS_ENDPOINT_URL"] = client.config.endpoint_url
+    ran, skipped = [], []
+    for command in readme_commands():
+        if command in NOT_RUN:
+            skipped.append(command)
+            continue
+        long_running = LONG_RUNNING.match(command)
+        if long_running:
+            _run_until_healthy(command, int(long_running.group(2)), env)
+        else:
+            _run(command, env)
+        ran.append(command)
+    print(f"ran {len(ran)} README commands; not run: {len(skipped)} (reasons in NOT_RUN)")
+    assert not set(NOT_RUN) - set(skipped), f"NOT_RUN lists commands the README no longer has: {NOT_RUN}"
+    summary = json.loads((ROOT / "reports" / "demo" / "summary.json").read_text())
+    assert summary["invariants_failed"] == []
+    assert summary["runs"] == 64  # the last demo in the README is the bigger one
+    assert "Recoveries" in (ROOT / "reports" / "demo" / "index.html").read_text()
+
+
+def _run(command: str, env: dict[str, str]) -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        ["bash", "-c", command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    assert done.returncode == 0, (
+        f"README command failed ({done.returncode}, {seconds:.0f} s): {command}\n"
+        f"stdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-2000:]}"
+    )
+    assert "Traceback" not in done.stderr, command
+    if command.startswith("make demo"):
+        assert "all invariants hold" in done.stdout, done.stdout[-2000:]
+        assert "report: " in done.stdout
+
+
+def _run_until_healthy(command: str, port: int, env: dict[str, str]) -> None:
+    """Start it, wait until /healthz and /readyz answer 200 on its port, SIGTERM it, expect exit 0."""
+    process = subprocess.Popen(
+        ["bash", "-c", f"exec {command}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        healthy = False
+        while time.monotonic() < deadline and process.poll() is None and not healthy:
+            healthy = all(_status(port, path) == 200 for path in ("/healthz", "/readyz"))
+            if not healthy:
+                time.sleep(0.5)
+        assert healthy, f"{command} never became healthy (exit {process.poll()})"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        _out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, f"{shlex.quote(command)} exited {process.returncode}: {err[-2000:]}"
+    assert "Traceback" not in err
+    assert '"event": "worker.stopped"' in err or "worker.stopped" in err
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
