@@ -33,6 +33,7 @@ from rich.table import Table
 
 from demo.report import write_report
 from tdev_metrics import MetricsReader
+from tdev_metrics.usage import UsageReader
 from tdev_state import AGENTS, Session, SessionNotFoundError, SessionStatus, StateClient, StateConfig
 from tdev_state._log import configure_output
 
@@ -113,7 +114,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
     configure_output("WARNING")  # the library's warnings and up, on stderr
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # piped: no wrapping
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
     os.environ.setdefault("TDEV_ENV", "local")
@@ -140,6 +141,8 @@ def main() -> int:
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=bucket)
     baseline = _stored_attempts(client)
+    today = datetime.now(UTC).date()
+    usage_before = UsageReader(client).report(today, today)
     plans = plan_runs(args.runs, args.drivers, demo_run, rng)
     plan_path.write_text(json.dumps(plans))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -197,6 +200,7 @@ def main() -> int:
     kill_at: list[float] = []
     victims = rng.sample(range(args.drivers), len(kill_delays))
     killed_pids: list[int] = []
+    killed_drivers: list[int] = []
     final = {SessionStatus.COMPLETED, SessionStatus.ABANDONED}
     statuses: Counter[str] = Counter()
     planned_kills = len(kill_delays)
@@ -214,6 +218,7 @@ def main() -> int:
             elapsed = time.monotonic() - started
             while kill_at and elapsed >= kill_at[0]:
                 kill_at.pop(0)
+                killed_drivers.append(victims[0])
                 victim = drivers[victims.pop(0)]
                 victim.send_signal(signal.SIGKILL)
                 killed_pids.append(victim.pid)
@@ -260,7 +265,12 @@ def main() -> int:
         console.print(f"timed out after {args.timeout:.0f}s")
     events = [json.loads(line) for line in events_path.read_text().splitlines()]
     failures = check_invariants(client, plans, events, killed_pids, baseline)
-    report = write_report(out, client, MetricsReader(client), plans, events, killed_pids, elapsed)
+    usage_after = UsageReader(client).report(today, today)
+    usage_lines, usage_failures = check_usage(client, plans, usage_before, usage_after, killed_drivers)
+    failures += usage_failures
+    report = write_report(
+        out, client, MetricsReader(client), plans, events, killed_pids, elapsed, usage=usage_after
+    )
     summary = {
         "demo_run": demo_run,
         "seconds": round(elapsed, 1),
@@ -280,6 +290,8 @@ def main() -> int:
         + f"; {summary['resumes']} resumes; {len(killed_pids)} pipeline processes SIGKILLed",
         highlight=False,
     )
+    for line in usage_lines:
+        console.print(line, highlight=False, markup=False)
     console.print(f"report: {report}", highlight=False)
     console.print(f"logs:   {logs}", highlight=False)
     if failures:
@@ -361,6 +373,57 @@ def check_invariants(
             f"exited normally (+ up to {killed_attempts} flushed by killed ones before they died)"
         )
     return failures
+
+
+def check_usage(
+    client: StateClient,
+    plans: list[dict[str, Any]],
+    before: dict[str, Any],
+    after: dict[str, Any],
+    killed_drivers: list[int],
+) -> tuple[list[str], list[str]]:
+    """The usage report of this demo's runs (today's counters after minus before) against the sessions
+    table. A SIGKILLed pipeline process loses the usage it held (its runs' events until they end there, as
+    it loses unflushed metrics), so the counted number may fall short by that process's runs, never more;
+    the workers are stopped with SIGTERM and flush: resumes and abandoned runs are exact."""
+    sessions = [client.sessions.get(p["session_id"]) for p in plans]
+    killed = {p["session_id"] for p in plans if p["driver"] in killed_drivers}
+    items = {
+        s.session_id: client.layer.get(client.config.tables.sessions, {"session_id": s.session_id}) or {}
+        for s in sessions
+    }
+
+    def fails(sids: set[str] | None = None) -> int:
+        return sum(int(i.get("fail_count", 0)) for sid, i in items.items() if sids is None or sid in sids)
+
+    truth = {
+        "started": len(plans),
+        "completed": sum(1 for s in sessions if s.status is SessionStatus.COMPLETED),
+        "failed": fails(),
+        "abandoned": sum(1 for s in sessions if s.status is SessionStatus.ABANDONED),
+        "recovered": sum(1 for s in sessions if s.status is SessionStatus.COMPLETED and s.resume_count),
+        "resumes": sum(s.resume_count for s in sessions),
+    }
+    slack = {
+        "started": len(killed),
+        "completed": len(killed),
+        "failed": fails(killed),
+        "abandoned": 0,
+        "recovered": len(killed),
+        "resumes": 0,
+    }
+    counted = {k: after["runs"][k] - before["runs"][k] for k in truth}
+    problems = [
+        f"usage: {k} counted {counted[k]}, the tables say {truth[k]} (allowed shortfall {slack[k]})"
+        for k in truth
+        if not 0 <= truth[k] - counted[k] <= slack[k]
+    ]
+    shown = ", ".join(f"{k} {counted[k]}/{truth[k]}" for k in truth)
+    lines = [
+        f"usage of this demo's runs (tdev usage report; counted/in the tables): {shown}",
+        f"  {len(killed)} runs were in SIGKILLed pipeline processes: up to that many may be short, by design",
+    ]
+    return lines, problems
 
 
 def _stored_attempts(client: StateClient) -> int:

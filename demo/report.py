@@ -89,6 +89,8 @@ def write_report(  # noqa: PLR0917 - the demo's one call site passes everything 
     events: list[dict[str, Any]],
     killed: list[int],
     elapsed: float,
+    *,
+    usage: dict[str, Any] | None = None,
 ) -> Path:
     sessions = {p["session_id"]: client.sessions.get(p["session_id"]) for p in plans}
     status = Counter(s.status.value for s in sessions.values())
@@ -154,7 +156,24 @@ attempts excluded; they are counted in the last column).</p>
 <table><tr><th>agent</th><th>completed attempts</th><th>mean seconds of completed attempts</th>
 <th>failed attempts</th></tr>
 {agent_rows}</table>
+{_usage_section(usage)}
 </body></html>"""
     path = out / "index.html"
     path.write_text(doc)
     return path
+
+
+def _usage_section(usage: dict[str, Any] | None) -> str:
+    """Today's usage report in this env (`tdev usage report`): its four charts and headline numbers."""
+    if usage is None:
+        return ""
+    from tdev_metrics.usage_report import render_png as usage_png
+
+    buffer = io.BytesIO()
+    usage_png(usage, buffer)
+    runs = usage["runs"]
+    return f"""<h2>Usage today (<code>tdev usage report</code>; every run in this env today)</h2>
+<p>{runs["started"]} runs started, {runs["completed"]} completed, {runs["failed"]} failures,
+{runs["abandoned"]} abandoned, {runs["recovered"]} recovered;
+{usage["active_users"]["total_distinct"]} distinct users; {usage["projects"]["saved"]} projects saved.</p>
+<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}" width="100%">"""

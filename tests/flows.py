@@ -108,11 +108,13 @@ async def worker_act(client: StateClient, clock: Any) -> None:
         grace_period=1.0,
     )
     worker = RecoveryWorker(client, resumer, config, clock=clock)
+    usage = MetricsCollector(client, start=False)  # as the worker's CLI runs it: resumes are counted
     await worker.sweep()
     await asyncio.gather(*list(worker._inflight.values()))
     assert len(resumed) == 3, resumed
+    assert usage.close()
     ops = OpsServer(worker, host="127.0.0.1", port=0)
-    assert ops.ready()
+    assert ops.ready()[0]
 
 
 async def metrics_act(client: StateClient, clock: Any) -> None:

@@ -111,7 +111,9 @@ async def test_component_flow_runs_under_its_synthesized_policy(
             _denied(lambda: component.sessions.create(user_id="u", project_name="p"))
         if flow.component == "recovery-worker":
             _denied(lambda: component.sessions.create(user_id="u", project_name="p"))
-            _denied(lambda: component.projects.get("u", "p"))
+            # GetItem is granted on sessions only (the run's type for usage counting); moto authorizes
+            # DynamoDB against "*", so a project read cannot be shown refused here, a delete can.
+            _denied(lambda: component.projects.delete("u", "p"))
         if flow.component != "pipeline-client":
             kms = session.client("kms", region_name="us-east-1")
             _denied(lambda: kms.generate_data_key(KeyId=key, KeySpec="AES_256"))

@@ -9,6 +9,7 @@ from typing import Any
 from tdev_metrics.collector import MetricsCollector
 from tdev_metrics.exceptions import MetricValidationError
 from tdev_state import StateClient
+from tdev_state.usage import register_plan_sink
 
 _KEYS = frozenset({"metric_name", "agent_name", "value", "timestamp", "error", "variant"})
 _default: MetricsCollector | None = None
@@ -55,3 +56,8 @@ async def record_metric(metric: Mapping[str, Any]) -> None:
         error=metric.get("error", False),
         variant=metric.get("variant"),
     )
+
+
+# The plan's process-wide state client counts usage into the process-wide collector: a pipeline that uses
+# the plan's record_metric gets usage counting with it, and one that does not pays nothing.
+register_plan_sink(default_collector)

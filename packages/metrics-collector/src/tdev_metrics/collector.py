@@ -29,9 +29,11 @@ from typing import Any, Literal
 from tdev_metrics._aggregate import Aggregate, Key
 from tdev_metrics._store import MetricsStore, Write, plan_writes
 from tdev_metrics.exceptions import BufferFullError, CollectorClosedError, MetricValidationError
+from tdev_metrics.usage import UsageBuffer
 from tdev_state import PayloadTooLargeError, StateClient, StateError, ValidationError
 from tdev_state._log import get_logger
 from tdev_state.models import AGENTS
+from tdev_state.usage import UsageEvent
 
 log = get_logger(__name__)
 
@@ -51,9 +53,12 @@ class CollectorConfig:
     #: Agents accepted; None accepts any well-formed name (the pipeline's nine by default).
     agents: frozenset[str] | None = frozenset(AGENTS)
     max_backoff: float = 60.0
+    #: Usage events of a run are held in memory until the run ends here, or this many seconds pass, so one
+    #: flush writes a whole run's usage (tdev_metrics.usage).
+    usage_hold_seconds: float = 300.0
 
     def __post_init__(self) -> None:
-        for name in ("flush_interval", "max_backoff"):
+        for name in ("flush_interval", "max_backoff", "usage_hold_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
                 raise MetricValidationError(f"{name} must be a positive number of seconds, got {value!r:.40}")
@@ -99,7 +104,10 @@ class MetricsCollector:
         writer_id: str | None = None,
         start: bool = True,
         clock: Callable[[], float] = time.time,
+        usage: bool = True,
     ) -> None:
+        """`usage`: count the client's usage (runs, agents, projects, users) too: its stores send their
+        events here (tdev_state.usage). Off, the collector only records what record() is given."""
         self.config = config or CollectorConfig()
         # Unique by construction: two collectors given the same id would otherwise guard each other's
         # writes with one sequence attribute and drop each other's data as "duplicates".
@@ -134,8 +142,25 @@ class MetricsCollector:
         self._deferred_signal: Callable[[], None] | None = None
         self._flush_at = self.config.flush_at_records
         self._thread: threading.Thread | None = None
+        self._usage = UsageBuffer(
+            client.layer, self.writer_id, self._next_seq, hold_seconds=self.config.usage_hold_seconds
+        )
+        if usage:
+            client.layer.usage.attach(self)
         if start:
             self.start()
+
+    def usage(self, event: UsageEvent) -> None:
+        """Take one usage event from the state client (memory only; tdev_state.usage.UsageSink)."""
+        if self._closed:
+            self._usage.rejected += 1
+            log.warning("usage.after_close", kind=event.kind)
+            return
+        self._usage.usage(event)
+
+    @property
+    def usage_buffer(self) -> UsageBuffer:
+        return self._usage
 
     # --- recording (hot path) -------------------------------------------------------------------------
 
@@ -247,6 +272,8 @@ class MetricsCollector:
                 for key in list(self._pending):
                     if not self._deliver(key):
                         ok = False
+                if not self._usage.flush(everything=self._closed):
+                    ok = False
                 self.flushes += 1
                 if not ok:
                     self.failed_flushes += 1

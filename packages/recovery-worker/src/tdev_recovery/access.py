@@ -2,7 +2,8 @@
 
 The worker reads the recovery index, claims runs on the sessions table (conditional UpdateItem with a
 fencing token), lists a run's agents (reading offloaded outputs from the payload bucket, opening sealed ones:
-kms:Decrypt) and marks a stalled agent failed under its claim (a fenced transaction on both tables).
+kms:Decrypt) and marks a stalled agent failed under its claim (a fenced transaction on both tables). It
+counts the resumes and abandoned runs it causes into the metrics table's usage items (tdev_metrics.usage).
 Resuming is the pipeline's job: a resumer that runs the pipeline in the worker's process also needs the
 pipeline client's policy.
 """
@@ -10,7 +11,7 @@ pipeline client's policy.
 from __future__ import annotations
 
 from tdev_state.access import ComponentAccess, Grant
-from tdev_state.schema import AGENT_EXECUTIONS, PIPELINE_SESSIONS
+from tdev_state.schema import AGENT_EXECUTIONS, METRICS, PIPELINE_SESSIONS
 
 RECOVERY_WORKER = ComponentAccess(
     component="recovery-worker",
@@ -21,6 +22,7 @@ RECOVERY_WORKER = ComponentAccess(
             frozenset(
                 {
                     "dynamodb:UpdateItem",
+                    "dynamodb:GetItem",
                     "dynamodb:BatchGetItem",
                     "dynamodb:DescribeTable",
                 }
@@ -33,5 +35,8 @@ RECOVERY_WORKER = ComponentAccess(
         # opened. It never writes payloads and never seals: no PutObject, no GenerateDataKey.
         Grant("payloads", frozenset({"s3:GetObject"})),
         Grant("key", frozenset({"kms:Decrypt"})),
+        # Usage counting (resumes, abandoned runs) through the worker's metrics collector: its usage items
+        # only (exactly-once UpdateItem); the run's type is read with one GetItem above.
+        Grant("table", frozenset({"dynamodb:UpdateItem"}), table=METRICS),
     ),
 )

@@ -22,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
+from tdev_metrics import MetricsCollector
 from tdev_recovery.config import RetryPolicy, WorkerConfig
 from tdev_recovery.exceptions import RecoveryError
 from tdev_recovery.ops import OpsServer
@@ -145,6 +146,13 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
         help="publish RecoveryBacklog here each sweep (EMF on stdout) [$TDEV_CLOUDWATCH_NAMESPACE]",
     )
     knobs.add_argument(
+        "--usage",
+        action=argparse.BooleanOptionalAction,
+        default=(os.environ.get("TDEV_USAGE") or "on").lower() not in ("off", "0", "false", "no"),
+        help="count the resumes and abandoned runs into the usage report (a metrics collector in this "
+        "process) [$TDEV_USAGE=on|off]",
+    )
+    knobs.add_argument(
         "--log-level",
         type=log_level,
         default=os.environ.get("TDEV_LOG_LEVEL") or "info",
@@ -213,6 +221,11 @@ async def _serve(args: argparse.Namespace) -> int:
     except StorageUnavailableError as exc:
         log.warning("worker.store_unreachable_at_start", error=str(exc))
     worker = RecoveryWorker(client, resumer, config, publish_backlog=publish)
+    # Usage counting: resumes and abandoned runs go to the usage items through a collector here; it is
+    # flushed by the shutdown below (SIGTERM), so a stopped replica loses nothing it counted.
+    collector = (
+        MetricsCollector(client, writer_id=worker.config.worker_id[:40] or None) if args.usage else None
+    )
     try:
         ops = (
             OpsServer(worker, port=args.http_port, port_file=args.port_file).start()
@@ -229,6 +242,8 @@ async def _serve(args: argparse.Namespace) -> int:
     finally:
         if ops:
             ops.stop()
+        if collector is not None:
+            await asyncio.to_thread(collector.close)
         client.close()
     return 0
 

@@ -19,8 +19,9 @@ from tdev_state._expr import Expr
 from tdev_state._lifecycle import SESSION_RULES, SessionKind, require_claim, status_effects
 from tdev_state._log import get_logger
 from tdev_state.dynamo import ConditionFailed, DynamoLayer
-from tdev_state.exceptions import ClaimLostError
+from tdev_state.exceptions import ClaimLostError, StateError
 from tdev_state.models import RecoveryCandidate, SessionStatus, epoch
+from tdev_state.usage import UsageEvent, UsageKind
 
 log = get_logger(__name__)
 
@@ -117,6 +118,7 @@ class ClaimStore:
         expr.set_many({"resume_attempts": 0, "last_resumed_at": now, "last_updated": now, "alive_at": now})
         expr.remove("lease_owner", "lease_expires_at", "last_resume_error")
         self._fenced(claim, expr)
+        self._emit(claim, "run_resumed")
 
     def release(self, claim: Claim) -> None:
         """Give the run back untouched (shutdown): another worker may take it at once."""
@@ -141,6 +143,20 @@ class ClaimStore:
         )
         self._fenced(claim, expr)
         log.warning("run.abandoned", session_id=claim.session_id, reason=why)
+        self._emit(claim, "run_abandoned")
+
+    def _emit(self, claim: Claim, kind: UsageKind) -> None:
+        """A usage event for an applied claim write; the run's type is read once (consistent) for it."""
+        usage = self._layer.usage
+        if not usage.on:
+            return
+        try:
+            item = self._layer.get(self._table, {"session_id": claim.session_id}) or {}
+            kind_of_run = str(item.get("pipeline_type", "UNKNOWN"))
+        except StateError as exc:  # counted anyway, by type "UNKNOWN": totals stay exact
+            log.warning("usage.session_unreadable", session_id=claim.session_id, error=str(exc))
+            kind_of_run = "UNKNOWN"
+        usage.emit(UsageEvent(kind, self._clock(), session_id=claim.session_id, pipeline_type=kind_of_run))
 
     # --- helpers --------------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from tdev_state._lifecycle import (
 )
 from tdev_state._liveness import LivenessStamps
 from tdev_state._log import get_logger
+from tdev_state._sessions import emit_run_end
 from tdev_state.dynamo import DynamoLayer, Item, TransactAction, TransactionCancelled
 from tdev_state.exceptions import (
     ClaimLostError,
@@ -45,6 +46,7 @@ from tdev_state.exceptions import (
     InvalidTransitionError,
     PayloadIntegrityError,
     SessionNotFoundError,
+    StateError,
 )
 from tdev_state.models import (
     AGENT_STEP,
@@ -56,6 +58,7 @@ from tdev_state.models import (
     from_epoch,
 )
 from tdev_state.schema import AGENT_EXECUTIONS
+from tdev_state.usage import UsageEvent, UsageKind
 
 log = get_logger(__name__)
 
@@ -283,6 +286,8 @@ class ExecutionStore:
             self._liveness.mark(sid, now)
         if kind == "complete" and "output_data" in payloads:  # final: later inputs may refer to it
             self._known.remember(sid, agent, payloads["output_data"].digest)
+        if self._layer.usage.on:
+            self._emit_usage(kind, sid, agent, effect, now)
         log.info(
             f"agent.{kind}",
             session_id=sid,
@@ -300,6 +305,32 @@ class ExecutionStore:
             at=now,
             tolerated=kind == "fail" and not self._policy.is_critical(agent),
         )
+
+    def _emit_usage(
+        self, kind: AgentKind, sid: str, agent: str, effect: SessionEffect, now: datetime
+    ) -> None:
+        """The usage events of an applied (never a duplicate) agent transition."""
+        usage = self._layer.usage
+        if kind in ("start", "retry"):
+            usage.attempt_began(sid, agent, now)
+            event: UsageKind = "agent_started" if kind == "start" else "agent_retried"
+            usage.emit(UsageEvent(event, now, session_id=sid, agent=agent))
+        elif kind == "complete":
+            seconds = usage.attempt_seconds(sid, agent, now)
+            usage.emit(UsageEvent("agent_completed", now, session_id=sid, agent=agent, seconds=seconds))
+        else:  # fail, interrupt: a failed attempt
+            usage.attempt_seconds(sid, agent, now)
+            usage.emit(UsageEvent("agent_failed", now, session_id=sid, agent=agent))
+        if effect.moved_past is not None:
+            usage.emit(UsageEvent("agent_tolerated", now, session_id=sid, agent=effect.moved_past))
+        if kind != "interrupt" and effect.status is not SessionStatus.ACTIVE:
+            # The run ended (or FAILED): its type, start and resumes come from the session, read once.
+            try:
+                item = self._layer.get(self._sessions, {"session_id": sid})
+            except StateError as exc:  # counted anyway, by type "UNKNOWN": totals stay exact
+                log.warning("usage.session_unreadable", session_id=sid, error=str(exc))
+                item = {"pipeline_type": "UNKNOWN"}
+            emit_run_end(usage, effect.status, sid, now, item)
 
     def _still_failed(self, sid: str, agent: str) -> TransactAction:
         """ConditionCheck: the agent being moved past is FAILED (not running, not completed)."""

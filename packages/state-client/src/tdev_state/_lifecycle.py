@@ -196,11 +196,20 @@ def recovery_shard(session_id: str, status: SessionStatus) -> str:
 
 
 def status_effects(
-    expr: Expr, session_id: str, target: SessionStatus, *, now: datetime, retention_days: int | None
+    expr: Expr,
+    session_id: str,
+    target: SessionStatus,
+    *,
+    now: datetime,
+    retention_days: int | None,
+    repeat: bool = False,
 ) -> None:
     """What reaching `target` does besides the status: open runs are in the recovery index, final runs
-    leave it and get their retention TTL."""
+    leave it and get their retention TTL; entering FAILED counts one more `fail_count` (not when the run
+    was FAILED already: `repeat`), so how often runs failed is in the table for reports to check against."""
     expr.set("status", target.value)
+    if target is SessionStatus.FAILED and not repeat:
+        expr.increment("fail_count")
     if target in OPEN_STATUSES:
         expr.set("recovery_shard", recovery_shard(session_id, target))
     else:

@@ -34,6 +34,7 @@ from tdev_state.exceptions import (
     ValidationError,
 )
 from tdev_state.models import AGENTS, AgentStatus, AgentTransition, SessionStatus
+from tdev_state.usage import plan_sink
 
 _SERVER_MANAGED = frozenset(
     {"created_at", "last_updated", "last_accessed", "download_count", "start_time", "end_time"}
@@ -90,6 +91,11 @@ async def default_client() -> AsyncStateClient:
     global _default  # noqa: PLW0603 - the one process-wide client the plan's functions share
     if _default is None:
         built = await AsyncStateClient.from_config(None)
+        # Usage counting is on when the process uses the plan's metrics (tdev_metrics registered its
+        # process-wide collector as the sink); a client passed to configure() keeps its own sink.
+        sink = plan_sink()
+        if sink is not None:
+            built.sync.layer.usage.attach(sink)
         with _default_lock:
             if _default is None:
                 _default = built

@@ -14,6 +14,7 @@ from tdev_state._log import get_logger
 from tdev_state.dynamo import DynamoLayer, Item, TransactionCancelled
 from tdev_state.exceptions import ProjectNotFoundError
 from tdev_state.models import Page, UserProject, epoch, from_epoch
+from tdev_state.usage import UsageEvent
 
 log = get_logger(__name__)
 
@@ -97,6 +98,12 @@ class ProjectStore:
         )
         assert item is not None
         log.info("project.saved", user_id=user, project_id=project)
+        usage = self._layer.usage
+        if usage.on and item.get("created_at") == values[":now"]:  # created by this call
+            moment = from_epoch(values[":now"])
+            stack = tuple(str(t) for t in item.get("tech_stack") or ())
+            usage.emit(UsageEvent("project_saved", moment, user_id=user, tech_stack=stack))
+            usage.emit(UsageEvent("user_active", moment, user_id=user))
         return _project_from_item(item)
 
     def get(self, user_id: str, project_id: str) -> UserProject:
@@ -144,6 +151,7 @@ class ProjectStore:
             raise ProjectNotFoundError(
                 f"user {key['user_id']!r} has no project {key['project_id']!r}; save it first"
             ) from None
+        self._layer.usage.emit(UsageEvent("project_downloaded", self._clock(), user_id=key["user_id"]))
         return self.get(key["user_id"], key["project_id"])
 
     def delete(self, user_id: str, project_id: str) -> bool:

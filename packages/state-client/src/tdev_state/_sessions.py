@@ -39,13 +39,44 @@ from tdev_state.models import (
     Session,
     SessionStatus,
     epoch,
+    epoch_float,
     from_epoch,
 )
 from tdev_state.schema import PIPELINE_SESSIONS, RECOVERY_INDEX_SHARDS
+from tdev_state.usage import UsageEmitter, UsageEvent, UsageKind
 
 log = get_logger(__name__)
 
 _UNSET: Any = object()
+
+
+_RUN_END: dict[SessionStatus, UsageKind] = {
+    SessionStatus.COMPLETED: "run_completed",
+    SessionStatus.FAILED: "run_failed",
+    SessionStatus.ABANDONED: "run_abandoned",
+}
+
+
+def emit_run_end(
+    usage: UsageEmitter, status: SessionStatus, sid: str, moment: datetime, item: Item | None
+) -> None:
+    """The usage event of a run reaching `status` (nothing for ACTIVE), from the session item as stored."""
+    kind = _RUN_END.get(status)
+    if kind is None or item is None:
+        return
+    created = item.get("created_at")
+    usage.emit(
+        UsageEvent(
+            kind,
+            moment,
+            session_id=sid,
+            pipeline_type=str(item.get("pipeline_type", "SIMPLE")),
+            seconds=max(0.0, epoch_float(moment) - float(created))
+            if kind == "run_completed" and created is not None
+            else None,
+            recovered=kind == "run_completed" and int(item.get("resume_count", 0)) > 0,
+        )
+    )
 
 
 def session_context(session_id: str) -> _codec.PayloadContext:
@@ -164,6 +195,14 @@ class SessionStore:
                 ) from None
         self._liveness.mark(sid, moment)
         log.info("session.created", session_id=sid, user_id=user, pipeline_type=kind.value)
+        usage = self._layer.usage
+        if usage.on:
+            started = UsageEvent(
+                "run_started", moment, session_id=sid, pipeline_type=kind.value, user_id=user
+            )
+            usage.emit(started)
+            if user is not None:
+                usage.emit(UsageEvent("user_active", moment, user_id=user))
         return session_from_item(item, self._layer)
 
     def get(self, session_id: str, *, consistent: bool = True) -> Session:
@@ -275,15 +314,25 @@ class SessionStore:
         policy = self._layer.config.run_policy
         refresh = target is not None or self._liveness.due(sid, moment)
 
-        def build(moved_past: str | None) -> Expr:
+        def build(moved_past: str | None, *, repeat: bool = False) -> Expr:
+            """`repeat`: the run already has the target status (FAILED saved again): a write, not a
+            transition, so it counts no failure; the first attempt excludes that case by its condition."""
             expr = Expr().require_exists("session_id")
             expr.set_many({"last_updated": epoch(moment), "last_request": token}).increment("version")
             if version is not None:
                 expr.require_equal("version", version)
             if target is not None:
-                expr.require_in("status", [s.value for s in predecessors(target)])
+                allowed = [target] if repeat else predecessors(target)
+                if target is SessionStatus.FAILED and not repeat:
+                    allowed = [s for s in allowed if s is not SessionStatus.FAILED]
+                expr.require_in("status", [s.value for s in allowed])
                 status_effects(
-                    expr, sid, target, now=moment, retention_days=self._layer.config.retention_days
+                    expr,
+                    sid,
+                    target,
+                    now=moment,
+                    retention_days=self._layer.config.retention_days,
+                    repeat=repeat,
                 )
                 if target is SessionStatus.COMPLETED and moved_past is None:
                     expr.require_equal("progress", len(AGENTS))
@@ -308,6 +357,8 @@ class SessionStore:
             return expr
 
         last = AGENTS[-1]
+        moved_last: str | None = None
+        repeat = False
         try:
             item = self._layer.update(
                 self._table, {"session_id": sid}, **build(None).kwargs(), return_values="ALL_NEW"
@@ -316,6 +367,21 @@ class SessionStore:
             old = exc.old_item
             if old is not None and old.get("last_request") == token:
                 return self.get(sid)  # our own earlier attempt was applied (retried after a timeout)
+            if target is SessionStatus.FAILED and old is not None and old.get("status") == target.value:
+                repeat = True
+                try:
+                    item = self._layer.update(
+                        self._table,
+                        {"session_id": sid},
+                        **build(None, repeat=True).kwargs(),
+                        return_values="ALL_NEW",
+                    )
+                except ConditionFailed as again:
+                    current = again.old_item
+                    if current is not None and current.get("last_request") == token:
+                        return self.get(sid)
+                    raise self._refusal(sid, version, target, progress, current_agent, current) from None
+                return self._updated(sid, item, refresh, moment, metadata, target=None, moved_past=None)
             ends_after_failed_last = (
                 target is SessionStatus.COMPLETED
                 and old is not None
@@ -342,6 +408,22 @@ class SessionStore:
                 current = cancelled.reasons[0].old_item or old
                 raise self._refusal(sid, version, target, progress, current_agent, current) from None
             item = self._layer.get(self._table, {"session_id": sid})
+            moved_last = last
+        assert not repeat
+        return self._updated(sid, item, refresh, moment, metadata, target=target, moved_past=moved_last)
+
+    def _updated(
+        self,
+        sid: str,
+        item: Item | None,
+        refresh: bool,
+        moment: datetime,
+        metadata: Any,
+        *,
+        target: SessionStatus | None,
+        moved_past: str | None,
+    ) -> Session:
+        """After an applied update: liveness, log, usage events (a status *change* only), the Session."""
         assert item is not None
         if refresh:
             self._liveness.mark(sid, moment)
@@ -352,6 +434,11 @@ class SessionStore:
             progress=int(item["progress"]),
             version=int(item["version"]),
         )
+        usage = self._layer.usage
+        if usage.on and target is not None:
+            if moved_past is not None:
+                usage.emit(UsageEvent("agent_tolerated", moment, session_id=sid, agent=moved_past))
+            emit_run_end(usage, target, sid, moment, item)
         # The write is applied: returning it must not fail on a payload it did not touch.
         known = metadata if metadata is not _UNSET else _UNSET
         return session_from_item(item, self._layer, strict=False, metadata=known)

@@ -52,6 +52,7 @@ from tdev_state.exceptions import (
     TableMissingError,
     ValidationError,
 )
+from tdev_state.usage import UsageEmitter
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -266,6 +267,8 @@ class DynamoLayer:
         )
         self.s3: S3Client | None = s3
         self._probe_client: DynamoDBClient | None = None
+        #: Usage events of this client's stores (a no-op until a sink, the metrics collector, attaches).
+        self.usage = UsageEmitter()
         if self.s3 is None and config.payload_bucket:
             self.s3 = boto_session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
 

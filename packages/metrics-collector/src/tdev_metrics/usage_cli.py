@@ -1,0 +1,134 @@
+"""`tdev usage report`: how T-Developer is used, from the platform's own counters (docs/usage.md).
+
+    tdev usage report --from 2026-11-01 --to 2026-11-30 [--json] [--png FILE] [--html FILE]
+    tdev usage report --days 30            # the 30 days ending today (UTC)
+
+One Query per day on the metrics table, whatever the number of runs. Exit codes are the shared ones
+(tdev_state.command): 0 ok, 1 no runs in the range, 2 bad arguments, 3 the store failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tdev_metrics.usage import UsageReader
+from tdev_state import StateClient, command
+from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, UsageError
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
+
+
+def _days(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 366:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 1 to 366")
+    return int(text)
+
+
+def build_parser(prog: str = "tdev usage") -> argparse.ArgumentParser:
+    target = command.target_options()
+    parser = command.Parser(prog=prog, description="T-Developer usage analysis.", parents=[target])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    text = "runs, funnel, durations, projects, tech stacks, users and busy hours over a date range"
+    report = sub.add_parser("report", help=text, description=text, parents=[target],
+                            formatter_class=parser.formatter_class, epilog=parser.epilog)  # fmt: skip
+    span = report.add_mutually_exclusive_group()
+    span.add_argument("--from", dest="start", type=_day, default=None, help="first day (UTC; default: --to)")
+    span.add_argument("--days", type=_days, default=None, help="the N days ending --to, instead of --from")
+    report.add_argument("--to", dest="end", type=_day, default=None, help="last day (UTC; default: today)")
+    report.add_argument("--json", action="store_true", help="the report as one JSON object on stdout")
+    report.add_argument("--png", type=Path, default=None, help="also write the charts here")
+    report.add_argument("--html", type=Path, default=None, help="also write a page with charts and numbers")
+    return parser
+
+
+def _n(value: Any) -> str:
+    return "n/a" if value is None else str(value)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The report as tables on the terminal (rich)."""
+    from rich.table import Table
+
+    console = command.console()
+    runs = report["runs"]
+    console.print(
+        f"usage {report['from']} .. {report['to']} (UTC): {runs['started']} runs started, "
+        f"{runs['completed']} completed, {runs['failed']} failures, {runs['abandoned']} abandoned, "
+        f"{runs['recovered']} recovered; {report['active_users']['total_distinct']} distinct users; "
+        f"{report['projects']['saved']} projects saved, {report['projects']['downloads']} downloads",
+        highlight=False,
+        markup=False,
+    )
+    funnel = Table(title="funnel")
+    for column in (
+        "agent",
+        "started",
+        "completed",
+        "failed attempts",
+        "retries",
+        "tolerated",
+        "p50 s",
+        "p95 s",
+    ):
+        funnel.add_column(column, justify="left" if column == "agent" else "right")
+    for row in report["funnel"]:
+        d = report["duration_seconds"]["agents"][row["agent"]]
+        funnel.add_row(row["agent"], *(str(row[k]) for k in ("started", "completed", "failed", "retries",
+                       "tolerated")), _n(d["p50"]), _n(d["p95"]))  # fmt: skip
+    console.print(funnel)
+    run = report["duration_seconds"]["run"]
+    console.print(f"run duration: p50 {_n(run['p50'])} s, p95 {_n(run['p95'])} s", highlight=False)
+    stacks = ", ".join(f"{t['name']} {t['projects']}" for t in report["projects"]["tech_stack"][:10])
+    console.print(f"tech stacks: {stacks or 'n/a'}", highlight=False, markup=False)
+    hours = ", ".join(f"{h['hour']:02d}h {h['runs_started']}" for h in report["busiest_hours_utc"][:5])
+    console.print(f"busiest hours (UTC): {hours or 'n/a'}", highlight=False)
+
+
+def _report(args: argparse.Namespace) -> int:
+    end = args.end or datetime.now(UTC).date()
+    if args.start is not None and args.end is None:
+        end = args.start  # one day, as `tdev-metrics report --from D` reads it
+    start = end - timedelta(days=args.days - 1) if args.days else (args.start or end)
+    report = UsageReader(StateClient(command.state_config(args))).report(start, end)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_report(report)
+    try:
+        if args.png or args.html:
+            from tdev_metrics.usage_report import render_html, render_png
+
+            if args.png:
+                render_png(report, args.png)
+            if args.html:
+                args.html.write_text(render_html(report))
+    except ImportError:
+        raise UsageError(
+            "--png/--html draw with matplotlib: install tdev-metrics-collector[report]"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write the chart: {exc.strerror or exc}") from None
+    return EXIT_OK if report["runs"]["started"] or report["projects"]["saved"] else EXIT_NOT_FOUND
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "tdev usage") -> int:
+    """Entry point of `tdev usage`."""
+    args = command.parse(build_parser(prog), argv)
+    if isinstance(args, int):
+        return args
+    return command.run(lambda: _report(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Usage counting on moto: every number of the report equals the tables' ground truth; counting is off
+without a collector; a failing sink never fails the pipeline; the plan's client counts into the plan's
+collector."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from typing import Any
+
+import boto3
+import pytest
+
+import tdev_state
+from tdev_metrics import MetricsCollector
+from tdev_metrics.usage import COUNTS, RELATIVE_ERROR, UsageReader, bucket_of, bucket_value
+from tdev_state import AGENTS, StateClient
+from tdev_state.usage import UsageEvent
+
+from ..usage_mix import assert_report_matches, drive_mix, ground_truth
+from .conftest import FakeClock
+
+DAY = date(2026, 11, 26)  # the FakeClock's day
+
+
+def _metrics_items(client: StateClient) -> list[dict[str, Any]]:
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    return ddb.scan(TableName=client.config.tables.metrics)["Items"]
+
+
+def test_the_report_equals_the_ground_truth(client: StateClient) -> None:
+    """A mix of runs (completed, retried, tolerated, failed-then-recovered, abandoned, in flight, repeated
+    calls) and projects: every count of the report equals what raw boto3 finds in the tables."""
+    collector = MetricsCollector(client, start=False)
+    scope = drive_mix(client)
+    assert collector.close()
+    report = UsageReader(client).report(DAY, DAY)
+    truth = ground_truth(boto3.client("dynamodb", region_name="us-east-1"), client, scope)
+    assert_report_matches(report, truth, RELATIVE_ERROR)
+    assert report["runs"]["started"] == 6
+    assert report["runs"]["recovered"] == 1
+    assert [f["tolerated"] for f in report["funnel"]] == [0, 0, 0, 0, 0, 1, 0, 0, 0]
+
+
+def test_three_compact_items_per_day(client: StateClient) -> None:
+    """The whole day's usage is three items, whatever the number of runs."""
+    collector = MetricsCollector(client, start=False)
+    drive_mix(client)
+    drive_mix(client)
+    assert collector.close()
+    usage = [i for i in _metrics_items(client) if i["metric_name"]["S"].startswith("#usage#")]
+    assert sorted(i["metric_name"]["S"] for i in usage) == [
+        "#usage#counts",
+        "#usage#durations",
+        "#usage#users",
+    ]
+    assert UsageReader(client).report(DAY, DAY)["runs"]["started"] == 12
+
+
+def test_no_collector_no_counting(client: StateClient) -> None:
+    """Without a collector the pipeline works and nothing is written to the metrics table."""
+    drive_mix(client)
+    assert _metrics_items(client) == []
+    assert UsageReader(client).report(DAY, DAY)["runs"]["started"] == 0
+
+
+def test_a_failing_sink_never_fails_the_pipeline(client: StateClient) -> None:
+    """A sink that raises: the transition is applied and returned, the error counted."""
+
+    class Broken:
+        def usage(self, event: UsageEvent) -> None:
+            raise RuntimeError("sink down")
+
+    client.layer.usage.attach(Broken())
+    sid = client.sessions.create(user_id="u").session_id
+    client.executions.start(sid, AGENTS[0])
+    assert client.executions.complete(sid, AGENTS[0], output_data={"a": 1}).status.value == "COMPLETED"
+    assert client.layer.usage.sink_errors == 4  # run_started, user_active, agent_started, agent_completed
+
+
+def test_runs_are_held_until_they_end(client: StateClient) -> None:
+    """A run's events reach the table together when it ends (one flush per run), not piece by piece."""
+    collector = MetricsCollector(client, start=False)
+    sid = client.sessions.create(user_id="held").session_id
+    for agent in AGENTS[:4]:
+        client.executions.start(sid, agent)
+        client.executions.complete(sid, agent, output_data={"a": 1})
+    assert collector.flush()
+    (counts,) = [i for i in _metrics_items(client) if i["metric_name"]["S"] == COUNTS]
+    assert counts["rs.SIMPLE"] == {"N": "1"}  # the start is written at once (a crash must not lose it)
+    assert "ac0" not in counts  # the agents are held: the run is going on
+    for agent in AGENTS[4:]:
+        client.executions.start(sid, agent)
+        client.executions.complete(sid, agent, output_data={"a": 1})
+    assert collector.flush()
+    assert UsageReader(client).report(DAY, DAY)["funnel"][8]["completed"] == 1
+    assert collector.usage_buffer.held_runs() == 0
+    collector.close()
+
+
+def test_the_plans_client_counts_into_the_plans_collector(
+    aws: None, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`from tdev_metrics import record_metric` registers the plan's collector: the plan's own client,
+    built from the environment, sends its usage there."""
+    import asyncio
+
+    from tdev_metrics import _plan as metrics_plan
+    from tdev_state import save_pipeline_session
+
+    monkeypatch.setenv("TDEV_ENV", "planusage")
+    StateClient(tdev_state.StateConfig(env="planusage")).create_tables()
+    tdev_state.configure(None)
+    metrics_plan.configure(None)
+    try:
+        asyncio.run(save_pipeline_session({"session_id": "plan-run", "status": "ACTIVE"}))
+        collector = metrics_plan.default_collector()
+        assert collector.close()
+        reader = UsageReader(StateClient(tdev_state.StateConfig(env="planusage")))
+        today = datetime.now(UTC).date()  # the plan's client has the real clock
+        assert reader.report(today, today)["runs"]["started"] == 1
+    finally:
+        tdev_state.configure(None)
+        metrics_plan.configure(None)
+
+
+def test_histogram_buckets_bound_the_relative_error() -> None:
+    """Every value is within RELATIVE_ERROR of its bucket's representative."""
+    for seconds in (0.0011, 0.5, 1.0, 1.19, 7.3, 61.0, 3599.0, 86_000.0):
+        value = bucket_value(bucket_of(seconds))
+        assert abs(value - seconds) <= RELATIVE_ERROR * seconds + 1e-12, seconds
+
+
+def test_report_validates_its_range(client: StateClient) -> None:
+    from tdev_metrics.exceptions import MetricValidationError
+
+    reader = UsageReader(client)
+    with pytest.raises(MetricValidationError, match="before"):
+        reader.report(DAY, date(2026, 11, 1))
+    with pytest.raises(MetricValidationError, match="366"):
+        reader.report(date(2024, 1, 1), DAY)
+    with pytest.raises(MetricValidationError, match="must be a date"):
+        reader.report("2026-11-01", DAY)  # type: ignore[arg-type]
+
+
+def test_tdev_usage_report_json_png_html(
+    client: StateClient, tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tdev usage report --json` has the documented shape; --png and --html are written; stored strings
+    (a tech stack called <script>) are escaped in the page; a range with no runs is exit 1."""
+    from tdev_state.cli import main as tdev
+
+    monkeypatch.setenv("TDEV_ENV", client.config.env)
+    collector = MetricsCollector(client, start=False)
+    drive_mix(client)
+    client.projects.save(
+        user_id="x", project_id="xss", project_name="p", tech_stack=["<script>alert(1)</script>"]
+    )
+    assert collector.close()
+    png, page = tmp_path / "usage.png", tmp_path / "usage.html"
+    argv = ["usage", "report", "--from", "2026-11-26", "--to", "2026-11-26", "--json", "--png", str(png)]
+    assert tdev([*argv, "--html", str(page)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) >= {"from", "to", "runs", "funnel", "duration_seconds", "projects", "active_users",
+                           "busiest_hours_utc"}  # fmt: skip
+    assert set(report["runs"]) >= {
+        "started",
+        "completed",
+        "failed",
+        "abandoned",
+        "recovered",
+        "by_pipeline_type",
+    }
+    assert set(report["runs"]["by_pipeline_type"]) >= {"SIMPLE", "PRODUCTION"}
+    assert [r["agent"] for r in report["funnel"]] == list(AGENTS)
+    assert set(report["funnel"][0]) >= {"agent", "started", "completed", "failed", "retries"}
+    assert set(report["duration_seconds"]["run"]) == {"p50", "p95"}
+    assert set(report["duration_seconds"]["agents"]) == set(AGENTS)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    text = page.read_text()
+    assert "<script>alert(1)" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert tdev(["usage", "report", "--from", "2026-10-01"]) == 1
+    assert tdev(["usage", "report", "--from", "2026-11-30", "--to", "2026-11-01"]) == 2
+    assert tdev(["usage", "report"]) in (0, 1)
+    human = capsys.readouterr().out
+    assert "funnel" in human
