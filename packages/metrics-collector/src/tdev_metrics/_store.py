@@ -66,6 +66,14 @@ def plan_writes(agg: Aggregate, next_seq: Callable[[], int]) -> list[Write]:
     return writes
 
 
+def expires_at(day: str, retention_days: int | None) -> int | None:
+    """The TTL of an item of `day` (YYYY-MM-DD): the end of the retention after that day; None keeps it."""
+    if not retention_days:
+        return None
+    start = datetime.combine(date.fromisoformat(day), datetime.min.time(), UTC)
+    return int((start + timedelta(days=retention_days + 1)).timestamp())
+
+
 class MetricsStore:
     """The metrics table through the shared DynamoDB layer."""
 
@@ -149,12 +157,11 @@ class MetricsStore:
             names[f"#b{i}"] = f"b_{bucket}"
             values[f":b{i}"] = n
             adds.append(f"#b{i} :b{i}")
-        days = self._layer.config.retention_days
-        if days:
+        expiry = expires_at(table_key["date"], self._layer.config.retention_days)
+        if expiry is not None:
             sets.append("#exp = :exp")
             names["#exp"] = "expires_at"
-            end_of_day = datetime.combine(date.fromisoformat(table_key["date"]), datetime.min.time(), UTC)
-            values[":exp"] = int((end_of_day + timedelta(days=days + 1)).timestamp())
+            values[":exp"] = expiry
         expression = "SET " + ", ".join(sets) + (" ADD " + ", ".join(adds) if adds else "")
         item = self._layer.update(
             self._table,

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -26,13 +26,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-def _day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
-
-
 def build_parser(prog: str = "tdev-metrics") -> argparse.ArgumentParser:
     target = command.target_options()
     parser = command.Parser(
@@ -40,12 +33,11 @@ def build_parser(prog: str = "tdev-metrics") -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     text = "hourly or daily figures, a PNG chart, or an A/B comparison"
-    report = sub.add_parser("report", help=text, description=text, parents=[target],
-                            formatter_class=parser.formatter_class, epilog=parser.epilog)  # fmt: skip
+    report = command.add_command(sub, "report", text, target)
     report.add_argument("--metric", default="agent_execution_time", help="metric name")
     today = datetime.now(UTC).date()
-    report.add_argument("--from", dest="start", type=_day, default=today, help="first day (UTC)")
-    report.add_argument("--to", dest="end", type=_day, default=None, help="last day (default: --from)")
+    report.add_argument("--from", dest="start", type=command.day, default=today, help="first day (UTC)")
+    report.add_argument("--to", dest="end", type=command.day, default=None, help="last day (default: --from)")
     report.add_argument("--agent", default=None, help="only this agent")
     report.add_argument("--variant", default=None, help="only this A/B variant")
     report.add_argument("--daily", action="store_true", help="one row per day instead of per hour")
@@ -205,10 +197,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "tdev-metrics") -> int:
     """Entry point of the console script and of `tdev metrics`."""
-    args = command.parse(build_parser(prog), argv)
-    if isinstance(args, int):
-        return args
-    return command.run(lambda: _report(args))
+    return command.entry(build_parser(prog), argv, _report)
 
 
 if __name__ == "__main__":

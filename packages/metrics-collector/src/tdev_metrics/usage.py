@@ -37,6 +37,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from tdev_metrics._store import expires_at
 from tdev_metrics.exceptions import MetricValidationError
 from tdev_state import AGENTS, StateClient, StateError
 from tdev_state._log import get_logger
@@ -287,12 +288,11 @@ class UsageStore:
                 names[f"#a{i}"] = attr
                 values[f":a{i}"] = n
                 adds.append(f"#a{i} :a{i}")
-        days = self._layer.config.retention_days
-        if days:
+        expiry = expires_at(write.day, self._layer.config.retention_days)
+        if expiry is not None:
             sets.append("#exp = :exp")
             names["#exp"] = "expires_at"
-            start = datetime.combine(date.fromisoformat(write.day), datetime.min.time(), UTC)
-            values[":exp"] = int((start + timedelta(days=days + 1)).timestamp())
+            values[":exp"] = expiry
         try:
             self._layer.update(
                 self._table,

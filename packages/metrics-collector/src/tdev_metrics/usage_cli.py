@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,30 +22,22 @@ from tdev_state import StateClient, command
 from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, UsageError
 
 
-def _day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
-
-
-def _days(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 366:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 1 to 366")
-    return int(text)
-
-
 def build_parser(prog: str = "tdev usage") -> argparse.ArgumentParser:
     target = command.target_options()
     parser = command.Parser(prog=prog, description="T-Developer usage analysis.", parents=[target])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     text = "runs, funnel, durations, projects, tech stacks, users and busy hours over a date range"
-    report = sub.add_parser("report", help=text, description=text, parents=[target],
-                            formatter_class=parser.formatter_class, epilog=parser.epilog)  # fmt: skip
+    report = command.add_command(sub, "report", text, target)
     span = report.add_mutually_exclusive_group()
-    span.add_argument("--from", dest="start", type=_day, default=None, help="first day (UTC; default: --to)")
-    span.add_argument("--days", type=_days, default=None, help="the N days ending --to, instead of --from")
-    report.add_argument("--to", dest="end", type=_day, default=None, help="last day (UTC; default: today)")
+    span.add_argument(
+        "--from", dest="start", type=command.day, default=None, help="first day (UTC; default: --to)"
+    )
+    span.add_argument(
+        "--days", type=command.days, default=None, help="the N days ending --to, instead of --from"
+    )
+    report.add_argument(
+        "--to", dest="end", type=command.day, default=None, help="last day (UTC; default: today)"
+    )
     report.add_argument("--json", action="store_true", help="the report as one JSON object on stdout")
     report.add_argument("--png", type=Path, default=None, help="also write the charts here")
     report.add_argument("--html", type=Path, default=None, help="also write a page with charts and numbers")
@@ -124,10 +116,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "tdev usage") -> int:
     """Entry point of `tdev usage`."""
-    args = command.parse(build_parser(prog), argv)
-    if isinstance(args, int):
-        return args
-    return command.run(lambda: _report(args))
+    return command.entry(build_parser(prog), argv, _report)
 
 
 if __name__ == "__main__":

@@ -216,25 +216,7 @@ class SessionStore:
     def list_for_user(self, user_id: str, *, limit: int = 20, cursor: str | None = None) -> Page[Session]:
         """A user's sessions, newest first: the by-user index (keys only), then one BatchGetItem."""
         user = check.identifier("user_id", user_id)
-        size = check.limit(limit)
-        start = check.decode_cursor(
-            cursor, expected_keys=("session_id", "user_id", "created_at"), expect={"user_id": user}
-        )
-        page = self._layer.query(
-            self._table,
-            index="by-user",
-            key_condition="user_id = :u",
-            values={":u": user},
-            forward=False,
-            limit=size,
-            start_key=start,
-        )
-        keys = [{"session_id": i["session_id"]} for i in page.items]
-        items = self._layer.batch_get(self._table, keys) if keys else []
-        return Page(
-            items=[session_from_item(i, self._layer, strict=False) for i in items],
-            next_cursor=check.encode_cursor(page.last_key),
-        )
+        return self._keys_only_page("by-user", "user_id", user, "created_at", limit, cursor)
 
     def list_by_day(
         self,
@@ -250,26 +232,32 @@ class SessionStore:
         if not isinstance(day, date) or isinstance(day, datetime):
             raise ValidationError(f"day must be a datetime.date, got {type(day).__name__}")
         wanted = check.enum(SessionStatus, "status", status) if status is not None else None
+        page = self._keys_only_page("by-day", "created_day", day.isoformat(), "created_at", limit, cursor)
+        if wanted is None:
+            return page
+        return Page(items=[s for s in page.items if s.status is wanted], next_cursor=page.next_cursor)
+
+    def _keys_only_page(  # noqa: PLR0917 - private; the index's name, keys and the page
+        self, index: str, key: str, value: str, sort_key: str, limit: int, cursor: str | None
+    ) -> Page[Session]:
+        """One page of a keys-only index, newest first, then the sessions themselves (one BatchGetItem)."""
         size = check.limit(limit)
-        key = day.isoformat()
-        start = check.decode_cursor(
-            cursor, expected_keys=("session_id", "created_day", "created_at"), expect={"created_day": key}
-        )
+        start = check.decode_cursor(cursor, expected_keys=("session_id", key, sort_key), expect={key: value})
         page = self._layer.query(
             self._table,
-            index="by-day",
-            key_condition="created_day = :d",
-            values={":d": key},
+            index=index,
+            key_condition=f"{key} = :k",
+            values={":k": value},
             forward=False,
             limit=size,
             start_key=start,
         )
         keys = [{"session_id": i["session_id"]} for i in page.items]
         items = self._layer.batch_get(self._table, keys) if keys else []
-        sessions = [session_from_item(i, self._layer, strict=False) for i in items]
-        if wanted is not None:
-            sessions = [s for s in sessions if s.status is wanted]
-        return Page(items=sessions, next_cursor=check.encode_cursor(page.last_key))
+        return Page(
+            items=[session_from_item(i, self._layer, strict=False) for i in items],
+            next_cursor=check.encode_cursor(page.last_key),
+        )
 
     def update(
         self,

@@ -71,19 +71,6 @@ def _session_row(s: Session) -> dict[str, Any]:
     }
 
 
-def _day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
-
-
-def _days(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 366:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 1 to 366")
-    return int(text)
-
-
 def _open_runs(client: StateClient, status: str, limit: int) -> list[Session]:
     """Open runs of one status from the sparse recovery index (never a Scan), idle for any time at all."""
     found = client.sessions.recovery_candidates(
@@ -222,15 +209,13 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
     def group(name: str, help_text: str) -> Any:
-        p = sub.add_parser(name, help=help_text, description=help_text, parents=[target],
-                           formatter_class=parser.formatter_class, epilog=parser.epilog)  # fmt: skip
-        return p.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+        made = command.add_command(sub, name, help_text, target)
+        return made.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
     def leaf(parent: Any, name: str, help_text: str, run: Callable[[argparse.Namespace], int]) -> Any:
-        p = parent.add_parser(name, help=help_text, description=help_text, parents=[target],
-                              formatter_class=parser.formatter_class, epilog=parser.epilog)  # fmt: skip
-        p.set_defaults(run=run)
-        return p
+        made = command.add_command(parent, name, help_text, target)
+        made.set_defaults(run=run)
+        return made
 
     sessions = group("sessions", "pipeline runs: list them, show one")
     listing = leaf(
@@ -243,8 +228,10 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
                          help="only runs of this status; ACTIVE/FAILED without --user or --day lists open "
                          "runs of any age")  # fmt: skip
     listing.add_argument("--user", help="only this user's runs")
-    listing.add_argument("--day", type=_day, default=None, help="last day to list (UTC; default: today)")
-    listing.add_argument("--days", type=_days, default=7, help="how many days back from --day to look")
+    listing.add_argument(
+        "--day", type=command.day, default=None, help="last day to list (UTC; default: today)"
+    )
+    listing.add_argument("--days", type=command.days, default=7, help="how many days back from --day to look")
     listing.add_argument("--limit", type=int, default=50, help="at most this many runs")
     out = listing.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON array on stdout")
@@ -295,10 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         package = "tdev-metrics-collector" if name == "metrics" else "tdev-recovery-worker"
         print(f"error: `tdev {name}` comes with {package}: install it", file=sys.stderr)
         return EXIT_USAGE
-    args = command.parse(build_parser(sorted(plugins)), argv)
-    if isinstance(args, int):
-        return args
-    return command.run(lambda: int(args.run(args)))
+    return command.entry(build_parser(sorted(plugins)), argv, lambda args: int(args.run(args)))
 
 
 if __name__ == "__main__":

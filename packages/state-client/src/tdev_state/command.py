@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from datetime import date
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from tdev_state.config import StateConfig
@@ -104,6 +105,20 @@ def target_options() -> Parser:
     return parent
 
 
+def add_command(subparsers: Any, name: str, help_text: str, target: argparse.ArgumentParser) -> Parser:
+    """A subcommand with the platform's conventions: help = description, the target options accepted here
+    too, defaults and the exit codes in its --help."""
+    made: Parser = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        parents=[target],
+        formatter_class=_HelpFormatter,
+        epilog=EXIT_CODES_EPILOG,
+    )
+    return made
+
+
 def state_config(args: argparse.Namespace, **overrides: object) -> StateConfig:
     """The client configuration: the environment, then the target options the user gave."""
     given: dict[str, object] = {
@@ -137,6 +152,31 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
         return parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+
+def entry(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, action: Callable[[argparse.Namespace], int]
+) -> int:
+    """A console script's whole body: parse, run `action`, map errors to the shared exit codes."""
+    args = parse(parser, argv)
+    if isinstance(args, int):
+        return args
+    return run(lambda: action(args))
+
+
+def day(text: str) -> date:
+    """An argparse type: a UTC day as YYYY-MM-DD."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
+
+
+def days(text: str) -> int:
+    """An argparse type: a number of days, 1 to 366 (what one report or listing covers at most)."""
+    if not text.isdigit() or not 1 <= int(text) <= 366:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 1 to 366")
+    return int(text)
 
 
 def console() -> Console:
