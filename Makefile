@@ -74,8 +74,16 @@ synth: setup ## Synthesize the local, dev and prod stacks (cdktf CLI; no Terrafo
 	@bash infra/cdktf.sh synth
 
 .PHONY: diff deploy destroy
-diff deploy destroy: setup ## cdktf diff/deploy/destroy of ENV=local|dev|prod (needs Terraform >= 1.10); local = LocalStack
+diff deploy destroy: setup ## cdktf diff/deploy/destroy of ENV=local|dev|prod (Terraform >= 1.10; dev/prod checked first; AUTO_APPROVE=1)
 	@bash infra/cdktf.sh $@
+
+.PHONY: bootstrap
+bootstrap: setup ## Create ENV's Terraform state bucket once (versioned, encrypted, TLS-only, private); dev|prod
+	@$(RUN) python -m tdev_infra.preflight $(ENV) --bootstrap
+
+.PHONY: output
+output: setup ## Write the clients' env file (infra/ENV.env) from the deployed stack's outputs
+	@$(RUN) python -m tdev_infra.output $(ENV)
 
 .PHONY: checkov
 checkov: setup ## Synthesize and scan every stack with checkov (what the infra tests run)

@@ -385,7 +385,8 @@ def check_usage(
     """The usage report of this demo's runs (today's counters after minus before) against the sessions
     table. A SIGKILLed pipeline process loses the usage it held (its runs' events until they end there, as
     it loses unflushed metrics), so the counted number may fall short by that process's runs, never more;
-    the workers are stopped with SIGTERM and flush: resumes and abandoned runs are exact."""
+    the workers are stopped with SIGTERM and flush: resumes and abandoned runs are exact. The counters are
+    the env's: run the demo in an env with no other activity (its workers sweep every open run there)."""
     sessions = [client.sessions.get(p["session_id"]) for p in plans]
     killed = {p["session_id"] for p in plans if p["driver"] in killed_drivers}
     items = {

@@ -5,6 +5,7 @@
 # backend's native locking, `use_lockfile`, arrived in 1.10); without it they stop here and say so.
 # ENV=local targets LocalStack (started if it is not running). Destroying prod must be asked twice:
 # `make destroy ENV=prod CONFIRM_PROD=t-developer-prod` — and prod tables keep deletion protection on.
+# `make deploy ENV=dev AUTO_APPROVE=1` deploys without the prompt (CI); prod also needs CONFIRM_PROD.
 set -euo pipefail
 
 cmd=${1:?usage: cdktf.sh synth|diff|deploy|destroy}
@@ -18,6 +19,13 @@ case "$env" in
   *) echo "ENV=$env is not a stack: use ENV=local, ENV=dev or ENV=prod" >&2; exit 2 ;;
 esac
 stack="t-developer-$env"
+
+# dev and prod: the account guard and the state bucket are checked before any Terraform call (and the
+# bucket is created once by `make bootstrap ENV=...`): tdev_infra.preflight says what to fix, exit 2.
+python=${TDEV_PYTHON:-"$here/../.venv/bin/python"}
+if [ "$cmd" != synth ] && [ "$env" != local ]; then
+  "$python" -m tdev_infra.preflight "$env"
+fi
 
 if ! command -v npx >/dev/null; then
   echo "make $cmd: npx (Node.js >= 20) is not on PATH; install Node.js, then run again" >&2
@@ -55,7 +63,11 @@ case "$cmd" in
   synth) exec "${cdktf[@]}" synth ;;
   diff) exec "${cdktf[@]}" diff "$stack" ;;
   deploy)
-    if [ "$env" = local ]; then exec "${cdktf[@]}" deploy "$stack" --auto-approve; fi
+    # local always, dev with AUTO_APPROVE=1 (CI); prod only with AUTO_APPROVE=1 *and* CONFIRM_PROD=stack.
+    if [ "$env" = local ] || { [ "$env" = dev ] && [ "${AUTO_APPROVE:-}" = 1 ]; } ||
+      { [ "$env" = prod ] && [ "${AUTO_APPROVE:-}" = 1 ] && [ "${CONFIRM_PROD:-}" = "$stack" ]; }; then
+      exec "${cdktf[@]}" deploy "$stack" --auto-approve
+    fi
     exec "${cdktf[@]}" deploy "$stack"
     ;;
   destroy) exec "${cdktf[@]}" destroy "$stack" ;;

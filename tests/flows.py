@@ -17,7 +17,7 @@ import tdev_state
 from tdev_metrics import CollectorConfig, MetricsCollector, MetricsReader
 from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig
 from tdev_recovery.ops import OpsServer
-from tdev_state import AGENTS, StateClient
+from tdev_state import AGENTS, InvalidTransitionError, StateClient
 
 from .payloads import generated_project
 
@@ -52,6 +52,15 @@ async def pipeline_act(client: StateClient, clock: Any) -> None:
     reader = StateClient(client.config, clock=clock, session=client.layer.session)
     assert reader.executions.get(sid, "generation").output_data == generated_project(200_000)
     assert reader.sessions.get(sid).metadata == {"req": "x"}
+    # A refused call (an agent three steps ahead) takes back the large payload it had stored.
+    other = client.sessions.create(user_id="u-flow", project_name="refused").session_id
+    try:
+        client.executions.complete(other, "parser", output_data=generated_project(100_000))
+    except InvalidTransitionError:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("completing parser of a fresh run must be refused")
+    assert client.layer.discarded_objects == 1
     client.sessions.list_for_user("u-flow")
     client.sessions.failed_sessions()
     client.projects.save(user_id="u-flow", project_id="p1", project_name="shop", size_mb=1.5)

@@ -6,8 +6,9 @@ long-running (started, seen healthy on its port, stopped with SIGTERM, exit 0), 
 A command the README gains and this file does not know fails the test, so the list cannot fall behind.
 
 The only thing the test adds to the commands is their environment: `TDEV_ENV` and `TDEV_PAYLOAD_BUCKET`
-point them at this run's tables and bucket (on the LocalStack `make test` started, or in an AWS account),
-instead of the `local` env's, so a developer's own demo data is never touched.
+point them at tables of their own (created by the demo, deleted at the end) and this run's bucket, on the
+LocalStack `make test` started or in an AWS account, instead of the `local` env's: a developer's own demo
+data is never touched, and no other test's runs are in the tables the demo's workers sweep and count.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tdev_state import StateClient
+from tdev_state.tables import delete_tables
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,6 +46,13 @@ NOT_RUN = {
     ),
     "TDEV_TARGET=aws AWS_PROFILE=... make test-integration": "needs an AWS account",
     "make diff ENV=dev": "needs Terraform's AWS provider (not downloadable here) and an AWS account",
+    "make bootstrap ENV=dev": (
+        "needs an AWS account; the same code is run against moto (tests/unit/infra/test_deploy_guards.py)"
+    ),
+    "make deploy ENV=dev AUTO_APPROVE=1": "needs Terraform's AWS provider and an AWS account",
+    "make output ENV=dev": (
+        "needs a deployed stack; rendered from a synthesized stack's outputs in test_deploy_guards.py"
+    ),
     "make deploy ENV=local": "needs Terraform's AWS provider, which this machine cannot download",
     "make deploy ENV=prod": "needs an AWS account (and asks for approval)",
     "make destroy ENV=prod CONFIRM_PROD=t-developer-prod": "needs an AWS account",
@@ -76,24 +86,28 @@ def test_the_readme_lists_its_commands() -> None:
 def test_every_readme_command_runs_as_written(client: StateClient, tmp_path: Path) -> None:
     uv = shutil.which("uv")
     assert uv, "uv is not on PATH: `make setup` installs it"
+    own = replace(client.config, env=f"{client.config.env}r")
     env = {
         **os.environ,
-        "TDEV_ENV": client.config.env,
+        "TDEV_ENV": own.env,
         "TDEV_PAYLOAD_BUCKET": client.config.payload_bucket or "",
     }
     if client.config.endpoint_url:
         env["AWS_ENDPOINT_URL"] = client.config.endpoint_url
     ran, skipped = [], []
-    for command in readme_commands():
-        if command in NOT_RUN:
-            skipped.append(command)
-            continue
-        long_running = LONG_RUNNING.match(command)
-        if long_running:
-            _run_until_healthy(command, int(long_running.group(2)), env)
-        else:
-            _run(command, env)
-        ran.append(command)
+    try:
+        for command in readme_commands():
+            if command in NOT_RUN:
+                skipped.append(command)
+                continue
+            long_running = LONG_RUNNING.match(command)
+            if long_running:
+                _run_until_healthy(command, int(long_running.group(2)), env)
+            else:
+                _run(command, env)
+            ran.append(command)
+    finally:
+        delete_tables(StateClient(own).layer)
     print(f"ran {len(ran)} README commands; not run: {len(skipped)} (reasons in NOT_RUN)")
     assert not set(NOT_RUN) - set(skipped), f"NOT_RUN lists commands the README no longer has: {NOT_RUN}"
     summary = json.loads((ROOT / "reports" / "demo" / "summary.json").read_text())

@@ -185,3 +185,20 @@ def test_a_progressing_run_is_never_reported_stalled(client: StateClient, clock:
     found = client.sessions.recovery_candidates(failed_idle=None, stalled_idle=timedelta(minutes=5))
     assert [c.session_id for c in found] == [sid]
     assert (found[0].progress, found[0].current_agent) == (3, "component_decision")
+
+
+def test_listings_can_skip_offloaded_metadata(client: StateClient) -> None:
+    """A listing that does not show metadata reads no S3 object for it; get() still reads it."""
+    from tests.payloads import generated_project
+
+    big = generated_project(60_000)
+    sid = client.sessions.create(user_id="lister", metadata=big).session_id
+    reader = StateClient(client.config)
+    (listed,) = reader.sessions.list_for_user("lister", load_metadata=False).items
+    assert listed.metadata is None
+    assert listed.metadata_error is not None
+    assert "not loaded" in listed.metadata_error
+    assert reader.layer.meter.snapshot()["s3_gets"] == 0
+    assert reader.sessions.get(sid).metadata == big
+    (loaded,) = reader.sessions.list_for_user("lister").items
+    assert loaded.metadata == big

@@ -45,7 +45,12 @@ from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from cdktf_cdktf_provider_aws.kms_alias import KmsAlias
 from cdktf_cdktf_provider_aws.kms_key import KmsKey
-from cdktf_cdktf_provider_aws.provider import AwsProvider, AwsProviderDefaultTags, AwsProviderEndpoints
+from cdktf_cdktf_provider_aws.provider import (
+    AwsProvider,
+    AwsProviderAssumeRole,
+    AwsProviderDefaultTags,
+    AwsProviderEndpoints,
+)
 from cdktf_cdktf_provider_aws.s3_bucket import S3Bucket
 from cdktf_cdktf_provider_aws.s3_bucket_lifecycle_configuration import (
     S3BucketLifecycleConfiguration,
@@ -80,6 +85,7 @@ __all__ = [
     "AppautoscalingPolicyTargetTrackingScalingPolicyConfigurationPredefinedMetricSpecification",
     "AppautoscalingTarget",
     "AwsProvider",
+    "AwsProviderAssumeRole",
     "AwsProviderDefaultTags",
     "AwsProviderEndpoints",
     "CloudwatchDashboard",

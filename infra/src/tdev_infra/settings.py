@@ -48,6 +48,11 @@ class EnvironmentSettings:
     localstack_endpoint: str = LOCALSTACK_ENDPOINT
     #: Who may assume the per-component roles (a service such as ecs-tasks.amazonaws.com, or an IAM ARN).
     task_role_principal: str | None = None
+    #: The AWS account this environment lives in (TDEV_<ENV>_ACCOUNT_ID): the provider's
+    #: allowed_account_ids, so credentials for another account stop Terraform before any change.
+    account_id: str | None = None
+    #: A role Terraform assumes to deploy this environment (TDEV_<ENV>_ROLE_ARN), if any.
+    deploy_role_arn: str | None = None
 
     @property
     def stack_name(self) -> str:
@@ -98,6 +103,18 @@ class BackendSettings:
     def key(self, env: str) -> str:
         return f"{self.key_prefix}/{env}.tfstate"
 
+    def bucket_for(self, settings: EnvironmentSettings) -> str | None:
+        """The state bucket of an environment: None (local state) for the LocalStack stack; the configured
+        bucket; else one named from the account and region, which `make bootstrap ENV=…` creates."""
+        if settings.localstack:
+            return None
+        if self.bucket:
+            return self.bucket
+        return f"{TABLE_NAME_PREFIX}-tfstate-{settings.account_id or 'unset-account'}-{settings.region}"
+
+    def region_for(self, settings: EnvironmentSettings) -> str:
+        return self.region or settings.region
+
 
 def from_environment(
     environ: Mapping[str, str] | None = None,
@@ -105,8 +122,9 @@ def from_environment(
     """The three environments with synth-time overrides, and the backend, from environment variables.
 
     TDEV_INFRA_REGION (default us-east-1), TDEV_LOCALSTACK_ENDPOINT, TDEV_TASK_ROLE_PRINCIPAL (roles are
-    created only when set), TDEV_TF_STATE_BUCKET / TDEV_TF_STATE_REGION / TDEV_TF_STATE_KEY_PREFIX (S3
-    backend when the bucket is set).
+    created only when set), per environment TDEV_<ENV>_ACCOUNT_ID / TDEV_<ENV>_ROLE_ARN / TDEV_<ENV>_REGION,
+    and TDEV_TF_STATE_BUCKET / TDEV_TF_STATE_REGION / TDEV_TF_STATE_KEY_PREFIX (dev and prod always keep
+    their state in S3: this bucket, or one named from the account and region).
     """
     env = os.environ if environ is None else environ
     overrides: dict[str, str] = {}
@@ -121,7 +139,25 @@ def from_environment(
         overrides["localstack_endpoint"] = endpoint
     if env.get("TDEV_TASK_ROLE_PRINCIPAL"):
         overrides["task_role_principal"] = env["TDEV_TASK_ROLE_PRINCIPAL"]
-    settings = [replace(s, **overrides) for s in ENVIRONMENTS.values()]  # type: ignore[arg-type]
+    settings = []
+    for base in ENVIRONMENTS.values():
+        mine: dict[str, str] = dict(overrides)
+        prefix = f"TDEV_{base.env.upper()}_"
+        account = env.get(prefix + "ACCOUNT_ID")
+        if account:
+            if not (len(account) == 12 and account.isdigit()):
+                raise ConfigurationError(
+                    f"{prefix}ACCOUNT_ID={account!r:.40} is not a 12-digit AWS account id"
+                )
+            mine["account_id"] = account
+        if env.get(prefix + "ROLE_ARN"):
+            role = env[prefix + "ROLE_ARN"]
+            if not role.startswith("arn:aws") or ":role/" not in role:
+                raise ConfigurationError(f"{prefix}ROLE_ARN={role!r:.80} is not an IAM role ARN")
+            mine["deploy_role_arn"] = role
+        if env.get(prefix + "REGION"):
+            mine["region"] = env[prefix + "REGION"]
+        settings.append(replace(base, **mine))  # type: ignore[arg-type]
     backend = BackendSettings(
         bucket=env.get("TDEV_TF_STATE_BUCKET") or None,
         region=env.get("TDEV_TF_STATE_REGION") or None,

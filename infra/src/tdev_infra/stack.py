@@ -80,16 +80,29 @@ class StateStack(tf.TerraformStack):
                 default_tags=tags,
             )
         else:
-            tf.AwsProvider(self, "aws", region=s.region, default_tags=tags)
+            # The account guard: credentials for any other account stop Terraform before it changes
+            # anything (plan and apply both refuse); a deploy role, when set, is assumed for every call.
+            tf.AwsProvider(
+                self,
+                "aws",
+                region=s.region,
+                default_tags=tags,
+                allowed_account_ids=[s.account_id] if s.account_id else None,
+                assume_role=[tf.AwsProviderAssumeRole(role_arn=s.deploy_role_arn, session_name="tdev-deploy")]
+                if s.deploy_role_arn
+                else None,
+            )
 
     def _backend(self, backend: BackendSettings) -> None:
         # The local stack's state describes a LocalStack that lives and dies on one machine: it stays local.
-        if backend.bucket and not self.settings.localstack:
+        # dev and prod always keep theirs in S3 (cdktf.out is throw-away); `make bootstrap` creates it.
+        bucket = backend.bucket_for(self.settings)
+        if bucket is not None:
             tf.S3Backend(
                 self,
-                bucket=backend.bucket,
+                bucket=bucket,
                 key=backend.key(self.settings.env),
-                region=backend.region or self.settings.region,
+                region=backend.region_for(self.settings),
                 encrypt=True,
             )
             # Native S3 locking (Terraform >= 1.10); the DynamoDB lock table is deprecated.
@@ -554,6 +567,9 @@ class StateStack(tf.TerraformStack):
             tf.TerraformOutput(self, f"{key}_table_arn", value=table.arn)
         for component, policy in self.policies.items():
             tf.TerraformOutput(self, f"{component.replace('-', '_')}_policy_arn", value=policy.arn)
+        # What the clients need (`make output` writes them as an env file: tdev_infra.output).
+        tf.TerraformOutput(self, "environment", value=self.settings.env)
+        tf.TerraformOutput(self, "region", value=self.settings.region)
         tf.TerraformOutput(self, "payload_bucket", value=self.bucket.bucket)
         tf.TerraformOutput(self, "state_key_arn", value=self.key.arn)
         tf.TerraformOutput(self, "retention_days", value=self.settings.retention_days)

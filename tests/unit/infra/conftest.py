@@ -20,6 +20,8 @@ import pytest
 STACKS = ("local", "dev", "prod")
 STATE_BUCKET = "tdev-tfstate-test"
 TASK_PRINCIPAL = "ecs-tasks.amazonaws.com"
+DEV_ACCOUNT, PROD_ACCOUNT = "111111111111", "222222222222"
+PROD_ROLE = f"arn:aws:iam::{PROD_ACCOUNT}:role/t-developer-deploy"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
         **os.environ,
         "TDEV_TF_STATE_BUCKET": STATE_BUCKET,
         "TDEV_TASK_ROLE_PRINCIPAL": TASK_PRINCIPAL,
+        "TDEV_DEV_ACCOUNT_ID": DEV_ACCOUNT,
+        "TDEV_PROD_ACCOUNT_ID": PROD_ACCOUNT,
+        "TDEV_PROD_ROLE_ARN": PROD_ROLE,
         "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1",
     }
     proc = subprocess.run(

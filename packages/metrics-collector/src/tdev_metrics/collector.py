@@ -145,8 +145,9 @@ class MetricsCollector:
         self._usage = UsageBuffer(
             client.layer, self.writer_id, self._next_seq, hold_seconds=self.config.usage_hold_seconds
         )
-        if usage:
-            client.layer.usage.attach(self)
+        self._usage_emitter = client.layer.usage if usage else None
+        if self._usage_emitter is not None:
+            self._usage_emitter.attach(self)
         if start:
             self.start()
 
@@ -382,6 +383,8 @@ class MetricsCollector:
         if self._closed:
             return self.buffered_keys() == 0
         self._closed = True
+        if self._usage_emitter is not None and self._usage_emitter.sink is self:
+            self._usage_emitter.attach(None)  # the client counts nothing into a closed collector
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=timeout)

@@ -109,6 +109,10 @@ class StoredObjects:
             self._keys.move_to_end(str(key))
             return True
 
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._keys.pop(key, None)
+
     def add(self, key: str) -> None:
         with self._lock:
             self._keys[key] = None

@@ -79,13 +79,25 @@ def emit_run_end(
     )
 
 
+def run_items(layer: DynamoLayer, session_id: str) -> list[Item]:
+    """Every stored item of a run — its agents and its session, consistent — for reference checks."""
+    items = list(
+        layer.query_all(
+            layer.tables.executions, key_condition="execution_id = :id", values={":id": session_id},
+            consistent=True,
+        )
+    )  # fmt: skip
+    session = layer.get(layer.tables.sessions, {"session_id": session_id})
+    return items + ([session] if session is not None else [])
+
+
 def session_context(session_id: str) -> _codec.PayloadContext:
     """Where a session's metadata lives (the associated data of sealed metadata)."""
     return _codec.PayloadContext(PIPELINE_SESSIONS.logical_name, session_id)
 
 
 def session_from_item(
-    item: Item, layer: DynamoLayer, *, strict: bool = True, metadata: Any = _UNSET
+    item: Item, layer: DynamoLayer, *, strict: bool = True, metadata: Any = _UNSET, load_metadata: bool = True
 ) -> Session:
     """Build a Session from its stored item, decoding metadata (or taking the value already known).
 
@@ -94,6 +106,11 @@ def session_from_item(
     `metadata_error`, instead of failing the whole page. `get()` is strict: the typed error is raised.
     """
     error: str | None = None
+    stored = item.get("metadata")
+    if metadata is _UNSET and not load_metadata and not isinstance(stored, str | None):
+        # Offloaded or sealed: reading it costs an S3 GET or a KMS call per session; a listing that does
+        # not show metadata skips it (get() reads it).
+        metadata, error = None, "not loaded: listed with load_metadata=False; get() the session to read it"
     if metadata is _UNSET:
         try:
             metadata = _codec.decode(
@@ -160,6 +177,12 @@ class SessionStore:
             else None
         )
         kind = check.enum(PipelineType, "pipeline_type", pipeline_type)
+        with self._layer.payload_scope(lambda: run_items(self._layer, sid)):
+            return self._create(sid, user, name, kind, metadata)
+
+    def _create(
+        self, sid: str, user: str | None, name: str | None, kind: PipelineType, metadata: Any
+    ) -> Session:
         encoded = _codec.encode(
             metadata, field="metadata", object_key=sid, context=session_context(sid), layer=self._layer
         )
@@ -213,10 +236,13 @@ class SessionStore:
             raise SessionNotFoundError(f"no pipeline session {sid!r} in env {self._layer.config.env!r}")
         return session_from_item(item, self._layer)
 
-    def list_for_user(self, user_id: str, *, limit: int = 20, cursor: str | None = None) -> Page[Session]:
-        """A user's sessions, newest first: the by-user index (keys only), then one BatchGetItem."""
+    def list_for_user(
+        self, user_id: str, *, limit: int = 20, cursor: str | None = None, load_metadata: bool = True
+    ) -> Page[Session]:
+        """A user's sessions, newest first: the by-user index (keys only), then one BatchGetItem.
+        `load_metadata=False` skips reading offloaded or sealed metadata (an S3 GET or KMS call each)."""
         user = check.identifier("user_id", user_id)
-        return self._keys_only_page("by-user", "user_id", user, "created_at", limit, cursor)
+        return self._keys_only_page("by-user", "user_id", user, "created_at", limit, cursor, load_metadata)
 
     def list_by_day(
         self,
@@ -225,6 +251,7 @@ class SessionStore:
         status: SessionStatus | str | None = None,
         limit: int = 20,
         cursor: str | None = None,
+        load_metadata: bool = True,
     ) -> Page[Session]:
         """Runs started on `day` (UTC), newest first, optionally of one status: the by-day index (keys only),
         then one BatchGetItem per page. The status is filtered after the read (it changes during a run, so
@@ -232,13 +259,22 @@ class SessionStore:
         if not isinstance(day, date) or isinstance(day, datetime):
             raise ValidationError(f"day must be a datetime.date, got {type(day).__name__}")
         wanted = check.enum(SessionStatus, "status", status) if status is not None else None
-        page = self._keys_only_page("by-day", "created_day", day.isoformat(), "created_at", limit, cursor)
+        page = self._keys_only_page(
+            "by-day", "created_day", day.isoformat(), "created_at", limit, cursor, load_metadata
+        )
         if wanted is None:
             return page
         return Page(items=[s for s in page.items if s.status is wanted], next_cursor=page.next_cursor)
 
     def _keys_only_page(  # noqa: PLR0917 - private; the index's name, keys and the page
-        self, index: str, key: str, value: str, sort_key: str, limit: int, cursor: str | None
+        self,
+        index: str,
+        key: str,
+        value: str,
+        sort_key: str,
+        limit: int,
+        cursor: str | None,
+        load_metadata: bool,
     ) -> Page[Session]:
         """One page of a keys-only index, newest first, then the sessions themselves (one BatchGetItem)."""
         size = check.limit(limit)
@@ -255,7 +291,9 @@ class SessionStore:
         keys = [{"session_id": i["session_id"]} for i in page.items]
         items = self._layer.batch_get(self._table, keys) if keys else []
         return Page(
-            items=[session_from_item(i, self._layer, strict=False) for i in items],
+            items=[
+                session_from_item(i, self._layer, strict=False, load_metadata=load_metadata) for i in items
+            ],
             next_cursor=check.encode_cursor(page.last_key),
         )
 
@@ -278,6 +316,30 @@ class SessionStore:
         finished within the failure budget). With `expected_version`, the write is also conditioned on it
         (ConflictError when another writer got there first).
         """
+        sid = check.identifier("session_id", session_id)
+        with self._layer.payload_scope(lambda: run_items(self._layer, sid)):
+            return self._update(
+                sid,
+                expected_version=expected_version,
+                status=status,
+                current_agent=current_agent,
+                progress=progress,
+                metadata=metadata,
+                error_message=error_message,
+            )
+
+    def _update(
+        self,
+        session_id: str,
+        *,
+        expected_version: int | None = None,
+        status: SessionStatus | str | None = None,
+        current_agent: str | None = None,
+        progress: int | None = None,
+        metadata: Any = _UNSET,
+        error_message: str | None = None,
+    ) -> Session:
+        """update() inside its payload scope."""
         sid = check.identifier("session_id", session_id)
         version = (
             check.whole("expected_version", expected_version, low=1) if expected_version is not None else None

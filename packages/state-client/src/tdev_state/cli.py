@@ -88,7 +88,11 @@ def _runs_by_day(client: StateClient, last: date, days: int, status: str | None,
         cursor: str | None = None
         while len(found) < limit:
             page = client.sessions.list_by_day(
-                last - timedelta(days=back), status=status, limit=limit - len(found), cursor=cursor
+                last - timedelta(days=back),
+                status=status,
+                limit=limit - len(found),
+                cursor=cursor,
+                load_metadata=False,
             )
             found.extend(page.items)
             cursor = page.next_cursor
@@ -102,7 +106,7 @@ def _runs_by_day(client: StateClient, last: date, days: int, status: str | None,
 def sessions_list(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.user is not None:
-        sessions = client.sessions.list_for_user(args.user, limit=args.limit).items
+        sessions = client.sessions.list_for_user(args.user, limit=args.limit, load_metadata=False).items
         if args.status:
             sessions = [s for s in sessions if s.status.value == args.status]
     elif args.status in ("ACTIVE", "FAILED") and args.day is None:

@@ -12,13 +12,17 @@ Condition failures surface as `ConditionFailed` / `TransactionCancelled` carryin
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import json
 import math
 import random
 import threading
 import time
+import zlib
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Context, Decimal, Inexact, Rounded
 from typing import TYPE_CHECKING, Any, Literal
@@ -227,6 +231,38 @@ def _boto_session(config: StateConfig) -> boto3.session.Session:
         ) from None
 
 
+#: The payload objects the current call created (None outside a payload scope).
+_CREATED_OBJECTS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "tdev_created_objects", default=None
+)
+#: PutObject with If-None-Match: the object exists (412), or another upload of it is in flight (409).
+_ALREADY_THERE = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})
+
+
+def _searchable(value: Any) -> str:  # noqa: PLR0911 - one return per stored form
+    """An attribute's text, to look for object references in: JSON text as is, compressed text
+    decompressed, maps and lists as JSON (an offloaded field's `{"s3": {"key": …}}`). A sealed inline
+    value holds a payload, never a reference: sealed payloads are not chunked, and a sealed offloaded
+    payload is referred to by an unsealed map."""
+    if isinstance(value, Binary):
+        value = value.__bytes__()
+    if isinstance(value, bytes | bytearray):
+        body = bytes(value)
+        if body.startswith(b"\x01"):
+            try:
+                return zlib.decompress(body[1:]).decode("utf-8", "replace")
+            except zlib.error:
+                return ""
+        if body.startswith(b"\x00"):
+            return body[1:].decode("utf-8", "replace")
+        return ""  # sealed (see above)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    return ""
+
+
 class DynamoLayer:
     """DynamoDB and payload-S3 access for one environment. Create one per process and share it.
 
@@ -269,6 +305,8 @@ class DynamoLayer:
         self._probe_client: DynamoDBClient | None = None
         #: Usage events of this client's stores (a no-op until a sink, the metrics collector, attaches).
         self.usage = UsageEmitter()
+        #: Payload objects deleted because the call that created them was refused (payload_scope).
+        self.discarded_objects = 0
         if self.s3 is None and config.payload_bucket:
             self.s3 = boto_session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
 
@@ -584,14 +622,66 @@ class DynamoLayer:
     # --- payload objects ------------------------------------------------------------------------------
 
     def put_object(self, key: str, body: bytes, *, metadata: Mapping[str, str]) -> None:
-        """Write a payload object to the configured bucket (content-addressed keys make retries harmless)."""
+        """Write a payload object to the configured bucket (content-addressed keys make retries harmless).
+
+        `If-None-Match: *`: an object that exists already (same key, so the same bytes) is left alone, and
+        an object this call did create is recorded in the call's payload scope, so a refused call can take
+        back exactly what it wrote (see `payload_scope`)."""
         s3, bucket = self._require_bucket()
-        self._s3_call(
-            "PutObject",
-            f"s3://{bucket}/{key}",
-            lambda: s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=dict(metadata)),
-        )
+
+        def put() -> bool:
+            try:
+                s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=dict(metadata), IfNoneMatch="*")
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in _ALREADY_THERE:
+                    return False
+                raise
+            return True
+
+        created = self._s3_call("PutObject", f"s3://{bucket}/{key}", put)
         self.meter.count_s3("put", len(body))
+        scope = _CREATED_OBJECTS.get()
+        if created and scope is not None:
+            scope.append(key)
+
+    @contextlib.contextmanager
+    def payload_scope(self, run_items: Callable[[], list[Item]]) -> Iterator[None]:
+        """One public call's payload objects: if the call raises a StateError (refused, or failed) after it
+        created objects, they are deleted — unless an item of the run refers to them by now, which only a
+        concurrent writer of the same content can have done (`run_items()` reads the run's items, consistent).
+
+        Why: the objects are written before the item that refers to them (it must never refer to a missing
+        one), so a refusal at DynamoDB would otherwise leave them behind. Content-addressed chunks may be
+        shared, which is why only objects this very call created are candidates. A cleanup that fails is
+        logged; the bucket's lifecycle removes what is left."""
+        created: list[str] = []
+        token = _CREATED_OBJECTS.set(created)
+        try:
+            yield
+        except StateError:
+            if created:
+                self._discard_unreferenced(created, run_items)
+            raise
+        finally:
+            _CREATED_OBJECTS.reset(token)
+
+    def _discard_unreferenced(self, created: list[str], run_items: Callable[[], list[Item]]) -> None:
+        try:
+            refs = "\n".join(_searchable(value) for item in run_items() for value in item.values())
+            s3, bucket = self._require_bucket()
+            for key in created:
+                name = key.rsplit("/", 1)[-1].removesuffix(".json.z").rsplit("-", 1)[-1]
+                if name in refs:
+                    continue  # a concurrent writer's item refers to it: it stays
+                self._s3_call(
+                    "DeleteObject",
+                    f"s3://{bucket}/{key}",
+                    lambda k=key: s3.delete_object(Bucket=bucket, Key=k),
+                )
+                self.stored_objects.discard(key)
+                self.discarded_objects += 1
+        except StateError as exc:  # never hides the refusal itself
+            log.warning("payload.orphans_left", objects=len(created), error=str(exc))
 
     def get_object(self, bucket: str, key: str) -> bytes:
         """Read a payload object."""
