@@ -81,9 +81,17 @@ diff deploy destroy: setup ## cdktf diff/deploy/destroy of ENV=local|dev|prod (T
 bootstrap: setup ## Create ENV's Terraform state bucket once (versioned, encrypted, TLS-only, private); dev|prod
 	@$(RUN) python -m tdev_infra.preflight $(ENV) --bootstrap
 
+.PHONY: image
+image: setup ## Build the recovery worker's image and push it to ENV's ECR repository (Docker or Podman)
+	@$(RUN) python -m tdev_infra.image $(ENV)
+
 .PHONY: output
 output: setup ## Write the clients' env file (infra/ENV.env) from the deployed stack's outputs
 	@$(RUN) python -m tdev_infra.output $(ENV)
+
+.PHONY: cdktn-migrate
+cdktn-migrate: ## Move infra from CDKTF (archived) to CDK Terrain: packages, imports, CLI, tests (see the script)
+	@bash infra/migrate-to-cdktn.sh
 
 .PHONY: checkov
 checkov: setup ## Synthesize and scan every stack with checkov (what the infra tests run)

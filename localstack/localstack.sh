@@ -209,7 +209,14 @@ case "${1:-}" in
   down) down ;;
   logs) logs ;;
   status) status ;;
-  install) install_host ;;
+  install)
+    # Where Docker answers, `up` uses it: the host-mode runtime (Python 3.12, Java, npm) is not needed.
+    if [ "${LOCALSTACK_MODE:-auto}" != "host" ] && docker_engine; then
+      log "a Docker engine answers: LocalStack runs in Docker, no host-mode runtime to install"
+    else
+      install_host
+    fi
+    ;;
   endpoint) echo "$endpoint" ;;
   *) echo "usage: $0 {up|down|logs|status|install|endpoint}" >&2; exit 2 ;;
 esac

@@ -6,7 +6,9 @@
   assuming `TDEV_<ENV>_ROLE_ARN`, if set) belong to another account — a dev deploy with prod credentials
   in the shell must never start;
 - the Terraform state bucket does not exist — Terraform would otherwise fall over mid-init, or a
-  misconfigured bucket name would silently start a fresh, empty state.
+  misconfigured bucket name would silently start a fresh, empty state;
+- the worker service's network and resumer settings are missing (`TDEV_<ENV>_SUBNETS`,
+  `TDEV_<ENV>_SECURITY_GROUPS`, `TDEV_<ENV>_RESUMER_URL`).
 
 `--bootstrap` (`make bootstrap ENV=dev`) creates the state bucket once, with plain AWS calls: versioned,
 encrypted, TLS-only, public access blocked. It is idempotent. Exit codes: 0 ok, 2 something to fix first.
@@ -47,8 +49,8 @@ def session_for(settings: EnvironmentSettings) -> boto3.session.Session:
     )
 
 
-def check(settings: EnvironmentSettings, backend: BackendSettings, session: boto3.session.Session) -> str:
-    """Raise PreflightError unless the account and the state bucket are right; the bucket's name."""
+def verify_account(settings: EnvironmentSettings, session: boto3.session.Session) -> None:
+    """Raise PreflightError unless the environment's account is configured and the credentials are its."""
     env = settings.env
     if not settings.account_id:
         raise PreflightError(
@@ -62,6 +64,13 @@ def check(settings: EnvironmentSettings, backend: BackendSettings, session: boto
             f"account {actual}: switch profile (AWS_PROFILE) or role (TDEV_{env.upper()}_ROLE_ARN); "
             "nothing was changed"
         )
+
+
+def check(settings: EnvironmentSettings, backend: BackendSettings, session: boto3.session.Session) -> str:
+    """Raise PreflightError unless the account, the state bucket and the worker's settings are right;
+    the bucket's name."""
+    env = settings.env
+    verify_account(settings, session)
     bucket = backend.bucket_for(settings)
     assert bucket is not None  # dev and prod always have one
     try:
@@ -75,6 +84,20 @@ def check(settings: EnvironmentSettings, backend: BackendSettings, session: boto
                 "nothing was changed"
             ) from None
         raise PreflightError(f"cannot read the Terraform state bucket {bucket}: {code or exc}") from None
+    missing = [
+        f"TDEV_{env.upper()}_{name}"
+        for name, value in (
+            ("SUBNETS", settings.worker_subnets),
+            ("SECURITY_GROUPS", settings.worker_security_groups),
+            ("RESUMER_URL", settings.resumer_url),
+        )
+        if not value
+    ]
+    if settings.worker_replicas and missing:
+        raise PreflightError(
+            f"the recovery worker's service needs {', '.join(missing)}: the subnets and security groups "
+            "(egress only) its tasks run in, and the pipeline's resume endpoint; nothing was changed"
+        )
     return bucket
 
 
@@ -128,7 +151,7 @@ def bootstrap(settings: EnvironmentSettings, backend: BackendSettings, session: 
     return bucket
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit per outcome
     parser = argparse.ArgumentParser(
         prog="python -m tdev_infra.preflight", description=__doc__.split("\n")[0]
     )
@@ -143,12 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         session = session_for(settings)
         if args.bootstrap:
-            if not settings.account_id:
-                check(settings, backend, session)  # raises: the account must be known first
+            verify_account(settings, session)  # never create a bucket in the wrong account
             bucket = bootstrap(settings, backend, session)
             print(
                 f"state bucket {bucket} is ready (versioned, encrypted, TLS-only, private)", file=sys.stderr
             )
+            return 0
         bucket = check(settings, backend, session)
     except PreflightError as exc:
         print(f"make: stopped before Terraform: {exc}", file=sys.stderr)

@@ -53,6 +53,15 @@ class EnvironmentSettings:
     account_id: str | None = None
     #: A role Terraform assumes to deploy this environment (TDEV_<ENV>_ROLE_ARN), if any.
     deploy_role_arn: str | None = None
+    #: The recovery worker's Fargate service (not on LocalStack): replicas, and where the tasks run —
+    #: existing subnets and security groups (egress only), given per environment, never a new VPC.
+    worker_replicas: int = 0
+    worker_subnets: tuple[str, ...] = ()
+    worker_security_groups: tuple[str, ...] = ()
+    #: The pipeline's resume endpoint the worker hands runs to (TDEV_<ENV>_RESUMER_URL).
+    resumer_url: str | None = None
+    #: The worker image tag `make image` pushed (TDEV_WORKER_IMAGE_TAG).
+    worker_image_tag: str = "latest"
 
     @property
     def stack_name(self) -> str:
@@ -79,6 +88,7 @@ ENVIRONMENTS: dict[str, EnvironmentSettings] = {
         deletion_protection=False,
         table_encryption="aws-managed",
         alarms=True,
+        worker_replicas=1,
     ),
     "prod": EnvironmentSettings(
         env="prod",
@@ -88,6 +98,7 @@ ENVIRONMENTS: dict[str, EnvironmentSettings] = {
         alarms=True,
         retention_days=90,
         backlog_missing_data="breaching",
+        worker_replicas=2,
     ),
 }
 
@@ -157,7 +168,18 @@ def from_environment(
             mine["deploy_role_arn"] = role
         if env.get(prefix + "REGION"):
             mine["region"] = env[prefix + "REGION"]
-        settings.append(replace(base, **mine))  # type: ignore[arg-type]
+        worker: dict[str, object] = {}
+        for name, field_name in (
+            ("SUBNETS", "worker_subnets"),
+            ("SECURITY_GROUPS", "worker_security_groups"),
+        ):
+            if env.get(prefix + name):
+                worker[field_name] = tuple(x.strip() for x in env[prefix + name].split(",") if x.strip())
+        if env.get(prefix + "RESUMER_URL"):
+            worker["resumer_url"] = env[prefix + "RESUMER_URL"]
+        if env.get("TDEV_WORKER_IMAGE_TAG"):
+            worker["worker_image_tag"] = env["TDEV_WORKER_IMAGE_TAG"]
+        settings.append(replace(base, **mine, **worker))  # type: ignore[arg-type]
     backend = BackendSettings(
         bucket=env.get("TDEV_TF_STATE_BUCKET") or None,
         region=env.get("TDEV_TF_STATE_REGION") or None,

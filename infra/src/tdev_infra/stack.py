@@ -14,6 +14,7 @@ from typing import Any
 from tdev_infra import _cdktf as tf
 from tdev_infra.policies import COMPONENTS, ResourceArns, construct_id, policy_document
 from tdev_infra.settings import RECOVERY_NAMESPACE, BackendSettings, EnvironmentSettings
+from tdev_infra.worker_service import add_worker_service
 from tdev_state.access import ComponentAccess
 from tdev_state.config import PAYLOAD_PREFIX, payload_expiry_days
 from tdev_state.schema import ALL_TABLES, TableSpec
@@ -47,6 +48,8 @@ class StateStack(tf.TerraformStack):
         self.bucket = self._payload_bucket()
         self.topic = self._alarms() if settings.alarms else None
         self.policies = {c.component: self._policy(c) for c in COMPONENTS}
+        # The worker runs where `make deploy` puts it (not on LocalStack, whose ECS is a Pro feature).
+        self.worker = None if settings.localstack else add_worker_service(self)
         self._outputs()
         for resource, reasons in self._skips.items():
             # Terraform ignores "//" keys; checkov's JSON runner reads no inline skips, so the infra tests
@@ -110,7 +113,7 @@ class StateStack(tf.TerraformStack):
         else:
             tf.LocalBackend(self, path=f"terraform.{self.settings.stack_name}.tfstate")
 
-    def _skip(self, resource: Any, check: str, reason: str) -> None:
+    def skip(self, resource: Any, check: str, reason: str) -> None:
         """Record a deliberate checkov skip, with why, on the resource it is about."""
         self._skips.setdefault(resource, []).append(f"{check}: {reason}")
 
@@ -219,9 +222,9 @@ class StateStack(tf.TerraformStack):
             **capacity,
         )
         if s.table_encryption == "aws-owned":
-            self._skip(table, "CKV_AWS_119", "local runs on LocalStack: AWS-owned key, no CMK to manage")
+            self.skip(table, "CKV_AWS_119", "local runs on LocalStack: AWS-owned key, no CMK to manage")
         elif s.table_encryption == "aws-managed":
-            self._skip(table, "CKV_AWS_119", "dev uses the AWS-managed key by plan; prod uses the CMK")
+            self.skip(table, "CKV_AWS_119", "dev uses the AWS-managed key by plan; prod uses the CMK")
         if s.provisioned:
             self._autoscaling(
                 spec, table, [g["IndexName"] for g in request.get("GlobalSecondaryIndexes", [])]
@@ -274,11 +277,9 @@ class StateStack(tf.TerraformStack):
             bucket=f"{s.stack_name}-payloads-{self.caller.account_id}",
             force_destroy=s.env != "prod",
         )
-        self._skip(
-            bucket, "CKV_AWS_18", "payload reads/writes are already traced per run in the state tables"
-        )
-        self._skip(bucket, "CKV_AWS_144", "payloads expire after the retention period; a run is re-runnable")
-        self._skip(bucket, "CKV2_AWS_62", "nothing consumes payload events; objects are read by key only")
+        self.skip(bucket, "CKV_AWS_18", "payload reads/writes are already traced per run in the state tables")
+        self.skip(bucket, "CKV_AWS_144", "payloads expire after the retention period; a run is re-runnable")
+        self.skip(bucket, "CKV2_AWS_62", "nothing consumes payload events; objects are read by key only")
         tf.S3BucketOwnershipControls(
             self,
             "payloads_ownership",
@@ -578,6 +579,9 @@ class StateStack(tf.TerraformStack):
         )
         if self.topic is not None:
             tf.TerraformOutput(self, "alarm_topic_arn", value=self.topic.arn)
+        if self.worker is not None:
+            tf.TerraformOutput(self, "worker_service_name", value=self.worker.name)
+            tf.TerraformOutput(self, "worker_cluster_arn", value=self.worker.cluster)
 
 
 def _key_of(schema: list[dict[str, str]], kind: str) -> str | None:

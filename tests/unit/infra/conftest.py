@@ -55,6 +55,15 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
         "TDEV_DEV_ACCOUNT_ID": DEV_ACCOUNT,
         "TDEV_PROD_ACCOUNT_ID": PROD_ACCOUNT,
         "TDEV_PROD_ROLE_ARN": PROD_ROLE,
+        **{
+            f"TDEV_{env.upper()}_{name}": value.format(env=env)
+            for env in ("dev", "prod")
+            for name, value in (
+                ("SUBNETS", "subnet-{env}1, subnet-{env}2"),
+                ("SECURITY_GROUPS", "sg-{env}"),
+                ("RESUMER_URL", "https://pipeline.{env}.example/resume"),
+            )
+        },
         "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1",
     }
     proc = subprocess.run(
