@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import functools
 import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from tdev_state import _codec, _inputs
 from tdev_state import _validate as check
@@ -38,7 +37,7 @@ from tdev_state._lifecycle import (
 )
 from tdev_state._liveness import LivenessStamps
 from tdev_state._log import get_logger
-from tdev_state._sessions import emit_run_end, run_items
+from tdev_state._sessions import emit_run_end, payload_scoped
 from tdev_state.dynamo import DynamoLayer, Item, TransactAction, TransactionCancelled
 from tdev_state.exceptions import (
     ClaimLostError,
@@ -66,22 +65,6 @@ log = get_logger(__name__)
 _UNSET: Any = object()
 
 
-_Transition = TypeVar("_Transition", bound=Callable[..., AgentTransition])
-
-
-def _payload_scoped(method: _Transition) -> _Transition:
-    """Run a transition in a payload scope: objects it stored are taken back if it is refused."""
-
-    @functools.wraps(method)
-    def scoped(
-        self: ExecutionStore, session_id: str, agent_name: str, *args: Any, **kwargs: Any
-    ) -> AgentTransition:
-        with self._layer.payload_scope(lambda: run_items(self._layer, session_id)):
-            return method(self, session_id, agent_name, *args, **kwargs)
-
-    return cast(_Transition, scoped)
-
-
 class ExecutionStore:
     """Agent items in `t-developer-{env}-agent-executions` (execution_id = the run's session_id)."""
 
@@ -96,7 +79,7 @@ class ExecutionStore:
 
     # --- transitions ----------------------------------------------------------------------------------
 
-    @_payload_scoped
+    @payload_scoped
     def start(
         self,
         session_id: str,
@@ -113,7 +96,7 @@ class ExecutionStore:
         payloads = {"input_data": self._encode_input(input_data, sid, agent)}
         return self._apply("start", sid, agent, sets=sets, payloads=payloads)
 
-    @_payload_scoped
+    @payload_scoped
     def complete(
         self,
         session_id: str,
@@ -136,7 +119,7 @@ class ExecutionStore:
             payloads["input_data"] = self._encode_input(input_data, sid, agent)
         return self._apply("complete", sid, agent, sets=sets, payloads=payloads)
 
-    @_payload_scoped
+    @payload_scoped
     def fail(
         self,
         session_id: str,
@@ -164,7 +147,7 @@ class ExecutionStore:
             payloads["input_data"] = self._encode_input(input_data, sid, agent)
         return self._apply("fail", sid, agent, sets=sets, payloads=payloads, extra=(message,), error=message)
 
-    @_payload_scoped
+    @payload_scoped
     def retry(self, session_id: str, agent_name: str, *, input_data: Any = _UNSET) -> AgentTransition:
         """Run a FAILED agent again: RUNNING, retry_count + 1, the session ACTIVE at this agent again.
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from tdev_state import _codec
 from tdev_state import _validate as check
@@ -89,6 +90,21 @@ def run_items(layer: DynamoLayer, session_id: str) -> list[Item]:
     )  # fmt: skip
     session = layer.get(layer.tables.sessions, {"session_id": session_id})
     return items + ([session] if session is not None else [])
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def payload_scoped(method: _Method) -> _Method:
+    """Run a store method (its first argument the session id) in a payload scope: objects it stored are
+    taken back if it is refused (DynamoLayer.payload_scope; the run's items are the reference check)."""
+
+    @functools.wraps(method)
+    def scoped(self: Any, session_id: str, *args: Any, **kwargs: Any) -> Any:
+        with self._layer.payload_scope(lambda: run_items(self._layer, session_id)):
+            return method(self, session_id, *args, **kwargs)
+
+    return cast(_Method, scoped)
 
 
 def session_context(session_id: str) -> _codec.PayloadContext:
@@ -297,6 +313,7 @@ class SessionStore:
             next_cursor=check.encode_cursor(page.last_key),
         )
 
+    @payload_scoped
     def update(
         self,
         session_id: str,
@@ -316,30 +333,6 @@ class SessionStore:
         finished within the failure budget). With `expected_version`, the write is also conditioned on it
         (ConflictError when another writer got there first).
         """
-        sid = check.identifier("session_id", session_id)
-        with self._layer.payload_scope(lambda: run_items(self._layer, sid)):
-            return self._update(
-                sid,
-                expected_version=expected_version,
-                status=status,
-                current_agent=current_agent,
-                progress=progress,
-                metadata=metadata,
-                error_message=error_message,
-            )
-
-    def _update(
-        self,
-        session_id: str,
-        *,
-        expected_version: int | None = None,
-        status: SessionStatus | str | None = None,
-        current_agent: str | None = None,
-        progress: int | None = None,
-        metadata: Any = _UNSET,
-        error_message: str | None = None,
-    ) -> Session:
-        """update() inside its payload scope."""
         sid = check.identifier("session_id", session_id)
         version = (
             check.whole("expected_version", expected_version, low=1) if expected_version is not None else None
