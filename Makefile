@@ -39,6 +39,7 @@ test-unit: setup ## Unit tests (moto, no network)
 
 .PHONY: test-integration
 test-integration: setup ## Integration tests against LocalStack (started and stopped here) or $$AWS_ENDPOINT_URL
+	@bash scripts/ensure-browser.sh
 	@bash scripts/with-localstack.sh $(RUN) pytest -m integration -q -p no:cacheprovider
 
 .PHONY: test
@@ -101,9 +102,13 @@ checkov: setup ## Synthesize and scan every stack with checkov (what the infra t
 chaos: setup ## The fault tests on LocalStack, reported: lost / double-counted / resumed twice (docs/reliability.md)
 	@bash scripts/with-localstack.sh $(RUN) python -m chaos
 
+.PHONY: console
+console: setup ## The web console on the local LocalStack's tables (ENV=local), with actions: http://127.0.0.1:8080
+	@bash scripts/with-localstack.sh $(RUN) tdev console --env $(ENV) --local --allow-actions $(CONSOLE_ARGS)
+
 .PHONY: demo
 demo: setup ## The whole system on LocalStack with faults on purpose; report in reports/demo/index.html
-	@bash scripts/with-localstack.sh $(RUN) python -m demo $(DEMO_ARGS)
+	@TDEV_KEEP_LOCALSTACK=1 bash scripts/with-localstack.sh $(RUN) python -m demo $(DEMO_ARGS)
 
 .PHONY: clean
 clean: localstack-down ## Stop LocalStack and remove caches (keeps the LocalStack runtime)

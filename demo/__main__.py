@@ -118,8 +118,8 @@ def main() -> int:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
     os.environ.setdefault("TDEV_ENV", "local")
-    bucket = f"t-developer-{os.environ['TDEV_ENV']}-payloads"
-    os.environ.setdefault("TDEV_PAYLOAD_BUCKET", bucket)
+    # The bucket the pipeline processes will use (theirs to name with $TDEV_PAYLOAD_BUCKET): created below.
+    bucket = os.environ.setdefault("TDEV_PAYLOAD_BUCKET", f"t-developer-{os.environ['TDEV_ENV']}-payloads")
     demo_run = datetime.now(UTC).strftime("demo%H%M%S") + uuid.uuid4().hex[:4]
     rng = random.Random(args.seed if args.seed is not None else time.time_ns())
     out = args.out
@@ -300,9 +300,14 @@ def main() -> int:
             console.print(f"  - {failure}", highlight=False, markup=False)
         return 1
     console.print("all invariants hold")
+    env = client.config.env
+    where = "" if env == "local" else f" ENV={env}"
     console.print(
-        "look around (with LocalStack kept up by `make localstack-up`): uv run tdev sessions list --user "
-        "demo-user1 · uv run tdev sessions list --status COMPLETED · uv run tdev-metrics report",
+        f"browse these runs in the web console: make console{where}   (then open http://127.0.0.1:8080/runs)",
+        highlight=False,
+    )
+    console.print(
+        "or in the terminal: uv run tdev sessions list --user demo-user1 · uv run tdev-metrics report",
         highlight=False,
     )
     return 0

@@ -2,6 +2,9 @@
 # Runs a command with a LocalStack endpoint available, and stops LocalStack afterwards if (and only if) this
 # script started it — also when the command fails or is interrupted.
 #
+# TDEV_KEEP_LOCALSTACK=1 leaves a LocalStack this script started running afterwards (make demo, so that
+# make console can show the demo's runs).
+#
 # Against a real AWS account: set TDEV_TARGET=aws (and credentials/region as usual); nothing is started and
 # AWS_ENDPOINT_URL is unset so boto3 talks to AWS.
 set -euo pipefail
@@ -16,6 +19,13 @@ if ! bash "$here/localstack/localstack.sh" status >/dev/null 2>&1; then
   bash "$here/localstack/localstack.sh" up >/dev/null
   started=1
 fi
-stop() { [ "$started" = 1 ] && bash "$here/localstack/localstack.sh" down || true; }
+stop() {
+  [ "$started" = 1 ] || return 0
+  if [ "${TDEV_KEEP_LOCALSTACK:-}" = 1 ]; then  # make demo: its data stays browsable (make console)
+    echo "LocalStack left running with this data at $AWS_ENDPOINT_URL; \`make localstack-down\` stops it"
+    return 0
+  fi
+  bash "$here/localstack/localstack.sh" down || true
+}
 trap stop EXIT INT TERM
 "$@"

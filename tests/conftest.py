@@ -22,6 +22,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say loudly when the console's browser tests were skipped on purpose: a skip is not a pass."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "TDEV_SKIP_BROWSER" in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_sep(
+            "!",
+            f"{len(skipped)} browser tests SKIPPED (TDEV_SKIP_BROWSER=1): "
+            "the console was NOT tested in a browser",
+        )
+
+
 LogEntries = Callable[[], list[dict[str, Any]]]
 
 

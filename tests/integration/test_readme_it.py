@@ -40,6 +40,10 @@ NOT_RUN = {
         "no container engine on the CI machine; the image's HEALTHCHECK command is tested without Docker "
         "(tests/unit/test_recovery_worker.py::test_ops_endpoints)"
     ),
+    "make console": (
+        "runs until stopped; the same console is started as `uv run tdev console ... --port 8090` in this "
+        "README and checked on /healthz and /readyz"
+    ),
     "make localstack-down": (
         "it would stop the LocalStack this suite runs on; `make test` runs the same `localstack.sh down` at "
         "its end (scripts/with-localstack.sh)"
@@ -58,8 +62,10 @@ NOT_RUN = {
     "make destroy ENV=prod CONFIRM_PROD=t-developer-prod": "needs an AWS account",
 }
 
-#: Commands that run until stopped: the worker, seen healthy on its --http-port, then SIGTERMed.
-LONG_RUNNING = re.compile(r"^uv run (tdev-recovery-worker|tdev worker) .*--http-port (\d+)$")
+#: Commands that run until stopped: the worker and the console, seen healthy on their port, then SIGTERMed.
+LONG_RUNNING = re.compile(
+    r"^uv run (tdev-recovery-worker|tdev worker|tdev console) .*--(?:http-)?port (\d+)\b.*$"
+)
 
 
 def readme_commands() -> list[str]:
@@ -160,10 +166,13 @@ def _run_until_healthy(command: str, port: int, env: dict[str, str]) -> None:
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
-        _out, err = process.communicate(timeout=60)
+        out, err = process.communicate(timeout=60)
     assert process.returncode == 0, f"{shlex.quote(command)} exited {process.returncode}: {err[-2000:]}"
     assert "Traceback" not in err
-    assert '"event": "worker.stopped"' in err or "worker.stopped" in err
+    if "console" in command:
+        assert "tdev console for env" in out, out
+    else:
+        assert '"event": "worker.stopped"' in err or "worker.stopped" in err
 
 
 def _status(port: int, path: str) -> int:

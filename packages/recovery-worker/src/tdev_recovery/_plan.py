@@ -7,11 +7,11 @@ from typing import Any
 
 from tdev_recovery.config import WorkerConfig
 from tdev_recovery.exceptions import NotRecoverableError, ResumerConfigError
-from tdev_recovery.resumers import Resumer, load_resumer
+from tdev_recovery.resumers import Resumer, ResumeRequest, load_resumer
 from tdev_recovery.worker import RecoveryWorker
-from tdev_state import SessionStatus, StateClient
+from tdev_state import Claim, SessionStatus, StateClient
+from tdev_state import _validate as check
 from tdev_state._plan import default_client
-from tdev_state.models import RecoveryCandidate
 
 
 async def resume_pipeline(
@@ -33,27 +33,49 @@ async def resume_pipeline(
             raise ResumerConfigError("resume_pipeline needs a resumer: pass resumer= or set TDEV_RESUMER")
         resumer = load_resumer(spec)
     worker = RecoveryWorker(sync, resumer, config)
-    claims = sync.claims
-    session = await worker._io(sync.sessions.get, session_id)
-    if session.status not in (SessionStatus.ACTIVE, SessionStatus.FAILED):
-        raise NotRecoverableError(f"session {session_id!r} is {session.status.value}; nothing to resume")
-    candidate = RecoveryCandidate(
-        session_id=session.session_id,
-        status=session.status,
-        last_updated=session.last_updated,
-        progress=session.progress,
-        current_agent=session.current_agent,
-        version=session.version,
-    )
+    try:
+        claim = await _claim_open_run(worker, sync, session_id, "resume")
+        outcome = await worker.resume_claimed(claim)
+    finally:
+        await worker._drain()
+    return {"session_id": session_id, "outcome": outcome.value, "fencing_token": claim.fencing_token}
+
+
+async def abandon_pipeline(
+    session_id: str,
+    *,
+    reason: str,
+    client: StateClient | None = None,
+    config: WorkerConfig | None = None,
+) -> dict[str, Any]:
+    """Give up on the open run `session_id` now, as an operator: claim it like the worker does (fencing
+    token, lease) and ABANDON it with `reason` under that claim. Raises NotRecoverableError if the run is
+    final already or a live worker holds it. Returns {"session_id", "outcome", "fencing_token"}."""
+    why = check.error_text(reason)  # refused before the claim, which would hold the run for a lease
+    sync = client or (await default_client()).sync
+    worker = RecoveryWorker(sync, _no_resume, config)
+    try:
+        claim = await _claim_open_run(worker, sync, session_id, "abandon")
+        outcome = await worker._abandon(claim, why)
+    finally:
+        await worker._drain()
+    return {"session_id": session_id, "outcome": outcome.value, "fencing_token": claim.fencing_token}
+
+
+async def _no_resume(request: ResumeRequest) -> None:
+    raise NotRecoverableError("an abandon never resumes")  # pragma: no cover - never called
+
+
+async def _claim_open_run(worker: RecoveryWorker, sync: StateClient, session_id: str, what: str) -> Claim:
+    """The operator's claim: the run as it is now (any age), through the sweep's own `claims.claim`."""
+    candidate = await worker._io(sync.sessions.candidate, session_id)
+    if candidate.status not in (SessionStatus.ACTIVE, SessionStatus.FAILED):
+        raise NotRecoverableError(f"session {session_id!r} is {candidate.status.value}; nothing to {what}")
     claim = await worker._io(
-        claims.claim, candidate, worker_id=worker.config.worker_id, lease=worker.config.lease
+        sync.claims.claim, candidate, worker_id=worker.config.worker_id, lease=worker.config.lease
     )
     if claim is None:
         raise NotRecoverableError(
             f"session {session_id!r} is held by another worker or changed meanwhile; try again later"
         )
-    try:
-        outcome = await worker.resume_claimed(claim)
-    finally:
-        await worker._drain()
-    return {"session_id": session_id, "outcome": outcome.value, "fencing_token": claim.fencing_token}
+    return claim

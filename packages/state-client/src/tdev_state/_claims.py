@@ -64,8 +64,15 @@ class ClaimStore:
         expr.require_equal("last_updated", epoch(candidate.last_updated))
         lease_at = expr.n("lease_expires_at")
         expr.require(f"attribute_not_exists({lease_at}) OR {lease_at} < {expr.v(epoch(now))}")
+        # The token the sweep saw, so the history entry below can name the token this claim makes.
+        token = expr.n("fencing_token")
+        seen = candidate.fencing_token
+        expr.require(
+            f"{token} = {expr.v(seen)}" + (f" OR attribute_not_exists({token})" if seen == 0 else "")
+        )
         expr.set_many({"lease_owner": owner, "lease_expires_at": epoch(now + lease)})
         expr.increment("fencing_token").increment("resume_attempts")
+        _log(expr, "claimed", now, seen + 1, owner)
         try:
             item = self._layer.update(
                 self._table, {"session_id": candidate.session_id}, **expr.kwargs(), return_values="ALL_NEW"
@@ -104,6 +111,8 @@ class ClaimStore:
         """Count one more attempt under the same claim, after a failure, with its reason."""
         reason = check.error_text(error)
         expr = self._expr("next_attempt").increment("resume_attempts").set("last_resume_error", reason)
+        now = self._clock()
+        _log(expr, "attempt_failed", now, claim.fencing_token, claim.worker_id, claim.attempt, reason)
         self._fenced(claim, expr)
         return replace(claim, attempt=claim.attempt + 1, last_error=reason)
 
@@ -113,17 +122,21 @@ class ClaimStore:
         `last_updated` and `alive_at` move to now: the hand-over is the run's latest sign of life, so it is
         not taken again unless the pipeline then stays silent for a whole stall threshold (or retry delay).
         """
-        now = epoch(self._clock())
+        moment = self._clock()
+        now = epoch(moment)
         expr = self._expr("hand_over").increment("resume_count")
         expr.set_many({"resume_attempts": 0, "last_resumed_at": now, "last_updated": now, "alive_at": now})
         expr.remove("lease_owner", "lease_expires_at", "last_resume_error")
+        _log(expr, "resumed", moment, claim.fencing_token, claim.worker_id, claim.attempt)
         self._fenced(claim, expr)
         self._emit(claim, "run_resumed")
 
     def release(self, claim: Claim) -> None:
         """Give the run back untouched (shutdown): another worker may take it at once."""
         try:
-            self._fenced(claim, self._expr("release").remove("lease_owner", "lease_expires_at"))
+            expr = self._expr("release").remove("lease_owner", "lease_expires_at")
+            _log(expr, "released", self._clock(), claim.fencing_token, claim.worker_id, claim.attempt)
+            self._fenced(claim, expr)
         except ClaimLostError:
             return  # already someone else's: nothing to give back
 
@@ -141,6 +154,7 @@ class ClaimStore:
             now=moment,
             retention_days=self._layer.config.retention_days,
         )
+        _log(expr, "abandoned", moment, claim.fencing_token, claim.worker_id, claim.attempt, why)
         self._fenced(claim, expr)
         log.warning("run.abandoned", session_id=claim.session_id, reason=why)
         self._emit(claim, "run_abandoned")
@@ -177,3 +191,29 @@ class ClaimStore:
             raise ClaimLostError(
                 f"lost the claim on {claim.session_id} (token {claim.fencing_token}; now {newer})"
             ) from None
+
+
+#: Characters of an error or reason kept in a history entry (the full last error stays in its own field).
+HISTORY_DETAIL_CHARS = 300
+
+
+def _log(  # noqa: PLR0917 - one entry's fields, in the order the history shows them
+    expr: Expr,
+    kind: str,
+    moment: datetime,
+    token: int,
+    worker: str,
+    attempt: int | None = None,
+    detail: str | None = None,
+) -> None:
+    """Append one step to the run's `recovery_log`, in the same conditional write that makes the step.
+
+    Short keys keep each entry near 100 bytes: a run is claimed a handful of times at most (attempts and
+    resumes are capped), so the list stays small, and it adds write units only to recovered runs.
+    """
+    entry: dict[str, object] = {"k": kind, "at": epoch(moment), "t": token, "w": worker}
+    if attempt is not None:
+        entry["n"] = attempt
+    if detail is not None:
+        entry["d"] = detail[:HISTORY_DETAIL_CHARS]
+    expr.append("recovery_log", [entry])

@@ -316,6 +316,25 @@ def _loads(raw: bytes, field: str) -> JSONValue:
         raise PayloadIntegrityError(f"{field}: stored JSON does not parse ({exc})") from None
 
 
+def describe(stored: Any) -> str:
+    """Where and how a stored payload lives, without fetching it (for people reading a run): "none",
+    "inline", "inline, compressed", "inline, sealed", "S3 chunks s3://bucket/prefix" or
+    "S3 s3://bucket/key" (", sealed" when it is)."""
+    if stored is None:
+        return "none"
+    if isinstance(stored, str):
+        return "inline"
+    if isinstance(stored, bytes | bytearray):
+        return "inline, sealed" if bytes(stored).startswith(SEALED_TAG) else "inline, compressed"
+    if isinstance(stored, Mapping) and isinstance(stored.get("chunks"), Mapping):
+        ref = stored["chunks"]
+        return f"S3 chunks s3://{ref.get('bucket')}/{ref.get('prefix')}"
+    if isinstance(stored, Mapping) and isinstance(stored.get("s3"), Mapping):
+        ref = stored["s3"]
+        return f"S3 s3://{ref.get('bucket')}/{ref.get('key')}" + (", sealed" if ref.get("sealed") else "")
+    return f"unreadable ({type(stored).__name__})"
+
+
 def stored_size(stored: Any) -> int:
     """Bytes of JSON a stored payload decodes to, without fetching it (for listings)."""
     if stored is None:

@@ -551,6 +551,8 @@ class ExecutionStore:
             input_bytes=int(item.get("input_bytes", 0)),
             output_bytes=int(item.get("output_bytes", 0)),
             last_error=item.get("last_error"),
+            input_location=_codec.describe(item.get("input_data")),
+            output_location=_codec.describe(item.get("output_data")),
         )
 
 

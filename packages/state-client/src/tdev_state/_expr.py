@@ -63,6 +63,12 @@ class Expr:
         self._sets.append(f"{alias} = if_not_exists({alias}, {self.v(0)}) + {self.v(by)}")
         return self
 
+    def append(self, attribute: str, entries: list[Any]) -> Expr:
+        """SET attribute = (attribute or []) + entries (`list_append`)."""
+        alias = self.n(attribute)
+        self._sets.append(f"{alias} = list_append(if_not_exists({alias}, {self.v([])}), {self.v(entries)})")
+        return self
+
     def remove(self, *attributes: str) -> Expr:
         self._removes += [self.n(a) for a in attributes]
         return self

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-PACKAGES = ("tdev_state", "tdev_recovery", "tdev_metrics")
+PACKAGES = ("tdev_state", "tdev_recovery", "tdev_metrics", "tdev_console")
 
 
 def _to_stdlib(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,8 @@ from tdev_state.models import (
     Page,
     PipelineType,
     RecoveryCandidate,
+    RecoveryEvent,
+    RecoveryHistory,
     Session,
     SessionStatus,
     epoch,
@@ -105,6 +107,24 @@ def payload_scoped(method: _Method) -> _Method:
             return method(self, session_id, *args, **kwargs)
 
     return cast(_Method, scoped)
+
+
+def _candidate(item: Item) -> RecoveryCandidate:
+    return RecoveryCandidate(
+        session_id=item["session_id"],
+        status=SessionStatus(item["status"]),
+        last_updated=from_epoch(item["last_updated"]),
+        progress=int(item["progress"]),
+        current_agent=item.get("current_agent"),
+        version=int(item["version"]),
+        lease_expires_at=from_epoch(item["lease_expires_at"]) if item.get("lease_expires_at") else None,
+        fencing_token=int(item.get("fencing_token", 0)),
+        lease_owner=item.get("lease_owner"),
+        resume_attempts=int(item.get("resume_attempts", 0)),
+        resume_count=int(item.get("resume_count", 0)),
+        project_name=item.get("project_name"),
+        pipeline_type=str(item.get("pipeline_type", PipelineType.SIMPLE.value)),
+    )
 
 
 def session_context(session_id: str) -> _codec.PayloadContext:
@@ -244,13 +264,15 @@ class SessionStore:
                 usage.emit(UsageEvent("user_active", moment, user_id=user))
         return session_from_item(item, self._layer)
 
-    def get(self, session_id: str, *, consistent: bool = True) -> Session:
-        """The session, or SessionNotFoundError."""
+    def get(self, session_id: str, *, consistent: bool = True, strict: bool = True) -> Session:
+        """The session, or SessionNotFoundError. `strict=False` reads a run whose metadata cannot be read
+        (vanished object, no kms:Decrypt) with `metadata` None and the reason in `metadata_error`, as
+        listings do, instead of raising the typed error."""
         sid = check.identifier("session_id", session_id)
         item = self._layer.get(self._table, {"session_id": sid}, consistent=consistent)
         if item is None:
             raise SessionNotFoundError(f"no pipeline session {sid!r} in env {self._layer.config.env!r}")
-        return session_from_item(item, self._layer)
+        return session_from_item(item, self._layer, strict=strict)
 
     def list_for_user(
         self, user_id: str, *, limit: int = 20, cursor: str | None = None, load_metadata: bool = True
@@ -553,22 +575,55 @@ class SessionStore:
         for item in self._layer.batch_get(self._table, keys) if keys else []:
             status = SessionStatus(item["status"])
             if status in cutoffs and item["last_updated"] < cutoffs[status]:
-                found.append(
-                    RecoveryCandidate(
-                        session_id=item["session_id"],
-                        status=status,
-                        last_updated=from_epoch(item["last_updated"]),
-                        progress=int(item["progress"]),
-                        current_agent=item.get("current_agent"),
-                        version=int(item["version"]),
-                        lease_expires_at=(
-                            from_epoch(item["lease_expires_at"]) if item.get("lease_expires_at") else None
-                        ),
-                        fencing_token=int(item.get("fencing_token", 0)),
-                    )
-                )
+                found.append(_candidate(item))
         found.sort(key=lambda c: c.last_updated)
         return found[:size]
+
+    def candidate(self, session_id: str) -> RecoveryCandidate:
+        """The run as a recovery candidate now, whatever its age or status (one consistent read): what an
+        operator's "resume now" or "abandon" claims, through the same `claims.claim` as the sweep."""
+        sid = check.identifier("session_id", session_id)
+        item = self._layer.get(self._table, {"session_id": sid})
+        if item is None:
+            raise SessionNotFoundError(f"no pipeline session {sid!r} in env {self._layer.config.env!r}")
+        return _candidate(item)
+
+    def recovery_history(self, session_id: str) -> RecoveryHistory:
+        """What recovery did to the run: its claim counters and lease now, and each step in order (claimed,
+        attempt failed, resumed, released, abandoned), as the claims recorded them. One consistent read."""
+        sid = check.identifier("session_id", session_id)
+        item = self._layer.get(self._table, {"session_id": sid})
+        if item is None:
+            raise SessionNotFoundError(f"no pipeline session {sid!r} in env {self._layer.config.env!r}")
+
+        def moment(name: str) -> datetime | None:
+            return from_epoch(item[name]) if item.get(name) is not None else None
+
+        events = tuple(
+            RecoveryEvent(
+                kind=str(e.get("k")),
+                at=from_epoch(e.get("at", 0)),
+                fencing_token=int(e.get("t", 0)),
+                worker_id=str(e.get("w", "")),
+                attempt=int(e["n"]) if e.get("n") is not None else None,
+                detail=e.get("d"),
+            )
+            for e in item.get("recovery_log") or ()
+            if isinstance(e, dict)
+        )
+        return RecoveryHistory(
+            session_id=sid,
+            status=SessionStatus(item["status"]),
+            fencing_token=int(item.get("fencing_token", 0)),
+            resume_count=int(item.get("resume_count", 0)),
+            resume_attempts=int(item.get("resume_attempts", 0)),
+            lease_owner=item.get("lease_owner"),
+            lease_expires_at=moment("lease_expires_at"),
+            last_resumed_at=moment("last_resumed_at"),
+            last_resume_error=item.get("last_resume_error"),
+            abandon_reason=item.get("abandon_reason"),
+            events=events,
+        )
 
     def failed_sessions(
         self, *, older_than: timedelta = timedelta(hours=1), limit: int = 100

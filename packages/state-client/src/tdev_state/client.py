@@ -116,6 +116,9 @@ class AsyncSessions(_AsyncStore):
     heartbeat = _off_loop(SessionStore.heartbeat)
     recovery_candidates = _off_loop(SessionStore.recovery_candidates)
     failed_sessions = _off_loop(SessionStore.failed_sessions)
+    list_by_day = _off_loop(SessionStore.list_by_day)
+    candidate = _off_loop(SessionStore.candidate)
+    recovery_history = _off_loop(SessionStore.recovery_history)
 
 
 class AsyncExecutions(_AsyncStore):

@@ -170,6 +170,9 @@ class AgentExecution(_DictMixin):
     output_bytes: int = 0
     #: The error of the attempt before the latest retry (kept when the retry succeeds).
     last_error: str | None = None
+    #: Where each payload is stored ("inline", "inline, compressed", "S3 s3://…", "…, sealed"; "none").
+    input_location: str = "none"
+    output_location: str = "none"
 
     @property
     def duration_seconds(self) -> float | None:
@@ -208,6 +211,49 @@ class RecoveryCandidate(_DictMixin):
     #: Until when a recovery worker holds the run (None: nobody does).
     lease_expires_at: datetime | None = None
     fencing_token: int = 0
+    #: Who holds the lease, resume attempts of the current recovery, resumes accepted so far.
+    lease_owner: str | None = None
+    resume_attempts: int = 0
+    resume_count: int = 0
+    #: What the run is, for people looking at a backlog.
+    project_name: str | None = None
+    pipeline_type: str = "SIMPLE"
+
+
+@dataclass(frozen=True)
+class RecoveryEvent(_DictMixin):
+    """One step of a run's recovery, as the claim that made it recorded it on the session item."""
+
+    #: "claimed", "attempt_failed", "resumed", "released" or "abandoned".
+    kind: str
+    at: datetime
+    fencing_token: int
+    worker_id: str
+    #: The resume attempt this step belongs to (counted across lost claims); None for a claim, which
+    #: learns its attempt number only from the write that makes it.
+    attempt: int | None
+    #: The error of a failed attempt, or an abandon's reason.
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class RecoveryHistory(_DictMixin):
+    """What recovery did to one run: counters and lease as they stand now, and every step in order."""
+
+    session_id: str
+    status: SessionStatus
+    #: Claims ever made on the run (each claim raises it by one).
+    fencing_token: int
+    #: Resumes the pipeline accepted.
+    resume_count: int
+    #: Attempts of the current (or last) recovery, reset when a resume is accepted.
+    resume_attempts: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    last_resumed_at: datetime | None
+    last_resume_error: str | None
+    abandon_reason: str | None
+    events: tuple[RecoveryEvent, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,318 @@
+"""What each page shows, gathered through the public client APIs (never a Scan), as plain view objects.
+
+The templates only format these. Every list comes from an index: runs of a day from `by-day`, a user's runs
+from `by-user`, the backlog from the sparse recovery index; filters the index key cannot express (status,
+pipeline type) are applied after the read, page by page, so one request reads a bounded number of pages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from tdev_state import (
+    AGENTS,
+    AgentExecution,
+    AgentStatus,
+    Page,
+    PipelineType,
+    RecoveryCandidate,
+    RecoveryHistory,
+    Session,
+    SessionStatus,
+    StateClient,
+    ValidationError,
+)
+
+#: Index pages one runs-list request may read to fill a page when filters drop runs (bounded cost).
+MAX_INDEX_PAGES = 5
+
+
+class RunFilter(StrEnum):
+    """The statuses an operator filters by: the stored ones, plus two that are read off a run."""
+
+    ACTIVE = "ACTIVE"
+    STALLED = "STALLED"  # ACTIVE, but silent for longer than the stall threshold
+    FAILED = "FAILED"
+    COMPLETED = "COMPLETED"
+    TOLERATED = "TOLERATED"  # COMPLETED with tolerated agent failures
+    ABANDONED = "ABANDONED"
+
+    @property
+    def label(self) -> str:
+        return {
+            RunFilter.STALLED: "stalled",
+            RunFilter.TOLERATED: "COMPLETED with tolerated failures",
+        }.get(self, self.value)
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run in a list."""
+
+    session: Session
+    state: str  # ACTIVE, stalled, FAILED, COMPLETED, COMPLETED*, ABANDONED: what the badge says
+    tone: str  # the badge's CSS class
+
+    @property
+    def session_id(self) -> str:
+        return self.session.session_id
+
+
+def run_state(session: Session, now: datetime, stall_threshold: timedelta) -> tuple[str, str]:
+    """The badge text and tone of a run: stalled and tolerated failures are read off the run."""
+    status = session.status
+    if status is SessionStatus.ACTIVE and now - session.last_updated > stall_threshold:
+        return "stalled", "warn"
+    if status is SessionStatus.COMPLETED and session.failed_agents:
+        return f"COMPLETED ({len(session.failed_agents)} tolerated)", "ok-warn"
+    return status.value, {
+        SessionStatus.ACTIVE: "info",
+        SessionStatus.COMPLETED: "ok",
+        SessionStatus.FAILED: "bad",
+        SessionStatus.ABANDONED: "muted",
+    }[status]
+
+
+@dataclass(frozen=True)
+class RunsQuery:
+    """The runs list's filters, as read (and checked) from the query string."""
+
+    day: date | None = None
+    status: RunFilter | None = None
+    user: str | None = None
+    pipeline_type: PipelineType | None = None
+    cursor: str | None = None
+
+    @classmethod
+    def parse(cls, params: Any, today: date) -> RunsQuery:
+        """From request query parameters; ValidationError (a 400 page) on a value that is not one."""
+
+        def text(name: str) -> str | None:
+            value = params.get(name)
+            return value.strip() or None if isinstance(value, str) else None
+
+        day_text, status_text, kind_text = text("day"), text("status"), text("type")
+        try:
+            day = date.fromisoformat(day_text) if day_text else None
+        except ValueError:
+            raise ValidationError(f"day {day_text!r:.40} is not a date: use YYYY-MM-DD") from None
+        try:
+            status = RunFilter(status_text) if status_text else None
+        except ValueError:
+            allowed = ", ".join(f.value for f in RunFilter)
+            raise ValidationError(f"status {status_text!r:.40} is not one of {allowed}") from None
+        try:
+            kind = PipelineType(kind_text) if kind_text else None
+        except ValueError:
+            allowed = ", ".join(p.value for p in PipelineType)
+            raise ValidationError(f"pipeline type {kind_text!r:.40} is not one of {allowed}") from None
+        user = text("user")
+        if day is None and user is None:
+            day = today
+        return cls(day=day, status=status, user=user, pipeline_type=kind, cursor=text("cursor"))
+
+    def params(self, **changes: Any) -> dict[str, str]:
+        """The query string of this query with `changes` (None drops a key): links and the next page."""
+        values: dict[str, Any] = {
+            "day": self.day.isoformat() if self.day else None,
+            "status": self.status.value if self.status else None,
+            "user": self.user,
+            "type": self.pipeline_type.value if self.pipeline_type else None,
+            "cursor": self.cursor,
+        }
+        values.update(changes)
+        return {k: str(v) for k, v in values.items() if v is not None}
+
+
+@dataclass
+class RunsPage:
+    """One page of the runs list."""
+
+    rows: list[RunRow]
+    next_cursor: str | None
+    index: str  # which index was read
+    index_pages: int  # how many pages of it this request read
+    read: int  # runs read before the filters
+
+
+def find_runs(
+    client: StateClient,
+    query: RunsQuery,
+    *,
+    limit: int,
+    now: datetime,
+    stall_threshold: timedelta,
+) -> RunsPage:
+    """Newest first, from the by-user index when a user is given, else the by-day index."""
+
+    def fetch(size: int, cursor: str | None) -> Page[Session]:
+        if query.user is not None:
+            return client.sessions.list_for_user(query.user, limit=size, cursor=cursor, load_metadata=False)
+        assert query.day is not None
+        return client.sessions.list_by_day(query.day, limit=size, cursor=cursor, load_metadata=False)
+
+    statuses: dict[RunFilter, Callable[[RunRow], bool]] = {
+        RunFilter.STALLED: lambda r: r.state == "stalled",
+        RunFilter.ACTIVE: lambda r: r.session.status is SessionStatus.ACTIVE and r.state != "stalled",
+        RunFilter.TOLERATED: lambda r: (
+            r.session.status is SessionStatus.COMPLETED and bool(r.session.failed_agents)
+        ),
+        RunFilter.COMPLETED: lambda r: (
+            r.session.status is SessionStatus.COMPLETED and not r.session.failed_agents
+        ),
+        RunFilter.FAILED: lambda r: r.session.status is SessionStatus.FAILED,
+        RunFilter.ABANDONED: lambda r: r.session.status is SessionStatus.ABANDONED,
+    }
+
+    def wanted(row: RunRow) -> bool:
+        s = row.session
+        if query.pipeline_type is not None and s.pipeline_type is not query.pipeline_type:
+            return False
+        if query.user is not None and query.day is not None and s.created_at.date() != query.day:
+            return False
+        return query.status is None or statuses[query.status](row)
+
+    rows: list[RunRow] = []
+    cursor, pages, read = query.cursor, 0, 0
+    while True:
+        # Ask for no more than still fits: every match of this index page is kept, so the cursor after it
+        # never skips a run.
+        page = fetch(limit - len(rows), cursor)
+        pages += 1
+        read += len(page.items)
+        for session in page.items:
+            state, tone = run_state(session, now, stall_threshold)
+            row = RunRow(session, state, tone)
+            if wanted(row):
+                rows.append(row)
+        cursor = page.next_cursor
+        if cursor is None or len(rows) >= limit or pages >= MAX_INDEX_PAGES:
+            break
+    rows.sort(key=lambda r: r.session.created_at, reverse=True)
+    return RunsPage(
+        rows=rows,
+        next_cursor=cursor,
+        index="by-user" if query.user is not None else "by-day",
+        index_pages=pages,
+        read=read,
+    )
+
+
+@dataclass(frozen=True)
+class AgentRow:
+    """One of the nine agents of a run, as the timeline shows it."""
+
+    step: int
+    agent: str
+    execution: AgentExecution | None
+    state: str  # PENDING, RUNNING, COMPLETED, FAILED (retried), FAILED (tolerated), FAILED (final)
+    tone: str
+    #: The bar on the run's time axis, in per cent of its width (None: never started).
+    bar: tuple[float, float] | None
+
+    @property
+    def attempts(self) -> int:
+        return 0 if self.execution is None else self.execution.retry_count + 1
+
+
+@dataclass
+class RunView:
+    """One run: the session, the nine agents, its recovery history, and the metrics around it."""
+
+    session: Session
+    state: str
+    tone: str
+    agents: list[AgentRow]
+    history: RecoveryHistory
+    started: datetime
+    span_seconds: float
+    metrics: list[Any] = field(default_factory=list)
+
+
+def run_view(
+    client: StateClient,
+    session_id: str,
+    *,
+    now: datetime,
+    stall_threshold: timedelta,
+    metrics: Callable[[Session], list[Any]] | None = None,
+) -> RunView:
+    """Three reads: the session (GetItem), its agents (one Query, payloads left in place) and the claim
+    history (GetItem); SessionNotFoundError (a 404 page) when there is no such run."""
+    session = client.sessions.get(session_id, strict=False)
+    executions = {e.agent_name: e for e in client.executions.list(session.session_id, load_payloads=False)}
+    history = client.sessions.recovery_history(session.session_id)
+    started = session.created_at
+    ends = [e.end_time or e.start_time for e in executions.values() if e.start_time]
+    last = max([session.last_updated, *[t for t in ends if t]])
+    span = max((last - started).total_seconds(), 1e-6)
+    tolerated = set(session.failed_agents)
+    rows = []
+    for step, agent in enumerate(AGENTS, start=1):
+        execution = executions.get(agent)
+        if execution is None:
+            rows.append(AgentRow(step, agent, None, "PENDING", "muted", None))
+            continue
+        status = execution.status
+        if status is AgentStatus.FAILED:
+            final = agent in tolerated or session.status is not SessionStatus.ACTIVE
+            kind = "tolerated" if agent in tolerated else ("final" if final else "retryable")
+            state, tone = f"FAILED ({kind})", "warn" if agent in tolerated else "bad"
+        else:
+            state = status.value
+            tone = {"COMPLETED": "ok", "RUNNING": "info"}.get(status.value, "muted")
+        bar = None
+        if execution.start_time is not None:
+            begin = (execution.start_time - started).total_seconds() / span * 100
+            end = ((execution.end_time or now) - started).total_seconds() / span * 100
+            begin = min(max(begin, 0.0), 100.0)
+            bar = (begin, max(min(end, 100.0) - begin, 0.4))
+        rows.append(AgentRow(step, agent, execution, state, tone, bar))
+    state, tone = run_state(session, now, stall_threshold)
+    return RunView(
+        session=session,
+        state=state,
+        tone=tone,
+        agents=rows,
+        history=history,
+        started=started,
+        span_seconds=span,
+        metrics=metrics(session) if metrics else [],
+    )
+
+
+@dataclass(frozen=True)
+class BacklogRow:
+    """A run recovery would take: FAILED, or ACTIVE and silent past the stall threshold."""
+
+    run: RecoveryCandidate
+    kind: str  # "FAILED" or "stalled"
+    idle: timedelta
+    leased_by: str | None  # a live lease's owner: actions would be refused until it expires
+
+
+def backlog(
+    client: StateClient, *, now: datetime, stall_threshold: timedelta, limit: int
+) -> list[BacklogRow]:
+    """Every FAILED run and every stalled one, oldest first, from the sparse recovery index and one
+    BatchGetItem (no age floor for FAILED runs: an operator sees them before the worker's retry delay)."""
+    candidates = client.sessions.recovery_candidates(
+        failed_idle=timedelta(0), stalled_idle=stall_threshold, limit=limit, now=now
+    )
+    return [
+        BacklogRow(
+            run=c,
+            kind="FAILED" if c.status is SessionStatus.FAILED else "stalled",
+            idle=now - c.last_updated,
+            leased_by=c.lease_owner if c.lease_expires_at and c.lease_expires_at > now else None,
+        )
+        for c in candidates
+    ]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
