@@ -114,6 +114,10 @@ def test_missing_run_bad_filter_and_unknown_path_are_pages_not_tracebacks(
     assert web.get("/usage?days=0").status_code == 400
     assert web.get(f"/runs/{'x' * 300}").status_code == 400  # an id no run can have: the client says why
     assert web.get("/runs/abc/payload/nothing").status_code == 400
+    assert web.get("/runs?run=a/b").status_code == 400  # the search box: not a path, a page that says why
+    assert web.get("/runs?cursor=garbage").status_code == 400
+    assert web.get("/runs?user=%00").status_code == 400
+    assert web.get("/metrics?metric=a%23b").status_code == 400
 
 
 def test_every_stored_string_is_escaped(client: StateClient, clock: FakeClock) -> None:

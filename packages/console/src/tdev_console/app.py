@@ -200,6 +200,8 @@ def create_app(client: StateClient, settings: ConsoleSettings | None = None) -> 
     def runs(request: Request) -> Response:
         wanted = (request.query_params.get("run") or "").strip()
         if wanted:
+            if "/" in wanted:  # no run id has one, and it cannot be a path segment
+                raise ValidationError(f"run id {wanted!r:.80} cannot contain '/': paste the id alone")
             return RedirectResponse(request.url_for("run", session_id=wanted), status_code=303)
         return page(request, "runs.html", **runs_context(request))
 
