@@ -19,11 +19,6 @@ from tdev_state import AGENTS
 _DRAWING = threading.Lock()
 
 
-def hourly(reader: MetricsReader, metric: str, day: date) -> list[Summary]:
-    """Per (hour, agent) summaries of `metric` on `day`, variants merged in the reader's grouping."""
-    return reader.hourly(metric, start=day)
-
-
 def daily_by_agent(reader: MetricsReader, metric: str, day: date) -> list[Summary]:
     """One summary per (agent, variant) over the day, in pipeline order."""
     order = {a: i for i, a in enumerate(AGENTS)}

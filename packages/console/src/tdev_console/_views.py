@@ -8,8 +8,8 @@ pipeline type) are applied after the read, page by page, so one request reads a 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -56,10 +56,6 @@ class RunRow:
     session: Session
     state: str  # ACTIVE, stalled, FAILED, COMPLETED, COMPLETED*, ABANDONED: what the badge says
     tone: str  # the badge's CSS class
-
-    @property
-    def session_id(self) -> str:
-        return self.session.session_id
 
 
 def run_state(session: Session, now: datetime, stall_threshold: timedelta) -> tuple[str, str]:
@@ -221,7 +217,7 @@ class AgentRow:
 
 @dataclass
 class RunView:
-    """One run: the session, the nine agents, its recovery history, and the metrics around it."""
+    """One run: the session, the nine agents and its recovery history."""
 
     session: Session
     state: str
@@ -230,7 +226,6 @@ class RunView:
     history: RecoveryHistory
     started: datetime
     span_seconds: float
-    metrics: list[Any] = field(default_factory=list)
 
 
 def run_view(
@@ -239,7 +234,6 @@ def run_view(
     *,
     now: datetime,
     stall_threshold: timedelta,
-    metrics: Callable[[Session], list[Any]] | None = None,
 ) -> RunView:
     """Three reads: the session (GetItem), its agents (one Query, payloads left in place) and the claim
     history (GetItem); SessionNotFoundError (a 404 page) when there is no such run."""
@@ -281,7 +275,6 @@ def run_view(
         history=history,
         started=started,
         span_seconds=span,
-        metrics=metrics(session) if metrics else [],
     )
 
 
@@ -312,7 +305,3 @@ def backlog(
         )
         for c in candidates
     ]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

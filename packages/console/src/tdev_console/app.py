@@ -354,7 +354,7 @@ def create_app(client: StateClient, settings: ConsoleSettings | None = None) -> 
 
     def metrics_chart(request: Request) -> Response:
         metric, day = _metric_and_day(request, config.clock().date())
-        svg = _charts.metrics_svg(_charts.hourly(metrics_reader, metric, day), metric, day)
+        svg = _charts.metrics_svg(metrics_reader.hourly(metric, start=day), metric, day)
         return Response(svg, media_type="image/svg+xml")
 
     def usage_range(request: Request) -> tuple[date, date]:
