@@ -17,38 +17,13 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from tdev_recovery.exceptions import ResumerConfigError, ResumeRejected
+from tdev_state.resume import CompletedAgent, ResumeRequest
 
-Resumer = Callable[["ResumeRequest"], Awaitable[None]]
+Resumer = Callable[[ResumeRequest], Awaitable[None]]
 
-
-@dataclass(frozen=True)
-class CompletedAgent:
-    """An agent that finished before the run stopped, with its output: never run again."""
-
-    agent_name: str
-    output_data: Any
-
-
-@dataclass(frozen=True)
-class ResumeRequest:
-    """What the pipeline needs to continue a run from its first unfinished agent."""
-
-    session_id: str
-    next_agent: str
-    fencing_token: int
-    attempt: int
-    #: The status the run had when it was claimed (FAILED, or ACTIVE for a stalled run).
-    reason: str
-    completed: list[CompletedAgent] = field(default_factory=list)
-    #: Agents that failed for good and were tolerated by the run policy: never rerun either.
-    tolerated_failures: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["CompletedAgent", "HttpResumer", "ResumeRequest", "Resumer", "load_resumer"]
 
 
 class HttpResumer:

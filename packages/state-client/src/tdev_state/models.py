@@ -196,6 +196,8 @@ class AgentTransition(_DictMixin):
     duplicate: bool = False
     #: True when the run went on past this agent's failure (a non-critical agent under the run policy).
     tolerated: bool = False
+    #: What could not be stored exactly (lossy mode): one line per value stored in its marked lossy form.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
