@@ -99,6 +99,20 @@ class _DictMixin:
         return {k: _plain(v) for k, v in asdict(self).items()}  # type: ignore[call-overload]
 
 
+#: T-Developer's per-agent (timeout s, attempts) from `ProductionECSPipeline` (retries + 1 attempts).
+TDEVELOPER_AGENT_LIMITS: tuple[tuple[str, float, int], ...] = (
+    ("nl_input", 30.0, 3),
+    ("ui_selection", 20.0, 3),
+    ("parser", 45.0, 2),
+    ("component_decision", 60.0, 2),
+    ("match_rate", 30.0, 3),
+    ("search", 90.0, 3),
+    ("generation", 300.0, 2),
+    ("assembly", 180.0, 2),
+    ("download", 60.0, 2),
+)
+
+
 @dataclass(frozen=True)
 class RunPolicy:
     """When a run goes on after an agent fails for good, and when a finished run counts as successful.
@@ -112,6 +126,28 @@ class RunPolicy:
     critical_agents: frozenset[str] = frozenset({"generation", "assembly"})
     min_succeeded: int = 7
     max_failures: int = 3
+    #: Per agent: (timeout of one attempt in seconds, attempts in all = in-process retries + 1). The default
+    #: is T-Developer's `ProductionECSPipeline` profile; an agent not listed gets `default_limits`.
+    agent_limits: tuple[tuple[str, float, int], ...] = TDEVELOPER_AGENT_LIMITS
+    default_limits: tuple[float, int] = (300.0, 1)
+    #: Added to an agent's timeout * attempts before a RUNNING agent that never heartbeats is stalled.
+    deadline_grace_seconds: float = 60.0
+
+    def limits(self, agent: str) -> tuple[float, int]:
+        """(timeout of one attempt in seconds, attempts in all) for `agent`."""
+        for name, timeout, attempts in self.agent_limits:
+            if name == agent:
+                return timeout, attempts
+        return self.default_limits
+
+    def attempts(self, agent: str) -> int:
+        """How many attempts the pipeline makes at `agent` in process (retries + 1)."""
+        return self.limits(agent)[1]
+
+    def deadline_seconds(self, agent: str) -> float:
+        """How long `agent` may legally stay RUNNING without a heartbeat: timeout * attempts + grace."""
+        timeout, attempts = self.limits(agent)
+        return timeout * attempts + self.deadline_grace_seconds
 
     @property
     def tolerated_failures(self) -> int:
