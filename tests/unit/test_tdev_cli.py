@@ -74,7 +74,7 @@ def test_stored_markup_is_printed_as_written(
     client.executions.fail(
         sid, "nl_input", error_message="cannot write [/srv/build] <script>alert(1)</script>"
     )
-    client.projects.save(user_id="hostile", project_id="p[/]", project_name="[red]shop[/red] [/]")
+    client.projects.save(user_id="hostile", project_id="p[bold]", project_name="[red]shop[/red] [/]")
     assert tdev(["sessions", "show", sid]) == 0
     out = capsys.readouterr().out
     assert "shop [/] v2 [bold]x" in out

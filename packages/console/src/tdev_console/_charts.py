@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import threading
+from contextlib import AbstractContextManager
 from datetime import date
 from typing import Any
 
@@ -51,7 +52,7 @@ def metrics_svg(summaries: list[Summary], metric: str, day: date) -> bytes:
     for s in summaries:
         if s.hour is not None:
             per_agent.setdefault(s.agent, {}).setdefault(s.hour, []).append(s)
-    with _DRAWING:
+    with _DRAWING, _plain_text():
         fig = Figure(figsize=(11, 6.5))
         times, errors = fig.subplots(2, 1, sharex=True)
         fig.suptitle(f"{metric} on {day.isoformat()} (UTC), per agent and hour")
@@ -87,9 +88,17 @@ def metrics_svg(summaries: list[Summary], metric: str, day: date) -> bytes:
 def usage_png(report: dict[str, Any]) -> bytes:
     """tdev_metrics' usage figure (funnel, runs per day by outcome, durations, tech stacks) as PNG."""
     out = io.BytesIO()
-    with _DRAWING:
+    with _DRAWING, _plain_text():
         render_png(report, out)
     return out.getvalue()
+
+
+def _plain_text() -> AbstractContextManager[None]:
+    """Stored names (metrics, agents, variants, tech stacks) drawn as written: a `$…$` in one is text, not
+    mathtext to parse (which fails, or draws something else)."""
+    import matplotlib
+
+    return matplotlib.rc_context({"text.parse_math": False})
 
 
 def _merged(rows: list[Summary]) -> dict[str, float | None]:

@@ -19,6 +19,7 @@ import hmac
 import json
 import math
 import os
+import re
 import secrets
 import socket
 import time
@@ -42,6 +43,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tdev_console import _charts, _views
+from tdev_console._http import LOOPBACK_NAMES, AllowedHosts, HostCheck, RawPath
 from tdev_metrics import MetricsReader
 from tdev_metrics.usage import UsageReader
 from tdev_recovery._plan import abandon_pipeline, resume_pipeline
@@ -92,12 +94,18 @@ class ConsoleSettings:
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     #: The claim owner the actions write (the run's recovery history shows it).
     worker_id: str = field(default_factory=lambda: f"console-{socket.gethostname()}-{os.getpid()}")
+    #: The Host header values served (`name` for any port, or `name:port`); anything else is refused
+    #: before any handler runs (DNS rebinding). The CLI narrows this to the bound port and adds
+    #: --allowed-host names.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES
     #: Clock (tests move it).
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
         if self.allow_actions and not self.token:
             raise ValidationError("allow_actions needs a token: the per-start secret a browser presents")
+        if not self.allowed_hosts:
+            raise ValidationError("allowed_hosts must be a non-empty tuple of host names (or name:port)")
         if not 1 <= self.page_size <= 100:
             raise ValidationError(f"page_size {self.page_size} must be 1..100 (one BatchGetItem per page)")
 
@@ -199,9 +207,7 @@ def create_app(client: StateClient, settings: ConsoleSettings | None = None) -> 
 
     def runs(request: Request) -> Response:
         wanted = (request.query_params.get("run") or "").strip()
-        if wanted:
-            if "/" in wanted:  # no run id has one, and it cannot be a path segment
-                raise ValidationError(f"run id {wanted!r:.80} cannot contain '/': paste the id alone")
+        if wanted:  # the link encodes any id as one path segment; the run page says if there is none
             return RedirectResponse(request.url_for("run", session_id=wanted), status_code=303)
         return page(request, "runs.html", **runs_context(request))
 
@@ -358,9 +364,10 @@ def create_app(client: StateClient, settings: ConsoleSettings | None = None) -> 
         return Response(svg, media_type="image/svg+xml")
 
     def usage_range(request: Request) -> tuple[date, date]:
-        text = request.query_params.get("days", "7")
-        if not text.isdigit() or not 1 <= int(text) <= 366:
-            raise ValidationError(f"days {text!r:.20} must be a whole number from 1 to 366")
+        text = request.query_params.get("days", "7").strip()
+        # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+        if not re.fullmatch(r"[0-9]{1,3}", text) or not 1 <= int(text) <= 366:
+            raise ValidationError(f"days {text!r:.20} must be a whole number from 1 to 366, e.g. days=7")
         end = config.clock().date()
         return end - timedelta(days=int(text) - 1), end
 
@@ -413,14 +420,14 @@ def create_app(client: StateClient, settings: ConsoleSettings | None = None) -> 
         Route("/readyz", readyz),
         Route("/runs", runs, name="runs"),
         Route("/fragments/runs", runs_fragment, name="runs_fragment"),
-        Route("/runs/{session_id}", run, name="run"),
-        Route("/fragments/runs/{session_id}", run_fragment, name="run_fragment"),
-        Route("/fragments/runs/{session_id}/metrics", run_metrics, name="run_metrics"),
-        Route("/runs/{session_id}/payload/{what}", payload, name="payload"),
+        Route("/runs/{session_id:runid}", run, name="run"),
+        Route("/fragments/runs/{session_id:runid}", run_fragment, name="run_fragment"),
+        Route("/fragments/runs/{session_id:runid}/metrics", run_metrics, name="run_metrics"),
+        Route("/runs/{session_id:runid}/payload/{what}", payload, name="payload"),
         Route("/backlog", backlog_page, name="backlog"),
         Route("/fragments/backlog", backlog_fragment, name="backlog_fragment"),
-        Route("/backlog/{session_id}/{action}", confirm, methods=["GET"], name="confirm"),
-        Route("/backlog/{session_id}/{action}", act, methods=["POST"], name="act"),
+        Route("/backlog/{session_id:runid}/{action}", confirm, methods=["GET"], name="confirm"),
+        Route("/backlog/{session_id:runid}/{action}", act, methods=["POST"], name="act"),
         Route("/metrics", metrics_page, name="metrics"),
         Route("/charts/metrics.svg", metrics_chart, name="metrics_chart"),
         Route("/usage", usage_page, name="usage"),
@@ -459,6 +466,8 @@ def create_app(client: StateClient, settings: ConsoleSettings | None = None) -> 
         exception_handlers=handlers,
         middleware=[
             Middleware(_SecurityHeaders),
+            Middleware(HostCheck, allowed=AllowedHosts(config.allowed_hosts)),
+            Middleware(RawPath),
             Middleware(
                 SessionMiddleware,
                 secret_key=config.secret,
@@ -497,8 +506,17 @@ def _refusal(request: Request, config: ConsoleSettings, csrf: str) -> str | None
     return None
 
 
+#: What a metric name may be (tdev_metrics refuses to record any other): the metrics pages' query check.
+_METRIC_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def _metric_and_day(request: Request, today: date) -> tuple[str, date]:
     metric = (request.query_params.get("metric") or DEFAULT_METRIC).strip()
+    if not _METRIC_NAME.fullmatch(metric):
+        raise ValidationError(
+            f"metric {metric!r:.60} is not a metric name: type one as recorded, 1-64 letters, digits, "
+            f"'_', '-' or '.' (e.g. {DEFAULT_METRIC})"
+        )
     text = (request.query_params.get("day") or "").strip()
     try:
         day = date.fromisoformat(text) if text else today

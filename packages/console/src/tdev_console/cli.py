@@ -12,14 +12,17 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
+from tdev_console._http import AllowedHosts
 from tdev_console.app import ConsoleSettings, create_app
 from tdev_console.server import bind, server, url_of
+from tdev_metrics import MetricsCollector
 from tdev_recovery.resumers import load_resumer
-from tdev_state import StateClient, command
+from tdev_state import StateClient, StateError, command
 from tdev_state._log import configure_output, get_logger
 
 log = get_logger(__name__)
@@ -58,6 +61,15 @@ def build_parser(prog: str = "tdev-console") -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (anything else is exposed)")
     serve.add_argument("--port", type=_port, default=8080, help="TCP port (0: a free one, printed)")
     serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[h for h in os.environ.get("TDEV_CONSOLE_ALLOWED_HOSTS", "").split(",") if h.strip()],
+        metavar="NAME[:PORT]",
+        help="also answer requests addressed to this name (a load balancer's; repeat for more); any "
+        "other Host than the bound address is refused (DNS rebinding) "
+        "[$TDEV_CONSOLE_ALLOWED_HOSTS, comma-separated]",
+    )
+    serve.add_argument(
         "--allow-actions",
         action="store_true",
         help="enable Resume now and Abandon (needs the worker's claim grants); prints a per-start token",
@@ -67,6 +79,13 @@ def build_parser(prog: str = "tdev-console") -> argparse.ArgumentParser:
         default=os.environ.get("TDEV_RESUMER") or None,
         help="where Resume now sends a run: the pipeline's resume URL or module:function, as the worker's "
         "[$TDEV_RESUMER]",
+    )
+    serve.add_argument(
+        "--usage",
+        action=argparse.BooleanOptionalAction,
+        default=(os.environ.get("TDEV_USAGE") or "on").lower() not in ("off", "0", "false", "no"),
+        help="count Resume now and Abandon into the usage report, as the recovery worker counts its own "
+        "(a metrics collector in this process, flushed at exit) [$TDEV_USAGE=on|off]",
     )
     serve.add_argument(
         "--stall-threshold",
@@ -92,6 +111,8 @@ def serve(args: argparse.Namespace) -> int:
     token = secrets.token_urlsafe(24) if args.allow_actions else None
     resumer = load_resumer(args.resumer) if args.resumer else None
     client = StateClient(command.state_config(args))
+    sock = bind(args.host, args.port)
+    allowed = AllowedHosts.for_address(args.host, sock.getsockname()[1], args.allowed_host)
     settings = ConsoleSettings(
         allow_actions=args.allow_actions,
         token=token,
@@ -101,9 +122,10 @@ def serve(args: argparse.Namespace) -> int:
         page_size=args.page_size,
         refresh_seconds=args.refresh,
         secure_cookies=args.secure_cookies,
+        allowed_hosts=allowed.entries,
     )
     app = create_app(client, settings)
-    sock = bind(args.host, args.port)
+    collector = usage_collector(client, args)
     base = url_of(sock)
     out = sys.stdout
     print(f"tdev console for env {client.config.env!r} on {base}/runs", file=out)
@@ -113,6 +135,11 @@ def serve(args: argparse.Namespace) -> int:
             "put an authenticating load balancer in front (docs/console.md)",
             file=out,
         )
+    if args.host not in _LOOPBACK or args.allowed_host:
+        print(f"answers Host: {allowed}", file=out)
+    unreachable = _store_unreachable(client)
+    if unreachable:
+        print(f"warning: {unreachable}; pages answer 503 until it does", file=out)
     if token:
         print(f"actions on: sign in at {base}/login?token={token}", file=out)
         if not resumer:
@@ -124,8 +151,28 @@ def serve(args: argparse.Namespace) -> int:
         server(app).run(sockets=[sock])
     finally:
         sock.close()
+        if collector is not None:
+            collector.close()  # flushes the counted actions
         client.close()
     return command.EXIT_OK
+
+
+def usage_collector(client: StateClient, args: argparse.Namespace) -> MetricsCollector | None:
+    """With actions on and --usage: a collector attached to the console's client, so Resume now and Abandon
+    are counted by the claims store at the write, exactly once, as the worker's are (its CLI does the same).
+    A read-only console writes nothing, so it has none."""
+    if not (args.allow_actions and args.usage):
+        return None
+    return MetricsCollector(client, writer_id=f"console-{socket.gethostname()}"[:40])
+
+
+def _store_unreachable(client: StateClient) -> str | None:
+    """Why the tables cannot be read now (one quick DescribeTable), or None."""
+    try:
+        client.layer.probe(client.layer.tables.sessions)
+    except StateError as exc:
+        return str(exc)
+    return None
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "tdev-console") -> int:

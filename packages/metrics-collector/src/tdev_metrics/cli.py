@@ -53,16 +53,17 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def render_table(rows: list[Summary], console: Console, title: str) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title)
     for column in ("date", "hour", "agent", "variant", "count", "avg", "p50", "p95", "p99", "error rate"):
         table.add_column(column, justify="right" if column not in ("date", "agent", "variant") else "left")
     for r in rows:
         table.add_row(
-            r.date,
+            Text(command.printable(r.date)),
             "-" if r.hour is None else f"{r.hour:02d}",
-            r.agent,
-            r.variant or "",
+            Text(command.printable(r.agent)),
+            Text(command.printable(r.variant or "")),
             str(r.count),
             _fmt(r.avg_response_time),
             _fmt(r.p50),
@@ -130,13 +131,19 @@ def render_png(
 
 def render_comparison(result: Comparison, console: Console) -> None:
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"{result.a.agent}: {result.b.variant} vs {result.a.variant} (95 % intervals)")
+    names = [command.printable(n) for n in (result.a.agent, result.b.variant, result.a.variant)]
+    table = Table(title=Text(f"{names[0]}: {names[1]} vs {names[2]} (95 % intervals)"))
     for column in ("variant", "count", "avg", "p95", "error rate"):
         table.add_column(column)
     for s in (result.a, result.b):
         table.add_row(
-            s.variant or "", str(s.count), _fmt(s.avg_response_time), _fmt(s.p95), _fmt(s.error_rate, 4)
+            Text(command.printable(s.variant or "")),
+            str(s.count),
+            _fmt(s.avg_response_time),
+            _fmt(s.p95),
+            _fmt(s.error_rate, 4),
         )
     console.print(table)
     for label, interval in (("mean", result.mean), ("error rate", result.error_rate)):

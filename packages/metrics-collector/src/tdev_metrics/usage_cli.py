@@ -51,6 +51,7 @@ def _n(value: Any) -> str:
 def print_report(report: dict[str, Any]) -> None:
     """The report as tables on the terminal (rich)."""
     from rich.table import Table
+    from rich.text import Text
 
     console = command.console()
     runs = report["runs"]
@@ -76,12 +77,14 @@ def print_report(report: dict[str, Any]) -> None:
         funnel.add_column(column, justify="left" if column == "agent" else "right")
     for row in report["funnel"]:
         d = report["duration_seconds"]["agents"][row["agent"]]
-        funnel.add_row(row["agent"], *(str(row[k]) for k in ("started", "completed", "failed", "retries",
-                       "tolerated")), _n(d["p50"]), _n(d["p95"]))  # fmt: skip
+        counts = (str(row[k]) for k in ("started", "completed", "failed", "retries", "tolerated"))
+        funnel.add_row(Text(command.printable(row["agent"])), *counts, _n(d["p50"]), _n(d["p95"]))
     console.print(funnel)
     run = report["duration_seconds"]["run"]
     console.print(f"run duration: p50 {_n(run['p50'])} s, p95 {_n(run['p95'])} s", highlight=False)
-    stacks = ", ".join(f"{t['name']} {t['projects']}" for t in report["projects"]["tech_stack"][:10])
+    stacks = ", ".join(
+        f"{command.printable(t['name'])} {t['projects']}" for t in report["projects"]["tech_stack"][:10]
+    )
     console.print(f"tech stacks: {stacks or 'n/a'}", highlight=False, markup=False)
     hours = ", ".join(f"{h['hour']:02d}h {h['runs_started']}" for h in report["busiest_hours_utc"][:5])
     console.print(f"busiest hours (UTC): {hours or 'n/a'}", highlight=False)

@@ -41,7 +41,7 @@ _LEVELS = ("debug", "info", "warning", "error")
 
 
 def _setting(
-    kind: type[float] | type[int], flag: str, variable: str, *, minimum: float
+    kind: type[float] | type[int], flag: str, variable: str, *, minimum: float, maximum: float
 ) -> Callable[[str], float]:
     """An argparse type for a numeric setting that names both places it may come from when it is wrong
     (argparse applies it to the environment's string default too, after --help had its chance)."""
@@ -54,9 +54,10 @@ def _setting(
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not a {noun} (set by {flag} or ${variable})"
             ) from None
-        if not value >= minimum or not math.isfinite(value):
+        if not minimum <= value <= maximum or not math.isfinite(value):
+            # The upper bound keeps timedelta and the scheduler's ints from overflowing into a traceback.
             raise argparse.ArgumentTypeError(
-                f"{text!r} must be at least {minimum} (set by {flag} or ${variable})"
+                f"{text!r} must be from {minimum} to {maximum:g} (set by {flag} or ${variable})"
             )
         return value
 
@@ -87,11 +88,12 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
         *,
         kind: type[float] | type[int] = float,
         minimum: float = 0.001,
+        maximum: float = 30 * 86400,  # seconds: 30 days; counts pass their own
     ) -> None:
         knobs.add_argument(
             flag,
             default=os.environ.get(variable) or default,
-            type=_setting(kind, flag, variable, minimum=minimum),
+            type=_setting(kind, flag, variable, minimum=minimum, maximum=maximum),
             help=f"{help_text} [${variable}]",
         )
 
@@ -109,7 +111,15 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
         "seconds without a heartbeat before an ACTIVE run counts as stalled",
     )
     number("--lease", "TDEV_LEASE", "30", "claim lease, seconds", minimum=1)
-    number("--max-attempts", "TDEV_MAX_ATTEMPTS", "5", "resume attempts per claim", kind=int, minimum=1)
+    number(
+        "--max-attempts",
+        "TDEV_MAX_ATTEMPTS",
+        "5",
+        "resume attempts per claim",
+        kind=int,
+        minimum=1,
+        maximum=1000,
+    )
     number(
         "--max-resumes",
         "TDEV_MAX_RESUMES",
@@ -117,9 +127,18 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
         "resumes of a run before it is ABANDONED",
         kind=int,
         minimum=1,
+        maximum=1000,
     )
     number("--initial-backoff", "TDEV_INITIAL_BACKOFF", "1", "seconds before the first retry of a resume")
-    number("--concurrency", "TDEV_CONCURRENCY", "8", "resumes in flight per replica", kind=int, minimum=1)
+    number(
+        "--concurrency",
+        "TDEV_CONCURRENCY",
+        "8",
+        "resumes in flight per replica",
+        kind=int,
+        minimum=1,
+        maximum=1000,
+    )
     number("--grace-period", "TDEV_GRACE_PERIOD", "20", "seconds in-flight resumes get after SIGTERM")
     number(
         "--http-port",
@@ -128,6 +147,7 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
         "port of /healthz, /readyz, /metrics; 0 disables",
         kind=int,
         minimum=0,
+        maximum=65535,
     )
     knobs.add_argument(
         "--port-file",

@@ -184,7 +184,7 @@ class ExecutionStore:
 
     def list(self, execution_id: str, *, load_payloads: bool = True) -> builtins.list[AgentExecution]:
         """Every started agent of a run, in pipeline order — one (paged) consistent Query."""
-        sid = check.identifier("execution_id", execution_id)
+        sid = check.identifier("execution_id", execution_id, existing=True)
         run = [self._from_item(i, load_payloads=load_payloads) for i in self._run_items(sid)]
         if not any(_inputs.references(e.input_data) for e in run):
             return run
@@ -193,7 +193,7 @@ class ExecutionStore:
 
     def get(self, execution_id: str, agent_name: str, *, load_payloads: bool = True) -> AgentExecution:
         """One agent's execution, or ExecutionNotFoundError if it never started."""
-        sid, agent = self._address(execution_id, agent_name)
+        sid, agent = self._address(execution_id, agent_name, existing=True)
         item = self._layer.get(self._table, {"execution_id": sid, "agent_name": agent_sort_key(agent)})
         if item is None:
             raise ExecutionNotFoundError(f"agent {agent!r} of execution {sid!r} has not started")
@@ -472,8 +472,8 @@ class ExecutionStore:
 
     # --- helpers --------------------------------------------------------------------------------------
 
-    def _address(self, session_id: str, agent_name: str) -> tuple[str, str]:
-        return check.identifier("session_id", session_id), check.agent(agent_name)
+    def _address(self, session_id: str, agent_name: str, *, existing: bool = False) -> tuple[str, str]:
+        return check.identifier("session_id", session_id, existing=existing), check.agent(agent_name)
 
     def _encode_input(self, value: Any, sid: str, agent: str) -> _codec.EncodedPayload:
         """An input with earlier COMPLETED outputs of the run stored as references (`_inputs`)."""

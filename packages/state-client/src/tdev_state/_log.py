@@ -57,13 +57,23 @@ class JsonLines(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class Readable(logging.Formatter):
+    """A line for a terminal: log fields often quote stored text (ids, errors), so every character a
+    terminal would act on (escape sequences, bidi overrides) is shown escaped (command.printable)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from tdev_state.command import printable  # command imports the config, which logs: import late
+
+        return printable(super().format(record), keep_newlines=True)
+
+
 def configure_output(level: str | int = "WARNING", *, json_lines: bool | None = None) -> None:
     """For entry points only: send the packages' logs to stderr at `level`, as JSON lines when stderr is
     not a terminal (or `json_lines=True`), as readable lines otherwise. Idempotent."""
     handler = logging.StreamHandler(sys.stderr)
     as_json = (not sys.stderr.isatty()) if json_lines is None else json_lines
     handler.setFormatter(
-        JsonLines() if as_json else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        JsonLines() if as_json else Readable("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
     for name in PACKAGES:
         logger = logging.getLogger(name)

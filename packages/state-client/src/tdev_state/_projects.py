@@ -116,7 +116,7 @@ class ProjectStore:
 
     def list_for_user(self, user_id: str, *, limit: int = 20, cursor: str | None = None) -> Page[UserProject]:
         """A user's projects, most recently accessed first, a page at a time."""
-        user = check.identifier("user_id", user_id)
+        user = check.identifier("user_id", user_id, existing=True)
         page = self._layer.query(
             self._table,
             index="by-last-accessed",

@@ -268,7 +268,7 @@ class SessionStore:
         """The session, or SessionNotFoundError. `strict=False` reads a run whose metadata cannot be read
         (vanished object, no kms:Decrypt) with `metadata` None and the reason in `metadata_error`, as
         listings do, instead of raising the typed error."""
-        sid = check.identifier("session_id", session_id)
+        sid = check.identifier("session_id", session_id, existing=True)
         item = self._layer.get(self._table, {"session_id": sid}, consistent=consistent)
         if item is None:
             raise SessionNotFoundError(f"no pipeline session {sid!r} in env {self._layer.config.env!r}")
@@ -279,7 +279,7 @@ class SessionStore:
     ) -> Page[Session]:
         """A user's sessions, newest first: the by-user index (keys only), then one BatchGetItem.
         `load_metadata=False` skips reading offloaded or sealed metadata (an S3 GET or KMS call each)."""
-        user = check.identifier("user_id", user_id)
+        user = check.identifier("user_id", user_id, existing=True)
         return self._keys_only_page("by-user", "user_id", user, "created_at", limit, cursor, load_metadata)
 
     def list_by_day(
@@ -582,7 +582,7 @@ class SessionStore:
     def candidate(self, session_id: str) -> RecoveryCandidate:
         """The run as a recovery candidate now, whatever its age or status (one consistent read): what an
         operator's "resume now" or "abandon" claims, through the same `claims.claim` as the sweep."""
-        sid = check.identifier("session_id", session_id)
+        sid = check.identifier("session_id", session_id, existing=True)
         item = self._layer.get(self._table, {"session_id": sid})
         if item is None:
             raise SessionNotFoundError(f"no pipeline session {sid!r} in env {self._layer.config.env!r}")
@@ -591,7 +591,7 @@ class SessionStore:
     def recovery_history(self, session_id: str) -> RecoveryHistory:
         """What recovery did to the run: its claim counters and lease now, and each step in order (claimed,
         attempt failed, resumed, released, abandoned), as the claims recorded them. One consistent read."""
-        sid = check.identifier("session_id", session_id)
+        sid = check.identifier("session_id", session_id, existing=True)
         item = self._layer.get(self._table, {"session_id": sid})
         if item is None:
             raise SessionNotFoundError(f"no pipeline session {sid!r} in env {self._layer.config.env!r}")

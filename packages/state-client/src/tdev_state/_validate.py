@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import math
+import unicodedata
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from enum import StrEnum
@@ -21,11 +22,18 @@ MAX_TEXT_CHARS = 4096
 MAX_ERROR_CHARS = 4000
 
 
-#: Characters that have no place in an identifier: C0/C1 controls, bidi overrides and isolates (they make a
-#: terminal show another id than the stored one), zero-width characters and the BOM.
-_INVISIBLE = frozenset(
-    [*range(0x00, 0x20), *range(0x7F, 0xA0), *range(0x200B, 0x2010), 0x2060, 0xFEFF, *range(0x202A, 0x202F)]
-) | frozenset(range(0x2066, 0x206A))
+#: Unicode categories that have no place in an identifier: controls (C0, DEL, C1: terminal escapes), format
+#: characters (bidi overrides and isolates, zero-width characters, the BOM: they make one id display as
+#: another), surrogates, private use, and every space or line/paragraph separator.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zs", "Zl", "Zp"})
+
+#: Characters that change what a URL or an S3 key means where an id becomes one of its parts: a path
+#: separator (both slashes: browsers read a backslash as `/`), the query and fragment marks, and `%`.
+_URL_STRUCTURE = "/\\?#%"
+
+#: A key a lookup may name: an id stored before the rule (written behind the library's back) can still be
+#: read, up to DynamoDB's own partition-key limit.
+MAX_LOOKUP_BYTES = 2048
 
 
 def encodable(name: str, value: str) -> str:
@@ -39,23 +47,46 @@ def encodable(name: str, value: str) -> str:
     return value
 
 
-def identifier(name: str, value: Any) -> str:
-    """A key value: a non-empty string of at most 256 UTF-8 bytes, printable: no control, bidi-override or
-    zero-width characters (they would let one id display as another)."""
+def identifier(name: str, value: Any, *, existing: bool = False) -> str:
+    """A key value (session, user, project, execution, worker id): the one rule for every public call.
+
+    An id is at most 256 UTF-8 bytes of visible characters: letters, digits and punctuation, such as
+    T-Developer's `prod_20250101_120000_0042`, `project_<uuid>`, `user-1` or `f"{project_id}-{agent}"`.
+    Refused, because an id becomes a URL path segment (the console), part of an S3 key and a line on an
+    operator's terminal: whitespace; control, format (bidi, zero-width) and private-use characters; lone
+    surrogates; `/`, `\\`, `?`, `#` and `%`; `..` anywhere and the id `.` (path traversal).
+
+    `existing=True` is for reads that look a stored item up (get, list, history): the key only has to be a
+    non-empty string DynamoDB could hold, so a run stored before this rule can still be opened; such a read
+    writes nothing and finds nothing for a key no item has.
+    """
     if not isinstance(value, str):
         raise ValidationError(f"{name} must be a string, got {type(value).__name__} {value!r:.60}")
+    if not value:
+        raise ValidationError(f"{name} must not be empty")
+    size = len(encodable(name, value).encode("utf-8"))
+    if existing:
+        if size > MAX_LOOKUP_BYTES:
+            raise ValidationError(f"{name} is {size} bytes; no stored key has more than {MAX_LOOKUP_BYTES}")
+        return value
     if not value.strip():
         raise ValidationError(f"{name} must not be empty or blank")
-    size = len(encodable(name, value).encode("utf-8"))
     if size > MAX_ID_BYTES:
         raise ValidationError(f"{name} is {size} bytes; keys may be at most {MAX_ID_BYTES} bytes")
-    bad = next((c for c in value if ord(c) in _INVISIBLE), None)
-    if bad is not None:
-        raise ValidationError(
-            f"{name} contains the invisible or control character U+{ord(bad):04X}; use printable text"
-        )
-    if "#" in value and name in ("agent_name",):
-        raise ValidationError(f"{name} must not contain '#'")
+    for char in value:
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            kind = "whitespace" if char.isspace() else "an invisible or control character"
+            raise ValidationError(
+                f"{name} contains {kind} (U+{ord(char):04X}); ids are visible characters without spaces: "
+                "letters, digits and punctuation such as - _ . : @ +"
+            )
+        if char in _URL_STRUCTURE:
+            raise ValidationError(
+                f"{name} contains {char!r}, which would change a URL or S3 key the id is part of; ids may "
+                "not contain / \\ ? # %: use - _ . : @ + instead"
+            )
+    if ".." in value or value == ".":
+        raise ValidationError(f"{name} {value!r:.80} contains '..' or is '.': a path step, not an id")
     return value
 
 

@@ -36,10 +36,11 @@ _VALUED = ("--env", "--region", "--profile")
 
 def _cell(value: Any) -> Any:
     """A table cell from stored data: plain Text, never parsed as markup (a project called `shop [/] v2`
-    or an error about `[/srv/build]` must print as written, not crash the table)."""
+    or an error about `[/srv/build]` must print as written, not crash the table), with terminal escapes
+    shown, not obeyed (command.printable)."""
     from rich.text import Text
 
-    return Text("" if value is None else str(value))
+    return Text(command.printable(value))
 
 
 def _client(args: argparse.Namespace) -> StateClient:
@@ -119,7 +120,7 @@ def sessions_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows))
     elif args.quiet:
         for row in rows:
-            print(row["session_id"])
+            print(command.printable(row["session_id"]))
     elif not rows:
         print("no runs found", file=sys.stderr)
     else:
@@ -164,16 +165,17 @@ def sessions_show(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     console = command.console()
+    shown = command.printable
     console.print(
-        f"[bold]{escape(session.session_id)}[/] {escape(session.project_name or '-')} "
-        f"({session.pipeline_type.value}) user={escape(session.user_id or '-')} "
+        f"[bold]{escape(shown(session.session_id))}[/] {escape(shown(session.project_name or '-'))} "
+        f"({session.pipeline_type.value}) user={escape(shown(session.user_id or '-'))} "
         f"status=[bold]{session.status.value}[/] progress={session.progress}/9 "
         f"version={session.version} resumes={session.resume_count}"
     )
     if session.failed_agents:
-        console.print(Text(f"tolerated failures: {', '.join(session.failed_agents)}"))
+        console.print(Text(f"tolerated failures: {shown(', '.join(session.failed_agents))}"))
     if session.error_message:
-        console.print(Text(f"error: {session.error_message}"))
+        console.print(Text(f"error: {shown(session.error_message, keep_newlines=True)}"))
     columns = ("step", "agent", "status", "duration_s", "retries", "input_bytes", "output_bytes", "error")
     _table("", columns, [[row[c] for c in columns] for row in timeline])
     return EXIT_OK
@@ -236,7 +238,9 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
         "--day", type=command.day, default=None, help="last day to list (UTC; default: today)"
     )
     listing.add_argument("--days", type=command.days, default=7, help="how many days back from --day to look")
-    listing.add_argument("--limit", type=int, default=50, help="at most this many runs")
+    listing.add_argument(
+        "--limit", type=command.count("runs", 1, 1000), default=50, help="at most this many runs (1-1000)"
+    )
     out = listing.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON array on stdout")
     out.add_argument("-q", "--quiet", action="store_true", help="only the session ids, one per line")
@@ -247,7 +251,12 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     projects = group("projects", "a user's generated projects")
     plist = leaf(projects, "list", "a user's projects, most recently accessed first", projects_list)
     plist.add_argument("user", help="the user id")
-    plist.add_argument("--limit", type=int, default=50, help="at most this many projects")
+    plist.add_argument(
+        "--limit",
+        type=command.count("projects", 1, 1000),
+        default=50,
+        help="at most this many projects (1-1000)",
+    )
     plist.add_argument("--json", action="store_true", help="one JSON array on stdout")
 
     tables = group("tables", "this environment's DynamoDB tables")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import date
 from typing import IO, TYPE_CHECKING, Any, NoReturn
@@ -132,14 +133,14 @@ def run(action: Callable[[], int], *, stderr: IO[str] | None = None) -> int:
     err = sys.stderr if stderr is None else stderr
     try:
         return action()
-    except NotFoundError as exc:
-        print(f"not found: {exc}", file=err)
+    except NotFoundError as exc:  # messages may quote stored text: shown, never obeyed
+        print(f"not found: {printable(exc)}", file=err)
         return EXIT_NOT_FOUND
     except (ValidationError, ConfigurationError, UsageError) as exc:  # the caller's to fix
-        print(f"error: {exc}", file=err)
+        print(f"error: {printable(exc)}", file=err)
         return EXIT_USAGE
     except StateError as exc:
-        print(f"error: {exc}", file=err)
+        print(f"error: {printable(exc)}", file=err)
         return EXIT_STORE
     except KeyboardInterrupt:
         print("interrupted", file=err)
@@ -172,11 +173,52 @@ def day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
 
 
+def count(what: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of `what` from low to high, checked when the line is parsed (so
+    `--limit 0` is exit 2 with the range, not an empty listing and exit 1)."""
+
+    def parse(text: str) -> int:
+        value = text.strip()
+        if not (value.isascii() and value.isdecimal() and len(value) <= 9) or not low <= int(value) <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {what} from {low} to {high}")
+        return int(value)
+
+    return parse
+
+
 def days(text: str) -> int:
     """An argparse type: a number of days, 1 to 366 (what one report or listing covers at most)."""
-    if not text.isdigit() or not 1 <= int(text) <= 366:
+    if not (text.isascii() and text.isdecimal() and len(text) <= 3) or not 1 <= int(text) <= 366:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 1 to 366")
     return int(text)
+
+
+#: Characters a terminal acts on instead of showing: C0 controls (ESC starts CSI and OSC sequences, OSC 8
+#: makes hidden links), DEL, C1 controls (U+009B is a one-character CSI), format characters (bidi overrides
+#: and isolates, zero-width), line/paragraph separators and lone surrogates.
+_ACTIVE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def printable(value: object, *, keep_newlines: bool = False) -> str:
+    """Stored text made safe for a terminal: every character a terminal would act on is shown as its
+    escape (`\\x1b`, `\\x9b`, `\\u202e`), so an escape sequence in a project name or an error message
+    is visible and inert. The one door for stored text to stdout/stderr in every CLI (rich does not strip
+    ESC). `keep_newlines` lets multi-line text (an error's traceback) keep its line breaks and tabs."""
+    text = "" if value is None else str(value)
+    if text.isascii() and text.isprintable():
+        return text  # the common case, untouched
+    out = []
+    for char in text:
+        if keep_newlines and char in "\n\t":
+            out.append(char)
+        elif unicodedata.category(char) in _ACTIVE_CATEGORIES:
+            code = ord(char)
+            out.append(
+                f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+            )
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def console() -> Console:

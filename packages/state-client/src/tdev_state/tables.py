@@ -7,6 +7,8 @@ In AWS the tables come from infra (CDKTF), rendered from the same declaration. U
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
@@ -16,6 +18,8 @@ from tdev_state.exceptions import StateError
 from tdev_state.schema import ALL_TABLES
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.type_defs import TimeToLiveSpecificationTypeDef
+
     from tdev_state.dynamo import DynamoLayer
 
 log = get_logger(__name__)
@@ -29,25 +33,19 @@ def create_tables(layer: DynamoLayer, *, wait_seconds: float = 120.0) -> list[st
         request = spec.create_table_request(env)
         name = request["TableName"]
         names.append(name)
-        try:
-            layer.dynamodb.create_table(**request)
+        if _guarded(layer, "CreateTable", name, partial(layer.dynamodb.create_table, **request)):
             log.info("table.created", table=name)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
-                raise StateError(f"CreateTable {name} failed: {exc}") from None
     for spec in ALL_TABLES:
         name = spec.physical_name(env)
         _wait_active(layer, name, wait_seconds)
         if spec.ttl_attribute:
-            try:
-                layer.dynamodb.update_time_to_live(
-                    TableName=name,
-                    TimeToLiveSpecification={"Enabled": True, "AttributeName": spec.ttl_attribute},
-                )
-            except ClientError as exc:
-                # Already enabled is fine; anything else is not.
-                if "already enabled" not in str(exc).lower() and "TimeToLive is already" not in str(exc):
-                    raise StateError(f"UpdateTimeToLive {name} failed: {exc}") from None
+            ttl: TimeToLiveSpecificationTypeDef = {"Enabled": True, "AttributeName": spec.ttl_attribute}
+            _guarded(
+                layer,
+                "UpdateTimeToLive",
+                name,
+                partial(layer.dynamodb.update_time_to_live, TableName=name, TimeToLiveSpecification=ttl),
+            )
     return names
 
 
@@ -56,19 +54,17 @@ def delete_tables(layer: DynamoLayer) -> list[str]:
     deleted = []
     for spec in ALL_TABLES:
         name = spec.physical_name(layer.config.env)
-        try:
-            layer.dynamodb.delete_table(TableName=name)
+        if _guarded(layer, "DeleteTable", name, partial(layer.dynamodb.delete_table, TableName=name)):
             deleted.append(name)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
-                raise StateError(f"DeleteTable {name} failed: {exc}") from None
     return deleted
 
 
 def _wait_active(layer: DynamoLayer, name: str, wait_seconds: float) -> None:
     deadline = time.monotonic() + wait_seconds
     while True:
-        table = layer.dynamodb.describe_table(TableName=name)["Table"]
+        table = layer._guarded("DescribeTable", name, lambda: layer.dynamodb.describe_table(TableName=name))[
+            "Table"
+        ]
         indexes = table.get("GlobalSecondaryIndexes", [])
         if table.get("TableStatus") == "ACTIVE" and all(
             i.get("IndexStatus", "ACTIVE") == "ACTIVE" for i in indexes
@@ -77,3 +73,26 @@ def _wait_active(layer: DynamoLayer, name: str, wait_seconds: float) -> None:
         if time.monotonic() > deadline:
             raise StateError(f"table {name} not ACTIVE after {wait_seconds:.0f}s")
         time.sleep(0.5)
+
+
+#: Answers that mean "already so": the table exists (create), is gone (delete), TTL is on already.
+_ALREADY = ("ResourceInUseException", "ResourceNotFoundException")
+
+
+def _guarded(layer: DynamoLayer, op: str, table: str, call: Callable[[], object]) -> bool:
+    """One table-management call through the layer's error boundary (an unreachable endpoint is one line
+    naming it, never a botocore traceback): True if it acted, False if it was already so."""
+
+    def attempt() -> bool:
+        try:
+            call()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            text = str(exc)
+            if code in _ALREADY or "already enabled" in text.lower() or "TimeToLive is already" in text:
+                return False
+            raise
+        return True
+
+    acted: bool = layer._guarded(op, table, attempt)
+    return acted
