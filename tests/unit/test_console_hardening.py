@@ -202,6 +202,25 @@ def test_the_search_box_opens_an_odd_id_as_one_segment(client: StateClient, cloc
     assert "q?run=other#x" in html.unescape(web.get(moved.headers["location"]).text)
 
 
+def test_a_legacy_odd_id_can_be_abandoned_from_the_console(client: StateClient, clock: FakeClock) -> None:
+    """The confirm form of a run stored as `a/b` posts to that run, and Abandon applies to it alone."""
+    failed = make_failed_run(client)
+    _store_raw(client, failed, "a/b")
+    _store_raw(client, failed, "a")
+    web = browser(client, clock, allow_actions=True, token=TOKEN)
+    assert web.get(f"/login?token={TOKEN}").status_code == 303
+    confirm = web.get(f"/backlog/{encode_id('a/b')}/abandon").text
+    action = re.search(r'<form method="post" action="([^"]+)" class="confirm"', confirm)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', confirm)
+    assert action
+    assert csrf
+    assert action.group(1) == f"{BASE}/backlog/a%2Fb/abandon"
+    done = web.post(action.group(1), data={"csrf": csrf.group(1), "reason": "legacy"})
+    assert done.headers["location"] == f"{BASE}/runs/a%2Fb"
+    assert client.sessions.get("a/b").status.value == "ABANDONED"
+    assert client.sessions.get("a").status.value == "FAILED"
+
+
 @pytest.mark.parametrize("value", [*LEGACY_IDS, "", "a" * 300, "run\ud800", "z" * 100])
 def test_run_id_segments_round_trip(value: str) -> None:
     """encode_id gives one segment (no '/', never a dot segment) that decodes to the same id."""
