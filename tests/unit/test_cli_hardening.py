@@ -140,6 +140,13 @@ def test_every_numeric_option_out_of_range_is_exit_2_in_one_line(
         assert "Traceback" not in err
 
 
+def test_a_worker_id_the_claims_would_refuse_is_refused_at_start(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--worker-id "my worker"` is exit 2 at start (the identifier rule), not a refused claim per sweep."""
+    argv = ["--resumer", "x:y", "--worker-id", "my worker", "--no-usage", "--http-port", "0"]
+    assert worker_cli.main(argv) == 2
+    assert "worker_id contains whitespace" in capsys.readouterr().err
+
+
 # --- 23.19 an endpoint that is not there ----------------------------------------------------------
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from tdev_recovery.exceptions import RecoveryError
+from tdev_state import ValidationError
+from tdev_state import _validate as check
 
 
 def _default_worker_id() -> str:
@@ -72,8 +74,10 @@ class WorkerConfig:
     batch_size: int = 100
 
     def __post_init__(self) -> None:
-        if not isinstance(self.worker_id, str) or not self.worker_id.strip():
-            raise RecoveryError(f"worker_id must be a non-empty string, got {self.worker_id!r:.40}")
+        try:  # the id every claim writes: refused here, at start, rather than at each claim of each sweep
+            check.identifier("worker_id", self.worker_id)
+        except ValidationError as exc:
+            raise RecoveryError(str(exc)) from None
         for name in ("retry_delay", "stall_threshold", "lease"):
             _positive_duration(name, getattr(self, name))
         for name in ("poll_interval", "grace_period"):
