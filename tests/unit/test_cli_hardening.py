@@ -98,6 +98,21 @@ def test_usage_report_prints_a_hostile_tech_stack_inert(
     assert "\\x1b]0;owned\\x07react" in out
 
 
+def test_usage_charts_draw_a_mathtext_tech_stack_as_text(
+    client: StateClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """`tdev usage report --png/--html` draw a tech stack `$\\frac{$` as text instead of failing."""
+    monkeypatch.setenv("TDEV_ENV", client.config.env)
+    collector = MetricsCollector(client, start=False)
+    client.projects.save(user_id="u", project_id="p", project_name="n", tech_stack=["$\\frac{$"])
+    collector.close()
+    png, page = tmp_path / "usage.png", tmp_path / "usage.html"
+    argv = ["report", "--to", "2026-11-26", "--days", "1", "--png", str(png), "--html", str(page)]
+    assert usage_cli.main(argv) == 0
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert page.stat().st_size > 0
+
+
 def test_readable_log_lines_show_escapes() -> None:
     """The terminal log format (tdev console, the worker on a tty) escapes what a log field quotes."""
     record = logging.LogRecord(

@@ -84,6 +84,7 @@ def test_a_rebound_host_is_refused_on_every_route_before_any_handler(
             assert page.status_code == 400, (host, url)
             assert sid not in page.text, (host, url)
             assert "set-cookie" not in page.headers, (host, url)
+            assert "localhost" not in page.text, (host, url)  # the allowed names stay unsaid
         posted = web.post(f"/backlog/{sid}/abandon", data={"reason": "x"}, headers={"host": host})
         assert posted.status_code == 400
     assert calls == []  # no handler ran: not one read

@@ -26,6 +26,10 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tdev_state._log import get_logger
+
+log = get_logger(__name__)
+
 #: The names a loopback console is always addressed by.
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
@@ -95,10 +99,11 @@ class HostCheck:
         if self.allowed.allows(host):
             await self.app(scope, receive, send)
             return
+        # The allowed names stay out of the answer: a rebinding page can read it, and they may be internal.
+        log.warning("console.host_refused", host=host[:100], path=str(scope.get("path", ""))[:200])
         message = (
             f"this console does not answer to Host {host[:100]!r}: open it by the address it printed at "
-            f"start, or start it with --allowed-host NAME (the name a load balancer forwards). Allowed: "
-            f"{self.allowed}"
+            "start, or start it with --allowed-host NAME (the name a load balancer forwards)"
         )
         await PlainTextResponse(message, status_code=400)(scope, receive, send)
 

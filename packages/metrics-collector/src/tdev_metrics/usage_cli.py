@@ -102,12 +102,16 @@ def _report(args: argparse.Namespace) -> int:
         print_report(report)
     try:
         if args.png or args.html:
+            import matplotlib
+
             from tdev_metrics.usage_report import render_html, render_png
 
-            if args.png:
-                render_png(report, args.png)
-            if args.html:
-                args.html.write_text(render_html(report))
+            # Stored names (tech stacks) are drawn as text: a `$…$` in one is not mathtext to parse.
+            with matplotlib.rc_context({"text.parse_math": False}):
+                if args.png:
+                    render_png(report, args.png)
+                if args.html:
+                    args.html.write_text(render_html(report))
     except ImportError:
         raise UsageError(
             "--png/--html draw with matplotlib: install tdev-metrics-collector[report]"
