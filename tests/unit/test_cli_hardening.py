@@ -203,3 +203,15 @@ def test_an_unreachable_endpoint_is_one_line_and_exit_3(
     assert nowhere in err
     assert "make localstack-up" in err
     assert "Traceback" not in err
+
+
+def test_the_console_says_at_start_that_the_endpoint_does_not_answer(nowhere: str) -> None:
+    """`tdev console` starts anyway (pages answer 503) and prints one warning naming the endpoint."""
+    client = StateClient(command.state_config(argparse.Namespace()))
+    try:
+        warning = console_cli._store_unreachable(client)
+    finally:
+        client.close()
+    assert warning is not None
+    assert nowhere in warning
+    assert "make localstack-up" in warning

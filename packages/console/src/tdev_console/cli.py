@@ -22,7 +22,7 @@ from tdev_console.app import ConsoleSettings, create_app
 from tdev_console.server import bind, server, url_of
 from tdev_metrics import MetricsCollector
 from tdev_recovery.resumers import load_resumer
-from tdev_state import StateClient, StateError, command
+from tdev_state import StateClient, StateError, StorageUnavailableError, command
 from tdev_state._log import configure_output, get_logger
 
 log = get_logger(__name__)
@@ -167,11 +167,14 @@ def usage_collector(client: StateClient, args: argparse.Namespace) -> MetricsCol
 
 
 def _store_unreachable(client: StateClient) -> str | None:
-    """Why the tables cannot be read now (one quick DescribeTable), or None."""
+    """Why the store does not answer now (one quick DescribeTable, one attempt), or None. Only an endpoint
+    that does not answer counts: a read-only console may lack DescribeTable, and a denial is an answer."""
     try:
         client.layer.probe(client.layer.tables.sessions)
-    except StateError as exc:
+    except StorageUnavailableError as exc:
         return str(exc)
+    except StateError:
+        return None
     return None
 
 
