@@ -42,11 +42,10 @@ async def record_metric(metric: Mapping[str, Any]) -> None:
     missing = [k for k in ("metric_name", "agent_name", "value") if k not in metric]
     if missing:
         raise MetricValidationError(f"record_metric: missing key(s) {', '.join(missing)}")
-    unknown = sorted(set(metric) - _KEYS)
+    unknown = sorted(repr(k)[:40] for k in set(metric) - _KEYS)  # repr: keys may be of mixed types
     if unknown:
         raise MetricValidationError(
-            f"record_metric: unknown key(s) {', '.join(map(str, unknown))}; "
-            f"accepted: {', '.join(sorted(_KEYS))}"
+            f"record_metric: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(sorted(_KEYS))}"
         )
     default_collector().record(
         metric["metric_name"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import numbers
 import random
 import signal
 import threading
@@ -61,18 +62,22 @@ class CollectorConfig:
         for name in ("flush_interval", "max_backoff", "usage_hold_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-                raise MetricValidationError(f"{name} must be a positive number of seconds, got {value!r:.40}")
+                raise MetricValidationError(
+                    f"{name} must be a positive number of seconds, got {_show(value, 40)}"
+                )
         for name in ("flush_at_records", "max_keys"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise MetricValidationError(f"{name} must be a whole number >= 1, got {value!r:.40}")
+                raise MetricValidationError(f"{name} must be a whole number >= 1, got {_show(value, 40)}")
         if self.overflow not in ("drop", "raise"):
-            raise MetricValidationError(f"overflow must be 'drop' or 'raise', got {self.overflow!r:.40}")
+            raise MetricValidationError(f"overflow must be 'drop' or 'raise', got {_show(self.overflow, 40)}")
         agents: object = self.agents
         if agents is not None and (
             not isinstance(agents, set | frozenset) or not all(isinstance(a, str) and a for a in agents)
         ):
-            raise MetricValidationError(f"agents must be a set of agent names or None, got {agents!r:.60}")
+            raise MetricValidationError(
+                f"agents must be a set of agent names or None, got {_show(agents, 60)}"
+            )
 
 
 @dataclass(slots=True)
@@ -178,17 +183,11 @@ class MetricsCollector:
         """Add one observation to its (hour, metric, agent, variant) aggregate. Never does I/O."""
         if self._closed:
             raise CollectorClosedError("record() after close(); create a new collector")
-        if type(value) is not float and (type(value) is not int or isinstance(value, bool)):
-            raise MetricValidationError(
-                f"value must be an int or float, got {type(value).__name__} {value!r:.40}"
-            )
-        if not math.isfinite(value):
-            raise MetricValidationError(f"value is {value!r}; metrics must be finite numbers")
-        if not (value == 0 or _SMALLEST <= abs(value) <= _LARGEST):
-            raise MetricValidationError(
-                f"value {value!r} is outside what the metrics table can aggregate (0, or a magnitude "
-                f"between {_SMALLEST:g} and {_LARGEST:g}: its square must fit DynamoDB's number range)"
-            )
+        number = value if type(value) is float else _exact_float(value)
+        if not (number == 0 or _SMALLEST <= abs(number) <= _LARGEST):
+            if not math.isfinite(number):  # NaN/inf (too large ints were refused above)
+                raise MetricValidationError(f"value is {number!r}; metrics must be finite numbers")
+            raise _out_of_range(value)
         try:  # the hot path: one set lookup per name seen before (try costs nothing when nothing raises)
             known = metric_name in self._valid_metrics and agent_name in self._valid_agents
             known_variant = variant is None or variant in self._valid_variants
@@ -200,7 +199,7 @@ class MetricsCollector:
             self._valid_variants.add(_checked_name("variant", variant))
         if type(error) is not bool:
             raise MetricValidationError(
-                f"error must be True or False, got {type(error).__name__} {error!r:.20}"
+                f"error must be True or False, got {type(error).__name__} {_show(error, 20)}"
             )
         moment = self._clock() if timestamp is None else _epoch_seconds(timestamp, self._clock())
         key = (int(moment // 3600), metric_name, agent_name, variant)  # a plain tuple: Key() is 10x dearer
@@ -216,7 +215,7 @@ class MetricsCollector:
                 if not self._admit(Key(*key)):
                     return
                 agg = shard.aggs[key] = Aggregate()
-            agg.add(float(value), bool(error))
+            agg.add(number, error)
             shard.records += 1
             if shard.records >= self._flush_at:
                 shard.records = 0
@@ -331,6 +330,18 @@ class MetricsCollector:
             except StateError as exc:
                 log.warning("flush.failed", metric_name=key.metric, agent_name=key.agent, error=str(exc))
                 return False
+            except Exception as exc:  # a bug, not the store: retrying the same write would fail forever
+                self.dropped_writes += pending.writes[0].count or 1
+                log.exception(
+                    "flush.write_crashed",
+                    metric_name=key.metric,
+                    agent_name=key.agent,
+                    records=pending.writes[0].count,
+                    error=repr(exc),
+                    tdev_metrics_dropped_total=self.dropped_writes,
+                )
+                pending.writes.pop(0)
+                continue
             if not applied:
                 self.duplicates_ignored += 1
             pending.writes.pop(0)
@@ -455,14 +466,81 @@ def install_signal_handlers(
 #: even summed over many records.
 _LARGEST = 1e50
 _SMALLEST = 1e-50
+#: Ints up to 2**53 are exactly floats; larger ones are checked one by one.
+_EXACT_INT = 2**53
 #: Timestamps are epoch seconds from 2000 to a day ahead: milliseconds (x1000) or a datetime.max are refused.
 _EARLIEST = 946_684_800.0
+
+
+def _show(value: object, limit: int) -> str:
+    """A value for an error message, whatever it is: repr() of an int past 4,300 digits raises ValueError,
+    and a caller's object may have a __repr__ that raises."""
+    if type(value) is int and value.bit_length() > 256:
+        return f"<an int of {value.bit_length()} bits>"
+    try:
+        return repr(value)[:limit]
+    except Exception:
+        return f"<{type(value).__name__} whose repr() failed>"
+
+
+def _out_of_range(value: object) -> MetricValidationError:
+    return MetricValidationError(
+        f"value {_show(value, 40)} is outside what the metrics table can aggregate (0, or a magnitude "
+        f"between {_SMALLEST:g} and {_LARGEST:g}: its square must fit DynamoDB's number range)"
+    )
+
+
+def _exact_float(value: object) -> float:
+    """`value` as the float it exactly equals, or MetricValidationError (never OverflowError & co).
+
+    Accepted: ints (not bools) and any other real number type — numpy scalars, Decimal, Fraction — whose
+    value a float holds exactly (the aggregate is kept in floats: accepting Decimal("0.1") or 2**53 + 1
+    would store a different number than was recorded). Out-of-range magnitudes (10**400) are reported as
+    such by the caller's range check, which runs on the float or on infinity.
+    """
+    if type(value) is int:
+        if -_EXACT_INT <= value <= _EXACT_INT:
+            return float(value)
+        if not -_LARGEST <= value <= _LARGEST:  # int-float comparisons are exact and never overflow
+            raise _out_of_range(value)
+        if float(value) != value:
+            raise MetricValidationError(
+                f"value {_show(value, 40)} has more significant bits than a float holds (53); pass "
+                "float(value) to accept the rounding"
+            )
+        return float(value)
+    real = isinstance(value, numbers.Real) or (  # Decimal is a Number, not a Real; complex is not real
+        isinstance(value, numbers.Number) and not isinstance(value, numbers.Complex)
+    )
+    if isinstance(value, bool) or type(value).__name__ == "bool_" or not real:
+        raise MetricValidationError(
+            f"value must be a real number (int, float, or a numpy/Decimal/Fraction equal to a float), got "
+            f"{type(value).__name__} {_show(value, 40)}"
+        )
+    try:
+        number = float(value)  # type: ignore[arg-type]  # a numbers.Number, checked above
+        exact = number == value or (number != number and value != value)  # noqa: PLR0124 - NaN test
+        too_large = math.isinf(number) and not exact  # Decimal("1e400") becomes inf without an error
+    except OverflowError:
+        raise _out_of_range(value) from None
+    except Exception as exc:  # a number type whose conversion or comparison raises (Decimal sNaN, ...)
+        raise MetricValidationError(
+            f"value {_show(value, 40)} cannot be converted to a float: {type(exc).__name__}"
+        ) from None
+    if too_large:
+        raise _out_of_range(value)
+    if not exact:
+        raise MetricValidationError(
+            f"value {_show(value, 40)} has no exact float value (it would be stored as {number!r}); pass "
+            "float(value) to accept the rounding"
+        )
+    return number
 
 
 def _checked_name(field_name: str, name: object) -> str:
     if not isinstance(name, str) or not name or len(name) > 64 or not set(name) <= _NAME_OK:
         raise MetricValidationError(
-            f"{field_name} {name!r:.80} must be 1-64 characters of letters, digits, '_', '-' or '.'"
+            f"{field_name} {_show(name, 80)} must be 1-64 characters of letters, digits, '_', '-' or '.'"
         )
     return name
 
@@ -472,16 +550,21 @@ def _epoch_seconds(timestamp: object, now: float) -> float:
     if isinstance(timestamp, datetime):
         try:
             moment = timestamp.timestamp()  # naive datetimes are local time, as datetime.now() gives
-        except (OverflowError, ValueError, OSError):
+        except Exception:  # out of range, or a tzinfo whose utcoffset() raises: not a usable moment
             moment = math.inf
-    elif type(timestamp) in (float, int):
-        moment = float(timestamp)  # type: ignore[arg-type]
+    elif type(timestamp) is float:
+        moment = timestamp
+    elif type(timestamp) is int:
+        # Compared as an int first: float(10**400) would raise OverflowError.
+        moment = float(timestamp) if abs(timestamp) < _EXACT_INT else math.inf
     else:
-        raise MetricValidationError(f"timestamp must be a datetime or epoch seconds, got {timestamp!r:.60}")
+        raise MetricValidationError(
+            f"timestamp must be a datetime or epoch seconds, got {_show(timestamp, 60)}"
+        )
     if not (_EARLIEST <= moment <= now + 86_400):
         hint = " (it looks like milliseconds: divide by 1000)" if now * 100 < moment < now * 10_000 else ""
         raise MetricValidationError(
-            f"timestamp {timestamp!r:.40} is not a moment between 2000 and a day from now{hint}; "
+            f"timestamp {_show(timestamp, 40)} is not a moment between 2000 and a day from now{hint}; "
             "send epoch seconds or a datetime"
         )
     return moment
