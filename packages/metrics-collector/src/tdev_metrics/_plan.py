@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -56,6 +57,15 @@ async def record_metric(metric: Mapping[str, Any]) -> None:
         variant=metric.get("variant"),
     )
 
+
+def _new_lock_in_child() -> None:
+    # Another thread of the parent may have held the lock at fork(); it does not exist in the child.
+    global _lock  # noqa: PLW0603
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 # The plan's process-wide state client counts usage into the process-wide collector: a pipeline that uses
 # the plan's record_metric gets usage counting with it, and one that does not pays nothing.

@@ -14,13 +14,17 @@ bounded by `max_keys`; past it, the overflow policy applies and every dropped re
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import numbers
+import os
 import random
 import signal
+import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -116,10 +120,31 @@ class MetricsCollector:
         self.config = config or CollectorConfig()
         # Unique by construction: two collectors given the same id would otherwise guard each other's
         # writes with one sequence attribute and drop each other's data as "duplicates".
-        prefix = _checked_name("writer_id", writer_id) + "-" if writer_id is not None else ""
-        self.writer_id = prefix + uuid.uuid4().hex[:12]
-        self._store = MetricsStore(client.layer, self.writer_id)
+        self._writer_prefix = _checked_name("writer_id", writer_id) + "-" if writer_id is not None else ""
+        self._layer = client.layer
         self._clock = clock
+        # Names already checked, one set per kind: a name valid as a metric is not thereby a valid agent.
+        self._valid_metrics: set[str] = set()
+        self._valid_agents: set[str] = set()
+        self._valid_variants: set[str] = set()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._exit_hook = False
+        #: The writer id of the process this one was forked from (None in the process that built it).
+        self.forked_from: str | None = None
+        self._fresh_state()
+        _live.add(self)
+        self._usage_emitter = client.layer.usage if usage else None
+        if self._usage_emitter is not None:
+            self._usage_emitter.attach(self)
+        if start:
+            self.start()
+
+    def _fresh_state(self) -> None:
+        """Identity, buffers, locks and counters of a collector that has recorded nothing: at construction,
+        and again in a forked child (`_after_fork_in_child`)."""
+        self.writer_id = self._writer_prefix + uuid.uuid4().hex[:12]
+        self._store = MetricsStore(self._layer, self.writer_id)
         self._local = threading.local()
         self._shards: list[_Shard] = []
         self._shards_lock = threading.Lock()
@@ -129,11 +154,6 @@ class MetricsCollector:
         self._flush_lock = threading.Lock()
         self._seq = int(time.time() * 1000)  # strictly increasing across restarts of this writer id
         self._wake = threading.Event()
-        self._closed = False
-        # Names already checked, one set per kind: a name valid as a metric is not thereby a valid agent.
-        self._valid_metrics: set[str] = set()
-        self._valid_agents: set[str] = set()
-        self._valid_variants: set[str] = set()
         self.dropped = 0
         #: Writes that could never be applied (the store refused their values): dropped, counted, logged.
         self.dropped_writes = 0
@@ -146,15 +166,45 @@ class MetricsCollector:
         self._backoff = 0.0
         self._deferred_signal: Callable[[], None] | None = None
         self._flush_at = self.config.flush_at_records
-        self._thread: threading.Thread | None = None
+        #: A forked child starts its own flusher on its first record/usage event (not in the fork hook:
+        #: a child that only exec()s or never records gets no thread).
+        self._start_on_use = False
         self._usage = UsageBuffer(
-            client.layer, self.writer_id, self._next_seq, hold_seconds=self.config.usage_hold_seconds
+            self._layer, self.writer_id, self._next_seq, hold_seconds=self.config.usage_hold_seconds
         )
-        self._usage_emitter = client.layer.usage if usage else None
-        if self._usage_emitter is not None:
-            self._usage_emitter.attach(self)
-        if start:
-            self.start()
+
+    def _after_fork_in_child(self) -> None:
+        """In the child of os.fork(): become a new writer with nothing buffered.
+
+        What was buffered before the fork belongs to the parent, which flushes it: the child drops its
+        copy. Sharing the parent's writer id and sequence would make the parent's and the child's writes
+        look like retries of each other (one side's data dropped as duplicates), so the child takes a new
+        id. Locks are replaced, not released: another thread of the parent may have held one at the
+        fork, and that thread does not exist here. The HTTP connections inherited from the parent are
+        closed in the child (the parent keeps them): two processes reading responses from one socket
+        would read each other's.
+        """
+        parent = self.writer_id
+        flusher_wanted = self._thread is not None and not self._closed
+        self._thread = None
+        self._fresh_state()
+        self.forked_from = parent
+        self._start_on_use = flusher_wanted
+        with contextlib.suppress(Exception):  # best effort: an unusable pool is rebuilt on next use anyway
+            self._layer.dynamodb.close()
+        mp_util = sys.modules.get("multiprocessing.util")
+        if mp_util is not None and not self._closed:
+            # A multiprocessing child ends with os._exit() after its finalizers, never running atexit:
+            # register the final flush there (after multiprocessing clears the inherited finalizers).
+            mp_util.register_after_fork(self, _flush_at_multiprocessing_exit)
+        log.info("metrics.forked", writer_id=self.writer_id, forked_from=parent)
+
+    def _start_after_fork(self) -> None:
+        with self._shards_lock:
+            if not self._start_on_use:
+                return
+            self._start_on_use = False
+        self.start()
 
     def usage(self, event: UsageEvent) -> None:
         """Take one usage event from the state client (memory only; tdev_state.usage.UsageSink)."""
@@ -162,6 +212,8 @@ class MetricsCollector:
             self._usage.rejected += 1
             log.warning("usage.after_close", kind=event.kind)
             return
+        if self._start_on_use:
+            self._start_after_fork()
         self._usage.usage(event)
 
     @property
@@ -227,6 +279,8 @@ class MetricsCollector:
             self._run_deferred_signal()
 
     def _new_shard(self) -> _Shard:
+        if self._start_on_use:  # the first record of a forked child (its thread-local shard is new)
+            self._start_after_fork()
         shard = _Shard()
         with self._shards_lock:
             self._shards.append(shard)
@@ -368,7 +422,9 @@ class MetricsCollector:
             return
         self._thread = threading.Thread(target=self._run, name="tdev-metrics-flusher", daemon=True)
         self._thread.start()
-        atexit.register(self.close)
+        if not self._exit_hook:  # a forked child inherits the parent's registration
+            self._exit_hook = True
+            atexit.register(self.close)
 
     def _run(self) -> None:
         while True:
@@ -431,6 +487,28 @@ class MetricsCollector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: Every collector of this process, for the fork hook (weak: a collector nobody holds is not kept alive).
+_live: weakref.WeakSet[MetricsCollector] = weakref.WeakSet()
+
+
+def _reset_collectors_in_child() -> None:
+    for collector in list(_live):
+        try:
+            collector._after_fork_in_child()
+        except Exception as exc:  # never let a hook fail a fork; the collector says so when used
+            log.error("metrics.fork_reset_failed", error=repr(exc))  # noqa: TRY400
+
+
+def _flush_at_multiprocessing_exit(collector: MetricsCollector) -> None:
+    import multiprocessing.util  # only here, where multiprocessing is already in use
+
+    multiprocessing.util.Finalize(collector, collector.close, exitpriority=10)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_reset_collectors_in_child)
 
 
 def install_signal_handlers(
