@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from tdev_metrics._aggregate import Aggregate, Key
 from tdev_metrics._store import MetricsStore, Write, plan_writes
+from tdev_metrics._usage_store import ITEM_BUDGET
 from tdev_metrics.exceptions import BufferFullError, CollectorClosedError, MetricValidationError
 from tdev_metrics.usage import UsageBuffer
 from tdev_state import PayloadTooLargeError, StateClient, StateError, ValidationError
@@ -61,6 +62,9 @@ class CollectorConfig:
     #: Usage events of a run are held in memory until the run ends here, or this many seconds pass, so one
     #: flush writes a whole run's usage (tdev_metrics.usage).
     usage_hold_seconds: float = 300.0
+    #: Bytes past which a usage item is marked full and writers go on in its next shard (a smaller item
+    #: also makes each usage write cheaper: DynamoDB bills a write per KB of the item).
+    usage_item_budget: int = ITEM_BUDGET
 
     def __post_init__(self) -> None:
         for name in ("flush_interval", "max_backoff", "usage_hold_seconds"):
@@ -69,6 +73,11 @@ class CollectorConfig:
                 raise MetricValidationError(
                     f"{name} must be a positive number of seconds, got {_show(value, 40)}"
                 )
+        budget = self.usage_item_budget
+        if isinstance(budget, bool) or not isinstance(budget, int) or not 1024 <= budget <= 256 * 1024:
+            raise MetricValidationError(
+                f"usage_item_budget must be a whole number of bytes in 1024..262144, got {_show(budget, 40)}"
+            )
         for name in ("flush_at_records", "max_keys"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -170,7 +179,11 @@ class MetricsCollector:
         #: a child that only exec()s or never records gets no thread).
         self._start_on_use = False
         self._usage = UsageBuffer(
-            self._layer, self.writer_id, self._next_seq, hold_seconds=self.config.usage_hold_seconds
+            self._layer,
+            self.writer_id,
+            self._next_seq,
+            hold_seconds=self.config.usage_hold_seconds,
+            item_budget=self.config.usage_item_budget,
         )
 
     def _after_fork_in_child(self) -> None:
