@@ -14,7 +14,14 @@ import pytest
 import tdev_state
 from tdev_metrics import MetricsCollector
 from tdev_metrics._usage_store import ATTRS_PER_WRITE, UsageStore, UsageWrite
-from tdev_metrics.usage import COUNTS, RELATIVE_ERROR, UsageReader, bucket_of, bucket_value
+from tdev_metrics.usage import (
+    COUNTS,
+    RELATIVE_ERROR,
+    TECH_NAMES_PER_ITEM,
+    UsageReader,
+    bucket_of,
+    bucket_value,
+)
 from tdev_state import AGENTS, StateClient
 from tdev_state.usage import UsageEvent
 
@@ -285,3 +292,32 @@ def test_a_flush_of_many_attributes_is_split_into_bounded_writes(client: StateCl
     report = UsageReader(client).report(DAY, DAY)
     named = sum(s["projects"] for s in report["projects"]["tech_stack"])
     assert named + report["projects"]["tech_stack_other"] == 1000
+
+
+def test_the_report_shows_what_was_capped(
+    client: StateClient, tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tech-stack entries counted as other and clamped durations are in the JSON, the terminal report and
+    the HTML page."""
+    from tdev_state.cli import main as tdev
+
+    monkeypatch.setenv("TDEV_ENV", client.config.env)
+    collector = MetricsCollector(client, start=False, usage=False)
+    at = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    collector.usage(UsageEvent(kind="run_started", at=at, pipeline_type="SIMPLE"))
+    collector.usage(UsageEvent(kind="run_completed", at=at, pipeline_type="SIMPLE", seconds=1e9))
+    collector.usage(
+        UsageEvent(
+            kind="project_saved", at=at, tech_stack=tuple(f"s{i}" for i in range(TECH_NAMES_PER_ITEM + 7))
+        )
+    )
+    assert collector.close()
+    argv = ["usage", "report", "--from", "2026-11-26", "--to", "2026-11-26"]
+    assert tdev([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["capped"]["tech_stack_entries_as_other"] == report["projects"]["tech_stack_other"] == 7
+    assert report["capped"]["durations_clamped"] == 1
+    page = tmp_path / "usage.html"
+    assert tdev([*argv, "--html", str(page)]) == 0
+    assert "7 tech-stack entries counted as other" in " ".join(capsys.readouterr().out.split())
+    assert "(other)" in page.read_text()
