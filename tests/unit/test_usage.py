@@ -13,7 +13,7 @@ import pytest
 
 import tdev_state
 from tdev_metrics import MetricsCollector
-from tdev_metrics._usage_store import ATTRS_PER_WRITE, UsageStore, UsageWrite
+from tdev_metrics._usage_store import ATTRS_PER_WRITE, DURATIONS, UsageStore, UsageWrite
 from tdev_metrics.usage import (
     COUNTS,
     RELATIVE_ERROR,
@@ -25,6 +25,7 @@ from tdev_metrics.usage import (
 from tdev_state import AGENTS, StateClient
 from tdev_state.usage import UsageEvent
 
+from ..conftest import LogEntries
 from ..usage_mix import assert_report_matches, drive_mix, ground_truth
 from .conftest import FakeClock
 
@@ -321,3 +322,27 @@ def test_the_report_shows_what_was_capped(
     assert tdev([*argv, "--html", str(page)]) == 0
     assert "7 tech-stack entries counted as other" in " ".join(capsys.readouterr().out.split())
     assert "(other)" in page.read_text()
+
+
+def test_a_usage_write_that_crashes_is_dropped_counted_and_logged(
+    client: StateClient, monkeypatch: pytest.MonkeyPatch, logs: LogEntries
+) -> None:
+    """An unexpected exception in one usage write (a bug, not the store) is counted and logged; the
+    flush goes on with the other items and is not stuck on it next time."""
+    collector = MetricsCollector(client, start=False, usage=False)
+    buffer = collector.usage_buffer
+    real = buffer.store.apply
+
+    def crash_on_durations(write: UsageWrite) -> bool:
+        if write.family == DURATIONS:
+            raise TypeError("a bug in the write path")
+        return real(write)
+
+    monkeypatch.setattr(buffer.store, "apply", crash_on_durations)
+    at = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    collector.usage(UsageEvent(kind="run_completed", at=at, pipeline_type="SIMPLE", seconds=3.0))
+    assert collector.flush()
+    assert collector.flush()
+    assert buffer.dropped_writes == 1
+    assert any(e["event"] == "usage.write_crashed" for e in logs())
+    assert UsageReader(client).report(DAY, DAY)["runs"]["completed"] == 1
