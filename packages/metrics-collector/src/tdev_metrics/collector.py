@@ -23,7 +23,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import math
-import numbers
 import os
 import random
 import signal
@@ -41,6 +40,15 @@ from typing import Any, Literal
 from tdev_metrics._aggregate import Aggregate, Key
 from tdev_metrics._store import MetricsStore, Write, plan_writes
 from tdev_metrics._usage_store import ITEM_BUDGET
+from tdev_metrics._validate import (
+    LARGEST,
+    SMALLEST,
+    checked_name,
+    epoch_seconds,
+    exact_float,
+    out_of_range,
+    show,
+)
 from tdev_metrics.exceptions import BufferFullError, CollectorClosedError, MetricValidationError
 from tdev_metrics.usage import UsageBuffer
 from tdev_state import PayloadTooLargeError, StateClient, StateError, ValidationError
@@ -49,8 +57,6 @@ from tdev_state.models import AGENTS
 from tdev_state.usage import UsageEvent
 
 log = get_logger(__name__)
-
-_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,25 +84,25 @@ class CollectorConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
                 raise MetricValidationError(
-                    f"{name} must be a positive number of seconds, got {_show(value, 40)}"
+                    f"{name} must be a positive number of seconds, got {show(value, 40)}"
                 )
         budget = self.usage_item_budget
         if isinstance(budget, bool) or not isinstance(budget, int) or not 1024 <= budget <= 256 * 1024:
             raise MetricValidationError(
-                f"usage_item_budget must be a whole number of bytes in 1024..262144, got {_show(budget, 40)}"
+                f"usage_item_budget must be a whole number of bytes in 1024..262144, got {show(budget, 40)}"
             )
         for name in ("flush_at_records", "max_keys"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise MetricValidationError(f"{name} must be a whole number >= 1, got {_show(value, 40)}")
+                raise MetricValidationError(f"{name} must be a whole number >= 1, got {show(value, 40)}")
         if self.overflow not in ("drop", "raise"):
-            raise MetricValidationError(f"overflow must be 'drop' or 'raise', got {_show(self.overflow, 40)}")
+            raise MetricValidationError(f"overflow must be 'drop' or 'raise', got {show(self.overflow, 40)}")
         agents: object = self.agents
         if agents is not None and (
             not isinstance(agents, set | frozenset) or not all(isinstance(a, str) and a for a in agents)
         ):
             raise MetricValidationError(
-                f"agents must be a set of agent names or None, got {_show(agents, 60)}"
+                f"agents must be a set of agent names or None, got {show(agents, 60)}"
             )
 
 
@@ -136,7 +142,7 @@ class MetricsCollector:
         self.config = config or CollectorConfig()
         # Unique by construction: two collectors given the same id would otherwise guard each other's
         # writes with one sequence attribute and drop each other's data as "duplicates".
-        self._writer_prefix = _checked_name("writer_id", writer_id) + "-" if writer_id is not None else ""
+        self._writer_prefix = checked_name("writer_id", writer_id) + "-" if writer_id is not None else ""
         self._layer = client.layer
         self._clock = clock
         # Names already checked, one set per kind: a name valid as a metric is not thereby a valid agent.
@@ -255,11 +261,11 @@ class MetricsCollector:
         """Add one observation to its (hour, metric, agent, variant) aggregate. Never does I/O."""
         if self._closed:
             raise CollectorClosedError("record() after close(); create a new collector")
-        number = value if type(value) is float else _exact_float(value)
-        if not (number == 0 or _SMALLEST <= abs(number) <= _LARGEST):
+        number = value if type(value) is float else exact_float(value)
+        if not (number == 0 or SMALLEST <= abs(number) <= LARGEST):
             if not math.isfinite(number):  # NaN/inf (too large ints were refused above)
                 raise MetricValidationError(f"value is {number!r}; metrics must be finite numbers")
-            raise _out_of_range(value)
+            raise out_of_range(value)
         try:  # the hot path: one set lookup per name seen before (try costs nothing when nothing raises)
             known = metric_name in self._valid_metrics and agent_name in self._valid_agents
             known_variant = variant is None or variant in self._valid_variants
@@ -268,12 +274,12 @@ class MetricsCollector:
         if not known:
             self._check_names(metric_name, agent_name)
         if not known_variant:
-            self._valid_variants.add(_checked_name("variant", variant))
+            self._valid_variants.add(checked_name("variant", variant))
         if type(error) is not bool:
             raise MetricValidationError(
-                f"error must be True or False, got {type(error).__name__} {_show(error, 20)}"
+                f"error must be True or False, got {type(error).__name__} {show(error, 20)}"
             )
-        moment = self._clock() if timestamp is None else _epoch_seconds(timestamp, self._clock())
+        moment = self._clock() if timestamp is None else epoch_seconds(timestamp, self._clock())
         key = (int(moment // 3600), metric_name, agent_name, variant)  # a plain tuple: Key() is 10x dearer
         shard: _Shard | None = getattr(self._local, "shard", None)
         if shard is None:
@@ -324,8 +330,8 @@ class MetricsCollector:
         return False
 
     def _check_names(self, metric_name: str, agent_name: str) -> None:
-        self._valid_metrics.add(_checked_name("metric_name", metric_name))
-        agent = _checked_name("agent_name", agent_name)
+        self._valid_metrics.add(checked_name("metric_name", metric_name))
+        agent = checked_name("agent_name", agent_name)
         if self.config.agents is not None and agent not in self.config.agents:
             raise MetricValidationError(
                 f"unknown agent {agent!r}; agents are: {', '.join(sorted(self.config.agents))}"
@@ -558,114 +564,6 @@ def install_signal_handlers(
                 terminate(num, frame)
 
         signal.signal(signum, handler)
-
-
-#: A value's square is aggregated (sumsq): it must stay inside DynamoDB's number range (1e-130 .. 9.99e125)
-#: even summed over many records.
-_LARGEST = 1e50
-_SMALLEST = 1e-50
-#: Ints up to 2**53 are exactly floats; larger ones are checked one by one.
-_EXACT_INT = 2**53
-#: Timestamps are epoch seconds from 2000 to a day ahead: milliseconds (x1000) or a datetime.max are refused.
-_EARLIEST = 946_684_800.0
-
-
-def _show(value: object, limit: int) -> str:
-    """A value for an error message, whatever it is: repr() of an int past 4,300 digits raises ValueError,
-    and a caller's object may have a __repr__ that raises."""
-    if type(value) is int and value.bit_length() > 256:
-        return f"<an int of {value.bit_length()} bits>"
-    try:
-        return repr(value)[:limit]
-    except Exception:
-        return f"<{type(value).__name__} whose repr() failed>"
-
-
-def _out_of_range(value: object) -> MetricValidationError:
-    return MetricValidationError(
-        f"value {_show(value, 40)} is outside what the metrics table can aggregate (0, or a magnitude "
-        f"between {_SMALLEST:g} and {_LARGEST:g}: its square must fit DynamoDB's number range)"
-    )
-
-
-def _exact_float(value: object) -> float:
-    """`value` as the float it exactly equals, or MetricValidationError (never OverflowError & co).
-
-    Accepted: ints (not bools) and any other real number type — numpy scalars, Decimal, Fraction — whose
-    value a float holds exactly (the aggregate is kept in floats: accepting Decimal("0.1") or 2**53 + 1
-    would store a different number than was recorded). Out-of-range magnitudes (10**400) are reported as
-    such by the caller's range check, which runs on the float or on infinity.
-    """
-    if type(value) is int:
-        if -_EXACT_INT <= value <= _EXACT_INT:
-            return float(value)
-        if not -_LARGEST <= value <= _LARGEST:  # int-float comparisons are exact and never overflow
-            raise _out_of_range(value)
-        if float(value) != value:
-            raise MetricValidationError(
-                f"value {_show(value, 40)} has more significant bits than a float holds (53); pass "
-                "float(value) to accept the rounding"
-            )
-        return float(value)
-    real = isinstance(value, numbers.Real) or (  # Decimal is a Number, not a Real; complex is not real
-        isinstance(value, numbers.Number) and not isinstance(value, numbers.Complex)
-    )
-    if isinstance(value, bool) or type(value).__name__ == "bool_" or not real:
-        raise MetricValidationError(
-            f"value must be a real number (int, float, or a numpy/Decimal/Fraction equal to a float), got "
-            f"{type(value).__name__} {_show(value, 40)}"
-        )
-    try:
-        number = float(value)  # type: ignore[arg-type]  # a numbers.Number, checked above
-        exact = number == value or (number != number and value != value)  # noqa: PLR0124 - NaN test
-        too_large = math.isinf(number) and not exact  # Decimal("1e400") becomes inf without an error
-    except OverflowError:
-        raise _out_of_range(value) from None
-    except Exception as exc:  # a number type whose conversion or comparison raises (Decimal sNaN, ...)
-        raise MetricValidationError(
-            f"value {_show(value, 40)} cannot be converted to a float: {type(exc).__name__}"
-        ) from None
-    if too_large:
-        raise _out_of_range(value)
-    if not exact:
-        raise MetricValidationError(
-            f"value {_show(value, 40)} has no exact float value (it would be stored as {number!r}); pass "
-            "float(value) to accept the rounding"
-        )
-    return number
-
-
-def _checked_name(field_name: str, name: object) -> str:
-    if not isinstance(name, str) or not name or len(name) > 64 or not set(name) <= _NAME_OK:
-        raise MetricValidationError(
-            f"{field_name} {_show(name, 80)} must be 1-64 characters of letters, digits, '_', '-' or '.'"
-        )
-    return name
-
-
-def _epoch_seconds(timestamp: object, now: float) -> float:
-    """A record's time as epoch seconds, refusing what is not a plausible moment (ms, far future)."""
-    if isinstance(timestamp, datetime):
-        try:
-            moment = timestamp.timestamp()  # naive datetimes are local time, as datetime.now() gives
-        except Exception:  # out of range, or a tzinfo whose utcoffset() raises: not a usable moment
-            moment = math.inf
-    elif type(timestamp) is float:
-        moment = timestamp
-    elif type(timestamp) is int:
-        # Compared as an int first: float(10**400) would raise OverflowError.
-        moment = float(timestamp) if abs(timestamp) < _EXACT_INT else math.inf
-    else:
-        raise MetricValidationError(
-            f"timestamp must be a datetime or epoch seconds, got {_show(timestamp, 60)}"
-        )
-    if not (_EARLIEST <= moment <= now + 86_400):
-        hint = " (it looks like milliseconds: divide by 1000)" if now * 100 < moment < now * 10_000 else ""
-        raise MetricValidationError(
-            f"timestamp {_show(timestamp, 40)} is not a moment between 2000 and a day from now{hint}; "
-            "send epoch seconds or a datetime"
-        )
-    return moment
 
 
 def utc_hour(moment: float) -> datetime:
