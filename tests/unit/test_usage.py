@@ -346,3 +346,15 @@ def test_a_usage_write_that_crashes_is_dropped_counted_and_logged(
     assert buffer.dropped_writes == 1
     assert any(e["event"] == "usage.write_crashed" for e in logs())
     assert UsageReader(client).report(DAY, DAY)["runs"]["completed"] == 1
+
+
+def test_a_long_running_writer_forgets_old_days(client: StateClient) -> None:
+    """Shard views and users already sent are kept for the last two days written, not forever."""
+    collector = MetricsCollector(client, start=False, usage=False)
+    for day in range(1, 6):
+        at = datetime(2026, 11, day, 12, tzinfo=UTC)
+        collector.usage(UsageEvent(kind="run_started", at=at, pipeline_type="SIMPLE"))
+        collector.usage(UsageEvent(kind="user_active", at=at, user_id="u"))
+        assert collector.flush()
+    assert collector.usage_buffer.store.days() == {"2026-11-04", "2026-11-05"}
+    assert set(collector.usage_buffer._users_sent) == {"2026-11-04", "2026-11-05"}

@@ -123,6 +123,15 @@ class UsageStore:
         self.shard_moves = 0
         self.shards_filled = 0
 
+    def days(self) -> set[str]:
+        """The days this writer holds cursors or views for."""
+        return {k[0] for k in self._cursor} | {k[0] for k in self._views}
+
+    def forget_days_before(self, day: str) -> None:
+        """Drop cursors and views of days before `day` (a long-running process writes new days forever)."""
+        self._cursor = {k: v for k, v in self._cursor.items() if k[0] >= day}
+        self._views = {k: v for k, v in self._views.items() if k[0] >= day}
+
     def target(self, write: UsageWrite) -> _ShardView:
         """Fix the write's shard (first send) and return this writer's view of it."""
         if write.shard is None:

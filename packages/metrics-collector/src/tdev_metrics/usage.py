@@ -336,10 +336,14 @@ class UsageBuffer:
             log.error("usage.write_dropped", **fields, dropped=self.dropped_writes)
 
     def _forget_old_days(self) -> None:
-        """Users already sent are remembered for today and yesterday only (a long-running process)."""
-        if len(self._users_sent) > 2:
-            for day in sorted(self._users_sent)[:-2]:
+        """Users already sent, and the store's shard views, are kept for the last two days written only
+        (a long-running process)."""
+        days = sorted(set(self._users_sent) | self._store.days())
+        if len(days) > 2:
+            cutoff = days[-2]
+            for day in [d for d in self._users_sent if d < cutoff]:
                 del self._users_sent[day]
+            self._store.forget_days_before(cutoff)
 
     def held_runs(self) -> int:
         with self._lock:
