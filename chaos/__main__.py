@@ -23,6 +23,7 @@ TESTS = [
     "tests/integration/test_fault_report_it.py",
     "tests/integration/test_faults_it.py",
     "tests/integration/test_metrics_faults_it.py",
+    "tests/integration/test_metrics_fork_it.py",
     "tests/integration/test_recovery_chaos_it.py",
     "tests/integration/test_poison_and_wedged_it.py",
 ]

@@ -160,8 +160,8 @@ def test_overflow_is_counted_and_logged(client: StateClient, logs: LogEntries) -
     [
         (("m", float("nan")), "finite"),
         (("m", float("inf")), "finite"),
-        (("m", True), "int or float"),
-        (("m", "3"), "int or float"),
+        (("m", True), "real number"),
+        (("m", "3"), "real number"),
         (("", 1.0), "metric_name"),
         (("a#b", 1.0), "metric_name"),
     ],

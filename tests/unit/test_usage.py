@@ -13,10 +13,19 @@ import pytest
 
 import tdev_state
 from tdev_metrics import MetricsCollector
-from tdev_metrics.usage import COUNTS, RELATIVE_ERROR, UsageReader, bucket_of, bucket_value
+from tdev_metrics._usage_store import ATTRS_PER_WRITE, DURATIONS, UsageStore, UsageWrite
+from tdev_metrics.usage import (
+    COUNTS,
+    RELATIVE_ERROR,
+    TECH_NAMES_PER_ITEM,
+    UsageReader,
+    bucket_of,
+    bucket_value,
+)
 from tdev_state import AGENTS, StateClient
 from tdev_state.usage import UsageEvent
 
+from ..conftest import LogEntries
 from ..usage_mix import assert_report_matches, drive_mix, ground_truth
 from .conftest import FakeClock
 
@@ -185,3 +194,167 @@ def test_tdev_usage_report_json_png_html(
     assert tdev(["usage", "report"]) in (0, 1)
     human = capsys.readouterr().out
     assert "funnel" in human
+
+
+# --- issue 23.8: bounded usage items, exactly once across shards ---------------------------------------
+
+
+def _store_write(client: StateClient, writer: str, seq: int, **attrs: int) -> tuple[UsageStore, UsageWrite]:
+    return UsageStore(client.layer, writer), UsageWrite("2026-11-26", COUNTS, seq, attrs=dict(attrs))
+
+
+def test_a_retry_of_a_write_that_landed_before_its_shard_filled_is_recognised(client: StateClient) -> None:
+    """A write lands on shard 0, the shard is then marked full, the write is retried (its reply was lost):
+    it is recognised as applied — not moved to shard 1 and counted again."""
+    store, write = _store_write(client, "w1", 10, **{"p.saved": 1})
+    assert store.apply(write)
+    store._mark_full(write.day, COUNTS, 0)
+    assert store.apply(write) is False
+    assert write.shard == 0
+    assert UsageReader(client).report(DAY, DAY)["projects"]["saved"] == 1
+
+
+def test_a_write_refused_by_a_full_shard_moves_on_with_its_sequence_number(client: StateClient) -> None:
+    """Another writer marked shard 0 full: this writer's write is refused there, lands on shard 1 once."""
+    other, first = _store_write(client, "w1", 10, **{"p.saved": 1})
+    assert other.apply(first)
+    other._mark_full(first.day, COUNTS, 0)
+    store, write = _store_write(client, "w2", 5, **{"p.saved": 2})
+    assert store.apply(write)
+    assert (write.shard, store.shard_moves) == (1, 1)
+    assert store.apply(write) is False  # a retry on shard 1 is recognised there
+    assert UsageReader(client).report(DAY, DAY)["projects"]["saved"] == 3
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), -1.0, 1e9])
+def test_odd_durations_are_clamped_and_counted(client: StateClient, seconds: float) -> None:
+    """A NaN/infinite/negative/huge duration raised inside the sink (the event was lost); now it is
+    clamped into the histogram's end bucket and counted as clamped."""
+    collector = MetricsCollector(client, start=False, usage=False)
+    at = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    collector.usage(UsageEvent(kind="run_completed", at=at, pipeline_type="SIMPLE", seconds=seconds))
+    assert collector.close()
+    report = UsageReader(client).report(DAY, DAY)
+    assert report["runs"]["completed"] == 1
+    assert report["capped"]["durations_clamped"] == 1
+    assert report["duration_seconds"]["run"]["p50"] is not None
+
+
+def test_an_unknown_pipeline_type_counts_as_other(client: StateClient) -> None:
+    """A free-text pipeline type would add attributes without bound: it is counted under OTHER."""
+    collector = MetricsCollector(client, start=False, usage=False)
+    at = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    for kind in ("custom-1", "custom-2", "SIMPLE"):
+        collector.usage(UsageEvent(kind="run_started", at=at, pipeline_type=kind))
+    assert collector.close()
+    by_type = UsageReader(client).report(DAY, DAY)["runs"]["by_pipeline_type"]
+    assert (by_type["OTHER"]["started"], by_type["SIMPLE"]["started"]) == (2, 1)
+
+
+def test_a_usage_write_refused_as_invalid_is_dropped_counted_and_the_rest_flow(
+    client: StateClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A counts write DynamoDB refuses as invalid was kept and retried forever (every flush failed); now
+    it is dropped and counted, and the users write of the same flush lands."""
+    collector = MetricsCollector(client, start=False, usage=False)
+    buffer = collector.usage_buffer
+    real = buffer.store.apply
+
+    def refuse_counts(write: UsageWrite) -> bool:
+        if write.family == COUNTS:
+            raise tdev_state.ValidationError("refused by DynamoDB as invalid")
+        return real(write)
+
+    monkeypatch.setattr(buffer.store, "apply", refuse_counts)
+    at = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    collector.usage(UsageEvent(kind="project_saved", at=at, tech_stack=("react",)))
+    collector.usage(UsageEvent(kind="user_active", at=at, user_id="u1"))
+    assert collector.flush()
+    assert buffer.dropped_writes == 1
+    assert UsageReader(client).report(DAY, DAY)["active_users"]["total_distinct"] == 1
+
+
+def test_a_flush_of_many_attributes_is_split_into_bounded_writes(client: StateClient) -> None:
+    """1,000 distinct counters in one flush go as writes of at most ATTRS_PER_WRITE attributes each."""
+    collector = MetricsCollector(client, start=False, usage=False)
+    at = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    names = tuple(f"stack-{i}" for i in range(1000))
+    collector.usage(UsageEvent(kind="project_saved", at=at, tech_stack=names))
+    calls: list[int] = []
+    real = client.layer.update
+
+    def count(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(kwargs.get("names") or {}))
+        return real(*args, **kwargs)
+
+    client.layer.update = count  # type: ignore[method-assign]
+    assert collector.close()
+    assert max(calls) <= ATTRS_PER_WRITE + 4  # + kind, writer, full, expires_at
+    report = UsageReader(client).report(DAY, DAY)
+    named = sum(s["projects"] for s in report["projects"]["tech_stack"])
+    assert named + report["projects"]["tech_stack_other"] == 1000
+
+
+def test_the_report_shows_what_was_capped(
+    client: StateClient, tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tech-stack entries counted as other and clamped durations are in the JSON, the terminal report and
+    the HTML page."""
+    from tdev_state.cli import main as tdev
+
+    monkeypatch.setenv("TDEV_ENV", client.config.env)
+    collector = MetricsCollector(client, start=False, usage=False)
+    at = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    collector.usage(UsageEvent(kind="run_started", at=at, pipeline_type="SIMPLE"))
+    collector.usage(UsageEvent(kind="run_completed", at=at, pipeline_type="SIMPLE", seconds=1e9))
+    collector.usage(
+        UsageEvent(
+            kind="project_saved", at=at, tech_stack=tuple(f"s{i}" for i in range(TECH_NAMES_PER_ITEM + 7))
+        )
+    )
+    assert collector.close()
+    argv = ["usage", "report", "--from", "2026-11-26", "--to", "2026-11-26"]
+    assert tdev([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["capped"]["tech_stack_entries_as_other"] == report["projects"]["tech_stack_other"] == 7
+    assert report["capped"]["durations_clamped"] == 1
+    page = tmp_path / "usage.html"
+    assert tdev([*argv, "--html", str(page)]) == 0
+    assert "7 tech-stack entries counted as other" in " ".join(capsys.readouterr().out.split())
+    assert "(other)" in page.read_text()
+
+
+def test_a_usage_write_that_crashes_is_dropped_counted_and_logged(
+    client: StateClient, monkeypatch: pytest.MonkeyPatch, logs: LogEntries
+) -> None:
+    """An unexpected exception in one usage write (a bug, not the store) is counted and logged; the
+    flush goes on with the other items and is not stuck on it next time."""
+    collector = MetricsCollector(client, start=False, usage=False)
+    buffer = collector.usage_buffer
+    real = buffer.store.apply
+
+    def crash_on_durations(write: UsageWrite) -> bool:
+        if write.family == DURATIONS:
+            raise TypeError("a bug in the write path")
+        return real(write)
+
+    monkeypatch.setattr(buffer.store, "apply", crash_on_durations)
+    at = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    collector.usage(UsageEvent(kind="run_completed", at=at, pipeline_type="SIMPLE", seconds=3.0))
+    assert collector.flush()
+    assert collector.flush()
+    assert buffer.dropped_writes == 1
+    assert any(e["event"] == "usage.write_crashed" for e in logs())
+    assert UsageReader(client).report(DAY, DAY)["runs"]["completed"] == 1
+
+
+def test_a_long_running_writer_forgets_old_days(client: StateClient) -> None:
+    """Shard views and users already sent are kept for the last two days written, not forever."""
+    collector = MetricsCollector(client, start=False, usage=False)
+    for day in range(1, 6):
+        at = datetime(2026, 11, day, 12, tzinfo=UTC)
+        collector.usage(UsageEvent(kind="run_started", at=at, pipeline_type="SIMPLE"))
+        collector.usage(UsageEvent(kind="user_active", at=at, user_id="u"))
+        assert collector.flush()
+    assert collector.usage_buffer.store.days() == {"2026-11-04", "2026-11-05"}
+    assert set(collector.usage_buffer._users_sent) == {"2026-11-04", "2026-11-05"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -42,11 +43,10 @@ async def record_metric(metric: Mapping[str, Any]) -> None:
     missing = [k for k in ("metric_name", "agent_name", "value") if k not in metric]
     if missing:
         raise MetricValidationError(f"record_metric: missing key(s) {', '.join(missing)}")
-    unknown = sorted(set(metric) - _KEYS)
+    unknown = sorted(repr(k)[:40] for k in set(metric) - _KEYS)  # repr: keys may be of mixed types
     if unknown:
         raise MetricValidationError(
-            f"record_metric: unknown key(s) {', '.join(map(str, unknown))}; "
-            f"accepted: {', '.join(sorted(_KEYS))}"
+            f"record_metric: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(sorted(_KEYS))}"
         )
     default_collector().record(
         metric["metric_name"],
@@ -57,6 +57,15 @@ async def record_metric(metric: Mapping[str, Any]) -> None:
         variant=metric.get("variant"),
     )
 
+
+def _new_lock_in_child() -> None:
+    # Another thread of the parent may have held the lock at fork(); it does not exist in the child.
+    global _lock  # noqa: PLW0603
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 # The plan's process-wide state client counts usage into the process-wide collector: a pipeline that uses
 # the plan's record_metric gets usage counting with it, and one that does not pays nothing.

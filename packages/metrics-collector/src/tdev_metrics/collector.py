@@ -6,6 +6,13 @@ UpdateItem per key per flush — on an interval, when the buffer grows past a si
 `with`, and at interpreter exit (atexit). SIGTERM/SIGINT are the entry point's to handle:
 `install_signal_handlers(collector)` flushes and then defers to the previous handler.
 
+fork(): a child process forked after the collector started (os.fork, multiprocessing's "fork" start
+method, a pre-forking server) becomes a new writer with an empty buffer: what was buffered before the fork
+is the parent's to deliver; the child gets its own writer id and sequence, new locks, its own flusher
+(started at its first record), and a final flush at exit — multiprocessing children included, which end
+without atexit. Without that, parent and child wrote under one writer id and took each other's writes for
+retries (issue 23.7: 120 of 300 records stored).
+
 Delivery is exactly once (see `_store`): a batch that failed is kept and re-sent as the same write, before
 anything newer for its key, with exponential backoff; new records keep aggregating meanwhile. Memory is
 bounded by `max_keys`; past it, the overflow policy applies and every dropped record is counted and logged.
@@ -14,12 +21,16 @@ bounded by `max_keys`; past it, the overflow policy applies and every dropped re
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
+import os
 import random
 import signal
+import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +39,16 @@ from typing import Any, Literal
 
 from tdev_metrics._aggregate import Aggregate, Key
 from tdev_metrics._store import MetricsStore, Write, plan_writes
+from tdev_metrics._usage_store import ITEM_BUDGET
+from tdev_metrics._validate import (
+    LARGEST,
+    SMALLEST,
+    checked_name,
+    epoch_seconds,
+    exact_float,
+    out_of_range,
+    show,
+)
 from tdev_metrics.exceptions import BufferFullError, CollectorClosedError, MetricValidationError
 from tdev_metrics.usage import UsageBuffer
 from tdev_state import PayloadTooLargeError, StateClient, StateError, ValidationError
@@ -36,8 +57,6 @@ from tdev_state.models import AGENTS
 from tdev_state.usage import UsageEvent
 
 log = get_logger(__name__)
-
-_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,23 +75,35 @@ class CollectorConfig:
     #: Usage events of a run are held in memory until the run ends here, or this many seconds pass, so one
     #: flush writes a whole run's usage (tdev_metrics.usage).
     usage_hold_seconds: float = 300.0
+    #: Bytes past which a usage item is marked full and writers go on in its next shard (a smaller item
+    #: also makes each usage write cheaper: DynamoDB bills a write per KB of the item).
+    usage_item_budget: int = ITEM_BUDGET
 
     def __post_init__(self) -> None:
         for name in ("flush_interval", "max_backoff", "usage_hold_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-                raise MetricValidationError(f"{name} must be a positive number of seconds, got {value!r:.40}")
+                raise MetricValidationError(
+                    f"{name} must be a positive number of seconds, got {show(value, 40)}"
+                )
+        budget = self.usage_item_budget
+        if isinstance(budget, bool) or not isinstance(budget, int) or not 1024 <= budget <= 256 * 1024:
+            raise MetricValidationError(
+                f"usage_item_budget must be a whole number of bytes in 1024..262144, got {show(budget, 40)}"
+            )
         for name in ("flush_at_records", "max_keys"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise MetricValidationError(f"{name} must be a whole number >= 1, got {value!r:.40}")
+                raise MetricValidationError(f"{name} must be a whole number >= 1, got {show(value, 40)}")
         if self.overflow not in ("drop", "raise"):
-            raise MetricValidationError(f"overflow must be 'drop' or 'raise', got {self.overflow!r:.40}")
+            raise MetricValidationError(f"overflow must be 'drop' or 'raise', got {show(self.overflow, 40)}")
         agents: object = self.agents
         if agents is not None and (
             not isinstance(agents, set | frozenset) or not all(isinstance(a, str) and a for a in agents)
         ):
-            raise MetricValidationError(f"agents must be a set of agent names or None, got {agents!r:.60}")
+            raise MetricValidationError(
+                f"agents must be a set of agent names or None, got {show(agents, 60)}"
+            )
 
 
 @dataclass(slots=True)
@@ -111,10 +142,31 @@ class MetricsCollector:
         self.config = config or CollectorConfig()
         # Unique by construction: two collectors given the same id would otherwise guard each other's
         # writes with one sequence attribute and drop each other's data as "duplicates".
-        prefix = _checked_name("writer_id", writer_id) + "-" if writer_id is not None else ""
-        self.writer_id = prefix + uuid.uuid4().hex[:12]
-        self._store = MetricsStore(client.layer, self.writer_id)
+        self._writer_prefix = checked_name("writer_id", writer_id) + "-" if writer_id is not None else ""
+        self._layer = client.layer
         self._clock = clock
+        # Names already checked, one set per kind: a name valid as a metric is not thereby a valid agent.
+        self._valid_metrics: set[str] = set()
+        self._valid_agents: set[str] = set()
+        self._valid_variants: set[str] = set()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._exit_hook = False
+        #: The writer id of the process this one was forked from (None in the process that built it).
+        self.forked_from: str | None = None
+        self._fresh_state()
+        _live.add(self)
+        self._usage_emitter = client.layer.usage if usage else None
+        if self._usage_emitter is not None:
+            self._usage_emitter.attach(self)
+        if start:
+            self.start()
+
+    def _fresh_state(self) -> None:
+        """Identity, buffers, locks and counters of a collector that has recorded nothing: at construction,
+        and again in a forked child (`_after_fork_in_child`)."""
+        self.writer_id = self._writer_prefix + uuid.uuid4().hex[:12]
+        self._store = MetricsStore(self._layer, self.writer_id)
         self._local = threading.local()
         self._shards: list[_Shard] = []
         self._shards_lock = threading.Lock()
@@ -124,11 +176,6 @@ class MetricsCollector:
         self._flush_lock = threading.Lock()
         self._seq = int(time.time() * 1000)  # strictly increasing across restarts of this writer id
         self._wake = threading.Event()
-        self._closed = False
-        # Names already checked, one set per kind: a name valid as a metric is not thereby a valid agent.
-        self._valid_metrics: set[str] = set()
-        self._valid_agents: set[str] = set()
-        self._valid_variants: set[str] = set()
         self.dropped = 0
         #: Writes that could never be applied (the store refused their values): dropped, counted, logged.
         self.dropped_writes = 0
@@ -141,15 +188,49 @@ class MetricsCollector:
         self._backoff = 0.0
         self._deferred_signal: Callable[[], None] | None = None
         self._flush_at = self.config.flush_at_records
-        self._thread: threading.Thread | None = None
+        #: A forked child starts its own flusher on its first record/usage event (not in the fork hook:
+        #: a child that only exec()s or never records gets no thread).
+        self._start_on_use = False
         self._usage = UsageBuffer(
-            client.layer, self.writer_id, self._next_seq, hold_seconds=self.config.usage_hold_seconds
+            self._layer,
+            self.writer_id,
+            self._next_seq,
+            hold_seconds=self.config.usage_hold_seconds,
+            item_budget=self.config.usage_item_budget,
         )
-        self._usage_emitter = client.layer.usage if usage else None
-        if self._usage_emitter is not None:
-            self._usage_emitter.attach(self)
-        if start:
-            self.start()
+
+    def _after_fork_in_child(self) -> None:
+        """In the child of os.fork(): become a new writer with nothing buffered.
+
+        What was buffered before the fork belongs to the parent, which flushes it: the child drops its
+        copy. Sharing the parent's writer id and sequence would make the parent's and the child's writes
+        look like retries of each other (one side's data dropped as duplicates), so the child takes a new
+        id. Locks are replaced, not released: another thread of the parent may have held one at the
+        fork, and that thread does not exist here. The HTTP connections inherited from the parent are
+        closed in the child (the parent keeps them): two processes reading responses from one socket
+        would read each other's.
+        """
+        parent = self.writer_id
+        flusher_wanted = self._thread is not None and not self._closed
+        self._thread = None
+        self._fresh_state()
+        self.forked_from = parent
+        self._start_on_use = flusher_wanted
+        with contextlib.suppress(Exception):  # best effort: an unusable pool is rebuilt on next use anyway
+            self._layer.dynamodb.close()
+        mp_util = sys.modules.get("multiprocessing.util")
+        if mp_util is not None and not self._closed:
+            # A multiprocessing child ends with os._exit() after its finalizers, never running atexit:
+            # register the final flush there (after multiprocessing clears the inherited finalizers).
+            mp_util.register_after_fork(self, _flush_at_multiprocessing_exit)
+        log.info("metrics.forked", writer_id=self.writer_id, forked_from=parent)
+
+    def _start_after_fork(self) -> None:
+        with self._shards_lock:
+            if not self._start_on_use:
+                return
+            self._start_on_use = False
+        self.start()
 
     def usage(self, event: UsageEvent) -> None:
         """Take one usage event from the state client (memory only; tdev_state.usage.UsageSink)."""
@@ -157,6 +238,8 @@ class MetricsCollector:
             self._usage.rejected += 1
             log.warning("usage.after_close", kind=event.kind)
             return
+        if self._start_on_use:
+            self._start_after_fork()
         self._usage.usage(event)
 
     @property
@@ -178,17 +261,11 @@ class MetricsCollector:
         """Add one observation to its (hour, metric, agent, variant) aggregate. Never does I/O."""
         if self._closed:
             raise CollectorClosedError("record() after close(); create a new collector")
-        if type(value) is not float and (type(value) is not int or isinstance(value, bool)):
-            raise MetricValidationError(
-                f"value must be an int or float, got {type(value).__name__} {value!r:.40}"
-            )
-        if not math.isfinite(value):
-            raise MetricValidationError(f"value is {value!r}; metrics must be finite numbers")
-        if not (value == 0 or _SMALLEST <= abs(value) <= _LARGEST):
-            raise MetricValidationError(
-                f"value {value!r} is outside what the metrics table can aggregate (0, or a magnitude "
-                f"between {_SMALLEST:g} and {_LARGEST:g}: its square must fit DynamoDB's number range)"
-            )
+        number = value if type(value) is float else exact_float(value)
+        if not (number == 0 or SMALLEST <= abs(number) <= LARGEST):
+            if not math.isfinite(number):  # NaN/inf (too large ints were refused above)
+                raise MetricValidationError(f"value is {number!r}; metrics must be finite numbers")
+            raise out_of_range(value)
         try:  # the hot path: one set lookup per name seen before (try costs nothing when nothing raises)
             known = metric_name in self._valid_metrics and agent_name in self._valid_agents
             known_variant = variant is None or variant in self._valid_variants
@@ -197,12 +274,12 @@ class MetricsCollector:
         if not known:
             self._check_names(metric_name, agent_name)
         if not known_variant:
-            self._valid_variants.add(_checked_name("variant", variant))
+            self._valid_variants.add(checked_name("variant", variant))
         if type(error) is not bool:
             raise MetricValidationError(
-                f"error must be True or False, got {type(error).__name__} {error!r:.20}"
+                f"error must be True or False, got {type(error).__name__} {show(error, 20)}"
             )
-        moment = self._clock() if timestamp is None else _epoch_seconds(timestamp, self._clock())
+        moment = self._clock() if timestamp is None else epoch_seconds(timestamp, self._clock())
         key = (int(moment // 3600), metric_name, agent_name, variant)  # a plain tuple: Key() is 10x dearer
         shard: _Shard | None = getattr(self._local, "shard", None)
         if shard is None:
@@ -216,7 +293,7 @@ class MetricsCollector:
                 if not self._admit(Key(*key)):
                     return
                 agg = shard.aggs[key] = Aggregate()
-            agg.add(float(value), bool(error))
+            agg.add(number, error)
             shard.records += 1
             if shard.records >= self._flush_at:
                 shard.records = 0
@@ -228,6 +305,8 @@ class MetricsCollector:
             self._run_deferred_signal()
 
     def _new_shard(self) -> _Shard:
+        if self._start_on_use:  # the first record of a forked child (its thread-local shard is new)
+            self._start_after_fork()
         shard = _Shard()
         with self._shards_lock:
             self._shards.append(shard)
@@ -251,8 +330,8 @@ class MetricsCollector:
         return False
 
     def _check_names(self, metric_name: str, agent_name: str) -> None:
-        self._valid_metrics.add(_checked_name("metric_name", metric_name))
-        agent = _checked_name("agent_name", agent_name)
+        self._valid_metrics.add(checked_name("metric_name", metric_name))
+        agent = checked_name("agent_name", agent_name)
         if self.config.agents is not None and agent not in self.config.agents:
             raise MetricValidationError(
                 f"unknown agent {agent!r}; agents are: {', '.join(sorted(self.config.agents))}"
@@ -331,6 +410,18 @@ class MetricsCollector:
             except StateError as exc:
                 log.warning("flush.failed", metric_name=key.metric, agent_name=key.agent, error=str(exc))
                 return False
+            except Exception as exc:  # a bug, not the store: retrying the same write would fail forever
+                self.dropped_writes += pending.writes[0].count or 1
+                log.exception(
+                    "flush.write_crashed",
+                    metric_name=key.metric,
+                    agent_name=key.agent,
+                    records=pending.writes[0].count,
+                    error=repr(exc),
+                    tdev_metrics_dropped_total=self.dropped_writes,
+                )
+                pending.writes.pop(0)
+                continue
             if not applied:
                 self.duplicates_ignored += 1
             pending.writes.pop(0)
@@ -357,7 +448,9 @@ class MetricsCollector:
             return
         self._thread = threading.Thread(target=self._run, name="tdev-metrics-flusher", daemon=True)
         self._thread.start()
-        atexit.register(self.close)
+        if not self._exit_hook:  # a forked child inherits the parent's registration
+            self._exit_hook = True
+            atexit.register(self.close)
 
     def _run(self) -> None:
         while True:
@@ -422,6 +515,28 @@ class MetricsCollector:
         self.close()
 
 
+#: Every collector of this process, for the fork hook (weak: a collector nobody holds is not kept alive).
+_live: weakref.WeakSet[MetricsCollector] = weakref.WeakSet()
+
+
+def _reset_collectors_in_child() -> None:
+    for collector in list(_live):
+        try:
+            collector._after_fork_in_child()
+        except Exception as exc:  # never let a hook fail a fork; the collector says so when used
+            log.error("metrics.fork_reset_failed", error=repr(exc))  # noqa: TRY400
+
+
+def _flush_at_multiprocessing_exit(collector: MetricsCollector) -> None:
+    import multiprocessing.util  # only here, where multiprocessing is already in use
+
+    multiprocessing.util.Finalize(collector, collector.close, exitpriority=10)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_reset_collectors_in_child)
+
+
 def install_signal_handlers(
     collector: MetricsCollector, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
 ) -> None:
@@ -449,42 +564,6 @@ def install_signal_handlers(
                 terminate(num, frame)
 
         signal.signal(signum, handler)
-
-
-#: A value's square is aggregated (sumsq): it must stay inside DynamoDB's number range (1e-130 .. 9.99e125)
-#: even summed over many records.
-_LARGEST = 1e50
-_SMALLEST = 1e-50
-#: Timestamps are epoch seconds from 2000 to a day ahead: milliseconds (x1000) or a datetime.max are refused.
-_EARLIEST = 946_684_800.0
-
-
-def _checked_name(field_name: str, name: object) -> str:
-    if not isinstance(name, str) or not name or len(name) > 64 or not set(name) <= _NAME_OK:
-        raise MetricValidationError(
-            f"{field_name} {name!r:.80} must be 1-64 characters of letters, digits, '_', '-' or '.'"
-        )
-    return name
-
-
-def _epoch_seconds(timestamp: object, now: float) -> float:
-    """A record's time as epoch seconds, refusing what is not a plausible moment (ms, far future)."""
-    if isinstance(timestamp, datetime):
-        try:
-            moment = timestamp.timestamp()  # naive datetimes are local time, as datetime.now() gives
-        except (OverflowError, ValueError, OSError):
-            moment = math.inf
-    elif type(timestamp) in (float, int):
-        moment = float(timestamp)  # type: ignore[arg-type]
-    else:
-        raise MetricValidationError(f"timestamp must be a datetime or epoch seconds, got {timestamp!r:.60}")
-    if not (_EARLIEST <= moment <= now + 86_400):
-        hint = " (it looks like milliseconds: divide by 1000)" if now * 100 < moment < now * 10_000 else ""
-        raise MetricValidationError(
-            f"timestamp {timestamp!r:.40} is not a moment between 2000 and a day from now{hint}; "
-            "send epoch seconds or a datetime"
-        )
-    return moment
 
 
 def utc_hour(moment: float) -> datetime:

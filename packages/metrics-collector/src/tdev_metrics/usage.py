@@ -17,6 +17,12 @@ UpdateItem per item per flush (`w_<writer> < :seq`, as the collector's metric it
 recognised and never counted twice. The user set is a DynamoDB set union, idempotent by nature, and gives
 exact distinct counts (up to a 48-bit hash collision: about n²/2⁴⁹, 2·10⁻⁵ for 10⁵ users).
 
+Bounded under any input (issue 23.8): each family is a chain of shards of bounded size
+(`tdev_metrics._usage_store`); a counts shard takes at most TECH_NAMES_PER_ITEM distinct tech-stack names
+(the entries of further new names are counted in `xo`, "other"), durations outside [1 ms, MAX_SECONDS] are
+clamped into the end buckets (counted in `xd`), an unknown pipeline type counts as OTHER, and one
+UpdateItem carries at most ATTRS_PER_WRITE attributes. The report shows what was capped.
+
 Why the per-run hold: a run's events (its start excepted) are kept in memory until the run ends here
 (completed, failed, abandoned) or `hold_seconds` pass, then merged into the day's deltas. One flush then
 carries a whole run instead of a piece of it every flush interval, which is what keeps usage counting a few
@@ -34,26 +40,35 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
-from tdev_metrics._store import expires_at
+from tdev_metrics._usage_store import (
+    ATTRS_PER_WRITE,
+    COUNTS,
+    DURATIONS,
+    ITEM_BUDGET,
+    USERS,
+    USERS_PER_WRITE,
+    UsageStore,
+    UsageWrite,
+)
 from tdev_metrics.exceptions import MetricValidationError
-from tdev_state import AGENTS, StateClient, StateError
+from tdev_state import AGENTS, PayloadTooLargeError, StateClient, StateError, ValidationError
 from tdev_state._log import get_logger
-from tdev_state.dynamo import ConditionFailed, DynamoLayer
+from tdev_state.dynamo import DynamoLayer
 from tdev_state.usage import UsageEvent
 
 log = get_logger(__name__)
 
 # Sort keys start with '#', which no metric name may contain: usage items never meet a metric's Query.
-COUNTS = "#usage#counts"
-DURATIONS = "#usage#durations"
-USERS = "#usage#users"
-PREFIX = "#usage#"
 #: Histogram base: bucket i holds [GAMMA**i, GAMMA**(i+1)); the midpoint estimate is within ±9.1 %.
 GAMMA = 1.2
 RELATIVE_ERROR = (GAMMA - 1) / (GAMMA + 1)
+#: Durations are clamped to [MIN_SECONDS, MAX_SECONDS] (11.6 days): a fixed range of ~115 buckets per series.
+MIN_SECONDS = 0.001
+MAX_SECONDS = 1e6
+#: Distinct tech-stack names one counts shard takes (by the writer's view of it); the rest count as other.
+TECH_NAMES_PER_ITEM = 100
 PIPELINE_TYPES = ("SIMPLE", "PRODUCTION")
 _RUN_CODES = {
     "run_started": "rs",
@@ -71,11 +86,28 @@ _AGENT_CODES = {
 }
 _ENDS = frozenset({"run_completed", "run_failed", "run_abandoned"})
 _MAX_TECH_CHARS = 64
+#: Counters of what was capped (in the counts item; never a tech-stack name, which is stored as "t.<name>").
+OTHER_STACKS = "xo"
+CLAMPED_DURATIONS = "xd"
 
 
 def bucket_of(seconds: float) -> int:
-    """The histogram bucket of a duration (durations under 1 ms share the lowest bucket)."""
-    return math.floor(math.log(max(seconds, 0.001)) / math.log(GAMMA))
+    """The histogram bucket of a duration, clamped to [MIN_SECONDS, MAX_SECONDS] (NaN: the lowest)."""
+    clamped = min(max(seconds, MIN_SECONDS), MAX_SECONDS) if seconds == seconds else MIN_SECONDS  # noqa: PLR0124
+    return math.floor(math.log(clamped) / math.log(GAMMA))
+
+
+def _duration(delta: _Delta, series: str, seconds: float) -> None:
+    """Count one duration in its series' histogram; a clamped one is also counted as such."""
+    if not MIN_SECONDS <= seconds <= MAX_SECONDS:  # NaN included
+        delta.counts[CLAMPED_DURATIONS] += 1
+    delta.durations[f"{series}.{bucket_of(seconds)}"] += 1
+
+
+def _stack_name(name: str) -> str:
+    """A tech-stack entry as an attribute name: trimmed, at most 64 characters, valid UTF-8 (a lone
+    surrogate cannot be sent to DynamoDB at all and would fail the whole write it rides in)."""
+    return name.strip()[:_MAX_TECH_CHARS].encode("utf-8", "replace").decode("utf-8")
 
 
 def bucket_value(bucket: int) -> float:
@@ -117,16 +149,6 @@ class _Held:
     days: dict[str, _Delta] = field(default_factory=lambda: defaultdict(_Delta))
 
 
-@dataclass
-class _Pending:
-    """One write in flight: fixed sequence number, retried as is until confirmed or recognised."""
-
-    day: str
-    item: str
-    seq: int
-    delta: _Delta
-
-
 class UsageBuffer:
     """The usage sink of one MetricsCollector: events in, a few exactly-once writes per flush out."""
 
@@ -138,21 +160,31 @@ class UsageBuffer:
         *,
         hold_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        item_budget: int = ITEM_BUDGET,
     ) -> None:
-        self._store = UsageStore(layer, writer_id)
+        self._store = UsageStore(layer, writer_id, item_budget=item_budget)
         self._next_seq = next_seq
         self._hold = hold_seconds
         self._clock = clock
         self._lock = threading.Lock()
         self._held: dict[str, _Held] = {}
         self._ready: dict[str, _Delta] = defaultdict(_Delta)
-        self._pending: dict[tuple[str, str], _Pending] = {}
-        self._users_sent: set[tuple[str, int]] = set()
+        #: Writes handed to the store, per (day, family), sent in order (one sequence number each).
+        self._pending: dict[tuple[str, str], list[UsageWrite]] = {}
+        self._users_sent: dict[str, set[int]] = defaultdict(set)
         #: Events received, and events that could not be counted (each logged).
         self.events = 0
         self.rejected = 0
         #: Writes recognised as already applied (a retry after a timeout): not counted twice.
         self.duplicates_ignored = 0
+        #: Writes the store can never apply (refused as invalid) or that crashed: dropped, counted, logged.
+        self.dropped_writes = 0
+        #: Tech-stack entries counted as "other" because their shard had its share of distinct names.
+        self.capped_stacks = 0
+
+    @property
+    def store(self) -> UsageStore:
+        return self._store
 
     # --- events (the pipeline's thread) ---------------------------------------------------------------
 
@@ -163,6 +195,8 @@ class UsageBuffer:
         kind = event.kind
         if kind in _RUN_CODES:
             kind_of_run = event.pipeline_type or "UNKNOWN"
+            if kind_of_run not in PIPELINE_TYPES and kind_of_run != "UNKNOWN":
+                kind_of_run = "OTHER"  # types are an enum today; a free-text one must not add attributes
             delta.counts[f"{_RUN_CODES[kind]}.{kind_of_run}"] += 1
             if kind == "run_started":
                 delta.counts[f"h{event.at.astimezone(UTC).hour:02d}"] += 1
@@ -170,7 +204,7 @@ class UsageBuffer:
                 if event.recovered:
                     delta.counts[f"rv.{kind_of_run}"] += 1
                 if event.seconds is not None:
-                    delta.durations[f"r{kind_of_run}.{bucket_of(event.seconds)}"] += 1
+                    _duration(delta, f"r{kind_of_run}", event.seconds)
         elif kind in _AGENT_CODES:
             if event.agent not in AGENTS:
                 self.rejected += 1
@@ -179,10 +213,11 @@ class UsageBuffer:
             index = AGENTS.index(event.agent)
             delta.counts[f"{_AGENT_CODES[kind]}{index}"] += 1
             if kind == "agent_completed" and event.seconds is not None:
-                delta.durations[f"a{index}.{bucket_of(event.seconds)}"] += 1
+                _duration(delta, f"a{index}", event.seconds)
         elif kind == "project_saved":
             delta.counts["p.saved"] += 1
-            for name in sorted({t.strip()[:_MAX_TECH_CHARS] for t in event.tech_stack if t.strip()}):
+            names = {_stack_name(t) for t in event.tech_stack if isinstance(t, str) and t.strip()}
+            for name in sorted(names):
                 delta.counts[f"t.{name}"] += 1
         elif kind == "project_downloaded":
             delta.counts["p.downloads"] += 1
@@ -223,100 +258,96 @@ class UsageBuffer:
                 self._release(sid)
             ready, self._ready = self._ready, defaultdict(_Delta)
             for day, delta in ready.items():
-                delta.users -= {h for h in delta.users if (day, h) in self._users_sent}
-                parts = (
+                delta.users -= self._users_sent.get(day, set())
+                for family, part in (
                     (COUNTS, _Delta(counts=delta.counts)),
                     (DURATIONS, _Delta(durations=delta.durations)),
                     (USERS, _Delta(users=delta.users)),
-                )
-                for item, part in parts:
+                ):
                     if part.empty():
                         continue
-                    waiting = self._pending.get((day, item))
-                    if waiting is not None:  # behind a write not yet confirmed: joins the next one
+                    if self._pending.get((day, family)):  # behind a write not yet confirmed
                         self._ready[day].merge(part)
                     else:
-                        self._pending[(day, item)] = _Pending(day, item, self._next_seq(), part)
-            pending = list(self._pending.values())
+                        self._pending[(day, family)] = self._plan(day, family, part)
+            queues = list(self._pending.items())
         ok = True
-        for write in pending:
-            try:
-                if not self._store.apply(write):
-                    self.duplicates_ignored += 1
-            except StateError as exc:
-                ok = False
-                log.warning("usage.flush_failed", item=write.item, day=write.day, error=str(exc))
-                continue
-            with self._lock:
-                del self._pending[(write.day, write.item)]
-                if write.item == USERS:
-                    self._users_sent |= {(write.day, h) for h in write.delta.users}
+        for (day, family), writes in queues:
+            while writes:
+                write = writes[0]
+                try:
+                    if family == COUNTS and write.shard is None:
+                        self._cap_stacks(write)
+                    if not self._store.apply(write):
+                        self.duplicates_ignored += 1
+                except (ValidationError, PayloadTooLargeError) as exc:
+                    self._drop(write, exc)  # refused as sent: it would be refused forever
+                except StateError as exc:
+                    ok = False
+                    log.warning("usage.flush_failed", item=family, day=day, error=str(exc))
+                    break
+                except Exception as exc:  # a bug, not the store: counted, logged, the others go on
+                    self._drop(write, exc, crashed=True)
+                if family == USERS:
+                    with self._lock:
+                        self._users_sent[day] |= write.users
+                writes.pop(0)
         with self._lock:
+            for key in [k for k, w in self._pending.items() if not w]:
+                del self._pending[key]
+            self._forget_old_days()
             return ok and not self._pending and not (everything and (self._held or self._ready))
+
+    def _plan(self, day: str, family: str, part: _Delta) -> list[UsageWrite]:
+        """Writes of at most ATTRS_PER_WRITE attributes (USERS_PER_WRITE hashes), each its own seq."""
+        if family == USERS:
+            hashes = sorted(part.users)
+            return [
+                UsageWrite(day, family, self._next_seq(), users=set(hashes[i : i + USERS_PER_WRITE]))
+                for i in range(0, len(hashes), USERS_PER_WRITE)
+            ]
+        source = part.counts if family == COUNTS else part.durations
+        attrs = sorted(source.items())
+        return [
+            UsageWrite(day, family, self._next_seq(), attrs=dict(attrs[i : i + ATTRS_PER_WRITE]))
+            for i in range(0, len(attrs), ATTRS_PER_WRITE)
+        ]
+
+    def _cap_stacks(self, write: UsageWrite) -> None:
+        """Before a counts write is first sent: names new to its shard past TECH_NAMES_PER_ITEM count as
+        other (`xo`). The view is this writer's last sight of the shard, so the cap is approximate under
+        concurrent writers; the shard's size bound is not (it is enforced by the store)."""
+        view = self._store.target(write)
+        named = sum(1 for n in view.names if n.startswith("t."))
+        for attr in sorted(a for a in write.attrs if a.startswith("t.") and a not in view.names):
+            if named < TECH_NAMES_PER_ITEM:
+                named += 1
+                continue
+            n = write.attrs.pop(attr)
+            write.attrs[OTHER_STACKS] = write.attrs.get(OTHER_STACKS, 0) + n
+            self.capped_stacks += n
+
+    def _drop(self, write: UsageWrite, exc: Exception, *, crashed: bool = False) -> None:
+        self.dropped_writes += 1
+        fields = {"item": write.family, "day": write.day, "error": repr(exc)[:300]}
+        if crashed:
+            log.exception("usage.write_crashed", **fields, dropped=self.dropped_writes)
+        else:
+            log.error("usage.write_dropped", **fields, dropped=self.dropped_writes)
+
+    def _forget_old_days(self) -> None:
+        """Users already sent, and the store's shard views, are kept for the last two days written only
+        (a long-running process)."""
+        days = sorted(set(self._users_sent) | self._store.days())
+        if len(days) > 2:
+            cutoff = days[-2]
+            for day in [d for d in self._users_sent if d < cutoff]:
+                del self._users_sent[day]
+            self._store.forget_days_before(cutoff)
 
     def held_runs(self) -> int:
         with self._lock:
             return len(self._held)
-
-
-class UsageStore:
-    """The three usage items through the shared DynamoDB layer."""
-
-    def __init__(self, layer: DynamoLayer, writer_id: str) -> None:
-        self._layer = layer
-        self._table = layer.tables.metrics
-        self._writer_attr = f"w_{writer_id}"
-
-    def apply(self, write: _Pending) -> bool:
-        """Apply one write exactly once; False when it had been applied already (a retry)."""
-        names: dict[str, str] = {"#kind": "kind"}
-        values: dict[str, Any] = {":kind": "usage"}
-        sets = ["#kind = :kind"]
-        adds: list[str] = []
-        condition = None
-        if write.item == USERS:
-            names["#u"] = "u"
-            values[":u"] = {Decimal(h) for h in write.delta.users}
-            adds.append("#u :u")
-        else:
-            names["#w"] = self._writer_attr
-            values[":seq"] = write.seq
-            sets.append("#w = :seq")
-            condition = "attribute_not_exists(#w) OR #w < :seq"
-            source = write.delta.counts if write.item == COUNTS else write.delta.durations
-            for i, (attr, n) in enumerate(sorted(source.items())):
-                names[f"#a{i}"] = attr
-                values[f":a{i}"] = n
-                adds.append(f"#a{i} :a{i}")
-        expiry = expires_at(write.day, self._layer.config.retention_days)
-        if expiry is not None:
-            sets.append("#exp = :exp")
-            names["#exp"] = "expires_at"
-            values[":exp"] = expiry
-        try:
-            self._layer.update(
-                self._table,
-                {"date": write.day, "metric_name": write.item},
-                update="SET " + ", ".join(sets) + " ADD " + ", ".join(adds),
-                condition=condition,
-                names=names,
-                values=values,
-            )
-        except ConditionFailed:
-            log.info("usage.duplicate_ignored", item=write.item, day=write.day, seq=write.seq)
-            return False
-        return True
-
-    def day(self, day: str) -> dict[str, dict[str, Any]]:
-        """The day's usage items by sort key (one consistent Query)."""
-        items = self._layer.query_all(
-            self._table,
-            key_condition="#d = :d AND begins_with(metric_name, :p)",
-            names={"#d": "date"},
-            values={":d": day, ":p": PREFIX},
-            consistent=True,
-        )
-        return {str(i["metric_name"]): i for i in items}
 
 
 # --- reading ----------------------------------------------------------------------------------------
@@ -360,17 +391,22 @@ class UsageReader:
         users_total: set[int] = set()
         by_day_users: dict[str, int] = {}
         per_day: dict[str, dict[str, int]] = {}
+        items_read = 0
         day = start
         while day <= end:
             key = day.isoformat()
-            items = self._store.day(key)
-            today = Counter({k: int(v) for k, v in items.get(COUNTS, {}).items() if _counter(k)})
+            shards = self._store.day(key)  # every shard of the three families
+            today: Counter[str] = Counter()
+            for item in shards[COUNTS]:
+                today.update({k: int(v) for k, v in item.items() if _counter(k)})
             counts.update(today)
-            for attr, n in items.get(DURATIONS, {}).items():
-                if attr[:1] in ("a", "r") and "." in attr:  # short names: the day must fit in 4 KB
-                    series, _, bucket = attr.rpartition(".")
-                    durations[series][int(bucket)] += int(n)
-            users = {int(h) for h in items.get(USERS, {}).get("u", set())}
+            for item in shards[DURATIONS]:
+                for attr, n in item.items():
+                    if attr[:1] in ("a", "r") and "." in attr:
+                        series, _, bucket = attr.rpartition(".")
+                        durations[series][int(bucket)] += int(n)
+            users = {int(h) for item in shards[USERS] for h in item.get("u", set())}
+            items_read += sum(len(v) for v in shards.values())
             users_total |= users
             by_day_users[key] = len(users)
             per_day[key] = {
@@ -384,11 +420,13 @@ class UsageReader:
                 )
             }
             day += timedelta(days=1)
-        return _shape(start, end, counts, durations, users_total, by_day_users, per_day)
+        report = _shape(start, end, counts, durations, users_total, by_day_users, per_day)
+        report["capped"]["usage_items_read"] = items_read
+        return report
 
 
 def _counter(attr: str) -> bool:
-    return attr[:1] in {"r", "a", "h", "p", "t"} and not attr.startswith("w_") and attr != "kind"
+    return attr[:1] in {"r", "a", "h", "p", "t", "x"} and not attr.startswith("w_") and attr != "kind"
 
 
 def _shape(  # noqa: PLR0917 - the report's parts, gathered by report()
@@ -470,6 +508,12 @@ def _shape(  # noqa: PLR0917 - the report's parts, gathered by report()
             "saved": counts["p.saved"],
             "downloads": counts["p.downloads"],
             "tech_stack": [{"name": name, "projects": n} for name, n in stacks],
+            "tech_stack_other": counts[OTHER_STACKS],
+        },
+        "capped": {
+            # What the bounds on usage items (tdev_metrics._usage_store) counted without its detail.
+            "tech_stack_entries_as_other": counts[OTHER_STACKS],
+            "durations_clamped": counts[CLAMPED_DURATIONS],
         },
         "active_users": {"total_distinct": len(users), "by_day": by_day_users},
         "busiest_hours_utc": [{"hour": hour, "runs_started": n} for hour, n in hours],

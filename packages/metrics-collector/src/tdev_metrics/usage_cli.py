@@ -85,7 +85,16 @@ def print_report(report: dict[str, Any]) -> None:
     stacks = ", ".join(
         f"{command.printable(t['name'])} {t['projects']}" for t in report["projects"]["tech_stack"][:10]
     )
+    if report["projects"].get("tech_stack_other"):
+        stacks += f", other {report['projects']['tech_stack_other']}"
     console.print(f"tech stacks: {stacks or 'n/a'}", highlight=False, markup=False)
+    capped = report.get("capped", {})
+    if capped.get("tech_stack_entries_as_other") or capped.get("durations_clamped"):
+        console.print(
+            f"capped to keep usage items bounded: {capped.get('tech_stack_entries_as_other', 0)} tech-stack "
+            f"entries counted as other, {capped.get('durations_clamped', 0)} durations clamped",
+            highlight=False,
+        )
     hours = ", ".join(f"{h['hour']:02d}h {h['runs_started']}" for h in report["busiest_hours_utc"][:5])
     console.print(f"busiest hours (UTC): {hours or 'n/a'}", highlight=False)
 

@@ -125,9 +125,17 @@ margin-bottom:1em}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
 {
         table(
             ["tech stack", "new projects"],
-            [[t["name"], t["projects"]] for t in report["projects"]["tech_stack"]],
+            [[t["name"], t["projects"]] for t in report["projects"]["tech_stack"]]
+            + (
+                [["(other)", report["projects"]["tech_stack_other"]]]
+                if report["projects"].get("tech_stack_other")
+                else []
+            ),
         )
     }
+<p>Capped to keep usage items bounded: {report.get("capped", {}).get("tech_stack_entries_as_other", 0)}
+tech-stack entries counted as other (a day's shard takes 100 distinct names),
+{report.get("capped", {}).get("durations_clamped", 0)} durations clamped to 1 ms .. 11.6 days.</p>
 <h2>Active users by day</h2>
 {table(["day", "users"], [[d, n] for d, n in report["active_users"]["by_day"].items()])}
 <h2>Busiest hours (UTC)</h2>
