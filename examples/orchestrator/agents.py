@@ -82,7 +82,7 @@ def output_of(agent: str, data: dict[str, Any]) -> dict[str, Any]:
             "elapsed": timedelta(seconds=12),
         },
         "assembly": {
-            "package_path": Path("/tmp") / f"{data.get('project_id')}.zip",
+            "package_path": Path("downloads") / f"{data.get('project_id')}.zip",
             "zip_head": b"PK\x03\x04",
         },
         "download": {"download_url": f"/api/v1/download/{data.get('project_id')}"},
