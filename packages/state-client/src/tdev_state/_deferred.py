@@ -35,11 +35,13 @@ log = get_logger(__name__)
 class DeferPolicy:
     """How long one state call may hold up the orchestrator, and how much a store outage may cost in memory.
 
-    A hung store adds at most `call_budget_seconds` per state call the run makes before its first write
-    is deferred; after that the run's writes join its backlog without waiting (T-Developer's loop makes
-    two or three calls per agent attempt). The backlog of the whole process holds at most
-    `max_pending_bytes` of payload (its JSON size) and `max_pending_writes` writes; a write is given up
-    `give_up_after_seconds` after it was first tried.
+    A hung or unreachable store adds at most `call_budget_seconds` to the run whose call first meets it:
+    from then on (`DeferredWrites.store_suspect`) every run's writes join their backlogs without waiting,
+    until a write lands again. So the delay per agent is at most one budget, and in a whole outage one
+    budget per process — not per call (T-Developer's loop makes two or three calls per agent attempt).
+    The backlog of the whole process holds at most `max_pending_bytes` of payload (its JSON size; 64 MiB)
+    and `max_pending_writes` writes (10,000); a write is given up `give_up_after_seconds` (15 min) after
+    it was first tried.
     """
 
     call_budget_seconds: float = 2.0
@@ -140,6 +142,10 @@ class DeferredWrites:
         self.lost = 0
         self.pending_writes = 0
         self.pending_bytes = 0
+        #: The store failed a call or ran out of the budget and has not answered since: new writes of every
+        #: run join their backlogs at once instead of each waiting out the budget again (a circuit breaker,
+        #: closed again by the first write that lands).
+        self.store_suspect = False
 
     def defer(self, run: Backlogged, write: PendingWrite) -> None:
         """Append `write` to its run's backlog (within the budget, else it is lost) and drain it."""
@@ -205,6 +211,7 @@ class DeferredWrites:
             except StateError as exc:
                 alternative = run.alternative(write, exc)
                 if alternative is RETRY:
+                    self.store_suspect = True
                     if time.monotonic() - write.since > self.policy.give_up_after_seconds:
                         run.lose(self._release(run), exc)
                         continue
@@ -225,6 +232,7 @@ class DeferredWrites:
                 continue
             self._release(run)
             self.landed_late += 1
+            self.store_suspect = False
             backoff = self.policy.first_backoff_seconds
             if write.landed is not None:
                 with contextlib.suppress(Exception):

@@ -299,6 +299,9 @@ class PipelineRun:
         if self.backlog:  # an earlier write of this run is pending: keep the order
             self._defer(write, "an earlier write of this run is still pending")
             return None
+        if self.writes.store_suspect:  # the store failed the last call: do not wait out the budget again
+            self._defer(write, "the store failed its last call; retried in the background")
+            return None
         try:
             future = asyncio.get_running_loop().run_in_executor(
                 self.client._executor, write.call, self.session_id
@@ -310,11 +313,13 @@ class PipelineRun:
             result = await asyncio.wait_for(asyncio.shield(future), self.writes.policy.call_budget_seconds)
         except TimeoutError:
             write.in_flight = future
+            self.writes.store_suspect = True
             self._defer(write, f"no answer within {self.writes.policy.call_budget_seconds} s")
             return None
         except StateError as exc:
             alternative = self.alternative(write, exc)
             if alternative is RETRY:
+                self.writes.store_suspect = True
                 self._defer(write, f"{type(exc).__name__}: {exc}")
                 return None
             if alternative is None:
@@ -324,6 +329,7 @@ class PipelineRun:
         except Exception as exc:  # a bug below us must not fail the orchestrator's run
             self.lose(write, exc)
             return None
+        self.writes.store_suspect = False
         self._landed(write, result)
         return result
 
@@ -556,7 +562,7 @@ class AgentStep:
         run = self.run
         while True:
             await asyncio.sleep(run.heartbeat_seconds)
-            if run.backlog:
+            if run.backlog or run.writes.store_suspect:
                 continue  # the store is behind: a beat would only queue up behind the run's writes
             try:
                 beat = run.client.sessions.heartbeat(run.session_id)
