@@ -181,6 +181,8 @@ class PipelineRun:
         To continue an existing run, use `resume`."""
         run = cls(client, session_id, **options)
         fields = {"user_id": user_id, "project_name": project_name, "pipeline_type": pipeline_type}
+        if run.variant is not None and (metadata is None or isinstance(metadata, dict)):
+            metadata = {**(metadata or {}), "variant": run.variant}  # the A/B arm, on the run itself
 
         def create(sid: str, **kwargs: Any) -> Session:
             return client.sync.sessions.create(session_id=sid, **kwargs)
