@@ -3,6 +3,7 @@ endpoint alike: build the adopted pipeline on a client, run it as the API does, 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -71,3 +72,18 @@ class FixedNow(datetime):
     @classmethod
     def now(cls, tz: Any = None) -> FixedNow:
         return cls(2026, 11, 27, 3, 15, 0, tzinfo=tz)
+
+
+async def post(app: Any, body: Any) -> tuple[int, Any]:
+    """POST `body` as JSON to a pure-ASGI app, as FastAPI's mount would; (status, JSON answer)."""
+    sent: list[dict[str, Any]] = []
+    messages = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "method": "POST", "path": "/"}, receive, send)
+    return sent[0]["status"], json.loads(sent[1]["body"])

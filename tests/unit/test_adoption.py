@@ -23,7 +23,7 @@ from tdev_state import (
 )
 from tdev_state.resume import CompletedAgent, ResumeRequest
 
-from ..adoption_flows import HUNG_DEFER, FixedNow, adopted, original, run, stored
+from ..adoption_flows import HUNG_DEFER, FixedNow, adopted, original, post, run, stored
 from ..outage import StoreOutage
 
 pytestmark = pytest.mark.unit
@@ -257,23 +257,6 @@ async def test_a_stale_fencing_token_is_refused_with_409(
     made = dict(pipeline.config["script"].made)
     status, answer = await post(after.resume_route, body)
     assert (status, answer["kind"], pipeline.config["script"].made) == (409, "StaleResumeError", made)
-
-
-async def post(app: Any, body: Any) -> tuple[int, Any]:
-    """POST `body` as JSON to a pure-ASGI app, as FastAPI's mount would; (status, JSON answer)."""
-    import json
-
-    sent: list[dict[str, Any]] = []
-    messages = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0)
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app({"type": "http", "method": "POST", "path": "/"}, receive, send)
-    return sent[0]["status"], json.loads(sent[1]["body"])
 
 
 def _around(pipeline: Any, agent: str, *, before: Any) -> None:
