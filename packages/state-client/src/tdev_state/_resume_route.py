@@ -56,7 +56,9 @@ async def accept_resume(
     nothing is started then. `run_options` go to `PipelineRun.resume` (metrics, on_progress, ...).
     """
     request = body if isinstance(body, ResumeRequest) else ResumeRequest.from_json(body)
-    stored = await client.sessions.candidate(request.session_id)
+    # One consistent read, on a thread of its own: the client's small pool may be busy with the writes of
+    # running runs, and the resumer waits for this answer (the worker's HTTP timeout is 10 s).
+    stored = await asyncio.to_thread(client.sync.sessions.candidate, request.session_id)
     if request.fencing_token < stored.fencing_token:
         raise StaleResumeError(
             f"resume of {request.session_id!r} with fencing token {request.fencing_token} refused: the run's "
