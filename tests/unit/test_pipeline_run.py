@@ -5,6 +5,7 @@ metrics and progress — and, in its default mode, no store problem ever reaches
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -302,3 +303,21 @@ async def test_a_live_run_in_generations_retry_window_is_not_taken(
     step.complete({"ok": True})
     await step.__aexit__(None, None, None)
     assert live.session_id not in {c.session_id for c in candidates}
+
+
+async def test_a_refused_payload_never_leaves_the_agent_running(aws: None, clock: FakeClock) -> None:
+    """No payload bucket and a 1.2 MB incompressible output: refused by the store, yet the agent is
+    COMPLETED (its output replaced by a mark saying why)."""
+    from tdev_state.pipeline_run import UNSTORED_MARK
+
+    from .conftest import make_client
+
+    bare = make_client(clock, payload_bucket=None)
+    async with AsyncStateClient(bare) as small:
+        run = await PipelineRun.open(small, "prod_20261127_031514_0015")
+        async with run.agent("nl_input", input_data={"user_input": "x"}) as step:
+            step.complete({"code": secrets.token_hex(600_000)})
+        stored = bare.executions.get(run.session_id, "nl_input")
+        assert stored.status == "COMPLETED"
+        assert "PayloadTooLargeError" in stored.output_data[UNSTORED_MARK]
+        deferred_writes(small).close()
