@@ -5,8 +5,10 @@ without it — whatever the store does — and the store holds the truth about t
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +17,6 @@ from examples.orchestrator.agents import RecordingWebSocketManager
 
 from tdev_state import (
     AsyncStateClient,
-    ProgressEvent,
     SessionStatus,
     StateClient,
     _resume_route,
@@ -192,21 +193,34 @@ async def test_double_clicked_requests_never_merge(
 async def test_progress_events_are_the_orchestrators_websocket_calls(
     aclient: AsyncStateClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The helper's progress events are exactly the ws_manager calls the orchestrator sends itself."""
+    """Through docs/adoption.md's adapter, the helper sends exactly the ws_manager progress calls the
+    orchestrator sends itself (and one log line with each)."""
     steps = {"nl_input": ["return"], "search": ["raise", "hang", "return"], "assembly": ["return", "return"]}
     ws = RecordingWebSocketManager()
     await run(original(steps), ws)
-    events: list[ProgressEvent] = []
+    helper_ws = RecordingWebSocketManager()
     pipeline = adopted(aclient, steps)
     await pipeline.initialize()
     original_open = after.PipelineRun.open
+    ws_progress = documented_adapter()
 
     async def open_with_progress(*args: Any, **kwargs: Any) -> Any:
-        return await original_open(*args, on_progress=events.append, **kwargs)
+        return await original_open(*args, on_progress=ws_progress(helper_ws, "project_1a2b3c4d"), **kwargs)
 
     monkeypatch.setattr(after.PipelineRun, "open", open_with_progress)
     await run(pipeline)
-    assert [(e.agent_id, e.progress, e.status) for e in events] == [p[1:] for p in ws.progress]
+    assert [p[1:] for p in helper_ws.progress] == [p[1:] for p in ws.progress]
+    assert {p[0] for p in helper_ws.progress} == {"project_1a2b3c4d"}
+    assert [level for _, _, level in helper_ws.logs] == [level for _, _, level in ws.logs]
+
+
+def documented_adapter() -> Any:
+    """The `ws_progress` adapter exactly as docs/adoption.md shows it."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "adoption.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "def ws_progress" in b)
+    namespace: dict[str, Any] = {}
+    exec(block.split("\nrun = ")[0], namespace)
+    return namespace["ws_progress"]
 
 
 async def test_the_resume_route_goes_on_from_the_next_agent(
