@@ -26,6 +26,7 @@ from tdev_state import (
     SessionStatus,
     StateClient,
     StateError,
+    ValidationError,
     deferred_writes,
 )
 
@@ -321,3 +322,11 @@ async def test_a_refused_payload_never_leaves_the_agent_running(aws: None, clock
         assert stored.status == "COMPLETED"
         assert "PayloadTooLargeError" in stored.output_data[UNSTORED_MARK]
         deferred_writes(small).close()
+
+
+async def test_a_wrong_pipeline_type_is_refused_in_every_mode(aclient: AsyncStateClient) -> None:
+    """The orchestrator's constants are checked even in the defer mode: ValidationError, nothing written."""
+    with pytest.raises(ValidationError, match="pipeline_type"):
+        await PipelineRun.open(aclient, "prod_20261127_031515_0016", pipeline_type="PROD")
+    with pytest.raises(SessionNotFoundError):
+        await aclient.sessions.get("prod_20261127_031515_0016")

@@ -60,6 +60,7 @@ from tdev_state.models import (
     AGENTS,
     AgentStatus,
     AgentTransition,
+    PipelineType,
     RunPolicy,
     Session,
     SessionStatus,
@@ -180,7 +181,10 @@ class PipelineRun:
         under a derived id `<id>-dup-<8 hex>` (logged) in the defer mode; nothing of the other run changes.
         To continue an existing run, use `resume`."""
         run = cls(client, session_id, **options)
-        fields = {"user_id": user_id, "project_name": project_name, "pipeline_type": pipeline_type}
+        # The orchestrator's constants are checked in both modes (a wrong one fails its first test run);
+        # what depends on a run's data never raises in the defer mode.
+        kind = check.enum(PipelineType, "pipeline_type", pipeline_type)
+        fields = {"user_id": user_id, "project_name": project_name, "pipeline_type": kind}
         if run.variant is not None and (metadata is None or isinstance(metadata, dict)):
             metadata = {**(metadata or {}), "variant": run.variant}  # the A/B arm, on the run itself
 
