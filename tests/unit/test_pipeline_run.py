@@ -330,3 +330,18 @@ async def test_a_wrong_pipeline_type_is_refused_in_every_mode(aclient: AsyncStat
         await PipelineRun.open(aclient, "prod_20261127_031515_0016", pipeline_type="PROD")
     with pytest.raises(SessionNotFoundError):
         await aclient.sessions.get("prod_20261127_031515_0016")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"success": "yes"}, {"success": True, "failed_agents": ["deploy"]}, {"success": False, "reason": 7}],
+    ids=["success-not-bool", "unknown-agent", "reason-not-text"],
+)
+def test_a_malformed_verdict_is_refused_and_writes_nothing(
+    client: StateClient, kwargs: dict[str, Any]
+) -> None:
+    """record_verdict validates its input: ValidationError, the run unchanged."""
+    session = client.sessions.create(session_id="prod_20261127_031516_0017")
+    with pytest.raises(ValidationError):
+        client.sessions.record_verdict(session.session_id, **kwargs)
+    assert client.sessions.get(session.session_id) == session
