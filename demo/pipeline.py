@@ -2,12 +2,14 @@
 
 Two roles, each its own process:
 
-- `drive`: runs a share of the planned runs concurrently from the first agent, through the plan's own calls
-  (`save_pipeline_session`, `update_agent_execution`, `record_metric`, `save_user_project`); the demo kills
-  some drivers with SIGKILL mid-run.
-- `serve`: the pipeline's resume endpoint for the recovery worker's HTTP resumer. It accepts a resume only
-  with a fencing token higher than any it has seen for the run (409 otherwise) and continues the run from
-  the agent it is told, in the background.
+- `drive`: runs a share of the planned runs concurrently from the first agent, through the adoption helper
+  as docs/adoption.md shows (`PipelineRun.open`, `run.agent(...)` per attempt, `step.complete` /
+  `step.fail`, `run.finish()`; metrics through the collector; `save_user_project` at the end); the demo
+  kills some drivers with SIGKILL mid-run.
+- `serve`: the pipeline's resume endpoint for the recovery worker's HTTP resumer, through the helper's
+  receiving side (`tdev_state.accept_resume`): it refuses a fencing token lower than the run's or one it
+  accepted already (409), opens the run with `PipelineRun.resume` and continues it from the agent it is
+  told, in the background.
 
 Each agent attempt sleeps a short, agent-specific time (heartbeating), may fail (flaky agents are retried in
 process, as the orchestrator's retry counts say; a non-critical agent that fails for good is tolerated and
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -37,16 +38,19 @@ from typing import Any
 
 from tests.payloads import agent_payload, generated_project
 
-from tdev_metrics import install_signal_handlers, record_metric
+from tdev_metrics import install_signal_handlers
 from tdev_metrics._plan import default_collector
 from tdev_state import (
     AGENTS,
+    ConflictError,
+    PipelineRun,
+    StaleResumeError,
     StateError,
-    save_pipeline_session,
+    accept_resume,
     save_user_project,
-    update_agent_execution,
 )
 from tdev_state._plan import default_client
+from tdev_state.resume import ResumeRequest
 
 #: Seconds an agent works in the demo (the real ones take tens of seconds; the proportions are kept).
 AGENT_SECONDS = {
@@ -115,51 +119,41 @@ def agent_output(plan: dict[str, Any], agent: str) -> Any:
     }
 
 
-async def run_agents(plan: dict[str, Any], start_at: str, events: Events, *, resumed: bool) -> str:
+async def run_agents(
+    run: PipelineRun, plan: dict[str, Any], start_at: str, events: Events, *, resumed: bool
+) -> str:
     """Run the agents of one planned run from `start_at`, as T-Developer's orchestrator does: each agent
     retried in process; a non-critical agent that fails for good is recorded and the next one runs; a
-    critical one (generation, assembly) stops the run. Returns COMPLETED or FAILED."""
+    critical one (generation, assembly) stops the run. Every attempt goes through the adoption helper
+    (`run.agent`), which records it, its metric and its outcome. Returns COMPLETED or FAILED."""
     sid = plan["session_id"]
     rng = random.Random(f"{sid}-{start_at}-{resumed}")
-    client = (await default_client()).sync
-    # Every agent's input is the accumulated pipeline data: the request plus every earlier output.
+    # Every agent's input is the accumulated pipeline data: the request plus every earlier output (for a
+    # resumed run, the outputs the resume request carried: `run.earlier`).
     data: dict[str, Any] = {"request": plan["request"]}
-    for agent in AGENTS[: AGENTS.index(start_at)]:
-        with contextlib.suppress(StateError):
-            data[agent] = client.executions.get(sid, agent).output_data
+    for agent, (succeeded, _, output, _) in run.earlier.items():
+        if succeeded:
+            data[agent] = output
     for agent in AGENTS[AGENTS.index(start_at) :]:
         retries = RETRIES[agent]
         for attempt in range(retries + 1):
-            await update_agent_execution(
-                {"execution_id": f"{sid}-{agent}", "status": "RUNNING", "input_data": data}
-            )
-            events.log(event="start", sid=sid, agent=agent, attempt=attempt, resumed=resumed)
-            started = time.monotonic()
-            await asyncio.sleep(AGENT_SECONDS[agent] * rng.uniform(0.7, 1.4))
-            await asyncio.to_thread(client.sessions.heartbeat, sid)
-            elapsed = time.monotonic() - started
-            doomed_here = plan["doomed"] and agent == plan["fail_at"]
-            critical_once = plan["fail_at"] == agent and not resumed and agent in CRITICAL
-            tolerated_here = agent == plan["tolerated"]
-            flaky_here = agent in plan["flaky"] and attempt == 0
-            failing = doomed_here or critical_once or tolerated_here or flaky_here
-            await record_metric(
-                {
-                    "metric_name": "agent_execution_time",
-                    "agent_name": agent,
-                    "value": elapsed,
-                    "error": failing,
-                    "variant": plan["variant"] if agent == "generation" else None,
-                }
-            )
+            async with run.agent(agent, input_data=data) as step:
+                events.log(event="start", sid=sid, agent=agent, attempt=attempt, resumed=resumed)
+                started = time.monotonic()
+                await asyncio.sleep(AGENT_SECONDS[agent] * rng.uniform(0.7, 1.4))
+                elapsed = time.monotonic() - started
+                doomed_here = plan["doomed"] and agent == plan["fail_at"]
+                critical_once = plan["fail_at"] == agent and not resumed and agent in CRITICAL
+                tolerated_here = agent == plan["tolerated"]
+                flaky_here = agent in plan["flaky"] and attempt == 0
+                failing = doomed_here or critical_once or tolerated_here or flaky_here
+                output = None if failing else agent_output(plan, agent)
+                # What the orchestrator's agents return: a result with success=False, or the output.
+                if failing:
+                    step.fail(f"simulated failure of {agent} (attempt {attempt + 1})")
+                else:
+                    step.complete(output)
             if failing:
-                await update_agent_execution(
-                    {
-                        "execution_id": f"{sid}-{agent}",
-                        "status": "FAILED",
-                        "error_message": f"simulated failure of {agent} (attempt {attempt + 1})",
-                    }
-                )
                 events.log(event="fail", sid=sid, agent=agent, attempt=attempt, resumed=resumed)
                 if attempt < retries:
                     continue  # retried at once, in process
@@ -168,18 +162,14 @@ async def run_agents(plan: dict[str, Any], start_at: str, events: Events, *, res
                     return "FAILED"
                 events.log(event="tolerated", sid=sid, agent=agent, resumed=resumed)
                 break  # recorded; the run goes on to the next agent
-            output = agent_output(plan, agent)
-            await update_agent_execution(
-                {"execution_id": f"{sid}-{agent}", "status": "COMPLETED", "output_data": output}
-            )
             data[agent] = output
             events.log(
                 event="complete", sid=sid, agent=agent, attempt=attempt, resumed=resumed, duration=elapsed
             )
             break
     # The orchestrator ends the run itself (a last agent that failed for good is then tolerated); a run
-    # whose download completed has ended already, and saying COMPLETED again changes nothing.
-    await save_pipeline_session({"session_id": sid, "status": "COMPLETED"})
+    # whose download completed has ended already, and finishing it again changes nothing.
+    await run.finish()
     if plan["user_id"]:
         await save_user_project(
             {
@@ -191,7 +181,7 @@ async def run_agents(plan: dict[str, Any], start_at: str, events: Events, *, res
                 "size_mb": 1.2,
             }
         )
-        await asyncio.to_thread(client.projects.record_download, plan["user_id"], plan["project_id"])
+        await run.client.projects.record_download(plan["user_id"], plan["project_id"])
     events.log(event="run_completed", sid=sid, resumed=resumed)
     return "COMPLETED"
 
@@ -199,19 +189,18 @@ async def run_agents(plan: dict[str, Any], start_at: str, events: Events, *, res
 async def drive(plans: list[dict[str, Any]], events: Events) -> None:
     async def one(plan: dict[str, Any], delay: float) -> None:
         await asyncio.sleep(delay)
-        session: dict[str, Any] = {  # as the orchestrator writes it; some runs have no user at all
-            "session_id": plan["session_id"],
-            "status": "ACTIVE",
-            "current_agent": "nl_input",
-            "progress": 0,
-            "pipeline_type": plan["pipeline_type"],
-            "metadata": {"demo_run": plan["demo_run"]},
-        }
-        if plan["user_id"]:
-            session.update(user_id=plan["user_id"], project_name=plan["project_name"])
-        await save_pipeline_session(session)
+        run = await PipelineRun.open(  # some runs have no user at all, as the orchestrator has none
+            await default_client(),
+            plan["session_id"],
+            user_id=plan["user_id"] or None,
+            project_name=plan["project_name"] if plan["user_id"] else None,
+            pipeline_type=plan["pipeline_type"],
+            metadata={"demo_run": plan["demo_run"]},
+            metrics=default_collector(),
+            variant=plan["variant"],
+        )
         events.log(event="created", sid=plan["session_id"])
-        await run_agents(plan, AGENTS[0], events, resumed=False)
+        await run_agents(run, plan, AGENTS[0], events, resumed=False)
 
     await asyncio.gather(*(one(p, i * 0.15) for i, p in enumerate(plans)))
     events.log(event="meter", meter=(await default_client()).sync.layer.meter.snapshot())
@@ -221,20 +210,24 @@ def serve(plans: dict[str, dict[str, Any]], events: Events) -> None:
     """The resume endpoint; runs until SIGTERM (which flushes metrics first)."""
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
-    highest: dict[str, int] = {}
-    lock = threading.Lock()
+
+    async def continue_run(run: PipelineRun, request: ResumeRequest) -> str:
+        return await run_agents(run, plans[run.session_id], request.next_agent, events, resumed=True)
+
+    async def accept(body: Any) -> None:
+        await accept_resume(await default_client(), body, continue_run, metrics=default_collector())
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             sid, token = body["session_id"], int(body["fencing_token"])
-            with lock:
-                stale = token <= highest.get(sid, 0) or sid not in plans
-                if not stale:
-                    highest[sid] = token
-            if stale:
-                events.log(event="resume_rejected", sid=sid, token=token)
-                self.send_response(409)
+            try:
+                if sid not in plans:
+                    raise StaleResumeError(f"{sid} is not a run of this demo")
+                asyncio.run_coroutine_threadsafe(accept(body), loop).result()
+            except StateError as exc:
+                events.log(event="resume_rejected", sid=sid, token=token, reason=str(exc)[:200])
+                self.send_response(409 if isinstance(exc, ConflictError) else 503)
             else:
                 events.log(
                     event="resume_accepted",
@@ -242,9 +235,6 @@ def serve(plans: dict[str, dict[str, Any]], events: Events) -> None:
                     token=token,
                     next_agent=body["next_agent"],
                     completed=[c["agent_name"] for c in body["completed"]],
-                )
-                asyncio.run_coroutine_threadsafe(
-                    run_agents(plans[sid], body["next_agent"], events, resumed=True), loop
                 )
                 self.send_response(202)
             self.send_header("Content-Length", "0")

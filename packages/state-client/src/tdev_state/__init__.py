@@ -18,7 +18,7 @@ from tdev_state._plan import (
     save_user_project,
     update_agent_execution,
 )
-from tdev_state._run import AgentStep, MetricsSink, PipelineRun, ProgressEvent
+from tdev_state._resume_route import accept_resume, resume_app
 from tdev_state.client import AsyncStateClient, StateClient
 from tdev_state.config import StateConfig
 from tdev_state.exceptions import (
@@ -33,8 +33,10 @@ from tdev_state.exceptions import (
     PayloadIntegrityError,
     PayloadTooLargeError,
     ProjectNotFoundError,
+    RunExistsError,
     SessionExistsError,
     SessionNotFoundError,
+    StaleResumeError,
     StateError,
     StorageError,
     StorageUnavailableError,
@@ -56,6 +58,15 @@ from tdev_state.models import (
     SessionStatus,
     UserProject,
 )
+from tdev_state.pipeline_run import (
+    AgentStep,
+    DeferPolicy,
+    DeferredWrites,
+    MetricsSink,
+    PipelineRun,
+    ProgressEvent,
+    deferred_writes,
+)
 
 # A library is quiet unless the host configures logging (Python logging HOWTO, "Configuring Logging for a
 # Library"): without this, Python would print our warnings to stderr through its last-resort handler.
@@ -73,6 +84,8 @@ __all__ = [
     "ClaimLostError",
     "ConfigurationError",
     "ConflictError",
+    "DeferPolicy",
+    "DeferredWrites",
     "EncryptionError",
     "ExecutionNotFoundError",
     "InvalidTransitionError",
@@ -88,11 +101,13 @@ __all__ = [
     "RecoveryCandidate",
     "RecoveryEvent",
     "RecoveryHistory",
+    "RunExistsError",
     "RunPolicy",
     "Session",
     "SessionExistsError",
     "SessionNotFoundError",
     "SessionStatus",
+    "StaleResumeError",
     "StateClient",
     "StateConfig",
     "StateError",
@@ -101,8 +116,11 @@ __all__ = [
     "TableMissingError",
     "UserProject",
     "ValidationError",
+    "accept_resume",
     "configure",
+    "deferred_writes",
     "get_failed_sessions",
+    "resume_app",
     "resume_pipeline",
     "save_pipeline_session",
     "save_user_project",

@@ -49,6 +49,7 @@ SessionKind = Literal[
     "hand_over",
     "release",
     "abandon",
+    "verdict",
 ]
 
 OPEN_STATUSES = frozenset({SessionStatus.ACTIVE, SessionStatus.FAILED})
@@ -166,10 +167,20 @@ SESSION_RULES: dict[SessionKind, SessionRule] = {
             fenced=True,
             summary="the worker gives up on a run, with the reason",
         ),
+        SessionRule(
+            "verdict",
+            _ALL_OPEN,
+            None,
+            summary="the orchestrator's own verdict when it ends a run (T-Developer: >= 7 agents succeeded "
+            "and < 3 errors): COMPLETED with its failed agents listed — FAILED -> COMPLETED only this way, "
+            "e.g. assembly failed after seven successes — or FAILED with its errors",
+        ),
     )
 }
 
-#: Legal status changes the pipeline may ask for (`sessions.update(status=...)`).
+#: Legal status changes the pipeline may ask for (`sessions.update(status=...)`). FAILED -> COMPLETED is not
+#: here on purpose: only the orchestrator's verdict (`SESSION_RULES["verdict"]`, `sessions.record_verdict`)
+#: may end a stopped run COMPLETED.
 SESSION_TRANSITIONS: dict[SessionStatus, frozenset[SessionStatus]] = {
     SessionStatus.ACTIVE: frozenset(
         {SessionStatus.ACTIVE, SessionStatus.COMPLETED, SessionStatus.FAILED, SessionStatus.ABANDONED}

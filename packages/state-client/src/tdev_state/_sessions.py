@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar, cast
 
@@ -12,6 +12,7 @@ from tdev_state import _codec
 from tdev_state import _validate as check
 from tdev_state._expr import Expr
 from tdev_state._lifecycle import (
+    SESSION_RULES,
     SESSION_TRANSITIONS,
     agent_sort_key,
     predecessors,
@@ -507,6 +508,61 @@ class SessionStore:
         # The write is applied: returning it must not fail on a payload it did not touch.
         known = metadata if metadata is not _UNSET else _UNSET
         return session_from_item(item, self._layer, strict=False, metadata=known)
+
+    def record_verdict(
+        self,
+        session_id: str,
+        *,
+        success: bool,
+        failed_agents: Sequence[str] = (),
+        reason: str | None = None,
+    ) -> Session:
+        """Store the orchestrator's own verdict on an open run (`SESSION_RULES["verdict"]`).
+
+        The orchestrator decides success by its own rule (T-Developer: at least 7 agents succeeded and fewer
+        than 3 errors), which can call a run successful that the stored policy stopped — assembly failing
+        after seven successes is one. `success=True` stores it COMPLETED (from ACTIVE or FAILED: the only
+        way out of FAILED into COMPLETED) with `failed_agents` added to the run's list, so the recovery
+        worker never "recovers" it; `success=False` stores it FAILED with `reason`. A run already final is
+        returned as it is (InvalidTransitionError only if the verdict contradicts a final status).
+        """
+        sid = check.identifier("session_id", session_id)
+        if not isinstance(success, bool):
+            raise ValidationError(f"success must be True or False, got {type(success).__name__}")
+        failed = {check.agent(a) for a in failed_agents}
+        error = check.error_text(reason) if reason else None
+        rule = SESSION_RULES["verdict"]
+        target = SessionStatus.COMPLETED if success else SessionStatus.FAILED
+        moment = self._clock()
+        token = str(uuid.uuid4())
+        expr = Expr().require_exists("session_id")
+        sources = [s for s in rule.session_from if not (s is SessionStatus.FAILED and not success)]
+        expr.require_in("status", [s.value for s in sources])
+        expr.set_many({"last_updated": epoch(moment), "last_request": token, "verdict": target.value})
+        expr.increment("version").set("alive_at", epoch(moment))
+        status_effects(expr, sid, target, now=moment, retention_days=self._layer.config.retention_days)
+        if failed:
+            expr.add_to_set("failed_agents", failed)
+        if success:
+            expr.remove("error_message")
+        else:
+            expr.set("error_message", error or "the orchestrator declared the run failed")
+        try:
+            item = self._layer.update(
+                self._table, {"session_id": sid}, **expr.kwargs(), return_values="ALL_NEW"
+            )
+        except ConditionFailed as exc:
+            old = exc.old_item
+            if old is None:
+                raise SessionNotFoundError(f"no pipeline session {sid!r}; create it first") from None
+            if old.get("last_request") == token or old.get("status") == target.value:
+                return self.get(sid)  # applied already (our retried write), or the run is there already
+            raise InvalidTransitionError(
+                f"session {sid!r} is {old.get('status')}; the orchestrator's verdict "
+                f"{'success' if success else 'failure'} cannot change a final run",
+                current=old,
+            ) from None
+        return self._updated(sid, item, True, moment, _UNSET, target=target, moved_past=None)
 
     def heartbeat(self, session_id: str) -> datetime:
         """Refresh `last_updated` of an ACTIVE run so recovery tells a slow agent from a dead pipeline.

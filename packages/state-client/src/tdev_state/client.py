@@ -119,6 +119,7 @@ class AsyncSessions(_AsyncStore):
     list_by_day = _off_loop(SessionStore.list_by_day)
     candidate = _off_loop(SessionStore.candidate)
     recovery_history = _off_loop(SessionStore.recovery_history)
+    record_verdict = _off_loop(SessionStore.record_verdict)
 
 
 class AsyncExecutions(_AsyncStore):

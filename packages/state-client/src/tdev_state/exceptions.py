@@ -49,6 +49,14 @@ class SessionExistsError(ConflictError):
     """A session with that session_id already exists; creating it again would overwrite it."""
 
 
+class RunExistsError(SessionExistsError):
+    """`PipelineRun.open` was asked for a new run whose id is taken; resume it with `PipelineRun.resume`."""
+
+
+class StaleResumeError(ConflictError):
+    """A resume request's fencing token is older than the run's (another claim moved on), or was used."""
+
+
 class InvalidTransitionError(StateError):
     """The requested status/agent transition is not legal from the item's current state."""
 
