@@ -112,6 +112,7 @@ async def worker_act(client: StateClient, clock: Any) -> None:
         poll_interval=0.05,
         retry_delay=timedelta(minutes=1),
         stall_threshold=timedelta(minutes=10),
+        confirm=timedelta(0),  # one sweep decides: these tests move a fake clock, not a monotonic one
         lease=timedelta(seconds=30),
         retry=RetryPolicy(initial_interval=timedelta(milliseconds=1), maximum_attempts=3),
         grace_period=1.0,

@@ -10,6 +10,7 @@ The other packages build on `tdev_state.dynamo.DynamoLayer` and `tdev_state.sche
 import logging
 
 from tdev_state._claims import Claim
+from tdev_state._liveness import LivenessObserver, RecoveryPolicy, Verdict
 from tdev_state._plan import (
     configure,
     get_failed_sessions,
@@ -76,6 +77,7 @@ __all__ = [
     "EncryptionError",
     "ExecutionNotFoundError",
     "InvalidTransitionError",
+    "LivenessObserver",
     "MetricsSink",
     "NotFoundError",
     "Page",
@@ -88,6 +90,7 @@ __all__ = [
     "RecoveryCandidate",
     "RecoveryEvent",
     "RecoveryHistory",
+    "RecoveryPolicy",
     "RunPolicy",
     "Session",
     "SessionExistsError",
@@ -101,6 +104,7 @@ __all__ = [
     "TableMissingError",
     "UserProject",
     "ValidationError",
+    "Verdict",
     "configure",
     "get_failed_sessions",
     "resume_pipeline",

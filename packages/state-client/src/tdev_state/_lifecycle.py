@@ -283,8 +283,11 @@ def agent_session_update(
     refresh_liveness: bool,
     error_message: str | None,
     claim: tuple[int, str] | None,
+    live_for: float = 0.0,
 ) -> Expr:
-    """The session half of an agent transition, conditioned as the rule says."""
+    """The session half of an agent transition, conditioned as the rule says. `live_for`: how long the run
+    may stay silent after it (`_liveness.declared_silence`); the index key `stalled_at` is rewritten only
+    when `refresh_liveness` (or the status changes)."""
     step = AGENT_STEP[agent]
     expr = Expr()
     expr.require_exists("session_id")
@@ -304,9 +307,9 @@ def agent_session_update(
     if rule.kind == "interrupt":
         expr.increment("version")  # the claim orders it; the run's status and progress stay
         return expr
-    expr.set("last_updated", epoch(now)).increment("version")
+    expr.set_many({"last_updated": epoch(now), "live_for": live_for}).increment("version")
     if refresh_liveness or effect.status is not SessionStatus.ACTIVE or rule.kind == "retry":
-        expr.set("alive_at", epoch(now))
+        expr.set("stalled_at", epoch(now + timedelta(seconds=live_for)))
     expr.set("progress", effect.progress)
     if rule.kind == "complete" and not effect.finished:
         expr.set("current_agent", AGENTS[step])
