@@ -114,7 +114,8 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
         "--resume-cooldown",
         "TDEV_RESUME_COOLDOWN",
         "0",
-        "seconds a handed-over run is left to its resumed pipeline; 0: 120, or the stall threshold",
+        "seconds a handed-over run is left to its resumed pipeline; 0: 120 (a stall threshold is also the "
+        "cool-down)",
         minimum=0,
     )
     knobs.add_argument(

@@ -62,7 +62,8 @@ class WorkerConfig:
     #: agent's deadline (timeout x attempts + grace, the run policy's per-agent limits) or, if it
     #: heartbeats, the heartbeat timeout. A timedelta: one threshold for every agent (demos, tests).
     stall_threshold: timedelta | None = None
-    #: After a hand-over the run is not taken again for this long (None: 120 s, or the stall threshold).
+    #: After a hand-over the run is not taken again for this long (None: 120 s; with a stall threshold,
+    #: the threshold).
     resume_cooldown: timedelta | None = None
     #: How long this replica must see a suspect run unchanged on its own monotonic clock before claiming
     #: it, so a pipeline host with a skewed clock never loses a live run (None: 45 s, or half the stall

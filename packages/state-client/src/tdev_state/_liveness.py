@@ -116,7 +116,8 @@ class RecoveryPolicy:
     run_policy: RunPolicy = field(default_factory=RunPolicy)
     stall_threshold: timedelta | None = None
     #: After a hand-over the run is live this long (the resumed pipeline's first write comes within it):
-    #: a second "resume" — a double click, another operator, a reload — is refused meanwhile.
+    #: a second "resume" — a double click, another operator, a reload — is refused meanwhile. With a
+    #: stall threshold, the threshold is the cool-down.
     resume_cooldown: timedelta | None = None
     #: Own-clock observation a watching claimer needs; timedelta(0) trusts the writers' clocks.
     confirm: timedelta | None = None
@@ -130,12 +131,11 @@ class RecoveryPolicy:
 
     @property
     def cooldown(self) -> timedelta:
-        """The cool-down after a hand-over (the stall threshold, when one is set and shorter)."""
-        if self.resume_cooldown is not None:
-            return self.resume_cooldown
+        """The cool-down a hand-over declares. With a stall threshold, that threshold is every window —
+        the cool-down included."""
         if self.stall_threshold is not None:
-            return min(DEFAULT_COOLDOWN, self.stall_threshold)
-        return DEFAULT_COOLDOWN
+            return self.stall_threshold
+        return self.resume_cooldown if self.resume_cooldown is not None else DEFAULT_COOLDOWN
 
     @property
     def confirm_window(self) -> timedelta:
@@ -153,9 +153,9 @@ class RecoveryPolicy:
         return max(self.cooldown, self.stall_threshold or timedelta(0), declared)
 
     def window(self, run: RecoveryCandidate) -> timedelta:
-        """How long `run` may stay silent after its last write before it is stalled."""
-        if run.last_resumed_at is not None and run.last_resumed_at >= run.last_updated:
-            return self.cooldown  # nothing since the hand-over: the resume is still having its chance
+        """How long `run` may stay silent after its last write before it is stalled: what that write
+        declared (`live_for`; a hand-over declares the cool-down), or the stall threshold when one is set.
+        Never a comparison of two machines' clocks: the window counts from the writer's own stamp."""
         if self.stall_threshold is not None:
             return self.stall_threshold
         if run.live_for is not None:
