@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig, resume_pipeline
-from tdev_recovery.exceptions import LiveRunError
+from tdev_recovery.exceptions import LiveRunError, NotRecoverableError
 from tdev_state import AGENTS, LivenessObserver, RecoveryPolicy, SessionStatus, StateClient
 
 from .conftest import FakeClock
@@ -242,3 +242,33 @@ async def test_a_pipeline_host_with_a_clock_an_hour_behind_keeps_its_heartbeatin
         await sweep(worker)
     assert client.sessions.recovery_history(sid).fencing_token == 1
     assert client.sessions.get(sid).resume_count == 1
+
+
+async def test_resume_pipeline_with_an_observer_confirms_on_its_own_clock(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """Given a long-lived observer, a one-shot resume waits for the confirmation window like the worker."""
+    sid = run_up_to(client, 3, start_next=False)
+    clock.advance(minutes=10)
+    own = Monotonic()
+    observer = LivenessObserver(own)
+    config = WorkerConfig(worker_id="console-1", confirm=timedelta(seconds=45))
+    with pytest.raises(LiveRunError, match="45 s more"):
+        await resume_pipeline(sid, resumer=Recorder(), client=client, config=config, observer=observer)
+    assert client.sessions.recovery_history(sid).fencing_token == 0
+    own.value += 46
+    result = await resume_pipeline(sid, resumer=Recorder(), client=client, config=config, observer=observer)
+    assert result["outcome"] == "resumed"
+
+
+async def test_force_never_overrides_a_live_workers_lease(client: StateClient, clock: FakeClock) -> None:
+    """force=True takes a run live by its window, never one a worker holds: fencing stays one owner."""
+    sid = run_up_to(client, 3, start_next=False)
+    clock.advance(minutes=10)
+    held = client.claims.claim(client.sessions.candidate(sid), worker_id="w9", lease=timedelta(seconds=30))
+    assert held is not None
+    with pytest.raises(LiveRunError, match="w9 holds it"):
+        await resume_pipeline(sid, resumer=Recorder(), client=client)
+    with pytest.raises(NotRecoverableError, match="held by another worker"):
+        await resume_pipeline(sid, resumer=Recorder(), client=client, force=True)
+    assert client.sessions.recovery_history(sid).fencing_token == 1
