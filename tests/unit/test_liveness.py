@@ -272,3 +272,17 @@ async def test_force_never_overrides_a_live_workers_lease(client: StateClient, c
     with pytest.raises(NotRecoverableError, match="held by another worker"):
         await resume_pipeline(sid, resumer=Recorder(), client=client, force=True)
     assert client.sessions.recovery_history(sid).fencing_token == 1
+
+
+def test_a_lease_heartbeat_racing_the_hand_over_is_not_a_lost_claim(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """The worker's lease heartbeat lands just after its own hand-over: the claim ended, nothing lost."""
+    sid = run_up_to(client, 3, start_next=False)
+    clock.advance(minutes=10)
+    claim = client.claims.claim(client.sessions.candidate(sid), worker_id="w1", lease=timedelta(seconds=30))
+    assert claim is not None
+    client.claims.handed_over(claim)
+    assert client.claims.extend(claim, lease=timedelta(seconds=30)).ended
+    client.claims.handed_over(claim)  # a retried hand-over counts once
+    assert client.sessions.get(sid).resume_count == 1

@@ -45,13 +45,18 @@ class Claim:
     progress: int = 0
     #: The agents the run policy tolerated as failed: never rerun.
     failed_agents: tuple[str, ...] = ()
-    #: The run reached a final status under this claim (a resumer ran it to the end): the lease is gone
-    #: with the run's open state, and there is nothing left to extend.
+    #: The lease is gone under this claim's token — the run reached a final status (a resumer ran it to
+    #: the end) or this claim handed it over: there is nothing left to extend, and nothing was lost.
     ended: bool = False
 
 
 class _RunEnded(ClaimLostError):
-    """The run became final (COMPLETED/ABANDONED) while this claim still held its fencing token."""
+    """This claim's lease is gone but its fencing token is still the run's: the run became final
+    (COMPLETED/ABANDONED), or this claim itself handed it over — nobody else took it."""
+
+    def __init__(self, message: str, *, status: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 _FINAL = (SessionStatus.COMPLETED.value, SessionStatus.ABANDONED.value)
@@ -128,8 +133,8 @@ class ClaimStore:
         expires = self._clock() + lease
         try:
             self._fenced(claim, self._expr("extend").set("lease_expires_at", epoch(expires)))
-        except _RunEnded:
-            log.info("claim.run_ended", session_id=claim.session_id, fencing_token=claim.fencing_token)
+        except _RunEnded:  # the run ended, or the hand-over raced this heartbeat: nothing was lost
+            log.info("claim.ended", session_id=claim.session_id, fencing_token=claim.fencing_token)
             return replace(claim, ended=True)
         return replace(claim, lease_expires_at=expires)
 
@@ -169,7 +174,9 @@ class ClaimStore:
         _log(expr, "resumed", moment, claim.fencing_token, claim.worker_id, claim.attempt)
         try:
             self._fenced(claim, expr)
-        except _RunEnded:
+        except _RunEnded as ended:
+            if ended.status not in _FINAL:
+                return  # this very hand-over landed already (a retried call): counted once
             self._handed_over_ended(claim, moment)
         self._emit(claim, "run_resumed")
 
@@ -246,9 +253,11 @@ class ClaimStore:
         except ConditionFailed as exc:
             old = exc.old_item
             newer = old.get("fencing_token") if old else None
-            if old is not None and old.get("status") in _FINAL and newer == claim.fencing_token:
+            # Only a final status or this claim's own hand-over removes the lease without a new token.
+            if old is not None and newer == claim.fencing_token and old.get("lease_owner") is None:
                 raise _RunEnded(
-                    f"{claim.session_id} is {old.get('status')} under this claim (token {newer})"
+                    f"{claim.session_id} is {old.get('status')}, unleased, at this claim's token {newer}",
+                    status=str(old.get("status")),
                 ) from None
             raise ClaimLostError(
                 f"lost the claim on {claim.session_id} (token {claim.fencing_token}; now {newer})"
