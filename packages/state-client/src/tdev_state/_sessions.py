@@ -593,6 +593,8 @@ class SessionStore:
         rule = policy or RecoveryPolicy(run_policy=self._layer.config.run_policy)
         if not isinstance(rule, RecoveryPolicy):
             raise ValidationError(f"policy must be a RecoveryPolicy, got {type(rule).__name__}")
+        if not isinstance(live, bool):
+            raise ValidationError(f"live must be True or False, got {live!r:.40}")
         floors: dict[SessionStatus, timedelta] = {}
         keys: list[dict[str, Any]] = []
         for status, idle in ((SessionStatus.FAILED, failed_idle), (SessionStatus.ACTIVE, stalled_idle)):
