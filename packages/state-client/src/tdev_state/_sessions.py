@@ -689,7 +689,11 @@ class SessionStore:
         self, *, older_than: timedelta = timedelta(hours=1), limit: int = 100
     ) -> list[Session]:
         """FAILED sessions idle for longer than `older_than` (the plan's phase-2 rule: one hour)."""
-        candidates = self.recovery_candidates(failed_idle=older_than, stalled_idle=None, limit=limit)
+        # A listing, as the plan reads it (idle since the last write): whether a run may be taken over is
+        # resume_pipeline's decision, under the one rule (RecoveryPolicy).
+        candidates = self.recovery_candidates(
+            failed_idle=older_than, stalled_idle=None, limit=limit, live=True
+        )
         keys = [{"session_id": c.session_id} for c in candidates if c.status is SessionStatus.FAILED]
         items = self._layer.batch_get(self._table, keys) if keys else []
         # The index lags the table: keep only what the table itself still says is FAILED.
