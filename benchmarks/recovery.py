@@ -93,7 +93,7 @@ def _finished_sessions(client: StateClient, count: int) -> None:
                 "progress": 9,
                 "created_at": now,
                 "last_updated": now,
-                "alive_at": now,
+                "stalled_at": now,
                 "version": 19,
                 "resume_count": 0,
                 "metadata": "null",
@@ -114,7 +114,7 @@ def bench_sweep_cost(client: StateClient) -> dict[str, Any]:
         {
             c.session_id
             for c in client.sessions.recovery_candidates(
-                failed_idle=timedelta(0), stalled_idle=timedelta(0), limit=1000
+                failed_idle=timedelta(0), stalled_idle=timedelta(0), limit=1000, live=True
             )
         },
     )
@@ -127,7 +127,7 @@ def bench_sweep_cost(client: StateClient) -> dict[str, Any]:
         written = finished
         probe = StateClient(client.config)
         found = probe.sessions.recovery_candidates(
-            failed_idle=timedelta(0), stalled_idle=timedelta(0), limit=1000
+            failed_idle=timedelta(0), stalled_idle=timedelta(0), limit=1000, live=True
         )
         results[str(finished)] = {
             "read_units": probe.layer.meter.snapshot()["read_units"],
@@ -200,7 +200,7 @@ def run_all(client: StateClient) -> dict[str, Any]:
         {
             c.session_id
             for c in client.sessions.recovery_candidates(
-                failed_idle=timedelta(0), stalled_idle=timedelta(0), limit=1000
+                failed_idle=timedelta(0), stalled_idle=timedelta(0), limit=1000, live=True
             )
         },
     )

@@ -15,9 +15,9 @@ from typing import Any
 
 import tdev_state
 from tdev_metrics import CollectorConfig, MetricsCollector, MetricsReader
-from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig
+from tdev_recovery import RecoveryWorker, ResumeRejected, ResumeRequest, RetryPolicy, WorkerConfig
 from tdev_recovery.ops import OpsServer
-from tdev_state import AGENTS, InvalidTransitionError, StateClient
+from tdev_state import AGENTS, InvalidTransitionError, SessionStatus, StateClient
 
 from .payloads import generated_project
 
@@ -61,6 +61,7 @@ async def pipeline_act(client: StateClient, clock: Any) -> None:
     else:  # pragma: no cover
         raise AssertionError("completing parser of a fresh run must be refused")
     assert client.layer.discarded_objects == 1
+    _every_transition_kind(client)
     client.sessions.list_for_user("u-flow")
     client.sessions.failed_sessions()
     client.projects.save(user_id="u-flow", project_id="p1", project_name="shop", size_mb=1.5)
@@ -82,6 +83,24 @@ async def pipeline_act(client: StateClient, clock: Any) -> None:
         tdev_state.configure(None)
 
 
+def _every_transition_kind(client: StateClient) -> None:
+    """The transitions whose writes differ from the plain path: a tolerated failure moved past (a
+    ConditionCheck on the failed agent), a critical failure and its resume by the pipeline (FAILED back to
+    ACTIVE), and the end of a run whose last agent failed (another ConditionCheck)."""
+    sid = client.sessions.create(user_id="u-flow", project_name="kinds").session_id
+    client.executions.complete(sid, "nl_input", output_data={"ok": 1})
+    client.executions.fail(sid, "ui_selection", error_message="tolerated")
+    assert client.executions.start(sid, "parser").progress == 2  # moved past ui_selection
+    for agent in AGENTS[2:6]:
+        client.executions.complete(sid, agent, output_data={"ok": agent})
+    assert client.executions.fail(sid, "generation", error_message="critical").session_status == "FAILED"
+    client.executions.retry(sid, "generation")  # the pipeline resumes its FAILED run
+    for agent in AGENTS[6:8]:
+        client.executions.complete(sid, agent, output_data={"ok": agent})
+    client.executions.fail(sid, "download", error_message="last one")
+    assert client.sessions.update(sid, status="COMPLETED").failed_agents == ("ui_selection", "download")
+
+
 async def worker_setup(client: StateClient, clock: Any) -> None:
     """Two crashed runs (one with an agent left RUNNING after an offloaded generation output) and one
     failed run (its critical agent failed), all old enough to resume."""
@@ -93,18 +112,24 @@ async def worker_setup(client: StateClient, clock: Any) -> None:
             client.executions.complete(sid, agent, output_data=output)
         if running:
             client.executions.start(sid, AGENTS[completed])
-    sid = client.sessions.create(user_id="u-w", project_name="p").session_id
-    for agent in AGENTS[:6]:
-        client.executions.complete(sid, agent, output_data={"out": agent})
-    client.executions.fail(sid, "generation", error_message="boom")
+    for _ in range(2):  # the second one the pipeline refuses for good: the worker abandons it
+        sid = client.sessions.create(user_id="u-w", project_name="p").session_id
+        for agent in AGENTS[:6]:
+            client.executions.complete(sid, agent, output_data={"out": agent})
+        client.executions.fail(sid, "generation", error_message="boom")
     clock.advance(hours=2)
 
 
 async def worker_act(client: StateClient, clock: Any) -> None:
-    """Sweep, claim, close interrupted attempts, hand runs to a resumer; the ops endpoints answer."""
+    """Sweep, claim, close interrupted attempts, hand runs to a resumer, abandon the one it refuses; the
+    ops endpoints answer."""
     resumed: list[ResumeRequest] = []
+    refused: list[str] = []
 
     async def resumer(request: ResumeRequest) -> None:
+        if request.reason == "FAILED" and not refused:
+            refused.append(request.session_id)
+            raise ResumeRejected("the pipeline refuses this run", retryable=False)
         resumed.append(request)
 
     config = WorkerConfig(
@@ -112,6 +137,7 @@ async def worker_act(client: StateClient, clock: Any) -> None:
         poll_interval=0.05,
         retry_delay=timedelta(minutes=1),
         stall_threshold=timedelta(minutes=10),
+        confirm=timedelta(0),  # one sweep decides: these tests move a fake clock, not a monotonic one
         lease=timedelta(seconds=30),
         retry=RetryPolicy(initial_interval=timedelta(milliseconds=1), maximum_attempts=3),
         grace_period=1.0,
@@ -121,6 +147,7 @@ async def worker_act(client: StateClient, clock: Any) -> None:
     await worker.sweep()
     await asyncio.gather(*list(worker._inflight.values()))
     assert len(resumed) == 3, resumed
+    assert client.sessions.get(refused[0]).status is SessionStatus.ABANDONED
     assert usage.close()
     ops = OpsServer(worker, host="127.0.0.1", port=0)
     assert ops.ready()[0]

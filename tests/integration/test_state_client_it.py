@@ -62,7 +62,7 @@ def test_recovery_index_finds_failed_and_stalled_runs(client: StateClient) -> No
     found = {
         c.session_id: c.status
         for c in client.sessions.recovery_candidates(
-            failed_idle=timedelta(0), stalled_idle=timedelta(0), limit=1000
+            failed_idle=timedelta(0), stalled_idle=timedelta(0), limit=1000, live=True
         )
     }
     assert found[failed] is SessionStatus.FAILED

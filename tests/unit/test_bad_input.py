@@ -559,6 +559,8 @@ def test_collector_config_refuses_bad_values(field: str, value: Any) -> None:
 def test_worker_config_refuses_bad_fields(field: str, value: Any) -> None:
     if field == "worker_id" and value == "x":
         value = "   "  # "x" is a fine worker id; a blank one is not
+    if field == "stall_threshold" and value is None:
+        value = timedelta(seconds=-1)  # None is the default: each run's own window
     with pytest.raises(RecoveryError, match=field):
         WorkerConfig(**{field: value})
 

@@ -174,6 +174,7 @@ def test_actions_need_the_token_a_csrf_token_and_the_same_origin(
     client: StateClient, clock: FakeClock
 ) -> None:
     sid = make_failed_run(client)
+    clock.advance(minutes=12)  # past the failed agent's window: its pipeline is done with the run
     web = browser(client, clock, allow_actions=True, token=TOKEN)
     assert web.get("/login?token=wrong").status_code == 403
     assert web.post(f"/backlog/{sid}/abandon", data={"reason": "x", "csrf": ""}).status_code == 403
@@ -209,6 +210,7 @@ def test_resume_now_goes_through_the_workers_claim_and_hand_over(
     client: StateClient, clock: FakeClock
 ) -> None:
     sid = make_failed_run(client)
+    clock.advance(minutes=12)  # past the failed agent's window: its pipeline is done with the run
     resumer = BackgroundResumer(client)
     web = browser(client, clock, allow_actions=True, token=TOKEN, resumer=resumer, resumer_name="test")
     csrf = _sign_in(web)

@@ -64,6 +64,7 @@ def test_a_claim_from_a_stale_sweep_is_refused(client: StateClient, clock: FakeC
 
 async def test_abandon_pipeline_claims_then_abandons(client: StateClient, clock: FakeClock) -> None:
     sid = make_failed_run(client)
+    clock.advance(minutes=12)  # past the failed agent's window: its pipeline is done with the run
     with pytest.raises(ValidationError):
         await abandon_pipeline(sid, reason="   ", client=client)
     assert client.sessions.recovery_history(sid).fencing_token == 0  # refused before any claim

@@ -39,6 +39,7 @@ FAST = WorkerConfig(
     poll_interval=0.05,
     retry_delay=timedelta(hours=1),
     stall_threshold=timedelta(minutes=10),
+    confirm=timedelta(0),  # one sweep decides: these tests move a fake clock, not a monotonic one
     lease=timedelta(seconds=30),
     retry=RetryPolicy(initial_interval=timedelta(milliseconds=1), maximum_attempts=3),
     grace_period=1.0,
@@ -308,8 +309,9 @@ async def test_a_run_that_keeps_failing_is_abandoned_after_max_resumes(
 
 
 async def test_resume_pipeline_as_the_plan_calls_it(client: StateClient, clock: FakeClock) -> None:
-    """await resume_pipeline(session_id) performs one resume, regardless of age."""
+    """await resume_pipeline(session_id) performs one resume of a stalled run."""
     sid = crashed_run(client, 5, running_next=False)
+    clock.advance(minutes=12)  # past the window of search and generation (the plan records on completion)
     resumer = Recorder()
     result = await resume_pipeline(sid, resumer=resumer, client=client)
     assert result == {"session_id": sid, "outcome": "resumed", "fencing_token": 1}
@@ -500,6 +502,7 @@ async def test_resume_pipeline_is_importable_with_the_plans_other_calls(
     from tdev_state import resume_pipeline as plan_resume
 
     sid = crashed_run(client, 2, running_next=True)
+    clock.advance(minutes=12)
     resumer = Recorder()
     result = await plan_resume(sid, resumer=resumer, client=client)
     assert result["outcome"] == "resumed"

@@ -38,7 +38,7 @@ def test_keys_are_exactly_the_plans() -> None:
         types = {a["AttributeName"]: a["AttributeType"] for a in request["AttributeDefinitions"]}
         for name in spec.key_names:
             assert types[name] == "S"
-        for name in {"created_at", "alive_at", "last_accessed"} & set(types):
+        for name in {"created_at", "stalled_at", "last_accessed"} & set(types):
             assert types[name] == "N"
 
 
@@ -47,7 +47,7 @@ def test_recovery_index_is_sparse_on_recovery_shard() -> None:
     index = PIPELINE_SESSIONS.index("by-recovery")
     assert index.partition_key.name == "recovery_shard"
     assert index.sort_key is not None
-    assert index.sort_key.name == "alive_at"
+    assert index.sort_key.name == "stalled_at"
     assert index.projection == "KEYS_ONLY"
 
 

@@ -152,23 +152,25 @@ def test_recovery_candidates_by_age_and_kind(client: StateClient, clock: FakeClo
     assert [s.session_id for s in failed] == [old_failed.session_id]
 
 
-def _alive_at(client: StateClient, sid: str) -> Decimal:
+def _stalled_at(client: StateClient, sid: str) -> Decimal:
     item = client.layer.get(client.config.tables.sessions, {"session_id": sid})
     assert item is not None
-    return item["alive_at"]  # type: ignore[no-any-return]
+    return item["stalled_at"]  # type: ignore[no-any-return]
 
 
 def test_liveness_stamp_is_refreshed_once_per_interval(client: StateClient, clock: FakeClock) -> None:
-    """Transitions within the liveness interval leave alive_at (and the index) alone; later ones do not."""
+    """Transitions within the liveness interval leave stalled_at (and the index) alone; later ones do not."""
     sid = client.sessions.create(user_id="u", project_name="p").session_id
-    stamp = _alive_at(client, sid)
+    stamp = _stalled_at(client, sid)
     client.executions.start(sid, "nl_input")
     client.executions.complete(sid, "nl_input")
-    assert _alive_at(client, sid) == stamp
+    assert _stalled_at(client, sid) == stamp
     clock.advance(seconds=61)
     client.executions.start(sid, "ui_selection")
-    assert _alive_at(client, sid) > stamp
-    assert _alive_at(client, sid) == epoch(client.sessions.get(sid).last_updated)
+    assert _stalled_at(client, sid) > stamp
+    session = client.sessions.get(sid)
+    window = client.config.run_policy.silence_seconds("ui_selection")
+    assert _stalled_at(client, sid) == epoch(session.last_updated + timedelta(seconds=window))
 
 
 def test_a_progressing_run_is_never_reported_stalled(client: StateClient, clock: FakeClock) -> None:

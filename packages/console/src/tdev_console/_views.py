@@ -294,7 +294,7 @@ def backlog(
     """Every FAILED run and every stalled one, oldest first, from the sparse recovery index and one
     BatchGetItem (no age floor for FAILED runs: an operator sees them before the worker's retry delay)."""
     candidates = client.sessions.recovery_candidates(
-        failed_idle=timedelta(0), stalled_idle=stall_threshold, limit=limit, now=now
+        failed_idle=timedelta(0), stalled_idle=stall_threshold, limit=limit, now=now, live=True
     )
     return [
         BacklogRow(

@@ -107,8 +107,25 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
     number(
         "--stall-threshold",
         "TDEV_STALL_THRESHOLD",
-        "600",
-        "seconds without a heartbeat before an ACTIVE run counts as stalled",
+        "0",
+        "seconds of silence before any open run counts as stalled; 0: each run's own window (its agent's "
+        "deadline from the run policy, or the heartbeat timeout once it heartbeats)",
+        minimum=0,
+    )
+    number(
+        "--resume-cooldown",
+        "TDEV_RESUME_COOLDOWN",
+        "0",
+        "seconds a handed-over run is left to its resumed pipeline; 0: 120 (a stall threshold is also the "
+        "cool-down)",
+        minimum=0,
+    )
+    knobs.add_argument(
+        "--confirm",
+        default=os.environ.get("TDEV_CONFIRM") or None,
+        type=_setting(float, "--confirm", "TDEV_CONFIRM", minimum=0),
+        help="seconds a suspect run must stay unchanged on this replica's own clock before it is claimed "
+        "(default: 45, or half the stall threshold; 0 trusts the pipeline's clock) [$TDEV_CONFIRM]",
     )
     number("--lease", "TDEV_LEASE", "30", "claim lease, seconds", minimum=1)
     number(
@@ -219,7 +236,9 @@ async def _serve(args: argparse.Namespace) -> int:
     config = WorkerConfig(
         poll_interval=args.poll_interval,
         retry_delay=timedelta(seconds=args.retry_delay),
-        stall_threshold=timedelta(seconds=args.stall_threshold),
+        stall_threshold=timedelta(seconds=args.stall_threshold) if args.stall_threshold else None,
+        resume_cooldown=timedelta(seconds=args.resume_cooldown) if args.resume_cooldown else None,
+        confirm=timedelta(seconds=args.confirm) if args.confirm is not None else None,
         lease=timedelta(seconds=args.lease),
         retry=RetryPolicy(
             maximum_attempts=args.max_attempts, initial_interval=timedelta(seconds=args.initial_backoff)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from tdev_recovery.exceptions import RecoveryError
-from tdev_state import ValidationError
+from tdev_state import RecoveryPolicy, RunPolicy, ValidationError
 from tdev_state import _validate as check
 
 
@@ -59,8 +59,17 @@ class WorkerConfig:
     poll_interval: float = 5.0
     #: FAILED runs are resumed once idle this long (the plan: one hour).
     retry_delay: timedelta = timedelta(hours=1)
-    #: ACTIVE runs whose last heartbeat/transition is older than this are stalled (a crashed pipeline).
-    stall_threshold: timedelta = timedelta(minutes=10)
+    #: None (the default): a run is stalled once the window its pipeline declared has passed — its current
+    #: agent's deadline (timeout x attempts + grace, the run policy's per-agent limits) or, if it
+    #: heartbeats, the heartbeat timeout. A timedelta: one threshold for every agent (demos, tests).
+    stall_threshold: timedelta | None = None
+    #: After a hand-over the run is not taken again for this long (None: 120 s; with a stall threshold,
+    #: the threshold).
+    resume_cooldown: timedelta | None = None
+    #: How long this replica must see a suspect run unchanged on its own monotonic clock before claiming
+    #: it, so a pipeline host with a skewed clock never loses a live run (None: 45 s, or half the stall
+    #: threshold; timedelta(0) trusts the pipeline's clock).
+    confirm: timedelta | None = None
     #: How long a claim lasts without a lease heartbeat; heartbeats every third of it.
     lease: timedelta = timedelta(seconds=30)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -78,8 +87,15 @@ class WorkerConfig:
             check.identifier("worker_id", self.worker_id)
         except ValidationError as exc:
             raise RecoveryError(str(exc)) from None
-        for name in ("retry_delay", "stall_threshold", "lease"):
+        for name in ("retry_delay", "lease"):
             _positive_duration(name, getattr(self, name))
+        for name in ("stall_threshold", "resume_cooldown"):
+            if getattr(self, name) is not None:
+                _positive_duration(name, getattr(self, name))
+        if self.confirm is not None and (
+            not isinstance(self.confirm, timedelta) or self.confirm < timedelta(0)
+        ):
+            raise RecoveryError(f"confirm must be a timedelta of 0 or more, got {self.confirm!r:.60}")
         for name in ("poll_interval", "grace_period"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
@@ -92,10 +108,18 @@ class WorkerConfig:
                 raise RecoveryError(f"{name} must be a whole number, got {value!r:.40}")
         if self.lease < timedelta(seconds=1):
             raise RecoveryError("lease must be at least one second")
-        if self.stall_threshold <= self.lease:
-            raise RecoveryError("stall_threshold must exceed the lease, or live runs would be taken")
         if self.concurrency < 1 or self.batch_size < 1 or self.max_resumes < 1:
             raise RecoveryError("concurrency, batch_size and max_resumes must be >= 1")
+
+
+def recovery_policy(config: WorkerConfig, run_policy: RunPolicy) -> RecoveryPolicy:
+    """The one liveness rule (`tdev_state.RecoveryPolicy`) as this worker's settings shape it."""
+    return RecoveryPolicy(
+        run_policy=run_policy,
+        stall_threshold=config.stall_threshold,
+        resume_cooldown=config.resume_cooldown,
+        confirm=config.confirm,
+    )
 
 
 def _positive_duration(name: str, value: object) -> None:

@@ -6,6 +6,7 @@ from tdev_state.exceptions import ClaimLostError, StateError
 
 __all__ = [
     "ClaimLostError",
+    "LiveRunError",
     "NotRecoverableError",
     "RecoveryError",
     "ResumeRejected",
@@ -33,3 +34,8 @@ class ResumeRejected(RecoveryError):
 
 class NotRecoverableError(RecoveryError):
     """The session is not open (COMPLETED/ABANDONED), or is leased by a live worker."""
+
+
+class LiveRunError(NotRecoverableError):
+    """The run is live — inside its declared window, its resume's cool-down, or not yet confirmed stalled
+    by this claimer's own observation: pass `force=True` to take it anyway."""

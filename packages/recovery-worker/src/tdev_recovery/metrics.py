@@ -20,6 +20,11 @@ class WorkerMetrics:
         self.claim_conflicts = Counter(
             "tdev_recovery_claim_conflicts", "Claims lost to another replica or a change", registry=r
         )
+        self.confirming = Counter(
+            "tdev_recovery_confirming",
+            "Suspect runs left alone because this replica has not yet seen them unchanged long enough",
+            registry=r,
+        )
         self.resumes = Counter(
             "tdev_recovery_resumes", "Resumes finished, by outcome", ["outcome"], registry=r
         )

@@ -14,17 +14,18 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
 
-from tdev_recovery.config import WorkerConfig
+from tdev_recovery.config import WorkerConfig, recovery_policy
 from tdev_recovery.exceptions import ClaimLostError, RecoveryError, ResumeRejected
 from tdev_recovery.metrics import WorkerMetrics
 from tdev_recovery.resumers import CompletedAgent, Resumer, ResumeRequest
-from tdev_state import AGENTS, AgentStatus, Claim, SessionStatus, StateClient, StateError
+from tdev_state import AGENTS, AgentStatus, Claim, LivenessObserver, SessionStatus, StateClient, StateError
 from tdev_state._log import get_logger
 from tdev_state.models import RecoveryCandidate
+from tdev_state.resume import NO_INPUT
 
 log = get_logger(__name__)
 P = ParamSpec("P")
@@ -54,9 +55,14 @@ class RecoveryWorker:
         metrics: WorkerMetrics | None = None,
         clock: Callable[[], datetime] | None = None,
         publish_backlog: Callable[[int], None] | None = None,
+        observer: LivenessObserver | None = None,
     ) -> None:
         self.config = config or WorkerConfig()
         self.metrics = metrics or WorkerMetrics()
+        #: The one liveness rule, shaped by this worker's settings (shared with the console and
+        #: resume_pipeline); the observer is this replica's own-clock view of the runs it suspects.
+        self.policy = recovery_policy(self.config, client.config.run_policy)
+        self.observer = observer or LivenessObserver()
         self._client = client
         self._resumer = resumer
         self._clock = clock or client.clock
@@ -145,8 +151,9 @@ class RecoveryWorker:
         candidates = await self._io(
             self._client.sessions.recovery_candidates,
             failed_idle=self.config.retry_delay,
-            stalled_idle=self.config.stall_threshold,
+            stalled_idle=timedelta(0),
             limit=self.config.batch_size,
+            policy=self.policy,
         )
         self.last_sweep_monotonic = time.monotonic()
         self.metrics.backlog.set(len(candidates))
@@ -155,6 +162,9 @@ class RecoveryWorker:
             await self._io(self._publish_backlog, len(candidates))
         started = 0
         now = self._clock()
+        # Every suspect is watched on this replica's own clock, even when it has no room to claim now: the
+        # index says a run *looks* stalled by its writer's clock; only an unchanged signature says it is.
+        watched = {c.session_id: self.observer.unchanged_for(c) for c in candidates}
         # Replicas see the same candidates; walking them in the same order makes them collide on every
         # claim. Each replica takes the oldest ones in its own random order.
         candidates = random.sample(candidates, len(candidates))
@@ -165,8 +175,16 @@ class RecoveryWorker:
                 break
             if candidate.session_id in self._inflight:
                 continue
-            if candidate.lease_expires_at is not None and candidate.lease_expires_at > now:
-                continue  # a live worker holds it; a conditional write would fail and still be billed
+            verdict = self.policy.judge(
+                candidate,
+                now=now,
+                idle_floor=self._idle_floor(candidate),
+                unchanged_for=watched[candidate.session_id],
+            )
+            if not verdict.claimable:  # live, leased, or not yet confirmed: a claim would fail or be wrong
+                if verdict.confirm_left > 0:
+                    self.metrics.confirming.inc()
+                continue
             claim = await self._io(
                 self._claims.claim,
                 candidate,
@@ -176,6 +194,7 @@ class RecoveryWorker:
             if claim is None:
                 self.metrics.claim_conflicts.inc()
                 continue
+            self.observer.forget(candidate.session_id)
             self.metrics.claims.inc()
             self.metrics.detection_lag.observe(self._detection_lag(candidate, now))
             self._start(claim)
@@ -193,14 +212,14 @@ class RecoveryWorker:
 
         task.add_done_callback(done)
 
+    def _idle_floor(self, candidate: RecoveryCandidate) -> timedelta:
+        """FAILED runs also wait the retry delay (the plan: one hour); stalled ones only their window."""
+        return self.config.retry_delay if candidate.status is SessionStatus.FAILED else timedelta(0)
+
     def _detection_lag(self, candidate: RecoveryCandidate, now: datetime) -> float:
-        """Seconds between the moment the run became eligible and its claim."""
-        threshold = (
-            self.config.retry_delay
-            if candidate.status is SessionStatus.FAILED
-            else self.config.stall_threshold
-        )
-        return max(0.0, (now - (candidate.last_updated + threshold)).total_seconds())
+        """Seconds between the moment the run became eligible (by its writer's clock) and its claim."""
+        due = max(self.policy.stalled_at(candidate), candidate.last_updated + self._idle_floor(candidate))
+        return max(0.0, (now - due).total_seconds())
 
     # --- resuming -------------------------------------------------------------------------------------
 
@@ -281,7 +300,7 @@ class RecoveryWorker:
                 retryable = type(exc).__name__ not in policy.non_retryable
                 error = f"{type(exc).__name__}: {exc}"
             else:
-                await self._io(self._claims.handed_over, holder["claim"])
+                await self._io(self._claims.handed_over, holder["claim"], cooldown=self.policy.cooldown)
                 return Outcome.RESUMED
             self.metrics.failures.inc()
             claim = holder["claim"]
@@ -301,7 +320,12 @@ class RecoveryWorker:
     def _build_request(self, claim: Claim) -> ResumeRequest | None:
         """The completed agents (with outputs) and the agent to run next: the one after the last agent the
         run finished (completed, or failed and tolerated), so neither kind is ever rerun. An agent left
-        RUNNING by a dead pipeline is closed as FAILED first, under the claim, so the pipeline retries it."""
+        RUNNING by a dead pipeline is closed as FAILED first, under the claim, so the pipeline retries it.
+
+        It also carries the run's original request (the first agent's stored input) and the next agent's
+        last stored input exactly as stored: the pipeline gives that agent the same `pipeline_data` a live
+        run gave it, instead of re-merging stored outputs — a merge that is not the live run's (an output
+        stored as a dict where the live run had an object would be promoted over the request's values)."""
         if claim.progress >= len(AGENTS):
             return None
         run = {e.agent_name: e for e in self._client.executions.list(claim.session_id)}
@@ -321,6 +345,7 @@ class RecoveryWorker:
                 fencing_token=claim.fencing_token,
                 worker_id=claim.worker_id,
             )
+        first = run.get(AGENTS[0])
         return ResumeRequest(
             session_id=claim.session_id,
             next_agent=next_agent,
@@ -329,6 +354,9 @@ class RecoveryWorker:
             reason=claim.status.value,
             completed=completed,
             tolerated_failures=list(claim.failed_agents),
+            request=first.input_data if first is not None else None,
+            next_input=execution.input_data if execution is not None else NO_INPUT,
+            worker_id=claim.worker_id,
         )
 
     async def _heartbeat(self, holder: dict[str, Claim], owner: asyncio.Task[Any]) -> None:
@@ -339,6 +367,8 @@ class RecoveryWorker:
                 holder["claim"] = await self._io(
                     self._claims.extend, holder["claim"], lease=self.config.lease
                 )
+                if holder["claim"].ended:
+                    return  # the resumer ran the run to its end: no lease left to keep, nothing lost
             except ClaimLostError:
                 log.warning("claim.lost", session_id=holder["claim"].session_id)
                 owner.cancel()

@@ -10,6 +10,7 @@ The other packages build on `tdev_state.dynamo.DynamoLayer` and `tdev_state.sche
 import logging
 
 from tdev_state._claims import Claim
+from tdev_state._liveness import LivenessObserver, RecoveryPolicy, Verdict
 from tdev_state._plan import (
     configure,
     get_failed_sessions,
@@ -89,6 +90,7 @@ __all__ = [
     "EncryptionError",
     "ExecutionNotFoundError",
     "InvalidTransitionError",
+    "LivenessObserver",
     "MetricsSink",
     "NotFoundError",
     "Page",
@@ -101,6 +103,7 @@ __all__ = [
     "RecoveryCandidate",
     "RecoveryEvent",
     "RecoveryHistory",
+    "RecoveryPolicy",
     "RunExistsError",
     "RunPolicy",
     "Session",
@@ -116,6 +119,7 @@ __all__ = [
     "TableMissingError",
     "UserProject",
     "ValidationError",
+    "Verdict",
     "accept_resume",
     "configure",
     "deferred_writes",

@@ -45,6 +45,21 @@ class Claim:
     progress: int = 0
     #: The agents the run policy tolerated as failed: never rerun.
     failed_agents: tuple[str, ...] = ()
+    #: The lease is gone under this claim's token — the run reached a final status (a resumer ran it to
+    #: the end) or this claim handed it over: there is nothing left to extend, and nothing was lost.
+    ended: bool = False
+
+
+class _RunEnded(ClaimLostError):
+    """This claim's lease is gone but its fencing token is still the run's: the run became final
+    (COMPLETED/ABANDONED), or this claim itself handed it over — nobody else took it."""
+
+    def __init__(self, message: str, *, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_FINAL = (SessionStatus.COMPLETED.value, SessionStatus.ABANDONED.value)
 
 
 class ClaimStore:
@@ -61,7 +76,15 @@ class ClaimStore:
         now = self._clock()
         expr = self._expr("claim")
         expr.require_equal("status", candidate.status.value)
+        # The liveness signature the claimer judged (RecoveryCandidate.signature): any transition or
+        # heartbeat since then refuses the claim.
         expr.require_equal("last_updated", epoch(candidate.last_updated))
+        expr.require_equal("version", candidate.version)
+        beats = expr.n("beats")
+        expr.require(
+            f"{beats} = {expr.v(candidate.beats)}"
+            + (f" OR attribute_not_exists({beats})" if candidate.beats == 0 else "")
+        )
         lease_at = expr.n("lease_expires_at")
         expr.require(f"attribute_not_exists({lease_at}) OR {lease_at} < {expr.v(epoch(now))}")
         # The token the sweep saw, so the history entry below can name the token this claim makes.
@@ -102,9 +125,17 @@ class ClaimStore:
         return claim
 
     def extend(self, claim: Claim, *, lease: timedelta) -> Claim:
-        """Heartbeat the lease; ClaimLostError if another worker holds the run now."""
+        """Heartbeat the lease; ClaimLostError if another worker holds the run now. A run that reached a
+        final status under this claim (a resumer ran it to its end) is not lost: the claim comes back with
+        `ended` set, and there is nothing left to extend."""
+        if claim.ended:
+            return claim
         expires = self._clock() + lease
-        self._fenced(claim, self._expr("extend").set("lease_expires_at", epoch(expires)))
+        try:
+            self._fenced(claim, self._expr("extend").set("lease_expires_at", epoch(expires)))
+        except _RunEnded:  # the run ended, or the hand-over raced this heartbeat: nothing was lost
+            log.info("claim.ended", session_id=claim.session_id, fencing_token=claim.fencing_token)
+            return replace(claim, ended=True)
         return replace(claim, lease_expires_at=expires)
 
     def next_attempt(self, claim: Claim, *, error: str) -> Claim:
@@ -116,20 +147,53 @@ class ClaimStore:
         self._fenced(claim, expr)
         return replace(claim, attempt=claim.attempt + 1, last_error=reason)
 
-    def handed_over(self, claim: Claim) -> None:
+    def handed_over(self, claim: Claim, *, cooldown: timedelta = timedelta(seconds=120)) -> None:
         """The pipeline accepted the resume: count it, reset attempts, refresh liveness, drop the lease.
 
-        `last_updated` and `alive_at` move to now: the hand-over is the run's latest sign of life, so it is
-        not taken again unless the pipeline then stays silent for a whole stall threshold (or retry delay).
+        The hand-over is the run's latest sign of life and declares the resume's cool-down as its window
+        (`live_for`, `stalled_at`): under the one rule (`RecoveryPolicy`) nobody — worker, console, a second
+        click — takes the run again before the resumed pipeline has had that long to write.
+
+        A resumer that ran the rest of the run before returning may find it COMPLETED (or ABANDONED), which
+        removed the lease: while the fencing token is still this claim's, that is this resume's success, and
+        it is recorded as one (count and history), never as a lost claim.
         """
         moment = self._clock()
         now = epoch(moment)
         expr = self._expr("hand_over").increment("resume_count")
-        expr.set_many({"resume_attempts": 0, "last_resumed_at": now, "last_updated": now, "alive_at": now})
+        expr.set_many(
+            {
+                "resume_attempts": 0,
+                "last_resumed_at": now,
+                "last_updated": now,
+                "live_for": cooldown.total_seconds(),
+                "stalled_at": epoch(moment + cooldown),
+            }
+        )
         expr.remove("lease_owner", "lease_expires_at", "last_resume_error")
         _log(expr, "resumed", moment, claim.fencing_token, claim.worker_id, claim.attempt)
-        self._fenced(claim, expr)
+        try:
+            self._fenced(claim, expr)
+        except _RunEnded as ended:
+            if ended.status not in _FINAL:
+                return  # this very hand-over landed already (a retried call): counted once
+            self._handed_over_ended(claim, moment)
         self._emit(claim, "run_resumed")
+
+    def _handed_over_ended(self, claim: Claim, moment: datetime) -> None:
+        """The hand-over of a run that ended under this claim: the count and the history only."""
+        expr = Expr().require_in("status", list(_FINAL)).require_equal("fencing_token", claim.fencing_token)
+        expr.increment("resume_count").set_many({"resume_attempts": 0, "last_resumed_at": epoch(moment)})
+        expr.remove("last_resume_error")
+        _log(expr, "resumed", moment, claim.fencing_token, claim.worker_id, claim.attempt)
+        try:
+            self._layer.update(self._table, {"session_id": claim.session_id}, **expr.kwargs())
+        except ConditionFailed as exc:
+            newer = exc.old_item.get("fencing_token") if exc.old_item else None
+            raise ClaimLostError(
+                f"lost the claim on {claim.session_id} (token {claim.fencing_token}; now {newer})"
+            ) from None
+        log.info("claim.handed_over_after_end", session_id=claim.session_id, token=claim.fencing_token)
 
     def release(self, claim: Claim) -> None:
         """Give the run back untouched (shutdown): another worker may take it at once."""
@@ -187,7 +251,14 @@ class ClaimStore:
         try:
             self._layer.update(self._table, {"session_id": claim.session_id}, **expr.kwargs())
         except ConditionFailed as exc:
-            newer = exc.old_item.get("fencing_token") if exc.old_item else None
+            old = exc.old_item
+            newer = old.get("fencing_token") if old else None
+            # Only a final status or this claim's own hand-over removes the lease without a new token.
+            if old is not None and newer == claim.fencing_token and old.get("lease_owner") is None:
+                raise _RunEnded(
+                    f"{claim.session_id} is {old.get('status')}, unleased, at this claim's token {newer}",
+                    status=str(old.get("status")),
+                ) from None
             raise ClaimLostError(
                 f"lost the claim on {claim.session_id} (token {claim.fencing_token}; now {newer})"
             ) from None

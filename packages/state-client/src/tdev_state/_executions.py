@@ -21,7 +21,7 @@ import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from tdev_state import _codec, _inputs
@@ -35,7 +35,7 @@ from tdev_state._lifecycle import (
     agent_session_update,
     agent_sort_key,
 )
-from tdev_state._liveness import LivenessStamps
+from tdev_state._liveness import LivenessStamps, declared_silence
 from tdev_state._log import get_logger
 from tdev_state._sessions import emit_run_end, payload_scoped
 from tdev_state.dynamo import DynamoLayer, Item, TransactAction, TransactionCancelled
@@ -252,10 +252,12 @@ class ExecutionStore:
             sets[name] = payload.value
             sets[name.replace("_data", "_bytes")] = payload.json_bytes
         retention = self._layer.config.retention_days
-        refresh = self._liveness.due(sid, now)
         effect = agent_session_effect(rule, agent, self._policy)
         key = {"execution_id": sid, "agent_name": agent_sort_key(agent)}
         while True:
+            live_for = self._silence(kind, agent, effect)
+            stalled_at = now + timedelta(seconds=live_for)
+            refresh = self._liveness.due(sid, now, stalled_at)
             agent_expr = agent_item_update(
                 rule, agent, now=now, sets=sets, fingerprint=fingerprint.stored, retention_days=retention
             )
@@ -270,6 +272,7 @@ class ExecutionStore:
                 refresh_liveness=refresh,
                 error_message=error,
                 claim=claim,
+                live_for=live_for,
             )
             actions = [
                 agent_expr.action(self._table, key),
@@ -286,8 +289,8 @@ class ExecutionStore:
                 effect = retry_as
                 continue
             break
-        if refresh or effect.status is not SessionStatus.ACTIVE:
-            self._liveness.mark(sid, now)
+        if kind != "interrupt" and (refresh or effect.status is not SessionStatus.ACTIVE):
+            self._liveness.mark(sid, now, stalled_at)
         if kind == "complete" and "output_data" in payloads:  # final: later inputs may refer to it
             self._known.remember(sid, agent, payloads["output_data"].digest)
         if self._layer.usage.on:
@@ -309,6 +312,12 @@ class ExecutionStore:
             at=now,
             tolerated=kind == "fail" and not self._policy.is_critical(agent),
         )
+
+    def _silence(self, kind: AgentKind, agent: str, effect: SessionEffect) -> float:
+        """The window the run declares after this transition (`_liveness.declared_silence`)."""
+        step = AGENT_STEP[agent]
+        current = AGENTS[step] if kind == "complete" and not effect.finished else agent
+        return declared_silence(self._policy, effect.status, current, ended=effect.finished)
 
     def _emit_usage(
         self, kind: AgentKind, sid: str, agent: str, effect: SessionEffect, now: datetime

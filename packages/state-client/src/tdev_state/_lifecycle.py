@@ -36,7 +36,7 @@ from tdev_state.models import (
     SessionStatus,
     epoch,
 )
-from tdev_state.schema import RECOVERY_INDEX_SHARDS
+from tdev_state.schema import AGENT_EXECUTIONS, PIPELINE_SESSIONS, RECOVERY_INDEX_SHARDS
 
 AgentKind = Literal["start", "complete", "fail", "retry", "interrupt"]
 SessionKind = Literal[
@@ -294,8 +294,11 @@ def agent_session_update(
     refresh_liveness: bool,
     error_message: str | None,
     claim: tuple[int, str] | None,
+    live_for: float = 0.0,
 ) -> Expr:
-    """The session half of an agent transition, conditioned as the rule says."""
+    """The session half of an agent transition, conditioned as the rule says. `live_for`: how long the run
+    may stay silent after it (`_liveness.declared_silence`); the index key `stalled_at` is rewritten only
+    when `refresh_liveness` (or the status changes)."""
     step = AGENT_STEP[agent]
     expr = Expr()
     expr.require_exists("session_id")
@@ -315,9 +318,9 @@ def agent_session_update(
     if rule.kind == "interrupt":
         expr.increment("version")  # the claim orders it; the run's status and progress stay
         return expr
-    expr.set("last_updated", epoch(now)).increment("version")
+    expr.set_many({"last_updated": epoch(now), "live_for": live_for}).increment("version")
     if refresh_liveness or effect.status is not SessionStatus.ACTIVE or rule.kind == "retry":
-        expr.set("alive_at", epoch(now))
+        expr.set("stalled_at", epoch(now + timedelta(seconds=live_for)))
     expr.set("progress", effect.progress)
     if rule.kind == "complete" and not effect.finished:
         expr.set("current_agent", AGENTS[step])
@@ -373,3 +376,41 @@ def agent_item_update(
     if retention_days and rule.kind == "start":
         expr.set("expires_at", int((now + timedelta(days=retention_days)).timestamp()))
     return expr
+
+
+# --- what the transitions write, for IAM ------------------------------------------------------------------
+
+#: Who applies a transition: the pipeline's client, or the recovery worker under its claim.
+Writer = Literal["pipeline", "worker"]
+#: (IAM item action, logical table name) of one part of a transition's write.
+ItemAction = tuple[str, str]
+
+
+def transition_actions() -> dict[tuple[Writer, str], frozenset[ItemAction]]:
+    """Every item action each declared transition's write can use, on which table, by who applies it.
+
+    Derived from the rows above: an agent row is one TransactWriteItems of an Update of the agent item and
+    an Update of the session; a "next" row has a move-on variant that adds a ConditionCheck that the agent
+    before is FAILED; a session row is an Update of the session (`create` a Put), and the pipeline's
+    `set_status` has the variant that ends a run whose last agent failed, with the same ConditionCheck. A
+    TransactWriteItems has no IAM action of its own: each part needs its item action on its table
+    (`tdev_state.access`), which tests/unit/test_access.py holds the grants to.
+    """
+    executions, sessions = AGENT_EXECUTIONS.logical_name, PIPELINE_SESSIONS.logical_name
+    found: dict[tuple[Writer, str], frozenset[ItemAction]] = {}
+    for agent_rule in AGENT_RULES.values():
+        actions = {("dynamodb:UpdateItem", executions), ("dynamodb:UpdateItem", sessions)}
+        if agent_rule.progress == "next":
+            actions.add(("dynamodb:ConditionCheckItem", executions))
+        who: Writer = "worker" if agent_rule.fenced else "pipeline"
+        found[(who, f"agent.{agent_rule.kind}")] = frozenset(actions)
+    for session_rule in SESSION_RULES.values():
+        by_worker = session_rule.fenced or session_rule.kind == "claim"
+        item = "dynamodb:PutItem" if session_rule.kind == "create" else "dynamodb:UpdateItem"
+        session_actions = {(item, sessions)}
+        if session_rule.kind == "set_status":
+            session_actions.add(("dynamodb:ConditionCheckItem", executions))
+        found[("worker" if by_worker else "pipeline", f"session.{session_rule.kind}")] = frozenset(
+            session_actions
+        )
+    return found

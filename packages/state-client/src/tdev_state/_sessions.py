@@ -20,7 +20,7 @@ from tdev_state._lifecycle import (
     require_within_budget,
     status_effects,
 )
-from tdev_state._liveness import LivenessStamps
+from tdev_state._liveness import LivenessStamps, RecoveryPolicy, declared_silence
 from tdev_state._log import get_logger
 from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item, TransactAction, TransactionCancelled
 from tdev_state.exceptions import (
@@ -125,6 +125,9 @@ def _candidate(item: Item) -> RecoveryCandidate:
         resume_count=int(item.get("resume_count", 0)),
         project_name=item.get("project_name"),
         pipeline_type=str(item.get("pipeline_type", PipelineType.SIMPLE.value)),
+        live_for=float(item["live_for"]) if item.get("live_for") is not None else None,
+        beats=int(item.get("beats", 0)),
+        last_resumed_at=from_epoch(item["last_resumed_at"]) if item.get("last_resumed_at") else None,
     )
 
 
@@ -226,6 +229,9 @@ class SessionStore:
         moment = self._clock()
         now = epoch(moment)
         token = str(uuid.uuid4())
+        policy = self._layer.config.run_policy
+        live_for = declared_silence(policy, SessionStatus.ACTIVE, AGENTS[0], ended=False)
+        stalled_at = moment + timedelta(seconds=live_for)
         item: dict[str, Any] = {
             "session_id": sid,
             "pipeline_type": kind.value,
@@ -239,7 +245,8 @@ class SessionStore:
             "resume_count": 0,
             "metadata": encoded.value,
             "recovery_shard": recovery_shard(sid, SessionStatus.ACTIVE),
-            "alive_at": now,
+            "live_for": live_for,
+            "stalled_at": epoch(stalled_at),
             "last_request": token,
         }
         if user is not None:
@@ -253,7 +260,7 @@ class SessionStore:
                 raise SessionExistsError(
                     f"session {sid!r} already exists; pick another session_id or update it instead"
                 ) from None
-        self._liveness.mark(sid, moment)
+        self._liveness.mark(sid, moment, stalled_at)
         log.info("session.created", session_id=sid, user_id=user, pipeline_type=kind.value)
         usage = self._layer.usage
         if usage.on:
@@ -378,7 +385,15 @@ class SessionStore:
         )
         error = check.error_text(error_message) if error_message is not None else None
         policy = self._layer.config.run_policy
-        refresh = target is not None or self._liveness.due(sid, moment)
+        # A status the pipeline sets itself ends its driving of the run (only its verdict may follow): the
+        # deadline grace. Other updates keep the window of the last transition; the index key, if due, is
+        # set no later than the shortest window this policy declares (never after the exact one).
+        ended = target is not None and target is not SessionStatus.ACTIVE
+        live_for = declared_silence(policy, SessionStatus.FAILED, None, ended=True) if ended else None
+        stalled_at = moment + timedelta(
+            seconds=live_for if live_for is not None else policy.shortest_silence_seconds
+        )
+        refresh = target is not None or self._liveness.due(sid, moment, stalled_at)
 
         def build(moved_past: str | None, *, repeat: bool = False) -> Expr:
             """`repeat`: the run already has the target status (FAILED saved again): a write, not a
@@ -418,8 +433,10 @@ class SessionStore:
                 expr.set("metadata", encoded.value)
             if error is not None:
                 expr.set("error_message", error)
+            if live_for is not None:
+                expr.set("live_for", live_for)
             if refresh:
-                expr.set("alive_at", epoch(moment))
+                expr.set("stalled_at", epoch(stalled_at))
             return expr
 
         last = AGENTS[-1]
@@ -447,7 +464,9 @@ class SessionStore:
                     if current is not None and current.get("last_request") == token:
                         return self.get(sid)
                     raise self._refusal(sid, version, target, progress, current_agent, current) from None
-                return self._updated(sid, item, refresh, moment, metadata, target=None, moved_past=None)
+                return self._updated(
+                    sid, item, refresh, moment, metadata, target=None, moved_past=None, stalled_at=stalled_at
+                )
             ends_after_failed_last = (
                 target is SessionStatus.COMPLETED
                 and old is not None
@@ -476,7 +495,9 @@ class SessionStore:
             item = self._layer.get(self._table, {"session_id": sid})
             moved_last = last
         assert not repeat
-        return self._updated(sid, item, refresh, moment, metadata, target=target, moved_past=moved_last)
+        return self._updated(
+            sid, item, refresh, moment, metadata, target=target, moved_past=moved_last, stalled_at=stalled_at
+        )
 
     def _updated(
         self,
@@ -488,11 +509,12 @@ class SessionStore:
         *,
         target: SessionStatus | None,
         moved_past: str | None,
+        stalled_at: datetime,
     ) -> Session:
         """After an applied update: liveness, log, usage events (a status *change* only), the Session."""
         assert item is not None
         if refresh:
-            self._liveness.mark(sid, moment)
+            self._liveness.mark(sid, moment, stalled_at)
         log.info(
             "session.updated",
             session_id=sid,
@@ -567,19 +589,31 @@ class SessionStore:
     def heartbeat(self, session_id: str) -> datetime:
         """Refresh `last_updated` of an ACTIVE run so recovery tells a slow agent from a dead pipeline.
 
+        It declares the heartbeat timeout as the run's window (a heartbeating run is stalled once its last
+        beat is older than that, not only after its agent's deadline) and counts the beat in `beats`, which
+        claimers watch on their own clock (`LivenessObserver`).
+
         Heartbeats deliberately do not bump `version`: they change no state anyone reads-to-write, and
         bumping it would make the pipeline's own next update fail with a spurious conflict.
         """
         sid = check.identifier("session_id", session_id)
         now = self._clock()
+        live_for = self._layer.config.run_policy.heartbeat_timeout_seconds
+        stalled_at = now + timedelta(seconds=live_for)
         try:
             self._layer.update(
                 self._table,
                 {"session_id": sid},
-                update="SET last_updated = :now, alive_at = :now",
+                update="SET last_updated = :now, live_for = :live, stalled_at = :stalled ADD beats :one",
                 condition="#s = :active",
                 names={"#s": "status"},
-                values={":now": epoch(now), ":active": SessionStatus.ACTIVE.value},
+                values={
+                    ":now": epoch(now),
+                    ":live": live_for,
+                    ":stalled": epoch(stalled_at),
+                    ":one": 1,
+                    ":active": SessionStatus.ACTIVE.value,
+                },
             )
         except ConditionFailed as exc:
             if exc.old_item is None:
@@ -588,7 +622,7 @@ class SessionStore:
                 f"session {sid!r} is {exc.old_item.get('status')}; only ACTIVE runs heartbeat",
                 current=exc.old_item,
             ) from None
-        self._liveness.mark(sid, now)
+        self._liveness.mark(sid, now, stalled_at)
         return now
 
     def recovery_candidates(
@@ -598,15 +632,26 @@ class SessionStore:
         stalled_idle: timedelta | None,
         limit: int = 100,
         now: datetime | None = None,
+        policy: RecoveryPolicy | None = None,
+        live: bool = False,
     ) -> list[RecoveryCandidate]:
-        """FAILED runs idle longer than `failed_idle` and ACTIVE runs whose heartbeat is older than
-        `stalled_idle`, oldest first — from the sparse recovery index, never a Scan. Pass None to skip
-        one kind. Hits are confirmed on the base table; claim them with a conditional write all the same,
-        since another worker may act between this read and yours.
+        """Open runs recovery may take, oldest first — from the sparse recovery index, never a Scan.
+
+        FAILED runs (unless `failed_idle` is None) and ACTIVE runs (unless `stalled_idle` is None) that are
+        stalled under `policy` (their declared window, or its stall threshold, has passed: `RecoveryPolicy`)
+        and silent for at least the given idle time. `live=True` lists every open run of those kinds silent
+        that long, stalled or not (what an operator's listing shows). Hits are confirmed on the base table,
+        but a claim must still be a conditional write: another worker may act between this read and yours.
+        The decision to claim is `RecoveryPolicy.judge` (with the caller's own observation of the run).
         """
         size = check.limit(limit)
         moment = now or self._clock()
-        cutoffs: dict[SessionStatus, Any] = {}
+        rule = policy or RecoveryPolicy(run_policy=self._layer.config.run_policy)
+        if not isinstance(rule, RecoveryPolicy):
+            raise ValidationError(f"policy must be a RecoveryPolicy, got {type(rule).__name__}")
+        if not isinstance(live, bool):
+            raise ValidationError(f"live must be True or False, got {live!r:.40}")
+        floors: dict[SessionStatus, timedelta] = {}
         keys: list[dict[str, Any]] = []
         for status, idle in ((SessionStatus.FAILED, failed_idle), (SessionStatus.ACTIVE, stalled_idle)):
             if idle is None:
@@ -615,23 +660,38 @@ class SessionStore:
                 raise ValidationError(
                     f"idle thresholds must be timedeltas from 0 to 3650 days, got {idle!r:.60}"
                 )
-            cutoffs[status] = epoch(moment - idle)
+            floors[status] = idle
+            condition, values = "recovery_shard = :shard", {}
+            if not live:
+                # The stored key lies at or before last_updated + the declared window, and no window is
+                # longer than the policy's longest: every eligible run sorts before this cutoff.
+                cutoff = moment - max(idle, rule.stall_threshold or timedelta(0)) + rule.longest_window
+                if rule.stall_threshold is None:
+                    cutoff = min(cutoff, moment)
+                condition += " AND stalled_at < :cutoff"
+                values[":cutoff"] = epoch(cutoff)
             for shard in range(RECOVERY_INDEX_SHARDS):
                 page = self._layer.query(
                     self._table,
                     index="by-recovery",
-                    key_condition="recovery_shard = :shard AND alive_at < :cutoff",
-                    values={":shard": f"{status.value}#{shard}", ":cutoff": cutoffs[status]},
+                    key_condition=condition,
+                    values={":shard": f"{status.value}#{shard}", **values},
                     limit=size,
                 )
                 keys += [{"session_id": i["session_id"]} for i in page.items]
-        # The index is eventually consistent and alive_at may lag last_updated by up to the liveness
-        # interval: confirm each hit on the base table, with one strongly consistent BatchGetItem.
+        # The index is eventually consistent and its key may lie before the exact moment: confirm each hit
+        # on the base table, with one strongly consistent BatchGetItem, under the one rule.
         found = []
         for item in self._layer.batch_get(self._table, keys) if keys else []:
             status = SessionStatus(item["status"])
-            if status in cutoffs and item["last_updated"] < cutoffs[status]:
-                found.append(_candidate(item))
+            if status not in floors:
+                continue
+            run = _candidate(item)
+            if moment - run.last_updated < floors[status]:
+                continue
+            if not live and moment < rule.stalled_at(run):
+                continue
+            found.append(run)
         found.sort(key=lambda c: c.last_updated)
         return found[:size]
 
@@ -685,7 +745,11 @@ class SessionStore:
         self, *, older_than: timedelta = timedelta(hours=1), limit: int = 100
     ) -> list[Session]:
         """FAILED sessions idle for longer than `older_than` (the plan's phase-2 rule: one hour)."""
-        candidates = self.recovery_candidates(failed_idle=older_than, stalled_idle=None, limit=limit)
+        # A listing, as the plan reads it (idle since the last write): whether a run may be taken over is
+        # resume_pipeline's decision, under the one rule (RecoveryPolicy).
+        candidates = self.recovery_candidates(
+            failed_idle=older_than, stalled_idle=None, limit=limit, live=True
+        )
         keys = [{"session_id": c.session_id} for c in candidates if c.status is SessionStatus.FAILED]
         items = self._layer.batch_get(self._table, keys) if keys else []
         # The index lags the table: keep only what the table itself still says is FAILED.

@@ -81,7 +81,9 @@ PIPELINE_CLIENT = ComponentAccess(
         _table(PIPELINE_SESSIONS, "GetItem", "PutItem", "UpdateItem", "BatchGetItem"),
         _index(PIPELINE_SESSIONS, "by-user", "Query"),
         _index(PIPELINE_SESSIONS, "by-recovery", "Query"),
-        _table(AGENT_EXECUTIONS, "GetItem", "UpdateItem", "Query"),
+        # ConditionCheckItem: moving past a tolerated failure, and ending a run whose last agent failed,
+        # check in the same transaction that the agent is FAILED (`_lifecycle.transaction_actions`).
+        _table(AGENT_EXECUTIONS, "GetItem", "UpdateItem", "ConditionCheckItem", "Query"),
         _table(USER_PROJECTS, "GetItem", "UpdateItem", "DeleteItem"),
         _index(USER_PROJECTS, "by-last-accessed", "Query"),
         # DeleteObject: a refused call takes back the payload objects it created (DynamoLayer.payload_scope).

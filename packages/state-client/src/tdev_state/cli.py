@@ -78,6 +78,7 @@ def _open_runs(client: StateClient, status: str, limit: int) -> list[Session]:
         failed_idle=timedelta(0) if status == "FAILED" else None,
         stalled_idle=timedelta(0) if status == "ACTIVE" else None,
         limit=limit,
+        live=True,
     )
     return [client.sessions.get(c.session_id) for c in found]
 

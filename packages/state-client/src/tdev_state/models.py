@@ -132,6 +132,9 @@ class RunPolicy:
     default_limits: tuple[float, int] = (300.0, 1)
     #: Added to an agent's timeout * attempts before a RUNNING agent that never heartbeats is stalled.
     deadline_grace_seconds: float = 60.0
+    #: A run whose last sign of life was a heartbeat is stalled once it is older than this. PipelineRun
+    #: beats every 30 s: three missed beats.
+    heartbeat_timeout_seconds: float = 90.0
 
     def limits(self, agent: str) -> tuple[float, int]:
         """(timeout of one attempt in seconds, attempts in all) for `agent`."""
@@ -148,6 +151,27 @@ class RunPolicy:
         """How long `agent` may legally stay RUNNING without a heartbeat: timeout * attempts + grace."""
         timeout, attempts = self.limits(agent)
         return timeout * attempts + self.deadline_grace_seconds
+
+    def silence_seconds(self, agent: str | None) -> float:
+        """How long a run may legally stay silent while `agent` is its current agent: the deadline of that
+        agent or of the one after it, whichever is longer — after a failed attempt the pipeline either
+        retries the agent in process or moves on to the next one, which the plan's calls record only when
+        it ends."""
+        if agent not in AGENT_STEP:
+            return self.longest_silence_seconds
+        step = AGENT_STEP[agent]
+        following = AGENTS[step] if step < len(AGENTS) else agent
+        return max(self.deadline_seconds(agent), self.deadline_seconds(following))
+
+    @property
+    def longest_silence_seconds(self) -> float:
+        """The longest silence any agent may legally keep (generation's 2 x 300 s + grace by default)."""
+        return max(self.deadline_seconds(a) for a in AGENTS)
+
+    @property
+    def shortest_silence_seconds(self) -> float:
+        """The shortest window a run of this policy ever declares (a heartbeat's, or an agent's)."""
+        return min(self.heartbeat_timeout_seconds, *(self.silence_seconds(a) for a in AGENTS))
 
     @property
     def tolerated_failures(self) -> int:
@@ -256,6 +280,17 @@ class RecoveryCandidate(_DictMixin):
     #: What the run is, for people looking at a backlog.
     project_name: str | None = None
     pipeline_type: str = "SIMPLE"
+    #: How long the run's last writer said it may stay silent (seconds; None on items written before it).
+    live_for: float | None = None
+    #: Heartbeats so far: with `version`, the liveness signature a claimer watches (`LivenessObserver`).
+    beats: int = 0
+    #: When the last resume was handed over (the cool-down runs from it while nothing newer was written).
+    last_resumed_at: datetime | None = None
+
+    @property
+    def signature(self) -> tuple[str, int, int, datetime]:
+        """What changes whenever the run shows a sign of life: any transition or heartbeat."""
+        return (self.status.value, self.version, self.beats, self.last_updated)
 
 
 @dataclass(frozen=True)

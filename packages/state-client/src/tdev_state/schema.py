@@ -159,9 +159,12 @@ PIPELINE_SESSIONS = TableSpec(
         IndexSpec("by-user", KeyAttribute("user_id"), KeyAttribute("created_at", "N"), "KEYS_ONLY"),
         # Sparse: `recovery_shard` ("ACTIVE#n" / "FAILED#n") exists only while a run is open, so the
         # recovery sweep reads only open runs older than a cutoff, never a Scan of finished ones.
-        # Sorted by `alive_at`, a liveness stamp rewritten at most once per liveness interval (not on every
-        # transition), and KEYS_ONLY: the index entry changes only when it must.
-        IndexSpec("by-recovery", KeyAttribute("recovery_shard"), KeyAttribute("alive_at", "N"), "KEYS_ONLY"),
+        # Sorted by `stalled_at`, when the run's last writer said it would count as stalled (its current
+        # agent's deadline, or the heartbeat timeout: tdev_state._liveness), rewritten at most once per
+        # liveness interval unless it moves earlier, and KEYS_ONLY: the index entry changes only when it must.
+        IndexSpec(
+            "by-recovery", KeyAttribute("recovery_shard"), KeyAttribute("stalled_at", "N"), "KEYS_ONLY"
+        ),
         # Every run by the UTC day it started, newest first: what operators list when they have no user id
         # (finished runs, runs of any status). KEYS_ONLY and keyed on attributes that never change, so it
         # costs one index write per run, at creation; a day's runs share a partition key, and one write per
