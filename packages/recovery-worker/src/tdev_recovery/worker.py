@@ -22,7 +22,15 @@ from tdev_recovery.config import WorkerConfig
 from tdev_recovery.exceptions import ClaimLostError, RecoveryError, ResumeRejected
 from tdev_recovery.metrics import WorkerMetrics
 from tdev_recovery.resumers import CompletedAgent, Resumer, ResumeRequest
-from tdev_state import AGENTS, AgentStatus, Claim, SessionStatus, StateClient, StateError
+from tdev_state import (
+    AGENTS,
+    AgentStatus,
+    Claim,
+    SessionStatus,
+    StateClient,
+    StateError,
+    StorageUnavailableError,
+)
 from tdev_state._log import get_logger
 from tdev_state.models import RecoveryCandidate
 
@@ -104,6 +112,9 @@ class RecoveryWorker:
             except StateError as exc:
                 self.metrics.sweep_errors.inc()
                 log.error("sweep.failed", error=str(exc))  # noqa: TRY400 - expected, no traceback
+            except Exception as exc:  # a bug must not end the loop either: counted, logged, next turn
+                self.metrics.sweep_errors.inc()
+                log.exception("sweep.crashed", error=f"{type(exc).__name__}: {exc}")
             self.last_turn_monotonic = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=self.config.poll_interval)
@@ -147,6 +158,7 @@ class RecoveryWorker:
             failed_idle=self.config.retry_delay,
             stalled_idle=self.config.stall_threshold,
             limit=self.config.batch_size,
+            on_malformed=lambda _: self.metrics.malformed_items.inc(),
         )
         self.last_sweep_monotonic = time.monotonic()
         self.metrics.backlog.set(len(candidates))
@@ -167,12 +179,21 @@ class RecoveryWorker:
                 continue
             if candidate.lease_expires_at is not None and candidate.lease_expires_at > now:
                 continue  # a live worker holds it; a conditional write would fail and still be billed
-            claim = await self._io(
-                self._claims.claim,
-                candidate,
-                worker_id=self.config.worker_id,
-                lease=self.config.lease,
-            )
+            try:
+                claim = await self._io(
+                    self._claims.claim,
+                    candidate,
+                    worker_id=self.config.worker_id,
+                    lease=self.config.lease,
+                )
+            except StorageUnavailableError:
+                raise  # an outage, not this run: the sweep fails once (sweep_errors), not per candidate
+            except Exception as exc:  # one run's claim failing never costs the others their turn
+                self.metrics.candidate_errors.inc()
+                log.error(  # noqa: TRY400 - one line per skipped candidate, no traceback
+                    "claim.failed", session_id=candidate.session_id, error=f"{type(exc).__name__}: {exc}"
+                )
+                continue
             if claim is None:
                 self.metrics.claim_conflicts.inc()
                 continue

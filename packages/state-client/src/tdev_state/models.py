@@ -256,6 +256,10 @@ class RecoveryCandidate(_DictMixin):
     #: What the run is, for people looking at a backlog.
     project_name: str | None = None
     pipeline_type: str = "SIMPLE"
+    #: The agents the run policy tolerated as failed (never rerun), in pipeline order.
+    failed_agents: tuple[str, ...] = ()
+    #: When the run's items expire (its retention; None: kept for ever). See docs/data-model.md.
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -319,3 +323,6 @@ class Page(Generic[T]):
 
     items: list[T]
     next_cursor: str | None = None
+    #: Items of this page that could not be read (MalformedItemError each: key, attribute, problem); they
+    #: are left out of `items`, logged, and the page goes on.
+    skipped: tuple[Exception, ...] = ()
