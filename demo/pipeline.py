@@ -7,7 +7,8 @@ Two roles, each its own process:
   some drivers with SIGKILL mid-run.
 - `serve`: the pipeline's resume endpoint for the recovery worker's HTTP resumer. It accepts a resume only
   with a fencing token higher than any it has seen for the run (409 otherwise) and continues the run from
-  the agent it is told, in the background.
+  the agent it is told, in the background; the same request again is accepted once, and when it already
+  continues `MAX_RESUMED_RUNS` runs it answers 503 (back-pressure).
 
 Each agent attempt sleeps a short, agent-specific time (heartbeating), may fail (flaky agents are retried in
 process, as the orchestrator's retry counts say; a non-critical agent that fails for good is tolerated and
@@ -73,6 +74,10 @@ RETRIES = {
     "download": 1,
 }
 CRITICAL = ("generation", "assembly")
+#: Resumed runs the resume endpoint continues at once; beyond that it answers 503 + Retry-After (back-
+#: pressure, which the worker waits out without using an attempt) instead of taking on runs it cannot
+#: keep heartbeating.
+MAX_RESUMED_RUNS = 8
 
 
 class Framework(Enum):
@@ -224,18 +229,27 @@ def serve(plans: dict[str, dict[str, Any]], events: Events) -> None:
     highest: dict[str, int] = {}
     lock = threading.Lock()
 
+    running: set[Any] = set()  # resumed runs this process is continuing now
+
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             sid, token = body["session_id"], int(body["fencing_token"])
             with lock:
-                stale = token <= highest.get(sid, 0) or sid not in plans
-                if not stale:
-                    highest[sid] = token
-            if stale:
+                seen = highest.get(sid, 0)
+                if sid not in plans or token < seen:
+                    answer = 409  # a newer claim exists: this worker lost the run
+                elif token == seen:
+                    answer = 200  # the same request again (its answer was lost): accepted once, not twice
+                elif len(running) >= MAX_RESUMED_RUNS:
+                    answer = 503  # back-pressure: the worker waits and asks again, no attempt used
+                else:
+                    answer, highest[sid] = 202, token
+            if answer == 409:
                 events.log(event="resume_rejected", sid=sid, token=token)
-                self.send_response(409)
-            else:
+            elif answer == 503:
+                events.log(event="resume_busy", sid=sid, token=token)
+            elif answer == 202:
                 events.log(
                     event="resume_accepted",
                     sid=sid,
@@ -243,10 +257,15 @@ def serve(plans: dict[str, dict[str, Any]], events: Events) -> None:
                     next_agent=body["next_agent"],
                     completed=[c["agent_name"] for c in body["completed"]],
                 )
-                asyncio.run_coroutine_threadsafe(
+                future = asyncio.run_coroutine_threadsafe(
                     run_agents(plans[sid], body["next_agent"], events, resumed=True), loop
                 )
-                self.send_response(202)
+                with lock:
+                    running.add(future)
+                future.add_done_callback(running.discard)  # at once if it is already done
+            self.send_response(answer)
+            if answer == 503:
+                self.send_header("Retry-After", "1")
             self.send_header("Content-Length", "0")
             self.end_headers()
 

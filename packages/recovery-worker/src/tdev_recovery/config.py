@@ -70,11 +70,14 @@ class WorkerConfig:
     grace_period: float = 20.0
     #: Candidates fetched per sweep.
     batch_size: int = 100
+    #: How long one attempt may wait on a busy pipeline (429/503/timeout: back-pressure, which uses no
+    #: attempt) before that wait counts as a failed attempt with the reason "pipeline busy".
+    busy_timeout: timedelta = timedelta(minutes=10)
 
     def __post_init__(self) -> None:
         if not isinstance(self.worker_id, str) or not self.worker_id.strip():
             raise RecoveryError(f"worker_id must be a non-empty string, got {self.worker_id!r:.40}")
-        for name in ("retry_delay", "stall_threshold", "lease"):
+        for name in ("retry_delay", "stall_threshold", "lease", "busy_timeout"):
             _positive_duration(name, getattr(self, name))
         for name in ("poll_interval", "grace_period"):
             value = getattr(self, name)

@@ -18,12 +18,19 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
 
-from tdev_recovery.config import WorkerConfig
-from tdev_recovery.exceptions import ClaimLostError, RecoveryError, ResumeRejected
+from tdev_recovery.config import RetryPolicy, WorkerConfig
+from tdev_recovery.exceptions import (
+    ClaimLostError,
+    IncompleteRecordError,
+    PipelineBusy,
+    RecoveryError,
+    ResumeRejected,
+)
 from tdev_recovery.metrics import WorkerMetrics
 from tdev_recovery.resumers import CompletedAgent, Resumer, ResumeRequest
 from tdev_state import (
     AGENTS,
+    AgentExecution,
     AgentStatus,
     Claim,
     SessionStatus,
@@ -258,7 +265,7 @@ class RecoveryWorker:
         bound.info("resume.finished", outcome=outcome.value, attempt=holder["claim"].attempt)
         return outcome
 
-    async def _resume(self, holder: dict[str, Claim], bound: Any) -> Outcome:
+    async def _resume(self, holder: dict[str, Claim], bound: Any) -> Outcome:  # noqa: PLR0911 - one per outcome
         """Resume attempts under one claim. Every failure on this path — building the request (an unreadable
         payload, an agent that cannot be closed) or sending it — is an attempt with its reason; when the
         attempts run out the run is ABANDONED with the last reason, so no run can be claimed forever."""
@@ -274,24 +281,37 @@ class RecoveryWorker:
                 claim,
                 f"{claim.attempt - 1} resume attempts exhausted; last error: {claim.last_error or 'unknown'}",
             )
+        request: ResumeRequest | None = None
+        busy = _BusyWait(self.config.busy_timeout.total_seconds())
         while True:
             retryable, error = True, ""
             try:
-                request = await self._io(self._build_request, holder["claim"])
                 if request is None:
-                    return await self._abandon(
-                        holder["claim"],
-                        "nothing left to resume: every agent has finished (the run policy failed the run)",
+                    request = await self._io(self._build_request, holder["claim"])
+                    if request is None:
+                        return await self._abandon(
+                            holder["claim"],
+                            "nothing left to resume: every agent has finished (the run policy failed it)",
+                        )
+                    bound.info(
+                        "resume.requested",
+                        next_agent=request.next_agent,
+                        attempt=request.attempt,
+                        completed=len(request.completed),
                     )
-                bound.info(
-                    "resume.requested",
-                    next_agent=request.next_agent,
-                    attempt=request.attempt,
-                    completed=len(request.completed),
-                )
                 await self._resumer(request)
             except ClaimLostError:
                 raise
+            except IncompleteRecordError as exc:
+                return await self._abandon(holder["claim"], str(exc))
+            except PipelineBusy as exc:
+                delay = busy.next_delay(exc.retry_after, policy)
+                if delay is not None:  # back-pressure: the same request again later, no attempt used
+                    self.metrics.busy_waits.inc()
+                    bound.info("resume.busy", attempt=request.attempt if request else None, wait=delay)
+                    await asyncio.sleep(delay)
+                    continue
+                error = f"pipeline busy for {busy.waited():.0f} s (longer than busy_timeout): {exc}"
             except ResumeRejected as exc:
                 if exc.stale:
                     return Outcome.STALE
@@ -312,6 +332,7 @@ class RecoveryWorker:
                 return await self._abandon(claim, f"resume failed ({why}): {error}")
             # Counted (with its reason) before the wait, so a worker dying now still leaves the count.
             holder["claim"] = await self._io(self._claims.next_attempt, claim, error=error)
+            request, busy = None, _BusyWait(self.config.busy_timeout.total_seconds())
             await asyncio.sleep(random.uniform(0, policy.delay(claim.attempt)))
 
     async def _abandon(self, claim: Claim, reason: str) -> Outcome:
@@ -326,6 +347,7 @@ class RecoveryWorker:
         if claim.progress >= len(AGENTS):
             return None
         run = {e.agent_name: e for e in self._client.executions.list(claim.session_id)}
+        _require_whole(claim, run)
         completed = [
             CompletedAgent(agent, run[agent].output_data)
             for agent in AGENTS[: claim.progress]
@@ -369,3 +391,46 @@ class RecoveryWorker:
         """Run blocking DynamoDB work on this worker's pool, never on the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+
+def _require_whole(claim: Claim, run: dict[str, AgentExecution]) -> None:
+    """IncompleteRecordError unless every agent the run finished is stored as finished: COMPLETED, or FAILED
+    and tolerated. A missing item (expired, deleted) would make the resume drop its output silently."""
+    tolerated = set(claim.failed_agents)
+    problems = []
+    for agent in AGENTS[: claim.progress]:
+        execution = run.get(agent)
+        expected = AgentStatus.FAILED if agent in tolerated else AgentStatus.COMPLETED
+        if execution is None:
+            problems.append(f"{agent} is missing (expired or deleted)")
+        elif execution.status is not expected:
+            problems.append(f"{agent} is {execution.status.value}, not {expected.value}")
+    if problems:
+        raise IncompleteRecordError(
+            f"record incomplete: the run finished {claim.progress} agent(s) but "
+            + "; ".join(problems)
+            + ": resuming would drop their output, so the run is not resumed"
+        )
+
+
+class _BusyWait:
+    """How long one attempt has waited on a busy pipeline, and the next wait (None: the bound is reached)."""
+
+    def __init__(self, bound: float) -> None:
+        self._bound = bound
+        self._since: float | None = None
+        self._waits = 0
+
+    def waited(self) -> float:
+        return 0.0 if self._since is None else time.monotonic() - self._since
+
+    def next_delay(self, retry_after: float | None, policy: RetryPolicy) -> float | None:
+        if self._since is None:
+            self._since = time.monotonic()
+        left = self._bound - self.waited()
+        if left <= 0:
+            return None
+        self._waits += 1
+        cap = policy.delay(self._waits) if retry_after is None else retry_after
+        cap = min(cap, policy.maximum_interval.total_seconds(), left)
+        return random.uniform(cap / 2, cap)  # jittered, so replicas held back together do not return together
