@@ -18,6 +18,7 @@ from tdev_state._lifecycle import (
     predecessors,
     recovery_shard,
     require_within_budget,
+    run_expiry,
     status_effects,
 )
 from tdev_state._liveness import LivenessStamps
@@ -304,6 +305,9 @@ class SessionStore:
             item["user_id"] = user
         if name is not None:
             item["project_name"] = name
+        expiry = run_expiry(moment, self._layer.config.retention_days)
+        if expiry is not None:  # one retention rule per run: fixed now, open or not (docs/data-model.md)
+            item["expires_at"] = expiry
         try:
             self._layer.put(self._table, item, condition="attribute_not_exists(session_id)")
         except ConditionFailed as exc:
