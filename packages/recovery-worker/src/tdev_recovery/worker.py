@@ -33,6 +33,7 @@ from tdev_state import (
     AgentExecution,
     AgentStatus,
     Claim,
+    MalformedItemError,
     SessionStatus,
     StateClient,
     StateError,
@@ -304,6 +305,8 @@ class RecoveryWorker:
                 raise
             except IncompleteRecordError as exc:
                 return await self._abandon(holder["claim"], str(exc))
+            except MalformedItemError as exc:  # retrying cannot make a hand-edited item readable
+                return await self._abandon(holder["claim"], f"record unreadable: {exc}")
             except PipelineBusy as exc:
                 delay = busy.next_delay(exc.retry_after, policy)
                 if delay is not None:  # back-pressure: the same request again later, no attempt used
