@@ -120,7 +120,27 @@ def agent_output(plan: dict[str, Any], agent: str) -> Any:
     }
 
 
+async def keep_alive(client: Any, sid: str) -> None:
+    """Heartbeat the run every second while this process drives it, whatever its agents are doing: a busy
+    process is slow, not dead, and must not look stalled to the recovery worker (a run that is not ACTIVE
+    refuses the heartbeat, which is fine)."""
+    while True:
+        await asyncio.sleep(1.0)
+        with contextlib.suppress(StateError):
+            await asyncio.to_thread(client.sessions.heartbeat, sid)
+
+
 async def run_agents(plan: dict[str, Any], start_at: str, events: Events, *, resumed: bool) -> str:
+    """Run the agents of one planned run from `start_at`, heartbeating it meanwhile (`keep_alive`)."""
+    client = (await default_client()).sync
+    alive = asyncio.create_task(keep_alive(client, plan["session_id"]))
+    try:
+        return await _run_agents(plan, start_at, events, resumed=resumed)
+    finally:
+        alive.cancel()
+
+
+async def _run_agents(plan: dict[str, Any], start_at: str, events: Events, *, resumed: bool) -> str:
     """Run the agents of one planned run from `start_at`, as T-Developer's orchestrator does: each agent
     retried in process; a non-critical agent that fails for good is recorded and the next one runs; a
     critical one (generation, assembly) stops the run. Returns COMPLETED or FAILED."""

@@ -241,7 +241,7 @@ class RecoveryWorker:
         assert current is not None
         heartbeat = asyncio.create_task(self._heartbeat(holder, current))
         try:
-            outcome = await self._resume(holder, bound)
+            outcome = await self._resume(holder, bound, heartbeat)
         except asyncio.CancelledError:
             lost = (
                 heartbeat.done()
@@ -266,20 +266,27 @@ class RecoveryWorker:
         bound.info("resume.finished", outcome=outcome.value, attempt=holder["claim"].attempt)
         return outcome
 
-    async def _resume(self, holder: dict[str, Claim], bound: Any) -> Outcome:  # noqa: PLR0911 - one per outcome
+    async def _resume(  # noqa: PLR0911 - one return per outcome
+        self, holder: dict[str, Claim], bound: Any, heartbeat: asyncio.Task[None]
+    ) -> Outcome:
         """Resume attempts under one claim. Every failure on this path — building the request (an unreadable
         payload, an agent that cannot be closed) or sending it — is an attempt with its reason; when the
-        attempts run out the run is ABANDONED with the last reason, so no run can be claimed forever."""
+        attempts run out the run is ABANDONED with the last reason, so no run can be claimed forever.
+        A busy pipeline (PipelineBusy) is waited out without using an attempt, up to `busy_timeout`."""
         claim = holder["claim"]
         policy = self.config.retry
+
+        async def abandon(reason: str) -> Outcome:
+            # The final write is fenced itself. A lease heartbeat racing it would see the lease gone and
+            # cancel this task mid-write: stopped first, so the outcome is the write's.
+            heartbeat.cancel()
+            return await self._abandon(holder["claim"], reason)
+
         if claim.resume_count >= self.config.max_resumes:
-            return await self._abandon(
-                claim, f"resumed {claim.resume_count} times and failed again; giving up"
-            )
+            return await abandon(f"resumed {claim.resume_count} times and failed again; giving up")
         if claim.attempt > policy.maximum_attempts:
             # Earlier claims ended without an outcome (their worker died mid-attempt): that counts.
-            return await self._abandon(
-                claim,
+            return await abandon(
                 f"{claim.attempt - 1} resume attempts exhausted; last error: {claim.last_error or 'unknown'}",
             )
         request: ResumeRequest | None = None
@@ -290,9 +297,8 @@ class RecoveryWorker:
                 if request is None:
                     request = await self._io(self._build_request, holder["claim"])
                     if request is None:
-                        return await self._abandon(
-                            holder["claim"],
-                            "nothing left to resume: every agent has finished (the run policy failed it)",
+                        return await abandon(
+                            "nothing left to resume: every agent has finished (the run policy failed it)"
                         )
                     bound.info(
                         "resume.requested",
@@ -304,9 +310,9 @@ class RecoveryWorker:
             except ClaimLostError:
                 raise
             except IncompleteRecordError as exc:
-                return await self._abandon(holder["claim"], str(exc))
+                return await abandon(str(exc))
             except MalformedItemError as exc:  # retrying cannot make a hand-edited item readable
-                return await self._abandon(holder["claim"], f"record unreadable: {exc}")
+                return await abandon(f"record unreadable: {exc}")
             except PipelineBusy as exc:
                 delay = busy.next_delay(exc.retry_after, policy)
                 if delay is not None:  # back-pressure: the same request again later, no attempt used
@@ -325,6 +331,7 @@ class RecoveryWorker:
                 retryable = type(exc).__name__ not in policy.non_retryable
                 error = f"{type(exc).__name__}: {exc}"
             else:
+                heartbeat.cancel()  # as in abandon(): the hand-over's outcome is the write's, not a race's
                 await self._io(self._claims.handed_over, holder["claim"])
                 return Outcome.RESUMED
             self.metrics.failures.inc()
@@ -332,7 +339,7 @@ class RecoveryWorker:
             bound.warning("resume.failed", attempt=claim.attempt, retryable=retryable, error=error)
             if not retryable or claim.attempt >= policy.maximum_attempts:
                 why = "not retryable" if not retryable else f"{claim.attempt} attempts exhausted"
-                return await self._abandon(claim, f"resume failed ({why}): {error}")
+                return await abandon(f"resume failed ({why}): {error}")
             # Counted (with its reason) before the wait, so a worker dying now still leaves the count.
             holder["claim"] = await self._io(self._claims.next_attempt, claim, error=error)
             request, busy = None, _BusyWait(self.config.busy_timeout.total_seconds())
