@@ -222,3 +222,29 @@ def test_cli_lists_the_other_runs(
     assert "version" in err
     assert "Traceback" not in err
     assert client.sessions.get(good).status is SessionStatus.FAILED
+
+
+def test_metric_and_usage_reports_skip_hand_edited_items(client: StateClient) -> None:
+    """A metric item with a count typed as text, or a name without its hour, and a usage counter typed as
+    text are skipped; the reports show the readable figures instead of failing."""
+    from datetime import UTC, datetime
+
+    from tdev_metrics import MetricsCollector, MetricsReader
+    from tdev_metrics.usage import UsageReader
+
+    collector = MetricsCollector(client, usage=False)
+    for _ in range(3):
+        collector.record("edited", 1.0, agent_name="parser")
+    assert collector.close()
+    day = datetime.now(UTC).date()
+    table = client.layer.tables.metrics
+    hour = datetime.now(UTC).hour
+    other = f"edited#parser#{(hour + 1) % 24:02d}"  # not the hour the collector wrote
+    client.layer.put(table, {"date": day.isoformat(), "metric_name": other, "count": "many"})
+    client.layer.put(table, {"date": day.isoformat(), "metric_name": "edited#parser#noon", "count": 5})
+    client.layer.put(
+        table, {"date": day.isoformat(), "metric_name": "#usage#counts", "rs.SIMPLE": "lots", "rc.SIMPLE": 2}
+    )
+    assert sum(s.count for s in MetricsReader(client).daily("edited", start=day)) == 3
+    runs = UsageReader(client).report(day, day)["runs"]
+    assert (runs["started"], runs["completed"]) == (0, 2)

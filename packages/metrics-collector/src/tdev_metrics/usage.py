@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import threading
 import time
 from collections import Counter, defaultdict
@@ -364,10 +365,12 @@ class UsageReader:
         while day <= end:
             key = day.isoformat()
             items = self._store.day(key)
-            today = Counter({k: int(v) for k, v in items.get(COUNTS, {}).items() if _counter(k)})
+            stored = items.get(COUNTS, {}).items()
+            today = Counter({k: int(v) for k, v in stored if _counter(k) and _whole(k, v)})
             counts.update(today)
             for attr, n in items.get(DURATIONS, {}).items():
-                if attr[:1] in ("a", "r") and "." in attr:  # short names: the day must fit in 4 KB
+                ours = attr[:1] in ("a", "r") and "." in attr  # short names: the day must fit in 4 KB
+                if ours and _whole(attr, n) and _whole(attr, attr.rpartition(".")[2]):
                     series, _, bucket = attr.rpartition(".")
                     durations[series][int(bucket)] += int(n)
             users = {int(h) for h in items.get(USERS, {}).get("u", set())}
@@ -385,6 +388,18 @@ class UsageReader:
             }
             day += timedelta(days=1)
         return _shape(start, end, counts, durations, users_total, by_day_users, per_day)
+
+
+def _whole(attr: str, value: Any) -> bool:
+    """Whether a stored counter (a Number) or a bucket index (text) is a whole number; an item edited by
+    hand is skipped attribute by attribute, with a warning, instead of failing the whole report."""
+    if isinstance(value, str):
+        ok = re.fullmatch(r"-?[0-9]{1,6}", value) is not None
+    else:
+        ok = isinstance(value, int | Decimal) and not isinstance(value, bool) and value == int(value)
+    if not ok:
+        log.warning("usage.item_malformed", attribute=attr[:80], value=str(value)[:40])
+    return ok
 
 
 def _counter(attr: str) -> bool:
