@@ -442,5 +442,7 @@ class _BusyWait:
             return None
         self._waits += 1
         cap = policy.delay(self._waits) if retry_after is None else retry_after
-        cap = min(cap, policy.maximum_interval.total_seconds(), left)
+        # At least the initial interval (a "Retry-After: 0" must not make a busy loop), at most the cap.
+        low, high = policy.initial_interval.total_seconds(), policy.maximum_interval.total_seconds()
+        cap = min(max(cap, low), high, left)
         return random.uniform(cap / 2, cap)  # jittered, so replicas held back together do not return together
