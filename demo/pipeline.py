@@ -8,8 +8,10 @@ Two roles, each its own process:
   kills some drivers with SIGKILL mid-run.
 - `serve`: the pipeline's resume endpoint for the recovery worker's HTTP resumer, through the helper's
   receiving side (`tdev_state.accept_resume`): it refuses a fencing token lower than the run's or one it
-  accepted already (409), opens the run with `PipelineRun.resume` and continues it from the agent it is
-  told, in the background.
+  accepted already (409; the same request again is accepted once), opens the run with `PipelineRun.resume`
+  and continues it from the agent it is told, in the background; when it already continues
+  `MAX_RESUMED_RUNS` runs it answers 503 + Retry-After (back-pressure, which the worker waits out without
+  using an attempt).
 
 Each agent attempt sleeps a short, agent-specific time (heartbeating), may fail (flaky agents are retried in
 process, as the orchestrator's retry counts say; a non-critical agent that fails for good is tolerated and
@@ -77,6 +79,12 @@ RETRIES = {
     "download": 1,
 }
 CRITICAL = ("generation", "assembly")
+#: Resumed runs the resume endpoint continues at once; beyond that it answers 503 + Retry-After (back-
+#: pressure, which the worker waits out without using an attempt) instead of taking on runs it cannot drive.
+MAX_RESUMED_RUNS = 8
+#: The demo's agents take seconds and its worker a 5 s stall threshold: heartbeat every second, so a busy
+#: process is slow, not dead, to the recovery worker.
+HEARTBEAT_SECONDS = 1.0
 
 
 class Framework(Enum):
@@ -197,6 +205,7 @@ async def drive(plans: list[dict[str, Any]], events: Events) -> None:
             pipeline_type=plan["pipeline_type"],
             metadata={"demo_run": plan["demo_run"]},
             metrics=default_collector(),
+            heartbeat_seconds=HEARTBEAT_SECONDS,
             variant=plan["variant"],
         )
         events.log(event="created", sid=plan["session_id"])
@@ -214,8 +223,18 @@ def serve(plans: dict[str, dict[str, Any]], events: Events) -> None:
     async def continue_run(run: PipelineRun, request: ResumeRequest) -> str:
         return await run_agents(run, plans[run.session_id], request.next_agent, events, resumed=True)
 
+    running: set[Any] = set()  # continuations of resumed runs in flight in this process
+
     async def accept(body: Any) -> None:
-        await accept_resume(await default_client(), body, continue_run, metrics=default_collector())
+        task = await accept_resume(
+            await default_client(),
+            body,
+            continue_run,
+            metrics=default_collector(),
+            heartbeat_seconds=HEARTBEAT_SECONDS,
+        )
+        running.add(task)
+        task.add_done_callback(running.discard)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -224,6 +243,13 @@ def serve(plans: dict[str, dict[str, Any]], events: Events) -> None:
             try:
                 if sid not in plans:
                     raise StaleResumeError(f"{sid} is not a run of this demo")
+                if len(running) >= MAX_RESUMED_RUNS:
+                    events.log(event="resume_busy", sid=sid, token=token)
+                    self.send_response(503)  # back-pressure: the worker waits and asks again
+                    self.send_header("Retry-After", "1")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 asyncio.run_coroutine_threadsafe(accept(body), loop).result()
             except StateError as exc:
                 events.log(event="resume_rejected", sid=sid, token=token, reason=str(exc)[:200])

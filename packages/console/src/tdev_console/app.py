@@ -53,6 +53,7 @@ from tdev_recovery.resumers import Resumer
 from tdev_state import (
     AGENTS,
     EncryptionError,
+    MalformedItemError,
     NotFoundError,
     PayloadIntegrityError,
     SessionStatus,
@@ -456,6 +457,7 @@ def create_app(client: StateClient, settings: ConsoleSettings | None = None) -> 
         HTTPException: error_page(404, "Not found"),
         NotFoundError: error_page(404, "Not found"),
         ValidationError: error_page(400, "Bad request"),
+        MalformedItemError: error_page(422, "Unreadable item"),
         NotRecoverableError: error_page(409, "Not recoverable"),
         RecoveryError: error_page(409, "Recovery refused"),
         StorageError: error_page(503, "Storage unavailable"),

@@ -12,12 +12,19 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from tdev_metrics._aggregate import sketch_from_buckets
 from tdev_metrics._store import MetricsStore
 from tdev_metrics.exceptions import MetricValidationError
 from tdev_state import StateClient
+from tdev_state._log import get_logger
+
+log = get_logger(__name__)
+
+#: Numeric attributes of a stored metric item (besides its sketch buckets `b_*`).
+_NUMBERS = ("count", "value", "sumsq", "errors", "min_value", "max_value")
 
 Z95 = 1.959963984540054
 
@@ -152,6 +159,8 @@ class MetricsReader:
         day = start
         while day <= last:
             for item in self._store.query_day(day.isoformat(), prefix):
+                if not _readable(item):
+                    continue
                 parts = str(item["metric_name"]).split("#")
                 item_variant = parts[3] if len(parts) > 3 else None
                 if variant is not None and item_variant != variant:
@@ -222,3 +231,23 @@ def _rate_interval(a: Summary, b: Summary) -> Interval | None:
     diff = pb - pa
     half = Z95 * math.sqrt(pa * (1 - pa) / a.count + pb * (1 - pb) / b.count)
     return Interval(diff, diff - half, diff + half)
+
+
+def _readable(item: dict[str, Any]) -> bool:
+    """Whether a metric item is as the collector writes it; one edited by hand (a count typed as text, a
+    name without its hour) is skipped with a warning instead of failing the whole report."""
+    name = item.get("metric_name")
+    parts = name.split("#") if isinstance(name, str) else []
+    problem = None
+    if len(parts) < 3 or not parts[2].isdecimal() or not parts[2].isascii():
+        problem = "metric_name is not metric#agent#hour[#variant]"
+    else:
+        for attr, value in item.items():
+            if (attr in _NUMBERS or attr.startswith("b_")) and (
+                isinstance(value, bool) or not isinstance(value, int | float | Decimal)
+            ):
+                problem = f"{attr} is not a Number"
+                break
+    if problem is not None:
+        log.warning("metric.item_malformed", day=item.get("date"), name=str(name)[:120], problem=problem)
+    return problem is None

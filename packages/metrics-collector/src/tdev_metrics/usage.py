@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from tdev_metrics._usage_store import (
@@ -398,11 +400,12 @@ class UsageReader:
             shards = self._store.day(key)  # every shard of the three families
             today: Counter[str] = Counter()
             for item in shards[COUNTS]:
-                today.update({k: int(v) for k, v in item.items() if _counter(k)})
+                today.update({k: int(v) for k, v in item.items() if _counter(k) and _whole(k, v)})
             counts.update(today)
             for item in shards[DURATIONS]:
                 for attr, n in item.items():
-                    if attr[:1] in ("a", "r") and "." in attr:
+                    ours = attr[:1] in ("a", "r") and "." in attr  # short names keep a shard small
+                    if ours and _whole(attr, n) and _whole(attr, attr.rpartition(".")[2]):
                         series, _, bucket = attr.rpartition(".")
                         durations[series][int(bucket)] += int(n)
             users = {int(h) for item in shards[USERS] for h in item.get("u", set())}
@@ -423,6 +426,18 @@ class UsageReader:
         report = _shape(start, end, counts, durations, users_total, by_day_users, per_day)
         report["capped"]["usage_items_read"] = items_read
         return report
+
+
+def _whole(attr: str, value: Any) -> bool:
+    """Whether a stored counter (a Number) or a bucket index (text) is a whole number; an item edited by
+    hand is skipped attribute by attribute, with a warning, instead of failing the whole report."""
+    if isinstance(value, str):
+        ok = re.fullmatch(r"-?[0-9]{1,6}", value) is not None
+    else:
+        ok = isinstance(value, int | Decimal) and not isinstance(value, bool) and value == int(value)
+    if not ok:
+        log.warning("usage.item_malformed", attribute=attr[:80], value=str(value)[:40])
+    return ok
 
 
 def _counter(attr: str) -> bool:

@@ -11,6 +11,7 @@ from tdev_recovery.config import RetryPolicy, WorkerConfig
 from tdev_recovery.exceptions import (
     ClaimLostError,
     NotRecoverableError,
+    PipelineBusy,
     RecoveryError,
     ResumerConfigError,
     ResumeRejected,
@@ -29,6 +30,7 @@ __all__ = [
     "HttpResumer",
     "NotRecoverableError",
     "Outcome",
+    "PipelineBusy",
     "RecoveryError",
     "RecoveryWorker",
     "ResumeRejected",

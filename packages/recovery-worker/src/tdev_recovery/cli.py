@@ -148,6 +148,12 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
     )
     number("--initial-backoff", "TDEV_INITIAL_BACKOFF", "1", "seconds before the first retry of a resume")
     number(
+        "--busy-timeout",
+        "TDEV_BUSY_TIMEOUT",
+        "600",
+        "seconds one attempt waits on a busy pipeline (429/503/timeout) before the wait counts as a failure",
+    )
+    number(
         "--concurrency",
         "TDEV_CONCURRENCY",
         "8",
@@ -246,6 +252,7 @@ async def _serve(args: argparse.Namespace) -> int:
         max_resumes=args.max_resumes,
         concurrency=args.concurrency,
         grace_period=args.grace_period,
+        busy_timeout=timedelta(seconds=args.busy_timeout),
         **({"worker_id": args.worker_id} if args.worker_id else {}),
     )
     resumer = load_resumer(args.resumer)

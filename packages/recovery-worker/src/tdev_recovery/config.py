@@ -81,13 +81,16 @@ class WorkerConfig:
     grace_period: float = 20.0
     #: Candidates fetched per sweep.
     batch_size: int = 100
+    #: How long one attempt may wait on a busy pipeline (429/503/timeout: back-pressure, which uses no
+    #: attempt) before that wait counts as a failed attempt with the reason "pipeline busy".
+    busy_timeout: timedelta = timedelta(minutes=10)
 
     def __post_init__(self) -> None:
         try:  # the id every claim writes: refused here, at start, rather than at each claim of each sweep
             check.identifier("worker_id", self.worker_id)
         except ValidationError as exc:
             raise RecoveryError(str(exc)) from None
-        for name in ("retry_delay", "lease"):
+        for name in ("retry_delay", "lease", "busy_timeout"):
             _positive_duration(name, getattr(self, name))
         for name in ("stall_threshold", "resume_cooldown"):
             if getattr(self, name) is not None:

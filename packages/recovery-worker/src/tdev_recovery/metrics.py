@@ -13,6 +13,16 @@ class WorkerMetrics:
         r = self.registry
         self.sweeps = Counter("tdev_recovery_sweeps", "Sweeps of the recovery index", registry=r)
         self.sweep_errors = Counter("tdev_recovery_sweep_errors", "Sweeps that failed", registry=r)
+        self.malformed_items = Counter(
+            "tdev_recovery_malformed_items",
+            "Unreadable session items the sweep skipped (each logged with its key and attribute)",
+            registry=r,
+        )
+        self.candidate_errors = Counter(
+            "tdev_recovery_candidate_errors",
+            "Candidates whose claim failed with an error (skipped; the sweep went on)",
+            registry=r,
+        )
         self.candidates = Counter(
             "tdev_recovery_candidates", "Failed or stalled runs seen by sweeps", registry=r
         )
@@ -32,6 +42,11 @@ class WorkerMetrics:
             "tdev_recovery_resume_failures", "Resume attempts the pipeline refused or failed", registry=r
         )
         self.abandoned = Counter("tdev_recovery_abandoned", "Runs given up (ABANDONED)", registry=r)
+        self.busy_waits = Counter(
+            "tdev_recovery_busy_waits",
+            "Resume requests the pipeline answered busy (429/503/timeout): rescheduled, no attempt used",
+            registry=r,
+        )
         self.backlog = Gauge(
             "tdev_recovery_backlog", "Failed or stalled runs found by the last sweep", registry=r
         )

@@ -1,8 +1,10 @@
 """Resumers hand a claimed run back to the pipeline. Two kinds, both async callables:
 
 - a Python callable named `module:function` (`async def resume(request: ResumeRequest) -> None`);
-- `HttpResumer(url)`: POSTs the request as JSON; 2xx accepted, 409 stale token, other 4xx refused for good,
-  5xx or no answer retryable.
+- `HttpResumer(url)`: POSTs the request as JSON; 2xx accepted, 409 stale token, 429 and 503 busy (back-
+  pressure: `PipelineBusy`, honouring Retry-After), other 4xx refused for good, other 5xx or no connection
+  retryable, no answer within the timeout busy (the pipeline may have taken the request: it is sent again
+  with the same `Idempotency-Key`, which the pipeline must answer as it answered the first).
 
 A resumer raises `ResumeRejected` to refuse; any other exception counts as retryable unless its class name is
 in the retry policy's non-retryable kinds. The fencing token travels with every request, so the pipeline can
@@ -18,7 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 
-from tdev_recovery.exceptions import ResumerConfigError, ResumeRejected
+from tdev_recovery.exceptions import PipelineBusy, ResumerConfigError, ResumeRejected
 from tdev_state.resume import CompletedAgent, ResumeRequest
 
 Resumer = Callable[[ResumeRequest], Awaitable[None]]
@@ -61,13 +63,27 @@ class HttpResumer:
                     retryable=False,
                     stale=True,
                 ) from None
+            if exc.code in (429, 503):
+                wait = _retry_after(exc.headers.get("Retry-After"))
+                raise PipelineBusy(f"pipeline busy ({exc.code}): {detail}", retry_after=wait) from None
             if 400 <= exc.code < 500:
                 raise ResumeRejected(
                     f"pipeline refused the resume ({exc.code}): {detail}", retryable=False
                 ) from None
             raise ResumeRejected(f"pipeline error {exc.code}: {detail}", retryable=True) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        except TimeoutError:  # sent, no answer in time (urllib wraps a connect failure in URLError)
+            raise PipelineBusy(f"pipeline did not answer within {self.timeout:g} s at {self.url}") from None
+        except (urllib.error.URLError, ConnectionError) as exc:
             raise ResumeRejected(f"pipeline unreachable at {self.url}: {exc}", retryable=True) from None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the delay-seconds form; an HTTP date or junk is ignored)."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 86_400 else None
 
 
 def load_resumer(spec: str, *, timeout: float = 10.0) -> Resumer:

@@ -18,11 +18,28 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
 
-from tdev_recovery.config import WorkerConfig, recovery_policy
-from tdev_recovery.exceptions import ClaimLostError, RecoveryError, ResumeRejected
+from tdev_recovery.config import RetryPolicy, WorkerConfig, recovery_policy
+from tdev_recovery.exceptions import (
+    ClaimLostError,
+    IncompleteRecordError,
+    PipelineBusy,
+    RecoveryError,
+    ResumeRejected,
+)
 from tdev_recovery.metrics import WorkerMetrics
 from tdev_recovery.resumers import CompletedAgent, Resumer, ResumeRequest
-from tdev_state import AGENTS, AgentStatus, Claim, LivenessObserver, SessionStatus, StateClient, StateError
+from tdev_state import (
+    AGENTS,
+    AgentExecution,
+    AgentStatus,
+    Claim,
+    LivenessObserver,
+    MalformedItemError,
+    SessionStatus,
+    StateClient,
+    StateError,
+    StorageUnavailableError,
+)
 from tdev_state._log import get_logger
 from tdev_state.models import RecoveryCandidate
 from tdev_state.resume import NO_INPUT
@@ -110,6 +127,9 @@ class RecoveryWorker:
             except StateError as exc:
                 self.metrics.sweep_errors.inc()
                 log.error("sweep.failed", error=str(exc))  # noqa: TRY400 - expected, no traceback
+            except Exception as exc:  # a bug must not end the loop either: counted, logged, next turn
+                self.metrics.sweep_errors.inc()
+                log.exception("sweep.crashed", error=f"{type(exc).__name__}: {exc}")
             self.last_turn_monotonic = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=self.config.poll_interval)
@@ -154,6 +174,7 @@ class RecoveryWorker:
             stalled_idle=timedelta(0),
             limit=self.config.batch_size,
             policy=self.policy,
+            on_malformed=lambda _: self.metrics.malformed_items.inc(),
         )
         self.last_sweep_monotonic = time.monotonic()
         self.metrics.backlog.set(len(candidates))
@@ -185,12 +206,21 @@ class RecoveryWorker:
                 if verdict.confirm_left > 0:
                     self.metrics.confirming.inc()
                 continue
-            claim = await self._io(
-                self._claims.claim,
-                candidate,
-                worker_id=self.config.worker_id,
-                lease=self.config.lease,
-            )
+            try:
+                claim = await self._io(
+                    self._claims.claim,
+                    candidate,
+                    worker_id=self.config.worker_id,
+                    lease=self.config.lease,
+                )
+            except StorageUnavailableError:
+                raise  # an outage, not this run: the sweep fails once (sweep_errors), not per candidate
+            except Exception as exc:  # one run's claim failing never costs the others their turn
+                self.metrics.candidate_errors.inc()
+                log.error(  # noqa: TRY400 - one line per skipped candidate, no traceback
+                    "claim.failed", session_id=candidate.session_id, error=f"{type(exc).__name__}: {exc}"
+                )
+                continue
             if claim is None:
                 self.metrics.claim_conflicts.inc()
                 continue
@@ -231,7 +261,7 @@ class RecoveryWorker:
         assert current is not None
         heartbeat = asyncio.create_task(self._heartbeat(holder, current))
         try:
-            outcome = await self._resume(holder, bound)
+            outcome = await self._resume(holder, bound, heartbeat)
         except asyncio.CancelledError:
             lost = (
                 heartbeat.done()
@@ -256,40 +286,61 @@ class RecoveryWorker:
         bound.info("resume.finished", outcome=outcome.value, attempt=holder["claim"].attempt)
         return outcome
 
-    async def _resume(self, holder: dict[str, Claim], bound: Any) -> Outcome:
+    async def _resume(  # noqa: PLR0911 - one return per outcome
+        self, holder: dict[str, Claim], bound: Any, heartbeat: asyncio.Task[None]
+    ) -> Outcome:
         """Resume attempts under one claim. Every failure on this path — building the request (an unreadable
         payload, an agent that cannot be closed) or sending it — is an attempt with its reason; when the
-        attempts run out the run is ABANDONED with the last reason, so no run can be claimed forever."""
+        attempts run out the run is ABANDONED with the last reason, so no run can be claimed forever.
+        A busy pipeline (PipelineBusy) is waited out without using an attempt, up to `busy_timeout`."""
         claim = holder["claim"]
         policy = self.config.retry
+
+        async def abandon(reason: str) -> Outcome:
+            # The final write is fenced itself. A lease heartbeat racing it would see the lease gone and
+            # cancel this task mid-write: stopped first, so the outcome is the write's.
+            heartbeat.cancel()
+            return await self._abandon(holder["claim"], reason)
+
         if claim.resume_count >= self.config.max_resumes:
-            return await self._abandon(
-                claim, f"resumed {claim.resume_count} times and failed again; giving up"
-            )
+            return await abandon(f"resumed {claim.resume_count} times and failed again; giving up")
         if claim.attempt > policy.maximum_attempts:
             # Earlier claims ended without an outcome (their worker died mid-attempt): that counts.
-            return await self._abandon(
-                claim,
+            return await abandon(
                 f"{claim.attempt - 1} resume attempts exhausted; last error: {claim.last_error or 'unknown'}",
             )
+        request: ResumeRequest | None = None
+        busy = _BusyWait(self.config.busy_timeout.total_seconds())
         while True:
             retryable, error = True, ""
             try:
-                request = await self._io(self._build_request, holder["claim"])
                 if request is None:
-                    return await self._abandon(
-                        holder["claim"],
-                        "nothing left to resume: every agent has finished (the run policy failed the run)",
+                    request = await self._io(self._build_request, holder["claim"])
+                    if request is None:
+                        return await abandon(
+                            "nothing left to resume: every agent has finished (the run policy failed it)"
+                        )
+                    bound.info(
+                        "resume.requested",
+                        next_agent=request.next_agent,
+                        attempt=request.attempt,
+                        completed=len(request.completed),
                     )
-                bound.info(
-                    "resume.requested",
-                    next_agent=request.next_agent,
-                    attempt=request.attempt,
-                    completed=len(request.completed),
-                )
                 await self._resumer(request)
             except ClaimLostError:
                 raise
+            except IncompleteRecordError as exc:
+                return await abandon(str(exc))
+            except MalformedItemError as exc:  # retrying cannot make a hand-edited item readable
+                return await abandon(f"record unreadable: {exc}")
+            except PipelineBusy as exc:
+                delay = busy.next_delay(exc.retry_after, policy)
+                if delay is not None:  # back-pressure: the same request again later, no attempt used
+                    self.metrics.busy_waits.inc()
+                    bound.info("resume.busy", attempt=request.attempt if request else None, wait=delay)
+                    await asyncio.sleep(delay)
+                    continue
+                error = f"pipeline busy for {busy.waited():.0f} s (longer than busy_timeout): {exc}"
             except ResumeRejected as exc:
                 if exc.stale:
                     return Outcome.STALE
@@ -300,6 +351,7 @@ class RecoveryWorker:
                 retryable = type(exc).__name__ not in policy.non_retryable
                 error = f"{type(exc).__name__}: {exc}"
             else:
+                heartbeat.cancel()  # as in abandon(): the hand-over's outcome is the write's, not a race's
                 await self._io(self._claims.handed_over, holder["claim"], cooldown=self.policy.cooldown)
                 return Outcome.RESUMED
             self.metrics.failures.inc()
@@ -307,9 +359,10 @@ class RecoveryWorker:
             bound.warning("resume.failed", attempt=claim.attempt, retryable=retryable, error=error)
             if not retryable or claim.attempt >= policy.maximum_attempts:
                 why = "not retryable" if not retryable else f"{claim.attempt} attempts exhausted"
-                return await self._abandon(claim, f"resume failed ({why}): {error}")
+                return await abandon(f"resume failed ({why}): {error}")
             # Counted (with its reason) before the wait, so a worker dying now still leaves the count.
             holder["claim"] = await self._io(self._claims.next_attempt, claim, error=error)
+            request, busy = None, _BusyWait(self.config.busy_timeout.total_seconds())
             await asyncio.sleep(random.uniform(0, policy.delay(claim.attempt)))
 
     async def _abandon(self, claim: Claim, reason: str) -> Outcome:
@@ -329,6 +382,7 @@ class RecoveryWorker:
         if claim.progress >= len(AGENTS):
             return None
         run = {e.agent_name: e for e in self._client.executions.list(claim.session_id)}
+        _require_whole(claim, run)
         completed = [
             CompletedAgent(agent, run[agent].output_data)
             for agent in AGENTS[: claim.progress]
@@ -378,3 +432,48 @@ class RecoveryWorker:
         """Run blocking DynamoDB work on this worker's pool, never on the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+
+def _require_whole(claim: Claim, run: dict[str, AgentExecution]) -> None:
+    """IncompleteRecordError unless every agent the run finished is stored as finished: COMPLETED, or FAILED
+    and tolerated. A missing item (expired, deleted) would make the resume drop its output silently."""
+    tolerated = set(claim.failed_agents)
+    problems = []
+    for agent in AGENTS[: claim.progress]:
+        execution = run.get(agent)
+        expected = AgentStatus.FAILED if agent in tolerated else AgentStatus.COMPLETED
+        if execution is None:
+            problems.append(f"{agent} is missing (expired or deleted)")
+        elif execution.status is not expected:
+            problems.append(f"{agent} is {execution.status.value}, not {expected.value}")
+    if problems:
+        raise IncompleteRecordError(
+            f"record incomplete: the run finished {claim.progress} agent(s) but "
+            + "; ".join(problems)
+            + ": resuming would drop their output, so the run is not resumed"
+        )
+
+
+class _BusyWait:
+    """How long one attempt has waited on a busy pipeline, and the next wait (None: the bound is reached)."""
+
+    def __init__(self, bound: float) -> None:
+        self._bound = bound
+        self._since: float | None = None
+        self._waits = 0
+
+    def waited(self) -> float:
+        return 0.0 if self._since is None else time.monotonic() - self._since
+
+    def next_delay(self, retry_after: float | None, policy: RetryPolicy) -> float | None:
+        if self._since is None:
+            self._since = time.monotonic()
+        left = self._bound - self.waited()
+        if left <= 0:
+            return None
+        self._waits += 1
+        cap = policy.delay(self._waits) if retry_after is None else retry_after
+        # At least the initial interval (a "Retry-After: 0" must not make a busy loop), at most the cap.
+        low, high = policy.initial_interval.total_seconds(), policy.maximum_interval.total_seconds()
+        cap = min(max(cap, low), high, left)
+        return random.uniform(cap / 2, cap)  # jittered, so replicas held back together do not return together

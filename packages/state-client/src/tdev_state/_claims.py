@@ -10,6 +10,7 @@ comparing tokens (unlike a random record version, which cannot be ordered).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -247,10 +248,21 @@ class ClaimStore:
         return expr
 
     def _fenced(self, claim: Claim, expr: Expr) -> None:
+        """Apply a claim's write, fenced by its token. Exactly once: the write carries a request id, so when
+        botocore's retry after a lost response is refused (the first attempt applied, the run moved on), the
+        refusal's old item shows it was ours and the step counts once — not as a lost claim, not twice."""
         require_claim(expr, claim.fencing_token, claim.worker_id)
+        request = uuid.uuid4().hex
+        alias = expr.n("claim_request")
+        # A retry of an applied write must not apply again (next_attempt would count twice): refused here.
+        expr.require(f"attribute_not_exists({alias}) OR {alias} <> {expr.v(request)}")
+        expr.set("claim_request", request)
         try:
             self._layer.update(self._table, {"session_id": claim.session_id}, **expr.kwargs())
         except ConditionFailed as exc:
+            if exc.old_item is not None and exc.old_item.get("claim_request") == request:
+                log.info("claim.retry_applied", session_id=claim.session_id, token=claim.fencing_token)
+                return
             old = exc.old_item
             newer = old.get("fencing_token") if old else None
             # Only a final status or this claim's own hand-over removes the lease without a new token.

@@ -26,6 +26,7 @@ from typing import Any
 
 from tdev_state import _codec, _inputs
 from tdev_state import _validate as check
+from tdev_state._items import ItemReader
 from tdev_state._lifecycle import (
     AGENT_RULES,
     AgentKind,
@@ -37,7 +38,7 @@ from tdev_state._lifecycle import (
 )
 from tdev_state._liveness import LivenessStamps, declared_silence
 from tdev_state._log import get_logger
-from tdev_state._sessions import emit_run_end, payload_scoped
+from tdev_state._sessions import emit_run_end, payload_scoped, session_reader
 from tdev_state.dynamo import DynamoLayer, Item, TransactAction, TransactionCancelled
 from tdev_state.exceptions import (
     ClaimLostError,
@@ -55,7 +56,6 @@ from tdev_state.models import (
     AgentStatus,
     AgentTransition,
     SessionStatus,
-    from_epoch,
 )
 from tdev_state.schema import AGENT_EXECUTIONS
 from tdev_state.usage import UsageEvent, UsageKind
@@ -201,7 +201,7 @@ class ExecutionStore:
         wanted = set(_inputs.references(execution.input_data))
         if not wanted:
             return execution
-        items = {i["agent"]: i for i in self._run_items(sid) if i["agent"] in wanted}
+        items = {i.get("agent"): i for i in self._run_items(sid) if i.get("agent") in wanted}
         return self._with_inputs(
             execution,
             lambda name: self._from_item(items[name], load_payloads=True) if name in items else None,
@@ -371,7 +371,7 @@ class ExecutionStore:
             return None
         if old.get("status") != SessionStatus.ACTIVE.value:
             return None
-        progress = int(old.get("progress", -1))
+        progress = session_reader(old).whole("progress", -1)
         if rule.progress == "next" and effect.moved_past is None and step >= 2 and progress == step - 2:
             previous = AGENTS[step - 2]
             if old.get("current_agent") == previous and not self._policy.is_critical(previous):
@@ -409,9 +409,11 @@ class ExecutionStore:
             return AgentTransition(
                 execution_id=sid,
                 agent_name=agent,
-                status=AgentStatus(old_exec["status"]),
-                session_status=SessionStatus(old_session["status"]) if old_session else SessionStatus.ACTIVE,
-                progress=int(old_session["progress"]) if old_session else step - 1,
+                status=execution_reader(old_exec).enum(AgentStatus, "status"),
+                session_status=session_reader(old_session).enum(SessionStatus, "status")
+                if old_session
+                else SessionStatus.ACTIVE,
+                progress=session_reader(old_session).whole("progress") if old_session else step - 1,
                 at=self._clock(),
                 duplicate=True,
             )
@@ -459,7 +461,8 @@ class ExecutionStore:
     def _session_refusal(self, kind: AgentKind, agent: str, sid: str, old: Item) -> InvalidTransitionError:
         rule = AGENT_RULES[kind]
         step = AGENT_STEP[agent]
-        status, progress = old["status"], int(old["progress"])
+        read = session_reader(old)
+        status, progress = read.text("status"), read.whole("progress")
         allowed = " or ".join(s.value for s in rule.session_from)
         if status not in {s.value for s in rule.session_from}:
             hint = " (send RUNNING again to retry the failed agent)" if status == "FAILED" else ""
@@ -539,30 +542,42 @@ class ExecutionStore:
         return False
 
     def _from_item(self, item: Item, *, load_payloads: bool) -> AgentExecution:
+        """The one mapping of an agent item to its model (MalformedItemError if the item is unreadable)."""
+        read = execution_reader(item)
+        sid = read.text("execution_id")
+        agent = read.text("agent")
+        if agent not in AGENT_STEP:
+            raise read.malformed("agent", f"is {agent[:40]!r}, which is not an agent")
+
         def payload(name: str) -> Any:
             if not load_payloads:
                 return None
-            context = execution_context(item["execution_id"], item["agent"])
+            context = execution_context(sid, agent)
             return _codec.decode(item.get(name), field=name, context=context, layer=self._layer)
 
         return AgentExecution(
-            execution_id=item["execution_id"],
-            agent_name=item["agent"],
-            step=int(item["step"]),
-            status=AgentStatus(item["status"]),
-            project_id=item.get("project_id"),
-            start_time=from_epoch(item["start_time"]) if item.get("start_time") is not None else None,
-            end_time=from_epoch(item["end_time"]) if item.get("end_time") is not None else None,
+            execution_id=sid,
+            agent_name=agent,
+            step=read.whole("step"),
+            status=read.enum(AgentStatus, "status"),
+            project_id=read.text("project_id", None),
+            start_time=read.moment("start_time", None),
+            end_time=read.moment("end_time", None),
             input_data=payload("input_data"),
             output_data=payload("output_data"),
-            error_message=item.get("error_message"),
-            retry_count=int(item.get("retry_count", 0)),
-            input_bytes=int(item.get("input_bytes", 0)),
-            output_bytes=int(item.get("output_bytes", 0)),
-            last_error=item.get("last_error"),
+            error_message=read.text("error_message", None),
+            retry_count=read.whole("retry_count", 0),
+            input_bytes=read.whole("input_bytes", 0),
+            output_bytes=read.whole("output_bytes", 0),
+            last_error=read.text("last_error", None),
             input_location=_codec.describe(item.get("input_data")),
             output_location=_codec.describe(item.get("output_data")),
         )
+
+
+def execution_reader(item: Item) -> ItemReader:
+    """Typed reads of an agent item (its errors name the run and the agent's sort key)."""
+    return ItemReader(item, AGENT_EXECUTIONS.logical_name, ("execution_id", "agent_name"))
 
 
 def execution_context(session_id: str, agent: str) -> _codec.PayloadContext:

@@ -206,6 +206,20 @@ def recovery_shard(session_id: str, status: SessionStatus) -> str:
     return f"{status.value}#{zlib.crc32(session_id.encode()) % RECOVERY_INDEX_SHARDS}"
 
 
+#: Agent items outlive their session by this much: a reader never finds a session whose agents expired, even
+#: when the writers' clocks disagree by up to this. (Payload objects outlive it by PAYLOAD_GRACE_DAYS.)
+AGENT_RETENTION_GRACE = timedelta(days=1)
+
+
+def run_expiry(created: datetime, retention_days: int | None) -> int | None:
+    """The run's expiry (`expires_at`, epoch seconds), fixed when the run is created: one retention rule per
+    run. The session item expires then; its agent items and payload objects later (docs/data-model.md,
+    "Retention"). None: kept for ever."""
+    if not retention_days:
+        return None
+    return int((created + timedelta(days=retention_days)).timestamp())
+
+
 def status_effects(
     expr: Expr,
     session_id: str,
@@ -216,8 +230,9 @@ def status_effects(
     repeat: bool = False,
 ) -> None:
     """What reaching `target` does besides the status: open runs are in the recovery index, final runs
-    leave it and get their retention TTL; entering FAILED counts one more `fail_count` (not when the run
-    was FAILED already: `repeat`), so how often runs failed is in the table for reports to check against."""
+    leave it (a run stored before expiries were fixed at creation gets its expiry now); entering FAILED
+    counts one more `fail_count` (not when the run was FAILED already: `repeat`), so how often runs failed
+    is in the table for reports to check against."""
     expr.set("status", target.value)
     if target is SessionStatus.FAILED and not repeat:
         expr.increment("fail_count")
@@ -225,8 +240,9 @@ def status_effects(
         expr.set("recovery_shard", recovery_shard(session_id, target))
     else:
         expr.remove("recovery_shard", "lease_owner", "lease_expires_at")
-        if retention_days:
-            expr.set("expires_at", int((now + timedelta(days=retention_days)).timestamp()))
+        expiry = run_expiry(now, retention_days)
+        if expiry is not None:  # the run's expiry set at its creation stands; older runs get one now
+            expr.set_default("expires_at", expiry)
 
 
 def require_claim(expr: Expr, fencing_token: int, worker_id: str) -> None:
@@ -373,8 +389,9 @@ def agent_item_update(
     if rule.agent_to is not AgentStatus.FAILED:
         expr.remove("error_message")  # `last_error` keeps the latest failure's message
     expr.set_many(sets)
-    if retention_days and rule.kind == "start":
-        expr.set("expires_at", int((now + timedelta(days=retention_days)).timestamp()))
+    expiry = run_expiry(now + AGENT_RETENTION_GRACE, retention_days)
+    if expiry is not None:  # every first write (a start, or a first record that is already final)
+        expr.set_default("expires_at", expiry)
     return expr
 
 

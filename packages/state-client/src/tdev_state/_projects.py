@@ -5,33 +5,35 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from tdev_state import _validate as check
 from tdev_state._expr import Expr
+from tdev_state._items import ItemReader, readable
 from tdev_state._log import get_logger
 from tdev_state.dynamo import DynamoLayer, Item, TransactionCancelled
-from tdev_state.exceptions import ProjectNotFoundError
+from tdev_state.exceptions import MalformedItemError, ProjectNotFoundError
 from tdev_state.models import Page, UserProject, epoch, from_epoch
+from tdev_state.schema import USER_PROJECTS
 from tdev_state.usage import UsageEvent
 
 log = get_logger(__name__)
 
 
-def _project_from_item(item: Item) -> UserProject:
-    size = item.get("size_mb")
+def project_from_item(item: Item) -> UserProject:
+    """The one mapping of a project item to its model (MalformedItemError if the item is unreadable)."""
+    read = ItemReader(item, USER_PROJECTS.logical_name, ("user_id", "project_id"))
     return UserProject(
-        user_id=item["user_id"],
-        project_id=item["project_id"],
-        project_name=item["project_name"],
-        description=item.get("description", ""),
-        tech_stack=list(item.get("tech_stack", [])),
-        download_count=int(item.get("download_count", 0)),
-        last_accessed=from_epoch(item["last_accessed"]) if item.get("last_accessed") is not None else None,
-        created_at=from_epoch(item["created_at"]) if item.get("created_at") is not None else None,
-        file_path=item.get("file_path"),
-        size_mb=float(size) if isinstance(size, Decimal | int | float) else None,
+        user_id=read.text("user_id"),
+        project_id=read.text("project_id"),
+        project_name=read.text("project_name"),
+        description=read.text("description", ""),
+        tech_stack=list(read.texts("tech_stack")),
+        download_count=read.whole("download_count", 0),
+        last_accessed=read.moment("last_accessed", None),
+        created_at=read.moment("created_at", None),
+        file_path=read.text("file_path", None),
+        size_mb=read.number("size_mb"),
     )
 
 
@@ -104,7 +106,7 @@ class ProjectStore:
             stack = tuple(str(t) for t in item.get("tech_stack") or ())
             usage.emit(UsageEvent("project_saved", moment, user_id=user, tech_stack=stack))
             usage.emit(UsageEvent("user_active", moment, user_id=user))
-        return _project_from_item(item)
+        return project_from_item(item)
 
     def get(self, user_id: str, project_id: str) -> UserProject:
         """The project, or ProjectNotFoundError."""
@@ -112,7 +114,7 @@ class ProjectStore:
         item = self._layer.get(self._table, key)
         if item is None:
             raise ProjectNotFoundError(f"user {key['user_id']!r} has no project {key['project_id']!r}")
-        return _project_from_item(item)
+        return project_from_item(item)
 
     def list_for_user(self, user_id: str, *, limit: int = 20, cursor: str | None = None) -> Page[UserProject]:
         """A user's projects, most recently accessed first, a page at a time."""
@@ -129,10 +131,9 @@ class ProjectStore:
             ),
             consistent=True,
         )
-        return Page(
-            items=[_project_from_item(i) for i in page.items],
-            next_cursor=check.encode_cursor(page.last_key),
-        )
+        skipped: list[MalformedItemError] = []
+        projects = readable(page.items, project_from_item, skipped=skipped)
+        return Page(items=projects, next_cursor=check.encode_cursor(page.last_key), skipped=tuple(skipped))
 
     def record_download(self, user_id: str, project_id: str) -> UserProject:
         """Count one download (atomic ADD) and touch last_accessed — exactly once.

@@ -2,10 +2,11 @@
 
 The recovery worker (or the console, or `tdev`) claims a run — its fencing token goes up by one — and POSTs
 a `tdev_state.resume.ResumeRequest` to the orchestrator. `accept_resume` parses it, refuses a token lower
-than the run's stored `fencing_token` or one this process has accepted already (`StaleResumeError`: a late
-or duplicated request from a claim that has moved on), opens the existing run with `PipelineRun.resume`,
-and starts the orchestrator's continuation with the original request (`request.request`), the completed
-outputs and the next agent's last stored input (`request.next_input`). The orchestrator writes no claim
+than the run's stored `fencing_token` or below one this process has accepted (`StaleResumeError`: a late
+request from a claim that has moved on; the same request again returns the continuation it started),
+opens the existing run with `PipelineRun.resume`, and starts the orchestrator's continuation with the
+original request (`request.request`), the completed outputs and the next agent's last stored input
+(`request.next_input`). The orchestrator writes no claim
 bookkeeping of its own: the worker records the hand-over when the request is accepted.
 
 `resume_app` serves it over HTTP without a web framework (mount it in FastAPI: `app.mount(path, app)`):
@@ -41,7 +42,8 @@ ClientSource = AsyncStateClient | Callable[[], AsyncStateClient]
 #: The largest resume body read (the request carries completed outputs; offloaded ones arrive inline).
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
-_accepted: dict[str, int] = {}
+#: Per run: the highest fencing token this process accepted and the continuation it started for it.
+_accepted: dict[str, tuple[int, asyncio.Task[Any] | None]] = {}
 _accepted_lock = threading.Lock()
 _tasks: set[asyncio.Task[Any]] = set()
 
@@ -69,14 +71,25 @@ async def accept_resume(
             f"run {request.session_id!r} is {stored.status.value}; there is nothing to resume"
         )
     with _accepted_lock:
-        seen = _accepted.get(request.session_id, 0)
+        seen, running = _accepted.get(request.session_id, (0, None))
+        if request.fencing_token == seen and running is not None:
+            # The same request again (the worker re-sends when an answer was lost or the pipeline was busy,
+            # with the same token and Idempotency-Key): accepted once, never started twice.
+            log.info("run.resume_repeated", session_id=request.session_id, fencing_token=seen)
+            return running
         if request.fencing_token <= seen:
             raise StaleResumeError(
                 f"resume of {request.session_id!r} with fencing token {request.fencing_token} refused: this "
-                f"process accepted token {seen} already (a duplicated request)"
+                f"process accepted token {seen} already (a newer or concurrent request)"
             )
-        _accepted[request.session_id] = request.fencing_token
-    run = await PipelineRun.resume(client, request.session_id, request=request, **run_options)
+        _accepted[request.session_id] = (request.fencing_token, None)
+    try:
+        run = await PipelineRun.resume(client, request.session_id, request=request, **run_options)
+    except BaseException:
+        with _accepted_lock:  # not started: the same request may be sent again
+            if _accepted.get(request.session_id) == (request.fencing_token, None):
+                _accepted[request.session_id] = (seen, running)
+        raise
     log.info(
         "run.resume_accepted",
         session_id=request.session_id,
@@ -85,6 +98,8 @@ async def accept_resume(
         worker_id=request.worker_id,
     )
     task = asyncio.get_running_loop().create_task(_continue(continue_run, run, request))
+    with _accepted_lock:
+        _accepted[request.session_id] = (request.fencing_token, task)
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
     return task

@@ -11,6 +11,7 @@ from typing import Any, TypeVar, cast
 from tdev_state import _codec
 from tdev_state import _validate as check
 from tdev_state._expr import Expr
+from tdev_state._items import ItemReader, readable
 from tdev_state._lifecycle import (
     SESSION_RULES,
     SESSION_TRANSITIONS,
@@ -18,6 +19,7 @@ from tdev_state._lifecycle import (
     predecessors,
     recovery_shard,
     require_within_budget,
+    run_expiry,
     status_effects,
 )
 from tdev_state._liveness import LivenessStamps, RecoveryPolicy, declared_silence
@@ -26,6 +28,7 @@ from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item, TransactAction
 from tdev_state.exceptions import (
     ConflictError,
     InvalidTransitionError,
+    MalformedItemError,
     SessionExistsError,
     SessionNotFoundError,
     StateError,
@@ -44,7 +47,6 @@ from tdev_state.models import (
     SessionStatus,
     epoch,
     epoch_float,
-    from_epoch,
 )
 from tdev_state.schema import PIPELINE_SESSIONS, RECOVERY_INDEX_SHARDS
 from tdev_state.usage import UsageEmitter, UsageEvent, UsageKind
@@ -68,17 +70,22 @@ def emit_run_end(
     kind = _RUN_END.get(status)
     if kind is None or item is None:
         return
-    created = item.get("created_at")
+    read = session_reader(item)
+    try:
+        created: datetime | None = read.moment("created_at", None)
+        resumed = read.whole("resume_count", 0) > 0
+    except MalformedItemError:  # counted all the same (the transition happened), without the details
+        created, resumed = None, False
     usage.emit(
         UsageEvent(
             kind,
             moment,
             session_id=sid,
             pipeline_type=str(item.get("pipeline_type", "SIMPLE")),
-            seconds=max(0.0, epoch_float(moment) - float(created))
+            seconds=max(0.0, epoch_float(moment) - epoch_float(created))
             if kind == "run_completed" and created is not None
             else None,
-            recovered=kind == "run_completed" and int(item.get("resume_count", 0)) > 0,
+            recovered=kind == "run_completed" and resumed,
         )
     )
 
@@ -110,25 +117,75 @@ def payload_scoped(method: _Method) -> _Method:
     return cast(_Method, scoped)
 
 
-def _candidate(item: Item) -> RecoveryCandidate:
+def session_reader(item: Item) -> ItemReader:
+    """Typed reads of a session item (its errors name the session)."""
+    return ItemReader(item, PIPELINE_SESSIONS.logical_name, ("session_id",))
+
+
+def candidate_from_item(item: Item) -> RecoveryCandidate:
+    """The one mapping of a session item to a RecoveryCandidate; MalformedItemError if it is unreadable."""
+    read = session_reader(item)
     return RecoveryCandidate(
-        session_id=item["session_id"],
-        status=SessionStatus(item["status"]),
-        last_updated=from_epoch(item["last_updated"]),
-        progress=int(item["progress"]),
-        current_agent=item.get("current_agent"),
-        version=int(item["version"]),
-        lease_expires_at=from_epoch(item["lease_expires_at"]) if item.get("lease_expires_at") else None,
-        fencing_token=int(item.get("fencing_token", 0)),
-        lease_owner=item.get("lease_owner"),
-        resume_attempts=int(item.get("resume_attempts", 0)),
-        resume_count=int(item.get("resume_count", 0)),
-        project_name=item.get("project_name"),
-        pipeline_type=str(item.get("pipeline_type", PipelineType.SIMPLE.value)),
-        live_for=float(item["live_for"]) if item.get("live_for") is not None else None,
-        beats=int(item.get("beats", 0)),
-        last_resumed_at=from_epoch(item["last_resumed_at"]) if item.get("last_resumed_at") else None,
+        session_id=read.text("session_id"),
+        status=read.enum(SessionStatus, "status"),
+        last_updated=read.moment("last_updated"),
+        progress=read.whole("progress"),
+        current_agent=read.text("current_agent", None),
+        version=read.whole("version"),
+        lease_expires_at=read.moment("lease_expires_at", None),
+        fencing_token=read.whole("fencing_token", 0),
+        lease_owner=read.text("lease_owner", None),
+        resume_attempts=read.whole("resume_attempts", 0),
+        resume_count=read.whole("resume_count", 0),
+        project_name=read.text("project_name", None),
+        pipeline_type=read.enum(PipelineType, "pipeline_type", PipelineType.SIMPLE).value,
+        failed_agents=_agents(read, "failed_agents"),
+        expires_at=read.moment("expires_at", None),
+        live_for=read.number("live_for"),
+        beats=read.whole("beats", 0),
+        last_resumed_at=read.moment("last_resumed_at", None),
     )
+
+
+def history_from_item(item: Item) -> RecoveryHistory:
+    """The one mapping of a session item to its RecoveryHistory (MalformedItemError if unreadable)."""
+    read = session_reader(item)
+    events = []
+    for entry in read.entries("recovery_log"):
+        step = ItemReader(entry, f"{PIPELINE_SESSIONS.logical_name} recovery_log", ())
+        step.key = dict(read.key)
+        events.append(
+            RecoveryEvent(
+                kind=step.text("k"),
+                at=step.moment("at"),
+                fencing_token=step.whole("t", 0),
+                worker_id=step.text("w", ""),
+                attempt=step.whole("n", None),
+                detail=step.text("d", None),
+            )
+        )
+    return RecoveryHistory(
+        session_id=read.text("session_id"),
+        status=read.enum(SessionStatus, "status"),
+        fencing_token=read.whole("fencing_token", 0),
+        resume_count=read.whole("resume_count", 0),
+        resume_attempts=read.whole("resume_attempts", 0),
+        lease_owner=read.text("lease_owner", None),
+        lease_expires_at=read.moment("lease_expires_at", None),
+        last_resumed_at=read.moment("last_resumed_at", None),
+        last_resume_error=read.text("last_resume_error", None),
+        abandon_reason=read.text("abandon_reason", None),
+        events=tuple(events),
+    )
+
+
+def _agents(read: ItemReader, name: str) -> tuple[str, ...]:
+    """A set of agent names, in pipeline order; an unknown name makes the item malformed."""
+    names = read.texts(name)
+    unknown = [a for a in names if a not in AGENT_STEP]
+    if unknown:
+        raise read.malformed(name, f"names {unknown[0][:40]!r}, which is not an agent")
+    return tuple(sorted(names, key=AGENT_STEP.__getitem__))
 
 
 def session_context(session_id: str) -> _codec.PayloadContext:
@@ -144,7 +201,10 @@ def session_from_item(
     `strict=False` (listings, and the session an update returns): a metadata payload that cannot be read
     (its S3 object expired or vanished, a key the caller may not use) leaves `metadata` None and says why in
     `metadata_error`, instead of failing the whole page. `get()` is strict: the typed error is raised.
+    MalformedItemError (whatever `strict` says) when the item itself is unreadable.
     """
+    read = session_reader(item)
+    sid = read.text("session_id")
     error: str | None = None
     stored = item.get("metadata")
     if metadata is _UNSET and not load_metadata and not isinstance(stored, str | None):
@@ -156,7 +216,7 @@ def session_from_item(
             metadata = _codec.decode(
                 item.get("metadata"),
                 field="metadata",
-                context=session_context(item["session_id"]),
+                context=session_context(sid),
                 layer=layer,
             )
         except StateError as exc:
@@ -164,20 +224,20 @@ def session_from_item(
                 raise
             metadata, error = None, f"{type(exc).__name__}: {exc}"
     return Session(
-        session_id=item["session_id"],
-        user_id=item.get("user_id"),
-        project_name=item.get("project_name"),
-        pipeline_type=PipelineType(item.get("pipeline_type", PipelineType.SIMPLE.value)),
-        status=SessionStatus(item["status"]),
-        current_agent=item.get("current_agent"),
-        progress=int(item["progress"]),
-        created_at=from_epoch(item["created_at"]),
-        last_updated=from_epoch(item["last_updated"]),
-        version=int(item["version"]),
+        session_id=read.text("session_id"),
+        user_id=read.text("user_id", None),
+        project_name=read.text("project_name", None),
+        pipeline_type=read.enum(PipelineType, "pipeline_type", PipelineType.SIMPLE),
+        status=read.enum(SessionStatus, "status"),
+        current_agent=read.text("current_agent", None),
+        progress=read.whole("progress"),
+        created_at=read.moment("created_at"),
+        last_updated=read.moment("last_updated"),
+        version=read.whole("version"),
         metadata=metadata,
-        error_message=item.get("error_message"),
-        resume_count=int(item.get("resume_count", 0)),
-        failed_agents=tuple(sorted(item.get("failed_agents") or (), key=lambda a: AGENT_STEP.get(a, 99))),
+        error_message=read.text("error_message", None),
+        resume_count=read.whole("resume_count", 0),
+        failed_agents=_agents(read, "failed_agents"),
         metadata_error=error,
     )
 
@@ -253,6 +313,9 @@ class SessionStore:
             item["user_id"] = user
         if name is not None:
             item["project_name"] = name
+        expiry = run_expiry(moment, self._layer.config.retention_days)
+        if expiry is not None:  # one retention rule per run: fixed now, open or not (docs/data-model.md)
+            item["expires_at"] = expiry
         try:
             self._layer.put(self._table, item, condition="attribute_not_exists(session_id)")
         except ConditionFailed as exc:
@@ -310,7 +373,11 @@ class SessionStore:
         )
         if wanted is None:
             return page
-        return Page(items=[s for s in page.items if s.status is wanted], next_cursor=page.next_cursor)
+        return Page(
+            items=[s for s in page.items if s.status is wanted],
+            next_cursor=page.next_cursor,
+            skipped=page.skipped,
+        )
 
     def _keys_only_page(  # noqa: PLR0917 - private; the index's name, keys and the page
         self,
@@ -336,12 +403,13 @@ class SessionStore:
         )
         keys = [{"session_id": i["session_id"]} for i in page.items]
         items = self._layer.batch_get(self._table, keys) if keys else []
-        return Page(
-            items=[
-                session_from_item(i, self._layer, strict=False, load_metadata=load_metadata) for i in items
-            ],
-            next_cursor=check.encode_cursor(page.last_key),
+        skipped: list[MalformedItemError] = []
+        sessions = readable(
+            items,
+            lambda i: session_from_item(i, self._layer, strict=False, load_metadata=load_metadata),
+            skipped=skipped,
         )
+        return Page(items=sessions, next_cursor=check.encode_cursor(page.last_key), skipped=tuple(skipped))
 
     @payload_scoped
     def update(
@@ -634,6 +702,7 @@ class SessionStore:
         now: datetime | None = None,
         policy: RecoveryPolicy | None = None,
         live: bool = False,
+        on_malformed: Callable[[MalformedItemError], None] | None = None,
     ) -> list[RecoveryCandidate]:
         """Open runs recovery may take, oldest first — from the sparse recovery index, never a Scan.
 
@@ -643,6 +712,9 @@ class SessionStore:
         that long, stalled or not (what an operator's listing shows). Hits are confirmed on the base table,
         but a claim must still be a conditional write: another worker may act between this read and yours.
         The decision to claim is `RecoveryPolicy.judge` (with the caller's own observation of the run).
+
+        An unreadable session item (MalformedItemError) is left out, logged, and passed to `on_malformed`
+        (the worker counts it): one bad item never stops the sweep of the others.
         """
         size = check.limit(limit)
         moment = now or self._clock()
@@ -681,17 +753,14 @@ class SessionStore:
                 keys += [{"session_id": i["session_id"]} for i in page.items]
         # The index is eventually consistent and its key may lie before the exact moment: confirm each hit
         # on the base table, with one strongly consistent BatchGetItem, under the one rule.
-        found = []
-        for item in self._layer.batch_get(self._table, keys) if keys else []:
-            status = SessionStatus(item["status"])
-            if status not in floors:
-                continue
-            run = _candidate(item)
-            if moment - run.last_updated < floors[status]:
-                continue
-            if not live and moment < rule.stalled_at(run):
-                continue
-            found.append(run)
+        items = self._layer.batch_get(self._table, keys) if keys else []
+        found = [
+            run
+            for run in readable(items, candidate_from_item, on_malformed=on_malformed)
+            if run.status in floors
+            and moment - run.last_updated >= floors[run.status]
+            and (live or moment >= rule.stalled_at(run))
+        ]
         found.sort(key=lambda c: c.last_updated)
         return found[:size]
 
@@ -702,7 +771,7 @@ class SessionStore:
         item = self._layer.get(self._table, {"session_id": sid})
         if item is None:
             raise SessionNotFoundError(f"no pipeline session {sid!r} in env {self._layer.config.env!r}")
-        return _candidate(item)
+        return candidate_from_item(item)
 
     def recovery_history(self, session_id: str) -> RecoveryHistory:
         """What recovery did to the run: its claim counters and lease now, and each step in order (claimed,
@@ -711,35 +780,7 @@ class SessionStore:
         item = self._layer.get(self._table, {"session_id": sid})
         if item is None:
             raise SessionNotFoundError(f"no pipeline session {sid!r} in env {self._layer.config.env!r}")
-
-        def moment(name: str) -> datetime | None:
-            return from_epoch(item[name]) if item.get(name) is not None else None
-
-        events = tuple(
-            RecoveryEvent(
-                kind=str(e.get("k")),
-                at=from_epoch(e.get("at", 0)),
-                fencing_token=int(e.get("t", 0)),
-                worker_id=str(e.get("w", "")),
-                attempt=int(e["n"]) if e.get("n") is not None else None,
-                detail=e.get("d"),
-            )
-            for e in item.get("recovery_log") or ()
-            if isinstance(e, dict)
-        )
-        return RecoveryHistory(
-            session_id=sid,
-            status=SessionStatus(item["status"]),
-            fencing_token=int(item.get("fencing_token", 0)),
-            resume_count=int(item.get("resume_count", 0)),
-            resume_attempts=int(item.get("resume_attempts", 0)),
-            lease_owner=item.get("lease_owner"),
-            lease_expires_at=moment("lease_expires_at"),
-            last_resumed_at=moment("last_resumed_at"),
-            last_resume_error=item.get("last_resume_error"),
-            abandon_reason=item.get("abandon_reason"),
-            events=events,
-        )
+        return history_from_item(item)
 
     def failed_sessions(
         self, *, older_than: timedelta = timedelta(hours=1), limit: int = 100
@@ -754,14 +795,14 @@ class SessionStore:
         items = self._layer.batch_get(self._table, keys) if keys else []
         # The index lags the table: keep only what the table itself still says is FAILED.
         return [
-            session_from_item(i, self._layer, strict=False)
-            for i in items
-            if i.get("status") == SessionStatus.FAILED.value
+            s
+            for s in readable(items, lambda i: session_from_item(i, self._layer, strict=False))
+            if s.status is SessionStatus.FAILED
         ]
 
     # --- helpers --------------------------------------------------------------------------------------
 
-    def _refusal(  # noqa: PLR0917 - private; one argument per thing the refusal may be about
+    def _refusal(  # noqa: PLR0911, PLR0917 - private; one return (argument) per thing refused
         self,
         sid: str,
         version: int | None,
@@ -772,8 +813,13 @@ class SessionStore:
     ) -> Exception:
         if old is None:
             return SessionNotFoundError(f"no pipeline session {sid!r}; create it first")
-        current = SessionStatus(old["status"])
-        if version is not None and int(old["version"]) != version:
+        read = session_reader(old)
+        try:
+            current = read.enum(SessionStatus, "status")
+            stored_version, stored = read.whole("version"), read.whole("progress")
+        except MalformedItemError as exc:
+            return exc
+        if version is not None and stored_version != version:
             return ConflictError(
                 f"session {sid!r} is at version {old['version']} but you expected {version}: another "
                 "writer changed it; re-read the session and decide again"
@@ -785,7 +831,6 @@ class SessionStore:
                 + (", ".join(sorted(s.value for s in SESSION_TRANSITIONS[current])) or "nothing (final)"),
                 current=old,
             )
-        stored = int(old["progress"])
         if progress is not None and progress != stored:
             return InvalidTransitionError(
                 f"session {sid!r} has progress {stored}, not {progress}: progress follows the agents "

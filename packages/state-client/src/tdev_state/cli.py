@@ -24,6 +24,7 @@ from typing import Any
 from tdev_state import command
 from tdev_state.client import StateClient
 from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
+from tdev_state.exceptions import MalformedItemError, SessionNotFoundError
 from tdev_state.models import AGENTS, AgentExecution, Session, SessionStatus, epoch_float
 
 #: Where packages built on this one register `tdev` subcommands: `name = "module:main"`, where
@@ -80,7 +81,13 @@ def _open_runs(client: StateClient, status: str, limit: int) -> list[Session]:
         limit=limit,
         live=True,
     )
-    return [client.sessions.get(c.session_id) for c in found]
+    sessions = []
+    for candidate in found:
+        try:
+            sessions.append(client.sessions.get(candidate.session_id))
+        except (MalformedItemError, SessionNotFoundError):
+            continue  # unreadable (logged by the library) or gone since the sweep: the others are listed
+    return sessions
 
 
 def _runs_by_day(client: StateClient, last: date, days: int, status: str | None, limit: int) -> list[Session]:

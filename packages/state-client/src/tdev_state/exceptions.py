@@ -66,6 +66,23 @@ class InvalidTransitionError(StateError):
         self.current = current
 
 
+class MalformedItemError(StateError):
+    """A stored item is not as the library writes it (an attribute missing, of the wrong type, or outside
+    its values — e.g. edited by hand): the one item is unreadable; listings and recovery skip it."""
+
+    def __init__(
+        self, message: str, *, table: str, key: dict[str, Any], attribute: str, problem: str
+    ) -> None:
+        super().__init__(message)
+        #: The table's logical name (pipeline-sessions, agent-executions, user-projects).
+        self.table = table
+        #: The item's primary key, as stored.
+        self.key = key
+        #: The attribute that could not be read, and what was wrong with it.
+        self.attribute = attribute
+        self.problem = problem
+
+
 class PayloadTooLargeError(StateError):
     """A payload does not fit in a DynamoDB item and no payload bucket is configured to offload it."""
 

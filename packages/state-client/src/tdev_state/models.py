@@ -286,6 +286,10 @@ class RecoveryCandidate(_DictMixin):
     beats: int = 0
     #: When the last resume was handed over (the cool-down runs from it while nothing newer was written).
     last_resumed_at: datetime | None = None
+    #: The agents the run policy tolerated as failed (never rerun), in pipeline order.
+    failed_agents: tuple[str, ...] = ()
+    #: When the run's items expire (its retention; None: kept for ever). See docs/data-model.md.
+    expires_at: datetime | None = None
 
     @property
     def signature(self) -> tuple[str, int, int, datetime]:
@@ -354,3 +358,6 @@ class Page(Generic[T]):
 
     items: list[T]
     next_cursor: str | None = None
+    #: Items of this page that could not be read (MalformedItemError each: key, attribute, problem); they
+    #: are left out of `items`, logged, and the page goes on.
+    skipped: tuple[Exception, ...] = ()
