@@ -123,7 +123,7 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
     knobs.add_argument(
         "--confirm",
         default=os.environ.get("TDEV_CONFIRM") or None,
-        type=_setting(float, "--confirm", "TDEV_CONFIRM", minimum=0),
+        type=_setting(float, "--confirm", "TDEV_CONFIRM", minimum=0, maximum=30 * 86400),
         help="seconds a suspect run must stay unchanged on this replica's own clock before it is claimed "
         "(default: 45, or half the stall threshold; 0 trusts the pipeline's clock) [$TDEV_CONFIRM]",
     )

@@ -629,7 +629,10 @@ class SessionStore:
         sources = [s for s in rule.session_from if not (s is SessionStatus.FAILED and not success)]
         expr.require_in("status", [s.value for s in sources])
         expr.set_many({"last_updated": epoch(moment), "last_request": token, "verdict": target.value})
-        expr.increment("version").set("alive_at", epoch(moment))
+        # The pipeline is done driving the run: only the grace remains as its window (an open FAILED run).
+        live_for = declared_silence(self._layer.config.run_policy, target, None, ended=True)
+        stalled_at = moment + timedelta(seconds=live_for)
+        expr.increment("version").set("live_for", live_for).set("stalled_at", epoch(stalled_at))
         status_effects(expr, sid, target, now=moment, retention_days=self._layer.config.retention_days)
         if failed:
             expr.add_to_set("failed_agents", failed)
@@ -652,7 +655,9 @@ class SessionStore:
                 f"{'success' if success else 'failure'} cannot change a final run",
                 current=old,
             ) from None
-        return self._updated(sid, item, True, moment, _UNSET, target=target, moved_past=None)
+        return self._updated(
+            sid, item, True, moment, _UNSET, target=target, moved_past=None, stalled_at=stalled_at
+        )
 
     def heartbeat(self, session_id: str) -> datetime:
         """Refresh `last_updated` of an ACTIVE run so recovery tells a slow agent from a dead pipeline.

@@ -85,7 +85,7 @@ class StateConfig:
     #: for the GIL: measured with 50 concurrent runs, loop-lag p99 was 3.0-3.6 ms with 2 threads, 5-6 ms with
     #: 4, 8-12 ms with 8 and 24-46 ms with 64, for 13 % less throughput at 2 than at 64 (docs/benchmarks.md).
     async_threads: int = 2
-    #: How stale the recovery index's liveness stamp (`alive_at`) may get before a write refreshes it.
+    #: How stale the recovery index's liveness key (`stalled_at`) may get before a write refreshes it.
     #: Refreshing rewrites the index entry (4 write units inside a transaction), so it happens at most
     #: this often per session; stall thresholds must be well above it. `last_updated` is always exact.
     liveness_interval_seconds: float = 60.0
