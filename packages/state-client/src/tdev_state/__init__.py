@@ -10,6 +10,7 @@ The other packages build on `tdev_state.dynamo.DynamoLayer` and `tdev_state.sche
 import logging
 
 from tdev_state._claims import Claim
+from tdev_state._jsonform import LossyValue
 from tdev_state._plan import (
     configure,
     get_failed_sessions,
@@ -76,6 +77,7 @@ __all__ = [
     "EncryptionError",
     "ExecutionNotFoundError",
     "InvalidTransitionError",
+    "LossyValue",
     "MetricsSink",
     "NotFoundError",
     "Page",
