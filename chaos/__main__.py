@@ -25,6 +25,7 @@ TESTS = [
     "tests/integration/test_metrics_faults_it.py",
     "tests/integration/test_recovery_chaos_it.py",
     "tests/integration/test_poison_and_wedged_it.py",
+    "tests/integration/test_concurrent_payloads_it.py",
 ]
 FIXED = {"scenario", "lost", "double_counted", "resumed_twice", "at"}
 

@@ -33,9 +33,10 @@ from tdev_state import (
     _codec,
 )
 from tdev_state._jsonform import OutputRef
+from tdev_state.dynamo import to_dynamo
 
 from ..payloads import generated_project
-from .conftest import FakeClock, make_client
+from .conftest import BUCKET, FakeClock, make_client
 
 CTX = _codec.PayloadContext("agent-executions", "s", "parser")
 
@@ -306,8 +307,7 @@ def test_a_forged_chunk_reference_is_read_back_as_data(client: StateClient) -> N
     sid = client.sessions.create().session_id
     client.executions.complete(sid, "nl_input", output_data=generated_project(200_000))
     s3 = boto3.client("s3", region_name="us-east-1")
-    bucket = client.config.payload_bucket
-    (obj,) = s3.list_objects_v2(Bucket=bucket, Prefix=f"payloads/{sid}/")["Contents"]
+    (obj,) = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"payloads/{sid}/")["Contents"]
     name = obj["Key"].rsplit("/", 1)[-1].removesuffix(".json.z")
     forged = {"note": {"\x00tdev-chunk": name}, "pad": random.Random(5).randbytes(20_000).hex()}
     client.executions.start(sid, "ui_selection")
@@ -362,3 +362,15 @@ def test_every_agent_of_a_run_reads_back_after_hostile_outputs(client: StateClie
     run = StateClient(client.config).executions.list(sid)
     assert {e.agent_name: e.input_data for e in run} == inputs
     assert {e.agent_name: e.output_data for e in run} == outputs
+
+
+def test_attributes_with_non_string_keys_are_refused_not_merged() -> None:
+    """`to_dynamo` (every non-payload attribute) used to turn {1: 'a', '1': 'b'} into {'1': 'b'}."""
+    with pytest.raises(ValidationError, match=r"value\.log has a key of type int \(1\)"):
+        to_dynamo({"log": {1: "a", "1": "b"}})
+
+
+def test_an_attribute_holding_a_huge_int_is_a_typed_error() -> None:
+    """A 5,000-digit int is refused with its size, never a raw ValueError from str()."""
+    with pytest.raises(ValidationError, match="an integer of about 5000 digits"):
+        to_dynamo({"n": 10**5000})

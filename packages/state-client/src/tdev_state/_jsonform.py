@@ -258,6 +258,8 @@ class _Walk:
         converted = self.value(key, path, 0)
         if isinstance(converted, str):  # a UUID, date, Path…: its text
             return converted
+        if converted is None or isinstance(converted, bool | int | float):  # a Decimal, a timedelta…
+            return json.dumps(converted)
         marked = self.refuse_or_mark(
             path,
             type(key).__name__,

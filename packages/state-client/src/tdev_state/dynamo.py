@@ -44,6 +44,7 @@ from botocore.exceptions import (
 
 from tdev_state._chunks import ChunkNames
 from tdev_state._crypto import FieldCipher
+from tdev_state._jsonform import safe_repr
 from tdev_state._log import get_logger
 from tdev_state.config import StateConfig
 from tdev_state.exceptions import (
@@ -127,7 +128,13 @@ def to_dynamo(value: Any, *, path: str = "value") -> Any:
         # repr() is the shortest text that reads back as the same float, so the round trip is exact.
         return _in_range(_DECIMAL_CONTEXT.create_decimal(repr(value)), path)
     if isinstance(value, Mapping):
-        return {str(k): to_dynamo(v, path=f"{path}.{k}") for k, v in value.items()}
+        for k in value:
+            if not isinstance(k, str):  # str(k) could merge 1 and "1" into one attribute, silently
+                raise ValidationError(
+                    f"{path} has a key of type {type(k).__name__} ({safe_repr(k, 40)}); DynamoDB map keys "
+                    "are strings: convert the keys yourself (two keys with the same text would merge)"
+                )
+        return {k: to_dynamo(v, path=f"{path}.{k}") for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_dynamo(v, path=f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, set | frozenset):
@@ -148,10 +155,17 @@ def _in_range(number: int | Decimal, path: str) -> int | Decimal:
         fits = False
     if not fits:
         raise ValidationError(
-            f"{path} is {str(number)[:40]}: DynamoDB numbers must be 0 or have a magnitude from 1e-130 to "
-            "9.99e125 (38 significant digits)"
+            f"{path} is {_number_text(number)}: DynamoDB numbers must be 0 or have a magnitude from 1e-130 "
+            "to 9.99e125 (38 significant digits)"
         )
     return number
+
+
+def _number_text(number: int | Decimal) -> str:
+    """A number for a message, however large (str() of an int over 4,300 digits raises ValueError)."""
+    if isinstance(number, int) and number.bit_length() > 1_000:
+        return f"an integer of about {int(number.bit_length() * 0.30103)} digits"
+    return str(number)[:40]
 
 
 @dataclass
@@ -343,6 +357,7 @@ class DynamoLayer:
         self.discarded_objects = 0
         #: Payload objects left to the bucket's lifecycle (their call's outcome unknown, or cleanup failed).
         self.orphaned_objects = 0
+        self._counts_lock = threading.Lock()
         if self.s3 is None and config.payload_bucket:
             self.s3 = boto_session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
 
@@ -725,7 +740,8 @@ class DynamoLayer:
     def _take_back(self, write: PayloadWrite, run_items: Callable[[], list[Item]], *, unknown: bool) -> None:
         """Delete a refused call's objects, unless its outcome is unknown or an item refers to them."""
         if unknown:
-            self.orphaned_objects += len(write.created)
+            with self._counts_lock:
+                self.orphaned_objects += len(write.created)
             log.warning("payload.orphans_left", objects=len(write.created), reason="outcome unknown")
             return
         try:
@@ -738,9 +754,11 @@ class DynamoLayer:
                     f"s3://{bucket}/{key}",
                     lambda k=key: s3.delete_object(Bucket=bucket, Key=k),
                 )
-                self.discarded_objects += 1
+                with self._counts_lock:
+                    self.discarded_objects += 1
         except StateError as exc:  # never hides the refusal itself
-            self.orphaned_objects += len(write.created)
+            with self._counts_lock:
+                self.orphaned_objects += len(write.created)
             log.warning("payload.orphans_left", objects=len(write.created), error=str(exc))
 
     def get_object(self, bucket: str, key: str) -> bytes:
