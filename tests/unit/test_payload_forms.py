@@ -374,3 +374,52 @@ def test_an_attribute_holding_a_huge_int_is_a_typed_error() -> None:
     """A 5,000-digit int is refused with its size, never a raw ValueError from str()."""
     with pytest.raises(ValidationError, match="an integer of about 5000 digits"):
         to_dynamo({"n": 10**5000})
+
+
+class _Opaque:
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def test_a_retried_lossy_write_is_still_a_duplicate(client: StateClient) -> None:
+    """The marked text of an object without a JSON form holds no memory address: the same output sent
+    again (a new object, as after a timeout) is recognised as a duplicate, not a conflict."""
+    sid = client.sessions.create().session_id
+    first, second = _Opaque(1), _Opaque(1)  # both alive: two addresses
+    client.executions.complete(sid, "nl_input", output_data={"x": first}, lossy=True)
+    again = client.executions.complete(sid, "nl_input", output_data={"x": second}, lossy=True)
+    assert again.duplicate
+
+
+def test_a_set_that_does_not_sort_has_one_stored_order_in_every_process() -> None:
+    """{1, 'x', 2.5} is stored in the same order whatever the process's string hashing (PYTHONHASHSEED)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from tdev_state import _jsonform; "
+        "print(_jsonform.to_json({'s': {1, 'x', 'y', 2.5, 'zz', None}}, field='f')[0].decode())"
+    )
+    texts = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(texts) == 1, texts
+
+
+def test_a_value_read_back_in_lossy_form_is_stored_marked_again(client: StateClient) -> None:
+    """A LossyValue (value or key) handed back to the store — a resumed run passing it on — keeps its mark."""
+    first = _round_trip(client, {"d": {1: "a", "1": "b"}, "n": float("nan")}, lossy=True)
+    again = _round_trip(client, first)
+    assert again == first
+    assert isinstance(again["n"], LossyValue)
+    assert any(isinstance(k, LossyValue) for k in again["d"])

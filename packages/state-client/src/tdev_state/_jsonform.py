@@ -42,8 +42,9 @@ NUL = "\x00"
 LOSSY_MARK = "\x00tdev-lossy"
 LOSSY_KEY = "\x00tdev-key:"
 OUTPUT_MARK = "\x00tdev-output"
-#: Deeper values are refused (or, lossy, cut off): json and the walk both recurse once per level.
-MAX_DEPTH = 500
+#: Deeper values are refused (or, lossy, cut off). The walk takes up to three Python frames per level, and
+#: must stay well inside Python's default recursion limit (1,000) whatever the caller's own stack depth.
+MAX_DEPTH = 200
 _MAX_TEXT = 1000
 _IP_TYPES = (
     ipaddress.IPv4Address,
@@ -97,13 +98,24 @@ class _Path:
         return "".join(reversed(parts))
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def safe_repr(value: Any, limit: int = 60) -> str:
-    """repr() that never raises (an object whose __repr__ raises is named by its type)."""
+    """repr() that never raises (an object whose __repr__ raises is named by its type) and never holds a
+    memory address: a marked lossy text must be the same for the same value in a retried call, or the
+    retry would not be recognised as a duplicate."""
     try:
-        text = repr(value)
+        text = _ADDRESS.sub("", repr(value))
     except Exception as exc:
         text = f"<{type(value).__name__} object; its repr() raised {type(exc).__name__}>"
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _set_order(member: Any) -> tuple[str, str]:
+    """The order of a set whose members do not compare: by type, then text — never by hash, which differs
+    from process to process for strings (the stored text must be canonical)."""
+    return type(member).__name__, safe_repr(member, 200)
 
 
 class _Walk:
@@ -231,6 +243,9 @@ class _Walk:
         texts = {key for key in mapping if type(key) is str}
         out: dict[str, Any] = {}
         for key, item in mapping.items():
+            if isinstance(key, LossyValue):
+                out[LOSSY_KEY + str(key)] = self.value(item, _Path(path, str(key)), depth + 1)
+                continue
             if type(key) is str:
                 text = self.text(key, path) if self.check_text else key
                 stored = NUL + text if text[:1] == NUL else text
@@ -317,6 +332,8 @@ class _Walk:
                 )
         if isinstance(value, Enum):
             return self.value(value.value, path, depth)
+        if isinstance(value, LossyValue):  # read back marked, stored marked again: an exact round trip
+            return {LOSSY_MARK: {"type": value.type_name, "text": str(value), "why": value.reason}}
         if isinstance(value, str):
             return self.text(str(value), path) if self.check_text else value
         if isinstance(value, int):
@@ -355,7 +372,7 @@ class _Walk:
             try:
                 ordered = sorted(value)
             except TypeError:
-                ordered = list(value)
+                ordered = sorted(value, key=_set_order)
             return self.sequence(ordered, path, depth)
         if isinstance(value, tuple | deque | types.GeneratorType):
             return self.converted(value, path, depth, lambda: list(value), "list()")
@@ -419,14 +436,20 @@ def to_json(
     Strict (`lossy=False`): anything that cannot be stored exactly raises ValidationError naming where and
     why. The text is canonical: the same value always gives the same bytes (sets are sorted when they can
     be), which content addressing and duplicate detection rely on."""
-    walk = _Walk(field + path, lossy=lossy, encoders=encoders or {}, check_text=False)
-    prepared = walk.value(value, None, 0)
     try:
-        return _dumps(prepared).encode("utf-8"), tuple(walk.warnings)
-    except UnicodeEncodeError:  # a lone surrogate somewhere: walk again, looking at every text
-        walk = _Walk(field + path, lossy=lossy, encoders=encoders or {}, check_text=True)
+        walk = _Walk(field + path, lossy=lossy, encoders=encoders or {}, check_text=False)
         prepared = walk.value(value, None, 0)
-        return _dumps(prepared).encode("utf-8"), tuple(walk.warnings)
+        try:
+            return _dumps(prepared).encode("utf-8"), tuple(walk.warnings)
+        except UnicodeEncodeError:  # a lone surrogate somewhere: walk again, looking at every text
+            walk = _Walk(field + path, lossy=lossy, encoders=encoders or {}, check_text=True)
+            prepared = walk.value(value, None, 0)
+            return _dumps(prepared).encode("utf-8"), tuple(walk.warnings)
+    except RecursionError:  # a caller already deep in its own stack: the same answer as too deep a value
+        raise ValidationError(
+            f"{field}{path} is nested too deeply to store from this call's stack (values may nest up to "
+            f"{MAX_DEPTH} levels); flatten it. Nothing was written."
+        ) from None
 
 
 def marker_json(mark: str, value: Any) -> bytes:
@@ -440,7 +463,10 @@ def from_json(raw: bytes) -> Any:
     value = json.loads(raw)
     if b"\\u0000" not in raw:
         return value  # no escaped key and no marker: json.loads is the whole answer
-    return _restore(value)
+    try:
+        return _restore(value)
+    except RecursionError:
+        raise ValueError("nested too deeply to restore its keys") from None
 
 
 def _restore(node: Any) -> Any:
