@@ -278,11 +278,19 @@ def stored_json(stored: Any, *, field: str, context: PayloadContext, layer: Dyna
         bucket, prefix, tree = str(ref["bucket"]), str(ref["prefix"]), ref["tree"]
         skeleton = tree.encode("utf-8") if isinstance(tree, str) else _chunks.unpack(bytes(tree), field=field)
 
-        def fetch(name: str) -> bytes:
-            return _chunks.unpack(layer.get_object(bucket, f"{prefix}{name}.json.z"), field=field)
+        fetched: dict[str, bytes] = {}
 
-        raw = _chunks.join(skeleton, fetch, field=field)
+        def fetch(name: str) -> bytes:
+            if name not in fetched:
+                body = layer.get_object(bucket, f"{prefix}{name}.json.z")
+                fetched[name] = _chunks.unpack(body, field=field)
+            return fetched[name]
+
+        # One SHA-256 over the whole payload checks the skeleton and every chunk; only when it fails is each
+        # chunk checked against its name, to say which one was changed.
+        raw = _chunks.join(skeleton, fetch, field=field, check_each=not ref.get("sha256"))
         if hashlib.sha256(raw).hexdigest() != ref.get("sha256"):
+            _chunks.join(skeleton, fetch, field=field)
             raise PayloadIntegrityError(
                 f"{field}: the payload assembled from s3://{bucket}/{prefix} does not match the SHA-256 "
                 "recorded in its item; its skeleton or a chunk was changed outside this client, nothing "
