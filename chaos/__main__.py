@@ -28,6 +28,7 @@ TESTS = [
     "tests/integration/test_poison_and_wedged_it.py",
     "tests/integration/test_clock_skew_it.py",
     "tests/integration/test_malformed_items_it.py",
+    "tests/integration/test_concurrent_payloads_it.py",
 ]
 FIXED = {"scenario", "lost", "double_counted", "resumed_twice", "at"}
 

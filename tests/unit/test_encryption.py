@@ -213,3 +213,33 @@ def test_encryption_from_environment() -> None:
     assert config.encrypt_fields == {"output_data", "generation.input_data"}
     assert config.should_encrypt("input_data", "generation")
     assert not config.should_encrypt("input_data", "parser")
+
+
+def test_a_sealed_output_stays_sealed_in_later_accumulated_inputs(clock: FakeClock, kms_key: str) -> None:
+    """generation.output_data is sealed; a resumed pipeline (another process, no references to reuse) passes
+    it whole to assembly, and the same process passes a reworded copy to download: both inputs are sealed
+    at rest, and read back (issue 23.10)."""
+    client = _sealed_client(clock, kms_key, fields={"generation.output_data"})
+    sid = client.sessions.create().session_id
+    for agent in AGENTS[:6]:
+        client.executions.start(sid, agent, input_data={"request": "shop"})
+        client.executions.complete(sid, agent, output_data={"ok": agent})
+    client.executions.start(sid, "generation", input_data={"request": "shop"})
+    client.executions.complete(sid, "generation", output_data=SECRET)
+
+    resumed = StateClient(client.config, clock=clock)
+    whole = {"request": "shop", "generation": SECRET}
+    resumed.executions.start(sid, "assembly", input_data=whole)
+    resumed.executions.complete(sid, "assembly", output_data={"zip": "ok"})
+    reworded = {"request": "shop", "generation_result": dict(SECRET), "api_key": SECRET["api_key"]}
+    client.executions.start(sid, "download", input_data=reworded)
+
+    for agent in ("assembly", "download"):
+        raw = _raw_item(client.config.tables.executions, _exec_key(client, sid, agent))
+        assert raw["input_data"]["B"].startswith(SEALED_TAG)
+        assert "sk-live" not in json.dumps(raw, default=str)
+    parser_input = _raw_item(client.config.tables.executions, _exec_key(client, sid, "parser"))["input_data"]
+    assert parser_input == {"S": '{"request":"shop"}'}  # before the sealed output: readable
+    reader = StateClient(client.config, clock=clock)
+    assert reader.executions.get(sid, "assembly").input_data == whole
+    assert reader.executions.get(sid, "download").input_data == reworded

@@ -10,9 +10,10 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from tdev_state import AGENTS, ConflictError, InvalidTransitionError, StateClient
+from tdev_state import AGENTS, ConflictError, InvalidTransitionError, StateClient, StorageUnavailableError
 
-from ..faults import answering
+from ..concurrent_payloads import concurrent_writers, large_files, refusal_races_an_acknowledged_write
+from ..faults import answering, dynamodb_error
 from ..payloads import generated_project
 from .conftest import BUCKET, FakeClock
 
@@ -59,12 +60,11 @@ def test_objects_that_existed_before_the_call_stay(client: StateClient) -> None:
     assert StateClient(client.config).executions.get(sid, "generation").output_data == files
 
 
-def test_an_object_a_concurrent_writer_committed_meanwhile_stays(
+def test_a_concurrent_writers_output_stands_when_another_is_refused(
     client: StateClient, clock: FakeClock
 ) -> None:
-    """B stores the files first; before B's transaction, A completes the same agent with the same files
-    (its PUT finds B's object and refers to it). B is refused (another writer completed it) and must not
-    delete what A's item now refers to."""
+    """B stores the files first; before B's transaction, A completes the same agent with the same files. B
+    is refused (another writer completed it) and takes back its own objects; A's output reads back."""
     sid = client.sessions.create(user_id="u").session_id
     _run_to(client, sid, 6)
     client.executions.start(sid, "generation")
@@ -83,8 +83,60 @@ def test_an_object_a_concurrent_writer_committed_meanwhile_stays(
     ):
         writer_b.executions.complete(sid, "generation", output_data={**files, "by": "b"})
     assert a_done
-    assert writer_b.layer.discarded_objects == 0
+    assert writer_b.layer.discarded_objects >= 1
     assert StateClient(client.config).executions.get(sid, "generation").output_data == {**files, "by": "a"}
+
+
+def test_a_refused_cleanup_never_deletes_what_an_acknowledged_write_refers_to(client: StateClient) -> None:
+    """Forced interleaving (issue 23.2): B stores the files' chunk, A stores the same content, B is refused
+    and reads the run, A commits, B deletes. A's acknowledged output still reads back."""
+    files = large_files()
+    acknowledged, seen = refusal_races_an_acknowledged_write(client, files, serialize_dynamodb=True)
+    assert acknowledged
+    assert seen == {"files": files}
+
+
+def test_many_concurrent_writers_never_lose_an_acknowledged_payload(client: StateClient) -> None:
+    """Six writers per run, with latency injected before every S3 and DynamoDB call: every acknowledged
+    payload reads back, and every refused call took back what it stored."""
+    figures = concurrent_writers(
+        client, runs=3, writers=6, jitter=0.004, seed=7, files=large_files(), serialize_dynamodb=True
+    )
+    assert figures.refused >= 3  # the race really happened: writers were refused while others committed
+    assert figures.acknowledged >= 6
+    assert figures.lost == 0
+    assert figures.objects_left == 0
+
+
+def test_a_duplicate_takes_back_its_own_objects(client: StateClient) -> None:
+    """A repeated complete (another process, same output) is a duplicate success: the item keeps the first
+    call's objects, and the repeat's own copies are deleted, not left behind."""
+    sid = client.sessions.create(user_id="u").session_id
+    _run_to(client, sid, 6)
+    client.executions.start(sid, "generation")
+    files = generated_project(200_000, seed=12)
+    client.executions.complete(sid, "generation", output_data=files)
+    before = _objects(f"payloads/{sid}/")
+    again = StateClient(client.config)
+    assert again.executions.complete(sid, "generation", output_data=files).duplicate
+    assert again.layer.discarded_objects >= 1
+    assert _objects(f"payloads/{sid}/") == before
+    assert again.executions.get(sid, "generation").output_data == files
+
+
+def test_an_unknown_outcome_leaves_the_objects(client: StateClient) -> None:
+    """A transaction that timed out may have landed: its objects are never deleted inline, only counted."""
+    sid = client.sessions.create(user_id="u").session_id
+    with (
+        answering(
+            client.layer.dynamodb, "TransactWriteItems", lambda _: dynamodb_error("InternalServerError")
+        ),
+        pytest.raises(StorageUnavailableError),
+    ):
+        client.executions.complete(sid, "nl_input", output_data=generated_project(100_000))
+    assert _objects(f"payloads/{sid}/")
+    assert client.layer.orphaned_objects >= 1
+    assert client.layer.discarded_objects == 0
 
 
 def test_a_failed_cleanup_never_hides_the_refusal(client: StateClient) -> None:

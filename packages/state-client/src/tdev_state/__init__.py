@@ -10,6 +10,7 @@ The other packages build on `tdev_state.dynamo.DynamoLayer` and `tdev_state.sche
 import logging
 
 from tdev_state._claims import Claim
+from tdev_state._jsonform import LossyValue
 from tdev_state._liveness import LivenessObserver, RecoveryPolicy, Verdict
 from tdev_state._plan import (
     configure,
@@ -92,6 +93,7 @@ __all__ = [
     "ExecutionNotFoundError",
     "InvalidTransitionError",
     "LivenessObserver",
+    "LossyValue",
     "MalformedItemError",
     "MetricsSink",
     "NotFoundError",

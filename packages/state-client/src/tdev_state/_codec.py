@@ -1,14 +1,17 @@
-"""Payload codec: any JSON value in, the same value out — never truncated.
+"""Payload codec: any value in, the same value out — never truncated, never taken for another.
 
-A payload is stored in one attribute, in one of three forms the attribute's DynamoDB type tells apart:
+A payload is first turned into canonical JSON text (`_jsonform`: plain Python values converted, caller keys
+that could pass for the library's markers escaped, and — only when the caller asks for it — values with no
+exact JSON form stored in a marked lossy form). That text is stored in one attribute, in one of three forms
+the attribute's DynamoDB type tells apart:
 
 - `S`: the JSON text itself, when small (below `compress_threshold`) or when compression saves < 10 %;
 - `B`: a one-byte format tag + zlib-compressed JSON text;
-- `M`: when the encoded payload exceeds `offload_threshold` and a bucket is configured, content-addressed
-  chunks of the run in S3 and the skeleton that references them, `{"chunks": {bucket, prefix, tree, sha256,
-  bytes}}` (`_chunks`: a subtree that recurs in the run, like the generated files in every later agent's
-  accumulated input, is stored once); a sealed payload goes whole to one object, `{"s3": {bucket, key,
-  sha256, bytes, sealed}}`.
+- `M`: when the encoded payload exceeds `offload_threshold` and a bucket is configured, chunks of the run in
+  S3 and the skeleton that references them, `{"chunks": {bucket, prefix, tree, sha256, bytes, write}}`
+  (`_chunks`: a subtree that recurs in the run is stored once); a sealed payload goes whole to one object,
+  `{"s3": {bucket, key, sha256, bytes, sealed, write}}`. `write` is the id of the write that created the
+  objects (`DynamoLayer.payload_scope`). Caller data is always `S` or `B`, so these maps are out of band.
 
 A field the configuration marks sensitive (`StateConfig.encrypt_fields`) is sealed (`_crypto`) after
 compression, so it is stored as `B` with the sealed tag, or offloaded as a sealed S3 object whose name and
@@ -16,34 +19,33 @@ checksum are those of the ciphertext (never a hash of the plaintext, which would
 guess). Its associated data is the item's table, id, agent and field (`PayloadContext`).
 
 JSON (not DynamoDB's native map) is the stored form on purpose: floats round-trip exactly, any nesting depth
-and key works, and the bytes we are billed for are the compressed ones. S3 keys are content-addressed (the
-SHA-256 of the JSON), so a retried write puts the same object again instead of leaving a second copy.
+and key works, and the bytes we are billed for are the compressed ones. Every read is checked: an offloaded
+payload against the SHA-256 recorded in its item (after each chunk against its own), a sealed one by its
+authentication tag; a mismatch is a PayloadIntegrityError, never wrong data.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
+import secrets
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time
-from decimal import Decimal
-from enum import Enum
-from pathlib import PurePath
 from typing import Any
 
-from tdev_state import _chunks
+from tdev_state import _chunks, _jsonform
 from tdev_state._crypto import SEALED_TAG
 from tdev_state.config import StateConfig
-from tdev_state.dynamo import DynamoLayer
-from tdev_state.exceptions import PayloadIntegrityError, PayloadTooLargeError, ValidationError
+from tdev_state.dynamo import DynamoLayer, current_write
+from tdev_state.exceptions import PayloadIntegrityError, PayloadTooLargeError
 
 _RAW_TAG = b"\x00"
 _ZLIB_TAG = _chunks.ZLIB_TAG
 #: Room kept in an item for its keys and non-payload attributes.
 _ITEM_OVERHEAD = 8 * 1024
+#: Input fed to zlib at a time while finding out whether a payload compresses below the offload threshold.
+_PROBE_BLOCK = 64 * 1024
 
 JSONValue = Any
 
@@ -67,104 +69,20 @@ class EncodedPayload:
     value: str | bytes | dict[str, Any]
     json_bytes: int
     stored_bytes: int
-    form: str  # "json" | "zlib" | "s3", with "+sealed" when encrypted
+    form: str  # "json" | "zlib" | "chunks" | "s3", with "+sealed" when encrypted
     #: SHA-256 of the JSON text: what duplicate detection compares (never stored in clear when sealed).
     digest: str = ""
+    #: Lossy mode: one line (where, and why) per value stored in its marked lossy form.
+    warnings: tuple[str, ...] = ()
 
     @property
     def sealed(self) -> bool:
         return self.form.endswith("+sealed")
 
 
-class _NoJSONForm(TypeError):
-    def __init__(self, value: Any) -> None:
-        super().__init__(type(value).__name__)
-        self.value = value
-
-
-def json_default(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value
-    """The one encoder of plain Python values in payloads (json's `default` hook), documented in
-    docs/data-model.md: what an agent returns — often an object flattened by `__dict__` — is stored as:
-
-    datetime / date / time -> ISO 8601 text; `Path` -> its text; `Enum` -> its value; set / frozenset -> a
-    list (sorted when its members compare); a dataclass instance or an object with `model_dump()`
-    (pydantic) -> its dict; `Decimal` -> a number (int when integral). Tuples are lists already. Anything
-    else has no JSON form and is refused (`ValidationError` naming the field and the type); nothing is
-    written.
-    """
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, PurePath):
-        return str(value)
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, set | frozenset):
-        try:
-            return sorted(value)
-        except TypeError:
-            return list(value)
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError("NaN or Infinity")
-        return int(value) if value == value.to_integral_value() else float(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        dumped = dump()
-        if isinstance(dumped, dict):
-            return dumped
-    raise _NoJSONForm(value)
-
-
-def _check_keys(value: Any, field: str, path: str = "", depth: int = 0) -> None:
-    """Refuse dict keys that are not strings: JSON would silently turn `1` into `"1"` (and lose a value)."""
-    if depth > 200:
-        return  # json.dumps reports the depth itself
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValidationError(
-                    f"{field}{path} has a key of type {type(key).__name__} ({key!r:.40}); payload keys must "
-                    "be strings (JSON would turn it into text and could merge two keys)"
-                )
-            if isinstance(item, dict | list | tuple):
-                _check_keys(item, field, f"{path}.{key}", depth + 1)
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            if isinstance(item, dict | list | tuple):
-                _check_keys(item, field, f"{path}[{i}]", depth + 1)
-
-
-def dumps(value: JSONValue, *, field: str) -> bytes:
-    """Canonical compact JSON of a payload (plain Python values through `json_default`), refusing NaN,
-    Infinity, non-string keys, cycles and values with no JSON form, with a message naming the field."""
-    _check_keys(value, field)
-    try:
-        text = json.dumps(
-            value, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=json_default
-        )
-    except _NoJSONForm as exc:
-        raise ValidationError(
-            f"{field} contains a {type(exc.value).__name__} ({exc.value!r:.60}), which has no JSON form; "
-            "send dicts, lists, str, numbers, bool, None, datetimes, Paths, Enums, sets, dataclasses or "
-            "objects with model_dump(). Nothing was written."
-        ) from None
-    except ValueError as exc:
-        if "circular" in str(exc).lower():
-            raise ValidationError(f"{field} refers to itself (a circular reference); send a tree") from None
-        raise ValidationError(
-            f"{field} contains NaN or Infinity ({exc}); JSON has no such numbers — "
-            "send null or a finite number"
-        ) from None
-    except RecursionError:
-        raise ValidationError(f"{field} is nested too deeply (more than ~900 levels)") from None
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError(
-            f"{field} contains a lone surrogate (invalid Unicode); decode your text properly first"
-        ) from None
+def dumps(value: JSONValue, *, field: str, lossy: bool = False, config: StateConfig | None = None) -> bytes:
+    """Canonical compact JSON of a payload (strict unless `lossy`; see `_jsonform.to_json`)."""
+    return _jsonform.to_json(value, field=field, lossy=lossy, encoders=config.encoders if config else None)[0]
 
 
 def encode(
@@ -175,49 +93,101 @@ def encode(
     context: PayloadContext,
     layer: DynamoLayer,
     share_of_item: float = 0.5,
+    lossy: bool = False,
+    seal: bool | None = None,
 ) -> EncodedPayload:
     """Encode `value` for the attribute `field`; offload to S3 under `object_key` when too large.
 
     `share_of_item` is the part of the item budget this field may use when no bucket is configured (an
-    execution item holds an input and an output, so each gets half).
+    execution item holds an input and an output, so each gets half). `seal` overrides the configuration's
+    choice (an accumulated input that carries a sealed output is sealed too).
     """
+    raw, warnings = _jsonform.to_json(value, field=field, lossy=lossy, encoders=layer.config.encoders)
+    return store_json(
+        raw,
+        field=field,
+        object_key=object_key,
+        context=context,
+        layer=layer,
+        share_of_item=share_of_item,
+        warnings=warnings,
+        seal=seal,
+    )
+
+
+def _compressed_within(raw: bytes, limit: int) -> bytes | None:
+    """zlib of `raw`, or None as soon as it is sure to exceed `limit` bytes (a large payload that goes to
+    chunks anyway is not compressed whole just to learn its size)."""
+    deflate = zlib.compressobj(6)
+    parts: list[bytes] = []
+    size = 0
+    for start in range(0, len(raw), _PROBE_BLOCK):
+        part = deflate.compress(raw[start : start + _PROBE_BLOCK])
+        size += len(part)
+        if size > limit:
+            return None
+        parts.append(part)
+    parts.append(deflate.flush())
+    return b"".join(parts)
+
+
+def store_json(
+    raw: bytes,
+    *,
+    field: str,
+    object_key: str,
+    context: PayloadContext,
+    layer: DynamoLayer,
+    share_of_item: float = 0.5,
+    warnings: tuple[str, ...] = (),
+    seal: bool | None = None,
+) -> EncodedPayload:
+    """Store canonical JSON text (from `_jsonform.to_json`, or built from its parts by `_inputs`)."""
     config: StateConfig = layer.config
-    raw = dumps(value, field=field)
     raw_digest = hashlib.sha256(raw).hexdigest()
+    run = object_key.split("/", 1)[0]
+    sealed = config.should_encrypt(field, context.agent) if seal is None else seal
+    packed: bytes | None = None
+    if config.payload_bucket and not sealed and len(raw) > config.offload_threshold:
+        packed = _compressed_within(raw, config.offload_threshold)
+        if packed is None:
+            return _offload_chunked(raw, raw_digest, run=run, layer=layer, warnings=warnings)
+    elif len(raw) >= config.compress_threshold:
+        packed = zlib.compress(raw, 6)
     stored: str | bytes = raw.decode("utf-8")
     form = "json"
-    if len(raw) >= config.compress_threshold:
-        packed = zlib.compress(raw, 6)
-        if len(packed) + 1 <= 0.9 * len(raw):
-            stored, form = _ZLIB_TAG + packed, "zlib"
-    sealed = config.should_encrypt(field, context.agent)
+    if packed is not None and len(raw) >= config.compress_threshold and len(packed) + 1 <= 0.9 * len(raw):
+        stored, form = _ZLIB_TAG + packed, "zlib"
     if sealed:
         inner = stored if isinstance(stored, bytes) else _RAW_TAG + raw
         stored, form = layer.cipher.seal(inner, context.aad(field), field=field), form + "+sealed"
     size = len(stored) if isinstance(stored, bytes) else len(raw)
 
     if config.payload_bucket and size > config.offload_threshold and not sealed:
-        return _offload_chunked(raw, raw_digest, field=field, run=object_key.split("/", 1)[0], layer=layer)
+        return _offload_chunked(raw, raw_digest, run=run, layer=layer, warnings=warnings)
     if config.payload_bucket and size > config.offload_threshold:
-        body = stored if isinstance(stored, bytes) else _ZLIB_TAG + zlib.compress(raw, 6)
+        assert isinstance(stored, bytes)
         # Sealed objects are named and checked by their ciphertext: a plaintext hash would be an oracle.
-        digest = hashlib.sha256(body).hexdigest() if sealed else raw_digest
-        key = f"{config.payload_prefix}{object_key}/{field}-{digest}.json.z"
-        layer.put_object(key, body, metadata={"sha256": digest, "json-bytes": str(len(raw))})
+        digest = hashlib.sha256(stored).hexdigest()
+        write = current_write()
+        write_id = write.id if write is not None else secrets.token_hex(8)
+        key = f"{config.payload_prefix}{object_key}/{field}-{digest}.{write_id}.json.z"
+        layer.put_object(key, stored, metadata={"sha256": digest, "json-bytes": str(len(raw))})
         ref: dict[str, Any] = {
             "bucket": config.payload_bucket,
             "key": key,
             "sha256": digest,
             "bytes": len(raw),
+            "sealed": True,
+            "write": write_id,
         }
-        if sealed:
-            ref["sealed"] = True
         return EncodedPayload(
             value={"s3": ref},
             json_bytes=len(raw),
-            stored_bytes=len(body),
-            form="s3+sealed" if sealed else "s3",
+            stored_bytes=len(stored),
+            form="s3+sealed",
             digest=raw_digest,
+            warnings=warnings,
         )
 
     budget = int((config.max_item_bytes - _ITEM_OVERHEAD) * share_of_item)
@@ -227,66 +197,106 @@ def encode(
             "share of a DynamoDB item it may use; configure a payload bucket (TDEV_PAYLOAD_BUCKET / "
             "payload_bucket) so large payloads go to S3. Nothing was written."
         )
-    return EncodedPayload(value=stored, json_bytes=len(raw), stored_bytes=size, form=form, digest=raw_digest)
+    return EncodedPayload(
+        value=stored, json_bytes=len(raw), stored_bytes=size, form=form, digest=raw_digest, warnings=warnings
+    )
 
 
-def _offload_chunked(raw: bytes, digest: str, *, field: str, run: str, layer: DynamoLayer) -> EncodedPayload:
-    """Store a large payload's big subtrees as content-addressed chunks of its run (see `_chunks`); the item
-    keeps the skeleton. A chunk this process already stored is not PUT again."""
+def _offload_chunked(
+    raw: bytes, digest: str, *, run: str, layer: DynamoLayer, warnings: tuple[str, ...]
+) -> EncodedPayload:
+    """Store a large payload's big subtrees as chunks of its run (see `_chunks`); the item keeps the
+    skeleton. A chunk an acknowledged write of this process stored is referred to, not PUT again; new ones
+    are named with this call's write id (private to it until it is acknowledged)."""
     config = layer.config
     bucket = config.payload_bucket
     assert bucket is not None
     prefix = f"{config.payload_prefix}{run}/chunks/"
+    write = current_write()
+    write_id = write.id if write is not None else secrets.token_hex(8)
+    pending: dict[str, str] = write.chunks if write is not None else {}
     written = [0]
 
-    def store(name: str, text: bytes) -> None:
-        key = f"{prefix}{name}.json.z"
-        if key in layer.stored_objects:
-            return
+    def store(sha256: str, text: bytes) -> str:
+        known = pending.get(prefix + sha256) or layer.chunk_names.get(prefix + sha256)
+        if known is not None:
+            return known
+        name = f"{sha256}.{write_id}"
         body = _chunks.pack(text)
-        layer.put_object(key, body, metadata={"sha256": name, "json-bytes": str(len(text))})
-        layer.stored_objects.add(key)
+        layer.put_object(
+            f"{prefix}{name}.json.z", body, metadata={"sha256": sha256, "json-bytes": str(len(text))}
+        )
+        pending[prefix + sha256] = name
         written[0] += len(body)
+        return name
 
     skeleton = _chunks.canonical(
         _chunks.split(json.loads(raw), min_bytes=config.chunk_min_bytes, store=store)
     )
-    if len(_chunks.pack(skeleton)) > config.offload_threshold:  # what is left is still too big for the item
-        name = hashlib.sha256(skeleton).hexdigest()
-        store(name, skeleton)
-        skeleton = _chunks.canonical({_chunks.CHUNK_MARK: name})
+    if len(skeleton) > config.offload_threshold and len(_chunks.pack(skeleton, 6)) > config.offload_threshold:
+        skeleton = _chunks.reference(store(hashlib.sha256(skeleton).hexdigest(), skeleton))
+    if write is None:  # outside a payload scope there is nothing to take back: share at once
+        layer.chunk_names.publish(pending)
     tree: str | bytes = skeleton.decode("utf-8")
     if len(skeleton) >= config.compress_threshold:
-        tree = _chunks.pack(skeleton)
-    ref = {"bucket": bucket, "prefix": prefix, "tree": tree, "bytes": len(raw), "sha256": digest}
+        tree = _chunks.pack(skeleton, 6)
+    ref = {
+        "bucket": bucket,
+        "prefix": prefix,
+        "tree": tree,
+        "bytes": len(raw),
+        "sha256": digest,
+        "write": write_id,
+    }
     return EncodedPayload(
         value={"chunks": ref},
         json_bytes=len(raw),
         stored_bytes=written[0] + len(tree),
         form="chunks",
         digest=digest,
+        warnings=warnings,
     )
 
 
 def decode(stored: Any, *, field: str, context: PayloadContext, layer: DynamoLayer) -> JSONValue:
-    """The original JSON value of a stored payload attribute (fetching from S3, opening sealed ones)."""
+    """The original value of a stored payload attribute (fetching from S3, opening sealed ones, checking
+    every checksum). An accumulated input's references to earlier outputs come back as `OutputRef`s."""
+    raw = stored_json(stored, field=field, context=context, layer=layer)
+    return None if raw is None else _loads(raw, field)
+
+
+def stored_json(stored: Any, *, field: str, context: PayloadContext, layer: DynamoLayer) -> bytes | None:
+    """The canonical JSON text a stored payload attribute holds (None for no payload), checked."""
     if stored is None:
         return None
     if isinstance(stored, str):
-        return _loads(stored.encode("utf-8"), field)
+        return stored.encode("utf-8")
     if isinstance(stored, bytes | bytearray):
-        return _loads(_unpack(bytes(stored), field, context, layer), field)
+        return _unpack(bytes(stored), field, context, layer)
     if isinstance(stored, Mapping) and isinstance(stored.get("chunks"), Mapping):
         ref = stored["chunks"]
         bucket, prefix, tree = str(ref["bucket"]), str(ref["prefix"]), ref["tree"]
-        skeleton = _loads(
-            tree.encode("utf-8") if isinstance(tree, str) else _chunks.unpack(bytes(tree), field=field), field
-        )
+        skeleton = tree.encode("utf-8") if isinstance(tree, str) else _chunks.unpack(bytes(tree), field=field)
 
-        def fetch(digest: str) -> bytes:
-            return _chunks.unpack(layer.get_object(bucket, f"{prefix}{digest}.json.z"), field=field)
+        fetched: dict[str, bytes] = {}
 
-        return _chunks.join(skeleton, fetch, field=field)
+        def fetch(name: str) -> bytes:
+            if name not in fetched:
+                body = layer.get_object(bucket, f"{prefix}{name}.json.z")
+                fetched[name] = _chunks.unpack(body, field=field)
+            return fetched[name]
+
+        # One SHA-256 over the whole payload checks the skeleton and every chunk; only when it fails is each
+        # chunk checked against its name, to say which one was changed.
+        raw = _chunks.join(skeleton, fetch, field=field, check_each=not ref.get("sha256"))
+        if hashlib.sha256(raw).hexdigest() != ref.get("sha256"):
+            _chunks.join(skeleton, fetch, field=field)
+            raise PayloadIntegrityError(
+                f"{field}: the payload assembled from s3://{bucket}/{prefix} does not match the SHA-256 "
+                "recorded in its item; its skeleton or a chunk was changed outside this client, nothing "
+                "was returned"
+            )
+        return raw
     if isinstance(stored, Mapping) and isinstance(stored.get("s3"), Mapping):
         ref = stored["s3"]
         body = layer.get_object(str(ref["bucket"]), str(ref["key"]))
@@ -297,7 +307,7 @@ def decode(stored: Any, *, field: str, context: PayloadContext, layer: DynamoLay
                 f"{field}: s3://{ref['bucket']}/{ref['key']} does not match its recorded SHA-256; "
                 "the object was changed or truncated outside this client"
             )
-        return _loads(raw, field)
+        return raw
     raise PayloadIntegrityError(f"{field}: stored value of type {type(stored).__name__} is not a payload")
 
 
@@ -311,7 +321,7 @@ def _unpack(body: bytes, field: str, context: PayloadContext, layer: DynamoLayer
 
 def _loads(raw: bytes, field: str) -> JSONValue:
     try:
-        return json.loads(raw)
+        return _jsonform.from_json(raw)
     except ValueError as exc:
         raise PayloadIntegrityError(f"{field}: stored JSON does not parse ({exc})") from None
 

@@ -39,7 +39,7 @@ from tdev_state._lifecycle import (
 from tdev_state._liveness import LivenessStamps, declared_silence
 from tdev_state._log import get_logger
 from tdev_state._sessions import emit_run_end, payload_scoped, session_reader
-from tdev_state.dynamo import DynamoLayer, Item, TransactAction, TransactionCancelled
+from tdev_state.dynamo import DynamoLayer, Item, TransactAction, TransactionCancelled, current_write
 from tdev_state.exceptions import (
     ClaimLostError,
     ConflictError,
@@ -63,6 +63,8 @@ from tdev_state.usage import UsageEvent, UsageKind
 log = get_logger(__name__)
 
 _UNSET: Any = object()
+#: Lossy-mode warnings kept on the agent item (all of them are returned to the caller).
+_STORED_WARNINGS = 20
 
 
 class ExecutionStore:
@@ -87,13 +89,19 @@ class ExecutionStore:
         *,
         input_data: Any = None,
         project_id: str | None = None,
+        lossy: bool = False,
     ) -> AgentTransition:
-        """Mark the next agent RUNNING with its input and point the session at it."""
+        """Mark the next agent RUNNING with its input and point the session at it.
+
+        `lossy` (for every transition that stores a payload): a value with no exact stored form (NaN, an
+        object without a JSON form, two keys that would merge…) is stored in its marked lossy form and
+        listed in the returned `warnings`, instead of refusing the call (ValidationError, nothing written).
+        """
         sid, agent = self._address(session_id, agent_name)
         sets: dict[str, Any] = {}
         if project_id is not None:
             sets["project_id"] = check.identifier("project_id", project_id)
-        payloads = {"input_data": self._encode_input(input_data, sid, agent)}
+        payloads = {"input_data": self._encode_input(input_data, sid, agent, lossy=lossy)}
         return self._apply("start", sid, agent, sets=sets, payloads=payloads)
 
     @payload_scoped
@@ -106,6 +114,7 @@ class ExecutionStore:
         input_data: Any = _UNSET,
         retry_count: int | None = None,
         project_id: str | None = None,
+        lossy: bool = False,
     ) -> AgentTransition:
         """Mark the agent COMPLETED with its output and advance the session's progress to its step.
 
@@ -114,9 +123,9 @@ class ExecutionStore:
         """
         sid, agent = self._address(session_id, agent_name)
         sets = self._extras(retry_count=retry_count, project_id=project_id)
-        payloads = {"output_data": self._encode(output_data, "output_data", sid, agent)}
+        payloads = {"output_data": self._encode(output_data, "output_data", sid, agent, lossy=lossy)}
         if input_data is not _UNSET:
-            payloads["input_data"] = self._encode_input(input_data, sid, agent)
+            payloads["input_data"] = self._encode_input(input_data, sid, agent, lossy=lossy)
         return self._apply("complete", sid, agent, sets=sets, payloads=payloads)
 
     @payload_scoped
@@ -130,6 +139,7 @@ class ExecutionStore:
         input_data: Any = _UNSET,
         retry_count: int | None = None,
         project_id: str | None = None,
+        lossy: bool = False,
     ) -> AgentTransition:
         """Record that the agent failed (for now: a retry may follow).
 
@@ -142,13 +152,15 @@ class ExecutionStore:
         sets.update(error_message=message, last_error=message)
         payloads: dict[str, _codec.EncodedPayload] = {}
         if output_data is not None:
-            payloads["output_data"] = self._encode(output_data, "output_data", sid, agent)
+            payloads["output_data"] = self._encode(output_data, "output_data", sid, agent, lossy=lossy)
         if input_data is not _UNSET:
-            payloads["input_data"] = self._encode_input(input_data, sid, agent)
+            payloads["input_data"] = self._encode_input(input_data, sid, agent, lossy=lossy)
         return self._apply("fail", sid, agent, sets=sets, payloads=payloads, extra=(message,), error=message)
 
     @payload_scoped
-    def retry(self, session_id: str, agent_name: str, *, input_data: Any = _UNSET) -> AgentTransition:
+    def retry(
+        self, session_id: str, agent_name: str, *, input_data: Any = _UNSET, lossy: bool = False
+    ) -> AgentTransition:
         """Run a FAILED agent again: RUNNING, retry_count + 1, the session ACTIVE at this agent again.
 
         Legal while no later agent has started (the orchestrator retries at once, in process).
@@ -156,7 +168,7 @@ class ExecutionStore:
         sid, agent = self._address(session_id, agent_name)
         payloads = {}
         if input_data is not _UNSET:
-            payloads["input_data"] = self._encode_input(input_data, sid, agent)
+            payloads["input_data"] = self._encode_input(input_data, sid, agent, lossy=lossy)
         # Every retry is a new attempt, so its fingerprint is unique: a repeat is a second retry.
         return self._apply("retry", sid, agent, sets={}, payloads=payloads, extra=(str(uuid.uuid4()),))
 
@@ -248,9 +260,12 @@ class ExecutionStore:
         rule = AGENT_RULES[kind]
         now = self._clock()
         fingerprint = self._fingerprint(kind, sid, agent, *payloads.values(), *extra)
+        warnings = tuple(line for payload in payloads.values() for line in payload.warnings)
         for name, payload in payloads.items():
             sets[name] = payload.value
             sets[name.replace("_data", "_bytes")] = payload.json_bytes
+        if warnings:  # the record says what is stored in marked lossy form (bounded: an item is 400 KB)
+            sets["payload_warnings"] = [line[:300] for line in warnings[:_STORED_WARNINGS]]
         retention = self._layer.config.retention_days
         effect = agent_session_effect(rule, agent, self._policy)
         key = {"execution_id": sid, "agent_name": agent_sort_key(agent)}
@@ -311,6 +326,7 @@ class ExecutionStore:
             progress=effect.progress,
             at=now,
             tolerated=kind == "fail" and not self._policy.is_critical(agent),
+            warnings=warnings,
         )
 
     def _silence(self, kind: AgentKind, agent: str, effect: SessionEffect) -> float:
@@ -406,6 +422,9 @@ class ExecutionStore:
             old_exec.get("fingerprint"), fingerprint, sid, agent
         ):
             log.info(f"agent.{kind}.duplicate", session_id=sid, agent_name=agent)
+            write = current_write()
+            if write is not None:  # the earlier call's item stands; nothing refers to this call's objects
+                write.mark_unused()
             return AgentTransition(
                 execution_id=sid,
                 agent_name=agent,
@@ -487,19 +506,51 @@ class ExecutionStore:
     def _address(self, session_id: str, agent_name: str, *, existing: bool = False) -> tuple[str, str]:
         return check.identifier("session_id", session_id, existing=existing), check.agent(agent_name)
 
-    def _encode_input(self, value: Any, sid: str, agent: str) -> _codec.EncodedPayload:
-        """An input with earlier COMPLETED outputs of the run stored as references (`_inputs`)."""
-        stored, original = _inputs.substitute(value, self._known.of(sid), field="input_data")
-        encoded = self._encode(stored, "input_data", sid, agent)
+    def _encode_input(
+        self, value: Any, sid: str, agent: str, *, lossy: bool = False
+    ) -> _codec.EncodedPayload:
+        """An input with earlier COMPLETED outputs of the run stored as references (`_inputs`), sealed when
+        any sealed payload of an earlier agent can be inside it (`_seals_input`)."""
+        raw, original, warnings = _inputs.substitute(
+            value,
+            self._known.of(sid),
+            field="input_data",
+            lossy=lossy,
+            encoders=self._layer.config.encoders,
+        )
+        encoded = _codec.store_json(
+            raw,
+            field="input_data",
+            object_key=f"{sid}/{agent}",
+            context=execution_context(sid, agent),
+            layer=self._layer,
+            warnings=warnings,
+            seal=self._seals_input(agent),
+        )
         return dataclasses.replace(encoded, digest=original) if original else encoded
 
-    def _encode(self, value: Any, field: str, sid: str, agent: str) -> _codec.EncodedPayload:
+    def _seals_input(self, agent: str) -> bool:
+        """An accumulated input carries the request and every earlier output, in any shape the orchestrator
+        gives it (whole, promoted keys, reworded): so it is sealed when its own field is configured sealed
+        or when any earlier agent's input or output is — a sealed value is sealed wherever it is stored."""
+        config = self._layer.config
+        return any(
+            config.should_encrypt(name, earlier)
+            for earlier in AGENTS[: AGENT_STEP[agent]]
+            for name in ("input_data", "output_data")
+            if earlier != agent or name == "input_data"
+        )
+
+    def _encode(
+        self, value: Any, field: str, sid: str, agent: str, *, lossy: bool = False
+    ) -> _codec.EncodedPayload:
         return _codec.encode(
             value,
             field=field,
             object_key=f"{sid}/{agent}",
             context=execution_context(sid, agent),
             layer=self._layer,
+            lossy=lossy,
         )
 
     @staticmethod

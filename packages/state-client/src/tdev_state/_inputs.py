@@ -4,8 +4,9 @@ T-Developer hands each agent the request plus every earlier agent's output, keye
 given, the input of agent k repeats k - 1 outputs that are already stored in their own items: the run's
 write units grow with the square of its length. So when an input is a dict, each top-level value under an
 agent's name whose JSON equals an earlier **COMPLETED** output of the same run (known to this process: it
-recorded that completion) is stored as `{"\u0000tdev-output": "<agent>"}` and resolved from that agent's
-item when read. Only values under agent names are examined, so other inputs cost no extra encoding. A
+recorded that completion) is stored as the marker `{"\\u0000tdev-output": "<agent>"}` and resolved from that
+agent's item when read (decoding gives an `OutputRef`; a caller's own key can never look like the marker,
+see `_jsonform`). Only values under agent names are examined, so other inputs cost no extra encoding. A
 COMPLETED output never changes, so the reference stays exact. A process that did not record the outputs (a
 resumed pipeline) stores inputs whole: correct, only dearer. Large values that are not references still
 share their bytes through content-addressed chunks (`_chunks`).
@@ -19,9 +20,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tdev_state import _codec
+from tdev_state import _jsonform
+from tdev_state._jsonform import OUTPUT_MARK, Encoders, OutputRef
 
-OUTPUT_MARK = "\x00tdev-output"
+__all__ = ["OUTPUT_MARK", "KnownOutputs", "references", "resolve", "substitute"]
 
 
 class KnownOutputs:
@@ -44,45 +46,49 @@ class KnownOutputs:
             return dict(self._runs.get(run, {}))
 
 
-def substitute(value: Any, known: Mapping[str, str], *, field: str) -> tuple[Any, str | None]:
-    """`value` with top-level values equal to a known output replaced by references, and the SHA-256 of the
-    original JSON (None when nothing was replaced). The digest is computed from the parts' JSON, exactly as
-    the whole would be encoded, so duplicate detection sees the caller's value, not the stored form."""
-    if not known or not isinstance(value, dict) or not value or not all(isinstance(k, str) for k in value):
-        return value, None  # (non-string keys are refused by the codec, with its message)
+def substitute(
+    value: Any, known: Mapping[str, str], *, field: str, lossy: bool = False, encoders: Encoders | None = None
+) -> tuple[bytes, str | None, tuple[str, ...]]:
+    """The JSON text to store for an input — top-level values equal to a known output replaced by
+    references — the SHA-256 of the input's own JSON (None when nothing was replaced: it is the text's), and
+    the lossy warnings. The text is built from its parts' JSON exactly as the whole would be encoded, so
+    duplicate detection sees the caller's value, not the stored form."""
     agents = set(known.values())
-    if not any(key in agents for key in value):
-        return value, None  # the orchestrator keys earlier outputs by agent name: nothing to look at here
-    parts: list[bytes] = []
-    out: dict[str, Any] = {}
+    if (
+        not known
+        or not isinstance(value, dict)
+        or not all(type(k) is str and k[:1] != "\x00" for k in value)
+        or not any(key in agents for key in value)
+    ):
+        raw, notes = _jsonform.to_json(value, field=field, lossy=lossy, encoders=encoders)
+        return raw, None, notes
+    original: list[bytes] = []
+    stored: list[bytes] = []
+    warnings: list[str] = []
     replaced = False
     for key, child in value.items():
-        text = _codec.dumps(child, field=f"{field}.{key}")
+        text, notes = _jsonform.to_json(child, field=field, lossy=lossy, encoders=encoders, path=f".{key}")
+        warnings.extend(notes)
         agent = known.get(hashlib.sha256(text).hexdigest()) if key in agents else None
-        out[key] = {OUTPUT_MARK: agent} if agent is not None else child
+        name = _jsonform.to_json(key, field=field)[0] + b":"
+        original.append(name + text)
+        stored.append(name + (_jsonform.marker_json(OUTPUT_MARK, agent) if agent is not None else text))
         replaced = replaced or agent is not None
-        parts.append(_codec.dumps(key, field=field) + b":" + text)
+    whole = b"{" + b",".join(original) + b"}"
     if not replaced:
-        return value, None
-    return out, hashlib.sha256(b"{" + b",".join(parts) + b"}").hexdigest()
+        return whole, None, tuple(warnings)
+    return b"{" + b",".join(stored) + b"}", hashlib.sha256(whole).hexdigest(), tuple(warnings)
 
 
 def references(value: Any) -> list[str]:
     """The agents whose outputs a decoded input refers to."""
     if not isinstance(value, dict):
         return []
-    return [
-        str(v[OUTPUT_MARK])
-        for v in value.values()
-        if isinstance(v, dict) and len(v) == 1 and OUTPUT_MARK in v
-    ]
+    return [v.agent for v in value.values() if isinstance(v, OutputRef)]
 
 
 def resolve(value: Any, output_of: Callable[[str], Any]) -> Any:
     """A decoded input with its references replaced by the outputs they name."""
     if not references(value):
         return value
-    return {
-        k: output_of(str(v[OUTPUT_MARK])) if isinstance(v, dict) and len(v) == 1 and OUTPUT_MARK in v else v
-        for k, v in value.items()
-    }
+    return {k: output_of(v.agent) if isinstance(v, OutputRef) else v for k, v in value.items()}

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+import types
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 from tdev_state.exceptions import ConfigurationError
@@ -101,6 +103,10 @@ class StateConfig:
     data_key_max_uses: int = 1000
     #: Which agents stop the run when they fail for good, and when a finished run counts as successful.
     run_policy: RunPolicy = field(default_factory=RunPolicy)
+    #: The pipeline's own payload types: `{MyType: fn}`, where `fn(value)` returns what to store instead (any
+    #: value the codec accepts). Looked up along the value's MRO before the built-in conversions
+    #: (docs/data-model.md, "Plain Python values").
+    encoders: Mapping[type, Callable[[Any], Any]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         validate_env_name(self.env)
@@ -148,6 +154,7 @@ class StateConfig:
             )
         self._check_encryption()
         self._check_policy()
+        self._check_encoders()
         days = self.retention_days
         if days is not None and (
             isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 36_500
@@ -214,6 +221,17 @@ class StateConfig:
         for name, value in (("min_succeeded", policy.min_succeeded), ("max_failures", policy.max_failures)):
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= len(AGENTS):
                 raise ConfigurationError(f"run_policy.{name} must be a whole number 0..{len(AGENTS)}")
+
+    def _check_encoders(self) -> None:
+        encoders: object = self.encoders
+        if not isinstance(encoders, Mapping) or not all(
+            isinstance(kind, type) and callable(fn) for kind, fn in encoders.items()
+        ):
+            raise ConfigurationError(
+                "encoders must map types to functions, e.g. {Money: lambda m: str(m)}; got "
+                f"{encoders!r:.80}"
+            )
+        object.__setattr__(self, "encoders", types.MappingProxyType(dict(encoders)))
 
     def should_encrypt(self, field: str, agent: str | None = None) -> bool:
         """Whether payload `field` (of `agent`'s execution, if any) is sealed before it is stored."""

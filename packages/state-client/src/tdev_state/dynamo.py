@@ -18,6 +18,7 @@ import functools
 import json
 import math
 import random
+import secrets
 import threading
 import time
 import zlib
@@ -41,8 +42,9 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from tdev_state._chunks import StoredObjects
+from tdev_state._chunks import ChunkNames
 from tdev_state._crypto import FieldCipher
+from tdev_state._jsonform import safe_repr
 from tdev_state._log import get_logger
 from tdev_state.config import StateConfig
 from tdev_state.exceptions import (
@@ -126,7 +128,13 @@ def to_dynamo(value: Any, *, path: str = "value") -> Any:
         # repr() is the shortest text that reads back as the same float, so the round trip is exact.
         return _in_range(_DECIMAL_CONTEXT.create_decimal(repr(value)), path)
     if isinstance(value, Mapping):
-        return {str(k): to_dynamo(v, path=f"{path}.{k}") for k, v in value.items()}
+        for k in value:
+            if not isinstance(k, str):  # str(k) could merge 1 and "1" into one attribute, silently
+                raise ValidationError(
+                    f"{path} has a key of type {type(k).__name__} ({safe_repr(k, 40)}); DynamoDB map keys "
+                    "are strings: convert the keys yourself (two keys with the same text would merge)"
+                )
+        return {k: to_dynamo(v, path=f"{path}.{k}") for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_dynamo(v, path=f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, set | frozenset):
@@ -147,10 +155,17 @@ def _in_range(number: int | Decimal, path: str) -> int | Decimal:
         fits = False
     if not fits:
         raise ValidationError(
-            f"{path} is {str(number)[:40]}: DynamoDB numbers must be 0 or have a magnitude from 1e-130 to "
-            "9.99e125 (38 significant digits)"
+            f"{path} is {_number_text(number)}: DynamoDB numbers must be 0 or have a magnitude from 1e-130 "
+            "to 9.99e125 (38 significant digits)"
         )
     return number
+
+
+def _number_text(number: int | Decimal) -> str:
+    """A number for a message, however large (str() of an int over 4,300 digits raises ValueError)."""
+    if isinstance(number, int) and number.bit_length() > 1_000:
+        return f"an integer of about {int(number.bit_length() * 0.30103)} digits"
+    return str(number)[:40]
 
 
 @dataclass
@@ -231,10 +246,43 @@ def _boto_session(config: StateConfig) -> boto3.session.Session:
         ) from None
 
 
-#: The payload objects the current call created (None outside a payload scope).
-_CREATED_OBJECTS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
-    "tdev_created_objects", default=None
+@dataclass
+class PayloadWrite:
+    """One public call's payload objects (see `DynamoLayer.payload_scope`).
+
+    `id` is part of every object name the call creates, so its objects are private to it: no other write
+    can refer to them until the call is acknowledged and `chunks` (sha256 key -> object name) is published
+    to the layer's `chunk_names`."""
+
+    id: str = field(default_factory=lambda: secrets.token_hex(8))
+    #: Object keys this call PUT (a 412 on its own, private key means an earlier attempt of this call did).
+    created: list[str] = field(default_factory=list)
+    #: Chunks this call stored, published for later writes once the call is acknowledged.
+    chunks: dict[str, str] = field(default_factory=dict)
+    #: Set by `mark_unused()`: the call returned, but nothing it wrote refers to its objects.
+    unused: bool = False
+    #: The layer whose scope this is (a call on another client, even nested, has a write of its own).
+    owner: int = 0
+
+    def mark_unused(self) -> None:
+        """The call ended without writing a reference to its objects (a duplicate): take them back."""
+        self.unused = True
+
+
+#: The payload write of the current call (None outside a payload scope).
+_CURRENT_WRITE: contextvars.ContextVar[PayloadWrite | None] = contextvars.ContextVar(
+    "tdev_payload_write", default=None
 )
+#: Refusals that leave the outcome at DynamoDB unknown (the request may have landed, or land later): the
+#: objects such a call created are never deleted inline, whatever a read says.
+_OUTCOME_UNKNOWN: tuple[type[StateError], ...] = (StorageUnavailableError,)
+
+
+def current_write() -> PayloadWrite | None:
+    """The payload write of the call running in this context, if it runs in a payload scope."""
+    return _CURRENT_WRITE.get()
+
+
 #: PutObject with If-None-Match: the object exists (412), or another upload of it is in flight (409).
 _ALREADY_THERE = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})
 
@@ -281,8 +329,8 @@ class DynamoLayer:
         self.config = config
         self.tables = config.tables
         self.meter = CapacityMeter()
-        #: Payload objects this process stored: content-addressed chunks are PUT once per process.
-        self.stored_objects = StoredObjects()
+        #: Chunks of this process's acknowledged writes: a subtree stored once is referred to, not PUT again.
+        self.chunk_names = ChunkNames()
         self._serializer = TypeSerializer()
         self._deserializer = TypeDeserializer()
         boto_config = BotoConfig(
@@ -307,6 +355,9 @@ class DynamoLayer:
         self.usage = UsageEmitter()
         #: Payload objects deleted because the call that created them was refused (payload_scope).
         self.discarded_objects = 0
+        #: Payload objects left to the bucket's lifecycle (their call's outcome unknown, or cleanup failed).
+        self.orphaned_objects = 0
+        self._counts_lock = threading.Lock()
         if self.s3 is None and config.payload_bucket:
             self.s3 = boto_session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
 
@@ -622,66 +673,93 @@ class DynamoLayer:
     # --- payload objects ------------------------------------------------------------------------------
 
     def put_object(self, key: str, body: bytes, *, metadata: Mapping[str, str]) -> None:
-        """Write a payload object to the configured bucket (content-addressed keys make retries harmless).
+        """Write a payload object to the configured bucket, `If-None-Match: *`.
 
-        `If-None-Match: *`: an object that exists already (same key, so the same bytes) is left alone, and
-        an object this call did create is recorded in the call's payload scope, so a refused call can take
-        back exactly what it wrote (see `payload_scope`)."""
+        Keys carry their call's write id (`PayloadWrite`), so an object that exists already was made by an
+        earlier attempt of this very call (a retry after a lost answer): it counts as created, and the call
+        takes it back if it is refused (see `payload_scope`)."""
         s3, bucket = self._require_bucket()
 
-        def put() -> bool:
+        def put() -> None:
             try:
                 s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=dict(metadata), IfNoneMatch="*")
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in _ALREADY_THERE:
-                    return False
-                raise
-            return True
+                if exc.response.get("Error", {}).get("Code") not in _ALREADY_THERE:
+                    raise
 
-        created = self._s3_call("PutObject", f"s3://{bucket}/{key}", put)
+        write = _CURRENT_WRITE.get()
+        if write is not None:
+            write.created.append(key)  # before the PUT: a PUT that fails may still have landed
+        self._s3_call("PutObject", f"s3://{bucket}/{key}", put)
         self.meter.count_s3("put", len(body))
-        scope = _CREATED_OBJECTS.get()
-        if created and scope is not None:
-            scope.append(key)
 
     @contextlib.contextmanager
-    def payload_scope(self, run_items: Callable[[], list[Item]]) -> Iterator[None]:
-        """One public call's payload objects: if the call raises a StateError (refused, or failed) after it
-        created objects, they are deleted — unless an item of the run refers to them by now, which only a
-        concurrent writer of the same content can have done (`run_items()` reads the run's items, consistent).
+    def payload_scope(self, run_items: Callable[[], list[Item]]) -> Iterator[PayloadWrite]:
+        """One public call's payload objects: kept and published when the call is acknowledged, taken back
+        when it is refused.
 
-        Why: the objects are written before the item that refers to them (it must never refer to a missing
-        one), so a refusal at DynamoDB would otherwise leave them behind. Content-addressed chunks may be
-        shared, which is why only objects this very call created are candidates. A cleanup that fails is
-        logged; the bucket's lifecycle removes what is left."""
-        created: list[str] = []
-        token = _CREATED_OBJECTS.set(created)
+        Objects are written before the item that refers to them (an item must never refer to a missing
+        one), so a call refused at DynamoDB would otherwise leave them behind. The rule that makes taking
+        them back safe under any interleaving of any number of writers (the argument is in
+        docs/reliability.md, "Shared payload objects"):
+
+        - every object a call creates is named with its write id: no other call can refer to it, and this
+          process's cache (`chunk_names`) learns its chunks only once the call is acknowledged;
+        - so only this call's own requests can make an item refer to its objects. When the store answered
+          the call's last request definitely (a refusal), a consistent read of the run (`run_items()`) sees
+          every such reference there will ever be: the objects are deleted unless one is seen;
+        - when the outcome is unknown (`StorageUnavailableError`: a timeout may hide a write that landed or
+          is still in flight) nothing is deleted — the objects are counted in `orphaned_objects`, logged, and
+          left to the bucket's lifecycle; likewise when the cleanup itself fails.
+
+        Nested scopes of the same layer join the outermost one. A call that returns normally but wrote
+        nothing that refers to its objects (a duplicate of an earlier call) says so with `mark_unused()`,
+        and they are taken back too.
+        """
+        outer = _CURRENT_WRITE.get()
+        if outer is not None and outer.owner == id(self):
+            yield outer
+            return
+        write = PayloadWrite(owner=id(self))
+        token = _CURRENT_WRITE.set(write)
         try:
-            yield
-        except StateError:
-            if created:
-                self._discard_unreferenced(created, run_items)
+            yield write
+        except StateError as exc:
+            if write.created:
+                self._take_back(write, run_items, unknown=isinstance(exc, _OUTCOME_UNKNOWN))
             raise
+        else:
+            if write.unused:
+                if write.created:
+                    self._take_back(write, run_items, unknown=False)
+            elif write.chunks:
+                self.chunk_names.publish(write.chunks)
         finally:
-            _CREATED_OBJECTS.reset(token)
+            _CURRENT_WRITE.reset(token)
 
-    def _discard_unreferenced(self, created: list[str], run_items: Callable[[], list[Item]]) -> None:
+    def _take_back(self, write: PayloadWrite, run_items: Callable[[], list[Item]], *, unknown: bool) -> None:
+        """Delete a refused call's objects, unless its outcome is unknown or an item refers to them."""
+        if unknown:
+            with self._counts_lock:
+                self.orphaned_objects += len(write.created)
+            log.warning("payload.orphans_left", objects=len(write.created), reason="outcome unknown")
+            return
         try:
-            refs = "\n".join(_searchable(value) for item in run_items() for value in item.values())
+            if any(write.id in _searchable(value) for item in run_items() for value in item.values()):
+                return  # the call's own write landed after all (an earlier attempt): its objects stay
             s3, bucket = self._require_bucket()
-            for key in created:
-                name = key.rsplit("/", 1)[-1].removesuffix(".json.z").rsplit("-", 1)[-1]
-                if name in refs:
-                    continue  # a concurrent writer's item refers to it: it stays
+            for key in dict.fromkeys(write.created):
                 self._s3_call(
                     "DeleteObject",
                     f"s3://{bucket}/{key}",
                     lambda k=key: s3.delete_object(Bucket=bucket, Key=k),
                 )
-                self.stored_objects.discard(key)
-                self.discarded_objects += 1
+                with self._counts_lock:
+                    self.discarded_objects += 1
         except StateError as exc:  # never hides the refusal itself
-            log.warning("payload.orphans_left", objects=len(created), error=str(exc))
+            with self._counts_lock:
+                self.orphaned_objects += len(write.created)
+            log.warning("payload.orphans_left", objects=len(write.created), error=str(exc))
 
     def get_object(self, bucket: str, key: str) -> bytes:
         """Read a payload object."""
