@@ -22,6 +22,7 @@ pytestmark = pytest.mark.unit
 
 WORKER = WorkerConfig(
     worker_id="w1",
+    confirm=timedelta(0),  # one sweep decides: these tests move a fake clock, not a monotonic one
     retry_delay=timedelta(hours=1),
     stall_threshold=timedelta(minutes=10),
     retry=RetryPolicy(

@@ -208,6 +208,7 @@ def test_a_legacy_odd_id_can_be_abandoned_from_the_console(client: StateClient, 
     failed = make_failed_run(client)
     _store_raw(client, failed, "a/b")
     _store_raw(client, failed, "a")
+    clock.advance(minutes=12)  # past the failed agent's window: its pipeline is done with the run
     web = browser(client, clock, allow_actions=True, token=TOKEN)
     assert web.get(f"/login?token={TOKEN}").status_code == 303
     confirm = web.get(f"/backlog/{encode_id('a/b')}/abandon").text
@@ -361,6 +362,7 @@ def test_console_resume_and_abandon_are_counted_in_the_usage_report(
 ) -> None:
     """With actions on, the console's collector counts Resume now and Abandon once each, as the worker's."""
     resumed, abandoned = make_failed_run(client), make_failed_run(client)
+    clock.advance(minutes=12)  # past the failed agent's window: its pipeline is done with the run
     resumer = BackgroundResumer(client)
     collector = usage_collector(client, build_parser().parse_args(["--allow-actions"]))
     assert collector is not None

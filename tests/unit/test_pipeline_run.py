@@ -282,7 +282,6 @@ async def test_the_deferred_memory_is_bounded(client: StateClient) -> None:
         writes.close()
 
 
-@pytest.mark.xfail(strict=True, reason="needs B1's liveness rule")
 async def test_a_live_run_in_generations_retry_window_is_not_taken(
     aclient: AsyncStateClient, client: StateClient, clock: FakeClock
 ) -> None:

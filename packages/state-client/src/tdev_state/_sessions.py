@@ -263,12 +263,20 @@ class SessionStore:
         pipeline_type: PipelineType | str = PipelineType.SIMPLE,
         metadata: Any = None,
         session_id: str | None = None,
+        request_token: str | None = None,
     ) -> Session:
         """Create an ACTIVE session at progress 0; never overwrites (SessionExistsError).
 
         `user_id` and `project_name` may be left out (T-Developer's orchestrator has no user id): the run is
-        then simply not in the by-user index.
+        then simply not in the by-user index. `request_token`: the caller's own idempotency token — a create
+        sent again with the same token (after a timeout whose write did land) returns the run it created
+        instead of SessionExistsError, so a retried create never mistakes its own run for another's.
         """
+        token = (
+            check.text("request_token", request_token, allow_empty=False, max_chars=128)
+            if request_token is not None
+            else str(uuid.uuid4())
+        )
         sid = check.identifier("session_id", session_id) if session_id is not None else str(uuid.uuid4())
         user = check.identifier("user_id", user_id) if user_id is not None else None
         name = (
@@ -278,17 +286,16 @@ class SessionStore:
         )
         kind = check.enum(PipelineType, "pipeline_type", pipeline_type)
         with self._layer.payload_scope(lambda: run_items(self._layer, sid)):
-            return self._create(sid, user, name, kind, metadata)
+            return self._create(sid, user, name, kind, metadata, token)
 
-    def _create(
-        self, sid: str, user: str | None, name: str | None, kind: PipelineType, metadata: Any
+    def _create(  # noqa: PLR0917 - private; the validated arguments of create
+        self, sid: str, user: str | None, name: str | None, kind: PipelineType, metadata: Any, token: str
     ) -> Session:
         encoded = _codec.encode(
             metadata, field="metadata", object_key=sid, context=session_context(sid), layer=self._layer
         )
         moment = self._clock()
         now = epoch(moment)
-        token = str(uuid.uuid4())
         policy = self._layer.config.run_policy
         live_for = declared_silence(policy, SessionStatus.ACTIVE, AGENTS[0], ended=False)
         stalled_at = moment + timedelta(seconds=live_for)
@@ -323,6 +330,8 @@ class SessionStore:
                 raise SessionExistsError(
                     f"session {sid!r} already exists; pick another session_id or update it instead"
                 ) from None
+            if exc.old_item.get("version") != 1:  # ours, and the run has moved on since: as it is now
+                return session_from_item(exc.old_item, self._layer, strict=False)
         self._liveness.mark(sid, moment, stalled_at)
         log.info("session.created", session_id=sid, user_id=user, pipeline_type=kind.value)
         usage = self._layer.usage

@@ -204,7 +204,16 @@ class PipelineRun:
             )
             return PendingWrite("create", None, create, kwargs=write.kwargs, refused=taken)
 
-        write = PendingWrite("create", None, create, kwargs={**fields, "metadata": metadata}, refused=taken)
+        # One token for this open, however often it is sent: a create that timed out here but landed is
+        # recognised as this run's own when sent again, never taken for another run's (a false duplicate).
+        token = uuid.uuid4().hex
+        write = PendingWrite(
+            "create",
+            None,
+            create,
+            kwargs={**fields, "metadata": metadata, "request_token": token},
+            refused=taken,
+        )
         if run.on_store_error == "raise":
             try:
                 await run._raw(write)
