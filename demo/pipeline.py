@@ -46,6 +46,7 @@ from tdev_state import (
     AGENTS,
     ConflictError,
     PipelineRun,
+    ResumeBusyError,
     StaleResumeError,
     StateError,
     accept_resume,
@@ -251,6 +252,10 @@ def serve(plans: dict[str, dict[str, Any]], events: Events) -> None:
                     self.end_headers()
                     return
                 asyncio.run_coroutine_threadsafe(accept(body), loop).result()
+            except ResumeBusyError:
+                events.log(event="resume_busy", sid=sid, token=token)
+                self.send_response(503)  # still driving this run: the worker waits and asks again
+                self.send_header("Retry-After", "1")
             except StateError as exc:
                 events.log(event="resume_rejected", sid=sid, token=token, reason=str(exc)[:200])
                 self.send_response(409 if isinstance(exc, ConflictError) else 503)

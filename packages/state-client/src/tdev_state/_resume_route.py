@@ -10,7 +10,8 @@ original request (`request.request`), the completed outputs and the next agent's
 bookkeeping of its own: the worker records the hand-over when the request is accepted.
 
 `resume_app` serves it over HTTP without a web framework (mount it in FastAPI: `app.mount(path, app)`):
-202 accepted, 400 malformed, 404 unknown run, 409 stale token or finished run, 503 store unavailable.
+202 accepted, 400 malformed, 404 unknown run, 409 stale token or finished run, 503 still continuing the
+run from an earlier resume or store unavailable (send again later).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tdev_state.client import AsyncStateClient
 from tdev_state.exceptions import (
     ConflictError,
     NotFoundError,
+    ResumeBusyError,
     StaleResumeError,
     StateError,
     ValidationError,
@@ -77,6 +79,13 @@ async def accept_resume(
             # with the same token and Idempotency-Key): accepted once, never started twice.
             log.info("run.resume_repeated", session_id=request.session_id, fencing_token=seen)
             return running
+        if running is not None and not running.done():
+            # A worker judged the run stalled while this process was slow to drive it: never run it twice
+            # here. Busy, not refused — the worker waits and sends the same request again (no attempt used).
+            raise ResumeBusyError(
+                f"run {request.session_id!r} is still being continued here from fencing token {seen}; "
+                "send the resume again later"
+            )
         if request.fencing_token <= seen:
             raise StaleResumeError(
                 f"resume of {request.session_id!r} with fencing token {request.fencing_token} refused: this "
@@ -120,7 +129,7 @@ def _status_of(error: StateError) -> int:
         return 404
     if isinstance(error, ConflictError):
         return 409
-    return 503
+    return 503  # ResumeBusyError and an unavailable store: try again later
 
 
 def resume_app(client: ClientSource, continue_run: Continuation, **run_options: Any) -> Any:

@@ -57,6 +57,10 @@ class StaleResumeError(ConflictError):
     """A resume request's fencing token is older than the run's (another claim moved on), or was used."""
 
 
+class ResumeBusyError(StateError):
+    """This process still continues the run from an earlier resume: send the request again later (503)."""
+
+
 class InvalidTransitionError(StateError):
     """The requested status/agent transition is not legal from the item's current state."""
 
