@@ -249,7 +249,12 @@ def serve(plans: dict[str, dict[str, Any]], events: Events) -> None:
     highest: dict[str, int] = {}
     lock = threading.Lock()
 
-    running: set[Any] = set()  # resumed runs this process is continuing now
+    running: dict[str, Any] = {}  # the resumed runs this process is continuing now, by session id
+
+    def ended(sid: str) -> bool:
+        """Whether the run is final already (it ended while a worker waited on our back-pressure)."""
+        client = asyncio.run_coroutine_threadsafe(default_client(), loop).result().sync
+        return client.sessions.get(sid).status.value in ("COMPLETED", "ABANDONED")
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -261,10 +266,21 @@ def serve(plans: dict[str, dict[str, Any]], events: Events) -> None:
                     answer = 409  # a newer claim exists: this worker lost the run
                 elif token == seen:
                     answer = 200  # the same request again (its answer was lost): accepted once, not twice
-                elif len(running) >= MAX_RESUMED_RUNS:
-                    answer = 503  # back-pressure: the worker waits and asks again, no attempt used
+                elif sid in running or len(running) >= MAX_RESUMED_RUNS:
+                    # Back-pressure: the worker waits and asks again, no attempt used. A run this process
+                    # still continues (a worker judged it stalled while it was slow) is never run twice.
+                    answer = 503
                 else:
-                    answer, highest[sid] = 202, token
+                    answer, running[sid] = 202, None  # reserved, so a concurrent request waits
+            if answer == 202:
+                with contextlib.suppress(StateError):
+                    if ended(sid):
+                        answer = 409  # nothing to resume any more: the worker's claim is moot
+                with lock:
+                    if answer == 409:
+                        running.pop(sid, None)
+                    else:
+                        highest[sid] = max(highest.get(sid, 0), token)
             if answer == 409:
                 events.log(event="resume_rejected", sid=sid, token=token)
             elif answer == 503:
@@ -281,8 +297,8 @@ def serve(plans: dict[str, dict[str, Any]], events: Events) -> None:
                     run_agents(plans[sid], body["next_agent"], events, resumed=True), loop
                 )
                 with lock:
-                    running.add(future)
-                future.add_done_callback(running.discard)  # at once if it is already done
+                    running[sid] = future
+                future.add_done_callback(lambda _: running.pop(sid, None))  # at once if already done
             self.send_response(answer)
             if answer == 503:
                 self.send_header("Retry-After", "1")
