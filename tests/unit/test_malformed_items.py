@@ -170,7 +170,7 @@ def test_project_listing_skips_an_unreadable_project(client: StateClient) -> Non
     )
     page = client.projects.list_for_user("u")
     assert [p.project_id for p in page.items] == ["good"]
-    assert page.skipped[0].attribute == "download_count"  # type: ignore[attr-defined]
+    assert page.skipped[0].attribute == "download_count"
 
 
 def test_recovery_history_of_a_malformed_log_is_a_typed_error(client: StateClient) -> None:

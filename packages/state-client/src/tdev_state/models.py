@@ -8,6 +8,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
+from tdev_state.exceptions import MalformedItemError
+
 #: The nine agents, in pipeline order. Progress N means agents 1..N completed.
 AGENTS: tuple[str, ...] = (
     "nl_input",
@@ -360,4 +362,4 @@ class Page(Generic[T]):
     next_cursor: str | None = None
     #: Items of this page that could not be read (MalformedItemError each: key, attribute, problem); they
     #: are left out of `items`, logged, and the page goes on.
-    skipped: tuple[Exception, ...] = ()
+    skipped: tuple[MalformedItemError, ...] = ()
