@@ -286,9 +286,9 @@ async def test_a_live_run_in_generations_retry_window_is_not_taken(
     aclient: AsyncStateClient, client: StateClient, clock: FakeClock
 ) -> None:
     """generation RUNNING on its second attempt, 400 s without a beat: inside 2 x 300 s, not a candidate."""
-    run = await PipelineRun.open(aclient, "prod_20261127_031513_0013", heartbeat_seconds=3600)
+    run = await PipelineRun.open(aclient, "prod_20261127_031513_0013", heartbeat_seconds=45)
     await orchestrate(run, {}, slow=None)  # a whole run first, to have a clock baseline
-    live = await PipelineRun.open(aclient, "prod_20261127_031513_0014", heartbeat_seconds=3600)
+    live = await PipelineRun.open(aclient, "prod_20261127_031513_0014", heartbeat_seconds=45)
     for agent in AGENTS[:6]:
         async with live.agent(agent) as step:
             step.complete({"ok": True})

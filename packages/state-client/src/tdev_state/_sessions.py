@@ -634,36 +634,63 @@ class SessionStore:
         target = SessionStatus.COMPLETED if success else SessionStatus.FAILED
         moment = self._clock()
         token = str(uuid.uuid4())
-        expr = Expr().require_exists("session_id")
-        sources = [s for s in rule.session_from if not (s is SessionStatus.FAILED and not success)]
-        expr.require_in("status", [s.value for s in sources])
-        expr.set_many({"last_updated": epoch(moment), "last_request": token, "verdict": target.value})
         # The pipeline is done driving the run: only the grace remains as its window (an open FAILED run).
         live_for = declared_silence(self._layer.config.run_policy, target, None, ended=True)
         stalled_at = moment + timedelta(seconds=live_for)
-        expr.increment("version").set("live_for", live_for).set("stalled_at", epoch(stalled_at))
-        status_effects(expr, sid, target, now=moment, retention_days=self._layer.config.retention_days)
-        if failed:
-            expr.add_to_set("failed_agents", failed)
-        if success:
-            expr.remove("error_message")
-        else:
-            expr.set("error_message", error or "the orchestrator declared the run failed")
+
+        def build(sources: list[SessionStatus], *, repeat: bool) -> Expr:
+            expr = Expr().require_exists("session_id")
+            expr.require_in("status", [s.value for s in sources])
+            expr.set_many({"last_updated": epoch(moment), "last_request": token, "verdict": target.value})
+            expr.increment("version").set("live_for", live_for).set("stalled_at", epoch(stalled_at))
+            status_effects(
+                expr, sid, target, now=moment, retention_days=self._layer.config.retention_days, repeat=repeat
+            )
+            if success:
+                if failed:  # a failed run's list stays the lifecycle's: agents it moved past (tolerated)
+                    expr.add_to_set("failed_agents", failed)
+                expr.remove("error_message")
+            else:
+                expr.set("error_message", error or "the orchestrator declared the run failed")
+            return expr
+
+        sources = [s for s in rule.session_from if not (s is SessionStatus.FAILED and not success)]
         try:
             item = self._layer.update(
-                self._table, {"session_id": sid}, **expr.kwargs(), return_values="ALL_NEW"
+                self._table,
+                {"session_id": sid},
+                **build(sources, repeat=False).kwargs(),
+                return_values="ALL_NEW",
             )
         except ConditionFailed as exc:
             old = exc.old_item
             if old is None:
                 raise SessionNotFoundError(f"no pipeline session {sid!r}; create it first") from None
-            if old.get("last_request") == token or old.get("status") == target.value:
-                return self.get(sid)  # applied already (our retried write), or the run is there already
-            raise InvalidTransitionError(
-                f"session {sid!r} is {old.get('status')}; the orchestrator's verdict "
-                f"{'success' if success else 'failure'} cannot change a final run",
-                current=old,
-            ) from None
+            if old.get("last_request") == token:
+                return self.get(sid)  # applied already (our retried write)
+            if old.get("status") != SessionStatus.FAILED.value or success:
+                if old.get("status") == target.value:
+                    return self.get(sid)  # the run is there already
+                raise InvalidTransitionError(
+                    f"session {sid!r} is {old.get('status')}; the orchestrator's verdict "
+                    f"{'success' if success else 'failure'} cannot change a final run",
+                    current=old,
+                ) from None
+            # FAILED already (its critical agent failed for good): the verdict still ends the pipeline's
+            # window — the agent's deadline no longer applies, only the grace — and stores the reason, without
+            # counting the run as failed a second time (fail_count, the usage report).
+            try:
+                item = self._layer.update(
+                    self._table,
+                    {"session_id": sid},
+                    **build([SessionStatus.FAILED], repeat=True).kwargs(),
+                    return_values="ALL_NEW",
+                )
+            except ConditionFailed:
+                return self.get(sid)  # moved on meanwhile (a claim's resume, an abandon): theirs stands
+            return self._updated(
+                sid, item, True, moment, _UNSET, target=None, moved_past=None, stalled_at=stalled_at
+            )
         return self._updated(
             sid, item, True, moment, _UNSET, target=target, moved_past=None, stalled_at=stalled_at
         )

@@ -147,6 +147,14 @@ class PipelineRun:
         self.writes = deferred_writes(client, defer_policy)
         self.variant = check.identifier("variant", variant) if variant is not None else None
         self.policy: RunPolicy = client.sync.config.run_policy
+        # A heartbeat declares the policy's heartbeat timeout as the run's window; a slower beat would let
+        # recovery take the run between two beats while its agent still works (a missed or late beat too).
+        if self.heartbeat_seconds > self.policy.heartbeat_timeout_seconds / 2:
+            raise ValidationError(
+                f"heartbeat_seconds ({self.heartbeat_seconds:g}) must be at most half the run policy's "
+                f"heartbeat_timeout_seconds ({self.policy.heartbeat_timeout_seconds:g}): each beat declares "
+                "that timeout as the run's window, and recovery may take a run whose window passed"
+            )
         #: The latest transition this run recorded (None while its writes are deferred).
         self.last: AgentTransition | None = None
         #: This run's writes that could not be stored (counted, logged once, `state_writes_lost` metric).
@@ -194,7 +202,9 @@ class PipelineRun:
         def taken(error: StateError) -> PendingWrite | None:
             if not isinstance(error, SessionExistsError):
                 return None
-            run.session_id = f"{run.requested_id[:200]}-dup-{uuid.uuid4().hex[:8]}"
+            # The identifier rule counts UTF-8 bytes: cut the requested id so the derived one stays valid.
+            stem = run.requested_id.encode("utf-8")[: check.MAX_ID_BYTES - 13].decode("utf-8", "ignore")
+            run.session_id = f"{stem}-dup-{uuid.uuid4().hex[:8]}"
             log.warning(
                 "run.duplicate_id",
                 requested_id=run.requested_id,
@@ -351,10 +361,6 @@ class PipelineRun:
     def _landed(self, write: PendingWrite, result: Any) -> None:
         if write.landed is not None:
             write.landed(result)
-        if isinstance(result, AgentTransition) and getattr(result, "warnings", None):
-            log.warning(
-                "run.lossy_write", session_id=self.session_id, write=write.what, warnings=result.warnings
-            )
 
     def _defer(self, write: PendingWrite, why: str) -> None:
         if not self._defer_logged:
@@ -420,8 +426,12 @@ class PipelineRun:
         )  # fmt: skip
 
     def _set_last(self, result: Any) -> None:
+        """An agent write landed — at once or late, from the backlog: keep it, and log its lossy warnings."""
         if isinstance(result, AgentTransition):
             self.last = result
+            if result.warnings:
+                log.warning("run.lossy_write", session_id=self.session_id, agent=result.agent_name,
+                            status=result.status.value, warnings=result.warnings)  # fmt: skip
 
     # --- progress and metrics --------------------------------------------------------------------------
 
