@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from examples.orchestrator import after
@@ -39,7 +41,7 @@ async def aclient(client: StateClient) -> AsyncIterator[AsyncStateClient]:
 
 
 async def test_a_heartbeat_too_slow_for_the_policys_timeout_is_refused(aclient: AsyncStateClient) -> None:
-    """Beats further apart than half RunPolicy.heartbeat_timeout_seconds would let recovery take a live run."""
+    """Beats further apart than half the policy's heartbeat timeout would let recovery take a live run."""
     timeout = aclient.sync.config.run_policy.heartbeat_timeout_seconds / 2 + 1
     with pytest.raises(ValidationError, match="heartbeat_timeout_seconds"):
         await PipelineRun.open(aclient, "prod_slow_beat", heartbeat_seconds=timeout, on_store_error="raise")
@@ -142,3 +144,41 @@ async def test_a_run_stopped_by_its_critical_agent_is_resumed_through_that_agent
     result = await run(adopted(aclient, {"generation": ["return", "return"]}))
     session, _ = await stored(aclient, result.project_id)
     assert (session.status, session.failed_agents) == (SessionStatus.FAILED, ())
+
+
+@dataclass
+class _Understood:
+    """nl_input's output as an object (not a dict): the live loop does not promote its fields."""
+
+    project_type: str
+
+
+async def test_a_resumed_agent_gets_the_live_runs_project_type_when_an_output_was_an_object(
+    aclient: AsyncStateClient, client: StateClient, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replaying finished agents on a resume must not promote stored outputs over the next agent's input:
+    generation gets the request's `react`, as live, not nl_input's `web_app` (issue 22, 5)."""
+    pipeline = adopted(aclient, {"generation": ["return", "return"]})
+    await pipeline.initialize()
+    inner = pipeline.agents["nl_input"]
+
+    async def as_object(data: Any, context: Any) -> Any:
+        result = await inner(data, context)
+        result.output_data = _Understood("web_app")
+        return result
+
+    pipeline.agents["nl_input"] = as_object
+    monkeypatch.setattr(after, "production_pipeline", pipeline)
+    sid = (await run(pipeline)).project_id
+    assert client.executions.get(sid, "generation").input_data["project_type"] == "react"
+    clock.advance(minutes=12)
+
+    async def http_like(request: ResumeRequest) -> None:
+        await post(after.resume_route, json.loads(json.dumps(request.to_json())))
+
+    worker = RecoveryWorker(client, http_like, PER_AGENT, clock=clock)
+    assert await worker.sweep() == 1
+    await asyncio.gather(*list(worker._inflight.values()))
+    await asyncio.wait_for(asyncio.gather(*_resume_route._tasks), 10)
+    _, agents = await stored(aclient, sid)
+    assert agents["generation"].input_data["project_type"] == "react"

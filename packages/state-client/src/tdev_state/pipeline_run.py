@@ -170,6 +170,8 @@ class PipelineRun:
         #: never rerun: the completed ones with their outputs, the tolerated failures as failures.
         self.resumed_input: Any = None
         self.earlier: dict[str, tuple[bool, float, Any, str | None]] = {}
+        #: A resumed run's next agent and its last stored input, until that agent's first attempt here.
+        self._restore: tuple[str, dict[str, Any]] | None = None
 
     # --- opening and ending a run ----------------------------------------------------------------------
 
@@ -255,6 +257,8 @@ class PipelineRun:
                 raise ValidationError(f"the resume request is for {request.session_id!r}, not {session_id!r}")
             data = request.next_input if request.next_input is not None else request.request
             run.resumed_input = data if isinstance(data, dict) else None
+            if isinstance(request.next_input, dict):
+                run._restore = (request.next_agent, request.next_input)
             for done in request.completed:
                 run.earlier[done.agent_name] = (True, 0.0, done.output_data, None)
             for agent in request.tolerated_failures:
@@ -512,6 +516,9 @@ class AgentStep:
     async def __aenter__(self) -> AgentStep:
         run, agent = self.run, self.agent
         self.attempt = run._attempts[agent] = run._attempts.get(agent, 0) + 1
+        if run._restore is not None and run._restore[0] == agent:
+            self._restore_input(run._restore[1])
+            run._restore = None
         for pending in run._report_pending(except_agent=agent):
             await pending
         if self.attempt == 1:
@@ -582,6 +589,16 @@ class AgentStep:
             )
         if forgot:
             raise exc  # type: ignore[misc]  # the block forgot complete(): say so, after recording it
+
+    def _restore_input(self, stored: dict[str, Any]) -> None:
+        """A resumed run's next agent gets exactly the input it was given live (the worker's `next_input`):
+        the orchestrator's `pipeline_data` (the dict passed as `input_data`, which is also the agent's) is set
+        to it in place. Replaying the finished agents would otherwise promote their stored outputs over it —
+        an output that was an object live (not promoted) comes back as a dict (promoted), and the request's
+        `project_type` "react" would become the output's "web_app"."""
+        if isinstance(self.input_data, dict) and self.input_data is not stored:
+            self.input_data.clear()
+            self.input_data.update(stored)
 
     async def _heartbeat(self) -> None:
         run = self.run
