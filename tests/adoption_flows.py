@@ -4,6 +4,7 @@ endpoint alike: build the adopted pipeline on a client, run it as the API does, 
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +32,10 @@ def adopted(
     """The adopted pipeline (after.py) on `state`, its agents following `steps` (`defer`: the never-harm
     budgets of this client, set at its first use)."""
     deferred_writes(state, defer)
+    # Each pipeline its own request text, so its runs' `prod_` ids differ from other pipelines' in the same
+    # second (tests on one endpoint share tables; equal ids would make a run a `-dup-` and the test would read
+    # another's). Two runs of one pipeline in one second still share an id (the double-click tests).
+    config.setdefault("user_input", f"a todo app with login ({uuid.uuid4().hex[:8]})")
     pipeline = after.ProductionECSPipeline({"state": state, "script": Script(steps or {}), **config})
     _fast(pipeline)
     return pipeline
@@ -52,8 +57,9 @@ async def run(pipeline: Any, ws: RecordingWebSocketManager | None = None) -> Pro
     """One POST /api/v1/generate: the pipeline runs inside the request."""
     if not pipeline.initialized:
         await pipeline.initialize()
+    text = pipeline.config.get("user_input", "a todo app with login")
     result: ProductionPipelineResult = await pipeline.execute(
-        "a todo app with login", project_name="todo", project_type="react", features=["auth"],
+        text, project_name="todo", project_type="react", features=["auth"],
         context={"project_id": "project_1a2b3c4d"}, ws_manager=ws,
     )  # fmt: skip
     return result
