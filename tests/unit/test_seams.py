@@ -182,3 +182,21 @@ async def test_a_resumed_agent_gets_the_live_runs_project_type_when_an_output_wa
     await asyncio.wait_for(asyncio.gather(*_resume_route._tasks), 10)
     _, agents = await stored(aclient, sid)
     assert agents["generation"].input_data["project_type"] == "react"
+
+
+async def test_a_next_input_the_store_refused_leaves_the_loops_data_as_it_is(
+    aclient: AsyncStateClient,
+) -> None:
+    """A next_input that is only the unstored mark (the store refused it) never replaces pipeline_data."""
+    from tdev_state.pipeline_run import UNSTORED_MARK
+
+    sid = (await PipelineRun.open(aclient, "prod_refused_input")).session_id
+    request = ResumeRequest(
+        session_id=sid, next_agent="nl_input", fencing_token=1, attempt=1, reason="FAILED",
+        next_input={UNSTORED_MARK: "PayloadTooLargeError: too big"},
+    )  # fmt: skip
+    resumed = await PipelineRun.resume(aclient, sid, request=request)
+    data = {"user_input": "a shop", "project_type": "react"}
+    async with resumed.agent("nl_input", input_data=data) as step:
+        step.complete({"ok": True})
+    assert data == {"user_input": "a shop", "project_type": "react"}

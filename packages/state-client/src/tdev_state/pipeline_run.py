@@ -257,8 +257,8 @@ class PipelineRun:
                 raise ValidationError(f"the resume request is for {request.session_id!r}, not {session_id!r}")
             data = request.next_input if request.next_input is not None else request.request
             run.resumed_input = data if isinstance(data, dict) else None
-            if isinstance(request.next_input, dict):
-                run._restore = (request.next_agent, request.next_input)
+            if isinstance(request.next_input, dict) and UNSTORED_MARK not in request.next_input:
+                run._restore = (request.next_agent, request.next_input)  # (a refused input was not stored)
             for done in request.completed:
                 run.earlier[done.agent_name] = (True, 0.0, done.output_data, None)
             for agent in request.tolerated_failures:
