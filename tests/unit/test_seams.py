@@ -200,3 +200,26 @@ async def test_a_next_input_the_store_refused_leaves_the_loops_data_as_it_is(
     async with resumed.agent("nl_input", input_data=data) as step:
         step.complete({"ok": True})
     assert data == {"user_input": "a shop", "project_type": "react"}
+
+
+async def test_metadata_the_store_refuses_never_loses_the_whole_run(aclient: AsyncStateClient) -> None:
+    """Defer mode: run metadata the codec refuses (NaN) is stored as the unstored mark; the run is kept."""
+    from tdev_state.pipeline_run import UNSTORED_MARK
+
+    deferred_writes(aclient, TEST_DEFER)
+    run_ = await PipelineRun.open(aclient, "prod_bad_metadata", metadata={"ratio": float("nan")})
+    async with run_.agent("nl_input", input_data={"q": 1}) as step:
+        step.complete({"ok": True})
+    assert await deferred_writes(aclient).flush(timeout=10)
+    session = aclient.sync.sessions.get(run_.session_id)
+    assert run_.writes_lost == 0
+    assert UNSTORED_MARK in session.metadata
+
+
+async def test_a_user_id_the_rule_refuses_never_loses_the_whole_run(aclient: AsyncStateClient) -> None:
+    """Defer mode: a user id with a space (from the API's request) is left out; the run is stored."""
+    deferred_writes(aclient, TEST_DEFER)
+    run_ = await PipelineRun.open(aclient, "prod_bad_user", user_id="user 1", metadata=7)
+    assert await deferred_writes(aclient).flush(timeout=10)
+    session = aclient.sync.sessions.get(run_.session_id)
+    assert (run_.writes_lost, session.user_id, session.status) == (0, None, SessionStatus.ACTIVE)

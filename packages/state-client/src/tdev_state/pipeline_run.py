@@ -202,6 +202,20 @@ class PipelineRun:
             return client.sync.sessions.create(session_id=sid, **kwargs)
 
         def taken(error: StateError) -> PendingWrite | None:
+            if isinstance(error, ValidationError | PayloadTooLargeError):
+                # Run data the store refuses (metadata it cannot store, a user id the rule refuses) must not
+                # cost the whole run: store it marked, then without the optional fields, as agent payloads.
+                kwargs = dict(write.kwargs)
+                metadata = kwargs.get("metadata")
+                if metadata is not None and not (isinstance(metadata, dict) and UNSTORED_MARK in metadata):
+                    kwargs["metadata"] = {UNSTORED_MARK: f"{type(error).__name__}: {error}"[:1000]}
+                elif kwargs.get("user_id") is not None or kwargs.get("project_name") is not None:
+                    kwargs.update(user_id=None, project_name=None)
+                else:
+                    return None
+                log.warning("run.data_refused", session_id=run.session_id, error=str(error)[:300])
+                write.kwargs = kwargs
+                return PendingWrite("create (data marked)", None, create, kwargs=kwargs, refused=taken)
             if not isinstance(error, SessionExistsError):
                 return None
             # The identifier rule counts UTF-8 bytes: cut the requested id so the derived one stays valid.
