@@ -290,6 +290,11 @@ def main() -> int:
         + f"; {summary['resumes']} resumes; {len(killed_pids)} pipeline processes SIGKILLed",
         highlight=False,
     )
+    deferred = sum(1 for e in events if e["event"] == "complete" and e.get("stored") is False)
+    console.print(
+        f"completions the store answered after the helper's budget (deferred, in order): {deferred}",
+        highlight=False,
+    )
     for line in usage_lines:
         console.print(line, highlight=False, markup=False)
     console.print(f"report: {report}", highlight=False)
@@ -347,10 +352,15 @@ def check_invariants(
                 failures.append(f"{sid}: COMPLETED agents {done}")
             if plan["fail_at"] and session.resume_count < 1:
                 failures.append(f"{sid}: failed at {plan['fail_at']} but was never recovered")
-    completions = Counter((e["sid"], e["agent"]) for e in events if e["event"] == "complete")
-    twice = [k for k, n in completions.items() if n > 1]
+    # A completion the store acknowledged is never run again. One the helper had to defer (the store was
+    # slower than its budget) lives in the process until it drains; a SIGKILL before that loses it, and the
+    # resumed run does that agent again — counted and shown, not hidden (docs/adoption.md, defer mode).
+    stored = Counter(
+        (e["sid"], e["agent"]) for e in events if e["event"] == "complete" and e.get("stored", True)
+    )
+    twice = [k for k, n in stored.items() if n > 1]
     if twice:
-        failures.append(f"agents completed twice: {twice[:5]}")
+        failures.append(f"agents completed twice after their completion was stored: {twice[:5]}")
     finished_at = {(e["sid"], e["agent"]): e["t"] for e in events if e["event"] in ("complete", "tolerated")}
     rerun = [
         (e["sid"], e["agent"])

@@ -83,9 +83,9 @@ CRITICAL = ("generation", "assembly")
 #: Resumed runs the resume endpoint continues at once; beyond that it answers 503 + Retry-After (back-
 #: pressure, which the worker waits out without using an attempt) instead of taking on runs it cannot drive.
 MAX_RESUMED_RUNS = 8
-#: The demo's agents take seconds and its worker a 5 s stall threshold: heartbeat every second, so a busy
-#: process is slow, not dead, to the recovery worker.
-HEARTBEAT_SECONDS = 1.0
+#: The demo's agents take seconds and its worker a 5 s stall threshold: heartbeat every 2 s, so a busy
+#: process is slow, not dead, to the recovery worker (faster beats only queue up behind the writes).
+HEARTBEAT_SECONDS = 2.0
 
 
 class Framework(Enum):
@@ -173,7 +173,15 @@ async def run_agents(
                 break  # recorded; the run goes on to the next agent
             data[agent] = output
             events.log(
-                event="complete", sid=sid, agent=agent, attempt=attempt, resumed=resumed, duration=elapsed
+                event="complete",
+                sid=sid,
+                agent=agent,
+                attempt=attempt,
+                resumed=resumed,
+                duration=elapsed,
+                # False: the store did not answer within the helper's budget, so the completion waits in
+                # this process's deferred backlog — lost if the process is SIGKILLed before it drains.
+                stored=step.transition is not None,
             )
             break
     # The orchestrator ends the run itself (a last agent that failed for good is then tolerated); a run

@@ -79,7 +79,8 @@ async def test_malformed_items_never_stop_recovery_or_listings(own_tables: State
     config = WorkerConfig(
         poll_interval=0.2,
         retry_delay=timedelta(seconds=1),
-        stall_threshold=timedelta(seconds=60),
+        stall_threshold=timedelta(seconds=1),  # one threshold for every run: the FAILED runs are due at once
+        confirm=timedelta(seconds=0.5),  # still confirmed unchanged on the worker's own clock first
         lease=timedelta(seconds=1),
         retry=RetryPolicy(initial_interval=timedelta(milliseconds=10), maximum_attempts=3),
         batch_size=1000,
