@@ -35,7 +35,7 @@ typecheck: setup ## mypy --strict over the three packages
 
 .PHONY: test-unit
 test-unit: setup ## Unit tests (moto, no network)
-	@$(RUN) pytest -m unit -q -p no:cacheprovider
+	@$(RUN) pytest -m unit -q -p no:cacheprovider -n 2 --dist loadfile
 
 .PHONY: test-integration
 test-integration: setup ## Integration tests against LocalStack (started and stopped here) or $$AWS_ENDPOINT_URL
