@@ -26,7 +26,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tdev_state._log import get_logger
+from tdev_state.log import get_logger
 
 log = get_logger(__name__)
 

@@ -46,7 +46,7 @@ from tdev_console import _charts, _views
 from tdev_console._http import LOOPBACK_NAMES, AllowedHosts, HostCheck, RawPath
 from tdev_metrics import MetricsReader
 from tdev_metrics.usage import UsageReader
-from tdev_recovery._plan import abandon_pipeline, resume_pipeline
+from tdev_recovery import abandon_pipeline, resume_pipeline
 from tdev_recovery.config import WorkerConfig
 from tdev_recovery.exceptions import NotRecoverableError, RecoveryError
 from tdev_recovery.resumers import Resumer
@@ -62,7 +62,7 @@ from tdev_state import (
     StorageError,
     ValidationError,
 )
-from tdev_state._log import get_logger
+from tdev_state.log import get_logger
 
 log = get_logger(__name__)
 

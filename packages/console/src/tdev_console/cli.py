@@ -23,7 +23,7 @@ from tdev_console.server import bind, server, url_of
 from tdev_metrics import MetricsCollector
 from tdev_recovery.resumers import load_resumer
 from tdev_state import StateClient, StateError, StorageUnavailableError, command
-from tdev_state._log import configure_output, get_logger
+from tdev_state.log import configure_output, get_logger
 
 log = get_logger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from tdev_metrics._aggregate import Aggregate, Key
 from tdev_metrics.exceptions import MetricsError
-from tdev_state._log import get_logger
 from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item
+from tdev_state.log import get_logger
 
 log = get_logger(__name__)
 

@@ -27,8 +27,8 @@ from typing import Any
 
 from tdev_metrics._store import expires_at
 from tdev_state import PayloadTooLargeError
-from tdev_state._log import get_logger
 from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item
+from tdev_state.log import get_logger
 
 log = get_logger(__name__)
 

@@ -52,7 +52,7 @@ from tdev_metrics._validate import (
 from tdev_metrics.exceptions import BufferFullError, CollectorClosedError, MetricValidationError
 from tdev_metrics.usage import UsageBuffer
 from tdev_state import PayloadTooLargeError, StateClient, StateError, ValidationError
-from tdev_state._log import get_logger
+from tdev_state.log import get_logger
 from tdev_state.models import AGENTS
 from tdev_state.usage import UsageEvent
 

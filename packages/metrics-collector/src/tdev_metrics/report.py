@@ -19,7 +19,7 @@ from tdev_metrics._aggregate import sketch_from_buckets
 from tdev_metrics._store import MetricsStore
 from tdev_metrics.exceptions import MetricValidationError
 from tdev_state import StateClient
-from tdev_state._log import get_logger
+from tdev_state.log import get_logger
 
 log = get_logger(__name__)
 

@@ -6,7 +6,7 @@ Run replicas with the `tdev-recovery-worker` console script; embed with `Recover
 
 import logging
 
-from tdev_recovery._plan import resume_pipeline
+from tdev_recovery._plan import abandon_pipeline, resume_pipeline
 from tdev_recovery.config import RetryPolicy, WorkerConfig
 from tdev_recovery.exceptions import (
     ClaimLostError,
@@ -39,6 +39,7 @@ __all__ = [
     "RetryPolicy",
     "WorkerConfig",
     "WorkerMetrics",
+    "abandon_pipeline",
     "load_resumer",
     "resume_pipeline",
 ]

@@ -29,8 +29,8 @@ from tdev_recovery.ops import OpsServer
 from tdev_recovery.resumers import load_resumer
 from tdev_recovery.worker import RecoveryWorker
 from tdev_state import StateClient, StorageUnavailableError, command
-from tdev_state._log import configure_output, get_logger
 from tdev_state.command import UsageError
+from tdev_state.log import configure_output, get_logger
 
 log = get_logger(__name__)
 

@@ -40,7 +40,7 @@ from tdev_state import (
     StateError,
     StorageUnavailableError,
 )
-from tdev_state._log import get_logger
+from tdev_state.log import get_logger
 from tdev_state.models import RecoveryCandidate
 from tdev_state.resume import NO_INPUT
 
