@@ -25,7 +25,7 @@ from tests.builders import empty_and_delete_bucket  # noqa: E402
 
 from benchmarks import adoption, console, metrics, recovery, state_client, usage  # noqa: E402
 from tdev_state import StateClient, StateConfig  # noqa: E402
-from tdev_state._log import configure_output  # noqa: E402
+from tdev_state.log import configure_output  # noqa: E402
 from tdev_state.tables import delete_tables  # noqa: E402
 
 

@@ -35,7 +35,7 @@ from demo.report import write_report
 from tdev_metrics import MetricsReader
 from tdev_metrics.usage import UsageReader
 from tdev_state import AGENTS, Session, SessionNotFoundError, SessionStatus, StateClient, StateConfig
-from tdev_state._log import configure_output
+from tdev_state.log import configure_output
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -41,7 +41,7 @@ from typing import Any
 from tests.payloads import agent_payload, generated_project
 
 from tdev_metrics import install_signal_handlers
-from tdev_metrics._plan import default_collector
+from tdev_metrics.plan import default_collector
 from tdev_state import (
     AGENTS,
     ConflictError,
@@ -52,7 +52,7 @@ from tdev_state import (
     accept_resume,
     save_user_project,
 )
-from tdev_state._plan import default_client
+from tdev_state.plan import default_client
 from tdev_state.resume import ResumeRequest
 
 #: Seconds an agent works in the demo (the real ones take tens of seconds; the proportions are kept).

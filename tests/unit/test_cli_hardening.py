@@ -18,7 +18,7 @@ from tdev_metrics import cli as metrics_cli
 from tdev_recovery import cli as worker_cli
 from tdev_state import StateClient, command
 from tdev_state import cli as tdev_cli
-from tdev_state._log import Readable
+from tdev_state.log import Readable
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from tdev_recovery._plan import abandon_pipeline
 from tdev_recovery.exceptions import NotRecoverableError
+from tdev_recovery.plan import abandon_pipeline
 from tdev_state import AGENTS, SessionNotFoundError, SessionStatus, StateClient, ValidationError
 from tdev_state._claims import HISTORY_DETAIL_CHARS
 

@@ -114,7 +114,7 @@ def test_the_plans_client_counts_into_the_plans_collector(
     built from the environment, sends its usage there."""
     import asyncio
 
-    from tdev_metrics import _plan as metrics_plan
+    from tdev_metrics import plan as metrics_plan
     from tdev_state import save_pipeline_session
 
     monkeypatch.setenv("TDEV_ENV", "planusage")

@@ -10,7 +10,7 @@ handler, session or static file is touched. Starlette's TrustedHostMiddleware co
 cutting at the first `:`, which breaks on IPv6 (`[::1]:8080`), so this is our own, small, check.
 
 **Run ids in paths.** A stored id may hold characters that end or redirect a path (`/`, `?`, `#`, `%`,
-`..`) when it predates the identifier rule (`tdev_state._validate.identifier`) or was written behind the
+`..`) when it predates the identifier rule (`tdev_state.validate.identifier`) or was written behind the
 library's back. Every link percent-encodes the id as one segment, and routing matches the *raw* path the
 browser sent, so `%2F` stays inside the segment instead of becoming a separator. The ids `.` and `..`
 cannot be a segment in any encoding (browsers resolve `%2e%2e` too); they are written `!.` and `!..` —

@@ -7,7 +7,6 @@ summaries with percentiles and A/B comparisons; `tdev-metrics report` prints and
 
 import logging
 
-from tdev_metrics._plan import configure, record_metric
 from tdev_metrics.collector import CollectorConfig, MetricsCollector, install_signal_handlers
 from tdev_metrics.exceptions import (
     BufferFullError,
@@ -15,6 +14,7 @@ from tdev_metrics.exceptions import (
     MetricsError,
     MetricValidationError,
 )
+from tdev_metrics.plan import configure, record_metric
 from tdev_metrics.report import Comparison, Interval, MetricsReader, Summary
 
 # A library is quiet unless the host configures logging (Python logging HOWTO, "Configuring Logging for a

@@ -6,7 +6,6 @@ Run replicas with the `tdev-recovery-worker` console script; embed with `Recover
 
 import logging
 
-from tdev_recovery._plan import abandon_pipeline, resume_pipeline
 from tdev_recovery.config import RetryPolicy, WorkerConfig
 from tdev_recovery.exceptions import (
     ClaimLostError,
@@ -17,6 +16,7 @@ from tdev_recovery.exceptions import (
     ResumeRejected,
 )
 from tdev_recovery.metrics import WorkerMetrics
+from tdev_recovery.plan import abandon_pipeline, resume_pipeline
 from tdev_recovery.resumers import CompletedAgent, HttpResumer, ResumeRequest, load_resumer
 from tdev_recovery.worker import Outcome, RecoveryWorker
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from tdev_recovery.exceptions import RecoveryError
 from tdev_state import RecoveryPolicy, RunPolicy, ValidationError
-from tdev_state import _validate as check
+from tdev_state import validate as check
 
 
 def _default_worker_id() -> str:

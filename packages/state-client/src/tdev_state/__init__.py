@@ -12,14 +12,6 @@ import logging
 from tdev_state._claims import Claim
 from tdev_state._jsonform import LossyValue
 from tdev_state._liveness import LivenessObserver, RecoveryPolicy, Verdict
-from tdev_state._plan import (
-    configure,
-    get_failed_sessions,
-    resume_pipeline,
-    save_pipeline_session,
-    save_user_project,
-    update_agent_execution,
-)
 from tdev_state._resume_route import accept_resume, resume_app
 from tdev_state.client import AsyncStateClient, StateClient
 from tdev_state.config import StateConfig
@@ -70,6 +62,14 @@ from tdev_state.pipeline_run import (
     PipelineRun,
     ProgressEvent,
     deferred_writes,
+)
+from tdev_state.plan import (
+    configure,
+    get_failed_sessions,
+    resume_pipeline,
+    save_pipeline_session,
+    save_user_project,
+    update_agent_execution,
 )
 
 # A library is quiet unless the host configures logging (Python logging HOWTO, "Configuring Logging for a

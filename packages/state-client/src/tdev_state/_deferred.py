@@ -25,8 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tdev_state._log import get_logger
 from tdev_state.exceptions import StateError, StorageError, ValidationError
+from tdev_state.log import get_logger
 
 log = get_logger(__name__)
 

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tdev_state import _codec, _inputs
-from tdev_state import _validate as check
+from tdev_state import validate as check
 from tdev_state._items import ItemReader
 from tdev_state._lifecycle import (
     AGENT_RULES,
@@ -37,7 +37,6 @@ from tdev_state._lifecycle import (
     agent_sort_key,
 )
 from tdev_state._liveness import LivenessStamps, declared_silence
-from tdev_state._log import get_logger
 from tdev_state._sessions import emit_run_end, payload_scoped, session_reader
 from tdev_state.dynamo import DynamoLayer, Item, TransactAction, TransactionCancelled, current_write
 from tdev_state.exceptions import (
@@ -49,6 +48,7 @@ from tdev_state.exceptions import (
     SessionNotFoundError,
     StateError,
 )
+from tdev_state.log import get_logger
 from tdev_state.models import (
     AGENT_STEP,
     AGENTS,

@@ -15,9 +15,9 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from tdev_state._log import get_logger
 from tdev_state.dynamo import Item
 from tdev_state.exceptions import MalformedItemError
+from tdev_state.log import get_logger
 from tdev_state.models import from_epoch
 
 E = TypeVar("E", bound=StrEnum)

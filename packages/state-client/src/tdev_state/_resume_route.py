@@ -22,7 +22,6 @@ import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from tdev_state._log import get_logger
 from tdev_state.client import AsyncStateClient
 from tdev_state.exceptions import (
     ConflictError,
@@ -32,6 +31,7 @@ from tdev_state.exceptions import (
     StateError,
     ValidationError,
 )
+from tdev_state.log import get_logger
 from tdev_state.models import SessionStatus
 from tdev_state.pipeline_run import PipelineRun
 from tdev_state.resume import ResumeRequest

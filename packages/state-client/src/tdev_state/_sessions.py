@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from tdev_state import _codec
-from tdev_state import _validate as check
+from tdev_state import validate as check
 from tdev_state._expr import Expr
 from tdev_state._items import ItemReader, readable
 from tdev_state._lifecycle import (
@@ -23,7 +23,6 @@ from tdev_state._lifecycle import (
     status_effects,
 )
 from tdev_state._liveness import LivenessStamps, RecoveryPolicy, declared_silence
-from tdev_state._log import get_logger
 from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item, TransactAction, TransactionCancelled
 from tdev_state.exceptions import (
     ConflictError,
@@ -34,6 +33,7 @@ from tdev_state.exceptions import (
     StateError,
     ValidationError,
 )
+from tdev_state.log import get_logger
 from tdev_state.models import (
     AGENT_STEP,
     AGENTS,

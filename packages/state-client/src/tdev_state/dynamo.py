@@ -45,7 +45,6 @@ from botocore.exceptions import (
 from tdev_state._chunks import ChunkNames
 from tdev_state._crypto import FieldCipher
 from tdev_state._jsonform import safe_repr
-from tdev_state._log import get_logger
 from tdev_state.config import StateConfig
 from tdev_state.exceptions import (
     AccessDeniedError,
@@ -58,6 +57,7 @@ from tdev_state.exceptions import (
     TableMissingError,
     ValidationError,
 )
+from tdev_state.log import get_logger
 from tdev_state.usage import UsageEmitter
 
 if TYPE_CHECKING:

@@ -1,10 +1,85 @@
-"""The logging the T-Developer packages share, as a public face over `tdev_state._log`.
+"""Logging: structlog's key-value API over the standard `logging` module. A library is quiet.
 
-`get_logger(name)` is a structlog logger bound to stdlib `logging` (silent unless the host configures
-logging); `configure_output(...)` is for entry points only — a CLI or a worker decides console or JSON lines.
-The packages built on `tdev_state` import these names from here, never from the private module.
+Every module of the three packages logs through `get_logger(__name__)`: a structlog logger wrapped around
+`logging.getLogger(name)`, with its own two processors — drop what the stdlib level filters out (before any
+formatting work), then hand the record to stdlib as a message (`event key=value …`) with the fields attached
+as `record.tdev_event` / `record.tdev_fields`. Nothing here configures structlog globally or adds a handler
+beyond each package's `NullHandler`, so a host application that logs at WARNING sees none of our INFO lines,
+and one that prints nothing gets nothing on stdout or stderr.
+
+Entry points (the CLIs, the worker, the demo) decide the output with `configure_output()`: JSON lines in
+containers and pipes, readable lines on a terminal.
 """
 
-from tdev_state._log import configure_output, get_logger
+from __future__ import annotations
 
-__all__ = ["configure_output", "get_logger"]
+import json
+import logging
+import sys
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+PACKAGES = ("tdev_state", "tdev_recovery", "tdev_metrics", "tdev_console")
+
+
+def _to_stdlib(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
+    event = str(event_dict.pop("event", ""))
+    fields = dict(event_dict)
+    text = " ".join([event, *(f"{k}={v}" for k, v in fields.items())])
+    return {"msg": text, "extra": {"tdev_event": event, "tdev_fields": fields}}
+
+
+def get_logger(name: str) -> Any:
+    """The logger of module `name` (pass `__name__`)."""
+    return structlog.wrap_logger(
+        logging.getLogger(name),
+        processors=[structlog.stdlib.filter_by_level, _to_stdlib],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per record: time, level, logger, event and its fields (containers, log shippers)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": getattr(record, "tdev_event", record.getMessage()),
+            **getattr(record, "tdev_fields", {}),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class Readable(logging.Formatter):
+    """A line for a terminal: log fields often quote stored text (ids, errors), so every character a
+    terminal would act on (escape sequences, bidi overrides) is shown escaped (command.printable)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from tdev_state.command import printable  # command imports the config, which logs: import late
+
+        return printable(super().format(record), keep_newlines=True)
+
+
+def configure_output(level: str | int = "WARNING", *, json_lines: bool | None = None) -> None:
+    """For entry points only: send the packages' logs to stderr at `level`, as JSON lines when stderr is
+    not a terminal (or `json_lines=True`), as readable lines otherwise. Idempotent."""
+    handler = logging.StreamHandler(sys.stderr)
+    as_json = (not sys.stderr.isatty()) if json_lines is None else json_lines
+    handler.setFormatter(
+        JsonLines() if as_json else Readable("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
+    for name in PACKAGES:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, "_tdev_output", False)]:
+            logger.removeHandler(old)
+        handler._tdev_output = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(level if isinstance(level, int) else level.upper())
+        logger.propagate = False  # the entry point owns the output: no second copy through the root

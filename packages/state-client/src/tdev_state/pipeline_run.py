@@ -42,10 +42,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
-from tdev_state import _validate as check
+from tdev_state import validate as check
 from tdev_state._deferred import RETRY, DeferPolicy, DeferredWrites, PendingWrite, is_transient
 from tdev_state._executions import ExecutionStore
-from tdev_state._log import get_logger
 from tdev_state.client import AsyncStateClient
 from tdev_state.exceptions import (
     InvalidTransitionError,
@@ -55,6 +54,7 @@ from tdev_state.exceptions import (
     StateError,
     ValidationError,
 )
+from tdev_state.log import get_logger
 from tdev_state.models import (
     AGENT_STEP,
     AGENTS,

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from tdev_state._log import get_logger
 from tdev_state.exceptions import StateError
+from tdev_state.log import get_logger
 from tdev_state.schema import ALL_TABLES
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-from tdev_state._log import get_logger
+from tdev_state.log import get_logger
 
 log = get_logger(__name__)
 

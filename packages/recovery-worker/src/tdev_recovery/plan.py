@@ -10,8 +10,8 @@ from tdev_recovery.exceptions import LiveRunError, NotRecoverableError, ResumerC
 from tdev_recovery.resumers import Resumer, ResumeRequest, load_resumer
 from tdev_recovery.worker import RecoveryWorker
 from tdev_state import Claim, LivenessObserver, SessionStatus, StateClient, ValidationError
-from tdev_state import _validate as check
-from tdev_state._plan import default_client
+from tdev_state import validate as check
+from tdev_state.plan import default_client
 
 
 async def resume_pipeline(

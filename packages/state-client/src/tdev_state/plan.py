@@ -23,7 +23,7 @@ from datetime import timedelta
 from importlib.metadata import entry_points
 from typing import Any
 
-from tdev_state import _validate as check
+from tdev_state import validate as check
 from tdev_state.client import AsyncStateClient, StateClient
 from tdev_state.config import StateConfig
 from tdev_state.exceptions import (
