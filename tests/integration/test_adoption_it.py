@@ -18,9 +18,9 @@ from tdev_state import (
     SessionStatus,
     StateClient,
     StateConfig,
-    _resume_route,
     deferred_writes,
 )
+from tdev_state.adoption import resume_route as _resume_route
 from tdev_state.resume import CompletedAgent, ResumeRequest
 
 from ..adoption_flows import FixedNow, adopted, original, post, run, stored

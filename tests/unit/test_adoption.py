@@ -19,9 +19,9 @@ from tdev_state import (
     AsyncStateClient,
     SessionStatus,
     StateClient,
-    _resume_route,
     deferred_writes,
 )
+from tdev_state.adoption import resume_route as _resume_route
 from tdev_state.resume import CompletedAgent, ResumeRequest
 
 from ..adoption_flows import HUNG_DEFER, FixedNow, adopted, original, post, run, stored

@@ -20,9 +20,9 @@ from tdev_state import (
     SessionStatus,
     StateClient,
     ValidationError,
-    _resume_route,
     deferred_writes,
 )
+from tdev_state.adoption import resume_route as _resume_route
 from tdev_state.resume import ResumeRequest
 
 from ..adoption_flows import TEST_DEFER, adopted, post, run, stored

@@ -12,7 +12,7 @@ import logging
 from tdev_state._claims import Claim
 from tdev_state._jsonform import LossyValue
 from tdev_state._liveness import LivenessObserver, RecoveryPolicy, Verdict
-from tdev_state._resume_route import accept_resume, resume_app
+from tdev_state.adoption.resume_route import accept_resume, resume_app
 from tdev_state.client import AsyncStateClient, StateClient
 from tdev_state.config import StateConfig
 from tdev_state.exceptions import (

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from tdev_state.adoption.run import PipelineRun
 from tdev_state.client import AsyncStateClient
 from tdev_state.exceptions import (
     ConflictError,
@@ -33,7 +34,6 @@ from tdev_state.exceptions import (
 )
 from tdev_state.log import get_logger
 from tdev_state.models import SessionStatus
-from tdev_state.pipeline_run import PipelineRun
 from tdev_state.resume import ResumeRequest
 
 log = get_logger(__name__)
