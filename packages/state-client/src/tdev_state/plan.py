@@ -343,11 +343,6 @@ def _only(values: Mapping[str, Any], *keys: str) -> dict[str, Any]:
     return {k: values[k] for k in keys if k in values}
 
 
-def _reset_for_tests() -> None:
-    """Forget the process-wide client (tests that change the environment call this)."""
-    configure(None)
-
-
 async def resume_pipeline(session_id: str, **options: Any) -> dict[str, Any]:
     """The plan's call: resume one failed or stalled run now (implemented by tdev-recovery-worker).
 
