@@ -23,23 +23,18 @@ from __future__ import annotations
 import atexit
 import contextlib
 import math
-import os
 import random
-import signal
 import sys
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from types import FrameType
-from typing import Any, Literal
+from datetime import datetime
 
 from tdev_metrics._aggregate import Aggregate, Key
-from tdev_metrics._store import MetricsStore, Write, plan_writes
-from tdev_metrics._usage_store import ITEM_BUDGET
+from tdev_metrics._buffers import Pending, Shard
+from tdev_metrics._process import LIVE, flush_at_multiprocessing_exit, install_signal_handlers
+from tdev_metrics._store import MetricsStore, plan_writes
 from tdev_metrics._validate import (
     LARGEST,
     SMALLEST,
@@ -49,79 +44,14 @@ from tdev_metrics._validate import (
     out_of_range,
     show,
 )
+from tdev_metrics.config import CollectorConfig
 from tdev_metrics.exceptions import BufferFullError, CollectorClosedError, MetricValidationError
 from tdev_metrics.usage import UsageBuffer
 from tdev_state import PayloadTooLargeError, StateClient, StateError, ValidationError
 from tdev_state.log import get_logger
-from tdev_state.models import AGENTS
 from tdev_state.usage import UsageEvent
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class CollectorConfig:
-    """Buffering and delivery settings."""
-
-    flush_interval: float = 10.0
-    #: Records since the last flush that trigger an early one.
-    flush_at_records: int = 50_000
-    #: Distinct keys held in memory at most (buffered + awaiting delivery).
-    max_keys: int = 10_000
-    overflow: Literal["drop", "raise"] = "drop"
-    #: Agents accepted; None accepts any well-formed name (the pipeline's nine by default).
-    agents: frozenset[str] | None = frozenset(AGENTS)
-    max_backoff: float = 60.0
-    #: Usage events of a run are held in memory until the run ends here, or this many seconds pass, so one
-    #: flush writes a whole run's usage (tdev_metrics.usage).
-    usage_hold_seconds: float = 300.0
-    #: Bytes past which a usage item is marked full and writers go on in its next shard (a smaller item
-    #: also makes each usage write cheaper: DynamoDB bills a write per KB of the item).
-    usage_item_budget: int = ITEM_BUDGET
-
-    def __post_init__(self) -> None:
-        for name in ("flush_interval", "max_backoff", "usage_hold_seconds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-                raise MetricValidationError(
-                    f"{name} must be a positive number of seconds, got {show(value, 40)}"
-                )
-        budget = self.usage_item_budget
-        if isinstance(budget, bool) or not isinstance(budget, int) or not 1024 <= budget <= 256 * 1024:
-            raise MetricValidationError(
-                f"usage_item_budget must be a whole number of bytes in 1024..262144, got {show(budget, 40)}"
-            )
-        for name in ("flush_at_records", "max_keys"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise MetricValidationError(f"{name} must be a whole number >= 1, got {show(value, 40)}")
-        if self.overflow not in ("drop", "raise"):
-            raise MetricValidationError(f"overflow must be 'drop' or 'raise', got {show(self.overflow, 40)}")
-        agents: object = self.agents
-        if agents is not None and (
-            not isinstance(agents, set | frozenset) or not all(isinstance(a, str) and a for a in agents)
-        ):
-            raise MetricValidationError(
-                f"agents must be a set of agent names or None, got {show(agents, 60)}"
-            )
-
-
-@dataclass(slots=True)
-class _Shard:
-    """One thread's buffer. Only its thread writes it; a flush swaps `aggs` out under `lock`."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    aggs: dict[tuple[int, str, str, str | None], Aggregate] = field(default_factory=dict)
-    records: int = 0
-    #: True while its thread is inside record() (a signal handler on that thread must not flush).
-    busy: bool = False
-
-
-@dataclass
-class _Pending:
-    """A key's data handed to delivery: writes not yet confirmed (kept verbatim for retries)."""
-
-    writes: list[Write]
 
 
 class MetricsCollector:
@@ -155,7 +85,7 @@ class MetricsCollector:
         #: The writer id of the process this one was forked from (None in the process that built it).
         self.forked_from: str | None = None
         self._fresh_state()
-        _live.add(self)
+        LIVE.add(self)
         self._usage_emitter = client.layer.usage if usage else None
         if self._usage_emitter is not None:
             self._usage_emitter.attach(self)
@@ -168,10 +98,10 @@ class MetricsCollector:
         self.writer_id = self._writer_prefix + uuid.uuid4().hex[:12]
         self._store = MetricsStore(self._layer, self.writer_id)
         self._local = threading.local()
-        self._shards: list[_Shard] = []
+        self._shards: list[Shard] = []
         self._shards_lock = threading.Lock()
         self._keys: set[Key] = set()  # keys buffered in shards, for the max_keys bound
-        self._pending: dict[Key, _Pending] = {}  # handed to delivery, not yet confirmed
+        self._pending: dict[Key, Pending] = {}  # handed to delivery, not yet confirmed
         self._staged: dict[Key, Aggregate] = {}  # collected, waiting behind a pending write
         self._flush_lock = threading.Lock()
         self._seq = int(time.time() * 1000)  # strictly increasing across restarts of this writer id
@@ -222,7 +152,7 @@ class MetricsCollector:
         if mp_util is not None and not self._closed:
             # A multiprocessing child ends with os._exit() after its finalizers, never running atexit:
             # register the final flush there (after multiprocessing clears the inherited finalizers).
-            mp_util.register_after_fork(self, _flush_at_multiprocessing_exit)
+            mp_util.register_after_fork(self, flush_at_multiprocessing_exit)
         log.info("metrics.forked", writer_id=self.writer_id, forked_from=parent)
 
     def _start_after_fork(self) -> None:
@@ -281,7 +211,7 @@ class MetricsCollector:
             )
         moment = self._clock() if timestamp is None else epoch_seconds(timestamp, self._clock())
         key = (int(moment // 3600), metric_name, agent_name, variant)  # a plain tuple: Key() is 10x dearer
-        shard: _Shard | None = getattr(self._local, "shard", None)
+        shard: Shard | None = getattr(self._local, "shard", None)
         if shard is None:
             shard = self._new_shard()
         shard.busy = True  # a signal handler arriving now must not flush (we may hold the shard lock)
@@ -304,10 +234,10 @@ class MetricsCollector:
         if self._deferred_signal is not None:
             self._run_deferred_signal()
 
-    def _new_shard(self) -> _Shard:
+    def _new_shard(self) -> Shard:
         if self._start_on_use:  # the first record of a forked child (its thread-local shard is new)
             self._start_after_fork()
-        shard = _Shard()
+        shard = Shard()
         with self._shards_lock:
             self._shards.append(shard)
         self._local.shard = shard
@@ -387,7 +317,7 @@ class MetricsCollector:
                     self._staged[key] = agg
             for key in list(self._staged):
                 if key not in self._pending:
-                    self._pending[key] = _Pending(plan_writes(self._staged.pop(key), self._next_seq))
+                    self._pending[key] = Pending(plan_writes(self._staged.pop(key), self._next_seq))
 
     def _deliver(self, key: Key) -> bool:
         pending = self._pending[key]
@@ -428,7 +358,7 @@ class MetricsCollector:
         with self._shards_lock:
             del self._pending[key]
             if key in self._staged:  # newer data waited behind this write: it goes next time
-                self._pending[key] = _Pending(plan_writes(self._staged.pop(key), self._next_seq))
+                self._pending[key] = Pending(plan_writes(self._staged.pop(key), self._next_seq))
         return True
 
     def _next_seq(self) -> int:
@@ -501,7 +431,7 @@ class MetricsCollector:
 
     def in_critical_section(self) -> bool:
         """True while the calling thread is inside record() or flush() (signal handlers defer then)."""
-        shard: _Shard | None = getattr(self._local, "shard", None)
+        shard: Shard | None = getattr(self._local, "shard", None)
         return bool(getattr(self._local, "busy", False)) or (shard is not None and shard.busy)
 
     def defer_until_safe(self, action: Callable[[], None]) -> None:
@@ -515,57 +445,4 @@ class MetricsCollector:
         self.close()
 
 
-#: Every collector of this process, for the fork hook (weak: a collector nobody holds is not kept alive).
-_live: weakref.WeakSet[MetricsCollector] = weakref.WeakSet()
-
-
-def _reset_collectors_in_child() -> None:
-    for collector in list(_live):
-        try:
-            collector._after_fork_in_child()
-        except Exception as exc:  # never let a hook fail a fork; the collector says so when used
-            log.error("metrics.fork_reset_failed", error=repr(exc))  # noqa: TRY400
-
-
-def _flush_at_multiprocessing_exit(collector: MetricsCollector) -> None:
-    import multiprocessing.util  # only here, where multiprocessing is already in use
-
-    multiprocessing.util.Finalize(collector, collector.close, exitpriority=10)
-
-
-if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
-    os.register_at_fork(after_in_child=_reset_collectors_in_child)
-
-
-def install_signal_handlers(
-    collector: MetricsCollector, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
-) -> None:
-    """For the process's entry point: on SIGTERM/SIGINT flush the collector, then do what the previous
-    handler would have done (the default: terminate). Must be called from the main thread.
-
-    A signal that lands while the main thread is inside record() or flush() is handled the moment it
-    leaves them: flushing from inside would wait forever on the lock the main thread itself holds.
-    """
-    for signum in signals:
-        previous = signal.getsignal(signum)
-
-        def terminate(num: int, frame: FrameType | None, previous: Any = previous) -> None:
-            collector.close()
-            if callable(previous):
-                previous(num, frame)
-            elif previous == signal.SIG_DFL:
-                signal.signal(num, signal.SIG_DFL)
-                signal.raise_signal(num)
-
-        def handler(num: int, frame: FrameType | None, terminate: Any = terminate) -> None:
-            if collector.in_critical_section():
-                collector.defer_until_safe(lambda: terminate(num, frame))
-            else:
-                terminate(num, frame)
-
-        signal.signal(signum, handler)
-
-
-def utc_hour(moment: float) -> datetime:
-    """The start of the UTC hour containing `moment` (for reports and tests)."""
-    return datetime.fromtimestamp(int(moment // 3600) * 3600, UTC)
+__all__ = ["CollectorConfig", "MetricsCollector", "install_signal_handlers"]
