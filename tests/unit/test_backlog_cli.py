@@ -352,3 +352,46 @@ def test_tdev_finds_the_backlog_command(
     """The umbrella `tdev` runs `tdev backlog` from its entry point (here: a dry run on moto's tables)."""
     monkeypatch.setenv("TDEV_ENV", client.config.env)
     assert tdev(["backlog", "list", "--failed-only", "-q"]) == 0
+
+
+@pytest.fixture
+def refusing_pipeline() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A resume endpoint that refuses every run for good (HTTP 400)."""
+    received: list[dict[str, Any]] = []
+
+    def refuse(body: dict[str, Any]) -> int:
+        received.append(body)
+        return 400
+
+    server, url = serve_resume_endpoint(refuse)
+    yield url, received
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_resume_the_pipeline_refuses_is_one_line_with_what_became_of_the_run(
+    client: StateClient,
+    runs: Runs,
+    capsys: pytest.CaptureFixture[str],
+    refusing_pipeline: tuple[str, list[Any]],
+) -> None:
+    """The claim went through but the pipeline refused for good: exit 1, the run's fate and why."""
+    assert backlog(client, "resume", runs.failed, "--resumer", refusing_pipeline[0], "--no-usage") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"refused {runs.failed}: outcome abandoned: ")
+    assert "400" in err
+
+
+def test_a_batch_stops_at_the_first_run_the_pipeline_does_not_take(
+    client: StateClient,
+    runs: Runs,
+    capsys: pytest.CaptureFixture[str],
+    refusing_pipeline: tuple[str, list[Any]],
+) -> None:
+    """A pipeline that refuses (or a wrong resumer) costs one run, not the backlog: the rest are not tried."""
+    url, received = refusing_pipeline
+    assert backlog(client, "resume", "--all", "--resumer", url, "--no-usage") == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith(f"refused {runs.failed}: not tried: the pipeline did not take {runs.stalled}")
+    assert [r["session_id"] for r in received] == [runs.stalled]
+    assert client.sessions.get(runs.failed).status is SessionStatus.FAILED

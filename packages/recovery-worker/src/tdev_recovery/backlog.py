@@ -226,17 +226,35 @@ async def act_on_all(
     reason: str = "",
     on_result: Callable[[ActionResult], None] | None = None,
 ) -> list[ActionResult]:
-    """Each run in turn, in the order given. A store outage stops the batch (the next claims would fail
-    too: StorageUnavailableError is raised); any other error of one run is that run's refusal, and the batch
-    goes on. `on_result` sees each result as it happens (a batch may take a while)."""
-    results = []
+    """Each run in turn, in the order given. `on_result` sees each result as it happens (a batch may take
+    a while).
+
+    - A refusal, or any error of one run but the store's, is that run's result; the batch goes on.
+    - A store outage stops the batch (StorageUnavailableError is raised: the next claims would fail too).
+    - A resume the pipeline did not take (claimed, its attempts spent, the run ABANDONED by the worker's
+      rule) stops the batch too: the next runs would go the same way — a wrong resumer URL or a pipeline
+      that is down must cost one run, not the whole backlog. The runs left are results saying so.
+    """
+    results: list[ActionResult] = []
+    stopped_by: str | None = None
     for row in rows:
-        try:
-            result = await act(row, action, client=client, config=config, resumer=resumer, reason=reason)
-        except StorageUnavailableError:
-            raise
-        except StateError as exc:
-            result = ActionResult(row, action, ok=False, reason=f"{type(exc).__name__}: {exc}")
+        if stopped_by is not None:
+            result = ActionResult(
+                row,
+                action,
+                ok=False,
+                reason=f"not tried: the pipeline did not take {stopped_by}, so the "
+                "batch stopped (check the resumer, then run it again)",
+            )
+        else:
+            try:
+                result = await act(row, action, client=client, config=config, resumer=resumer, reason=reason)
+            except StorageUnavailableError:
+                raise
+            except StateError as exc:
+                result = ActionResult(row, action, ok=False, reason=f"{type(exc).__name__}: {exc}")
+            if action == RESUME and result.outcome is not None and not result.ok:
+                stopped_by = row.session_id
         if on_result is not None:
             on_result(result)
         results.append(result)
