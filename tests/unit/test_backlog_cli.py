@@ -225,8 +225,17 @@ def test_a_live_run_is_refused_in_one_line_and_left_alone(
     err = capsys.readouterr().err
     assert err.startswith(f"refused {runs.healthy}: ")
     assert "live" in err
+    assert "pass --force" in err  # the flag, not the plan's Python argument
     assert len(err.strip().splitlines()) == 1
     assert client.sessions.candidate(runs.healthy).version == before.version
+
+
+def test_force_takes_a_live_run_as_the_plan_does(
+    client: StateClient, runs: Runs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--force` with one id is the plan's force=True: the live run is abandoned under a claim."""
+    assert backlog(client, "abandon", runs.healthy, "--reason", "wrong request", "--force", "--no-usage") == 0
+    assert client.sessions.get(runs.healthy).status is SessionStatus.ABANDONED
 
 
 def test_a_final_run_is_refused(client: StateClient, runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
@@ -250,6 +259,7 @@ def test_a_final_run_is_refused(client: StateClient, runs: Runs, capsys: pytest.
         (["abandon", "--all"], 2, "--reason"),
         (["list", "--older-than", "soon"], 2, "not a duration"),
         (["resume", "x", "--failed-only", "--dry-run"], 2, "go with --all"),
+        (["abandon", "--all", "--force", "--reason", "r"], 2, "one named run"),
     ],
 )
 def test_bad_arguments_are_one_line_without_a_traceback(  # noqa: PLR0917 - fixtures and parameters

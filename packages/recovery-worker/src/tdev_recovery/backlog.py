@@ -177,10 +177,12 @@ class ActionResult:
         }
 
 
-def preview(row: BacklogEntry, action: str) -> ActionResult:
-    """A dry run: the rule's verdict now; nothing is claimed or written."""
+def preview(row: BacklogEntry, action: str, *, force: bool = False) -> ActionResult:
+    """A dry run: the rule's verdict now (with `force`, as the plan's force reads it: an open run no lease
+    holds); nothing is claimed or written."""
     _check_action(action)
-    if row.verdict.claimable:
+    forced = force and row.run.status in (SessionStatus.ACTIVE, SessionStatus.FAILED) and not row.lease_holder
+    if row.verdict.claimable or forced:
         return ActionResult(row, action, ok=True, dry_run=True)
     return ActionResult(row, action, ok=False, reason=row.verdict.reason, dry_run=True)
 
@@ -193,17 +195,19 @@ async def act(
     config: WorkerConfig,
     resumer: Resumer | None = None,
     reason: str = "",
+    force: bool = False,
 ) -> ActionResult:
     """One run through the plan's call (`resume_pipeline` / `abandon_pipeline`: the worker's claim path).
     A refusal by the rule or the claim (live, leased, final, changed meanwhile) is a result, not an error;
-    any other error (the store, a vanished run) is raised."""
+    any other error (the store, a vanished run) is raised. `force` is the plan's: it takes a run that is
+    only live by its window or cool-down, never one a worker's lease holds."""
     _check_action(action)
     sid = row.session_id
     try:
         if action == RESUME:
-            done = await resume_pipeline(sid, resumer=resumer, client=client, config=config)
+            done = await resume_pipeline(sid, resumer=resumer, client=client, config=config, force=force)
         else:
-            done = await abandon_pipeline(sid, reason=reason, client=client, config=config)
+            done = await abandon_pipeline(sid, reason=reason, client=client, config=config, force=force)
     except NotRecoverableError as exc:
         return ActionResult(row, action, ok=False, reason=str(exc))
     outcome, token = str(done["outcome"]), int(done["fencing_token"])

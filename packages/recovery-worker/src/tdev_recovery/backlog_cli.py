@@ -170,6 +170,12 @@ def _action(sub: Any, target: argparse.ArgumentParser, name: str, text: str) -> 
         "--dry-run", action="store_true", help="say what would happen to each run; write nothing"
     )
     made.add_argument(
+        "--force",
+        action="store_true",
+        help="with one ID: act even while the run is live by its window or cool-down (never while a "
+        "worker's lease holds it)",
+    )
+    made.add_argument(
         "--worker-id",
         default=None,
         help="the name this action's claim records (default: cli-HOST-PID)",
@@ -261,8 +267,8 @@ def _usage_on(args: argparse.Namespace) -> bool:
 
 def _rule_text(policy: RecoveryPolicy) -> str:
     if policy.stall_threshold is not None:
-        return f"stalled = ACTIVE and silent {_human(policy.stall_threshold)} (--stall-threshold)"
-    return "stalled = ACTIVE and silent past its own declared window"
+        return f"stalled: ACTIVE and silent {_human(policy.stall_threshold)} or more, the --stall-threshold"
+    return "stalled: ACTIVE and silent past its agent's declared window"
 
 
 def _lease_text(row: BacklogEntry, now: datetime, style: str) -> str:
@@ -275,7 +281,7 @@ def _lease_text(row: BacklogEntry, now: datetime, style: str) -> str:
 
 def _print_table(rows: Sequence[BacklogEntry], now: datetime, style: str) -> None:
     """Plain aligned columns: full ids, nothing cut, greppable and pasteable (no colour, no rich)."""
-    header = ("KIND", "SESSION ID", "IDLE", "LAST UPDATE", "AGENT", "ATTEMPTS", "RESUMES", "LEASE", "ACTION")
+    header = ("STATE", "SESSION ID", "IDLE", "LAST UPDATE", "AGENT", "ATTEMPTS", "RESUMES", "LEASE", "ACTION")
     lines = [
         (
             row.state,
@@ -319,8 +325,8 @@ def backlog_list(args: argparse.Namespace, client: StateClient) -> int:
         failed = sum(1 for r in rows if r.state == BacklogKind.FAILED.value)
         ready = sum(1 for r in rows if r.verdict.claimable)
         print(
-            f"{len(rows)} run(s): {failed} FAILED, {len(rows) - failed} stalled; {ready} ready to act on "
-            f"({_rule_text(policy)})"
+            f"{len(rows)} run(s): {failed} FAILED, {len(rows) - failed} stalled; {ready} ready to act on; "
+            f"{_rule_text(policy)}"
         )
     if not rows:
         print("the backlog is empty (for these filters)", file=sys.stderr)
@@ -341,7 +347,9 @@ def _line(result: ActionResult) -> str:
         return f"would refuse {sid}: {command.printable(result.reason)}"
     if result.ok:
         return f"{result.outcome} {sid} ({what}; fencing token {result.fencing_token})"
-    return f"refused {sid}: {command.printable(result.reason)}"
+    # The plan's refusal names its Python argument; on this command line it is the flag.
+    why = (result.reason or "").replace("pass force=True", "pass --force")
+    return f"refused {sid}: {command.printable(why)}"
 
 
 def _select(
@@ -351,6 +359,8 @@ def _select(
     backlog's runs the filters select."""
     if args.all == (args.session_id is not None):
         raise UsageError(f"name one run (tdev backlog {args.command} ID) or pass --all, not both or neither")
+    if args.force and args.session_id is None:
+        raise UsageError("--force acts on one named run only, never on --all")
     if args.session_id is not None:
         if args.failed_only or args.stalled_only or args.agent or args.older_than:
             raise UsageError("--failed-only, --stalled-only, --agent and --older-than go with --all")
@@ -415,7 +425,15 @@ def _execute(
                 )
             )
         # One named run: its errors keep their own exit codes (not found 1, bad id 2, store 3).
-        one = act(rows[0], args.command, client=client, config=config, resumer=resumer, reason=reason)
+        one = act(
+            rows[0],
+            args.command,
+            client=client,
+            config=config,
+            resumer=resumer,
+            reason=reason,
+            force=args.force,
+        )
         return [asyncio.run(one)]
     finally:
         if collector is not None:
@@ -441,7 +459,7 @@ def backlog_action(args: argparse.Namespace, client: StateClient) -> int:
             print(json.dumps(_batch_json(action, args.dry_run, [])))
         return EXIT_NOT_FOUND
     if args.dry_run:
-        results = [preview(row, action) for row in rows]
+        results = [preview(row, action, force=args.force) for row in rows]
     else:
         results = _execute(args, client, rows=rows, config=config, resumer=resumer, reason=reason)
     if args.json:
