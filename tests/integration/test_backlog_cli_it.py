@@ -116,6 +116,16 @@ def test_the_backlog_from_the_terminal(setup: Setup) -> None:
     assert all(sid in table.stdout for sid in by_id)  # full ids, never cut
     assert "3 run(s): 3 FAILED, 0 stalled; 2 ready" in table.stdout
 
+    piped = subprocess.run(  # a reader that quits before the table comes: a quiet end, not a traceback
+        ["bash", "-c", f"{TDEV} backlog list | true; exit ${{PIPESTATUS[0]}}"],
+        env=setup.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (piped.returncode, piped.stderr) == (0, "")
+
     versions = {sid: setup.client.sessions.candidate(sid).version for sid in by_id}
     dry = tdev(setup, "resume", "--all", "--dry-run")
     assert dry.returncode == 1, dry.stderr  # the leased run would be refused

@@ -518,7 +518,14 @@ def main(
             if client is None:
                 own.close()
 
-    return command.run(body)
+    try:
+        return command.run(body)
+    except BrokenPipeError:
+        # The reader quit early (`| head`): end quietly, as a filter does. stdout is pointed at devnull so
+        # the interpreter's own flush at exit cannot raise again. (Goes once tdev_state.command does it.)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":
