@@ -174,6 +174,7 @@ def test_a_held_lease_is_shown_and_refused(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert "w9" in err
+    assert "force" not in err  # no flag lifts a worker's lease
     assert pipeline[1] == []
 
 

@@ -267,8 +267,9 @@ def _usage_on(args: argparse.Namespace) -> bool:
 
 def _rule_text(policy: RecoveryPolicy) -> str:
     if policy.stall_threshold is not None:
-        return f"stalled: ACTIVE and silent {_human(policy.stall_threshold)} or more, the --stall-threshold"
-    return "stalled: ACTIVE and silent past its agent's declared window"
+        threshold = _human(policy.stall_threshold)
+        return f"stalled = ACTIVE and silent for {threshold}+ (the worker's stall threshold)"
+    return "stalled = ACTIVE and silent past its agent's declared window (the worker's rule)"
 
 
 def _lease_text(row: BacklogEntry, now: datetime, style: str) -> str:
@@ -337,7 +338,10 @@ def backlog_list(args: argparse.Namespace, client: StateClient) -> int:
 # --- resume / abandon ------------------------------------------------------------------------------------
 
 
-def _line(result: ActionResult) -> str:
+_FORCE_HINT = re.compile(r"; pass force=True to (\w+) it anyway")
+
+
+def _line(result: ActionResult, *, batch: bool = False) -> str:
     row = result.entry
     sid = command.printable(row.session_id)
     what = f"{row.state} at {command.printable(row.run.current_agent or '-')}, idle {_human(row.idle)}"
@@ -347,8 +351,10 @@ def _line(result: ActionResult) -> str:
         return f"would refuse {sid}: {command.printable(result.reason)}"
     if result.ok:
         return f"{result.outcome} {sid} ({what}; fencing token {result.fencing_token})"
-    # The plan's refusal names its Python argument; on this command line it is the flag.
-    why = (result.reason or "").replace("pass force=True", "pass --force")
+    # The plan's refusal names its Python argument. Here that is --force, and only for one named run no
+    # worker's lease holds (a batch never forces; a lease is never forced).
+    forceable = not batch and row.lease_holder is None
+    why = _FORCE_HINT.sub(r"; pass --force to \1 it anyway" if forceable else "", result.reason or "")
     return f"refused {sid}: {command.printable(why)}"
 
 
@@ -404,7 +410,7 @@ def _execute(
     live_lines = batch and not args.json
 
     def show(result: ActionResult) -> None:
-        print(_line(result), flush=True)
+        print(_line(result, batch=True), flush=True)
 
     collector = None
     if _usage_on(args):
