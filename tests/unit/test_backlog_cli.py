@@ -258,6 +258,7 @@ def test_a_final_run_is_refused(client: StateClient, runs: Runs, capsys: pytest.
         (["resume", "--dry-run"], 2, "or pass --all"),
         (["abandon", "--all", "--reason", "  "], 2, "--reason"),
         (["abandon", "--all"], 2, "--reason"),
+        (["abandon", "--all", "--reason", "bytes \udcff from a shell"], 2, "surrogate"),
         (["list", "--older-than", "soon"], 2, "not a duration"),
         (["resume", "x", "--failed-only", "--dry-run"], 2, "go with --all"),
         (["abandon", "--all", "--force", "--reason", "r"], 2, "one named run"),

@@ -45,6 +45,7 @@ from tdev_recovery.config import RetryPolicy, WorkerConfig, recovery_policy
 from tdev_recovery.exceptions import RecoveryError
 from tdev_recovery.resumers import Resumer, load_resumer
 from tdev_state import AGENTS, RecoveryPolicy, StateClient, command
+from tdev_state import validate as check
 from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, UsageError
 from tdev_state.models import epoch_float
 
@@ -452,7 +453,8 @@ def backlog_action(args: argparse.Namespace, client: StateClient) -> int:
     if action == ABANDON:
         if not args.reason.strip():
             raise UsageError("--reason must say why the run is given up; it is empty")
-        reason = f"abandoned by an operator: {args.reason.strip()}"
+        # Checked once, before any claim: a reason the store refuses would refuse every run of a batch.
+        reason = check.error_text(f"abandoned by an operator: {args.reason.strip()}")
     config = _worker_config(args)
     policy = recovery_policy(config, client.config.run_policy)
     resumer = _resumer(args)
