@@ -125,6 +125,15 @@ def test_list_prints_full_ids_and_human_times(
     assert "2 run(s): 1 FAILED, 1 stalled; 2 ready" in out
 
 
+def test_list_time_formats(client: StateClient, runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
+    """--time-format iso prints UTC timestamps, epoch the seconds scripts compare, relative "… ago"."""
+    stamp = client.sessions.candidate(runs.failed).last_updated
+    assert backlog(client, "list", "--failed-only", "--time-format", "iso") == 0
+    assert stamp.strftime("%Y-%m-%dT%H:%M:%SZ") in capsys.readouterr().out
+    assert backlog(client, "list", "--failed-only", "--time-format", "epoch") == 0
+    assert f"{stamp.timestamp():.3f}" in capsys.readouterr().out
+
+
 def test_list_filters(client: StateClient, runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
     """--failed-only, --stalled-only, --older-than and --agent each narrow the listing (-q: ids only)."""
     cases = {
@@ -392,6 +401,7 @@ def test_a_resume_the_pipeline_refuses_is_one_line_with_what_became_of_the_run(
     err = capsys.readouterr().err
     assert err.startswith(f"refused {runs.failed}: outcome abandoned: ")
     assert "400" in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_a_batch_stops_at_the_first_run_the_pipeline_does_not_take(
