@@ -22,13 +22,13 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from tdev_recovery import _backlog_text as text
 from tdev_recovery.backlog import (
     ABANDON,
     RESUME,
@@ -47,22 +47,6 @@ from tdev_recovery.resumers import Resumer, load_resumer
 from tdev_state import AGENTS, RecoveryPolicy, StateClient, command
 from tdev_state import validate as check
 from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, UsageError
-from tdev_state.models import epoch_float
-
-_DURATION = re.compile(r"(\d{1,9}(?:\.\d{1,6})?)\s*(s|m|h|d)?")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-_TIME_FORMATS = ("relative", "iso", "epoch")
-
-
-def duration(text: str) -> timedelta:
-    """An argparse type: `90`, `90s`, `30m`, `2h`, `1d` (a bare number is seconds), up to 3650 days."""
-    match = _DURATION.fullmatch(text.strip().lower())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use e.g. 90s, 30m, 2h, 1d")
-    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds > 3650 * 86400:
-        raise argparse.ArgumentTypeError(f"{text!r} is longer than 3650 days")
-    return timedelta(seconds=seconds)
 
 
 def _env_setting(variable: str, flag: str, parse: Callable[[str], Any], default: Any) -> Any:
@@ -80,26 +64,6 @@ def _count(text: str) -> int:
     return command.count("resumes or attempts", 1, 1000)(text)
 
 
-def _human(delta: timedelta) -> str:
-    """A duration people read at a glance: 45s, 12m, 2h05m, 3d04h."""
-    seconds = int(delta.total_seconds())
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
-
-
-def _moment(moment: datetime, now: datetime, style: str) -> str:
-    if style == "epoch":
-        return f"{epoch_float(moment):.3f}"
-    if style == "iso":
-        return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return f"{_human(max(timedelta(0), now - moment))} ago"
-
-
 # --- the parser ------------------------------------------------------------------------------------------
 
 
@@ -109,7 +73,7 @@ def _rule_options(parser: argparse.ArgumentParser) -> None:
     rule = parser.add_argument_group("the recovery rule (the worker's settings)")
     rule.add_argument(
         "--stall-threshold",
-        type=duration,
+        type=text.duration,
         default=None,
         metavar="DURATION",
         help="silence after which any ACTIVE run is stalled; 0 or unset: each run's own declared window "
@@ -117,7 +81,7 @@ def _rule_options(parser: argparse.ArgumentParser) -> None:
     )
     rule.add_argument(
         "--resume-cooldown",
-        type=duration,
+        type=text.duration,
         default=None,
         metavar="DURATION",
         help="how long a handed-over run is left to its pipeline; unset: 120 s, or the stall threshold "
@@ -140,7 +104,7 @@ def _filter_options(parser: argparse.ArgumentParser, *, for_all: bool) -> None:
     )
     group.add_argument(
         "--older-than",
-        type=duration,
+        type=text.duration,
         default=timedelta(0),
         metavar="DURATION",
         help=f"{which}only runs silent at least this long (90s, 30m, 2h, 1d)",
@@ -157,7 +121,7 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout, for scripts")
     parser.add_argument(
         "--time-format",
-        choices=_TIME_FORMATS,
+        choices=text.TIME_FORMATS,
         default="relative",
         help="how moments are printed: relative (12m ago), iso (UTC) or epoch seconds",
     )
@@ -229,10 +193,10 @@ def _worker_config(args: argparse.Namespace) -> WorkerConfig:
     """The worker's settings this command needs, from flags, else the worker's environment variables."""
     stall = args.stall_threshold
     if stall is None:
-        stall = _env_setting("TDEV_STALL_THRESHOLD", "--stall-threshold", duration, timedelta(0))
+        stall = _env_setting("TDEV_STALL_THRESHOLD", "--stall-threshold", text.duration, timedelta(0))
     cooldown = args.resume_cooldown
     if cooldown is None:
-        cooldown = _env_setting("TDEV_RESUME_COOLDOWN", "--resume-cooldown", duration, timedelta(0))
+        cooldown = _env_setting("TDEV_RESUME_COOLDOWN", "--resume-cooldown", text.duration, timedelta(0))
     retry = RetryPolicy(
         maximum_attempts=_env_setting("TDEV_MAX_ATTEMPTS", "the worker's --max-attempts", _count, 5)
     )
@@ -266,45 +230,6 @@ def _usage_on(args: argparse.Namespace) -> bool:
 # --- list ------------------------------------------------------------------------------------------------
 
 
-def _rule_text(policy: RecoveryPolicy) -> str:
-    if policy.stall_threshold is not None:
-        threshold = _human(policy.stall_threshold)
-        return f"stalled = ACTIVE and silent for {threshold}+ (the worker's stall threshold)"
-    return "stalled = ACTIVE and silent past its agent's declared window (the worker's rule)"
-
-
-def _lease_text(row: BacklogEntry, now: datetime, style: str) -> str:
-    if row.lease_holder is None or row.run.lease_expires_at is None:
-        return "-"
-    until = row.run.lease_expires_at
-    when = f"{_human(until - now)} left" if style == "relative" else _moment(until, now, style)
-    return f"{command.printable(row.lease_holder)} ({when})"
-
-
-def _print_table(rows: Sequence[BacklogEntry], now: datetime, style: str) -> None:
-    """Plain aligned columns: full ids, nothing cut, greppable and pasteable (no colour, no rich)."""
-    header = ("STATE", "SESSION ID", "IDLE", "LAST UPDATE", "AGENT", "ATTEMPTS", "RESUMES", "LEASE", "ACTION")
-    lines = [
-        (
-            row.state,
-            command.printable(row.session_id),
-            _human(row.idle),
-            _moment(row.run.last_updated, now, style),
-            command.printable(row.run.current_agent or "-"),
-            str(row.run.resume_attempts),
-            str(row.run.resume_count),
-            _lease_text(row, now, style),
-            "ready" if row.verdict.claimable else f"refused: {command.printable(row.verdict.reason)}",
-        )
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header) - 1)]
-    for line in [header, *lines]:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1]
-        )
-
-
 def backlog_list(args: argparse.Namespace, client: StateClient) -> int:
     policy = recovery_policy(_worker_config(args), client.config.run_policy)
     now = client.clock()
@@ -323,12 +248,12 @@ def backlog_list(args: argparse.Namespace, client: StateClient) -> int:
         for row in rows:
             print(command.printable(row.session_id))
     elif rows:
-        _print_table(rows, now, args.time_format)
+        text.print_table(rows, now, args.time_format)
         failed = sum(1 for r in rows if r.state == BacklogKind.FAILED.value)
         ready = sum(1 for r in rows if r.verdict.claimable)
         print(
             f"{len(rows)} run(s): {failed} FAILED, {len(rows) - failed} stalled; {ready} ready to act on; "
-            f"{_rule_text(policy)}"
+            f"{text.rule_text(policy)}"
         )
     if not rows:
         print("the backlog is empty (for these filters)", file=sys.stderr)
@@ -337,26 +262,6 @@ def backlog_list(args: argparse.Namespace, client: StateClient) -> int:
 
 
 # --- resume / abandon ------------------------------------------------------------------------------------
-
-
-_FORCE_HINT = re.compile(r"; pass force=True to (\w+) it anyway")
-
-
-def _line(result: ActionResult, *, batch: bool = False) -> str:
-    row = result.entry
-    sid = command.printable(row.session_id)
-    what = f"{row.state} at {command.printable(row.run.current_agent or '-')}, idle {_human(row.idle)}"
-    if result.dry_run:
-        if result.ok:
-            return f"would {result.action} {sid} ({what})"
-        return f"would refuse {sid}: {command.printable(result.reason)}"
-    if result.ok:
-        return f"{result.outcome} {sid} ({what}; fencing token {result.fencing_token})"
-    # The plan's refusal names its Python argument. Here that is --force, and only for one named run no
-    # worker's lease holds (a batch never forces; a lease is never forced).
-    forceable = not batch and row.lease_holder is None
-    why = _FORCE_HINT.sub(r"; pass --force to \1 it anyway" if forceable else "", result.reason or "")
-    return f"refused {sid}: {command.printable(why)}"
 
 
 def _select(
@@ -411,7 +316,7 @@ def _execute(
     live_lines = batch and not args.json
 
     def show(result: ActionResult) -> None:
-        print(_line(result, batch=True), flush=True)
+        print(text.action_line(result, batch=True), flush=True)
 
     collector = None
     if _usage_on(args):
@@ -464,44 +369,23 @@ def backlog_action(args: argparse.Namespace, client: StateClient) -> int:
     if not rows:
         print(f"nothing to {action}: no run of the backlog matches", file=sys.stderr)
         if args.json:
-            print(json.dumps(_batch_json(action, args.dry_run, [])))
+            print(json.dumps(text.batch_json(action, args.dry_run, [])))
         return EXIT_NOT_FOUND
     if args.dry_run:
         results = [preview(row, action, force=args.force) for row in rows]
     else:
         results = _execute(args, client, rows=rows, config=config, resumer=resumer, reason=reason)
     if args.json:
-        print(json.dumps(_batch_json(action, args.dry_run, results) if batch else results[0].to_json()))
+        print(json.dumps(text.batch_json(action, args.dry_run, results) if batch else results[0].to_json()))
     else:
         if args.dry_run:
             for result in results:
-                print(_line(result))
+                print(text.action_line(result))
         elif not batch:  # a batch printed its lines as they happened
-            print(_line(results[0]), file=sys.stdout if results[0].ok else sys.stderr)
+            print(text.action_line(results[0]), file=sys.stdout if results[0].ok else sys.stderr)
         if batch:
-            print(_summary(action, args.dry_run, results))
+            print(text.summary(action, args.dry_run, results))
     return EXIT_OK if all(r.ok for r in results) else EXIT_NOT_FOUND
-
-
-def _batch_json(action: str, dry_run: bool, results: list[ActionResult]) -> dict[str, Any]:
-    ok = sum(1 for r in results if r.ok)
-    return {
-        "action": action,
-        "dry_run": dry_run,
-        "results": [r.to_json() for r in results],
-        "summary": {"selected": len(results), "ok": ok, "refused": len(results) - ok},
-    }
-
-
-def _summary(action: str, dry_run: bool, results: list[ActionResult]) -> str:
-    ok = sum(1 for r in results if r.ok)
-    past = "resumed" if action == RESUME else "abandoned"
-    if dry_run:
-        return (
-            f"dry run, nothing written: {len(results)} run(s); {ok} would be {past}, "
-            f"{len(results) - ok} would be refused"
-        )
-    return f"{len(results)} run(s): {ok} {past}, {len(results) - ok} refused"
 
 
 # --- entry point -----------------------------------------------------------------------------------------
