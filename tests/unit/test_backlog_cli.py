@@ -417,3 +417,14 @@ def test_a_batch_stops_at_the_first_run_the_pipeline_does_not_take(
     assert out[1].startswith(f"refused {runs.failed}: not tried: the pipeline did not take {runs.stalled}")
     assert [r["session_id"] for r in received] == [runs.stalled]
     assert client.sessions.get(runs.failed).status is SessionStatus.FAILED
+
+
+def test_a_malformed_worker_setting_is_exit_2_naming_the_variable(
+    client: StateClient, settings: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad $TDEV_STALL_THRESHOLD (shared with the worker) is one line naming it, exit 2."""
+    monkeypatch.setenv("TDEV_STALL_THRESHOLD", "soon")
+    assert backlog(client, "list") == 2
+    err = capsys.readouterr().err
+    assert "$TDEV_STALL_THRESHOLD" in err
+    assert len(err.strip().splitlines()) == 1
