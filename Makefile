@@ -9,9 +9,12 @@ RUN := $(UV) run --frozen
 LS := bash localstack/localstack.sh
 export AWS_DEFAULT_REGION ?= us-east-1
 
+# Colour only on a terminal and never under NO_COLOR (https://no-color.org): `make help | less` stays plain.
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+	@if [ -t 1 ] && [ -z "$${NO_COLOR:-}" ]; then on=$$'\033[36m'; off=$$'\033[0m'; else on=; off=; fi; \
+	grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+	awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*?## "}; {printf "  %s%-18s%s %s\n", on, $$1, off, $$2}'
 
 .PHONY: setup
 setup: ## Install uv, the workspace venv (frozen uv.lock) and the LocalStack runtime; idempotent

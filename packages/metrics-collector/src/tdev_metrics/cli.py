@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tdev_metrics.report import Comparison, MetricsReader, Summary
 from tdev_state import StateClient, command
-from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, UsageError
+from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CommandLineError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -162,7 +162,7 @@ def _report(args: argparse.Namespace) -> int:
     reader = MetricsReader(StateClient(command.state_config(args)))
     if args.compare:
         if not args.agent:
-            raise UsageError("--compare needs --agent: the comparison is of one agent's two variants")
+            raise CommandLineError("--compare needs --agent: the comparison is of one agent's two variants")
         result = reader.compare(
             args.metric,
             agent=args.agent,
@@ -193,7 +193,9 @@ def _report(args: argparse.Namespace) -> int:
         try:
             render_png(rows, args.png, args.metric)
         except ImportError:
-            raise UsageError("--png draws with matplotlib: install tdev-metrics-collector[report]") from None
+            raise CommandLineError(
+                "--png draws with matplotlib: install tdev-metrics-collector[report]"
+            ) from None
         except OSError as exc:
             print(f"error: cannot write the chart to {args.png}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
