@@ -159,7 +159,7 @@ def render_comparison(result: Comparison, console: Console) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     console = command.console()
-    reader = MetricsReader(StateClient(command.state_config(args)))
+    reader = MetricsReader(StateClient(command.state_config(args, need_credentials=True)))
     if args.compare:
         if not args.agent:
             raise CommandLineError("--compare needs --agent: the comparison is of one agent's two variants")

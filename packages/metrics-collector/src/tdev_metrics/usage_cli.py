@@ -104,7 +104,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.start is not None and args.end is None:
         end = args.start  # one day, as `tdev-metrics report --from D` reads it
     start = end - timedelta(days=args.days - 1) if args.days else (args.start or end)
-    report = UsageReader(StateClient(command.state_config(args))).report(start, end)
+    report = UsageReader(StateClient(command.state_config(args, need_credentials=True))).report(start, end)
     if args.json:
         print(json.dumps(report))
     else:

@@ -47,7 +47,7 @@ def _cell(value: Any) -> Any:
 
 
 def _client(args: argparse.Namespace) -> StateClient:
-    return StateClient(command.state_config(args))
+    return StateClient(command.state_config(args, need_credentials=True))
 
 
 #: Columns that hold an id a user copies into the next command: printed whole, on one line, whatever the

@@ -138,12 +138,41 @@ def add_command(subparsers: Any, name: str, help_text: str, target: argparse.Arg
     return made
 
 
-def state_config(args: argparse.Namespace, **overrides: object) -> StateConfig:
-    """The client configuration: the environment, then the target options the user gave."""
+def state_config(
+    args: argparse.Namespace, *, need_credentials: bool = False, **overrides: object
+) -> StateConfig:
+    """The client configuration: the environment, then the target options the user gave.
+    `need_credentials`: a one-shot command (`tdev sessions list`) checks at once that AWS credentials
+    exist, so their absence is one line naming the fix, exit 2 — not a denied call, exit 3, after
+    boto3's search. Long-running servers (worker, console) start anyway and report through /readyz."""
     given: dict[str, object] = {
         key: getattr(args, key) for key in ("env", "target", "region", "profile") if hasattr(args, key)
     }
-    return StateConfig.from_env(None, **given, **overrides)
+    config = StateConfig.from_env(None, **given, **overrides)
+    if need_credentials:
+        require_credentials(config)
+    return config
+
+
+def require_credentials(config: StateConfig) -> None:
+    """ConfigurationError unless boto3 finds credentials for a client of `config` that talks to AWS
+    (LocalStack's are the test ones; another endpoint is the user's to sign for as they choose)."""
+    if config.local_credentials or config.endpoint_url:
+        return
+    import boto3
+    import botocore.exceptions
+
+    try:
+        found = boto3.session.Session(
+            profile_name=config.profile, region_name=config.region
+        ).get_credentials()
+    except botocore.exceptions.BotoCoreError as exc:
+        raise ConfigurationError(f"cannot read AWS credentials: {exc}") from None
+    if found is None:
+        raise ConfigurationError(
+            f"no AWS credentials for env {config.env!r} on AWS: set AWS_PROFILE (or AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY) or log in; --local uses the LocalStack on this machine instead"
+        )
 
 
 #: Optional modules a command may need -> the extra that installs them (one line instead of a traceback).
