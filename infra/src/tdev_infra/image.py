@@ -36,7 +36,7 @@ def builder() -> str:
             )
             if answers.returncode != 0:
                 raise PreflightError(
-                    f"make image needs a running container engine: `{name} info` fails here (start "
+                    f"needs a running container engine: `{name} info` fails here (start "
                     f"{name}'s engine, or install Docker or Podman where one runs)"
                 )
             return found
