@@ -176,3 +176,22 @@ def test_a_command_without_aws_credentials_is_one_line_and_exit_2(
     assert "no AWS credentials" in err
     assert "AWS_PROFILE" in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_deploy_without_terraform_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """`make diff` (infra/cdktf.sh) with no Terraform on PATH: one line naming it, exit 2."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("npx", "dirname"):  # what the script needs before its Terraform check, and no terraform
+        found = subprocess.run(
+            ["bash", "-c", f"command -v {tool}"], capture_output=True, text=True, check=True
+        )
+        (bin_dir / tool).symlink_to(found.stdout.strip())
+    done = subprocess.run(
+        ["/bin/bash", "infra/cdktf.sh", "diff"],
+        cwd=ROOT, env=_clean_env(PATH=str(bin_dir), ENV="local"), capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Terraform is not on PATH" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
