@@ -20,7 +20,7 @@ import pytest
 
 from tdev_recovery import cli as worker_cli
 from tdev_recovery.config import WorkerConfig
-from tdev_state import StateClient
+from tdev_state import StateClient, StateConfig
 from tdev_state.cli import main as tdev
 
 pytestmark = pytest.mark.unit
@@ -123,6 +123,18 @@ def test_without_rich_the_command_names_the_extra_to_install(
     assert "install tdev-state-client[cli]" in err
     assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
+
+
+def test_json_output_needs_no_cli_extra(
+    aws: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without rich, `tdev metrics report --json` still answers (no data here: `[]`, exit 1)."""
+    monkeypatch.setenv("TDEV_ENV", "nojson")
+    StateClient(StateConfig(env="nojson")).create_tables()
+    for name in [m for m in sys.modules if m == "rich" or m.startswith("rich.")] + ["rich"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    assert tdev(["metrics", "report", "--from", "2026-11-26", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out) == []
 
 
 # --- bare tdev ---------------------------------------------------------------------------------------------
