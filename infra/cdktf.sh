@@ -27,9 +27,10 @@ if [ "$cmd" != synth ] && [ "$env" != local ]; then
   "$python" -m tdev_infra.preflight "$env"
 fi
 
+# A missing prerequisite is one line naming it, exit 2 (as the preflight's), before anything runs.
 if ! command -v npx >/dev/null; then
   echo "make $cmd: npx (Node.js >= 20) is not on PATH; install Node.js, then run again" >&2
-  exit 3
+  exit 2
 fi
 cdktf=(npx --yes "cdktf-cli@$CDKTF_CLI_VERSION")
 
@@ -41,14 +42,13 @@ fi
 
 if [ "$cmd" != synth ]; then
   if ! command -v terraform >/dev/null; then
-    echo "make $cmd: Terraform is not on PATH. Install Terraform >= 1.10 and run again." >&2
-    echo "  (make synth works without it: it writes infra/cdktf.out/stacks/$stack/cdk.tf.json)" >&2
-    exit 3
+    echo "make $cmd: Terraform is not on PATH: install Terraform >= 1.10 and run again (make synth works without it)" >&2
+    exit 2
   fi
   version=$(terraform version -json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["terraform_version"])' || echo 0.0.0)
   if ! python3 -c "import sys; v=tuple(int(x) for x in '$version'.split('.')[:2]); sys.exit(0 if v >= (1, 10) else 1)"; then
     echo "make $cmd: Terraform $version is too old; the S3 backend's use_lockfile needs >= 1.10" >&2
-    exit 3
+    exit 2
   fi
 fi
 

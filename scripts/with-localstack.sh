@@ -5,6 +5,9 @@
 # TDEV_KEEP_LOCALSTACK=1 leaves a LocalStack this script started running afterwards (make demo, so that
 # make console can show the demo's runs).
 #
+# AWS_ENDPOINT_URL pointing at another endpoint than this machine's LocalStack (localstack.sh endpoint):
+# the command runs against it; nothing is installed or started.
+#
 # Against a real AWS account: set TDEV_TARGET=aws (and credentials/region as usual); nothing is started and
 # AWS_ENDPOINT_URL is unset so boto3 talks to AWS.
 set -euo pipefail
@@ -13,7 +16,16 @@ if [ "${TDEV_TARGET:-localstack}" = "aws" ]; then
   unset AWS_ENDPOINT_URL
   exec "$@"
 fi
-export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-$(bash "$here/localstack/localstack.sh" endpoint)}"
+ours="$(bash "$here/localstack/localstack.sh" endpoint)"
+given="${AWS_ENDPOINT_URL:-}"
+given="${given%/}"
+if [ -n "$given" ] && [ "${given/\/\/localhost:/\/\/127.0.0.1:}" != "$ours" ]; then
+  # Another endpoint (a LocalStack elsewhere, DynamoDB Local, a shared test stack): use it as it is, and
+  # neither install nor start ours (installing alone takes a minute and half a gigabyte).
+  echo "using AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL (LocalStack not started)" >&2
+  exec "$@"
+fi
+export AWS_ENDPOINT_URL="$ours"
 started=0
 if ! bash "$here/localstack/localstack.sh" status >/dev/null 2>&1; then
   bash "$here/localstack/localstack.sh" up >/dev/null

@@ -256,7 +256,6 @@ def test_the_local_env_targets_localstack_with_test_credentials() -> None:
     assert local.endpoint_url == "http://127.0.0.1:4566"
     assert local.local_credentials
     assert StateConfig.from_env({"LOCALSTACK_PORT": "4571"}).endpoint_url == "http://127.0.0.1:4571"
-    assert not StateConfig.from_env({"TDEV_ENV": "local", "AWS_ACCESS_KEY_ID": "AKIA"}).local_credentials
     dev = StateConfig.from_env({"TDEV_ENV": "dev"})
     assert dev.endpoint_url is None
     assert not dev.local_credentials

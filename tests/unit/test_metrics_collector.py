@@ -285,8 +285,8 @@ def test_a_signal_inside_record_is_handled_after_it(client: StateClient) -> None
         st.floats(min_value=-1e12, max_value=1e12, allow_nan=False, allow_infinity=False), min_size=1
     )
 )
-def test_vectorised_buckets_match_ddsketch_mapping(values: list[float]) -> None:
-    """The numpy fold puts every value in the bucket ddsketch's own mapping would (zero within limits)."""
+def test_folded_buckets_match_ddsketch_mapping(values: list[float]) -> None:
+    """The fold puts every value in the bucket ddsketch's own mapping would (zero within limits)."""
     from collections import Counter
 
     from tdev_metrics._aggregate import bucket_of

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from tdev_infra.paths import repository_root
 
 #: Client variable <- stack output (the state client's StateConfig.from_env reads these).
 CLIENT_VARIABLES = {
@@ -57,13 +57,25 @@ def render(outputs: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stack_directory(env: str, root: Path | None = None) -> Path:
+    """Where `make synth` (cdktf) writes the stack and `make deploy` runs Terraform: the repository's
+    `infra/cdktf.out/stacks/t-developer-ENV`."""
+    return (root or repository_root()) / "infra" / "cdktf.out" / "stacks" / f"t-developer-{env}"
+
+
 def terraform_outputs(env: str) -> dict[str, Any]:
-    stack_dir = ROOT / "infra" / "cdktf.out" / "stacks" / f"t-developer-{env}"
+    stack_dir = stack_directory(env)
     terraform = shutil.which("terraform")
     if terraform is None:
         raise OutputError("Terraform is not on PATH; or pass --outputs-json FILE (terraform output -json)")
     if not (stack_dir / "cdk.tf.json").exists():
         raise OutputError(f"{stack_dir} has no synthesized stack: run make synth and make deploy ENV={env}")
+    if not (stack_dir / ".terraform").exists():
+        # Synthesized, never deployed from this checkout: Terraform would ask for `terraform init`.
+        raise OutputError(
+            f"t-developer-{env} has not been deployed from this checkout ({stack_dir} has no .terraform): "
+            f"run make deploy ENV={env} first, or pass --outputs-json FILE (terraform output -json)"
+        )
     done = subprocess.run(  # noqa: S603 - terraform from PATH, fixed arguments
         [terraform, "output", "-json"],
         cwd=stack_dir,
@@ -73,7 +85,8 @@ def terraform_outputs(env: str) -> dict[str, Any]:
         timeout=300,
     )
     if done.returncode != 0:
-        raise OutputError(f"terraform output failed in {stack_dir}: {done.stderr.strip()[:400]}")
+        said = next((line.strip(" │╷╵") for line in done.stderr.splitlines() if "Error" in line), "")
+        raise OutputError(f"terraform output failed in {stack_dir}: {said or done.stderr.strip()[:200]}")
     parsed: dict[str, Any] = json.loads(done.stdout or "{}")
     if not parsed:
         raise OutputError(
@@ -88,15 +101,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--outputs-json", type=Path, default=None, help="terraform output -json, saved")
     parser.add_argument("--out", type=Path, default=None, help="the env file (default: infra/ENV.env)")
     args = parser.parse_args(argv)
-    out = args.out or ROOT / "infra" / f"{args.env}.env"
     try:
+        out = args.out or repository_root() / "infra" / f"{args.env}.env"
         outputs = (
             json.loads(args.outputs_json.read_text()) if args.outputs_json else terraform_outputs(args.env)
         )
         text = render(outputs)
         out.write_text(text)
     except (OutputError, OSError, json.JSONDecodeError) as exc:
-        print(f"make output: {exc}", file=sys.stderr)
+        print(f"make output: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"wrote {out}: load it with  set -a; . {out}; set +a", file=sys.stderr)
     return 0

@@ -91,7 +91,8 @@ def build_parser(prog: str = "tdev-console") -> argparse.ArgumentParser:
         "--stall-threshold",
         type=_seconds,
         default=600.0,
-        help="seconds an ACTIVE run may be silent before it shows as stalled (the worker's setting)",
+        help="seconds an ACTIVE run may be silent before this console shows it as stalled (the worker, by "
+        "default, gives each run its own window: see its --stall-threshold)",
     )
     serve.add_argument("--page-size", type=_page_size, default=50, help="runs per page")
     serve.add_argument("--refresh", type=_seconds, default=5.0, help="seconds between live refreshes")

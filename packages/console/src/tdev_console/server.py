@@ -14,11 +14,11 @@ from types import FrameType
 import uvicorn
 from starlette.types import ASGIApp
 
-from tdev_state.command import UsageError
+from tdev_state.command import CommandLineError
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket, or UsageError saying why the address cannot be used."""
+    """A listening socket, or CommandLineError saying why the address cannot be used."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -27,7 +27,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         why = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
-        raise UsageError(f"{host}:{port} {why}: pick another --port (0 picks a free one)") from None
+        raise CommandLineError(f"{host}:{port} {why}: pick another --port (0 picks a free one)") from None
     sock.listen(128)
     return sock
 

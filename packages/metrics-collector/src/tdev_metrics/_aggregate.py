@@ -9,12 +9,11 @@ Bucket counts are what the table stores (one numeric attribute per bucket, summe
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import numpy as np
-import numpy.typing as npt
 from ddsketch.ddsketch import BaseDDSketch
 from ddsketch.mapping import LogarithmicMapping
 from ddsketch.store import DenseStore
@@ -33,15 +32,22 @@ class Key(NamedTuple):
     variant: str | None
 
 
-# ddsketch's LogarithmicMapping.key() is ceil(log2(v) * multiplier) + offset, one value at a time; the
-# same formula over a numpy array folds a whole batch at once (tests check they agree).
+# ddsketch's LogarithmicMapping.key() is ceil(log(v, 2) * multiplier) + offset behind two method calls;
+# the same formula inlined with math.log2 folds a batch in about a third of the time, in pure Python: the
+# pipeline's process needs no numpy (tests check the keys equal ddsketch's and the former numpy fold's).
 _MULTIPLIER = float(MAPPING._multiplier)
 _OFFSET = float(MAPPING._offset)
 _MIN = float(MAPPING.min_possible)
 
 
-def _keys(values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-    return (np.ceil(np.log2(values) * _MULTIPLIER) + _OFFSET).astype(np.int64)
+def _bucket_counts(values: list[float]) -> tuple[Counter[int], Counter[int], int]:
+    """Bucket keys of the positive values, of the negatives' magnitudes, and the count of (near) zeros."""
+    log2, ceil, multiplier, offset, low = math.log2, math.ceil, _MULTIPLIER, _OFFSET, _MIN
+    above = [v for v in values if v > low]
+    below = [-v for v in values if v < -low]
+    positive = Counter([int(ceil(log2(v) * multiplier) + offset) for v in above])
+    negative = Counter([int(ceil(log2(v) * multiplier) + offset) for v in below])
+    return positive, negative, len(values) - len(above) - len(below)
 
 
 def bucket_of(value: float) -> str:
@@ -79,17 +85,14 @@ class Aggregate:
             self.fold()
 
     def fold(self) -> None:
-        """Move raw values into bucket counts, vectorised: ~20 ns a value instead of ~300 ns."""
+        """Move raw values into bucket counts (on the flusher thread, or inline at FOLD_AT values)."""
         if not self.raw:
             return
-        values = np.asarray(self.raw, dtype=np.float64)
-        self.raw = []
-        for prefix, part in (("p", values[values > _MIN]), ("n", -values[values < -_MIN])):
-            if part.size:
-                keys, counts = np.unique(_keys(part), return_counts=True)
-                for k, n in zip(keys.tolist(), counts.tolist(), strict=True):
-                    self.buckets[f"{prefix}{k}"] += n
-        zeros = int(values.size - np.count_nonzero(values > _MIN) - np.count_nonzero(values < -_MIN))
+        values, self.raw = self.raw, []
+        positive, negative, zeros = _bucket_counts(values)
+        for prefix, counts in (("p", positive), ("n", negative)):
+            for k, n in counts.items():
+                self.buckets[f"{prefix}{k}"] += n
         if zeros:
             self.buckets["z"] += zeros
 

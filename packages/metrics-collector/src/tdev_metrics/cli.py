@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tdev_metrics.report import Comparison, MetricsReader, Summary
 from tdev_state import StateClient, command
-from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, UsageError
+from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CommandLineError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -158,11 +158,11 @@ def render_comparison(result: Comparison, console: Console) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    console = command.console()
-    reader = MetricsReader(StateClient(command.state_config(args)))
+    # The console (rich, the `cli` extra) only where a table is printed: --json needs no extra.
+    reader = MetricsReader(StateClient(command.state_config(args, need_credentials=True)))
     if args.compare:
         if not args.agent:
-            raise UsageError("--compare needs --agent: the comparison is of one agent's two variants")
+            raise CommandLineError("--compare needs --agent: the comparison is of one agent's two variants")
         result = reader.compare(
             args.metric,
             agent=args.agent,
@@ -181,24 +181,26 @@ def _report(args: argparse.Namespace) -> int:
             }
             print(json.dumps(payload))
         else:
-            render_comparison(result, console)
+            render_comparison(result, command.console())
         return EXIT_OK if result.a.count and result.b.count else EXIT_NOT_FOUND
     query = reader.daily if args.daily else reader.hourly
     rows = query(args.metric, start=args.start, end=args.end, agent=args.agent, variant=args.variant)
     if args.json:
         print(json.dumps([r.to_dict() for r in rows]))
     else:
-        render_table(rows, console, f"{args.metric} {args.start}..{args.end or args.start}")
+        render_table(rows, command.console(), f"{args.metric} {args.start}..{args.end or args.start}")
     if args.png and rows:
         try:
             render_png(rows, args.png, args.metric)
         except ImportError:
-            raise UsageError("--png draws with matplotlib: install tdev-metrics-collector[report]") from None
+            raise CommandLineError(
+                "--png draws with matplotlib: install tdev-metrics-collector[report]"
+            ) from None
         except OSError as exc:
             print(f"error: cannot write the chart to {args.png}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
         if not args.json:
-            console.print(f"chart written to {args.png}")
+            command.console().print(f"chart written to {args.png}")
     return EXIT_OK if rows else EXIT_NOT_FOUND
 
 

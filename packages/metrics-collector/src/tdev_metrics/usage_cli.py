@@ -19,7 +19,7 @@ from typing import Any
 
 from tdev_metrics.usage import UsageReader
 from tdev_state import StateClient, command
-from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, UsageError
+from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, CommandLineError
 
 
 def build_parser(prog: str = "tdev usage") -> argparse.ArgumentParser:
@@ -104,7 +104,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.start is not None and args.end is None:
         end = args.start  # one day, as `tdev-metrics report --from D` reads it
     start = end - timedelta(days=args.days - 1) if args.days else (args.start or end)
-    report = UsageReader(StateClient(command.state_config(args))).report(start, end)
+    report = UsageReader(StateClient(command.state_config(args, need_credentials=True))).report(start, end)
     if args.json:
         print(json.dumps(report))
     else:
@@ -122,11 +122,11 @@ def _report(args: argparse.Namespace) -> int:
                 if args.html:
                     args.html.write_text(render_html(report))
     except ImportError:
-        raise UsageError(
+        raise CommandLineError(
             "--png/--html draw with matplotlib: install tdev-metrics-collector[report]"
         ) from None
     except OSError as exc:
-        raise UsageError(f"cannot write the chart: {exc.strerror or exc}") from None
+        raise CommandLineError(f"cannot write the chart: {exc.strerror or exc}") from None
     return EXIT_OK if report["runs"]["started"] or report["projects"]["saved"] else EXIT_NOT_FOUND
 
 

@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
@@ -29,7 +30,7 @@ from tdev_recovery.ops import OpsServer
 from tdev_recovery.resumers import load_resumer
 from tdev_recovery.worker import RecoveryWorker
 from tdev_state import StateClient, StorageUnavailableError, command
-from tdev_state.command import UsageError
+from tdev_state.command import CommandLineError
 from tdev_state.log import configure_output, get_logger
 
 log = get_logger(__name__)
@@ -74,61 +75,41 @@ def log_level(text: str) -> str:
     return level
 
 
-def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
-    parser = command.Parser(
-        prog=prog, description=__doc__.split("\n\n")[0], parents=[command.target_options()]
-    )
-    knobs = parser.add_argument_group("worker")
+@dataclass(frozen=True)
+class _Number:
+    """One numeric worker setting: its flag, its variable, its default (as text, like the variable's) and
+    its range. The defaults are WorkerConfig's own (tested), written here as the user types them."""
 
-    def number(
-        flag: str,
-        variable: str,
-        default: str,
-        help_text: str,
-        *,
-        kind: type[float] | type[int] = float,
-        minimum: float = 0.001,
-        maximum: float = 30 * 86400,  # seconds: 30 days; counts pass their own
-    ) -> None:
-        knobs.add_argument(
-            flag,
-            default=os.environ.get(variable) or default,
-            type=_setting(kind, flag, variable, minimum=minimum, maximum=maximum),
-            help=f"{help_text} [${variable}]",
-        )
+    flag: str
+    variable: str
+    default: str
+    help: str
+    kind: type[float] | type[int] = float
+    minimum: float = 0.001
+    maximum: float = 30 * 86400  # seconds: 30 days; counts give their own
 
-    knobs.add_argument(
-        "--resumer",
-        default=os.environ.get("TDEV_RESUMER") or None,
-        help="the pipeline's resume endpoint URL, or module:function [$TDEV_RESUMER]",
-    )
-    number("--poll-interval", "TDEV_POLL_INTERVAL", "5", "seconds between sweeps")
-    number("--retry-delay", "TDEV_RETRY_DELAY", "3600", "seconds a FAILED run waits before it is resumed")
-    number(
+
+_NUMBERS = (
+    _Number("--poll-interval", "TDEV_POLL_INTERVAL", "5", "seconds between sweeps"),
+    _Number("--retry-delay", "TDEV_RETRY_DELAY", "3600", "seconds a FAILED run waits before it is resumed"),
+    _Number(
         "--stall-threshold",
         "TDEV_STALL_THRESHOLD",
         "0",
         "seconds of silence before any open run counts as stalled; 0: each run's own window (its agent's "
         "deadline from the run policy, or the heartbeat timeout once it heartbeats)",
         minimum=0,
-    )
-    number(
+    ),
+    _Number(
         "--resume-cooldown",
         "TDEV_RESUME_COOLDOWN",
         "0",
-        "seconds a handed-over run is left to its resumed pipeline; 0: 120 (a stall threshold is also the "
-        "cool-down)",
+        "seconds a handed-over run is left to its resumed pipeline; 0: 120 (with --stall-threshold set, "
+        "that threshold is the cool-down and this is ignored)",
         minimum=0,
-    )
-    knobs.add_argument(
-        "--confirm",
-        default=os.environ.get("TDEV_CONFIRM") or None,
-        type=_setting(float, "--confirm", "TDEV_CONFIRM", minimum=0, maximum=30 * 86400),
-        help="seconds a suspect run must stay unchanged on this replica's own clock before it is claimed "
-        "(default: 45, or half the stall threshold; 0 trusts the pipeline's clock) [$TDEV_CONFIRM]",
-    )
-    number("--lease", "TDEV_LEASE", "30", "claim lease, seconds", minimum=1)
-    number(
+    ),
+    _Number("--lease", "TDEV_LEASE", "30", "claim lease, seconds", minimum=1),
+    _Number(
         "--max-attempts",
         "TDEV_MAX_ATTEMPTS",
         "5",
@@ -136,8 +117,8 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
         kind=int,
         minimum=1,
         maximum=1000,
-    )
-    number(
+    ),
+    _Number(
         "--max-resumes",
         "TDEV_MAX_RESUMES",
         "3",
@@ -145,15 +126,15 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
         kind=int,
         minimum=1,
         maximum=1000,
-    )
-    number("--initial-backoff", "TDEV_INITIAL_BACKOFF", "1", "seconds before the first retry of a resume")
-    number(
+    ),
+    _Number("--initial-backoff", "TDEV_INITIAL_BACKOFF", "1", "seconds before the first retry of a resume"),
+    _Number(
         "--busy-timeout",
         "TDEV_BUSY_TIMEOUT",
         "600",
         "seconds one attempt waits on a busy pipeline (429/503/timeout) before the wait counts as a failure",
-    )
-    number(
+    ),
+    _Number(
         "--concurrency",
         "TDEV_CONCURRENCY",
         "8",
@@ -161,9 +142,9 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
         kind=int,
         minimum=1,
         maximum=1000,
-    )
-    number("--grace-period", "TDEV_GRACE_PERIOD", "20", "seconds in-flight resumes get after SIGTERM")
-    number(
+    ),
+    _Number("--grace-period", "TDEV_GRACE_PERIOD", "20", "seconds in-flight resumes get after SIGTERM"),
+    _Number(
         "--http-port",
         "TDEV_HTTP_PORT",
         "8080",
@@ -171,6 +152,40 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
         kind=int,
         minimum=0,
         maximum=65535,
+    ),
+)
+
+
+def _switch(variable: str) -> bool:
+    """An on/off setting from the environment: on unless off, 0, false or no."""
+    return (os.environ.get(variable) or "on").lower() not in ("off", "0", "false", "no")
+
+
+def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
+    """Every setting as a flag whose default is its environment variable, read here, once."""
+    parser = command.Parser(
+        prog=prog, description=__doc__.split("\n\n")[0], parents=[command.target_options()]
+    )
+    knobs = parser.add_argument_group("worker")
+    knobs.add_argument(
+        "--resumer",
+        default=os.environ.get("TDEV_RESUMER") or None,
+        help="the pipeline's resume endpoint URL, or module:function [$TDEV_RESUMER]",
+    )
+    for n in _NUMBERS:
+        knobs.add_argument(
+            n.flag,
+            default=os.environ.get(n.variable) or n.default,
+            type=_setting(n.kind, n.flag, n.variable, minimum=n.minimum, maximum=n.maximum),
+            help=f"{n.help} [${n.variable}]",
+        )
+    knobs.add_argument(
+        "--confirm",
+        default=os.environ.get("TDEV_CONFIRM") or None,
+        type=_setting(float, "--confirm", "TDEV_CONFIRM", minimum=0, maximum=30 * 86400),
+        help="seconds a suspect run must stay unchanged on this replica's own clock before it is claimed "
+        "(default: 45, or half the stall threshold when that is shorter; 0 trusts the pipeline's clock) "
+        "[$TDEV_CONFIRM]",
     )
     knobs.add_argument(
         "--port-file",
@@ -181,7 +196,8 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
     knobs.add_argument(
         "--worker-id",
         default=os.environ.get("TDEV_WORKER_ID") or None,
-        help="this replica's name in claims and logs (default: host:pid) [$TDEV_WORKER_ID]",
+        help="this replica's name in claims and logs (default: HOST-PID-RANDOM, e.g. ip-10-0-1-7-1-3f9a2c) "
+        "[$TDEV_WORKER_ID]",
     )
     knobs.add_argument(
         "--cloudwatch-namespace",
@@ -191,7 +207,7 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
     knobs.add_argument(
         "--usage",
         action=argparse.BooleanOptionalAction,
-        default=(os.environ.get("TDEV_USAGE") or "on").lower() not in ("off", "0", "false", "no"),
+        default=_switch("TDEV_USAGE"),
         help="count the resumes and abandoned runs into the usage report (a metrics collector in this "
         "process) [$TDEV_USAGE=on|off]",
     )
@@ -236,10 +252,10 @@ def backlog_publisher(env: str, namespace: str, out: TextIO | None = None) -> Ca
     return publish
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    if not args.resumer:
-        raise UsageError("no resumer: pass --resumer URL|module:function or set TDEV_RESUMER")
-    config = WorkerConfig(
+def worker_config(args: argparse.Namespace) -> WorkerConfig:
+    """The worker's configuration from the parsed line (0 means "the config's own default" where the
+    help says so)."""
+    return WorkerConfig(
         poll_interval=args.poll_interval,
         retry_delay=timedelta(seconds=args.retry_delay),
         stall_threshold=timedelta(seconds=args.stall_threshold) if args.stall_threshold else None,
@@ -255,6 +271,12 @@ async def _serve(args: argparse.Namespace) -> int:
         busy_timeout=timedelta(seconds=args.busy_timeout),
         **({"worker_id": args.worker_id} if args.worker_id else {}),
     )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    if not args.resumer:
+        raise CommandLineError("no resumer: pass --resumer URL|module:function or set TDEV_RESUMER")
+    config = worker_config(args)
     resumer = load_resumer(args.resumer)
     client = StateClient(command.state_config(args))
     publish = (
@@ -279,7 +301,9 @@ async def _serve(args: argparse.Namespace) -> int:
             else None
         )
     except OSError as exc:
-        raise UsageError(f"cannot serve /healthz on port {args.http_port}: {exc.strerror or exc}") from None
+        raise CommandLineError(
+            f"cannot serve /healthz on port {args.http_port}: {exc.strerror or exc}"
+        ) from None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.shutdown()))
@@ -305,7 +329,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "tdev-recovery-worker
         try:
             return asyncio.run(_serve(args))
         except RecoveryError as exc:  # a worker setting the config objects refused (exit 2, not 3)
-            raise UsageError(str(exc)) from None
+            raise CommandLineError(str(exc)) from None
 
     return command.run(serve)
 

@@ -1,14 +1,16 @@
 """`tdev`: the operator's CLI over the state platform.
 
-    tdev sessions list [--status S] [--user U] [--day YYYY-MM-DD] [--days N] [--limit N] [--json]
+    tdev sessions list [--status S] [--user U] [--day YYYY-MM-DD] [--days N] [--limit N] [--json | -q]
     tdev sessions show SESSION_ID [--json]
     tdev projects list USER [--json]
+    (tables take --time-format relative|iso|epoch; run ids are printed whole, never shortened)
     tdev tables create [--json]
     tdev metrics report …        (tdev-metrics, from tdev-metrics-collector)
     tdev worker [run] …          (tdev-recovery-worker, from tdev-recovery-worker)
 
 Target options (`--env`, `--local`/`--aws`, `--region`, `--profile`) go anywhere on the line. Exit codes:
-0 ok, 1 nothing found, 2 bad arguments, 3 the store failed. Errors print one line, no traceback.
+0 ok, 1 nothing found, 2 bad arguments, 3 the store failed. Errors print one line, no traceback. Bare
+`tdev` (or `tdev sessions`) prints its help on stderr, exit 2 (argparse's code for a missing command).
 """
 
 from __future__ import annotations
@@ -45,18 +47,49 @@ def _cell(value: Any) -> Any:
 
 
 def _client(args: argparse.Namespace) -> StateClient:
-    return StateClient(command.state_config(args))
+    return StateClient(command.state_config(args, need_credentials=True))
 
 
-def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+#: Columns that hold an id a user copies into the next command: printed whole, on one line, whatever the
+#: terminal's width (the other columns wrap instead).
+_ID_COLUMNS = frozenset({"session_id", "project_id"})
+
+#: Columns that hold a timestamp (epoch seconds in --json): shown as --time-format says.
+_TIME_COLUMNS = frozenset({"last_updated", "last_accessed", "created_at", "start", "end"})
+
+
+def _table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, time_format: str | None = None
+) -> None:
     from rich.table import Table
 
     table = Table(title=title)
     for column in columns:
-        table.add_column(column)
+        if column in _ID_COLUMNS:
+            widest = max([len(command.printable(row[columns.index(column)])) for row in rows] + [len(column)])
+            table.add_column(column, no_wrap=True, min_width=widest, overflow="ignore")
+        elif column in _TIME_COLUMNS:
+            table.add_column(column, no_wrap=True)
+        else:
+            table.add_column(column)
+    style = time_format or "relative"
     for row in rows:
-        table.add_row(*(_cell(v) for v in row))
+        cells = (
+            command.show_time(v, style) if c in _TIME_COLUMNS else v
+            for c, v in zip(columns, row, strict=True)
+        )
+        table.add_row(*(_cell(v) for v in cells))
     command.console().print(table)
+
+
+def _json_times(rows: list[dict[str, Any]], time_format: str | None) -> list[dict[str, Any]]:
+    """--json keeps epoch seconds (what scripts parse) unless --time-format was given."""
+    if time_format is None:
+        return rows
+    return [
+        {k: command.show_time(v, time_format) if k in _TIME_COLUMNS else v for k, v in r.items()}
+        for r in rows
+    ]
 
 
 def _session_row(s: Session) -> dict[str, Any]:
@@ -125,7 +158,7 @@ def sessions_list(args: argparse.Namespace) -> int:
         sessions = _runs_by_day(client, last, args.days, args.status, args.limit)
     rows = [_session_row(s) for s in sessions]
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps(_json_times(rows, args.time_format)))
     elif args.quiet:
         for row in rows:
             print(command.printable(row["session_id"]))
@@ -134,8 +167,9 @@ def sessions_list(args: argparse.Namespace) -> int:
     else:
         _table(
             f"{len(rows)} session(s)",
-            list(rows[0]) if rows else ["session_id"],
+            list(rows[0]),
             [list(r.values()) for r in rows],
+            time_format=args.time_format,
         )
     return EXIT_OK if rows else EXIT_NOT_FOUND
 
@@ -167,7 +201,7 @@ def sessions_show(args: argparse.Namespace) -> int:
     session = client.sessions.get(args.session_id)
     timeline = _timeline(client.executions.list(args.session_id, load_payloads=False))
     if args.json:
-        print(json.dumps({"session": session.to_dict(), "agents": timeline}))
+        print(json.dumps({"session": session.to_dict(), "agents": _json_times(timeline, args.time_format)}))
         return EXIT_OK
     from rich.markup import escape
     from rich.text import Text
@@ -178,14 +212,17 @@ def sessions_show(args: argparse.Namespace) -> int:
         f"[bold]{escape(shown(session.session_id))}[/] {escape(shown(session.project_name or '-'))} "
         f"({session.pipeline_type.value}) user={escape(shown(session.user_id or '-'))} "
         f"status=[bold]{session.status.value}[/] progress={session.progress}/9 "
-        f"version={session.version} resumes={session.resume_count}"
+        f"version={session.version} resumes={session.resume_count} "
+        f"updated={command.show_time(session.last_updated, args.time_format or 'relative')}"
     )
     if session.failed_agents:
         console.print(Text(f"tolerated failures: {shown(', '.join(session.failed_agents))}"))
     if session.error_message:
         console.print(Text(f"error: {shown(session.error_message, keep_newlines=True)}"))
-    columns = ("step", "agent", "status", "duration_s", "retries", "input_bytes", "output_bytes", "error")
-    _table("", columns, [[row[c] for c in columns] for row in timeline])
+    columns = (
+        "step", "agent", "status", "start", "duration_s", "retries", "input_bytes", "output_bytes", "error"
+    )  # fmt: skip
+    _table("", columns, [[row[c] for c in columns] for row in timeline], time_format=args.time_format)
     return EXIT_OK
 
 
@@ -193,10 +230,13 @@ def projects_list(args: argparse.Namespace) -> int:
     page = _client(args).projects.list_for_user(args.user, limit=args.limit)
     rows = [p.to_dict() for p in page.items]
     if args.json:
-        print(json.dumps(rows))
-    else:
+        print(json.dumps(_json_times(rows, args.time_format)))
+    elif rows:
         columns = ("project_id", "project_name", "download_count", "last_accessed", "size_mb")
-        _table(f"projects of {args.user}", columns, [[row.get(c) for c in columns] for row in rows])
+        rows_shown = [[row.get(c) for c in columns] for row in rows]
+        _table(f"projects of {args.user}", columns, rows_shown, time_format=args.time_format)
+    else:
+        print("no projects found", file=sys.stderr)
     return EXIT_OK if rows else EXIT_NOT_FOUND
 
 
@@ -252,9 +292,11 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     out = listing.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON array on stdout")
     out.add_argument("-q", "--quiet", action="store_true", help="only the session ids, one per line")
+    command.time_format_option(listing)
     show = leaf(sessions, "show", "one run: its nine agents' timeline", sessions_show)
     show.add_argument("session_id", help="the run's session id")
     show.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    command.time_format_option(show)
 
     projects = group("projects", "a user's generated projects")
     plist = leaf(projects, "list", "a user's projects, most recently accessed first", projects_list)
@@ -266,6 +308,7 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
         help="at most this many projects (1-1000)",
     )
     plist.add_argument("--json", action="store_true", help="one JSON array on stdout")
+    command.time_format_option(plist)
 
     tables = group("tables", "this environment's DynamoDB tables")
     create = leaf(tables, "create", "create the env's tables if missing (LocalStack, tests)", tables_create)
@@ -295,7 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     plugins = _plugins()
     before, name, rest = _split(argv)
     if name in plugins:
-        plugin: Callable[..., int] = plugins[name].load()
+        try:
+            plugin: Callable[..., int] = plugins[name].load()
+        except ImportError as exc:  # the command's package is there, an optional dependency is not
+            print(f"error: {command.missing_extra(exc)}", file=sys.stderr)
+            return EXIT_USAGE
         if name == "worker" and rest[:1] == ["run"]:
             rest = rest[1:]  # `tdev worker run …` reads better in docs; the worker has one command
         return plugin(rest + before, prog=f"tdev {name}")

@@ -9,7 +9,9 @@ Why one helper: the CLIs used to disagree — a store failure was exit 3 in two 
   them: before the subcommand or after it;
 - **help** on every command and subcommand, with defaults shown;
 - **client set-up** from those options and the environment (`StateConfig.from_env`);
-- **console output**: rich when installed (`tdev-state-client[cli]`), wide when piped.
+- **console output**: rich when installed (`tdev-state-client[cli]`, else one line naming the extra), wide
+  when piped, colour only on a terminal and never under `NO_COLOR`; a reader that quits early (`| head`)
+  ends the command quietly, exit 0; times in tables as `--time-format` says.
 
 The library itself never prints; only these entry points write to stdout/stderr.
 """
@@ -17,10 +19,11 @@ The library itself never prints; only these entry points write to stdout/stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import unicodedata
-from collections.abc import Callable, Sequence
-from datetime import date
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, date, datetime
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from tdev_state.config import StateConfig
@@ -39,12 +42,22 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES_EPILOG = "exit codes: 0 ok, 1 nothing found, 2 bad arguments or settings, 3 the store failed"
 
 
-class UsageError(StateError):
+class CommandLineError(StateError):
     """A command was called with arguments it cannot act on (exit 2)."""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown after each option's help; descriptions keep their line breaks."""
+    """Defaults shown after each option's help; descriptions keep their line breaks.
+
+    An option whose help already says its default (one computed at run time: a host name, half another
+    setting) or whose default is None (not given: the help says what happens then) gets no second,
+    contradicting `(default: None)`."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or "default:" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 class Parser(argparse.ArgumentParser):
@@ -57,6 +70,11 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("the following arguments are required: ") and message.endswith("COMMAND"):
+            # `tdev` (or `tdev sessions`) alone: the user is asking what there is. The help, on stderr
+            # with argparse's exit 2 for a missing argument, so a script that forgot its command still fails.
+            self.print_help(sys.stderr)
+            self.exit(EXIT_USAGE)
         # One line: what is wrong and where the usage is (the full usage of a 20-option command buries it).
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
@@ -120,39 +138,110 @@ def add_command(subparsers: Any, name: str, help_text: str, target: argparse.Arg
     return made
 
 
-def state_config(args: argparse.Namespace, **overrides: object) -> StateConfig:
-    """The client configuration: the environment, then the target options the user gave."""
+def state_config(
+    args: argparse.Namespace, *, need_credentials: bool = False, **overrides: object
+) -> StateConfig:
+    """The client configuration: the environment, then the target options the user gave.
+    `need_credentials`: a one-shot command (`tdev sessions list`) checks at once that AWS credentials
+    exist, so their absence is one line naming the fix, exit 2 — not a denied call, exit 3, after
+    boto3's search. Long-running servers (worker, console) start anyway and report through /readyz."""
     given: dict[str, object] = {
         key: getattr(args, key) for key in ("env", "target", "region", "profile") if hasattr(args, key)
     }
-    return StateConfig.from_env(None, **given, **overrides)
+    config = StateConfig.from_env(None, **given, **overrides)
+    if need_credentials:
+        require_credentials(config)
+    return config
+
+
+def require_credentials(config: StateConfig) -> None:
+    """ConfigurationError unless boto3 finds credentials for a client of `config` that talks to AWS
+    (LocalStack's are the test ones; another endpoint is the user's to sign for as they choose)."""
+    if config.local_credentials or config.endpoint_url:
+        return
+    import boto3
+    import botocore.exceptions
+
+    try:
+        found = boto3.session.Session(
+            profile_name=config.profile, region_name=config.region
+        ).get_credentials()
+    except botocore.exceptions.BotoCoreError as exc:
+        raise ConfigurationError(f"cannot read AWS credentials: {exc}") from None
+    if found is None:
+        raise ConfigurationError(
+            f"no AWS credentials for env {config.env!r} on AWS: set AWS_PROFILE (or AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY) or log in; --local uses the LocalStack on this machine instead"
+        )
+
+
+#: Optional modules a command may need -> the extra that installs them (one line instead of a traceback).
+EXTRAS = {
+    "rich": "tdev-state-client[cli]",
+    "matplotlib": "tdev-metrics-collector[report]",
+    "numpy": "tdev-metrics-collector[report]",
+}
+
+
+def missing_extra(exc: ImportError) -> str:
+    """The one line for a command whose optional dependency is not installed: which extra to install."""
+    module = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(module)
+    if extra is None:
+        return f"a module this command needs is not installed ({module or exc}): reinstall the package"
+    return f"this command needs {module}, which is not installed: install {extra} (pip install '{extra}')"
+
+
+def reader_gone() -> int:
+    """stdout's reader quit early (`tdev … | head -1`): end quietly, exit 0, as `cat` does in a pipeline
+    it was asked to feed. stdout is pointed at /dev/null so the interpreter's final flush of what is still
+    buffered cannot raise a second BrokenPipeError (and a traceback) on the way out."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout without a file descriptor (tests): nothing to flush later
+        pass
+    return EXIT_OK
 
 
 def run(action: Callable[[], int], *, stderr: IO[str] | None = None) -> int:
     """Run a command's body and turn the platform's errors into one line and an exit code."""
     err = sys.stderr if stderr is None else stderr
     try:
-        return action()
+        code = action()
+        sys.stdout.flush()  # inside the try: a reader gone shows here, not at the interpreter's exit
+    except BrokenPipeError:
+        return reader_gone()
+    except ImportError as exc:
+        code, line = EXIT_USAGE, f"error: {missing_extra(exc)}"
     except NotFoundError as exc:  # messages may quote stored text: shown, never obeyed
-        print(f"not found: {printable(exc)}", file=err)
-        return EXIT_NOT_FOUND
-    except (ValidationError, ConfigurationError, UsageError) as exc:  # the caller's to fix
-        print(f"error: {printable(exc)}", file=err)
-        return EXIT_USAGE
+        code, line = EXIT_NOT_FOUND, f"not found: {printable(exc)}"
+    except (ValidationError, ConfigurationError, CommandLineError) as exc:  # the caller's to fix
+        code, line = EXIT_USAGE, f"error: {printable(exc)}"
     except StateError as exc:
-        print(f"error: {printable(exc)}", file=err)
-        return EXIT_STORE
+        code, line = EXIT_STORE, f"error: {printable(exc)}"
     except KeyboardInterrupt:
-        print("interrupted", file=err)
-        return EXIT_INTERRUPTED
+        code, line = EXIT_INTERRUPTED, "interrupted"
+    else:
+        return code
+    print(line, file=err)
+    return code
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
     """Parse, or the exit code argparse chose (0 after --help, 2 after a usage error it printed)."""
     try:
-        return parser.parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    else:
+        return args
+    try:
+        sys.stdout.flush()  # `tdev --help | head -1`: the reader may be gone already
+    except BrokenPipeError:
+        return reader_gone()
+    return code
 
 
 def entry(
@@ -221,12 +310,77 @@ def printable(value: object, *, keep_newlines: bool = False) -> str:
     return "".join(out)
 
 
-def console() -> Console:
-    """A rich console on stdout: the terminal's width, or 160 columns when piped (CI logs, `| less`)."""
-    try:
-        from rich.console import Console
-    except ImportError:  # pragma: no cover - exercised only without the extra installed
-        raise ConfigurationError(
-            "this command prints tables with rich: install tdev-state-client[cli]"
-        ) from None
-    return Console() if sys.stdout.isatty() else Console(width=160)
+def no_color(environ: Mapping[str, str] | None = None) -> bool:
+    """`NO_COLOR` set to anything but "" (https://no-color.org): no ANSI colour or style at all."""
+    return bool((os.environ if environ is None else environ).get("NO_COLOR"))
+
+
+def console(file: IO[str] | None = None) -> Console:
+    """A rich console on stdout: the terminal's width, or 160 columns when piped (CI logs, `| less`).
+    Styles only on a terminal; none at all under NO_COLOR (not even bold: plain text, as the spec asks
+    of colour, is what a user who sets it wants to copy). A missing rich is the ImportError `run` turns
+    into one line naming the extra."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich's own ends the process with exit 1; `run` ends it quietly with 0, as for print().
+            self.quiet = True
+            raise BrokenPipeError
+
+    out = sys.stdout if file is None else file
+    plain = {"color_system": None} if no_color() else {}
+    if out.isatty():
+        return _Console(file=out, **plain)  # type: ignore[arg-type]
+    return _Console(file=out, width=160, **plain)  # type: ignore[arg-type]
+
+
+#: `--time-format` choices: `relative` ("3m ago": how long ago, for a person), `iso` (UTC, to the second:
+#: to paste elsewhere), `epoch` (seconds, as stored and as --json gives them).
+TIME_FORMATS = ("relative", "iso", "epoch")
+
+
+def time_format_option(parser: argparse.ArgumentParser) -> None:
+    """The `--time-format` option of a command that prints times in a table."""
+    parser.add_argument(
+        "--time-format",
+        choices=TIME_FORMATS,
+        default=None,
+        help="how tables show times: relative (3m ago), iso (UTC) or epoch seconds (default: relative; "
+        "--json gives epoch seconds unless this is given)",
+    )
+
+
+def show_time(
+    value: datetime | float | None, style: str, *, now: datetime | None = None
+) -> str | float | None:
+    """A timestamp as `style` says (see TIME_FORMATS); None stays None (shown as a blank cell)."""
+    if value is None:
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromtimestamp(float(value), UTC)
+    if style == "epoch":
+        return round(moment.timestamp(), 3)
+    if style == "iso":
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    seconds = ((now or datetime.now(UTC)) - moment).total_seconds()
+    return ago(seconds)
+
+
+def ago(seconds: float) -> str:
+    """A duration before now as a person says it: `just now`, `42s ago`, `5m ago`, `3h 12m ago`,
+    `2d 4h ago` (and `in 5m` for a time ahead: another machine's clock)."""
+    ahead, span = seconds < 0, int(abs(seconds))
+    if span < 1:
+        return "just now"
+    days, rest = divmod(span, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        text = f"{days}d {hours}h" if hours else f"{days}d"
+    elif hours:
+        text = f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    elif minutes:
+        text = f"{minutes}m"
+    else:
+        text = f"{secs}s"
+    return f"in {text}" if ahead else f"{text} ago"

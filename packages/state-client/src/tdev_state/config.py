@@ -252,7 +252,7 @@ class StateConfig:
         keyword overrides win (`target` and `profile` included).
 
         The target says where the tables are: `local` is the LocalStack on this machine (`AWS_ENDPOINT_URL`,
-        else http://127.0.0.1:4566, signed with test credentials unless `AWS_ACCESS_KEY_ID` is set); `aws`
+        else http://127.0.0.1:4566, always signed with test credentials, never the shell's); `aws`
         is AWS with the credentials boto3 finds. It defaults to `local` for the `local` env — the env the
         local stack is deployed as — and to `aws` for any other. The region is resolved as boto3 resolves
         it: the variables, then the profile's configured region, then us-east-1.
@@ -282,7 +282,9 @@ class StateConfig:
             or "us-east-1",
             "endpoint_url": endpoint,
             "profile": profile,
-            "local_credentials": target == "local" and not env.get("AWS_ACCESS_KEY_ID"),
+            # Always LocalStack's test credentials for the local target, whatever the shell exports:
+            # real keys never sign a request meant for LocalStack (README's promise).
+            "local_credentials": target == "local",
             "payload_bucket": env.get("TDEV_PAYLOAD_BUCKET") or None,
             "kms_key_id": env.get("TDEV_KMS_KEY_ID") or None,
             "encrypt_fields": frozenset(
