@@ -46,7 +46,7 @@ from tdev_recovery.exceptions import RecoveryError
 from tdev_recovery.resumers import Resumer, load_resumer
 from tdev_state import AGENTS, RecoveryPolicy, StateClient, command
 from tdev_state import validate as check
-from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, UsageError
+from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, CommandLineError
 
 
 def _env_setting(variable: str, flag: str, parse: Callable[[str], Any], default: Any) -> Any:
@@ -57,7 +57,7 @@ def _env_setting(variable: str, flag: str, parse: Callable[[str], Any], default:
     try:
         return parse(raw)
     except argparse.ArgumentTypeError as exc:
-        raise UsageError(f"${variable}: {exc} (also settable with {flag})") from None
+        raise CommandLineError(f"${variable}: {exc} (also settable with {flag})") from None
 
 
 def _count(text: str) -> int:
@@ -210,7 +210,7 @@ def _worker_config(args: argparse.Namespace) -> WorkerConfig:
             max_resumes=_env_setting("TDEV_MAX_RESUMES", "the worker's --max-resumes", _count, 3),
         )
     except RecoveryError as exc:
-        raise UsageError(str(exc)) from None
+        raise CommandLineError(str(exc)) from None
 
 
 def _kinds(args: argparse.Namespace) -> tuple[BacklogKind, ...]:
@@ -270,12 +270,14 @@ def _select(
     """The runs the action is for: the one named (whatever its state: the claim path decides), or the
     backlog's runs the filters select."""
     if args.all == (args.session_id is not None):
-        raise UsageError(f"name one run (tdev backlog {args.command} ID) or pass --all, not both or neither")
+        raise CommandLineError(
+            f"name one run (tdev backlog {args.command} ID) or pass --all, not both or neither"
+        )
     if args.force and args.session_id is None:
-        raise UsageError("--force acts on one named run only, never on --all")
+        raise CommandLineError("--force acts on one named run only, never on --all")
     if args.session_id is not None:
         if args.failed_only or args.stalled_only or args.agent or args.older_than:
-            raise UsageError("--failed-only, --stalled-only, --agent and --older-than go with --all")
+            raise CommandLineError("--failed-only, --stalled-only, --agent and --older-than go with --all")
         return [entry(client.sessions.candidate(args.session_id), policy, now)]
     return list_backlog(
         client,
@@ -295,11 +297,11 @@ def _resumer(args: argparse.Namespace) -> Resumer | None:
         return None
     spec = args.resumer or os.environ.get("TDEV_RESUMER")
     if not spec:
-        raise UsageError("no resumer: pass --resumer URL|module:function or set TDEV_RESUMER")
+        raise CommandLineError("no resumer: pass --resumer URL|module:function or set TDEV_RESUMER")
     try:
         return load_resumer(spec)
     except RecoveryError as exc:
-        raise UsageError(str(exc)) from None
+        raise CommandLineError(str(exc)) from None
 
 
 def _execute(
@@ -357,7 +359,7 @@ def backlog_action(args: argparse.Namespace, client: StateClient) -> int:
     reason = ""
     if action == ABANDON:
         if not args.reason.strip():
-            raise UsageError("--reason must say why the run is given up; it is empty")
+            raise CommandLineError("--reason must say why the run is given up; it is empty")
         # Checked once, before any claim: a reason the store refuses would refuse every run of a batch.
         reason = check.error_text(f"abandoned by an operator: {args.reason.strip()}")
     config = _worker_config(args)
@@ -410,14 +412,7 @@ def main(
             if client is None:
                 own.close()
 
-    try:
-        return command.run(body)
-    except BrokenPipeError:
-        # The reader quit early (`| head`): end quietly, as a filter does. stdout is pointed at devnull so
-        # the interpreter's own flush at exit cannot raise again. (Goes once tdev_state.command does it.)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
+    return command.run(body)
 
 
 if __name__ == "__main__":
