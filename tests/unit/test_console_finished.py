@@ -179,3 +179,32 @@ def test_a_stall_threshold_shapes_the_rule_like_the_workers(client: StateClient,
     web = browser(client, clock, stall_threshold=timedelta(minutes=2))
     clock.advance(minutes=3)
     assert 'id="run-status">stalled<' in web.get(f"/runs/{sid}").text
+
+
+def test_the_usage_charts_log_axis_has_plain_labels(
+    client: StateClient, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The durations chart's log axis reads `10`, not the raw mathtext `$\\mathdefault{10^{1}}$` that the
+    console's plain-text drawing (stored names are never parsed as math) would show."""
+    import matplotlib.figure
+
+    from tdev_console._charts import usage_png
+    from tdev_metrics.usage import UsageReader
+
+    drawn: list[Any] = []
+    original = matplotlib.figure.Figure.savefig
+
+    def keep(self: Any, *args: Any, **kwargs: Any) -> None:
+        drawn.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    day = clock().date()
+    report = UsageReader(client).report(day, day)
+    report["duration_seconds"]["run"] = {"p50": 8.1, "p95": 20.2}
+    report["duration_seconds"]["agents"]["nl_input"] = {"p50": 0.7, "p95": 0.9}
+    assert usage_png(report)[:4] == b"\x89PNG"
+    (figure,) = drawn
+    labels = [t.get_text() for ax in figure.axes for t in ax.get_yticklabels(which="both")]
+    assert any(labels)
+    assert not [label for label in labels if "$" in label or "mathdefault" in label]
