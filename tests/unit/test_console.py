@@ -352,7 +352,8 @@ def test_a_live_run_is_never_resumed_or_abandoned_from_the_console(
     for action in ("resume", "abandon"):
         refused = web.post(f"/backlog/{live}/{action}", data={"csrf": csrf, "reason": "x"})
         assert refused.status_code == 409
-        assert "is not stalled" in refused.text
+        assert "cannot be taken now: the run is live" in refused.text
+        assert "force=True" not in refused.text  # the console has no such switch to offer
     assert client.sessions.recovery_history(live).fencing_token == 0
 
 

@@ -13,7 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tdev_console import ConsoleSettings, create_app
-from tdev_state import RunPolicy, StateClient
+from tdev_state import RunPolicy, StateClient, ValidationError
 
 from ..console_runs import BackgroundResumer, make_failed_run
 from .conftest import FakeClock
@@ -170,6 +170,13 @@ def test_settings_are_frozen() -> None:
         settings.allow_actions = True  # type: ignore[misc]
     assert settings.stall_threshold is None  # the worker's default: each run's declared window
     assert settings.policy(RunPolicy()).stall_threshold is None
+
+
+@pytest.mark.parametrize("bad", [timedelta(0), timedelta(seconds=-1), 600])
+def test_a_stall_threshold_that_is_no_duration_is_refused(bad: Any) -> None:
+    """A zero, negative or bare-number threshold is a ValidationError saying what to pass."""
+    with pytest.raises(ValidationError, match="positive timedelta or None"):
+        ConsoleSettings(stall_threshold=bad)
 
 
 def test_a_stall_threshold_shapes_the_rule_like_the_workers(client: StateClient, clock: FakeClock) -> None:

@@ -107,9 +107,10 @@ class RecoveryPages:
             return self.pages.error(request, 409, "No resumer", NO_RESUMER)
         try:
             result = await self.perform(action, sid, str(form.get("reason", "")))
-        except LiveRunError:
+        except LiveRunError as exc:  # worded for the page: the console has no force=True to offer
             self.metrics.action(action, "live")
-            raise
+            message = f"{sid} cannot be taken now: {exc.reason}. Nothing was changed."
+            return self.pages.error(request, 409, "The run is live", message)
         except NotRecoverableError:
             self.metrics.action(action, "not_recoverable")
             raise

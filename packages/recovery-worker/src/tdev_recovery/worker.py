@@ -342,7 +342,8 @@ class RecoveryWorker:
                 wait = f"; watch it {verdict.confirm_left:.0f} s more" if verdict.confirm_left else ""
                 raise LiveRunError(
                     f"session {session_id!r} is not stalled — {verdict.reason}{wait}. Nothing was changed; "
-                    f"pass force=True to {what} it anyway"
+                    f"pass force=True to {what} it anyway",
+                    reason=f"{verdict.reason}{wait}",
                 )
         claim = await self._io(
             self._claims.claim, candidate, worker_id=self.config.worker_id, lease=self.config.lease
