@@ -7,7 +7,6 @@ split in `setup` (done by other components, not recorded and not under the polic
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -145,7 +144,7 @@ async def worker_act(client: StateClient, clock: Any) -> None:
     worker = RecoveryWorker(client, resumer, config, clock=clock)
     usage = MetricsCollector(client, start=False)  # as the worker's CLI runs it: resumes are counted
     await worker.sweep()
-    await asyncio.gather(*list(worker._inflight.values()))
+    await worker.wait_for_inflight()
     assert len(resumed) == 3, resumed
     assert client.sessions.get(refused[0]).status is SessionStatus.ABANDONED
     assert usage.close()

@@ -280,7 +280,7 @@ def test_missing_run_is_a_404_page(console: Console, browser: Any) -> None:
 
 
 def test_metrics_and_usage_charts_render(console: Console, page: Any) -> None:
-    for name, url in (("metrics", "/metrics"), ("usage", "/usage")):
+    for name, url in (("metrics", "/metrics/view"), ("usage", "/usage")):
         page.goto(console.url + url)
         chart = page.locator("img.chart")
         chart.wait_for()

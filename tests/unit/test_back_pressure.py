@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -56,7 +55,7 @@ def failed_run(client: StateClient) -> str:
 
 async def resume_all(worker: RecoveryWorker) -> None:
     await worker.sweep()
-    await asyncio.gather(*list(worker._inflight.values()))
+    await worker.wait_for_inflight()
 
 
 async def test_a_busy_pipeline_uses_no_attempt(client: StateClient, clock: FakeClock) -> None:

@@ -118,7 +118,7 @@ def test_missing_run_bad_filter_and_unknown_path_are_pages_not_tracebacks(
     searched = web.get("/runs?run=a/b")  # the search box: the id, encoded as one path segment
     assert searched.headers["location"] == "http://127.0.0.1:8080/runs/a%2Fb"
     assert web.get("/runs?cursor=garbage").status_code == 400
-    assert web.get("/metrics?metric=a%23b").status_code == 400
+    assert web.get("/metrics/view?metric=a%23b").status_code == 400
 
 
 def test_every_stored_string_is_escaped(client: StateClient, clock: FakeClock) -> None:
@@ -243,6 +243,7 @@ def test_read_only_console_makes_no_writes(client: StateClient, clock: FakeClock
         f"/runs/{hostile}/payload/metadata",
         "/backlog",
         "/fragments/backlog",
+        "/metrics/view",
         "/metrics",
         "/usage",
     ):
@@ -325,7 +326,7 @@ def test_read_only_console_calls_exactly_its_read_grants(clock: FakeClock, aws: 
             f"/runs/{sid}/payload/nl_input.output",
             f"/runs/{failed}",
             "/backlog",
-            "/metrics",
+            "/metrics/view",
             "/usage",
         ):
             assert web.get(url).status_code == 200, url
@@ -346,18 +347,22 @@ def test_a_live_run_is_never_resumed_or_abandoned_from_the_console(
     live = client.sessions.create(project_name="running").session_id
     client.executions.start(live, "nl_input")
     web = browser(client, clock, allow_actions=True, token=TOKEN, resumer=BackgroundResumer(client))
-    csrf = _sign_in_only(web, live)
+    csrf = _sign_in_only(web, client, clock)
     assert "Resume now" not in web.get(f"/runs/{live}").text
     for action in ("resume", "abandon"):
         refused = web.post(f"/backlog/{live}/{action}", data={"csrf": csrf, "reason": "x"})
         assert refused.status_code == 409
-        assert "is ACTIVE and updated" in refused.text
+        assert "cannot be taken now: the run is live" in refused.text
+        assert "force=True" not in refused.text  # the console has no such switch to offer
     assert client.sessions.recovery_history(live).fencing_token == 0
 
 
-def _sign_in_only(web: TestClient, sid: str) -> str:
+def _sign_in_only(web: TestClient, client: StateClient, clock: FakeClock) -> str:
+    """Sign in; the CSRF token from the confirm form of a run failed long ago (a live run has none)."""
+    earlier = StateClient(client.config, clock=lambda: clock() - timedelta(minutes=15))
+    old = make_failed_run(earlier)
     assert web.get(f"/login?token={TOKEN}").status_code == 303
-    found = re.search(r'name="csrf" value="([^"]+)"', web.get(f"/backlog/{sid}/abandon").text)
+    found = re.search(r'name="csrf" value="([^"]+)"', web.get(f"/backlog/{old}/abandon").text)
     assert found
     return found.group(1)
 

@@ -3,7 +3,6 @@ resume request carries — one rule for the worker and resume_pipeline (tdev_sta
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 import pytest
@@ -58,7 +57,7 @@ def run_up_to(client: StateClient, agents: int, *, start_next: bool, next_input:
 
 async def sweep(worker: RecoveryWorker) -> int:
     started = await worker.sweep()
-    await asyncio.gather(*list(worker._inflight.values()))
+    await worker.wait_for_inflight()
     return started
 
 

@@ -78,7 +78,7 @@ async def test_the_sweep_skips_an_unreadable_item_and_resumes_the_others(
     resumer = Accepting()
     worker = RecoveryWorker(client, resumer, WORKER, clock=clock)
     assert await worker.sweep() == 1
-    await asyncio.gather(*list(worker._inflight.values()))
+    await worker.wait_for_inflight()
     assert resumer.sessions == [good]
     assert worker.metrics.malformed_items._value.get() == 1
     assert worker.metrics.sweep_errors._value.get() == 0

@@ -78,7 +78,7 @@ async def until(condition: Callable[[], bool]) -> None:
 
 async def sweep_and_wait(worker: RecoveryWorker) -> int:
     started = await worker.sweep()
-    await asyncio.gather(*list(worker._inflight.values()))
+    await worker.wait_for_inflight()
     return started
 
 
@@ -347,7 +347,7 @@ async def test_shutdown_releases_a_resume_that_outlives_the_grace_period(
     config = WorkerConfig(**{**FAST.__dict__, "grace_period": 0.2})
     worker = RecoveryWorker(client, hangs, config, clock=clock)
     runner = asyncio.create_task(worker.run())
-    await until(lambda: sid in worker._inflight)  # claimed, its resume hanging
+    await until(lambda: sid in worker.inflight)  # claimed, its resume hanging
     await worker.shutdown()
     await asyncio.wait_for(runner, timeout=5)
     item = client.layer.get(client.config.tables.sessions, {"session_id": sid})

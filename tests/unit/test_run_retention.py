@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 import pytest
@@ -80,7 +79,7 @@ async def test_a_run_with_a_missing_completed_agent_is_abandoned_not_resumed(
     resumer = Accepting()
     worker = RecoveryWorker(client, resumer, WORKER, clock=clock)
     assert await worker.sweep() == 1
-    await asyncio.gather(*list(worker._inflight.values()))
+    await worker.wait_for_inflight()
     assert resumer.sessions == []
     session = client.sessions.get(sid)
     assert session.status is SessionStatus.ABANDONED
@@ -101,5 +100,5 @@ async def test_a_whole_record_with_a_tolerated_failure_is_resumed(
     resumer = Accepting()
     worker = RecoveryWorker(client, resumer, WORKER, clock=clock)
     await worker.sweep()
-    await asyncio.gather(*list(worker._inflight.values()))
+    await worker.wait_for_inflight()
     assert resumer.sessions == [sid]

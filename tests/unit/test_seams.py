@@ -98,7 +98,7 @@ async def test_a_worker_resume_sent_as_json_gives_the_resumed_agent_its_stored_i
     clock.advance(minutes=12)  # past generation's window (2 x 300 s + grace)
     worker = RecoveryWorker(client, http_like, PER_AGENT, clock=clock)
     assert await worker.sweep() == 1
-    await asyncio.gather(*list(worker._inflight.values()))
+    await worker.wait_for_inflight()
     (resumed,) = await asyncio.wait_for(asyncio.gather(*_resume_route._tasks), 10)
     assert (answers, resumed.success) == ([202], True)
     session, agents = await stored(aclient, sid)
@@ -178,7 +178,7 @@ async def test_a_resumed_agent_gets_the_live_runs_project_type_when_an_output_wa
 
     worker = RecoveryWorker(client, http_like, PER_AGENT, clock=clock)
     assert await worker.sweep() == 1
-    await asyncio.gather(*list(worker._inflight.values()))
+    await worker.wait_for_inflight()
     await asyncio.wait_for(asyncio.gather(*_resume_route._tasks), 10)
     _, agents = await stored(aclient, sid)
     assert agents["generation"].input_data["project_type"] == "react"

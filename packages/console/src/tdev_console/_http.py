@@ -33,9 +33,10 @@ log = get_logger(__name__)
 #: The names a loopback console is always addressed by.
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
-#: Paths answered whatever the Host: a load balancer's health check addresses the target by its IP, and
-#: the answer (`{"ok": true}`) tells nobody anything.
-_ANY_HOST_PATHS = frozenset({"/healthz"})
+#: Paths answered whatever the Host: a load balancer's health check and a Prometheus scraper address the
+#: target by its IP, and neither answer (`{"ok": true}`; request, action and error counts by route
+#: template, never a run's id or data) tells a rebinding page anything about the runs.
+_ANY_HOST_PATHS = frozenset({"/healthz", "/metrics"})
 
 
 def split_host(header: str) -> tuple[str, int | None]:

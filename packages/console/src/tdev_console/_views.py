@@ -21,10 +21,12 @@ from tdev_state import (
     PipelineType,
     RecoveryCandidate,
     RecoveryHistory,
+    RecoveryPolicy,
     Session,
     SessionStatus,
     StateClient,
     ValidationError,
+    Verdict,
 )
 
 #: Index pages one runs-list request may read to fill a page when filters drop runs (bounded cost).
@@ -35,7 +37,7 @@ class RunFilter(StrEnum):
     """The statuses an operator filters by: the stored ones, plus two that are read off a run."""
 
     ACTIVE = "ACTIVE"
-    STALLED = "STALLED"  # ACTIVE, but silent for longer than the stall threshold
+    STALLED = "STALLED"  # ACTIVE, but silent past its window (RecoveryPolicy)
     FAILED = "FAILED"
     COMPLETED = "COMPLETED"
     TOLERATED = "TOLERATED"  # COMPLETED with tolerated agent failures
@@ -58,10 +60,39 @@ class RunRow:
     tone: str  # the badge's CSS class
 
 
-def run_state(session: Session, now: datetime, stall_threshold: timedelta) -> tuple[str, str]:
-    """The badge text and tone of a run: stalled and tolerated failures are read off the run."""
+def as_candidate(session: Session, history: RecoveryHistory | None = None) -> RecoveryCandidate:
+    """A session as the recovery rule reads a run (with its claim state, when `history` is given). A session
+    does not carry the window the run's last write declared (`live_for`), so the rule falls back to its
+    current agent's declared window (or the stall threshold): the same rule, read from what the page has."""
+    claim: dict[str, Any] = {}
+    if history is not None:
+        claim = {
+            "lease_expires_at": history.lease_expires_at,
+            "lease_owner": history.lease_owner,
+            "fencing_token": history.fencing_token,
+            "resume_attempts": history.resume_attempts,
+            "last_resumed_at": history.last_resumed_at,
+        }
+    return RecoveryCandidate(
+        session_id=session.session_id,
+        status=session.status,
+        last_updated=session.last_updated,
+        progress=session.progress,
+        current_agent=session.current_agent,
+        version=session.version,
+        resume_count=session.resume_count,
+        project_name=session.project_name,
+        pipeline_type=session.pipeline_type.value,
+        failed_agents=session.failed_agents,
+        **claim,
+    )
+
+
+def run_state(session: Session, now: datetime, policy: RecoveryPolicy) -> tuple[str, str]:
+    """The badge text and tone of a run: stalled (by the recovery rule) and tolerated failures are read off
+    the run."""
     status = session.status
-    if status is SessionStatus.ACTIVE and now - session.last_updated > stall_threshold:
+    if status is SessionStatus.ACTIVE and now >= policy.stalled_at(as_candidate(session)):
         return "stalled", "warn"
     if status is SessionStatus.COMPLETED and session.failed_agents:
         return f"COMPLETED ({len(session.failed_agents)} tolerated)", "ok-warn"
@@ -141,7 +172,7 @@ def find_runs(
     *,
     limit: int,
     now: datetime,
-    stall_threshold: timedelta,
+    policy: RecoveryPolicy,
 ) -> RunsPage:
     """Newest first, from the by-user index when a user is given, else the by-day index."""
 
@@ -181,7 +212,7 @@ def find_runs(
         pages += 1
         read += len(page.items)
         for session in page.items:
-            state, tone = run_state(session, now, stall_threshold)
+            state, tone = run_state(session, now, policy)
             row = RunRow(session, state, tone)
             if wanted(row):
                 rows.append(row)
@@ -226,6 +257,8 @@ class RunView:
     history: RecoveryHistory
     started: datetime
     span_seconds: float
+    #: The recovery rule's verdict now: Resume now / Abandon are offered only when it says claimable.
+    verdict: Verdict
 
 
 def run_view(
@@ -233,7 +266,7 @@ def run_view(
     session_id: str,
     *,
     now: datetime,
-    stall_threshold: timedelta,
+    policy: RecoveryPolicy,
 ) -> RunView:
     """Three reads: the session (GetItem), its agents (one Query, payloads left in place) and the claim
     history (GetItem); SessionNotFoundError (a 404 page) when there is no such run."""
@@ -266,7 +299,7 @@ def run_view(
             begin = min(max(begin, 0.0), 100.0)
             bar = (begin, max(min(end, 100.0) - begin, 0.4))
         rows.append(AgentRow(step, agent, execution, state, tone, bar))
-    state, tone = run_state(session, now, stall_threshold)
+    state, tone = run_state(session, now, policy)
     return RunView(
         session=session,
         state=state,
@@ -275,33 +308,39 @@ def run_view(
         history=history,
         started=started,
         span_seconds=span,
+        verdict=policy.judge(as_candidate(session, history), now=now),
     )
 
 
 @dataclass(frozen=True)
 class BacklogRow:
-    """A run recovery would take: FAILED, or ACTIVE and silent past the stall threshold."""
+    """A run recovery would take: FAILED, or ACTIVE and stalled by the recovery rule."""
 
     run: RecoveryCandidate
     kind: str  # "FAILED" or "stalled"
     idle: timedelta
     leased_by: str | None  # a live lease's owner: actions would be refused until it expires
+    #: The recovery rule's verdict now: the actions are offered only when it says claimable.
+    verdict: Verdict
 
 
-def backlog(
-    client: StateClient, *, now: datetime, stall_threshold: timedelta, limit: int
-) -> list[BacklogRow]:
-    """Every FAILED run and every stalled one, oldest first, from the sparse recovery index and one
-    BatchGetItem (no age floor for FAILED runs: an operator sees them before the worker's retry delay)."""
-    candidates = client.sessions.recovery_candidates(
-        failed_idle=timedelta(0), stalled_idle=stall_threshold, limit=limit, now=now, live=True
+def backlog(client: StateClient, *, now: datetime, policy: RecoveryPolicy, limit: int) -> list[BacklogRow]:
+    """Every FAILED run (any age: an operator sees it before the worker's retry delay) and every ACTIVE run
+    the rule says is stalled, oldest first, from the sparse recovery index and one BatchGetItem per kind."""
+    failed = client.sessions.recovery_candidates(
+        failed_idle=timedelta(0), stalled_idle=None, limit=limit, now=now, policy=policy, live=True
     )
+    stalled = client.sessions.recovery_candidates(
+        failed_idle=None, stalled_idle=timedelta(0), limit=limit, now=now, policy=policy
+    )
+    found = sorted([*failed, *stalled], key=lambda c: c.last_updated)[:limit]
     return [
         BacklogRow(
             run=c,
             kind="FAILED" if c.status is SessionStatus.FAILED else "stalled",
             idle=now - c.last_updated,
             leased_by=c.lease_owner if c.lease_expires_at and c.lease_expires_at > now else None,
+            verdict=policy.judge(c, now=now),
         )
-        for c in candidates
+        for c in found
     ]

@@ -22,6 +22,7 @@ def render_png(report: dict[str, Any], target: Path | BinaryIO) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogFormatter
 
     fig, ((funnel, days), (durations, stacks)) = plt.subplots(2, 2, figsize=(14, 9))
     fig.suptitle(f"T-Developer usage {report['from']} .. {report['to']} (UTC)")
@@ -61,6 +62,10 @@ def render_png(report: dict[str, Any], target: Path | BinaryIO) -> None:
         durations.bar([x + 0.2 for x in xs], [d["p95"] for _, d in measured], width=0.4, label="p95")
         durations.set_xticks(list(xs), [name for name, _ in measured], rotation=45, ha="right")
         durations.set_yscale("log")
+        # Plain tick labels: the default log formatter writes mathtext, which a host that draws stored
+        # names as text (text.parse_math off: the console, `tdev usage --html`) would show raw.
+        durations.yaxis.set_major_formatter(LogFormatter())
+        durations.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
         durations.legend(fontsize="small")
     else:
         durations.text(0.5, 0.5, "no data", ha="center", va="center", transform=durations.transAxes)

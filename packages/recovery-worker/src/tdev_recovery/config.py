@@ -54,6 +54,8 @@ class RetryPolicy:
 class WorkerConfig:
     """How one worker replica finds, claims and resumes runs."""
 
+    #: The name every claim of this replica writes (the run's recovery history shows it). Default:
+    #: HOST-PID-RANDOM (the host name, the process id and six hex digits), unique per start.
     worker_id: str = field(default_factory=_default_worker_id)
     #: Seconds between sweeps of the recovery index.
     poll_interval: float = 5.0

@@ -53,6 +53,11 @@ class LiveRunError(NotRecoverableError):
     """The run is live — inside its declared window, its resume's cool-down, or not yet confirmed stalled
     by this claimer's own observation: pass `force=True` to take it anyway."""
 
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        #: The recovery rule's reason alone (`Verdict.reason`), for callers that word their own refusal.
+        self.reason = reason or message
+
 
 class IncompleteRecordError(RecoveryError):
     """The run's stored record is not whole: an agent it finished has no item (expired or deleted) or not the

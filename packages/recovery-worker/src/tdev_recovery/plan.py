@@ -1,4 +1,8 @@
-"""`resume_pipeline(session_id)`, the plan's call: one resume of one run, as an awaitable."""
+"""The plan's calls on one run: `resume_pipeline(session_id)` and `abandon_pipeline(session_id, reason=...)`.
+
+Each is a short-lived `RecoveryWorker` and its public `resume_now` / `abandon_now`: the sweep's claim path
+and the worker's `RecoveryPolicy`, with nothing of the worker's insides reached from here.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ import os
 from typing import Any
 
 from tdev_recovery.config import WorkerConfig
-from tdev_recovery.exceptions import LiveRunError, NotRecoverableError, ResumerConfigError
+from tdev_recovery.exceptions import NotRecoverableError, ResumerConfigError
 from tdev_recovery.resumers import Resumer, ResumeRequest, load_resumer
 from tdev_recovery.worker import RecoveryWorker
-from tdev_state import Claim, LivenessObserver, SessionStatus, StateClient, ValidationError
+from tdev_state import LivenessObserver, StateClient
 from tdev_state import validate as check
 from tdev_state.plan import default_client
 
@@ -43,11 +47,10 @@ async def resume_pipeline(
         resumer = load_resumer(spec)
     worker = RecoveryWorker(sync, resumer, config)
     try:
-        claim = await _claim_open_run(worker, sync, session_id, "resume", force=force, observer=observer)
-        outcome = await worker.resume_claimed(claim)
+        result = await worker.resume_now(session_id, force=force, observer=observer)
     finally:
-        await worker._drain()
-    return {"session_id": session_id, "outcome": outcome.value, "fencing_token": claim.fencing_token}
+        await worker.shutdown()
+    return result.to_dict()
 
 
 async def abandon_pipeline(
@@ -63,51 +66,15 @@ async def abandon_pipeline(
     token, lease) and ABANDON it with `reason` under that claim. Raises NotRecoverableError if the run is
     final already or a live worker holds it, and LiveRunError while the run is live by the worker's rule
     (`force=True` abandons it anyway). Returns {"session_id", "outcome", "fencing_token"}."""
-    why = check.error_text(reason)  # refused before the claim, which would hold the run for a lease
+    check.error_text(reason)  # a bad reason is refused first, even where no client is configured
     sync = client or (await default_client()).sync
     worker = RecoveryWorker(sync, _no_resume, config)
     try:
-        claim = await _claim_open_run(worker, sync, session_id, "abandon", force=force, observer=observer)
-        outcome = await worker._abandon(claim, why)
+        result = await worker.abandon_now(session_id, reason, force=force, observer=observer)
     finally:
-        await worker._drain()
-    return {"session_id": session_id, "outcome": outcome.value, "fencing_token": claim.fencing_token}
+        await worker.shutdown()
+    return result.to_dict()
 
 
 async def _no_resume(request: ResumeRequest) -> None:
     raise NotRecoverableError("an abandon never resumes")  # pragma: no cover - never called
-
-
-async def _claim_open_run(
-    worker: RecoveryWorker,
-    sync: StateClient,
-    session_id: str,
-    what: str,
-    *,
-    force: bool,
-    observer: LivenessObserver | None,
-) -> Claim:
-    """The operator's claim: the run as it is now, judged by the worker's rule (no retry delay: an operator
-    acts on a FAILED run whenever its pipeline is done with it), through the sweep's own `claims.claim`."""
-    if not isinstance(force, bool):
-        raise ValidationError(f"force must be True or False, got {force!r:.40}")
-    candidate = await worker._io(sync.sessions.candidate, session_id)
-    if candidate.status not in (SessionStatus.ACTIVE, SessionStatus.FAILED):
-        raise NotRecoverableError(f"session {session_id!r} is {candidate.status.value}; nothing to {what}")
-    if not force:
-        watched = observer.unchanged_for(candidate) if observer is not None else None
-        verdict = worker.policy.judge(candidate, now=worker._clock(), unchanged_for=watched)
-        if not verdict.claimable:
-            wait = f"; watch it {verdict.confirm_left:.0f} s more" if verdict.confirm_left else ""
-            raise LiveRunError(
-                f"session {session_id!r} is not stalled — {verdict.reason}{wait}. Nothing was changed; "
-                f"pass force=True to {what} it anyway"
-            )
-    claim = await worker._io(
-        sync.claims.claim, candidate, worker_id=worker.config.worker_id, lease=worker.config.lease
-    )
-    if claim is None:
-        raise NotRecoverableError(
-            f"session {session_id!r} is held by another worker or changed meanwhile; try again later"
-        )
-    return claim

@@ -4,6 +4,11 @@ Lifecycle (after temporalio's Worker): `run()` until `shutdown()`; `shutdown()` 
 lets in-flight resumes finish within the grace period, then cancels them and releases their claims so other
 replicas take over at once. `async with RecoveryWorker(...)` runs and shuts down around a block. Signal
 handlers belong to the entry point (`tdev_recovery.cli`), never to this class.
+
+An operator's action on one run is public too: `resume_now(session_id)` and `abandon_now(session_id, reason)`
+claim the run through the sweep's own `claims.claim`, after the same `RecoveryPolicy` verdict, and then
+resume it (tracked with the sweep's resumes, so `shutdown()` drains it) or abandon it under that claim.
+`wait_for_inflight()` waits for the resumes in flight now (tests, and callers that sweep by hand).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
@@ -22,6 +28,8 @@ from tdev_recovery.config import RetryPolicy, WorkerConfig, recovery_policy
 from tdev_recovery.exceptions import (
     ClaimLostError,
     IncompleteRecordError,
+    LiveRunError,
+    NotRecoverableError,
     PipelineBusy,
     RecoveryError,
     ResumeRejected,
@@ -39,7 +47,9 @@ from tdev_state import (
     StateClient,
     StateError,
     StorageUnavailableError,
+    ValidationError,
 )
+from tdev_state import validate as check
 from tdev_state.log import get_logger
 from tdev_state.models import RecoveryCandidate
 from tdev_state.resume import NO_INPUT
@@ -58,6 +68,24 @@ class Outcome(StrEnum):
     LOST = "lost"  # our lease was taken over (we were too slow to heartbeat)
     RELEASED = "released"  # shutdown: handed back untouched
     ERROR = "error"  # an unexpected error ended this claim; the lease expires and the attempt counts
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What an operator's `resume_now` or `abandon_now` did to one run: the outcome, under which claim."""
+
+    session_id: str
+    outcome: Outcome
+    #: The claim's fencing token: the pipeline (and the run's recovery history) knows the action by it.
+    fencing_token: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan's shape: {"session_id", "outcome", "fencing_token"}, the outcome as its text."""
+        return {
+            "session_id": self.session_id,
+            "outcome": self.outcome.value,
+            "fencing_token": self.fencing_token,
+        }
 
 
 class RecoveryWorker:
@@ -94,7 +122,6 @@ class RecoveryWorker:
         self._finished = asyncio.Event()
         self._running = False
         self._stopped = False
-        self.last_sweep_monotonic: float | None = None
         #: When the loop last began or ended a turn (monotonic seconds): what /healthz reads. It moves on
         #: failed sweeps too — a DynamoDB outage is not something a restart fixes.
         self.last_turn_monotonic = time.monotonic()
@@ -103,6 +130,21 @@ class RecoveryWorker:
     def client(self) -> StateClient:
         """The state client this worker reads and claims through."""
         return self._client
+
+    @property
+    def is_running(self) -> bool:
+        """True from `run()`'s start until shutdown has drained it."""
+        return self._running and not self._finished.is_set()
+
+    @property
+    def is_shutdown(self) -> bool:
+        """True once `shutdown()` was called: the worker claims nothing more."""
+        return self._stopping.is_set()
+
+    @property
+    def inflight(self) -> frozenset[str]:
+        """The runs this worker is resuming now (session ids)."""
+        return frozenset(self._inflight)
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -176,7 +218,6 @@ class RecoveryWorker:
             policy=self.policy,
             on_malformed=lambda _: self.metrics.malformed_items.inc(),
         )
-        self.last_sweep_monotonic = time.monotonic()
         self.metrics.backlog.set(len(candidates))
         self.metrics.candidates.inc(len(candidates))
         if self._publish_backlog is not None:
@@ -231,7 +272,7 @@ class RecoveryWorker:
             started += 1
         return started
 
-    def _start(self, claim: Claim) -> None:
+    def _start(self, claim: Claim) -> asyncio.Task[Outcome]:
         task = asyncio.create_task(self.resume_claimed(claim))
         self._inflight[claim.session_id] = task
         self.metrics.inflight.set(len(self._inflight))
@@ -241,6 +282,77 @@ class RecoveryWorker:
             self.metrics.inflight.set(len(self._inflight))
 
         task.add_done_callback(done)
+        return task
+
+    async def wait_for_inflight(self) -> list[Outcome]:
+        """Wait until every resume in flight now has ended; their outcomes (in no particular order)."""
+        return list(await asyncio.gather(*self._inflight.values()))
+
+    # --- an operator's action on one run --------------------------------------------------------------
+
+    async def resume_now(
+        self, session_id: str, *, force: bool = False, observer: LivenessObserver | None = None
+    ) -> ActionResult:
+        """Claim the open run `session_id` now and resume it once, as a sweep would — unless it is live.
+
+        The worker's `policy` decides (no retry delay: an operator acts on a FAILED run as soon as its
+        pipeline is done with it). A run inside its declared window or a resume's cool-down raises
+        `LiveRunError`; `force=True` takes it anyway, but never from a worker whose lease holds it
+        (`NotRecoverableError`, as for a COMPLETED or ABANDONED run). With an `observer` (a long-lived
+        `LivenessObserver`), the run must also have been seen unchanged for the confirmation window. The
+        resume is tracked with the sweep's own, so `shutdown()` drains (or releases) it.
+        """
+        claim = await self._claim_now(session_id, "resume", force=force, observer=observer)
+        outcome = await self._start(claim)
+        return ActionResult(session_id, outcome, claim.fencing_token)
+
+    async def abandon_now(
+        self,
+        session_id: str,
+        reason: str,
+        *,
+        force: bool = False,
+        observer: LivenessObserver | None = None,
+    ) -> ActionResult:
+        """Give up on the open run `session_id` now: claim it as `resume_now` does (same verdict, same
+        errors), then ABANDON it with `reason` under that claim (a fenced write)."""
+        why = check.error_text(reason)  # refused before the claim, which would hold the run for a lease
+        claim = await self._claim_now(session_id, "abandon", force=force, observer=observer)
+        outcome = await self._abandon(claim, why)
+        return ActionResult(session_id, outcome, claim.fencing_token)
+
+    async def _claim_now(
+        self, session_id: str, what: str, *, force: bool, observer: LivenessObserver | None
+    ) -> Claim:
+        """The operator's claim: the run as it is now, judged by `policy`, through the sweep's claim."""
+        if not isinstance(force, bool):
+            raise ValidationError(f"force must be True or False, got {force!r:.40}")
+        if observer is not None and not isinstance(observer, LivenessObserver):
+            raise ValidationError(f"observer must be a LivenessObserver, got {type(observer).__name__}")
+        if self._stopping.is_set():
+            raise RecoveryError(f"this worker is shut down: nothing to {what} with it; create another worker")
+        candidate = await self._io(self._client.sessions.candidate, session_id)
+        if candidate.status not in (SessionStatus.ACTIVE, SessionStatus.FAILED):
+            status = candidate.status.value
+            raise NotRecoverableError(f"session {session_id!r} is {status}; nothing to {what}")
+        if not force:
+            watched = observer.unchanged_for(candidate) if observer is not None else None
+            verdict = self.policy.judge(candidate, now=self._clock(), unchanged_for=watched)
+            if not verdict.claimable:
+                wait = f"; watch it {verdict.confirm_left:.0f} s more" if verdict.confirm_left else ""
+                raise LiveRunError(
+                    f"session {session_id!r} is not stalled — {verdict.reason}{wait}. Nothing was changed; "
+                    f"pass force=True to {what} it anyway",
+                    reason=f"{verdict.reason}{wait}",
+                )
+        claim = await self._io(
+            self._claims.claim, candidate, worker_id=self.config.worker_id, lease=self.config.lease
+        )
+        if claim is None:
+            raise NotRecoverableError(
+                f"session {session_id!r} is held by another worker or changed meanwhile; try again later"
+            )
+        return claim
 
     def _idle_floor(self, candidate: RecoveryCandidate) -> timedelta:
         """FAILED runs also wait the retry delay (the plan: one hour); stalled ones only their window."""
