@@ -46,6 +46,7 @@ def _bounded(kind: type[int] | type[float], low: float, high: float, what: str) 
 
 
 _seconds = _bounded(float, 0.001, 86400 * 30, "a number of seconds from 0.001 to 2592000 (30 days)")
+_threshold = _bounded(float, 0, 86400 * 30, "a number of seconds from 0 (each run's own window) to 2592000")
 _port = _bounded(int, 0, 65535, "a TCP port (0..65535; 0 picks a free one)")
 _page_size = _bounded(int, 1, 100, "a page size from 1 to 100")
 
@@ -89,10 +90,10 @@ def build_parser(prog: str = "tdev-console") -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--stall-threshold",
-        type=_seconds,
-        default=600.0,
-        help="seconds an ACTIVE run may be silent before this console shows it as stalled (the worker, by "
-        "default, gives each run its own window: see its --stall-threshold)",
+        type=_threshold,
+        default=os.environ.get("TDEV_STALL_THRESHOLD", "0"),
+        help="seconds of silence before any open run counts as stalled; 0: each run's own window, as the "
+        "recovery worker and `tdev backlog` judge it (the same setting) [$TDEV_STALL_THRESHOLD]",
     )
     serve.add_argument("--page-size", type=_page_size, default=50, help="runs per page")
     serve.add_argument("--refresh", type=_seconds, default=5.0, help="seconds between live refreshes")
@@ -119,7 +120,7 @@ def serve(args: argparse.Namespace) -> int:
         token=token,
         resumer=resumer,
         resumer_name=args.resumer,
-        stall_threshold=timedelta(seconds=args.stall_threshold),
+        stall_threshold=timedelta(seconds=args.stall_threshold) if args.stall_threshold else None,
         page_size=args.page_size,
         refresh_seconds=args.refresh,
         secure_cookies=args.secure_cookies,

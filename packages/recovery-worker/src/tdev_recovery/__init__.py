@@ -21,9 +21,10 @@ from tdev_recovery.exceptions import (
 )
 from tdev_recovery.metrics import WorkerMetrics
 from tdev_recovery.ops import OpsServer
+from tdev_recovery.outcomes import ActionResult, Outcome
 from tdev_recovery.plan import abandon_pipeline, resume_pipeline
 from tdev_recovery.resumers import CompletedAgent, HttpResumer, Resumer, ResumeRequest, load_resumer
-from tdev_recovery.worker import ActionResult, Outcome, RecoveryWorker
+from tdev_recovery.worker import RecoveryWorker
 
 # A library is quiet unless the host configures logging (Python logging HOWTO, "Configuring Logging for a
 # Library"): without this, Python would print our warnings to stderr through its last-resort handler.

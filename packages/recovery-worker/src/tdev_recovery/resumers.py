@@ -16,12 +16,18 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import random
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from tdev_recovery.exceptions import PipelineBusy, ResumerConfigError, ResumeRejected
 from tdev_state.resume import CompletedAgent, ResumeRequest
+
+if TYPE_CHECKING:
+    from tdev_recovery.config import RetryPolicy
 
 Resumer = Callable[[ResumeRequest], Awaitable[None]]
 
@@ -105,3 +111,28 @@ def load_resumer(spec: str, *, timeout: float = 10.0) -> Resumer:
         raise ResumerConfigError(f"resumer {spec!r} must be an async callable")
     resumer: Resumer = target
     return resumer
+
+
+class BusyWait:
+    """How long one attempt has waited on a busy pipeline, and the next wait (None: the bound is reached)."""
+
+    def __init__(self, bound: float) -> None:
+        self._bound = bound
+        self._since: float | None = None
+        self._waits = 0
+
+    def waited(self) -> float:
+        return 0.0 if self._since is None else time.monotonic() - self._since
+
+    def next_delay(self, retry_after: float | None, policy: RetryPolicy) -> float | None:
+        if self._since is None:
+            self._since = time.monotonic()
+        left = self._bound - self.waited()
+        if left <= 0:
+            return None
+        self._waits += 1
+        cap = policy.delay(self._waits) if retry_after is None else retry_after
+        # At least the initial interval (a "Retry-After: 0" must not make a busy loop), at most the cap.
+        low, high = policy.initial_interval.total_seconds(), policy.maximum_interval.total_seconds()
+        cap = min(max(cap, low), high, left)
+        return random.uniform(cap / 2, cap)  # jittered, so replicas held back together do not return together

@@ -19,12 +19,11 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
 
-from tdev_recovery.config import RetryPolicy, WorkerConfig, recovery_policy
+from tdev_recovery._handover import build_request
+from tdev_recovery.config import WorkerConfig, recovery_policy
 from tdev_recovery.exceptions import (
     ClaimLostError,
     IncompleteRecordError,
@@ -35,11 +34,9 @@ from tdev_recovery.exceptions import (
     ResumeRejected,
 )
 from tdev_recovery.metrics import WorkerMetrics
-from tdev_recovery.resumers import CompletedAgent, Resumer, ResumeRequest
+from tdev_recovery.outcomes import ActionResult, Outcome
+from tdev_recovery.resumers import BusyWait, Resumer, ResumeRequest
 from tdev_state import (
-    AGENTS,
-    AgentExecution,
-    AgentStatus,
     Claim,
     LivenessObserver,
     MalformedItemError,
@@ -52,40 +49,10 @@ from tdev_state import (
 from tdev_state import validate as check
 from tdev_state.log import get_logger
 from tdev_state.models import RecoveryCandidate
-from tdev_state.resume import NO_INPUT
 
 log = get_logger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class Outcome(StrEnum):
-    """How one resume ended."""
-
-    RESUMED = "resumed"  # the pipeline accepted the run
-    ABANDONED = "abandoned"  # attempts or resumes exhausted, or a non-retryable refusal
-    STALE = "stale"  # the pipeline has a newer claim: another worker owns the run
-    LOST = "lost"  # our lease was taken over (we were too slow to heartbeat)
-    RELEASED = "released"  # shutdown: handed back untouched
-    ERROR = "error"  # an unexpected error ended this claim; the lease expires and the attempt counts
-
-
-@dataclass(frozen=True)
-class ActionResult:
-    """What an operator's `resume_now` or `abandon_now` did to one run: the outcome, under which claim."""
-
-    session_id: str
-    outcome: Outcome
-    #: The claim's fencing token: the pipeline (and the run's recovery history) knows the action by it.
-    fencing_token: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """The plan's shape: {"session_id", "outcome", "fencing_token"}, the outcome as its text."""
-        return {
-            "session_id": self.session_id,
-            "outcome": self.outcome.value,
-            "fencing_token": self.fencing_token,
-        }
 
 
 class RecoveryWorker:
@@ -422,7 +389,7 @@ class RecoveryWorker:
                 f"{claim.attempt - 1} resume attempts exhausted; last error: {claim.last_error or 'unknown'}",
             )
         request: ResumeRequest | None = None
-        busy = _BusyWait(self.config.busy_timeout.total_seconds())
+        busy = BusyWait(self.config.busy_timeout.total_seconds())
         while True:
             retryable, error = True, ""
             try:
@@ -474,7 +441,7 @@ class RecoveryWorker:
                 return await abandon(f"resume failed ({why}): {error}")
             # Counted (with its reason) before the wait, so a worker dying now still leaves the count.
             holder["claim"] = await self._io(self._claims.next_attempt, claim, error=error)
-            request, busy = None, _BusyWait(self.config.busy_timeout.total_seconds())
+            request, busy = None, BusyWait(self.config.busy_timeout.total_seconds())
             await asyncio.sleep(random.uniform(0, policy.delay(claim.attempt)))
 
     async def _abandon(self, claim: Claim, reason: str) -> Outcome:
@@ -483,47 +450,7 @@ class RecoveryWorker:
         return Outcome.ABANDONED
 
     def _build_request(self, claim: Claim) -> ResumeRequest | None:
-        """The completed agents (with outputs) and the agent to run next: the one after the last agent the
-        run finished (completed, or failed and tolerated), so neither kind is ever rerun. An agent left
-        RUNNING by a dead pipeline is closed as FAILED first, under the claim, so the pipeline retries it.
-
-        It also carries the run's original request (the first agent's stored input) and the next agent's
-        last stored input exactly as stored: the pipeline gives that agent the same `pipeline_data` a live
-        run gave it, instead of re-merging stored outputs — a merge that is not the live run's (an output
-        stored as a dict where the live run had an object would be promoted over the request's values)."""
-        if claim.progress >= len(AGENTS):
-            return None
-        run = {e.agent_name: e for e in self._client.executions.list(claim.session_id)}
-        _require_whole(claim, run)
-        completed = [
-            CompletedAgent(agent, run[agent].output_data)
-            for agent in AGENTS[: claim.progress]
-            if agent in run and run[agent].status is AgentStatus.COMPLETED
-        ]
-        next_agent = AGENTS[claim.progress]
-        execution = run.get(next_agent)
-        if execution is not None and execution.status is AgentStatus.RUNNING:
-            self._client.executions.interrupt(
-                claim.session_id,
-                next_agent,
-                reason=f"interrupted: the pipeline stopped heartbeating; recovered by "
-                f"{claim.worker_id} (fencing token {claim.fencing_token})",
-                fencing_token=claim.fencing_token,
-                worker_id=claim.worker_id,
-            )
-        first = run.get(AGENTS[0])
-        return ResumeRequest(
-            session_id=claim.session_id,
-            next_agent=next_agent,
-            fencing_token=claim.fencing_token,
-            attempt=claim.attempt,
-            reason=claim.status.value,
-            completed=completed,
-            tolerated_failures=list(claim.failed_agents),
-            request=first.input_data if first is not None else None,
-            next_input=execution.input_data if execution is not None else NO_INPUT,
-            worker_id=claim.worker_id,
-        )
+        return build_request(self._client, claim)
 
     async def _heartbeat(self, holder: dict[str, Claim], owner: asyncio.Task[Any]) -> None:
         interval = self.config.lease.total_seconds() / 3
@@ -544,48 +471,3 @@ class RecoveryWorker:
         """Run blocking DynamoDB work on this worker's pool, never on the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
-
-
-def _require_whole(claim: Claim, run: dict[str, AgentExecution]) -> None:
-    """IncompleteRecordError unless every agent the run finished is stored as finished: COMPLETED, or FAILED
-    and tolerated. A missing item (expired, deleted) would make the resume drop its output silently."""
-    tolerated = set(claim.failed_agents)
-    problems = []
-    for agent in AGENTS[: claim.progress]:
-        execution = run.get(agent)
-        expected = AgentStatus.FAILED if agent in tolerated else AgentStatus.COMPLETED
-        if execution is None:
-            problems.append(f"{agent} is missing (expired or deleted)")
-        elif execution.status is not expected:
-            problems.append(f"{agent} is {execution.status.value}, not {expected.value}")
-    if problems:
-        raise IncompleteRecordError(
-            f"record incomplete: the run finished {claim.progress} agent(s) but "
-            + "; ".join(problems)
-            + ": resuming would drop their output, so the run is not resumed"
-        )
-
-
-class _BusyWait:
-    """How long one attempt has waited on a busy pipeline, and the next wait (None: the bound is reached)."""
-
-    def __init__(self, bound: float) -> None:
-        self._bound = bound
-        self._since: float | None = None
-        self._waits = 0
-
-    def waited(self) -> float:
-        return 0.0 if self._since is None else time.monotonic() - self._since
-
-    def next_delay(self, retry_after: float | None, policy: RetryPolicy) -> float | None:
-        if self._since is None:
-            self._since = time.monotonic()
-        left = self._bound - self.waited()
-        if left <= 0:
-            return None
-        self._waits += 1
-        cap = policy.delay(self._waits) if retry_after is None else retry_after
-        # At least the initial interval (a "Retry-After: 0" must not make a busy loop), at most the cap.
-        low, high = policy.initial_interval.total_seconds(), policy.maximum_interval.total_seconds()
-        cap = min(max(cap, low), high, left)
-        return random.uniform(cap / 2, cap)  # jittered, so replicas held back together do not return together
