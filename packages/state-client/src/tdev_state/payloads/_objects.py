@@ -159,7 +159,7 @@ class PayloadObjects:
           is still in flight) nothing is deleted — the objects are counted in `orphaned_objects`, logged, and
           left to the bucket's lifecycle; likewise when the cleanup itself fails.
 
-        Nested scopes of the same layer join the outermost one. A call that returns normally but wrote
+        Nested scopes of the same client join the outermost one. A call that returns normally but wrote
         nothing that refers to its objects (a duplicate of an earlier call) says so with `mark_unused()`,
         and they are taken back too.
         """

@@ -43,7 +43,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class TransactAction:
-    """One action of a TransactWriteItems call, in Python values (the layer marshals it)."""
+    """One action of a TransactWriteItems call, in Python values (the door marshals it)."""
 
     kind: Literal["Put", "Update", "ConditionCheck", "Delete"]
     table: str
@@ -64,7 +64,7 @@ class QueryPage:
 
 
 def _boto_session(config: StateConfig) -> boto3.session.Session:
-    """The session a layer signs with: LocalStack's test credentials for the local target, else boto3's
+    """The session a door signs with: LocalStack's test credentials for the local target, else boto3's
     chain (with the configured profile, if any)."""
     if config.local_credentials:
         return boto3.session.Session(
