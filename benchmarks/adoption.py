@@ -69,7 +69,7 @@ def _add_latency(client: StateClient, seconds: float) -> None:
     def wait(**_: Any) -> None:
         stop.wait(seconds)
 
-    for boto in (client.layer.dynamodb, client.layer.s3):
+    for boto in (client.layer.dynamodb, client.layer.payloads.s3):
         if boto is not None:
             boto.meta.events.register_first("before-send", wait)
 

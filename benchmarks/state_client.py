@@ -4,7 +4,9 @@
    (the same TransactWriteItems with the same bytes), interleaved A/B rounds, ratio of medians;
 2. cost: write units per run from ConsumedCapacity — the client versus the plan's naive way (a full put of
    the item with its raw JSON per update) — for the issue's payload profile and two comparison profiles;
-3. concurrency: 50 runs through the async API at once versus one after another, and event-loop lag.
+3. concurrency: 50 runs through the async API at once versus one after another, and event-loop lag;
+4. encryption: plain versus sealed payloads;
+5. large output (issue #24): seconds per 1 MB run, and the payload codec's cost per MB without I/O.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import boto3
 from tests.payloads import agent_payload, generated_project
 
 from tdev_state import AGENTS, AsyncStateClient, StateClient, StateConfig
-from tdev_state.dynamo import to_dynamo
+from tdev_state.layer import DynamoLayer
 from tdev_state.models import epoch, utcnow
+from tdev_state.payloads import PayloadContext
+from tdev_state.storage import to_dynamo
 
 # On-demand, us-east-1 (shared/ANCHORS.md): $0.625 per million write request units, $0.125 per million
 # read units; S3 standard: $0.005 per 1,000 PUT and $0.0004 per 1,000 GET.
@@ -465,10 +469,10 @@ def bench_encryption(base: StateConfig, rounds: int = 5) -> dict[str, Any]:
                     entry[f"{label}_write_units"] = meter["write_units"]
                     entry[f"{label}_s3_puts"] = meter["s3_puts"]
                     if label == "sealed":
-                        entry["kms_generate_per_run"] = client.layer.cipher.stats().generate_calls
+                        entry["kms_generate_per_run"] = client.layer.payloads.cipher.stats().generate_calls
                         reader = StateClient(config)
                         reader.executions.list(sid)
-                        entry["kms_decrypt_per_run_read"] = reader.layer.cipher.stats().decrypt_calls
+                        entry["kms_decrypt_per_run_read"] = reader.layer.payloads.cipher.stats().decrypt_calls
             entry["write_units_ratio"] = entry["sealed_write_units"] / entry["plain_write_units"]
             entry["time_ratio_median"] = statistics.median(
                 s / p for s, p in zip(times["sealed"], times["plain"], strict=True)
@@ -480,9 +484,74 @@ def bench_encryption(base: StateConfig, rounds: int = 5) -> dict[str, Any]:
     return results
 
 
+# --- 5. the large-output path (issue #24) ------------------------------------------------------------------
+
+
+class _NoObjectStore:
+    """An S3 client that accepts every PUT and keeps nothing: the codec's cost without I/O."""
+
+    def put_object(self, **_: Any) -> dict[str, Any]:
+        return {}
+
+
+def codec_seconds_per_mb(base: StateConfig, rounds: int = 10) -> dict[str, Any]:
+    """The payload codec's cost per MB of JSON, in process: encode (canonical JSON), the size probe, the
+    chunk split, compression and every SHA-256 of 1 MB of generated code, through the real payload store
+    with an S3 client that does nothing (each round a new run, so no chunk is known yet)."""
+    layer = DynamoLayer(base, s3=_NoObjectStore())  # type: ignore[arg-type]
+    value = generated_project(1_000_000, seed=6)
+    context = PayloadContext("agent-executions", "bench", "generation")
+    times: list[float] = []
+    cpu: list[float] = []
+    json_bytes = 0
+    for i in range(rounds + 1):
+        started, started_cpu = time.perf_counter(), time.process_time()
+        encoded = layer.payloads.encode(
+            value, field="output_data", object_key=f"codec{i}/generation", context=context
+        )
+        if i:
+            times.append(time.perf_counter() - started)
+            cpu.append(time.process_time() - started_cpu)
+        json_bytes = encoded.json_bytes
+    megabytes = json_bytes / 1e6
+    return {
+        "codec_ms_per_mb": statistics.median(times) / megabytes * 1000,
+        # CPU time: on a machine shared with other jobs, steadier than wall time for in-process work.
+        "codec_cpu_ms_per_mb": statistics.median(cpu) / megabytes * 1000,
+        "json_bytes": json_bytes,
+        "rounds": rounds,
+    }
+
+
+def bench_large_output(base: StateConfig, runs: int = 5) -> dict[str, Any]:
+    """Seconds per 9-agent run with 1 MB of generated code (the "issue" profile through the public client,
+    median of `runs` after one warm-up run), and the payload codec's cost per MB without I/O."""
+    client = StateClient(base)
+    payloads = profile("issue")
+    times = []
+    for i in range(runs + 1):
+        started = time.perf_counter()
+        run_with_client(client, payloads)
+        if i:
+            times.append(time.perf_counter() - started)
+    entry: dict[str, Any] = {
+        "run_s_median": statistics.median(times),
+        "run_s_min": min(times),
+        "runs": runs,
+        **codec_seconds_per_mb(base),
+    }
+    print(
+        f"large output: {entry['run_s_median']:.3f} s per 1 MB run (median of {runs}); payload codec "
+        f"{entry['codec_ms_per_mb']:.1f} ms per MB ({entry['codec_cpu_ms_per_mb']:.1f} ms CPU; encode + "
+        "chunk + hash, no I/O)"
+    )
+    return entry
+
+
 def run_all(base: StateConfig, *, rounds: int, runs: int) -> dict[str, Any]:
     client = StateClient(base)
     return {
+        "large_output": bench_large_output(base),
         "overhead": bench_overhead(client, rounds),
         "cost": bench_cost(client),
         "encryption": bench_encryption(base),

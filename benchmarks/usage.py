@@ -23,7 +23,7 @@ from benchmarks.state_client import AGENT_SECONDS, SimulatedClock, profile, run_
 from tdev_metrics import MetricsCollector
 from tdev_metrics.usage import UsageReader
 from tdev_state import AGENTS, StateClient, StateConfig
-from tdev_state.dynamo import DynamoLayer
+from tdev_state.layer import DynamoLayer
 from tdev_state.tables import delete_tables
 from tdev_state.usage import UsageEvent
 

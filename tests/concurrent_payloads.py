@@ -66,8 +66,8 @@ def refusal_races_an_acknowledged_write(
     sid = run_at_generation(base)
     writer_a = writer(base, serialize_dynamodb=serialize_dynamodb)
     writer_b = writer(base, serialize_dynamodb=serialize_dynamodb)
-    assert writer_a.layer.s3 is not None
-    assert writer_b.layer.s3 is not None
+    assert writer_a.layer.payloads.s3 is not None
+    assert writer_b.layer.payloads.s3 is not None
     b_stored, b_read, a_done = threading.Event(), threading.Event(), threading.Event()
     acknowledged: list[bool] = []
 
@@ -88,11 +88,11 @@ def refusal_races_an_acknowledged_write(
             b_read.set()
 
     with (
-        hooked(writer_b.layer.s3, "after-call.s3.PutObject", lambda **_: b_stored.set()),
-        hooked(writer_a.layer.s3, "before-call.s3.PutObject", waits_for(b_stored)),
+        hooked(writer_b.layer.payloads.s3, "after-call.s3.PutObject", lambda **_: b_stored.set()),
+        hooked(writer_a.layer.payloads.s3, "before-call.s3.PutObject", waits_for(b_stored)),
         hooked(writer_b.layer.dynamodb, "after-call.dynamodb.GetItem", lambda **_: b_read.set()),
         hooked(writer_a.layer.dynamodb, "before-call.dynamodb.TransactWriteItems", waits_for(b_read)),
-        hooked(writer_b.layer.s3, "before-call.s3.DeleteObject", waits_for(a_done)),
+        hooked(writer_b.layer.payloads.s3, "before-call.s3.DeleteObject", waits_for(a_done)),
     ):
         threads = [
             threading.Thread(target=writer_a_completes),
@@ -208,10 +208,10 @@ def concurrent_writers(
 
         hooks = []
         for client in clients:
-            assert client.layer.s3 is not None
+            assert client.layer.payloads.s3 is not None
             for target, event in (
-                (client.layer.s3, "before-call.s3.PutObject"),
-                (client.layer.s3, "before-call.s3.DeleteObject"),
+                (client.layer.payloads.s3, "before-call.s3.PutObject"),
+                (client.layer.payloads.s3, "before-call.s3.DeleteObject"),
                 (client.layer.dynamodb, "before-call.dynamodb.TransactWriteItems"),
                 (client.layer.dynamodb, "before-call.dynamodb.Query"),
             ):
@@ -225,8 +225,8 @@ def concurrent_writers(
         for target, event in hooks:
             target.meta.events.unregister(event, delay)
         figures.writers += writers
-        figures.objects_taken_back += sum(c.layer.discarded_objects for c in clients)
-        figures.objects_left += sum(c.layer.orphaned_objects for c in clients)
+        figures.objects_taken_back += sum(c.layer.payloads.discarded_objects for c in clients)
+        figures.objects_left += sum(c.layer.payloads.orphaned_objects for c in clients)
         reader = StateClient(base.config)
         for agent, value, ok in outcomes:
             if not ok:

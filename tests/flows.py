@@ -59,7 +59,7 @@ async def pipeline_act(client: StateClient, clock: Any) -> None:
         pass
     else:  # pragma: no cover
         raise AssertionError("completing parser of a fresh run must be refused")
-    assert client.layer.discarded_objects == 1
+    assert client.layer.payloads.discarded_objects == 1
     _every_transition_kind(client)
     client.sessions.list_for_user("u-flow")
     client.sessions.failed_sessions()

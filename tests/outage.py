@@ -22,7 +22,9 @@ class StoreOutage:
         self.refused = 0
         self.hung = 0
         self._lock = threading.Lock()
-        clients = [client.layer.dynamodb] + ([client.layer.s3] if client.layer.s3 is not None else [])
+        clients = [client.layer.dynamodb] + (
+            [client.layer.payloads.s3] if client.layer.payloads.s3 is not None else []
+        )
         for boto in clients:
             boto.meta.events.register_first("before-call", self._before_call)
 

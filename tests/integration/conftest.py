@@ -24,7 +24,7 @@ import pytest
 from localstack_client.session import Session as LocalStackSession
 
 from tdev_state import StateClient, StateConfig
-from tdev_state.dynamo import DynamoLayer
+from tdev_state.layer import DynamoLayer
 from tdev_state.tables import delete_tables
 
 from ..builders import empty_and_delete_bucket

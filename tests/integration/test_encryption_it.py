@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from tdev_state import AGENTS, EncryptionError, PayloadIntegrityError, StateClient, StateConfig
-from tdev_state._crypto import SEALED_TAG
+from tdev_state.payloads import SEALED_TAG
 
 from ..payloads import generated_project
 from .conftest import raw_client
@@ -43,7 +43,7 @@ def test_sealed_run_round_trips_and_is_ciphertext_at_rest(
     for agent in AGENTS:
         writer.executions.start(sid, agent, input_data={"agent": agent})
         writer.executions.complete(sid, agent, output_data=outputs[agent])
-    stats = writer.layer.cipher.stats()
+    stats = writer.layer.payloads.cipher.stats()
     # 9 outputs, the 8 inputs after the first sealed output (they accumulate it), 17 fingerprints, metadata
     assert (stats.generate_calls, stats.sealed) == (1, 9 + 8 + 17 + 1)
 
@@ -57,7 +57,7 @@ def test_sealed_run_round_trips_and_is_ciphertext_at_rest(
     reader = StateClient(config)  # another process
     assert [e.output_data for e in reader.executions.list(sid)] == [outputs[a] for a in AGENTS]
     assert reader.sessions.get(sid).metadata == SECRET
-    assert reader.layer.cipher.stats().decrypt_calls == 1  # one data key for the whole run
+    assert reader.layer.payloads.cipher.stats().decrypt_calls == 1  # one data key for the whole run
 
 
 def test_wrong_key_and_tampering_are_refused(client: StateClient, kms_keys: tuple[str, str]) -> None:

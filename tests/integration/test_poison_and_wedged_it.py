@@ -96,7 +96,7 @@ async def test_runs_that_can_never_be_resumed_are_abandoned_within_their_attempt
             sid, "generation", output_data={"files": random.Random(sid).randbytes(30_000).hex()}
         )
         runs.append(sid)
-    s3, bucket = client.layer.s3, client.config.payload_bucket
+    s3, bucket = client.layer.payloads.s3, client.config.payload_bucket
     assert s3 is not None
     assert bucket
     for sid in runs:

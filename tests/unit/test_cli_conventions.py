@@ -262,7 +262,7 @@ def test_the_local_env_targets_localstack_with_test_credentials() -> None:
     assert StateConfig.from_env({"TDEV_ENV": "dev", "TDEV_TARGET": "local"}).endpoint_url
     assert StateConfig.from_env({"TDEV_ENV": "dev"}, target="local").local_credentials
     assert StateConfig.from_env({"TDEV_ENV": "local"}, target="aws").endpoint_url is None
-    from tdev_state.dynamo import DynamoLayer
+    from tdev_state.layer import DynamoLayer
 
     creds = DynamoLayer(local).session.get_credentials()
     assert creds is not None

@@ -24,13 +24,13 @@ from tdev_state import (
     PayloadTooLargeError,
     StateClient,
     ValidationError,
-    _codec,
 )
+from tdev_state.payloads import PayloadContext
 
 from ..payloads import generated_project
 from .conftest import BUCKET, FakeClock, make_client
 
-CTX = _codec.PayloadContext("agent-executions", "s", "parser")
+CTX = PayloadContext("agent-executions", "s", "parser")
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
@@ -51,8 +51,8 @@ def test_any_json_value_round_trips(tiny_thresholds: StateClient, value: object,
     """encode/decode returns an equal value for any JSON value and size, inline, zlib or in S3."""
     payload = {"v": value, "pad": "ab" * padding}
     layer = tiny_thresholds.layer
-    encoded = _codec.encode(payload, field="output_data", object_key="s/a", context=CTX, layer=layer)
-    decoded = _codec.decode(encoded.value, field="output_data", context=CTX, layer=layer)
+    encoded = layer.payloads.encode(payload, field="output_data", object_key="s/a", context=CTX)
+    decoded = layer.payloads.decode(encoded.value, field="output_data", context=CTX)
     assert json.dumps(decoded, sort_keys=True) == json.dumps(payload, sort_keys=True)
 
 
@@ -60,7 +60,7 @@ def test_each_form_is_used(tiny_thresholds: StateClient) -> None:
     """Small JSON stays text, compressible JSON is zlib, large JSON goes to S3 as content-addressed chunks."""
     layer = tiny_thresholds.layer
     forms = {
-        _codec.encode(v, field="f", object_key="k", context=CTX, layer=layer).form
+        layer.payloads.encode(v, field="f", object_key="k", context=CTX).form
         for v in ({"a": 1}, {"t": "abc" * 40}, {"t": random.Random(1).randbytes(2000).hex()})
     }
     assert forms == {"json", "zlib", "chunks"}
@@ -77,23 +77,19 @@ def test_floats_round_trip_exactly(client: StateClient) -> None:
 def test_nan_and_infinity_are_refused(client: StateClient, bad: object) -> None:
     """NaN/Infinity raise ValidationError naming the field."""
     with pytest.raises(ValidationError, match=r"input_data(\.x)? is -?(NaN|Infinity), which JSON cannot"):
-        _codec.encode(bad, field="input_data", object_key="k", context=CTX, layer=client.layer)
+        client.layer.payloads.encode(bad, field="input_data", object_key="k", context=CTX)
 
 
 def test_values_with_no_json_form_are_refused(client: StateClient) -> None:
     """An arbitrary object is a ValidationError naming the field and the type."""
     with pytest.raises(ValidationError, match=r"input_data\.s contains a lock"):
-        _codec.encode(
-            {"s": threading.Lock()}, field="input_data", object_key="k", context=CTX, layer=client.layer
-        )
+        client.layer.payloads.encode({"s": threading.Lock()}, field="input_data", object_key="k", context=CTX)
 
 
 def test_colliding_keys_are_refused_not_merged(client: StateClient) -> None:
     """{1: 'a', '1': 'b'} would lose a value as JSON: refused, naming the key and its type."""
     with pytest.raises(ValidationError, match=r"has the key 1 \(int\) and another whose JSON text"):
-        _codec.encode(
-            {1: "a", "1": "b"}, field="output_data", object_key="k", context=CTX, layer=client.layer
-        )
+        client.layer.payloads.encode({1: "a", "1": "b"}, field="output_data", object_key="k", context=CTX)
 
 
 def test_a_circular_reference_is_named_as_such(client: StateClient) -> None:
@@ -101,7 +97,7 @@ def test_a_circular_reference_is_named_as_such(client: StateClient) -> None:
     loop: dict[str, object] = {}
     loop["me"] = loop
     with pytest.raises(ValidationError, match="circular reference"):
-        _codec.encode(loop, field="output_data", object_key="k", context=CTX, layer=client.layer)
+        client.layer.payloads.encode(loop, field="output_data", object_key="k", context=CTX)
 
 
 class Colour(enum.Enum):
@@ -135,8 +131,8 @@ def test_plain_python_values_are_stored_as_their_json_form(client: StateClient) 
         "price": decimal.Decimal("12.50"),
         "count": decimal.Decimal("3"),
     }
-    stored = _codec.encode(value, field="output_data", object_key="k", context=CTX, layer=client.layer)
-    back = _codec.decode(stored.value, field="output_data", context=CTX, layer=client.layer)
+    stored = client.layer.payloads.encode(value, field="output_data", object_key="k", context=CTX)
+    back = client.layer.payloads.decode(stored.value, field="output_data", context=CTX)
     assert back["when"] == "2026-11-27T03:15:00+00:00"
     assert back["day"] == "2026-11-27"
     assert back["file"] == "src/App.tsx"
@@ -194,7 +190,7 @@ def test_accumulated_inputs_store_the_generated_files_once(client: StateClient) 
         data[agent] = output
     bucket = client.config.payload_bucket
     assert bucket
-    s3 = client.layer.s3
+    s3 = client.layer.payloads.s3
     assert s3 is not None
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"payloads/{sid}/")["Contents"]]
     assert len(keys) == 1, keys  # the files subtree, named by its SHA-256
@@ -208,7 +204,7 @@ def test_a_tampered_chunk_is_an_integrity_error(client: StateClient) -> None:
     """A chunk changed in S3 no longer matches its name: PayloadIntegrityError, never wrong data."""
     sid = client.sessions.create().session_id
     client.executions.complete(sid, "nl_input", output_data={"big": random.Random(4).randbytes(40_000).hex()})
-    s3, bucket = client.layer.s3, client.config.payload_bucket
+    s3, bucket = client.layer.payloads.s3, client.config.payload_bucket
     assert s3 is not None
     assert bucket
     (obj,) = s3.list_objects_v2(Bucket=bucket, Prefix=f"payloads/{sid}/")["Contents"]

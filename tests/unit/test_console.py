@@ -277,7 +277,7 @@ def test_sealed_payloads_open_only_with_kms_decrypt(clock: FakeClock, aws: None)
     sealed.executions.complete(sid, "nl_input", output_data={"api_key": "s3cr3t"})
     # The same tables read by another console whose credentials may not use the key (no cached data key).
     reader = StateClient(sealed.config, clock=clock)
-    kms = reader.layer.cipher._kms
+    kms = reader.layer.payloads.cipher._kms
     kms.meta.events.register("before-call.kms.Decrypt", _deny)
     run_page = browser(reader, clock).get(f"/runs/{sid}")
     assert "inline, sealed" in run_page.text

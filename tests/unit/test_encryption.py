@@ -11,8 +11,8 @@ import boto3
 import pytest
 
 from tdev_state import AGENTS, ConfigurationError, PayloadIntegrityError, StateClient, StateConfig
-from tdev_state._crypto import SEALED_TAG, FieldCipher
 from tdev_state.exceptions import EncryptionError
+from tdev_state.payloads import SEALED_TAG, FieldCipher
 
 from ..payloads import generated_project
 from .conftest import BUCKET, FakeClock, make_client

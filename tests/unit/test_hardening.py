@@ -169,7 +169,7 @@ def test_a_vanished_metadata_payload_affects_only_that_field(client: StateClient
     big = {"blob": random.Random(3).randbytes(30_000).hex()}
     sid = client.sessions.create(user_id="lister", metadata=big).session_id
     client.sessions.create(user_id="lister", metadata={"small": True})
-    s3, bucket = client.layer.s3, client.config.payload_bucket
+    s3, bucket = client.layer.payloads.s3, client.config.payload_bucket
     assert s3 is not None
     assert bucket
     for obj in s3.list_objects_v2(Bucket=bucket, Prefix=f"payloads/{sid}")["Contents"]:
@@ -262,4 +262,4 @@ def test_the_s3_path_translates_missing_credentials(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     client = StateClient(StateConfig(env="unit", payload_bucket="tdev-unit-payloads", max_attempts=1))
     with pytest.raises(AccessDeniedError, match="no AWS credentials"):
-        client.layer.get_object("tdev-unit-payloads", "payloads/x/chunks/y.json.z")
+        client.layer.payloads.objects.get_object("tdev-unit-payloads", "payloads/x/chunks/y.json.z")

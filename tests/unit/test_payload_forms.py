@@ -30,22 +30,21 @@ from tdev_state import (
     StateClient,
     StateConfig,
     ValidationError,
-    _codec,
 )
-from tdev_state._jsonform import OutputRef
-from tdev_state.dynamo import to_dynamo
+from tdev_state.payloads import OutputRef, PayloadContext
+from tdev_state.storage import to_dynamo
 
 from ..payloads import generated_project
 from .conftest import BUCKET, FakeClock, make_client
 
-CTX = _codec.PayloadContext("agent-executions", "s", "parser")
+CTX = PayloadContext("agent-executions", "s", "parser")
 
 
 def _round_trip(client: StateClient, value: Any, **kwargs: Any) -> Any:
-    encoded = _codec.encode(
-        value, field="output_data", object_key="s/a", context=CTX, layer=client.layer, **kwargs
+    encoded = client.layer.payloads.encode(
+        value, field="output_data", object_key="s/a", context=CTX, **kwargs
     )
-    return _codec.decode(encoded.value, field="output_data", context=CTX, layer=client.layer)
+    return client.layer.payloads.decode(encoded.value, field="output_data", context=CTX)
 
 
 class Stack(enum.Enum):
@@ -142,21 +141,20 @@ def test_colliding_keys_inside_a_dataclass_are_refused(client: StateClient) -> N
     with pytest.raises(
         ValidationError, match=r"output_data\.result\[0\]\.files\.inner has the key 1 \(int\)"
     ):
-        _codec.encode(value, field="output_data", object_key="k", context=CTX, layer=client.layer)
+        client.layer.payloads.encode(value, field="output_data", object_key="k", context=CTX)
 
 
 def test_colliding_keys_are_kept_under_a_marked_key_in_lossy_mode(client: StateClient) -> None:
     """Lossy: both values are kept; the non-string key comes back as a marked LossyValue key, with a
     warning naming the place."""
-    encoded = _codec.encode(
+    encoded = client.layer.payloads.encode(
         {"d": {1: "a", "1": "b"}},
         field="output_data",
         object_key="k",
         context=CTX,
-        layer=client.layer,
         lossy=True,
     )
-    back = _codec.decode(encoded.value, field="output_data", context=CTX, layer=client.layer)
+    back = client.layer.payloads.decode(encoded.value, field="output_data", context=CTX)
     assert back == {"d": {"int:1": "a", "1": "b"}}
     (marked,) = [k for k in back["d"] if isinstance(k, LossyValue)]
     assert marked == "int:1"
@@ -179,21 +177,19 @@ class _BadModel:
 def test_an_object_whose_repr_raises_is_a_typed_error(client: StateClient) -> None:
     """No JSON form and a __repr__ that raises: ValidationError naming the type, never a raw RuntimeError."""
     with pytest.raises(ValidationError, match=r"output_data\.x contains a _Slots \(<_Slots object; its repr"):
-        _codec.encode({"x": _Slots()}, field="output_data", object_key="k", context=CTX, layer=client.layer)
+        client.layer.payloads.encode({"x": _Slots()}, field="output_data", object_key="k", context=CTX)
 
 
 def test_a_model_dump_that_raises_is_a_typed_error(client: StateClient) -> None:
     """model_dump() raising: ValidationError saying so, never a raw RuntimeError."""
     with pytest.raises(ValidationError, match=r"output_data\.m is a _BadModel whose model_dump\(\) raised"):
-        _codec.encode(
-            {"m": _BadModel()}, field="output_data", object_key="k", context=CTX, layer=client.layer
-        )
+        client.layer.payloads.encode({"m": _BadModel()}, field="output_data", object_key="k", context=CTX)
 
 
 def test_an_int_of_more_than_4300_digits_is_named_as_such(client: StateClient) -> None:
     """A huge int is reported as too many digits, not as 'NaN or Infinity'."""
     with pytest.raises(ValidationError, match=r"output_data\.n is an integer of more than 4300 digits"):
-        _codec.encode({"n": 10**5000}, field="output_data", object_key="k", context=CTX, layer=client.layer)
+        client.layer.payloads.encode({"n": 10**5000}, field="output_data", object_key="k", context=CTX)
 
 
 def test_lossy_writes_store_marked_forms_and_say_where(client: StateClient) -> None:
@@ -400,7 +396,7 @@ def test_a_set_that_does_not_sort_has_one_stored_order_in_every_process() -> Non
     import sys
 
     code = (
-        "from tdev_state import _jsonform; "
+        "from tdev_state.payloads import _jsonform; "
         "print(_jsonform.to_json({'s': {1, 'x', 'y', 2.5, 'zz', None}}, field='f')[0].decode())"
     )
     texts = {

@@ -177,7 +177,7 @@ async def test_a_run_with_a_vanished_payload_is_abandoned_within_its_attempts(
         sid, "generation", output_data={"files": random.Random(1).randbytes(30_000).hex()}
     )
     bucket = client.config.payload_bucket
-    s3 = client.layer.s3
+    s3 = client.layer.payloads.s3
     assert s3 is not None
     assert bucket
     for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]:

@@ -36,7 +36,7 @@ def test_a_refused_call_takes_back_what_it_stored(client: StateClient) -> None:
     with pytest.raises(InvalidTransitionError):
         client.executions.complete(sid, "parser", output_data=generated_project(100_000))
     assert _objects(f"payloads/{sid}/") == []
-    assert client.layer.discarded_objects >= 1
+    assert client.layer.payloads.discarded_objects >= 1
     with pytest.raises(InvalidTransitionError):  # the same through start (an input) and a session update
         client.executions.start(sid, "search", input_data=generated_project(100_000, seed=3))
     with pytest.raises(InvalidTransitionError):
@@ -83,7 +83,7 @@ def test_a_concurrent_writers_output_stands_when_another_is_refused(
     ):
         writer_b.executions.complete(sid, "generation", output_data={**files, "by": "b"})
     assert a_done
-    assert writer_b.layer.discarded_objects >= 1
+    assert writer_b.layer.payloads.discarded_objects >= 1
     assert StateClient(client.config).executions.get(sid, "generation").output_data == {**files, "by": "a"}
 
 
@@ -119,7 +119,7 @@ def test_a_duplicate_takes_back_its_own_objects(client: StateClient) -> None:
     before = _objects(f"payloads/{sid}/")
     again = StateClient(client.config)
     assert again.executions.complete(sid, "generation", output_data=files).duplicate
-    assert again.layer.discarded_objects >= 1
+    assert again.layer.payloads.discarded_objects >= 1
     assert _objects(f"payloads/{sid}/") == before
     assert again.executions.get(sid, "generation").output_data == files
 
@@ -135,22 +135,22 @@ def test_an_unknown_outcome_leaves_the_objects(client: StateClient) -> None:
     ):
         client.executions.complete(sid, "nl_input", output_data=generated_project(100_000))
     assert _objects(f"payloads/{sid}/")
-    assert client.layer.orphaned_objects >= 1
-    assert client.layer.discarded_objects == 0
+    assert client.layer.payloads.orphaned_objects >= 1
+    assert client.layer.payloads.discarded_objects == 0
 
 
 def test_a_failed_cleanup_never_hides_the_refusal(client: StateClient) -> None:
     """DeleteObject denied: the caller still gets the refusal; the object is left to the bucket lifecycle."""
     sid = client.sessions.create(user_id="u").session_id
-    assert client.layer.s3 is not None
+    assert client.layer.payloads.s3 is not None
     denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "DeleteObject")
     with (
-        mock.patch.object(client.layer.s3, "delete_object", side_effect=denied),
+        mock.patch.object(client.layer.payloads.s3, "delete_object", side_effect=denied),
         pytest.raises(InvalidTransitionError),
     ):
         client.executions.complete(sid, "parser", output_data=generated_project(100_000))
     assert _objects(f"payloads/{sid}/")
-    assert client.layer.discarded_objects == 0
+    assert client.layer.payloads.discarded_objects == 0
 
 
 def test_a_call_refused_before_any_upload_stores_nothing(client: StateClient) -> None:

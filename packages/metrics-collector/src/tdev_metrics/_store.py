@@ -23,8 +23,8 @@ from typing import Any
 
 from tdev_metrics._aggregate import Aggregate, Key
 from tdev_metrics.exceptions import MetricsError
-from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item
 from tdev_state.log import get_logger
+from tdev_state.storage import ConditionFailed, DynamoDoor, Item
 
 log = get_logger(__name__)
 
@@ -75,9 +75,9 @@ def expires_at(day: str, retention_days: int | None) -> int | None:
 
 
 class MetricsStore:
-    """The metrics table through the shared DynamoDB layer."""
+    """The metrics table through the shared DynamoDB door (no S3, KMS or usage bus: `tdev_state.storage`)."""
 
-    def __init__(self, layer: DynamoLayer, writer_id: str) -> None:
+    def __init__(self, layer: DynamoDoor, writer_id: str) -> None:
         self._layer = layer
         self._table = layer.tables.metrics
         self._writer_attr = f"w_{writer_id}"

@@ -27,8 +27,8 @@ from typing import Any
 
 from tdev_metrics._store import expires_at
 from tdev_state import PayloadTooLargeError
-from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item
 from tdev_state.log import get_logger
+from tdev_state.storage import ConditionFailed, DynamoDoor, Item
 
 log = get_logger(__name__)
 
@@ -109,9 +109,9 @@ class _ShardView:
 
 
 class UsageStore:
-    """The usage shards through the shared DynamoDB layer."""
+    """The usage shards through the shared DynamoDB door (`tdev_state.storage`)."""
 
-    def __init__(self, layer: DynamoLayer, writer_id: str, *, item_budget: int = ITEM_BUDGET) -> None:
+    def __init__(self, layer: DynamoDoor, writer_id: str, *, item_budget: int = ITEM_BUDGET) -> None:
         self._layer = layer
         self._table = layer.tables.metrics
         self._writer_attr = f"w_{writer_id}"

@@ -49,6 +49,7 @@ from tdev_metrics.exceptions import BufferFullError, CollectorClosedError, Metri
 from tdev_metrics.usage import UsageBuffer
 from tdev_state import PayloadTooLargeError, StateClient, StateError, ValidationError
 from tdev_state.log import get_logger
+from tdev_state.storage import DynamoDoor
 from tdev_state.usage import UsageEvent
 
 log = get_logger(__name__)
@@ -73,7 +74,8 @@ class MetricsCollector:
         # Unique by construction: two collectors given the same id would otherwise guard each other's
         # writes with one sequence attribute and drop each other's data as "duplicates".
         self._writer_prefix = checked_name("writer_id", writer_id) + "-" if writer_id is not None else ""
-        self._layer = client.layer
+        #: The DynamoDB door only: the collector writes tables, never payloads (no S3, no KMS).
+        self._layer: DynamoDoor = client.layer
         self._clock = clock
         # Names already checked, one set per kind: a name valid as a metric is not thereby a valid agent.
         self._valid_metrics: set[str] = set()

@@ -56,8 +56,8 @@ from tdev_metrics._usage_store import (
 )
 from tdev_metrics.exceptions import MetricValidationError
 from tdev_state import AGENTS, PayloadTooLargeError, StateClient, StateError, ValidationError
-from tdev_state.dynamo import DynamoLayer
 from tdev_state.log import get_logger
+from tdev_state.storage import DynamoDoor
 from tdev_state.usage import UsageEvent
 
 log = get_logger(__name__)
@@ -156,7 +156,7 @@ class UsageBuffer:
 
     def __init__(
         self,
-        layer: DynamoLayer,
+        layer: DynamoDoor,
         writer_id: str,
         next_seq: Callable[[], int],
         *,

@@ -4,13 +4,13 @@ Typed API: `StateClient` (blocking) and `AsyncStateClient` (awaitable), each wit
 `.executions`, `.projects` and `.claims`; `PipelineRun` wraps an orchestrator's per-agent attempts.
 The plan's dict API: `save_pipeline_session`, `update_agent_execution`, `get_failed_sessions`,
 `save_user_project`, `resume_pipeline` (implemented by tdev-recovery-worker, found by entry point).
-The other packages build on `tdev_state.dynamo.DynamoLayer` and `tdev_state.schema`.
+The other packages build on `tdev_state.storage.DynamoDoor` (DynamoDB only) or the client's
+`tdev_state.layer.DynamoLayer`, and on `tdev_state.schema`.
 """
 
 import logging
 
 from tdev_state._claims import Claim
-from tdev_state._jsonform import LossyValue
 from tdev_state._liveness import LivenessObserver, RecoveryPolicy, Verdict
 from tdev_state.adoption.resume_route import accept_resume, resume_app
 from tdev_state.client import AsyncStateClient, StateClient
@@ -54,6 +54,7 @@ from tdev_state.models import (
     SessionStatus,
     UserProject,
 )
+from tdev_state.payloads import LossyValue
 from tdev_state.pipeline_run import (
     AgentStep,
     DeferPolicy,

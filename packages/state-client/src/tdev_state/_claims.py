@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from tdev_state import validate as check
-from tdev_state._expr import Expr
 from tdev_state._lifecycle import SESSION_RULES, SessionKind, require_claim, status_effects
-from tdev_state.dynamo import ConditionFailed, DynamoLayer
 from tdev_state.exceptions import ClaimLostError, StateError
+from tdev_state.layer import DynamoLayer
 from tdev_state.log import get_logger
 from tdev_state.models import RecoveryCandidate, SessionStatus, epoch
+from tdev_state.storage import ConditionFailed, Expr
 from tdev_state.usage import UsageEvent, UsageKind
 
 log = get_logger(__name__)

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from tdev_state import _codec, _inputs
 from tdev_state import validate as check
 from tdev_state._items import ItemReader
 from tdev_state._lifecycle import (
@@ -38,7 +37,6 @@ from tdev_state._lifecycle import (
 )
 from tdev_state._liveness import LivenessStamps, declared_silence
 from tdev_state._sessions import emit_run_end, payload_scoped, session_reader
-from tdev_state.dynamo import DynamoLayer, Item, TransactAction, TransactionCancelled, current_write
 from tdev_state.exceptions import (
     ClaimLostError,
     ConflictError,
@@ -48,6 +46,7 @@ from tdev_state.exceptions import (
     SessionNotFoundError,
     StateError,
 )
+from tdev_state.layer import DynamoLayer
 from tdev_state.log import get_logger
 from tdev_state.models import (
     AGENT_STEP,
@@ -57,7 +56,18 @@ from tdev_state.models import (
     AgentTransition,
     SessionStatus,
 )
+from tdev_state.payloads import (
+    EncodedPayload,
+    KnownOutputs,
+    PayloadContext,
+    current_write,
+    describe_payload,
+    output_references,
+    resolve_outputs,
+    substitute_outputs,
+)
 from tdev_state.schema import AGENT_EXECUTIONS
+from tdev_state.storage import Item, TransactAction, TransactionCancelled
 from tdev_state.usage import UsageEvent, UsageKind
 
 log = get_logger(__name__)
@@ -77,7 +87,7 @@ class ExecutionStore:
         self._clock = clock
         self._liveness = liveness
         self._policy = layer.config.run_policy
-        self._known = _inputs.KnownOutputs()
+        self._known = KnownOutputs()
 
     # --- transitions ----------------------------------------------------------------------------------
 
@@ -150,7 +160,7 @@ class ExecutionStore:
         message = check.error_text(error_message)
         sets = self._extras(retry_count=retry_count, project_id=project_id)
         sets.update(error_message=message, last_error=message)
-        payloads: dict[str, _codec.EncodedPayload] = {}
+        payloads: dict[str, EncodedPayload] = {}
         if output_data is not None:
             payloads["output_data"] = self._encode(output_data, "output_data", sid, agent, lossy=lossy)
         if input_data is not _UNSET:
@@ -198,7 +208,7 @@ class ExecutionStore:
         """Every started agent of a run, in pipeline order — one (paged) consistent Query."""
         sid = check.identifier("execution_id", execution_id, existing=True)
         run = [self._from_item(i, load_payloads=load_payloads) for i in self._run_items(sid)]
-        if not any(_inputs.references(e.input_data) for e in run):
+        if not any(output_references(e.input_data) for e in run):
             return run
         outputs = {e.agent_name: e for e in run}
         return [self._with_inputs(e, outputs.get) for e in run]
@@ -210,7 +220,7 @@ class ExecutionStore:
         if item is None:
             raise ExecutionNotFoundError(f"agent {agent!r} of execution {sid!r} has not started")
         execution = self._from_item(item, load_payloads=load_payloads)
-        wanted = set(_inputs.references(execution.input_data))
+        wanted = set(output_references(execution.input_data))
         if not wanted:
             return execution
         items = {i.get("agent"): i for i in self._run_items(sid) if i.get("agent") in wanted}
@@ -240,7 +250,7 @@ class ExecutionStore:
                 )
             return found.output_data
 
-        return dataclasses.replace(execution, input_data=_inputs.resolve(execution.input_data, output_of))
+        return dataclasses.replace(execution, input_data=resolve_outputs(execution.input_data, output_of))
 
     # --- the one executor ------------------------------------------------------------------------------
 
@@ -251,7 +261,7 @@ class ExecutionStore:
         agent: str,
         *,
         sets: dict[str, Any],
-        payloads: dict[str, _codec.EncodedPayload],
+        payloads: dict[str, EncodedPayload],
         extra: tuple[str, ...] = (),
         error: str | None = None,
         claim: tuple[int, str] | None = None,
@@ -506,24 +516,21 @@ class ExecutionStore:
     def _address(self, session_id: str, agent_name: str, *, existing: bool = False) -> tuple[str, str]:
         return check.identifier("session_id", session_id, existing=existing), check.agent(agent_name)
 
-    def _encode_input(
-        self, value: Any, sid: str, agent: str, *, lossy: bool = False
-    ) -> _codec.EncodedPayload:
-        """An input with earlier COMPLETED outputs of the run stored as references (`_inputs`), sealed when
+    def _encode_input(self, value: Any, sid: str, agent: str, *, lossy: bool = False) -> EncodedPayload:
+        """An input with earlier COMPLETED outputs of the run stored as references (`payloads`), sealed when
         any sealed payload of an earlier agent can be inside it (`_seals_input`)."""
-        raw, original, warnings = _inputs.substitute(
+        raw, original, warnings = substitute_outputs(
             value,
             self._known.of(sid),
             field="input_data",
             lossy=lossy,
             encoders=self._layer.config.encoders,
         )
-        encoded = _codec.store_json(
+        encoded = self._layer.payloads.store_json(
             raw,
             field="input_data",
             object_key=f"{sid}/{agent}",
             context=execution_context(sid, agent),
-            layer=self._layer,
             warnings=warnings,
             seal=self._seals_input(agent),
         )
@@ -541,15 +548,12 @@ class ExecutionStore:
             if earlier != agent or name == "input_data"
         )
 
-    def _encode(
-        self, value: Any, field: str, sid: str, agent: str, *, lossy: bool = False
-    ) -> _codec.EncodedPayload:
-        return _codec.encode(
+    def _encode(self, value: Any, field: str, sid: str, agent: str, *, lossy: bool = False) -> EncodedPayload:
+        return self._layer.payloads.encode(
             value,
             field=field,
             object_key=f"{sid}/{agent}",
             context=execution_context(sid, agent),
-            layer=self._layer,
             lossy=lossy,
         )
 
@@ -562,15 +566,13 @@ class ExecutionStore:
             sets["project_id"] = check.identifier("project_id", project_id)
         return sets
 
-    def _fingerprint(
-        self, kind: str, sid: str, agent: str, *parts: _codec.EncodedPayload | str
-    ) -> Fingerprint:
+    def _fingerprint(self, kind: str, sid: str, agent: str, *parts: EncodedPayload | str) -> Fingerprint:
         """Digest of a transition and its payloads' JSON. Sealed when a payload is: a digest of a sealed
         payload stored in clear would let anyone who can read the table confirm a guess of its content."""
         digest = hashlib.sha256(f"{kind}|{agent}|".encode())
         sealed = False
         for part in parts:
-            if isinstance(part, _codec.EncodedPayload):
+            if isinstance(part, EncodedPayload):
                 digest.update(part.digest.encode())
                 sealed = sealed or part.sealed
             else:
@@ -579,7 +581,7 @@ class ExecutionStore:
         if not sealed:
             return Fingerprint(clear, clear)
         aad = execution_context(sid, agent).aad("fingerprint")
-        return Fingerprint(self._layer.cipher.seal(clear.encode(), aad, field="fingerprint"), clear)
+        return Fingerprint(self._layer.payloads.cipher.seal(clear.encode(), aad, field="fingerprint"), clear)
 
     def _same_fingerprint(self, stored: Any, new: Fingerprint, sid: str, agent: str) -> bool:
         if isinstance(stored, str):
@@ -587,7 +589,10 @@ class ExecutionStore:
         if isinstance(stored, bytes | bytearray):
             aad = execution_context(sid, agent).aad("fingerprint")
             try:
-                return self._layer.cipher.open(bytes(stored), aad, field="fingerprint").decode() == new.clear
+                return (
+                    self._layer.payloads.cipher.open(bytes(stored), aad, field="fingerprint").decode()
+                    == new.clear
+                )
             except PayloadIntegrityError:
                 return False
         return False
@@ -604,7 +609,7 @@ class ExecutionStore:
             if not load_payloads:
                 return None
             context = execution_context(sid, agent)
-            return _codec.decode(item.get(name), field=name, context=context, layer=self._layer)
+            return self._layer.payloads.decode(item.get(name), field=name, context=context)
 
         return AgentExecution(
             execution_id=sid,
@@ -621,8 +626,8 @@ class ExecutionStore:
             input_bytes=read.whole("input_bytes", 0),
             output_bytes=read.whole("output_bytes", 0),
             last_error=read.text("last_error", None),
-            input_location=_codec.describe(item.get("input_data")),
-            output_location=_codec.describe(item.get("output_data")),
+            input_location=describe_payload(item.get("input_data")),
+            output_location=describe_payload(item.get("output_data")),
         )
 
 
@@ -631,9 +636,9 @@ def execution_reader(item: Item) -> ItemReader:
     return ItemReader(item, AGENT_EXECUTIONS.logical_name, ("execution_id", "agent_name"))
 
 
-def execution_context(session_id: str, agent: str) -> _codec.PayloadContext:
+def execution_context(session_id: str, agent: str) -> PayloadContext:
     """Where an agent's payloads live (the associated data of sealed input/output)."""
-    return _codec.PayloadContext(AGENT_EXECUTIONS.logical_name, session_id, agent)
+    return PayloadContext(AGENT_EXECUTIONS.logical_name, session_id, agent)
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from tdev_state.dynamo import Item
 from tdev_state.exceptions import MalformedItemError
 from tdev_state.log import get_logger
 from tdev_state.models import from_epoch
+from tdev_state.storage import Item
 
 E = TypeVar("E", bound=StrEnum)
 M = TypeVar("M")

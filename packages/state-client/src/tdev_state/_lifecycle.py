@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from tdev_state._expr import Expr
 from tdev_state.models import (
     AGENT_STEP,
     AGENTS,
@@ -37,6 +36,7 @@ from tdev_state.models import (
     epoch,
 )
 from tdev_state.schema import AGENT_EXECUTIONS, PIPELINE_SESSIONS, RECOVERY_INDEX_SHARDS
+from tdev_state.storage import Expr
 
 AgentKind = Literal["start", "complete", "fail", "retry", "interrupt"]
 SessionKind = Literal[

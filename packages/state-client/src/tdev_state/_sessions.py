@@ -8,9 +8,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar, cast
 
-from tdev_state import _codec
 from tdev_state import validate as check
-from tdev_state._expr import Expr
 from tdev_state._items import ItemReader, readable
 from tdev_state._lifecycle import (
     SESSION_RULES,
@@ -23,7 +21,6 @@ from tdev_state._lifecycle import (
     status_effects,
 )
 from tdev_state._liveness import LivenessStamps, RecoveryPolicy, declared_silence
-from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item, TransactAction, TransactionCancelled
 from tdev_state.exceptions import (
     ConflictError,
     InvalidTransitionError,
@@ -33,6 +30,7 @@ from tdev_state.exceptions import (
     StateError,
     ValidationError,
 )
+from tdev_state.layer import DynamoLayer
 from tdev_state.log import get_logger
 from tdev_state.models import (
     AGENT_STEP,
@@ -48,7 +46,9 @@ from tdev_state.models import (
     epoch,
     epoch_float,
 )
+from tdev_state.payloads import PayloadContext
 from tdev_state.schema import PIPELINE_SESSIONS, RECOVERY_INDEX_SHARDS
+from tdev_state.storage import ConditionFailed, Expr, Item, TransactAction, TransactionCancelled
 from tdev_state.usage import UsageEmitter, UsageEvent, UsageKind
 
 log = get_logger(__name__)
@@ -107,11 +107,11 @@ _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 def payload_scoped(method: _Method) -> _Method:
     """Run a store method (its first argument the session id) in a payload scope: objects it stored are
-    taken back if it is refused (DynamoLayer.payload_scope; the run's items are the reference check)."""
+    taken back if it is refused (PayloadStore.scope; the run's items are the reference check)."""
 
     @functools.wraps(method)
     def scoped(self: Any, session_id: str, *args: Any, **kwargs: Any) -> Any:
-        with self._layer.payload_scope(lambda: run_items(self._layer, session_id)):
+        with self._layer.payloads.scope(lambda: run_items(self._layer, session_id)):
             return method(self, session_id, *args, **kwargs)
 
     return cast(_Method, scoped)
@@ -188,9 +188,9 @@ def _agents(read: ItemReader, name: str) -> tuple[str, ...]:
     return tuple(sorted(names, key=AGENT_STEP.__getitem__))
 
 
-def session_context(session_id: str) -> _codec.PayloadContext:
+def session_context(session_id: str) -> PayloadContext:
     """Where a session's metadata lives (the associated data of sealed metadata)."""
-    return _codec.PayloadContext(PIPELINE_SESSIONS.logical_name, session_id)
+    return PayloadContext(PIPELINE_SESSIONS.logical_name, session_id)
 
 
 def session_from_item(
@@ -213,11 +213,10 @@ def session_from_item(
         metadata, error = None, "not loaded: listed with load_metadata=False; get() the session to read it"
     if metadata is _UNSET:
         try:
-            metadata = _codec.decode(
+            metadata = layer.payloads.decode(
                 item.get("metadata"),
                 field="metadata",
                 context=session_context(sid),
-                layer=layer,
             )
         except StateError as exc:
             if strict:
@@ -285,14 +284,14 @@ class SessionStore:
             else None
         )
         kind = check.enum(PipelineType, "pipeline_type", pipeline_type)
-        with self._layer.payload_scope(lambda: run_items(self._layer, sid)):
+        with self._layer.payloads.scope(lambda: run_items(self._layer, sid)):
             return self._create(sid, user, name, kind, metadata, token)
 
     def _create(  # noqa: PLR0917 - private; the validated arguments of create
         self, sid: str, user: str | None, name: str | None, kind: PipelineType, metadata: Any, token: str
     ) -> Session:
-        encoded = _codec.encode(
-            metadata, field="metadata", object_key=sid, context=session_context(sid), layer=self._layer
+        encoded = self._layer.payloads.encode(
+            metadata, field="metadata", object_key=sid, context=session_context(sid)
         )
         moment = self._clock()
         now = epoch(moment)
@@ -454,8 +453,8 @@ class SessionStore:
         )
         sent_agent = check.agent(current_agent) if current_agent is not None else None
         encoded = (
-            _codec.encode(
-                metadata, field="metadata", object_key=sid, context=session_context(sid), layer=self._layer
+            self._layer.payloads.encode(
+                metadata, field="metadata", object_key=sid, context=session_context(sid)
             )
             if metadata is not _UNSET
             else None

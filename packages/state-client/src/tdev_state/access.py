@@ -86,7 +86,7 @@ PIPELINE_CLIENT = ComponentAccess(
         _table(AGENT_EXECUTIONS, "GetItem", "UpdateItem", "ConditionCheckItem", "Query"),
         _table(USER_PROJECTS, "GetItem", "UpdateItem", "DeleteItem"),
         _index(USER_PROJECTS, "by-last-accessed", "Query"),
-        # DeleteObject: a refused call takes back the payload objects it created (DynamoLayer.payload_scope).
+        # DeleteObject: a refused call takes back the payload objects it created (PayloadStore.scope).
         Grant("payloads", frozenset({"s3:PutObject", "s3:GetObject", "s3:DeleteObject"})),
         # Sealing payload fields (GenerateDataKey, Decrypt) — the same two S3 needs for SSE-KMS objects.
         Grant("key", frozenset({"kms:GenerateDataKey", "kms:Decrypt"})),

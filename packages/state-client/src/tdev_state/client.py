@@ -23,8 +23,8 @@ from tdev_state._liveness import LivenessStamps
 from tdev_state._projects import ProjectStore
 from tdev_state._sessions import SessionStore
 from tdev_state.config import StateConfig
-from tdev_state.dynamo import DynamoLayer
 from tdev_state.exceptions import ConfigurationError
+from tdev_state.layer import DynamoLayer
 from tdev_state.models import utcnow
 from tdev_state.tables import create_tables
 
@@ -71,8 +71,8 @@ class StateClient:
     def close(self) -> None:
         """Close the HTTP connection pools."""
         self.layer.dynamodb.close()
-        if self.layer.s3 is not None:
-            self.layer.s3.close()
+        if self.layer.payloads.s3 is not None:
+            self.layer.payloads.s3.close()
 
     def __enter__(self) -> StateClient:
         return self

@@ -20,12 +20,12 @@ from tdev_state.schema import ALL_TABLES
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import TimeToLiveSpecificationTypeDef
 
-    from tdev_state.dynamo import DynamoLayer
+    from tdev_state.storage import DynamoDoor
 
 log = get_logger(__name__)
 
 
-def create_tables(layer: DynamoLayer, *, wait_seconds: float = 120.0) -> list[str]:
+def create_tables(layer: DynamoDoor, *, wait_seconds: float = 120.0) -> list[str]:
     """Create every table of `layer`'s env that is missing, wait until ACTIVE, enable TTL. Idempotent."""
     env = layer.config.env
     names = []
@@ -49,7 +49,7 @@ def create_tables(layer: DynamoLayer, *, wait_seconds: float = 120.0) -> list[st
     return names
 
 
-def delete_tables(layer: DynamoLayer) -> list[str]:
+def delete_tables(layer: DynamoDoor) -> list[str]:
     """Delete every table of `layer`'s env that exists (tests clean up with this)."""
     deleted = []
     for spec in ALL_TABLES:
@@ -59,10 +59,10 @@ def delete_tables(layer: DynamoLayer) -> list[str]:
     return deleted
 
 
-def _wait_active(layer: DynamoLayer, name: str, wait_seconds: float) -> None:
+def _wait_active(layer: DynamoDoor, name: str, wait_seconds: float) -> None:
     deadline = time.monotonic() + wait_seconds
     while True:
-        table = layer._guarded("DescribeTable", name, lambda: layer.dynamodb.describe_table(TableName=name))[
+        table = layer.guarded("DescribeTable", name, lambda: layer.dynamodb.describe_table(TableName=name))[
             "Table"
         ]
         indexes = table.get("GlobalSecondaryIndexes", [])
@@ -79,7 +79,7 @@ def _wait_active(layer: DynamoLayer, name: str, wait_seconds: float) -> None:
 _ALREADY = ("ResourceInUseException", "ResourceNotFoundException")
 
 
-def _guarded(layer: DynamoLayer, op: str, table: str, call: Callable[[], object]) -> bool:
+def _guarded(layer: DynamoDoor, op: str, table: str, call: Callable[[], object]) -> bool:
     """One table-management call through the layer's error boundary (an unreachable endpoint is one line
     naming it, never a botocore traceback): True if it acted, False if it was already so."""
 
@@ -94,5 +94,5 @@ def _guarded(layer: DynamoLayer, op: str, table: str, call: Callable[[], object]
             raise
         return True
 
-    acted: bool = layer._guarded(op, table, attempt)
+    acted: bool = layer.guarded(op, table, attempt)
     return acted

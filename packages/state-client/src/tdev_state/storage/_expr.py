@@ -11,11 +11,11 @@ from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from tdev_state.dynamo import TransactAction
+from tdev_state.storage._door import TransactAction
 
 
 class Expr:
-    """SET / REMOVE / ADD / DELETE clauses and AND-ed conditions, with their placeholders."""
+    """SET / REMOVE / ADD clauses and AND-ed conditions, with their placeholders."""
 
     def __init__(self) -> None:
         self.names: dict[str, str] = {}
@@ -23,7 +23,6 @@ class Expr:
         self._sets: list[str] = []
         self._removes: list[str] = []
         self._adds: list[str] = []
-        self._deletes: list[str] = []
         self._conditions: list[str] = []
 
     # --- placeholders -------------------------------------------------------------------------------
@@ -77,10 +76,6 @@ class Expr:
         self._adds.append(f"{self.n(attribute)} {self.v(members)}")
         return self
 
-    def delete_from_set(self, attribute: str, members: AbstractSet[str]) -> Expr:
-        self._deletes.append(f"{self.n(attribute)} {self.v(members)}")
-        return self
-
     # --- conditions ---------------------------------------------------------------------------------
 
     def require(self, condition: str) -> Expr:
@@ -109,7 +104,6 @@ class Expr:
             ("SET", self._sets),
             ("REMOVE", self._removes),
             ("ADD", self._adds),
-            ("DELETE", self._deletes),
         ):
             if clauses:
                 parts.append(f"{word} " + ", ".join(dict.fromkeys(clauses)))
@@ -120,7 +114,7 @@ class Expr:
         return " AND ".join(f"({c})" for c in self._conditions) or None
 
     def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `DynamoLayer.update`."""
+        """Keyword arguments for `DynamoDoor.update`."""
         return {
             "update": self.update,
             "condition": self.condition,

@@ -20,8 +20,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tdev_state import _jsonform
-from tdev_state._jsonform import OUTPUT_MARK, Encoders, OutputRef
+from tdev_state.payloads import _jsonform
+from tdev_state.payloads._marks import OUTPUT_MARK, Encoders, OutputRef
 
 __all__ = ["OUTPUT_MARK", "KnownOutputs", "references", "resolve", "substitute"]
 

@@ -1,26 +1,10 @@
-"""A payload's JSON form: what an agent returns, as JSON text and back — exactly, or marked where it cannot.
-
-One walk over the value (`to_json`) does what json's `default` hook cannot see: it converts plain Python
-values the way FastAPI's `jsonable_encoder` does for the orchestrator's browser (the pipeline's own types
-first, through `StateConfig.encoders`), turns non-string dict keys into their JSON text and refuses two keys
-that would merge, escapes caller keys that could pass for the library's markers, and — in lossy mode — stores
-what has no exact JSON form in a marked form and says where (`Lossy.warnings`). `from_json` is its inverse.
-
-Reserved keys (docs/security.md, "Payload markers"). The library marks its own structures with
-single-key objects whose key starts with NUL: `"\\u0000tdev-chunk"` (a chunk reference, `_chunks`),
-`"\\u0000tdev-output"` (an earlier output in an accumulated input, `_inputs`), `"\\u0000tdev-lossy"` (a marked
-lossy value) and keys starting `"\\u0000tdev-key:"` (a marked lossy key). A caller's key that starts with NUL
-is stored with one more NUL in front and read back without it, so no caller value can ever be taken for a
-marker: every value round-trips exactly. The walk is paid for in Python only per container and key; a
-payload whose JSON holds no NUL at all (``\\u0000`` in the text) is read back by `json.loads` alone.
-"""
+"""The walk behind `_jsonform.to_json`: one pass over a payload that converts, checks and escapes it."""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
 import functools
-import ipaddress
 import json
 import math
 import re
@@ -29,7 +13,6 @@ import types
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -37,48 +20,17 @@ from pathlib import PurePath
 from typing import Any
 
 from tdev_state.exceptions import ValidationError
-
-NUL = "\x00"
-LOSSY_MARK = "\x00tdev-lossy"
-LOSSY_KEY = "\x00tdev-key:"
-OUTPUT_MARK = "\x00tdev-output"
-#: Deeper values are refused (or, lossy, cut off). The walk takes up to three Python frames per level, and
-#: must stay well inside Python's default recursion limit (1,000) whatever the caller's own stack depth.
-MAX_DEPTH = 200
-_MAX_TEXT = 1000
-_IP_TYPES = (
-    ipaddress.IPv4Address,
-    ipaddress.IPv6Address,
-    ipaddress.IPv4Network,
-    ipaddress.IPv6Network,
-    ipaddress.IPv4Interface,
-    ipaddress.IPv6Interface,
+from tdev_state.payloads._marks import (
+    _IP_TYPES,
+    _MAX_TEXT,
+    LOSSY_KEY,
+    LOSSY_MARK,
+    MAX_DEPTH,
+    NUL,
+    Encoders,
+    LossyValue,
 )
-
-Encoders = Mapping[type, Callable[[Any], Any]]
-
-
-class LossyValue(str):
-    """A value read back from its marked lossy form: its documented text (e.g. "NaN", a repr), marked.
-
-    A `str`, so it serializes and prints like one; `type_name` and `reason` say what it was and why it could
-    not be stored exactly.
-    """
-
-    type_name: str
-    reason: str
-
-    def __new__(cls, text: str, type_name: str = "", reason: str = "") -> LossyValue:
-        made = super().__new__(cls, text)
-        made.type_name, made.reason = type_name, reason
-        return made
-
-
-@dataclass(frozen=True)
-class OutputRef:
-    """An earlier agent's output inside a decoded accumulated input, before it is resolved (`_inputs`)."""
-
-    agent: str
+from tdev_state.storage import safe_repr
 
 
 class _Path:
@@ -96,20 +48,6 @@ class _Path:
             parts.append(f"[{node.key}]" if isinstance(node.key, int) else f".{node.key}")
             node = node.parent
         return "".join(reversed(parts))
-
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def safe_repr(value: Any, limit: int = 60) -> str:
-    """repr() that never raises (an object whose __repr__ raises is named by its type) and never holds a
-    memory address: a marked lossy text must be the same for the same value in a retried call, or the
-    retry would not be recognised as a duplicate."""
-    try:
-        text = _ADDRESS.sub("", repr(value))
-    except Exception as exc:
-        text = f"<{type(value).__name__} object; its repr() raised {type(exc).__name__}>"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _set_order(member: Any) -> tuple[str, str]:
@@ -426,67 +364,3 @@ class _Walk:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def to_json(
-    value: Any, *, field: str, lossy: bool = False, encoders: Encoders | None = None, path: str = ""
-) -> tuple[bytes, tuple[str, ...]]:
-    """The canonical JSON text (UTF-8) of a payload, and the warnings of what is stored in marked lossy form.
-
-    Strict (`lossy=False`): anything that cannot be stored exactly raises ValidationError naming where and
-    why. The text is canonical: the same value always gives the same bytes (sets are sorted when they can
-    be), which content addressing and duplicate detection rely on."""
-    try:
-        walk = _Walk(field + path, lossy=lossy, encoders=encoders or {}, check_text=False)
-        prepared = walk.value(value, None, 0)
-        try:
-            return _dumps(prepared).encode("utf-8"), tuple(walk.warnings)
-        except UnicodeEncodeError:  # a lone surrogate somewhere: walk again, looking at every text
-            walk = _Walk(field + path, lossy=lossy, encoders=encoders or {}, check_text=True)
-            prepared = walk.value(value, None, 0)
-            return _dumps(prepared).encode("utf-8"), tuple(walk.warnings)
-    except RecursionError:  # a caller already deep in its own stack: the same answer as too deep a value
-        raise ValidationError(
-            f"{field}{path} is nested too deeply to store from this call's stack (values may nest up to "
-            f"{MAX_DEPTH} levels); flatten it. Nothing was written."
-        ) from None
-
-
-def marker_json(mark: str, value: Any) -> bytes:
-    """The JSON text of one of the library's own markers (never escaped, unlike a caller's keys)."""
-    return _dumps({mark: value}).encode("utf-8")
-
-
-def from_json(raw: bytes) -> Any:
-    """The value `to_json` stored: escaped keys restored, marked lossy values as `LossyValue`, references
-    to earlier outputs as `OutputRef`. Raises ValueError when the text is not JSON."""
-    value = json.loads(raw.decode("utf-8"))  # (str parses faster than bytes, which json re-detects)
-    if b"\\u0000" not in raw:
-        return value  # no escaped key and no marker: json.loads is the whole answer
-    try:
-        return _restore(value)
-    except RecursionError:
-        raise ValueError("nested too deeply to restore its keys") from None
-
-
-def _restore(node: Any) -> Any:
-    if isinstance(node, list):
-        return [_restore(v) for v in node]
-    if not isinstance(node, dict):
-        return node
-    if len(node) == 1:
-        ((key, inner),) = node.items()
-        if key == LOSSY_MARK and isinstance(inner, dict):
-            return LossyValue(
-                str(inner.get("text", "")), str(inner.get("type", "")), str(inner.get("why", ""))
-            )
-        if key == OUTPUT_MARK and isinstance(inner, str):
-            return OutputRef(inner)
-    out: dict[str, Any] = {}
-    for key, item in node.items():
-        if key.startswith(LOSSY_KEY):
-            label = LossyValue(key[len(LOSSY_KEY) :], "key", "two keys had the same JSON text")
-            out[label] = _restore(item)
-        else:
-            out[key[1:] if key.startswith("\x00\x00") else key] = _restore(item)
-    return out

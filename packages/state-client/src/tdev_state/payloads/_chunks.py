@@ -9,7 +9,7 @@ and what remains (the skeleton) is kept in the item.
 An object is named by the SHA-256 of its JSON and by the write that created it
 (`<prefix><run>/chunks/<sha256>.<write id>.json.z`): a write's objects are private to it until it is
 acknowledged, and only then may later writes of this process refer to them instead of storing the subtree
-again (`DynamoLayer.payload_scope`, docs/reliability.md "Shared payload objects"). That is what lets a
+again (`PayloadObjects.scope`, docs/reliability.md "Shared payload objects"). That is what lets a
 refused write delete what it created without ever deleting what an acknowledged write refers to.
 
 References are single-key objects `{"\\u0000tdev-chunk": "<name>"}`; a caller's key can never take that form
@@ -44,23 +44,52 @@ def canonical(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
-def split(tree: Any, *, min_bytes: int, store: Callable[[str, bytes], str]) -> Any:
-    """`tree` with every subtree of at least `min_bytes` of JSON stored through `store(sha256, json) -> name`
-    and replaced by its reference; the smallest big subtrees go first, so shared parts get their own names."""
+_DECODER = json.JSONDecoder()
+_scan_string = json.decoder.scanstring  # type: ignore[attr-defined]  # public in json.decoder, not in its stubs
 
-    def visit(node: Any, text: bytes) -> Any:
-        if len(text) < min_bytes:
+
+def _size(text: str) -> int:
+    """Bytes of `text` in UTF-8 (what `min_bytes` counts), without encoding ASCII text."""
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _members(text: str) -> tuple[str, str, list[tuple[str, str]]]:
+    """A compact JSON object's or array's brackets and its members as (key text with its colon, value
+    text) slices of `text` (key text empty in an array): the C scanner finds where each value ends."""
+    opening, closing = text[0], text[-1]
+    members: list[tuple[str, str]] = []
+    at = 1
+    while at < len(text) - 1:
+        key = ""
+        if opening == "{":
+            _, colon = _scan_string(text, at + 1)
+            key, at = text[at : colon + 1], colon + 1
+        _, end = _DECODER.raw_decode(text, at)
+        members.append((key, text[at:end]))
+        at = end + 1  # past the comma (or onto the closing bracket)
+    return opening, closing, members
+
+
+def split(text: bytes, *, min_bytes: int, store: Callable[[str, bytes], str]) -> bytes:
+    """The skeleton of canonical JSON `text`: every subtree of at least `min_bytes` of JSON stored through
+    `store(sha256, json) -> name` and replaced by its reference, the smallest big subtrees first (so shared
+    parts get their own names).
+
+    Works on the text itself: a subtree's JSON is a slice of its parent's (the text is canonical, compact,
+    keys in order), found by the C scanner, so no subtree is dumped again and no tree is built."""
+
+    def visit(node: str) -> str:
+        if _size(node) < min_bytes:
             return node
-        if isinstance(node, dict):
-            node = {k: visit(v, canonical(v)) for k, v in node.items()}
-        elif isinstance(node, list):
-            node = [visit(v, canonical(v)) for v in node]
-        rest = canonical(node)
-        if len(rest) < min_bytes:
-            return node  # its children carried the bulk
-        return {CHUNK_MARK: store(hashlib.sha256(rest).hexdigest(), rest)}
+        if node[0] in "{[":
+            opening, closing, members = _members(node)
+            node = opening + ",".join(key + visit(value) for key, value in members) + closing
+            if _size(node) < min_bytes:
+                return node  # its children carried the bulk
+        body = node.encode("utf-8")
+        return reference(store(hashlib.sha256(body).hexdigest(), body)).decode("utf-8")
 
-    return visit(tree, canonical(tree))
+    return visit(text.decode("utf-8")).encode("utf-8")
 
 
 def reference(name: str) -> bytes:
@@ -119,7 +148,7 @@ class ChunkNames:
     """Chunks of acknowledged writes this process stored: `<prefix><sha256>` -> object name (bounded LRU).
 
     Only names published here may be referred to by another write; a write publishes its chunks when it is
-    acknowledged, never before (see `DynamoLayer.payload_scope`). A name is reused for at most `max_age`
+    acknowledged, never before (see `PayloadObjects.scope`). A name is reused for at most `max_age`
     seconds: the bucket expires an object counting from its creation (`config.payload_expiry_days`), so a
     new item must never refer to an object much older than itself."""
 
@@ -155,10 +184,6 @@ class ChunkNames:
                 self._names.move_to_end(key)
             while len(self._names) > self._capacity:
                 self._names.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._names.clear()
 
     def __len__(self) -> int:
         with self._lock:
