@@ -16,6 +16,7 @@ from examples.orchestrator import after
 from examples.orchestrator.agents import RecordingWebSocketManager
 
 from tdev_state import (
+    AGENTS,
     AsyncStateClient,
     SessionStatus,
     StateClient,
@@ -151,7 +152,7 @@ async def test_the_store_down_mid_run_and_back_loses_nothing(
     result = await run(pipeline)
     assert await asyncio.wait_for(writes.flush(), 10)
     session, agents = await stored(aclient, result.project_id)
-    assert (result.success, session.status, len(agents)) == (True, SessionStatus.COMPLETED, 9)
+    assert (result.success, session.status, len(agents)) == (True, SessionStatus.COMPLETED, len(AGENTS))
     assert (agents["search"].retry_count, writes.lost) == (1, 0)
     assert writes.landed_late > 0
 
@@ -186,7 +187,7 @@ async def test_double_clicked_requests_never_merge(
     assert duplicate.startswith(f"{first.project_id}-dup-")
     for sid in (first.project_id, duplicate):
         session, agents = await stored(aclient, sid)
-        assert (session.status, len(agents)) == (SessionStatus.COMPLETED, 9)
+        assert (session.status, len(agents)) == (SessionStatus.COMPLETED, len(AGENTS))
         assert {a.retry_count for a in agents.values()} == {0}
 
 

@@ -44,8 +44,9 @@ def _keys(values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
     return (np.ceil(np.log2(values) * _MULTIPLIER) + _OFFSET).astype(np.int64)
 
 
-def bucket_of(value: float) -> str:
-    """The stored bucket name of a value: "p<k>" positive, "n<k>" negative, "z" for (near) zero."""
+def sketch_bucket_label(value: float) -> str:
+    """The stored label of the sketch bucket holding a value, as ddsketch maps one value at a time: "p<k>"
+    positive, "n<k>" negative, "z" for (near) zero. The reference `fold` is checked against."""
     if value > MAPPING.min_possible:
         return f"p{MAPPING.key(value)}"
     if value < -MAPPING.min_possible:

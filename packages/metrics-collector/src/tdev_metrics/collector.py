@@ -33,7 +33,7 @@ import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from types import FrameType
 from typing import Any, Literal
 
@@ -69,7 +69,7 @@ class CollectorConfig:
     #: Distinct keys held in memory at most (buffered + awaiting delivery).
     max_keys: int = 10_000
     overflow: Literal["drop", "raise"] = "drop"
-    #: Agents accepted; None accepts any well-formed name (the pipeline's nine by default).
+    #: Agents accepted; None accepts any well-formed name (the declared agents by default).
     agents: frozenset[str] | None = frozenset(AGENTS)
     max_backoff: float = 60.0
     #: Usage events of a run are held in memory until the run ends here, or this many seconds pass, so one
@@ -564,8 +564,3 @@ def install_signal_handlers(
                 terminate(num, frame)
 
         signal.signal(signum, handler)
-
-
-def utc_hour(moment: float) -> datetime:
-    """The start of the UTC hour containing `moment` (for reports and tests)."""
-    return datetime.fromtimestamp(int(moment // 3600) * 3600, UTC)
