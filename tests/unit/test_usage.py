@@ -394,12 +394,13 @@ def test_a_day_stored_under_positional_keys_reads_by_the_legacy_order(
 ) -> None:
     """An old day (`ac8`, `a6.23`) is read through LEGACY_AGENTS even after an agent was inserted before
     `download`: position 8 stays download, never the new agent now declared at that place."""
-    monkeypatch.setattr(usage_module, "AGENTS", (*AGENTS[:8], "review", AGENTS[8]))
+    inserted = (*usage_module.LEGACY_AGENTS[:8], "review", usage_module.LEGACY_AGENTS[8])
+    monkeypatch.setattr(usage_module, "AGENTS", inserted)
     _put_usage_day(
         client, **{"as0": 5, "ac0": 5, "ac6": 4, "af6": 1, "ar6": 1, "at5": 1, "ac8": 3, "d:a6.23": 4}
     )
     funnel = {f["agent"]: f for f in UsageReader(client).report(DAY, DAY)["funnel"]}
-    assert list(funnel) == [*AGENTS[:8], "review", "download"]
+    assert list(funnel) == list(inserted)
     assert (funnel["download"]["completed"], funnel["review"]["completed"]) == (3, 0)
     assert (funnel["nl_input"]["started"], funnel["generation"]["completed"]) == (5, 4)
     generation = funnel["generation"]
