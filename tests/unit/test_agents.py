@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tdev_state import AGENTS, PIPELINE, Agent, RunPolicy
+from tdev_state import AGENTS, PIPELINE, Agent, RunPolicy, ValidationError
 from tdev_state.agents import AGENT_STEP, agent, check_pipeline
 from tdev_state.models import TDEVELOPER_AGENT_LIMITS
 
@@ -66,3 +66,9 @@ def test_no_agent_list_outside_the_declaration() -> None:
     ]
     offenders = [str(p.relative_to(ROOT)) for p in sources if pair.search(p.read_text(encoding="utf-8"))]
     assert offenders == []
+
+
+def test_an_unknown_agent_is_a_validation_error_naming_the_agents() -> None:
+    """`agent("coder")` raises the package's ValidationError listing the declared agents, not a KeyError."""
+    with pytest.raises(ValidationError, match="agents are, in order: nl_input, ui_selection"):
+        agent("coder")

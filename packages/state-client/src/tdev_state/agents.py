@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tdev_state.exceptions import ConfigurationError
+from tdev_state.exceptions import ConfigurationError, ValidationError
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _COLOR = re.compile(r"#[0-9a-f]{6}")
@@ -76,8 +76,11 @@ _BY_NAME: dict[str, Agent] = {a.name: a for a in PIPELINE}
 
 
 def agent(name: str) -> Agent:
-    """The declaration of agent `name` (KeyError for a name that is not an agent: callers validate first)."""
-    return _BY_NAME[name]
+    """The declaration of agent `name`; ValidationError naming the agents for anything else."""
+    found = _BY_NAME.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise ValidationError(f"unknown agent {str(name)[:60]!r}; agents are, in order: {', '.join(AGENTS)}")
+    return found
 
 
 def check_pipeline(pipeline: tuple[Agent, ...]) -> list[str]:
