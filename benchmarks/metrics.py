@@ -54,13 +54,15 @@ def bench_record_cost(client: StateClient) -> dict[str, Any]:
         collector = MetricsCollector(client, CollectorConfig(max_keys=100_000), start=False)
 
         def ours(t: int, i: int, c: MetricsCollector = collector) -> None:
-            c.record("agent_execution_time", float(i % 1000), agent_name=AGENTS[t % 9], timestamp=NOON)
+            c.record(
+                "agent_execution_time", float(i % 1000), agent_name=AGENTS[t % len(AGENTS)], timestamp=NOON
+            )
 
         summary = Summary("latency", "bench", ["agent"], registry=CollectorRegistry())
         children = [summary.labels(agent=a) for a in AGENTS]
 
         def prom(t: int, i: int, children: list[Any] = children) -> None:
-            children[t % 9].observe(float(i % 1000))
+            children[t % len(AGENTS)].observe(float(i % 1000))
 
         # Interleave the two, twice, so machine drift hits both.
         a1, p1 = _per_call_ns(ours, threads), _per_call_ns(prom, threads)
@@ -87,7 +89,7 @@ def bench_write_units(client: StateClient, records: int = 1_000_000) -> dict[str
                 collector.record(
                     metric,
                     float(1 + (i * 7919) % 60_000) / 1000,  # 1 ms .. 60 s
-                    agent_name=AGENTS[k % 9],
+                    agent_name=AGENTS[k % len(AGENTS)],
                     timestamp=NOON + (k // 9 % 10) * 3600,
                     error=i % 50 == 0,
                 )
@@ -110,7 +112,7 @@ def bench_memory(client: StateClient, keys: int = 10_000, per_key: int = 300) ->
             collector.record(
                 f"m{k % 100}",
                 float(1 + (i * 7919) % 60_000) / 1000,
-                agent_name=AGENTS[k % 9],
+                agent_name=AGENTS[k % len(AGENTS)],
                 timestamp=NOON + (k // 900) * 3600,
             )
     # Fold raw values as a flush would, so the sketch buckets are what is held.

@@ -25,7 +25,7 @@ from typing import Any
 import boto3
 from tests.payloads import agent_payload, generated_project
 
-from tdev_state import AGENTS, AsyncStateClient, StateClient, StateConfig
+from tdev_state import AGENTS, PIPELINE, AsyncStateClient, StateClient, StateConfig
 from tdev_state.layer import DynamoLayer
 from tdev_state.models import epoch, utcnow
 from tdev_state.payloads import PayloadContext
@@ -57,17 +57,7 @@ def profile(name: str) -> dict[str, tuple[Any, Any]]:
 
 #: Seconds each agent runs (start -> complete) in the cost benchmark's simulated clock: LLM-bound agents
 #: take tens of seconds, which decides how often the recovery index's liveness stamp is refreshed.
-AGENT_SECONDS = {
-    "nl_input": 5,
-    "ui_selection": 10,
-    "parser": 15,
-    "component_decision": 20,
-    "match_rate": 10,
-    "search": 30,
-    "generation": 120,
-    "assembly": 40,
-    "download": 5,
-}
+AGENT_SECONDS = {a.name: a.typical_seconds for a in PIPELINE}
 
 
 class SimulatedClock:

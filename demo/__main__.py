@@ -34,14 +34,24 @@ from rich.table import Table
 from demo.report import write_report
 from tdev_metrics import MetricsReader
 from tdev_metrics.usage import UsageReader
-from tdev_state import AGENTS, Session, SessionNotFoundError, SessionStatus, StateClient, StateConfig
+from tdev_state import (
+    AGENTS,
+    PIPELINE,
+    Session,
+    SessionNotFoundError,
+    SessionStatus,
+    StateClient,
+    StateConfig,
+)
 from tdev_state.log import configure_output
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-#: Agents the orchestrator tolerates failing for good (the run goes on); generation/assembly are critical.
-TOLERABLE = ("ui_selection", "component_decision", "match_rate", "search")
+#: Agents the demo makes fail for good in some runs (tolerated: the run goes on), and the critical agents,
+#: which it makes fail once (the run stops FAILED, then is recovered) or every time (doomed).
+TOLERABLE = tuple(a.name for a in PIPELINE if a.demo_tolerated)
+CRITICAL = tuple(a.name for a in PIPELINE if a.critical)
 
 
 def plan_runs(runs: int, drivers: int, demo_run: str, rng: random.Random) -> list[dict[str, Any]]:
@@ -68,7 +78,7 @@ def plan_runs(runs: int, drivers: int, demo_run: str, rng: random.Random) -> lis
                 # fails for good there (all in-process retries): tolerated, the run goes on
                 "tolerated": rng.choice(TOLERABLE) if 0.30 <= kind < 0.55 else None,
                 # a critical agent fails for good once: the run stops FAILED; resumed, it succeeds
-                "fail_at": rng.choice(("generation", "assembly")) if kind < 0.30 else None,
+                "fail_at": rng.choice(CRITICAL) if kind < 0.30 else None,
                 "doomed": kind < 0.08,  # fails there on every attempt: must end ABANDONED
                 "variant": "A" if i % 2 else "B",
             }

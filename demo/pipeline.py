@@ -44,6 +44,7 @@ from tdev_metrics import install_signal_handlers
 from tdev_metrics.plan import default_collector
 from tdev_state import (
     AGENTS,
+    PIPELINE,
     ConflictError,
     PipelineRun,
     ResumeBusyError,
@@ -55,31 +56,12 @@ from tdev_state import (
 from tdev_state.plan import default_client
 from tdev_state.resume import ResumeRequest
 
-#: Seconds an agent works in the demo (the real ones take tens of seconds; the proportions are kept).
-AGENT_SECONDS = {
-    "nl_input": 0.10,
-    "ui_selection": 0.15,
-    "parser": 0.20,
-    "component_decision": 0.20,
-    "match_rate": 0.15,
-    "search": 0.30,
-    "generation": 0.60,
-    "assembly": 0.35,
-    "download": 0.10,
-}
-#: In-process retries per agent, as T-Developer's orchestrator configures them.
-RETRIES = {
-    "nl_input": 2,
-    "ui_selection": 2,
-    "parser": 1,
-    "component_decision": 1,
-    "match_rate": 2,
-    "search": 2,
-    "generation": 1,
-    "assembly": 1,
-    "download": 1,
-}
-CRITICAL = ("generation", "assembly")
+#: Seconds an agent works in the demo (the real ones take tens of seconds; the proportions are kept), its
+#: in-process retries (T-Developer's orchestrator's), and the agents whose failure stops the run: all from
+#: the one declaration of the agents (tdev_state.agents.PIPELINE).
+AGENT_SECONDS = {a.name: a.demo_seconds for a in PIPELINE}
+RETRIES = {a.name: a.attempts - 1 for a in PIPELINE}
+CRITICAL = tuple(a.name for a in PIPELINE if a.critical)
 #: Resumed runs the resume endpoint continues at once; beyond that it answers 503 + Retry-After (back-
 #: pressure, which the worker waits out without using an attempt) instead of taking on runs it cannot drive.
 MAX_RESUMED_RUNS = 8

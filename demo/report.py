@@ -17,15 +17,14 @@ import matplotlib.pyplot as plt
 
 from tdev_metrics import MetricsReader
 from tdev_metrics.cli import render_png
-from tdev_state import AGENTS, StateClient
+from tdev_state import AGENTS, PIPELINE, StateClient
 
 WRU_USD = 0.625e-6
 
 
-def agent_colors() -> dict[str, Any]:
-    """One colour per agent, the same in every chart: tab10 without its red (nine agents, nine colours)."""
-    tab10 = plt.get_cmap("tab10")
-    return {agent: tab10(i) for agent, i in zip(AGENTS, (0, 1, 2, 4, 5, 6, 7, 8, 9), strict=True)}
+def agent_colors() -> dict[str, str]:
+    """One colour per agent, the same in every chart: the agent's declared colour (tdev_state.agents)."""
+    return {a.name: a.color for a in PIPELINE}
 
 
 def _png(fig: Any) -> str:

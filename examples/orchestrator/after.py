@@ -14,7 +14,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from examples.orchestrator.agents import AgentExecutionResult, ProductionPipelineResult, Script, make_agents
+from examples.orchestrator.agents import (
+    AGENT_NAMES,
+    CRITICAL_AGENTS,
+    AgentExecutionResult,
+    ProductionPipelineResult,
+    Script,
+    make_agents,
+)
 from tdev_state import AsyncStateClient, PipelineRun, resume_app
 
 logger = logging.getLogger(__name__)
@@ -32,8 +39,7 @@ class ProductionECSPipeline:
     def __init__(self, config: dict[str, Any] | None = None):
         self.config = config or {}
         self.initialized = False
-        self.agent_pipeline = ["nl_input", "ui_selection", "parser", "component_decision", "match_rate",
-                               "search", "generation", "assembly", "download"]  # fmt: skip
+        self.agent_pipeline = list(AGENT_NAMES)  # T-Developer lists its nine here; the miniature runs the declared ones
         self.agent_configs = {
             "nl_input": {"timeout": 30, "retry_count": 2},
             "ui_selection": {"timeout": 20, "retry_count": 2},
@@ -98,7 +104,7 @@ class ProductionECSPipeline:
                     if ws_manager and project_id:
                         await ws_manager.send_progress(project_id=project_id, agent_id=i, progress=0, status="error")
                         await ws_manager.send_log(project_id=project_id, message=f"{agent_name.upper()} failed: {result.error}", level="error")
-                critical_agents = ["generation", "assembly"]
+                critical_agents = CRITICAL_AGENTS  # T-Developer lists generation and assembly here
                 if not result.success and agent_name in critical_agents:
                     logger.error(f"Critical agent {agent_name} failed, stopping pipeline")
                     break

@@ -18,17 +18,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-AGENT_NAMES = [
-    "nl_input",
-    "ui_selection",
-    "parser",
-    "component_decision",
-    "match_rate",
-    "search",
-    "generation",
-    "assembly",
-    "download",
-]
+from tdev_state import AGENTS, PIPELINE
+
+#: The orchestrator's agents, in order: the pipeline the state layer declares (tdev_state.agents), so the
+#: miniature runs whatever pipeline is declared there.
+AGENT_NAMES = list(AGENTS)
+#: The agents whose failure stops the run, as declared there.
+CRITICAL_AGENTS = [a.name for a in PIPELINE if a.critical]
 
 
 @dataclass
@@ -108,7 +104,7 @@ class Script:
 
 
 def make_agents(script: Script) -> dict[str, Agent]:
-    """The nine fake agents, following `script`."""
+    """The fake agents, one per declared agent, following `script`."""
 
     def make(name: str) -> Agent:
         async def agent(data: dict[str, Any], context: dict[str, Any]) -> AgentExecutionResult:

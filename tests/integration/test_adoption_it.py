@@ -14,6 +14,7 @@ import pytest
 from examples.orchestrator import after
 
 from tdev_state import (
+    AGENTS,
     AsyncStateClient,
     SessionStatus,
     StateClient,
@@ -103,7 +104,7 @@ async def test_the_store_down_mid_run_and_back_loses_nothing(aclient: AsyncState
         pipeline.agents[agent] = wrapped
     result = await run(pipeline)
     session, agents = await stored(aclient, result.project_id)
-    assert (result.success, session.status, len(agents)) == (True, SessionStatus.COMPLETED, 9)
+    assert (result.success, session.status, len(agents)) == (True, SessionStatus.COMPLETED, len(AGENTS))
     assert (agents["search"].retry_count, deferred_writes(aclient).lost) == (1, 0)
 
 

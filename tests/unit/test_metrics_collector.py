@@ -289,9 +289,9 @@ def test_folded_buckets_match_ddsketch_mapping(values: list[float]) -> None:
     """The fold puts every value in the bucket ddsketch's own mapping would (zero within limits)."""
     from collections import Counter
 
-    from tdev_metrics._aggregate import bucket_of
+    from tdev_metrics._aggregate import sketch_bucket_label
 
     agg = Aggregate()
     agg.raw = list(values)
     agg.fold()
-    assert agg.buckets == Counter(bucket_of(v) for v in values)
+    assert agg.buckets == Counter(sketch_bucket_label(v) for v in values)

@@ -108,7 +108,7 @@ async def test_retries_tolerated_and_critical_failures(
         ("error", True),
     ]
     assert [e.status for e in events if e.agent_name == "nl_input"] == ["processing", "completed"]
-    assert (events[-1].agent_id, events[-1].progress, events[-1].status) == (9, 100, "completed")
+    assert (events[-1].agent_id, events[-1].progress, events[-1].status) == (len(AGENTS), 100, "completed")
 
 
 async def test_a_critical_failure_stops_the_run(aclient: AsyncStateClient, client: StateClient) -> None:

@@ -45,7 +45,7 @@ async def test_a_pipeline_run_through_the_plan_calls(plan: StateClient) -> None:
             {"execution_id": sid, "agent_name": agent, "status": "COMPLETED", "output_data": [agent]}
         )
     assert result["session_status"] == "COMPLETED"
-    assert result["progress"] == 9
+    assert result["progress"] == len(tdev_state.AGENTS)
     assert plan.sessions.get(sid).status == "COMPLETED"
 
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from tdev_state import (
+    AGENTS,
     ConflictError,
     InvalidTransitionError,
     SessionExistsError,
@@ -58,9 +59,10 @@ def test_update_bumps_version_and_conditions_on_it(client: StateClient) -> None:
 
 
 def test_illegal_status_change_is_refused(client: StateClient) -> None:
-    """COMPLETED and ABANDONED are final; COMPLETED needs all nine agents."""
+    """COMPLETED and ABANDONED are final; COMPLETED needs every agent."""
     s = client.sessions.create(user_id="u", project_name="p")
-    with pytest.raises(InvalidTransitionError, match="cannot be COMPLETED: 0 of 9 agents finished"):
+    refusal = f"cannot be COMPLETED: 0 of {len(AGENTS)} agents finished"
+    with pytest.raises(InvalidTransitionError, match=refusal):
         client.sessions.update(s.session_id, expected_version=1, status="COMPLETED")
     abandoned = client.sessions.update(s.session_id, expected_version=1, status="ABANDONED")
     assert abandoned.status is SessionStatus.ABANDONED
@@ -83,7 +85,8 @@ def test_progress_follows_the_agents_only(client: StateClient) -> None:
 def test_bad_input_writes_nothing(client: StateClient) -> None:
     """Unknown status, bad type or unknown agent raise ValidationError before any write."""
     s = client.sessions.create(user_id="u", project_name="p")
-    for kwargs in ({"status": "DONE"}, {"progress": "3"}, {"current_agent": "coder"}, {"progress": 10}):
+    past_the_end = {"progress": len(AGENTS) + 1}
+    for kwargs in ({"status": "DONE"}, {"progress": "3"}, {"current_agent": "coder"}, past_the_end):
         with pytest.raises(ValidationError):
             client.sessions.update(s.session_id, expected_version=1, **kwargs)  # type: ignore[arg-type]
     assert client.sessions.get(s.session_id).version == 1

@@ -11,6 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
+import tdev_metrics.usage as usage_module
 import tdev_state
 from tdev_metrics import MetricsCollector
 from tdev_metrics._usage_store import ATTRS_PER_WRITE, DURATIONS, UsageStore, UsageWrite
@@ -19,8 +20,8 @@ from tdev_metrics.usage import (
     RELATIVE_ERROR,
     TECH_NAMES_PER_ITEM,
     UsageReader,
-    bucket_of,
     bucket_value,
+    duration_bucket,
 )
 from tdev_state import AGENTS, StateClient
 from tdev_state.usage import UsageEvent
@@ -48,7 +49,7 @@ def test_the_report_equals_the_ground_truth(client: StateClient) -> None:
     assert_report_matches(report, truth, RELATIVE_ERROR)
     assert report["runs"]["started"] == 6
     assert report["runs"]["recovered"] == 1
-    assert [f["tolerated"] for f in report["funnel"]] == [0, 0, 0, 0, 0, 1, 0, 0, 0]
+    assert {f["agent"]: f["tolerated"] for f in report["funnel"] if f["tolerated"]} == {AGENTS[5]: 1}
 
 
 def test_three_compact_items_per_day(client: StateClient) -> None:
@@ -97,12 +98,13 @@ def test_runs_are_held_until_they_end(client: StateClient) -> None:
     assert collector.flush()
     (counts,) = [i for i in _metrics_items(client) if i["metric_name"]["S"] == COUNTS]
     assert counts["rs.SIMPLE"] == {"N": "1"}  # the start is written at once (a crash must not lose it)
-    assert "ac0" not in counts  # the agents are held: the run is going on
+    assert [k for k in counts if k[:2] in ("as", "ac")] == []  # the agents are held: the run is going on
     for agent in AGENTS[4:]:
         client.executions.start(sid, agent)
         client.executions.complete(sid, agent, output_data={"a": 1})
     assert collector.flush()
-    assert UsageReader(client).report(DAY, DAY)["funnel"][8]["completed"] == 1
+    funnel = {f["agent"]: f for f in UsageReader(client).report(DAY, DAY)["funnel"]}
+    assert funnel[AGENTS[-1]]["completed"] == 1
     assert collector.usage_buffer.held_runs() == 0
     collector.close()
 
@@ -136,7 +138,7 @@ def test_the_plans_client_counts_into_the_plans_collector(
 def test_histogram_buckets_bound_the_relative_error() -> None:
     """Every value is within RELATIVE_ERROR of its bucket's representative."""
     for seconds in (0.0011, 0.5, 1.0, 1.19, 7.3, 61.0, 3599.0, 86_000.0):
-        value = bucket_value(bucket_of(seconds))
+        value = bucket_value(duration_bucket(seconds))
         assert abs(value - seconds) <= RELATIVE_ERROR * seconds + 1e-12, seconds
 
 
@@ -358,3 +360,67 @@ def test_a_long_running_writer_forgets_old_days(client: StateClient) -> None:
         assert collector.flush()
     assert collector.usage_buffer.store.days() == {"2026-11-04", "2026-11-05"}
     assert set(collector.usage_buffer._users_sent) == {"2026-11-04", "2026-11-05"}
+
+
+# --- counters keyed by agent name; days stored under the old positional keys ---------------------------
+
+
+def _put_usage_day(client: StateClient, **attrs: Any) -> None:
+    """Write a day's counts and durations items by hand, as an older collector left them."""
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    table = client.config.tables.metrics
+    counts = {k: {"N": str(v)} for k, v in attrs.items() if not k.startswith("d:")}
+    durations = {k[2:]: {"N": str(v)} for k, v in attrs.items() if k.startswith("d:")}
+    for name, values in ((COUNTS, counts), (DURATIONS, durations)):
+        item = {"date": {"S": DAY.isoformat()}, "metric_name": {"S": name}, "kind": {"S": "usage"}, **values}
+        ddb.put_item(TableName=table, Item=item)
+
+
+def test_agent_counters_are_stored_under_the_agent_name(client: StateClient) -> None:
+    """A completed agent is counted as `ac.<name>` with its duration in series `a.<name>`, not by position."""
+    collector = MetricsCollector(client, start=False)
+    sid = client.sessions.create(user_id="named").session_id
+    client.executions.start(sid, "nl_input")
+    client.executions.complete(sid, "nl_input", output_data={"a": 1})
+    assert collector.close()
+    items = {i["metric_name"]["S"]: i for i in _metrics_items(client)}
+    assert (items[COUNTS]["as.nl_input"], items[COUNTS]["ac.nl_input"]) == ({"N": "1"}, {"N": "1"})
+    assert [k for k in items[DURATIONS] if k.startswith("a.")] != []
+    assert all(k.startswith("a.nl_input.") for k in items[DURATIONS] if k.startswith("a"))
+
+
+def test_a_day_stored_under_positional_keys_reads_by_the_legacy_order(
+    client: StateClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old day (`ac8`, `a6.23`) is read through LEGACY_AGENTS even after an agent was inserted before
+    `download`: position 8 stays download, never the new agent now declared at that place."""
+    inserted = (*usage_module.LEGACY_AGENTS[:8], "review", usage_module.LEGACY_AGENTS[8])
+    monkeypatch.setattr(usage_module, "AGENTS", inserted)
+    _put_usage_day(
+        client, **{"as0": 5, "ac0": 5, "ac6": 4, "af6": 1, "ar6": 1, "at5": 1, "ac8": 3, "d:a6.23": 4}
+    )
+    funnel = {f["agent"]: f for f in UsageReader(client).report(DAY, DAY)["funnel"]}
+    assert list(funnel) == list(inserted)
+    assert (funnel["download"]["completed"], funnel["review"]["completed"]) == (3, 0)
+    assert (funnel["nl_input"]["started"], funnel["generation"]["completed"]) == (5, 4)
+    generation = funnel["generation"]
+    assert (generation["failed"], generation["retries"], funnel["search"]["tolerated"]) == (1, 1, 1)
+    durations = UsageReader(client).report(DAY, DAY)["duration_seconds"]["agents"]
+    assert durations["generation"]["p50"] == round(bucket_value(23), 3)
+
+
+def test_old_and_new_keys_of_one_day_add_up(client: StateClient) -> None:
+    """A day written partly by an old collector (positional) and partly by a new one (named) sums both."""
+    _put_usage_day(client, **{"ac6": 2, "ac.generation": 3, "d:a6.10": 1, "d:a.generation.10": 1})
+    report = UsageReader(client).report(DAY, DAY)
+    generation = next(f for f in report["funnel"] if f["agent"] == "generation")
+    assert generation["completed"] == 5
+    assert report["duration_seconds"]["agents"]["generation"]["p50"] == round(bucket_value(10), 3)
+
+
+def test_a_stored_agent_no_longer_declared_is_still_reported(client: StateClient) -> None:
+    """Counters of an agent removed from the declaration since are listed after the declared agents."""
+    _put_usage_day(client, **{"ac.legacy_step": 2, "ac.parser": 1})
+    funnel = UsageReader(client).report(DAY, DAY)["funnel"]
+    assert [f["agent"] for f in funnel] == [*AGENTS, "legacy_step"]
+    assert funnel[-1]["completed"] == 2

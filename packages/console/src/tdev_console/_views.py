@@ -231,7 +231,7 @@ def find_runs(
 
 @dataclass(frozen=True)
 class AgentRow:
-    """One of the nine agents of a run, as the timeline shows it."""
+    """One agent of a run, as the timeline shows it."""
 
     step: int
     agent: str
@@ -248,7 +248,7 @@ class AgentRow:
 
 @dataclass
 class RunView:
-    """One run: the session, the nine agents and its recovery history."""
+    """One run: the session, its agents (in pipeline order) and its recovery history."""
 
     session: Session
     state: str

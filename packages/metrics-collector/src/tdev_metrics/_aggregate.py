@@ -50,8 +50,9 @@ def _bucket_counts(values: list[float]) -> tuple[Counter[int], Counter[int], int
     return positive, negative, len(values) - len(above) - len(below)
 
 
-def bucket_of(value: float) -> str:
-    """The stored bucket name of a value: "p<k>" positive, "n<k>" negative, "z" for (near) zero."""
+def sketch_bucket_label(value: float) -> str:
+    """The stored label of the sketch bucket holding a value, as ddsketch maps one value at a time: "p<k>"
+    positive, "n<k>" negative, "z" for (near) zero. The reference `fold` is checked against."""
     if value > MAPPING.min_possible:
         return f"p{MAPPING.key(value)}"
     if value < -MAPPING.min_possible:

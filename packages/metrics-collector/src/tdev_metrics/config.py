@@ -22,7 +22,7 @@ class CollectorConfig:
     #: Distinct keys held in memory at most (buffered + awaiting delivery).
     max_keys: int = 10_000
     overflow: Literal["drop", "raise"] = "drop"
-    #: Agents accepted; None accepts any well-formed name (the pipeline's nine by default).
+    #: Agents accepted; None accepts any well-formed name (the declared agents by default).
     agents: frozenset[str] | None = frozenset(AGENTS)
     max_backoff: float = 60.0
     #: Usage events of a run are held in memory until the run ends here, or this many seconds pass, so one

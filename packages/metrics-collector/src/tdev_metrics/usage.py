@@ -4,11 +4,17 @@ Layout, per UTC day, in the metrics table (PK `date`), three items:
 
 - `#usage#counts` — counters as numeric attributes: run events by pipeline type (`rs.SIMPLE` started,
   `rc.` completed, `rf.` failed, `ra.` abandoned, `rv.` recovered = completed after a resume, `rm.` resumes),
-  the agent funnel by agent index (`as0` started, `ac0` completed, `af0` failed attempts, `ar0` retries,
-  `at0` tolerated), runs started per hour (`h00`…`h23`), projects (`p.saved`, `p.downloads`) and tech stacks
-  of new projects (`t.<name>`).
-- `#usage#durations` — log-bucketed histograms (`rSIMPLE.17` runs, `a6.23` agent 6: bucket i holds seconds in
-  [G^i, G^(i+1)), G = 1.2): percentiles within ±9.1 % of the true value.
+  the agent funnel by agent name (`as.parser` started, `ac.parser` completed, `af.parser` failed attempts,
+  `ar.parser` retries, `at.parser` tolerated), runs started per hour (`h00`…`h23`), projects (`p.saved`,
+  `p.downloads`) and tech stacks of new projects (`t.<name>`).
+- `#usage#durations` — log-bucketed histograms (`rSIMPLE.17` runs, `a.generation.23` an agent: bucket i holds
+  seconds in [G^i, G^(i+1)), G = 1.2): percentiles within ±9.1 % of the true value.
+
+Agents are keyed by name, so adding, removing or moving an agent (tdev_state.agents) leaves every stored day
+as it was. Days written before that (until December 2026) keyed agents by their position in the nine-agent
+pipeline (`as0`, `a6.23`); the reader maps those through LEGACY_AGENTS, the order in force then — never
+through today's declaration — and adds them to the same agent's named counters (docs/data-model.md,
+"Usage counters keyed by agent name").
 - `#usage#users` — the day's active users as a Number Set of 48-bit hashes of their ids (no raw id stored).
 
 Why this shape: a report over a range is one Query per day returning three items of a few KB whatever the
@@ -87,14 +93,29 @@ _AGENT_CODES = {
     "agent_tolerated": "at",
 }
 _ENDS = frozenset({"run_completed", "run_failed", "run_abandoned"})
+#: The pipeline's order when usage counters were keyed by agent position (`as0` … `at8`, `a0.17` … `a8.17`).
+#: Fixed for ever: it is how days stored then are read, whatever tdev_state.agents declares now.
+LEGACY_AGENTS: tuple[str, ...] = (
+    "nl_input",
+    "ui_selection",
+    "parser",
+    "component_decision",
+    "match_rate",
+    "search",
+    "generation",
+    "assembly",
+    "download",
+)
+_LEGACY_COUNTER = re.compile(r"(as|ac|af|ar|at)([0-9]{1,2})")
+_LEGACY_SERIES = re.compile(r"a([0-9]{1,2})")
 _MAX_TECH_CHARS = 64
 #: Counters of what was capped (in the counts item; never a tech-stack name, which is stored as "t.<name>").
 OTHER_STACKS = "xo"
 CLAMPED_DURATIONS = "xd"
 
 
-def bucket_of(seconds: float) -> int:
-    """The histogram bucket of a duration, clamped to [MIN_SECONDS, MAX_SECONDS] (NaN: the lowest)."""
+def duration_bucket(seconds: float) -> int:
+    """The histogram bucket index of a duration, clamped to [MIN_SECONDS, MAX_SECONDS] (NaN: the lowest)."""
     clamped = min(max(seconds, MIN_SECONDS), MAX_SECONDS) if seconds == seconds else MIN_SECONDS  # noqa: PLR0124
     return math.floor(math.log(clamped) / math.log(GAMMA))
 
@@ -103,7 +124,7 @@ def _duration(delta: _Delta, series: str, seconds: float) -> None:
     """Count one duration in its series' histogram; a clamped one is also counted as such."""
     if not MIN_SECONDS <= seconds <= MAX_SECONDS:  # NaN included
         delta.counts[CLAMPED_DURATIONS] += 1
-    delta.durations[f"{series}.{bucket_of(seconds)}"] += 1
+    delta.durations[f"{series}.{duration_bucket(seconds)}"] += 1
 
 
 def _stack_name(name: str) -> str:
@@ -212,10 +233,9 @@ class UsageBuffer:
                 self.rejected += 1
                 log.warning("usage.unknown_agent", agent=event.agent)
                 return
-            index = AGENTS.index(event.agent)
-            delta.counts[f"{_AGENT_CODES[kind]}{index}"] += 1
+            delta.counts[f"{_AGENT_CODES[kind]}.{event.agent}"] += 1
             if kind == "agent_completed" and event.seconds is not None:
-                _duration(delta, f"a{index}", event.seconds)
+                _duration(delta, f"a.{event.agent}", event.seconds)
         elif kind == "project_saved":
             delta.counts["p.saved"] += 1
             names = {_stack_name(t) for t in event.tech_stack if isinstance(t, str) and t.strip()}
@@ -400,14 +420,16 @@ class UsageReader:
             shards = self._store.day(key)  # every shard of the three families
             today: Counter[str] = Counter()
             for item in shards[COUNTS]:
-                today.update({k: int(v) for k, v in item.items() if _counter(k) and _whole(k, v)})
+                for attr, n in item.items():
+                    if _counter(attr) and _whole(attr, n):
+                        today[_named(attr)] += int(n)  # an old key and its named one add up
             counts.update(today)
             for item in shards[DURATIONS]:
                 for attr, n in item.items():
                     ours = attr[:1] in ("a", "r") and "." in attr  # short names keep a shard small
                     if ours and _whole(attr, n) and _whole(attr, attr.rpartition(".")[2]):
                         series, _, bucket = attr.rpartition(".")
-                        durations[series][int(bucket)] += int(n)
+                        durations[_named_series(series)][int(bucket)] += int(n)
             users = {int(h) for item in shards[USERS] for h in item.get("u", set())}
             items_read += sum(len(v) for v in shards.values())
             users_total |= users
@@ -440,6 +462,38 @@ def _whole(attr: str, value: Any) -> bool:
     return ok
 
 
+def _named(attr: str) -> str:
+    """A counter's name with the agent named: a legacy positional key (`ac6`) becomes `ac.generation`."""
+    legacy = _LEGACY_COUNTER.fullmatch(attr)
+    if legacy is None:
+        return attr
+    code, position = legacy.group(1), int(legacy.group(2))
+    if position >= len(LEGACY_AGENTS):  # never written: positions went 0..8
+        log.warning("usage.item_malformed", attribute=attr[:80], value="no agent at this position")
+        return f"{code}.#{position}"
+    return f"{code}.{LEGACY_AGENTS[position]}"
+
+
+def _named_series(series: str) -> str:
+    """A duration series with the agent named: a legacy positional series (`a6`) becomes `a.generation`."""
+    legacy = _LEGACY_SERIES.fullmatch(series)
+    if legacy is None:
+        return series
+    position = int(legacy.group(1))
+    if position >= len(LEGACY_AGENTS):
+        log.warning("usage.item_malformed", attribute=series[:80], value="no agent at this position")
+        return f"a.#{position}"
+    return f"a.{LEGACY_AGENTS[position]}"
+
+
+def _agents_in(counts: Counter[str], durations: Mapping[str, Counter[int]]) -> list[str]:
+    """The agents to report: the declared ones in pipeline order, then any other agent the stored days
+    name (an agent removed or renamed since), sorted — stored counts are never silently left out."""
+    stored = {k[3:] for k in counts if k[:3] in {f"{code}." for code in _AGENT_CODES.values()}}
+    stored |= {s[2:] for s in durations if s.startswith("a.")}
+    return [*AGENTS, *sorted(stored - set(AGENTS))]
+
+
 def _counter(attr: str) -> bool:
     return attr[:1] in {"r", "a", "h", "p", "t", "x"} and not attr.startswith("w_") and attr != "kind"
 
@@ -469,16 +523,17 @@ def _shape(  # noqa: PLR0917 - the report's parts, gathered by report()
         }
         for t in sorted(set(PIPELINE_TYPES) | set(types))
     }
+    agents = _agents_in(counts, durations)
     funnel = [
         {
             "agent": agent,
-            "started": counts[f"as{i}"],
-            "completed": counts[f"ac{i}"],
-            "failed": counts[f"af{i}"],
-            "retries": counts[f"ar{i}"],
-            "tolerated": counts[f"at{i}"],
+            "started": counts[f"as.{agent}"],
+            "completed": counts[f"ac.{agent}"],
+            "failed": counts[f"af.{agent}"],
+            "retries": counts[f"ar.{agent}"],
+            "tolerated": counts[f"at.{agent}"],
         }
-        for i, agent in enumerate(AGENTS)
+        for agent in agents
     ]
     run_hist: Counter[int] = Counter()
     for series, hist in durations.items():
@@ -493,8 +548,7 @@ def _shape(  # noqa: PLR0917 - the report's parts, gathered by report()
             if series.startswith("r")
         },
         "agents": {
-            agent: _histogram_quantiles(durations.get(f"a{i}", Counter()), quantiles)
-            for i, agent in enumerate(AGENTS)
+            agent: _histogram_quantiles(durations.get(f"a.{agent}", Counter()), quantiles) for agent in agents
         },
         "relative_error": round(RELATIVE_ERROR, 4),
     }

@@ -1,6 +1,6 @@
 """The usage report for people: four charts on one PNG, and an HTML page with the charts and the numbers.
 
-Charts a product manager reads at a glance: the funnel over the nine agents (where runs stop), runs per
+Charts a product manager reads at a glance: the funnel over the agents (where runs stop), runs per
 day by outcome, duration percentiles per agent and per run, and the top tech stacks. Nothing is drawn that
 was not measured: an empty part says "no data". Needs the `tdev-metrics-collector[report]` extra.
 """
@@ -12,8 +12,6 @@ import html
 import io
 from pathlib import Path
 from typing import Any, BinaryIO
-
-from tdev_state import AGENTS
 
 
 def render_png(report: dict[str, Any], target: Path | BinaryIO) -> None:
@@ -52,9 +50,7 @@ def render_png(report: dict[str, Any], target: Path | BinaryIO) -> None:
     days.set_title("Runs per day: started, completed, failures, abandoned")
     days.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
 
-    series = [("run", report["duration_seconds"]["run"])] + [
-        (a, report["duration_seconds"]["agents"][a]) for a in AGENTS
-    ]
+    series = [("run", report["duration_seconds"]["run"]), *report["duration_seconds"]["agents"].items()]
     measured = [(name, d) for name, d in series if d.get("p50") is not None]
     if measured:
         xs = range(len(measured))

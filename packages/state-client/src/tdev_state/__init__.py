@@ -13,6 +13,7 @@ import logging
 from tdev_state._claims import Claim
 from tdev_state._liveness import LivenessObserver, RecoveryPolicy, Verdict
 from tdev_state.adoption.resume_route import accept_resume, resume_app
+from tdev_state.agents import PIPELINE, Agent
 from tdev_state.client import AsyncStateClient, StateClient
 from tdev_state.config import StateConfig
 from tdev_state.exceptions import (
@@ -79,7 +80,9 @@ logging.getLogger("tdev_state").addHandler(logging.NullHandler())
 
 __all__ = [
     "AGENTS",
+    "PIPELINE",
     "AccessDeniedError",
+    "Agent",
     "AgentExecution",
     "AgentStatus",
     "AgentStep",

@@ -211,7 +211,7 @@ def sessions_show(args: argparse.Namespace) -> int:
     console.print(
         f"[bold]{escape(shown(session.session_id))}[/] {escape(shown(session.project_name or '-'))} "
         f"({session.pipeline_type.value}) user={escape(shown(session.user_id or '-'))} "
-        f"status=[bold]{session.status.value}[/] progress={session.progress}/9 "
+        f"status=[bold]{session.status.value}[/] progress={session.progress}/{len(AGENTS)} "
         f"version={session.version} resumes={session.resume_count} "
         f"updated={command.show_time(session.last_updated, args.time_format or 'relative')}"
     )
@@ -293,7 +293,7 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="one JSON array on stdout")
     out.add_argument("-q", "--quiet", action="store_true", help="only the session ids, one per line")
     command.time_format_option(listing)
-    show = leaf(sessions, "show", "one run: its nine agents' timeline", sessions_show)
+    show = leaf(sessions, "show", "one run: its agents' timeline", sessions_show)
     show.add_argument("session_id", help="the run's session id")
     show.add_argument("--json", action="store_true", help="one JSON object on stdout")
     command.time_format_option(show)

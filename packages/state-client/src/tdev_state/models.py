@@ -1,4 +1,4 @@
-"""Typed models of the three entities, the pipeline's agents, and the legal state transitions."""
+"""Typed models of the three entities and the run policy (the agents are declared in tdev_state.agents)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,31 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
+from tdev_state.agents import AGENT_STEP, AGENTS, PIPELINE
 from tdev_state.exceptions import MalformedItemError
 
-#: The nine agents, in pipeline order. Progress N means agents 1..N completed.
-AGENTS: tuple[str, ...] = (
-    "nl_input",
-    "ui_selection",
-    "parser",
-    "component_decision",
-    "match_rate",
-    "search",
-    "generation",
-    "assembly",
-    "download",
-)
-AGENT_STEP: dict[str, int] = {name: i + 1 for i, name in enumerate(AGENTS)}
+# AGENTS and AGENT_STEP are declared in tdev_state.agents and stay importable from here.
+__all__ = [
+    "AGENTS",
+    "AGENT_STEP",
+    "TDEVELOPER_AGENT_LIMITS",
+    "AgentExecution",
+    "AgentStatus",
+    "AgentTransition",
+    "Page",
+    "PipelineType",
+    "RecoveryCandidate",
+    "RecoveryEvent",
+    "RecoveryHistory",
+    "RunPolicy",
+    "Session",
+    "SessionStatus",
+    "UserProject",
+    "epoch",
+    "epoch_float",
+    "from_epoch",
+    "utcnow",
+]
 
 
 class PipelineType(StrEnum):
@@ -101,17 +111,10 @@ class _DictMixin:
         return {k: _plain(v) for k, v in asdict(self).items()}  # type: ignore[call-overload]
 
 
-#: T-Developer's per-agent (timeout s, attempts) from `ProductionECSPipeline` (retries + 1 attempts).
-TDEVELOPER_AGENT_LIMITS: tuple[tuple[str, float, int], ...] = (
-    ("nl_input", 30.0, 3),
-    ("ui_selection", 20.0, 3),
-    ("parser", 45.0, 2),
-    ("component_decision", 60.0, 2),
-    ("match_rate", 30.0, 3),
-    ("search", 90.0, 3),
-    ("generation", 300.0, 2),
-    ("assembly", 180.0, 2),
-    ("download", 60.0, 2),
+#: Per agent (timeout of one attempt in seconds, attempts): T-Developer's `ProductionECSPipeline` profile, as
+#: `tdev_state.agents.PIPELINE` declares it.
+TDEVELOPER_AGENT_LIMITS: tuple[tuple[str, float, int], ...] = tuple(
+    (a.name, a.timeout_seconds, a.attempts) for a in PIPELINE
 )
 
 
@@ -125,7 +128,7 @@ class RunPolicy:
     (`TDEV_CRITICAL_AGENTS`, `StateConfig.run_policy`).
     """
 
-    critical_agents: frozenset[str] = frozenset({"generation", "assembly"})
+    critical_agents: frozenset[str] = frozenset(a.name for a in PIPELINE if a.critical)
     min_succeeded: int = 7
     max_failures: int = 3
     #: Per agent: (timeout of one attempt in seconds, attempts in all = in-process retries + 1). The default

@@ -116,7 +116,7 @@ def error_text(value: Any) -> str:
 
 
 def agent(value: Any) -> str:
-    """One of the nine agent names."""
+    """One of the declared agents' names (tdev_state.agents.PIPELINE)."""
     if not isinstance(value, str) or value not in AGENT_STEP:
         raise ValidationError(f"unknown agent {value!r}; agents are, in order: {', '.join(AGENTS)}")
     return str(value)

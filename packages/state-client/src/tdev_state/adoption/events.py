@@ -23,7 +23,8 @@ class ProgressEvent:
 
     `status` "processing" (progress 0) when the agent's first attempt starts; then "completed" (100) when
     an attempt succeeds, or "error" (0) after its last attempt failed (`RunPolicy.attempts`, or when the
-    run moves past it or finishes). `agent_id` is the agent's place, 1..9.
+    run moves past it or finishes). `agent_id` is the agent's place, 1..len(AGENTS)
+    (tdev_state.agents.PIPELINE).
     """
 
     session_id: str

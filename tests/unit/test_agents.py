@@ -1,0 +1,74 @@
+"""The agents are declared once (tdev_state.agents.PIPELINE); every per-agent fact derives from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from tdev_state import AGENTS, PIPELINE, Agent, RunPolicy, ValidationError
+from tdev_state.agents import AGENT_STEP, agent, check_pipeline
+from tdev_state.models import TDEVELOPER_AGENT_LIMITS
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_declaration_is_well_formed() -> None:
+    """The shipped declaration passes its own checks (names, limits, colours, critical vs tolerated)."""
+    assert check_pipeline(PIPELINE) == []
+
+
+def test_a_bad_row_is_named_with_what_is_wrong() -> None:
+    """A duplicate name, a bad colour and a critical agent marked tolerable are each reported."""
+    bad = dataclasses.replace(PIPELINE[0], color="red", critical=True, demo_tolerated=True)
+    problems = check_pipeline((*PIPELINE, bad))
+    assert any("declared twice" in p for p in problems)
+    assert any("#rrggbb" in p for p in problems)
+    assert any("never tolerated" in p for p in problems)
+
+
+def test_names_order_and_steps_come_from_the_declaration() -> None:
+    """AGENTS, AGENT_STEP and each agent's step are the declaration's order."""
+    assert tuple(a.name for a in PIPELINE) == AGENTS
+    assert (
+        [agent(n).step for n in AGENTS]
+        == list(range(1, len(PIPELINE) + 1))
+        == [AGENT_STEP[n] for n in AGENTS]
+    )
+    assert isinstance(agent("generation"), Agent)
+
+
+def test_the_default_run_policy_is_the_declarations() -> None:
+    """The default limits and critical agents are the declared ones, not a second list."""
+    policy = RunPolicy()
+    assert policy.agent_limits == TDEVELOPER_AGENT_LIMITS
+    assert [policy.limits(a.name) for a in PIPELINE] == [(a.timeout_seconds, a.attempts) for a in PIPELINE]
+    assert policy.critical_agents == frozenset(a.name for a in PIPELINE if a.critical)
+
+
+def test_no_agent_list_outside_the_declaration() -> None:
+    """No source file outside tdev_state.agents (and the usage reader's fixed legacy table) spells two agent
+    names in a row: a list of agents there would be a second declaration."""
+    pair = re.compile(r'"(?:' + "|".join(AGENTS) + r')",?\s*"(?:' + "|".join(AGENTS) + r')"')
+    allowed = {
+        ROOT / "packages/state-client/src/tdev_state/agents.py",
+        ROOT / "packages/metrics-collector/src/tdev_metrics/usage.py",  # LEGACY_AGENTS, fixed on purpose
+    }
+    sources = [
+        p
+        for top in ("packages", "demo", "benchmarks", "chaos", "infra/src", "examples")
+        for p in (ROOT / top).rglob("*")
+        if p.suffix in {".py", ".html", ".js"} and p not in allowed and ".venv" not in p.parts
+    ]
+    offenders = [str(p.relative_to(ROOT)) for p in sources if pair.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []
+
+
+def test_an_unknown_agent_is_a_validation_error_naming_the_agents() -> None:
+    """`agent("coder")` raises the package's ValidationError listing the declared agents, not a KeyError."""
+    with pytest.raises(ValidationError, match="agents are, in order: nl_input, ui_selection"):
+        agent("coder")
