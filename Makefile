@@ -20,9 +20,11 @@ setup: ## Install uv, the workspace venv (frozen uv.lock) and the LocalStack run
 	@$(LS) install
 
 .PHONY: lint
-lint: setup ## ruff check + format check on every package, tests and benchmarks
+lint: setup ## ruff check + format check, the import contracts (.importlinter) and the size check
 	@$(RUN) ruff check .
 	@$(RUN) ruff format --check .
+	@$(RUN) lint-imports --no-cache
+	@$(RUN) python scripts/check_sizes.py
 
 .PHONY: fmt
 fmt: setup ## Apply ruff's fixes and formatting

@@ -34,9 +34,7 @@ from tdev_state import (
 )
 from tdev_state._jsonform import OutputRef
 from tdev_state.dynamo import to_dynamo
-
-from ..payloads import generated_project
-from .conftest import BUCKET, FakeClock, make_client
+from tdev_state.testing import BUCKET, FakeClock, generated_project, make_client
 
 CTX = _codec.PayloadContext("agent-executions", "s", "parser")
 
