@@ -29,9 +29,11 @@ setup: venv ## venv + the LocalStack runtime (make test, make demo); idempotent
 	@$(LS) install
 
 .PHONY: lint
-lint: venv ## ruff check + format check on every package, tests and benchmarks
+lint: venv ## ruff check + format check, the import contracts (.importlinter) and the size check
 	@$(RUN) ruff check .
 	@$(RUN) ruff format --check .
+	@$(RUN) lint-imports --no-cache
+	@$(RUN) python scripts/check_sizes.py
 
 .PHONY: fmt
 fmt: venv ## Apply ruff's fixes and formatting

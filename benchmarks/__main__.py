@@ -21,12 +21,12 @@ import boto3
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.builders import empty_and_delete_bucket  # noqa: E402
 
 from benchmarks import adoption, console, metrics, recovery, state_client, usage  # noqa: E402
 from tdev_state import StateClient, StateConfig  # noqa: E402
 from tdev_state.log import configure_output  # noqa: E402
 from tdev_state.tables import delete_tables  # noqa: E402
+from tdev_state.testing import empty_and_delete_bucket  # noqa: E402
 
 
 def machine() -> str:

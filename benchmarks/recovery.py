@@ -20,11 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-from tests.builders import make_stalled_runs, serve_resume_endpoint, start_worker
-
 from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig
+from tdev_recovery.testing import start_worker
 from tdev_state import AGENTS, StateClient
 from tdev_state.models import epoch, utcnow
+from tdev_state.testing import make_stalled_runs, serve_resume_endpoint
 
 
 def bench_detection(

@@ -23,13 +23,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import boto3
-from tests.payloads import agent_payload, generated_project
 
 from tdev_state import AGENTS, PIPELINE, AsyncStateClient, StateClient, StateConfig
 from tdev_state.layer import DynamoLayer
 from tdev_state.models import epoch, utcnow
 from tdev_state.payloads import PayloadContext
 from tdev_state.storage import to_dynamo
+from tdev_state.testing import agent_payload, generated_project
 
 # On-demand, us-east-1 (shared/ANCHORS.md): $0.625 per million write request units, $0.125 per million
 # read units; S3 standard: $0.005 per 1,000 PUT and $0.0004 per 1,000 GET.

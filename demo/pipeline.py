@@ -38,8 +38,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.payloads import agent_payload, generated_project
-
 from tdev_metrics import install_signal_handlers
 from tdev_metrics.plan import default_collector
 from tdev_state import (
@@ -55,6 +53,7 @@ from tdev_state import (
 )
 from tdev_state.plan import default_client
 from tdev_state.resume import ResumeRequest
+from tdev_state.testing import agent_payload, generated_project
 
 #: Seconds an agent works in the demo (the real ones take tens of seconds; the proportions are kept), its
 #: in-process retries (T-Developer's orchestrator's), and the agents whose failure stops the run: all from

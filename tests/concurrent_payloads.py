@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tdev_state import AGENTS, StateClient, StateError
-
-from .payloads import generated_project
+from tdev_state.testing import generated_project
 
 #: How long a forced interleaving waits for the other writer before going on (never reached when it holds).
 _WAIT = 15.0

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tdev_state.testing import LogEntries, log_entries
 
 HERE = Path(__file__).parent
 
@@ -33,9 +34,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         )
 
 
-LogEntries = Callable[[], list[dict[str, Any]]]
-
-
 @pytest.fixture
 def logs(caplog: pytest.LogCaptureFixture) -> LogEntries:
     """The packages' log entries so far, as dicts (event, log_level and the fields), captured through stdlib
@@ -44,10 +42,6 @@ def logs(caplog: pytest.LogCaptureFixture) -> LogEntries:
         caplog.set_level(logging.DEBUG, logger=name)
 
     def entries() -> list[dict[str, Any]]:
-        return [
-            {"event": r.tdev_event, "log_level": r.levelname.lower(), **r.tdev_fields}
-            for r in caplog.records
-            if hasattr(r, "tdev_event")
-        ]
+        return log_entries(caplog.records)
 
     return entries

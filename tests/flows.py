@@ -17,8 +17,7 @@ from tdev_metrics import CollectorConfig, MetricsCollector, MetricsReader
 from tdev_recovery import RecoveryWorker, ResumeRejected, ResumeRequest, RetryPolicy, WorkerConfig
 from tdev_recovery.ops import OpsServer
 from tdev_state import AGENTS, InvalidTransitionError, SessionStatus, StateClient
-
-from .payloads import generated_project
+from tdev_state.testing import generated_project
 
 
 @dataclass

@@ -9,40 +9,18 @@ the end of the run, whatever the outcome.
 from __future__ import annotations
 
 import os
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
 
-import boto3
 import pytest
-from localstack_client.session import Session as LocalStackSession
 
 from tdev_state import StateClient, StateConfig
-from tdev_state.layer import DynamoLayer
 from tdev_state.tables import delete_tables
+from tdev_state.testing import empty_and_delete_bucket
 
-from ..builders import empty_and_delete_bucket
+from .endpoints import extra_localstack, raw_client
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:4566"
-
-
-def raw_client(service: str, config: StateConfig) -> Any:
-    """A plain boto3 client for set-up and for checks behind the library's back. On LocalStack it comes from
-    localstack-client's session (LocalStack's endpoint and credentials, whatever the shell exports), on AWS
-    from boto3's own credential chain: the same test code serves both targets."""
-    if config.endpoint_url is None:
-        return boto3.session.Session(region_name=config.region).client(service)
-    session = LocalStackSession(
-        region_name=config.region, localstack_host=urlparse(config.endpoint_url).netloc
-    )
-    # Its endpoint: $AWS_ENDPOINT_URL when set (make test sets it to this same LocalStack), else the host.
-    return session.client(service)
 
 
 def _endpoint() -> str | None:
@@ -98,13 +76,6 @@ def fresh_client(client: StateClient) -> StateClient:
     return StateClient(client.config)
 
 
-def layer_for(config: StateConfig, **overrides: object) -> DynamoLayer:
-    """A layer with config overrides on the run's tables (e.g. fewer attempts, no bucket)."""
-    from dataclasses import replace
-
-    return DynamoLayer(replace(config, **overrides))  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="session")
 def throttling_config(base_config: StateConfig) -> Iterator[StateConfig]:
     """A second LocalStack on port 4567 started with DYNAMODB_ERROR_PROBABILITY=0.3, with its own tables.
@@ -120,37 +91,3 @@ def throttling_config(base_config: StateConfig) -> Iterator[StateConfig]:
         config = replace(base_config, endpoint_url=faulty.endpoint)
         StateClient(config).create_tables()
         yield config
-
-
-@dataclass(frozen=True)
-class ExtraLocalStack:
-    """Another host-mode LocalStack for fault tests: its endpoint, and `ctl` to start or stop it."""
-
-    endpoint: str
-    env: dict[str, str]
-    script: str
-
-    def ctl(self, command: str) -> float:
-        """Run `localstack.sh command` for this instance; the seconds it took."""
-        started = time.monotonic()
-        subprocess.run(["bash", self.script, command], env=self.env, check=True, capture_output=True)
-        return time.monotonic() - started
-
-
-@contextmanager
-def extra_localstack(name: str, port: int, **settings: str) -> Iterator[ExtraLocalStack]:
-    """Start one (own run dir under .cache/, own port, extra LocalStack settings); always stopped after."""
-    root = Path(__file__).resolve().parents[2]
-    env = {
-        **os.environ,
-        "TDEV_LOCALSTACK_RUN": str(root / ".cache" / name),
-        "LOCALSTACK_PORT": str(port),
-        "LOCALSTACK_MODE": "host",
-        **settings,
-    }
-    instance = ExtraLocalStack(f"http://127.0.0.1:{port}", env, str(root / "localstack" / "localstack.sh"))
-    instance.ctl("up")
-    try:
-        yield instance
-    finally:
-        subprocess.run(["bash", instance.script, "down"], env=env, check=False, capture_output=True)

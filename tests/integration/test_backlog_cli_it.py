@@ -19,8 +19,7 @@ import pytest
 
 from tdev_state import AGENTS, SessionStatus, StateClient, StateConfig
 from tdev_state.tables import delete_tables
-
-from ..builders import serve_resume_endpoint
+from tdev_state.testing import serve_resume_endpoint
 
 TDEV = str(Path(sys.executable).with_name("tdev"))
 

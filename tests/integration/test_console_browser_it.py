@@ -28,10 +28,10 @@ from tdev_console import ConsoleSettings, create_app
 from tdev_console.server import console_thread
 from tdev_state import AGENTS, SessionStatus, StateClient, StateConfig
 from tdev_state.tables import delete_tables
+from tdev_state.testing import empty_and_delete_bucket
 
-from ..builders import empty_and_delete_bucket
 from ..console_runs import HOSTILE, BackgroundResumer, make_failed_run, make_hostile_run
-from .conftest import raw_client
+from .endpoints import raw_client
 
 pytestmark = pytest.mark.integration
 

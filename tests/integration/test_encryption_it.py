@@ -10,9 +10,9 @@ import pytest
 
 from tdev_state import AGENTS, EncryptionError, PayloadIntegrityError, StateClient, StateConfig
 from tdev_state.payloads import SEALED_TAG
+from tdev_state.testing import generated_project
 
-from ..payloads import generated_project
-from .conftest import raw_client
+from .endpoints import raw_client
 
 SECRET = {"token": "ghp_" + "x" * 36, "email": "jane@example.com"}
 

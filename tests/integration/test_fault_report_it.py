@@ -30,7 +30,7 @@ from tdev_state import (
 
 from ..chaos_report import record
 from ..faults import timeout_after_success
-from .conftest import extra_localstack
+from .endpoints import extra_localstack
 
 T = TypeVar("T")
 RUNS = int(os.environ.get("TDEV_FAULT_RUNS", "10"))

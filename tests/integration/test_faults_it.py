@@ -12,7 +12,7 @@ from tdev_state import StateClient, StorageUnavailableError
 from tdev_state.client import StateClient as _Client
 
 from ..faults import throttle, timeout_after_success
-from .conftest import layer_for
+from .endpoints import layer_for
 
 
 def test_throttled_transition_is_retried_and_applied_once(fresh_client: StateClient) -> None:

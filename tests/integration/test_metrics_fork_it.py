@@ -16,7 +16,7 @@ from tdev_metrics._store import item_key
 from tdev_state import StateClient
 
 from ..chaos_report import record
-from .conftest import raw_client
+from .endpoints import raw_client
 
 NOON = datetime(2026, 11, 26, 12, 30, tzinfo=UTC).timestamp()
 DAY = date(2026, 11, 26)

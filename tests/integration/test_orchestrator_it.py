@@ -23,9 +23,9 @@ from boto3.dynamodb.types import TypeDeserializer
 
 import tdev_state
 from tdev_state import AGENTS, StateClient, save_pipeline_session, update_agent_execution
+from tdev_state.testing import generated_project
 
-from ..payloads import generated_project
-from .conftest import raw_client
+from .endpoints import raw_client
 
 RETRIES = {"nl_input": 2, "ui_selection": 2, "match_rate": 2, "search": 2}
 CRITICAL = ("generation", "assembly")

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
+from tdev_recovery.testing import start_worker
 from tdev_state import AGENTS, AgentStatus, InvalidTransitionError, SessionStatus, StateClient
+from tdev_state.testing import make_stalled_runs, serve_resume_endpoint
 
-from ..builders import make_stalled_runs, serve_resume_endpoint, start_worker
 from ..chaos_report import record
 
 RUNS = int(os.environ.get("TDEV_CHAOS_RUNS", "500"))

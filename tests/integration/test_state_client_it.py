@@ -15,9 +15,9 @@ from tdev_state import (
     StateClient,
 )
 from tdev_state.client import StateClient as _Client
+from tdev_state.testing import agent_payload, generated_project
 
-from ..payloads import agent_payload, generated_project
-from .conftest import layer_for
+from .endpoints import layer_for
 
 
 def test_a_full_run_with_a_megabyte_of_generated_code(client: StateClient) -> None:

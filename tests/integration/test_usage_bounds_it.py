@@ -15,7 +15,7 @@ from tdev_metrics.usage import TECH_NAMES_PER_ITEM, UsageReader
 from tdev_state import StateClient
 from tdev_state.usage import UsageEvent
 
-from .conftest import raw_client
+from .endpoints import raw_client
 
 #: DynamoDB's item limit; every usage item must stay below it by the margin of one write.
 ITEM_LIMIT = 400 * 1024

@@ -16,7 +16,7 @@ from tdev_state.tables import delete_tables
 
 from ..faults import timeout_after_success
 from ..usage_mix import assert_report_matches, drive_mix, ground_truth
-from .conftest import raw_client
+from .endpoints import raw_client
 
 
 @pytest.fixture

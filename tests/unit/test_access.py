@@ -13,10 +13,10 @@ from tdev_metrics.access import METRICS_COLLECTOR
 from tdev_recovery.access import RECOVERY_WORKER
 from tdev_state import StateClient
 from tdev_state.access import PIPELINE_CLIENT, ComponentAccess
+from tdev_state.testing import BUCKET, FakeClock, make_client
 
 from ..aws_calls import CallRecorder
 from ..flows import FLOWS, Flow
-from .conftest import BUCKET, FakeClock, make_client
 
 DECLARED: dict[str, ComponentAccess] = {
     a.component: a for a in (PIPELINE_CLIENT, RECOVERY_WORKER, METRICS_COLLECTOR)

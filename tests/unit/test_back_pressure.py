@@ -13,9 +13,8 @@ import pytest
 
 from tdev_recovery import HttpResumer, PipelineBusy, RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig
 from tdev_state import AGENTS, SessionStatus, StateClient
+from tdev_state.testing import FakeClock
 from tdev_state.usage import UsageEvent
-
-from .conftest import FakeClock
 
 pytestmark = pytest.mark.unit
 

@@ -16,9 +16,7 @@ import pytest
 from tdev_recovery import backlog_cli
 from tdev_state import AGENTS, SessionStatus, StateClient, StateConfig
 from tdev_state.cli import main as tdev
-
-from ..builders import serve_resume_endpoint
-from .conftest import FakeClock
+from tdev_state.testing import FakeClock, serve_resume_endpoint
 
 #: The worker's settings the CLI reads; a developer's shell must not change what these tests see.
 _SETTINGS = (

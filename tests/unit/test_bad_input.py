@@ -41,8 +41,7 @@ from tdev_state import (
 )
 from tdev_state import cli as tdev_cli
 from tdev_state.schema import ALL_TABLES
-
-from .conftest import BUCKET, FakeClock, make_client
+from tdev_state.testing import BUCKET, FakeClock, make_client
 
 SETTINGS = settings(
     max_examples=25,

@@ -18,8 +18,7 @@ import pytest
 
 from tdev_state import AGENTS, ConfigurationError, StateClient, StateConfig
 from tdev_state.cli import main as tdev
-
-from .conftest import FakeClock
+from tdev_state.testing import FakeClock
 
 
 def _complete_run(client: StateClient, user: str | None = None) -> str:

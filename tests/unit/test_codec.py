@@ -26,9 +26,7 @@ from tdev_state import (
     ValidationError,
 )
 from tdev_state.payloads import PayloadContext
-
-from ..payloads import generated_project
-from .conftest import BUCKET, FakeClock, make_client
+from tdev_state.testing import BUCKET, FakeClock, generated_project, make_client
 
 CTX = PayloadContext("agent-executions", "s", "parser")
 

@@ -13,9 +13,9 @@ from starlette.testclient import TestClient
 
 from tdev_console import ConsoleSettings, create_app
 from tdev_state import AGENTS, SessionStatus, StateClient
+from tdev_state.testing import FakeClock
 
 from ..console_runs import HOSTILE, BackgroundResumer, make_failed_run, make_hostile_run
-from .conftest import FakeClock
 
 pytestmark = pytest.mark.unit
 
@@ -269,7 +269,7 @@ def test_backlog_lists_failed_and_stalled_runs_with_their_attempts(
 def test_sealed_payloads_open_only_with_kms_decrypt(clock: FakeClock, aws: None) -> None:
     import boto3
 
-    from .conftest import make_client
+    from tdev_state.testing import make_client
 
     key = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
     sealed = make_client(clock, kms_key_id=key, encrypt_fields={"output_data"})
@@ -302,10 +302,9 @@ def test_read_only_console_calls_exactly_its_read_grants(clock: FakeClock, aws: 
 
     from tdev_console.access import CONSOLE_READER, READ_ACTIONS
     from tdev_state.access import PIPELINE_CLIENT
+    from tdev_state.testing import BUCKET, generated_project, make_client
 
     from ..aws_calls import CallRecorder
-    from ..payloads import generated_project
-    from .conftest import BUCKET, make_client
 
     key = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
     writer = make_client(clock, kms_key_id=key, encrypt_fields={"output_data"})

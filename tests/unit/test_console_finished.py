@@ -14,9 +14,9 @@ from starlette.testclient import TestClient
 
 from tdev_console import ConsoleSettings, create_app
 from tdev_state import RunPolicy, StateClient, ValidationError
+from tdev_state.testing import FakeClock
 
 from ..console_runs import BackgroundResumer, make_failed_run
-from .conftest import FakeClock
 
 pytestmark = pytest.mark.unit
 

@@ -18,9 +18,9 @@ from tdev_console._http import AllowedHosts, decode_id, encode_id, split_host
 from tdev_console.cli import build_parser, usage_collector
 from tdev_metrics.usage import UsageReader
 from tdev_state import StateClient, ValidationError
+from tdev_state.testing import FakeClock
 
 from ..console_runs import BackgroundResumer, make_failed_run
-from .conftest import FakeClock
 
 pytestmark = pytest.mark.unit
 

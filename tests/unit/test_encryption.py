@@ -13,9 +13,7 @@ import pytest
 from tdev_state import AGENTS, ConfigurationError, PayloadIntegrityError, StateClient, StateConfig
 from tdev_state.exceptions import EncryptionError
 from tdev_state.payloads import SEALED_TAG, FieldCipher
-
-from ..payloads import generated_project
-from .conftest import BUCKET, FakeClock, make_client
+from tdev_state.testing import BUCKET, FakeClock, generated_project, make_client
 
 SECRET = {"api_key": "sk-live-0123456789", "notes": "customer PII: Jane Doe, +1-555-0100"}
 

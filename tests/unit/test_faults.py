@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tdev_state import StateClient, StateConfig, TableMissingError
-
-from ..conftest import LogEntries
+from tdev_state.testing import LogEntries
 
 
 def test_missing_tables_say_how_to_create_them(aws: None) -> None:

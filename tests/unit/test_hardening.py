@@ -24,9 +24,9 @@ from tdev_state import (
     get_failed_sessions,
     update_agent_execution,
 )
+from tdev_state.testing import FakeClock
 
 from ..faults import answering
-from .conftest import FakeClock
 
 
 def _written(client: StateClient) -> float:

@@ -18,8 +18,7 @@ from tdev_metrics._store import MetricsStore, plan_writes
 from tdev_state import StateClient
 from tdev_state.payloads import _chunks, _jsonform
 from tdev_state.storage import DynamoDoor
-
-from ..payloads import generated_project
+from tdev_state.testing import generated_project
 
 PACKAGE = Path(tdev_state.__file__).parent
 RUN_STORES = {

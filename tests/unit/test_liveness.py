@@ -10,8 +10,7 @@ import pytest
 from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig, resume_pipeline
 from tdev_recovery.exceptions import LiveRunError, NotRecoverableError
 from tdev_state import AGENTS, LivenessObserver, RecoveryPolicy, SessionStatus, StateClient
-
-from .conftest import FakeClock
+from tdev_state.testing import FakeClock
 
 #: The production rule (each run's own window), deciding in one sweep (confirm=0) unless a test watches.
 PER_AGENT = WorkerConfig(

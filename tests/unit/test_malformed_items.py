@@ -15,8 +15,7 @@ from tdev_console import ConsoleSettings, create_app
 from tdev_recovery import RecoveryWorker, RetryPolicy, WorkerConfig
 from tdev_state import AGENTS, MalformedItemError, SessionStatus, StateClient
 from tdev_state.cli import main as tdev
-
-from .conftest import FakeClock
+from tdev_state.testing import FakeClock
 
 pytestmark = pytest.mark.unit
 

@@ -24,9 +24,7 @@ from tdev_metrics._aggregate import Aggregate, Key
 from tdev_metrics._store import MetricsStore, plan_writes
 from tdev_metrics.cli import main as metrics_cli
 from tdev_state import AGENTS, StateClient, StorageUnavailableError
-
-from ..conftest import LogEntries
-from .conftest import FakeClock, make_client
+from tdev_state.testing import FakeClock, LogEntries, make_client
 
 NOON = datetime(2026, 11, 26, 12, 30, tzinfo=UTC).timestamp()
 DAY = date(2026, 11, 26)

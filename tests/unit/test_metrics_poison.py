@@ -22,8 +22,7 @@ from tdev_metrics import (
 )
 from tdev_metrics._store import Write
 from tdev_state import StateClient, ValidationError
-
-from ..conftest import LogEntries
+from tdev_state.testing import LogEntries
 
 NOW = time.time()
 TODAY = datetime.fromtimestamp(NOW, UTC).date()

@@ -33,9 +33,7 @@ from tdev_state import (
 )
 from tdev_state.payloads import OutputRef, PayloadContext
 from tdev_state.storage import to_dynamo
-
-from ..payloads import generated_project
-from .conftest import BUCKET, FakeClock, make_client
+from tdev_state.testing import BUCKET, FakeClock, generated_project, make_client
 
 CTX = PayloadContext("agent-executions", "s", "parser")
 

@@ -29,9 +29,9 @@ from tdev_state import (
     ValidationError,
     deferred_writes,
 )
+from tdev_state.testing import FakeClock
 
 from ..outage import StoreOutage
-from .conftest import FakeClock
 
 pytestmark = pytest.mark.unit
 
@@ -309,8 +309,7 @@ async def test_a_refused_payload_never_leaves_the_agent_running(aws: None, clock
     """No payload bucket and a 1.2 MB incompressible output: refused by the store, yet the agent is
     COMPLETED (its output replaced by a mark saying why)."""
     from tdev_state.pipeline_run import UNSTORED_MARK
-
-    from .conftest import make_client
+    from tdev_state.testing import make_client
 
     bare = make_client(clock, payload_bucket=None)
     async with AsyncStateClient(bare) as small:

@@ -16,8 +16,7 @@ from tdev_state import (
     save_user_project,
     update_agent_execution,
 )
-
-from .conftest import FakeClock
+from tdev_state.testing import FakeClock
 
 
 async def test_a_pipeline_run_through_the_plan_calls(plan: StateClient) -> None:

@@ -20,8 +20,7 @@ from tdev_state import (
     save_user_project,
     update_agent_execution,
 )
-
-from .conftest import FakeClock
+from tdev_state.testing import FakeClock
 
 
 @dataclass

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tdev_state import ProjectNotFoundError, StateClient, ValidationError
-
-from .conftest import FakeClock
+from tdev_state.testing import FakeClock
 
 
 def test_save_is_an_upsert_that_keeps_downloads(client: StateClient) -> None:

@@ -31,8 +31,7 @@ from tdev_recovery.exceptions import ClaimLostError, NotRecoverableError
 from tdev_recovery.ops import OpsServer
 from tdev_state import AGENTS, AgentStatus, SessionStatus, StateClient
 from tdev_state.models import epoch
-
-from .conftest import FakeClock, make_client
+from tdev_state.testing import FakeClock, make_client
 
 FAST = WorkerConfig(
     worker_id="w1",

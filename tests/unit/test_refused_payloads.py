@@ -11,11 +11,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tdev_state import AGENTS, ConflictError, InvalidTransitionError, StateClient, StorageUnavailableError
+from tdev_state.testing import BUCKET, FakeClock, generated_project
 
 from ..concurrent_payloads import concurrent_writers, large_files, refusal_races_an_acknowledged_write
 from ..faults import answering, dynamodb_error
-from ..payloads import generated_project
-from .conftest import BUCKET, FakeClock
 
 
 def _objects(prefix: str = "") -> list[str]:

@@ -24,10 +24,10 @@ from tdev_state import (
 )
 from tdev_state.adoption import resume_route as _resume_route
 from tdev_state.resume import ResumeRequest
+from tdev_state.testing import FakeClock
 
 from ..adoption_flows import TEST_DEFER, adopted, post, run, stored
 from ..outage import StoreOutage
-from .conftest import FakeClock
 from .test_liveness import PER_AGENT
 
 pytestmark = pytest.mark.unit

@@ -18,8 +18,7 @@ from tdev_state import (
     ValidationError,
 )
 from tdev_state.models import epoch
-
-from .conftest import FakeClock
+from tdev_state.testing import FakeClock
 
 
 def test_create_then_get_round_trips(client: StateClient) -> None:
@@ -194,7 +193,7 @@ def test_a_progressing_run_is_never_reported_stalled(client: StateClient, clock:
 
 def test_listings_can_skip_offloaded_metadata(client: StateClient) -> None:
     """A listing that does not show metadata reads no S3 object for it; get() still reads it."""
-    from tests.payloads import generated_project
+    from tdev_state.testing import generated_project
 
     big = generated_project(60_000)
     sid = client.sessions.create(user_id="lister", metadata=big).session_id

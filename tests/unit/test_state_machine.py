@@ -18,8 +18,7 @@ from tdev_state import (
     StateConfig,
     StateError,
 )
-
-from .conftest import moto_aws
+from tdev_state.testing import moto_aws
 
 agents = st.sampled_from(AGENTS)
 

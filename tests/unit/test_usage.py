@@ -24,11 +24,10 @@ from tdev_metrics.usage import (
     duration_bucket,
 )
 from tdev_state import AGENTS, StateClient
+from tdev_state.testing import FakeClock, LogEntries
 from tdev_state.usage import UsageEvent
 
-from ..conftest import LogEntries
 from ..usage_mix import assert_report_matches, drive_mix, ground_truth
-from .conftest import FakeClock
 
 DAY = date(2026, 11, 26)  # the FakeClock's day
 

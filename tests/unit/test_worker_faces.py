@@ -23,9 +23,9 @@ from tdev_recovery import (
     WorkerConfig,
 )
 from tdev_state import SessionStatus, StateClient, ValidationError
+from tdev_state.testing import FakeClock
 
 from ..console_runs import make_failed_run
-from .conftest import FakeClock
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from .conftest import STACKS, Synth
+from .synth import STACKS, Synth
 
 CHECKOV = "checkov==3.3.30"
 

@@ -15,7 +15,7 @@ import pytest
 from tdev_state import StateClient
 from tdev_state.schema import ALL_TABLES, IndexSpec, TableSpec
 
-from .conftest import STACKS, Synth
+from .synth import STACKS, Synth
 
 
 def _expected(spec: TableSpec) -> dict[str, Any]:

@@ -13,9 +13,9 @@ import pytest
 from tdev_infra import output, preflight
 from tdev_infra.settings import BackendSettings, from_environment
 from tdev_state import ConfigurationError, StateConfig
+from tdev_state.testing import moto_aws
 
-from ..conftest import moto_aws
-from .conftest import DEV_ACCOUNT, PROD_ACCOUNT, PROD_ROLE, Synth
+from .synth import DEV_ACCOUNT, PROD_ACCOUNT, PROD_ROLE, Synth
 
 MOTO_ACCOUNT = "123456789012"  # the account moto's credentials belong to
 

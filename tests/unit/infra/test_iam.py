@@ -15,7 +15,7 @@ from tdev_infra.policies import COMPONENTS, construct_id
 from tdev_state.access import ComponentAccess
 from tdev_state.schema import ALL_TABLES
 
-from .conftest import STACKS, Synth
+from .synth import STACKS, Synth
 
 TABLE_REF = {f"${{aws_dynamodb_table.{construct_id(s)}.arn}}": s.logical_name for s in ALL_TABLES}
 INDEX_REF = re.compile(r"^(\$\{aws_dynamodb_table\.\w+\.arn\})/index/([\w-]+)$")

@@ -23,10 +23,10 @@ from moto import settings as moto_settings
 from moto.core.authorization import ActionAuthenticatorMixin
 
 from tdev_state import AccessDeniedError, StateClient, StateError
+from tdev_state.testing import BUCKET, FakeClock, make_client
 
 from ...flows import FLOWS, Flow
-from ..conftest import BUCKET, FakeClock, make_client
-from .conftest import Synth
+from .synth import Synth
 
 _TRANSACTION_PARTS = {
     "dynamodb:PutItem",

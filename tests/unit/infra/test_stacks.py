@@ -11,7 +11,7 @@ from tdev_infra.settings import ENVIRONMENTS, RECOVERY_NAMESPACE
 from tdev_state.config import PAYLOAD_GRACE_DAYS
 from tdev_state.schema import ALL_TABLES
 
-from .conftest import STACKS, STATE_BUCKET, TASK_PRINCIPAL, Synth
+from .synth import STACKS, STATE_BUCKET, TASK_PRINCIPAL, Synth
 
 
 def _tables(synth: Synth, env: str) -> list[dict[str, Any]]:
