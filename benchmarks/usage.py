@@ -21,7 +21,7 @@ from typing import Any
 
 from benchmarks.state_client import AGENT_SECONDS, SimulatedClock, profile, run_with_client
 from tdev_metrics import MetricsCollector
-from tdev_metrics.usage import UsageReader
+from tdev_metrics.usage_reader import UsageReader
 from tdev_state import AGENTS, StateClient, StateConfig
 from tdev_state.layer import DynamoLayer
 from tdev_state.tables import delete_tables

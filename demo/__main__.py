@@ -33,7 +33,7 @@ from rich.table import Table
 
 from demo.report import write_report
 from tdev_metrics import MetricsReader
-from tdev_metrics.usage import UsageReader
+from tdev_metrics.usage_reader import UsageReader
 from tdev_state import (
     AGENTS,
     PIPELINE,

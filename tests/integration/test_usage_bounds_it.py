@@ -11,7 +11,8 @@ from typing import Any
 
 from tdev_metrics import CollectorConfig, MetricsCollector
 from tdev_metrics._usage_store import USERS_PER_ITEM
-from tdev_metrics.usage import TECH_NAMES_PER_ITEM, UsageReader
+from tdev_metrics.usage import TECH_NAMES_PER_ITEM
+from tdev_metrics.usage_reader import UsageReader
 from tdev_state import StateClient
 from tdev_state.usage import UsageEvent
 

@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 import pytest
 
 from tdev_metrics import MetricsCollector
-from tdev_metrics.usage import RELATIVE_ERROR, UsageReader
+from tdev_metrics.usage import RELATIVE_ERROR
+from tdev_metrics.usage_reader import UsageReader
 from tdev_state import StateClient, StateConfig
 from tdev_state.tables import delete_tables
 

@@ -358,7 +358,7 @@ def test_resume_now_is_counted_into_usage_as_the_workers(
     client: StateClient, runs: Runs, pipeline: tuple[str, list[Any]]
 ) -> None:
     """With usage on (the default), a resume from the terminal is counted like the worker's."""
-    from tdev_metrics.usage import UsageReader
+    from tdev_metrics.usage_reader import UsageReader
 
     assert backlog(client, "resume", runs.stalled, "--resumer", pipeline[0]) == 0
     day = client.clock().date()

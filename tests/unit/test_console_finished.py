@@ -196,7 +196,7 @@ def test_the_usage_charts_log_axis_has_plain_labels(
     import matplotlib.figure
 
     from tdev_console._charts import usage_png
-    from tdev_metrics.usage import UsageReader
+    from tdev_metrics.usage_reader import UsageReader
 
     drawn: list[Any] = []
     original = matplotlib.figure.Figure.savefig

@@ -16,7 +16,7 @@ import tdev_state
 from tdev_console import ConsoleSettings, create_app
 from tdev_console._http import AllowedHosts, decode_id, encode_id, split_host
 from tdev_console.cli import build_parser, usage_collector
-from tdev_metrics.usage import UsageReader
+from tdev_metrics.usage_reader import UsageReader
 from tdev_state import StateClient, ValidationError
 from tdev_state.testing import FakeClock
 

@@ -230,7 +230,7 @@ def test_metric_and_usage_reports_skip_hand_edited_items(client: StateClient) ->
     from datetime import UTC, datetime
 
     from tdev_metrics import MetricsCollector, MetricsReader
-    from tdev_metrics.usage import UsageReader
+    from tdev_metrics.usage_reader import UsageReader
 
     collector = MetricsCollector(client, usage=False)
     for _ in range(3):

@@ -12,6 +12,7 @@ import boto3
 import pytest
 
 import tdev_metrics.usage as usage_module
+import tdev_metrics.usage_reader as reader_module
 import tdev_state
 from tdev_metrics import MetricsCollector
 from tdev_metrics._usage_store import ATTRS_PER_WRITE, DURATIONS, UsageStore, UsageWrite
@@ -19,10 +20,10 @@ from tdev_metrics.usage import (
     COUNTS,
     RELATIVE_ERROR,
     TECH_NAMES_PER_ITEM,
-    UsageReader,
     bucket_value,
     duration_bucket,
 )
+from tdev_metrics.usage_reader import UsageReader
 from tdev_state import AGENTS, StateClient
 from tdev_state.testing import FakeClock, LogEntries
 from tdev_state.usage import UsageEvent
@@ -394,7 +395,7 @@ def test_a_day_stored_under_positional_keys_reads_by_the_legacy_order(
     """An old day (`ac8`, `a6.23`) is read through LEGACY_AGENTS even after an agent was inserted before
     `download`: position 8 stays download, never the new agent now declared at that place."""
     inserted = (*usage_module.LEGACY_AGENTS[:8], "review", usage_module.LEGACY_AGENTS[8])
-    monkeypatch.setattr(usage_module, "AGENTS", inserted)
+    monkeypatch.setattr(reader_module, "AGENTS", inserted)
     _put_usage_day(
         client, **{"as0": 5, "ac0": 5, "ac6": 4, "af6": 1, "ar6": 1, "at5": 1, "ac8": 3, "d:a6.23": 4}
     )

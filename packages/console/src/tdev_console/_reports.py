@@ -15,7 +15,7 @@ from tdev_console._pages import Pages
 from tdev_console._runs import DEFAULT_METRIC
 from tdev_console._settings import ConsoleSettings
 from tdev_metrics import MetricsReader
-from tdev_metrics.usage import UsageReader
+from tdev_metrics.usage_reader import UsageReader
 from tdev_state import ValidationError
 
 #: What a metric name may be (tdev_metrics refuses to record any other): the metrics pages' query check.

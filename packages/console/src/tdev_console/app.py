@@ -41,7 +41,7 @@ from tdev_console._runs import RunPages
 from tdev_console._settings import ConsoleSettings
 from tdev_console._telemetry import ConsoleMetrics, CountRequests, NoteRoute
 from tdev_metrics import MetricsReader
-from tdev_metrics.usage import UsageReader
+from tdev_metrics.usage_reader import UsageReader
 from tdev_recovery import LiveRunError, NotRecoverableError, RecoveryError
 from tdev_state import (
     MalformedItemError,

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tdev_metrics.usage import UsageReader
+from tdev_metrics.usage_reader import UsageReader
 from tdev_state import StateClient, command
 from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, CommandLineError
 
