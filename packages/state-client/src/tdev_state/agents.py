@@ -7,13 +7,16 @@ facts lived in a dozen files, adding an agent meant editing all of them. Now a n
 (plus a line in the docs); everything else iterates over `PIPELINE` (docs/data-model.md, "Agents declared
 once").
 
-What an insertion still changes for data already stored — agent items of later agents keep their old
-`NN#` sort keys, and usage days stored before usage was keyed by name — is described in
-docs/data-model.md; the usage reader maps the old keys itself (`tdev_metrics.usage.LEGACY_AGENTS`).
+Stored data never depends on an agent's position: an agent item's sort key is `<key>#<name>` with the
+row's own `key`, fixed forever (the nine agents of 2026 keep 01..09); a new agent takes a key that sorts
+between its neighbours' (`085` between `08` and `09`, `10` after `09`), so a Query still returns a run's
+agents in pipeline order and no stored item moves. Usage is keyed by agent name; days stored before that
+are read through `tdev_metrics.usage.LEGACY_AGENTS` (docs/data-model.md).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -21,6 +24,7 @@ from tdev_state.exceptions import ConfigurationError, ValidationError
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _COLOR = re.compile(r"#[0-9a-f]{6}")
+_KEY = re.compile(r"[0-9]{2,6}")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,9 @@ class Agent:
     #: The agent's name as the orchestrator spells it (`[a-z][a-z0-9_]*`): in execution ids
     #: (`{project_id}-{name}`), stored items, metrics and usage counters.
     name: str
+    #: The agent item's sort-key prefix (`<key>#<name>`): digits, fixed once an item was stored under it;
+    #: keys increase in pipeline order as text, so a Query returns a run's agents in that order.
+    key: str
     #: One attempt's timeout, seconds, and attempts in all (in-process retries + 1): T-Developer's
     #: `ProductionECSPipeline` profile, the default `RunPolicy.agent_limits`.
     timeout_seconds: float
@@ -54,17 +61,17 @@ class Agent:
 # fmt: off
 #: The agents, in pipeline order. A new agent is one row, at its place.
 PIPELINE: tuple[Agent, ...] = (
-    # Agent(name,             timeout_seconds, attempts, critical, color, typical_seconds, demo_seconds,
-    #       demo_tolerated)
-    Agent("nl_input",             30.0, 3, False, "#1f77b4",    5, 0.10, False),
-    Agent("ui_selection",         20.0, 3, False, "#ff7f0e",   10, 0.15, True),
-    Agent("parser",               45.0, 2, False, "#2ca02c",   15, 0.20, False),
-    Agent("component_decision",   60.0, 2, False, "#9467bd",   20, 0.20, True),
-    Agent("match_rate",           30.0, 3, False, "#8c564b",   10, 0.15, True),
-    Agent("search",               90.0, 3, False, "#e377c2",   30, 0.30, True),
-    Agent("generation",          300.0, 2, True,  "#7f7f7f",  120, 0.60, False),
-    Agent("assembly",            180.0, 2, True,  "#bcbd22",   40, 0.35, False),
-    Agent("download",             60.0, 2, False, "#17becf",    5, 0.10, False),
+    # Agent(name,             key, timeout_seconds, attempts, critical, color, typical_seconds,
+    #       demo_seconds, demo_tolerated)
+    Agent("nl_input",           "01",  30.0, 3, False, "#1f77b4",    5, 0.10, False),
+    Agent("ui_selection",       "02",  20.0, 3, False, "#ff7f0e",   10, 0.15, True),
+    Agent("parser",             "03",  45.0, 2, False, "#2ca02c",   15, 0.20, False),
+    Agent("component_decision", "04",  60.0, 2, False, "#9467bd",   20, 0.20, True),
+    Agent("match_rate",         "05",  30.0, 3, False, "#8c564b",   10, 0.15, True),
+    Agent("search",             "06",  90.0, 3, False, "#e377c2",   30, 0.30, True),
+    Agent("generation",         "07", 300.0, 2, True,  "#7f7f7f",  120, 0.60, False),
+    Agent("assembly",           "08", 180.0, 2, True,  "#bcbd22",   40, 0.35, False),
+    Agent("download",           "09",  60.0, 2, False, "#17becf",    5, 0.10, False),
 )
 # fmt: on
 
@@ -73,6 +80,11 @@ AGENTS: tuple[str, ...] = tuple(a.name for a in PIPELINE)
 #: An agent's place, 1-based.
 AGENT_STEP: dict[str, int] = {name: i + 1 for i, name in enumerate(AGENTS)}
 _BY_NAME: dict[str, Agent] = {a.name: a for a in PIPELINE}
+
+
+def sort_key(name: str) -> str:
+    """An agent item's stored sort key, `<key>#<name>`: a Query returns a run's agents in pipeline order."""
+    return f"{agent(name).key}#{name}"
 
 
 def agent(name: str) -> Agent:
@@ -105,8 +117,14 @@ def check_pipeline(pipeline: tuple[Agent, ...]) -> list[str]:
             problems.append(f"{where}: a critical agent's failure is never tolerated")
     if len({a.color for a in pipeline}) != len(pipeline):
         problems.append("two agents share a colour: charts could not tell them apart")
-    if len(pipeline) > 99:
-        problems.append("at most 99 agents: the stored sort key is NN#name")
+    keys = [row.key for row in pipeline]
+    if not all(isinstance(k, str) and _KEY.fullmatch(k) for k in keys):
+        problems.append("a key is 2 to 6 digits (the sort-key prefix of the agent's stored items)")
+    elif any(a >= b for a, b in itertools.pairwise(keys)):
+        problems.append(
+            "keys must increase in pipeline order as text (a new agent takes one between its neighbours', "
+            "e.g. 085 between 08 and 09); a stored key never changes"
+        )
     return problems
 
 
