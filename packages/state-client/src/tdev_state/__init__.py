@@ -9,9 +9,7 @@ The other packages build on `tdev_state.dynamo.DynamoLayer` and `tdev_state.sche
 
 import logging
 
-from tdev_state._claims import Claim
 from tdev_state._jsonform import LossyValue
-from tdev_state._liveness import LivenessObserver, RecoveryPolicy, Verdict
 from tdev_state._resume_route import accept_resume, resume_app
 from tdev_state.client import AsyncStateClient, StateClient
 from tdev_state.config import StateConfig
@@ -71,6 +69,8 @@ from tdev_state.plan import (
     save_user_project,
     update_agent_execution,
 )
+from tdev_state.runs.claims import Claim
+from tdev_state.runs.policy import LivenessObserver, RecoveryPolicy, Verdict
 
 # A library is quiet unless the host configures logging (Python logging HOWTO, "Configuring Logging for a
 # Library"): without this, Python would print our warnings to stderr through its last-resort handler.

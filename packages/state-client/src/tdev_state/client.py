@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import boto3
 
-from tdev_state._claims import ClaimStore
-from tdev_state._executions import ExecutionStore
-from tdev_state._liveness import LivenessStamps
-from tdev_state._projects import ProjectStore
-from tdev_state._sessions import SessionStore
 from tdev_state.config import StateConfig
 from tdev_state.dynamo import DynamoLayer
 from tdev_state.exceptions import ConfigurationError
 from tdev_state.models import utcnow
+from tdev_state.runs.agents import ExecutionStore
+from tdev_state.runs.claims import ClaimStore
+from tdev_state.runs.policy import LivenessStamps
+from tdev_state.runs.projects import ProjectStore
+from tdev_state.runs.sessions import SessionStore
 from tdev_state.tables import create_tables
 
 if TYPE_CHECKING:

@@ -44,7 +44,6 @@ from typing import Any, Literal, Protocol
 
 from tdev_state import validate as check
 from tdev_state._deferred import RETRY, DeferPolicy, DeferredWrites, PendingWrite, is_transient
-from tdev_state._executions import ExecutionStore
 from tdev_state.client import AsyncStateClient
 from tdev_state.exceptions import (
     InvalidTransitionError,
@@ -66,6 +65,7 @@ from tdev_state.models import (
     SessionStatus,
 )
 from tdev_state.resume import ResumeRequest
+from tdev_state.runs.agents import ExecutionStore
 
 log = get_logger(__name__)
 

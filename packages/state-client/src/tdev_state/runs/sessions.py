@@ -11,18 +11,6 @@ from typing import Any, TypeVar, cast
 from tdev_state import _codec
 from tdev_state import validate as check
 from tdev_state._expr import Expr
-from tdev_state._items import ItemReader, readable
-from tdev_state._lifecycle import (
-    SESSION_RULES,
-    SESSION_TRANSITIONS,
-    agent_sort_key,
-    predecessors,
-    recovery_shard,
-    require_within_budget,
-    run_expiry,
-    status_effects,
-)
-from tdev_state._liveness import LivenessStamps, RecoveryPolicy, declared_silence
 from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item, TransactAction, TransactionCancelled
 from tdev_state.exceptions import (
     ConflictError,
@@ -47,6 +35,18 @@ from tdev_state.models import (
     SessionStatus,
     epoch,
     epoch_float,
+)
+from tdev_state.runs.items import ItemReader, readable
+from tdev_state.runs.policy import LivenessStamps, RecoveryPolicy, declared_silence
+from tdev_state.runs.rules import (
+    SESSION_RULES,
+    SESSION_TRANSITIONS,
+    agent_sort_key,
+    predecessors,
+    recovery_shard,
+    require_within_budget,
+    run_expiry,
+    status_effects,
 )
 from tdev_state.schema import PIPELINE_SESSIONS, RECOVERY_INDEX_SHARDS
 from tdev_state.usage import UsageEmitter, UsageEvent, UsageKind

@@ -9,11 +9,11 @@ from typing import Any
 
 from tdev_state import validate as check
 from tdev_state._expr import Expr
-from tdev_state._items import ItemReader, readable
 from tdev_state.dynamo import DynamoLayer, Item, TransactionCancelled
 from tdev_state.exceptions import MalformedItemError, ProjectNotFoundError
 from tdev_state.log import get_logger
 from tdev_state.models import Page, UserProject, epoch, from_epoch
+from tdev_state.runs.items import ItemReader, readable
 from tdev_state.schema import USER_PROJECTS
 from tdev_state.usage import UsageEvent
 

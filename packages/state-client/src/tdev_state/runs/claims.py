@@ -1,7 +1,7 @@
 """Recovery claims on the session item: a lease (owner, expiry) and a monotonically increasing fencing token.
 
 The session rows `claim`, `extend`, `next_attempt`, `hand_over`, `release` and `abandon` of
-`_lifecycle.SESSION_RULES`, applied. A claim succeeds only if the run is still as the sweep saw it (status,
+`rules.SESSION_RULES`, applied. A claim succeeds only if the run is still as the sweep saw it (status,
 last_updated) and no live lease exists, and it increments `fencing_token`, so a token orders all claims ever
 made on the run. Every later write of the claim is conditioned on that token and owner: a worker whose lease
 expired and was taken over cannot write again (ClaimLostError), and the pipeline can reject its requests by
@@ -17,11 +17,11 @@ from datetime import datetime, timedelta
 
 from tdev_state import validate as check
 from tdev_state._expr import Expr
-from tdev_state._lifecycle import SESSION_RULES, SessionKind, require_claim, status_effects
 from tdev_state.dynamo import ConditionFailed, DynamoLayer
 from tdev_state.exceptions import ClaimLostError, StateError
 from tdev_state.log import get_logger
 from tdev_state.models import RecoveryCandidate, SessionStatus, epoch
+from tdev_state.runs.rules import SESSION_RULES, SessionKind, require_claim, status_effects
 from tdev_state.usage import UsageEvent, UsageKind
 
 log = get_logger(__name__)

@@ -313,7 +313,7 @@ def agent_session_update(
     live_for: float = 0.0,
 ) -> Expr:
     """The session half of an agent transition, conditioned as the rule says. `live_for`: how long the run
-    may stay silent after it (`_liveness.declared_silence`); the index key `stalled_at` is rewritten only
+    may stay silent after it (`policy.declared_silence`); the index key `stalled_at` is rewritten only
     when `refresh_liveness` (or the status changes)."""
     step = AGENT_STEP[agent]
     expr = Expr()

@@ -1,6 +1,6 @@
 """Agent executions: start, complete, fail, retry and interrupt an agent, each together with its session.
 
-Each transition is one row of `_lifecycle.AGENT_RULES`, applied as one TransactWriteItems of two actions — the
+Each transition is one row of `rules.AGENT_RULES`, applied as one TransactWriteItems of two actions — the
 agent's item and the session item — so an agent is never COMPLETED while its session still points at it, or
 the reverse. Conditions are on the state each transition changes (agent status; session status and
 progress), which makes concurrent callers serialize: exactly one wins, the others get ConflictError, and no
@@ -26,18 +26,6 @@ from typing import Any
 
 from tdev_state import _codec, _inputs
 from tdev_state import validate as check
-from tdev_state._items import ItemReader
-from tdev_state._lifecycle import (
-    AGENT_RULES,
-    AgentKind,
-    SessionEffect,
-    agent_item_update,
-    agent_session_effect,
-    agent_session_update,
-    agent_sort_key,
-)
-from tdev_state._liveness import LivenessStamps, declared_silence
-from tdev_state._sessions import emit_run_end, payload_scoped, session_reader
 from tdev_state.dynamo import DynamoLayer, Item, TransactAction, TransactionCancelled, current_write
 from tdev_state.exceptions import (
     ClaimLostError,
@@ -57,6 +45,18 @@ from tdev_state.models import (
     AgentTransition,
     SessionStatus,
 )
+from tdev_state.runs.items import ItemReader
+from tdev_state.runs.policy import LivenessStamps, declared_silence
+from tdev_state.runs.rules import (
+    AGENT_RULES,
+    AgentKind,
+    SessionEffect,
+    agent_item_update,
+    agent_session_effect,
+    agent_session_update,
+    agent_sort_key,
+)
+from tdev_state.runs.sessions import emit_run_end, payload_scoped, session_reader
 from tdev_state.schema import AGENT_EXECUTIONS
 from tdev_state.usage import UsageEvent, UsageKind
 
@@ -330,7 +330,7 @@ class ExecutionStore:
         )
 
     def _silence(self, kind: AgentKind, agent: str, effect: SessionEffect) -> float:
-        """The window the run declares after this transition (`_liveness.declared_silence`)."""
+        """The window the run declares after this transition (`policy.declared_silence`)."""
         step = AGENT_STEP[agent]
         current = AGENTS[step] if kind == "complete" and not effect.finished else agent
         return declared_silence(self._policy, effect.status, current, ended=effect.finished)
