@@ -21,6 +21,7 @@ from tdev_state import (
     PipelineType,
     RecoveryCandidate,
     RecoveryHistory,
+    RecoveryPolicy,
     Session,
     SessionStatus,
     StateClient,
@@ -58,10 +59,10 @@ class RunRow:
     tone: str  # the badge's CSS class
 
 
-def run_state(session: Session, now: datetime, stall_threshold: timedelta) -> tuple[str, str]:
-    """The badge text and tone of a run: stalled and tolerated failures are read off the run."""
+def run_state(session: Session, now: datetime, policy: RecoveryPolicy) -> tuple[str, str]:
+    """The badge text and tone of a run: stalled (the recovery policy's rule) and tolerated failures."""
     status = session.status
-    if status is SessionStatus.ACTIVE and now - session.last_updated > stall_threshold:
+    if policy.stalled(session, now=now):
         return "stalled", "warn"
     if status is SessionStatus.COMPLETED and session.failed_agents:
         return f"COMPLETED ({len(session.failed_agents)} tolerated)", "ok-warn"
@@ -141,7 +142,7 @@ def find_runs(
     *,
     limit: int,
     now: datetime,
-    stall_threshold: timedelta,
+    policy: RecoveryPolicy,
 ) -> RunsPage:
     """Newest first, from the by-user index when a user is given, else the by-day index."""
 
@@ -181,7 +182,7 @@ def find_runs(
         pages += 1
         read += len(page.items)
         for session in page.items:
-            state, tone = run_state(session, now, stall_threshold)
+            state, tone = run_state(session, now, policy)
             row = RunRow(session, state, tone)
             if wanted(row):
                 rows.append(row)
@@ -233,7 +234,7 @@ def run_view(
     session_id: str,
     *,
     now: datetime,
-    stall_threshold: timedelta,
+    policy: RecoveryPolicy,
 ) -> RunView:
     """Three reads: the session (GetItem), its agents (one Query, payloads left in place) and the claim
     history (GetItem); SessionNotFoundError (a 404 page) when there is no such run."""
@@ -266,7 +267,7 @@ def run_view(
             begin = min(max(begin, 0.0), 100.0)
             bar = (begin, max(min(end, 100.0) - begin, 0.4))
         rows.append(AgentRow(step, agent, execution, state, tone, bar))
-    state, tone = run_state(session, now, stall_threshold)
+    state, tone = run_state(session, now, policy)
     return RunView(
         session=session,
         state=state,
@@ -280,7 +281,7 @@ def run_view(
 
 @dataclass(frozen=True)
 class BacklogRow:
-    """A run recovery would take: FAILED, or ACTIVE and silent past the stall threshold."""
+    """A run recovery would take: FAILED, or ACTIVE and stalled under the recovery policy."""
 
     run: RecoveryCandidate
     kind: str  # "FAILED" or "stalled"
@@ -288,14 +289,16 @@ class BacklogRow:
     leased_by: str | None  # a live lease's owner: actions would be refused until it expires
 
 
-def backlog(
-    client: StateClient, *, now: datetime, stall_threshold: timedelta, limit: int
-) -> list[BacklogRow]:
+def backlog(client: StateClient, *, now: datetime, policy: RecoveryPolicy, limit: int) -> list[BacklogRow]:
     """Every FAILED run and every stalled one, oldest first, from the sparse recovery index and one
-    BatchGetItem (no age floor for FAILED runs: an operator sees them before the worker's retry delay)."""
-    candidates = client.sessions.recovery_candidates(
-        failed_idle=timedelta(0), stalled_idle=stall_threshold, limit=limit, now=now, live=True
+    BatchGetItem per kind (no age floor for FAILED runs: an operator sees them before the worker's retry delay)."""
+    failed = client.sessions.recovery_candidates(
+        failed_idle=timedelta(0), stalled_idle=None, limit=limit, now=now, live=True
     )
+    stalled = client.sessions.recovery_candidates(
+        failed_idle=None, stalled_idle=timedelta(0), limit=limit, now=now, policy=policy
+    )
+    candidates = sorted(failed + stalled, key=lambda c: c.last_updated)[:limit]
     return [
         BacklogRow(
             run=c,

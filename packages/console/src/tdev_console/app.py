@@ -56,7 +56,7 @@ from tdev_state import (
     MalformedItemError,
     NotFoundError,
     PayloadIntegrityError,
-    SessionStatus,
+    RecoveryPolicy,
     StateClient,
     StateError,
     StorageError,
@@ -181,6 +181,8 @@ def create_app(client: StateClient, settings: ConsoleSettings | None = None) -> 
     templates = _templates()
     metrics_reader = MetricsReader(client)
     usage_reader = UsageReader(client)
+    # The one rule for "stalled" and "may it be taken over", shaped by the worker's setting (its threshold).
+    policy = RecoveryPolicy(run_policy=client.config.run_policy, stall_threshold=config.stall_threshold)
 
     def page(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
         session = request.session
@@ -201,9 +203,7 @@ def create_app(client: StateClient, settings: ConsoleSettings | None = None) -> 
     def runs_context(request: Request) -> dict[str, Any]:
         now = config.clock()
         query = _views.RunsQuery.parse(request.query_params, now.date())
-        found = _views.find_runs(
-            client, query, limit=config.page_size, now=now, stall_threshold=config.stall_threshold
-        )
+        found = _views.find_runs(client, query, limit=config.page_size, now=now, policy=policy)
         return {"query": query, "found": found}
 
     def runs(request: Request) -> Response:
@@ -220,7 +220,7 @@ def create_app(client: StateClient, settings: ConsoleSettings | None = None) -> 
             client,
             request.path_params["session_id"],
             now=config.clock(),
-            stall_threshold=config.stall_threshold,
+            policy=policy,
         )
         return {"run": view}
 
@@ -272,7 +272,7 @@ def create_app(client: StateClient, settings: ConsoleSettings | None = None) -> 
 
     def backlog_context() -> dict[str, Any]:
         now = config.clock()
-        rows = _views.backlog(client, now=now, stall_threshold=config.stall_threshold, limit=100)
+        rows = _views.backlog(client, now=now, policy=policy, limit=100)
         return {
             "rows": rows,
             "can_resume": config.resumer is not None,
@@ -312,19 +312,16 @@ def create_app(client: StateClient, settings: ConsoleSettings | None = None) -> 
         refusal = _refusal(request, config, str(form.get("csrf", "")))
         if refusal is not None:
             return page(request, "error.html", status_code=403, title="Action refused", message=refusal)
-        candidate = client.sessions.candidate(sid)
-        idle = config.clock() - candidate.last_updated
-        if candidate.status is SessionStatus.ACTIVE and idle < config.stall_threshold:
-            # resume_pipeline would take a run the pipeline is still driving: only stalled ones qualify.
+        verdict = policy.judge(client.sessions.candidate(sid), now=config.clock())
+        if not verdict.claimable:  # the worker's own rule: a run its pipeline still drives is never taken
             return page(
                 request,
                 "error.html",
                 status_code=409,
-                title="The run is live",
-                message=f"{sid} is ACTIVE and updated {_dur(idle)} ago: only runs silent for more than "
-                f"{_dur(config.stall_threshold)} (stalled) or FAILED may be resumed or abandoned here",
+                title="Not now",
+                message=f"{sid} may not be resumed or abandoned now: {verdict.reason}. Nothing was changed",
             )
-        worker = WorkerConfig(worker_id=config.worker_id)
+        worker = WorkerConfig(worker_id=config.worker_id, stall_threshold=config.stall_threshold)
         if action == "resume":
             if config.resumer is None:
                 return page(

@@ -1,10 +1,9 @@
 """Agent executions: start, complete, fail, retry and interrupt an agent, each together with its session.
 
-Each transition is one row of `rules.AGENT_RULES`, applied as one TransactWriteItems of two actions — the
-agent's item and the session item — so an agent is never COMPLETED while its session still points at it, or
-the reverse. Conditions are on the state each transition changes (agent status; session status and
-progress), which makes concurrent callers serialize: exactly one wins, the others get ConflictError, and no
-read is needed before the write.
+Each transition is one row of `rules.AGENT_RULES`, applied by the one writer (`writer.TransitionWriter`) as
+an `agent_steps.AgentStep`: one TransactWriteItems of the agent's item and the session item. Conditions are
+on the state each transition changes (agent status; session status and progress), which makes concurrent
+callers serialize: exactly one wins, the others get ConflictError, and no read is needed before the write.
 
 Idempotency, two layers deep:
 - the ClientRequestToken (fixed for the call, so botocore's own retries after a timeout are no-ops);
@@ -21,67 +20,41 @@ import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from tdev_state import _codec, _inputs
 from tdev_state import validate as check
-from tdev_state.dynamo import DynamoLayer, Item, TransactAction, TransactionCancelled, current_write
-from tdev_state.exceptions import (
-    ClaimLostError,
-    ConflictError,
-    ExecutionNotFoundError,
-    InvalidTransitionError,
-    PayloadIntegrityError,
-    SessionNotFoundError,
-    StateError,
-)
+from tdev_state.dynamo import Item
+from tdev_state.exceptions import ExecutionNotFoundError, PayloadIntegrityError
 from tdev_state.log import get_logger
-from tdev_state.models import (
-    AGENT_STEP,
-    AGENTS,
-    AgentExecution,
-    AgentStatus,
-    AgentTransition,
-    SessionStatus,
-)
-from tdev_state.runs.items import ItemReader
-from tdev_state.runs.policy import LivenessStamps, declared_silence
-from tdev_state.runs.rules import (
-    AGENT_RULES,
-    AgentKind,
-    SessionEffect,
-    agent_item_update,
-    agent_session_effect,
-    agent_session_update,
-    agent_sort_key,
-)
-from tdev_state.runs.sessions import emit_run_end, payload_scoped, session_reader
-from tdev_state.schema import AGENT_EXECUTIONS
-from tdev_state.usage import UsageEvent, UsageKind
+from tdev_state.models import AGENT_STEP, AGENTS, AgentExecution, AgentStatus, AgentTransition
+from tdev_state.runs.agent_steps import AgentStep, PayloadThunk
+from tdev_state.runs.records import execution_context, execution_from_item
+from tdev_state.runs.rules import AgentKind, agent_sort_key
+from tdev_state.runs.writer import TransitionWriter
 
 log = get_logger(__name__)
 
 _UNSET: Any = object()
-#: Lossy-mode warnings kept on the agent item (all of them are returned to the caller).
-_STORED_WARNINGS = 20
 
 
 class ExecutionStore:
     """Agent items in `t-developer-{env}-agent-executions` (execution_id = the run's session_id)."""
 
-    def __init__(self, layer: DynamoLayer, clock: Callable[[], datetime], liveness: LivenessStamps) -> None:
+    def __init__(self, writer: TransitionWriter, clock: Callable[[], datetime]) -> None:
+        layer = writer.layer
+        self._writer = writer
         self._layer = layer
         self._table = layer.tables.executions
         self._sessions = layer.tables.sessions
         self._clock = clock
-        self._liveness = liveness
+        self._liveness = writer.liveness
         self._policy = layer.config.run_policy
         self._known = _inputs.KnownOutputs()
 
     # --- transitions ----------------------------------------------------------------------------------
 
-    @payload_scoped
     def start(
         self,
         session_id: str,
@@ -101,10 +74,11 @@ class ExecutionStore:
         sets: dict[str, Any] = {}
         if project_id is not None:
             sets["project_id"] = check.identifier("project_id", project_id)
-        payloads = {"input_data": self._encode_input(input_data, sid, agent, lossy=lossy)}
+        payloads: dict[str, PayloadThunk] = {
+            "input_data": lambda: self._encode_input(input_data, sid, agent, lossy=lossy)
+        }
         return self._apply("start", sid, agent, sets=sets, payloads=payloads)
 
-    @payload_scoped
     def complete(
         self,
         session_id: str,
@@ -123,12 +97,13 @@ class ExecutionStore:
         """
         sid, agent = self._address(session_id, agent_name)
         sets = self._extras(retry_count=retry_count, project_id=project_id)
-        payloads = {"output_data": self._encode(output_data, "output_data", sid, agent, lossy=lossy)}
+        payloads: dict[str, PayloadThunk] = {
+            "output_data": lambda: self._encode(output_data, "output_data", sid, agent, lossy=lossy)
+        }
         if input_data is not _UNSET:
-            payloads["input_data"] = self._encode_input(input_data, sid, agent, lossy=lossy)
+            payloads["input_data"] = lambda: self._encode_input(input_data, sid, agent, lossy=lossy)
         return self._apply("complete", sid, agent, sets=sets, payloads=payloads)
 
-    @payload_scoped
     def fail(
         self,
         session_id: str,
@@ -150,14 +125,15 @@ class ExecutionStore:
         message = check.error_text(error_message)
         sets = self._extras(retry_count=retry_count, project_id=project_id)
         sets.update(error_message=message, last_error=message)
-        payloads: dict[str, _codec.EncodedPayload] = {}
+        payloads: dict[str, PayloadThunk] = {}
         if output_data is not None:
-            payloads["output_data"] = self._encode(output_data, "output_data", sid, agent, lossy=lossy)
+            payloads["output_data"] = lambda: self._encode(
+                output_data, "output_data", sid, agent, lossy=lossy
+            )
         if input_data is not _UNSET:
-            payloads["input_data"] = self._encode_input(input_data, sid, agent, lossy=lossy)
+            payloads["input_data"] = lambda: self._encode_input(input_data, sid, agent, lossy=lossy)
         return self._apply("fail", sid, agent, sets=sets, payloads=payloads, extra=(message,), error=message)
 
-    @payload_scoped
     def retry(
         self, session_id: str, agent_name: str, *, input_data: Any = _UNSET, lossy: bool = False
     ) -> AgentTransition:
@@ -166,9 +142,9 @@ class ExecutionStore:
         Legal while no later agent has started (the orchestrator retries at once, in process).
         """
         sid, agent = self._address(session_id, agent_name)
-        payloads = {}
+        payloads: dict[str, PayloadThunk] = {}
         if input_data is not _UNSET:
-            payloads["input_data"] = self._encode_input(input_data, sid, agent, lossy=lossy)
+            payloads["input_data"] = lambda: self._encode_input(input_data, sid, agent, lossy=lossy)
         # Every retry is a new attempt, so its fingerprint is unique: a repeat is a second retry.
         return self._apply("retry", sid, agent, sets={}, payloads=payloads, extra=(str(uuid.uuid4()),))
 
@@ -242,8 +218,6 @@ class ExecutionStore:
 
         return dataclasses.replace(execution, input_data=_inputs.resolve(execution.input_data, output_of))
 
-    # --- the one executor ------------------------------------------------------------------------------
-
     def _apply(
         self,
         kind: AgentKind,
@@ -251,255 +225,16 @@ class ExecutionStore:
         agent: str,
         *,
         sets: dict[str, Any],
-        payloads: dict[str, _codec.EncodedPayload],
+        payloads: dict[str, PayloadThunk],
         extra: tuple[str, ...] = (),
         error: str | None = None,
         claim: tuple[int, str] | None = None,
     ) -> AgentTransition:
-        """Apply one row of AGENT_RULES to the agent item and its session, in one transaction."""
-        rule = AGENT_RULES[kind]
-        now = self._clock()
-        fingerprint = self._fingerprint(kind, sid, agent, *payloads.values(), *extra)
-        warnings = tuple(line for payload in payloads.values() for line in payload.warnings)
-        for name, payload in payloads.items():
-            sets[name] = payload.value
-            sets[name.replace("_data", "_bytes")] = payload.json_bytes
-        if warnings:  # the record says what is stored in marked lossy form (bounded: an item is 400 KB)
-            sets["payload_warnings"] = [line[:300] for line in warnings[:_STORED_WARNINGS]]
-        retention = self._layer.config.retention_days
-        effect = agent_session_effect(rule, agent, self._policy)
-        key = {"execution_id": sid, "agent_name": agent_sort_key(agent)}
-        while True:
-            live_for = self._silence(kind, agent, effect)
-            stalled_at = now + timedelta(seconds=live_for)
-            refresh = self._liveness.due(sid, now, stalled_at)
-            agent_expr = agent_item_update(
-                rule, agent, now=now, sets=sets, fingerprint=fingerprint.stored, retention_days=retention
-            )
-            session_expr = agent_session_update(
-                rule,
-                sid,
-                agent,
-                effect,
-                now=now,
-                policy=self._policy,
-                retention_days=retention,
-                refresh_liveness=refresh,
-                error_message=error,
-                claim=claim,
-                live_for=live_for,
-            )
-            actions = [
-                agent_expr.action(self._table, key),
-                session_expr.action(self._sessions, {"session_id": sid}),
-            ]
-            if effect.moved_past is not None:
-                actions.append(self._still_failed(sid, effect.moved_past))
-            try:
-                self._layer.transact_write(actions, token=str(uuid.uuid4()))
-            except TransactionCancelled as exc:
-                retry_as = self._next_variant(rule.kind, agent, effect, exc)
-                if retry_as is None:
-                    return self._classify(kind, sid=sid, agent=agent, fingerprint=fingerprint, exc=exc)
-                effect = retry_as
-                continue
-            break
-        if kind != "interrupt" and (refresh or effect.status is not SessionStatus.ACTIVE):
-            self._liveness.mark(sid, now, stalled_at)
-        if kind == "complete" and "output_data" in payloads:  # final: later inputs may refer to it
-            self._known.remember(sid, agent, payloads["output_data"].digest)
-        if self._layer.usage.on:
-            self._emit_usage(kind, sid, agent, effect, now)
-        log.info(
-            f"agent.{kind}",
-            session_id=sid,
-            agent_name=agent,
-            progress=effect.progress,
-            session_status=effect.status.value,
-            moved_past=effect.moved_past,
+        """Apply one row of AGENT_RULES to the agent item and its session (`AgentStep`, by the writer)."""
+        step = AgentStep(
+            self, kind, sid, agent, sets=sets, payloads=payloads, extra=extra, error=error, claim=claim
         )
-        return AgentTransition(
-            execution_id=sid,
-            agent_name=agent,
-            status=rule.agent_to,
-            session_status=effect.status,
-            progress=effect.progress,
-            at=now,
-            tolerated=kind == "fail" and not self._policy.is_critical(agent),
-            warnings=warnings,
-        )
-
-    def _silence(self, kind: AgentKind, agent: str, effect: SessionEffect) -> float:
-        """The window the run declares after this transition (`policy.declared_silence`)."""
-        step = AGENT_STEP[agent]
-        current = AGENTS[step] if kind == "complete" and not effect.finished else agent
-        return declared_silence(self._policy, effect.status, current, ended=effect.finished)
-
-    def _emit_usage(
-        self, kind: AgentKind, sid: str, agent: str, effect: SessionEffect, now: datetime
-    ) -> None:
-        """The usage events of an applied (never a duplicate) agent transition."""
-        usage = self._layer.usage
-        if kind in ("start", "retry"):
-            usage.attempt_began(sid, agent, now)
-            event: UsageKind = "agent_started" if kind == "start" else "agent_retried"
-            usage.emit(UsageEvent(event, now, session_id=sid, agent=agent))
-        elif kind == "complete":
-            seconds = usage.attempt_seconds(sid, agent, now)
-            usage.emit(UsageEvent("agent_completed", now, session_id=sid, agent=agent, seconds=seconds))
-        else:  # fail, interrupt: a failed attempt
-            usage.attempt_seconds(sid, agent, now)
-            usage.emit(UsageEvent("agent_failed", now, session_id=sid, agent=agent))
-        if effect.moved_past is not None:
-            usage.emit(UsageEvent("agent_tolerated", now, session_id=sid, agent=effect.moved_past))
-        if kind != "interrupt" and effect.status is not SessionStatus.ACTIVE:
-            # The run ended (or FAILED): its type, start and resumes come from the session, read once.
-            try:
-                item = self._layer.get(self._sessions, {"session_id": sid})
-            except StateError as exc:  # counted anyway, by type "UNKNOWN": totals stay exact
-                log.warning("usage.session_unreadable", session_id=sid, error=str(exc))
-                item = {"pipeline_type": "UNKNOWN"}
-            emit_run_end(usage, effect.status, sid, now, item)
-
-    def _still_failed(self, sid: str, agent: str) -> TransactAction:
-        """ConditionCheck: the agent being moved past is FAILED (not running, not completed)."""
-        return TransactAction(
-            "ConditionCheck",
-            self._table,
-            key={"execution_id": sid, "agent_name": agent_sort_key(agent)},
-            condition="#s = :failed",
-            names={"#s": "status"},
-            values={":failed": AgentStatus.FAILED.value},
-        )
-
-    def _next_variant(
-        self, kind: AgentKind, agent: str, effect: SessionEffect, exc: TransactionCancelled
-    ) -> SessionEffect | None:
-        """The variant to try after a refusal, when the refusal shows which one holds: the move-on (the
-        agent before this one failed and the pipeline moved past it), or the over-budget end of the run."""
-        rule = AGENT_RULES[kind]
-        step = AGENT_STEP[agent]
-        failed = "ConditionalCheckFailed"
-        agent_reason, session_reason = exc.reasons[0], exc.reasons[1]
-        check_failed = len(exc.reasons) > 2 and exc.reasons[2].code == failed
-        old = session_reason.old_item
-        if agent_reason.code == failed or check_failed or old is None:
-            return None
-        if old.get("status") != SessionStatus.ACTIVE.value:
-            return None
-        progress = session_reader(old).whole("progress", -1)
-        if rule.progress == "next" and effect.moved_past is None and step >= 2 and progress == step - 2:
-            previous = AGENTS[step - 2]
-            if old.get("current_agent") == previous and not self._policy.is_critical(previous):
-                return agent_session_effect(rule, agent, self._policy, moved_past=previous)
-        if effect.finished and effect.status is SessionStatus.COMPLETED:
-            failures = len(old.get("failed_agents") or ()) + (1 if effect.moved_past else 0)
-            expected = step - (2 if effect.moved_past else 1)
-            if progress == expected and failures > self._policy.tolerated_failures:
-                return agent_session_effect(
-                    rule, agent, self._policy, moved_past=effect.moved_past, over_budget=True
-                )
-        return None
-
-    def _classify(
-        self,
-        kind: AgentKind,
-        /,
-        *,
-        sid: str,
-        agent: str,
-        fingerprint: Fingerprint,
-        exc: TransactionCancelled,
-    ) -> AgentTransition:
-        """Turn a refused transition into a duplicate success or the error that explains it."""
-        rule = AGENT_RULES[kind]
-        step = AGENT_STEP[agent]
-        exec_reason, session_reason = exc.reasons[0], exc.reasons[1]
-        failed = "ConditionalCheckFailed"
-        old_exec: Item | None = exec_reason.old_item if exec_reason.code == failed else None
-        old_session: Item | None = session_reason.old_item if session_reason.code == failed else None
-        if old_exec is not None and self._same_fingerprint(
-            old_exec.get("fingerprint"), fingerprint, sid, agent
-        ):
-            log.info(f"agent.{kind}.duplicate", session_id=sid, agent_name=agent)
-            write = current_write()
-            if write is not None:  # the earlier call's item stands; nothing refers to this call's objects
-                write.mark_unused()
-            return AgentTransition(
-                execution_id=sid,
-                agent_name=agent,
-                status=execution_reader(old_exec).enum(AgentStatus, "status"),
-                session_status=session_reader(old_session).enum(SessionStatus, "status")
-                if old_session
-                else SessionStatus.ACTIVE,
-                progress=session_reader(old_session).whole("progress") if old_session else step - 1,
-                at=self._clock(),
-                duplicate=True,
-            )
-        if len(exc.reasons) > 2 and exc.reasons[2].code == failed:
-            previous = AGENTS[step - 2]
-            state = (exc.reasons[2].old_item or {}).get("status", "not started")
-            raise InvalidTransitionError(
-                f"cannot {kind} {agent} of {sid!r}: the agent before it, {previous}, is {state}; it must "
-                "complete, or fail, before the run moves on",
-                current=exc.reasons[2].old_item,
-            )
-        if session_reason.code == failed and old_session is None:
-            raise SessionNotFoundError(
-                f"no pipeline session {sid!r}: create the session first (save_pipeline_session); an "
-                "execution_id is the session_id of its run (see docs/data-model.md)"
-            )
-        if rule.fenced and old_session is not None and session_reason.code == failed:
-            raise ClaimLostError(
-                f"the claim on {sid!r} (fencing token {dict(old_session).get('fencing_token')}) is no "
-                "longer this worker's; another worker owns the run now"
-            )
-        if old_exec is not None and old_exec.get("status") == rule.agent_to.value and kind != "retry":
-            log.warning(f"agent.{kind}.conflict", session_id=sid, agent_name=agent)
-            raise ConflictError(
-                f"{agent} of session {sid!r} is already {rule.agent_to.value} by another writer; "
-                "re-read the run before acting on it"
-            )
-        agent_refused = exec_reason.code == failed and (
-            old_exec is None or old_exec.get("status") not in {s.value for s in rule.agent_from}
-        )
-        if old_session is not None and not agent_refused:
-            raise self._session_refusal(rule.kind, agent, sid, old_session)
-        if agent_refused:
-            allowed = " or ".join(
-                "not started" if s is AgentStatus.PENDING else s.value for s in rule.agent_from
-            )
-            state = old_exec["status"] if old_exec else "not started"
-            raise InvalidTransitionError(
-                f"cannot {kind} {agent} of {sid!r}: it is {state}, and {kind} is legal only when it "
-                f"is {allowed}",
-                current=old_exec,
-            )
-        raise ConflictError(f"{kind} {agent} of {sid!r} was refused: {exc}")  # pragma: no cover
-
-    def _session_refusal(self, kind: AgentKind, agent: str, sid: str, old: Item) -> InvalidTransitionError:
-        rule = AGENT_RULES[kind]
-        step = AGENT_STEP[agent]
-        read = session_reader(old)
-        status, progress = read.text("status"), read.whole("progress")
-        allowed = " or ".join(s.value for s in rule.session_from)
-        if status not in {s.value for s in rule.session_from}:
-            hint = " (send RUNNING again to retry the failed agent)" if status == "FAILED" else ""
-            return InvalidTransitionError(
-                f"cannot {kind} {agent}: session {sid!r} is {status}, not {allowed}{hint}", current=old
-            )
-        if kind == "retry":
-            return InvalidTransitionError(
-                f"cannot retry {agent} (step {step}) of {sid!r}: the run has moved on to "
-                f"{old.get('current_agent')}; a failed agent is retried before the next one starts",
-                current=old,
-            )
-        expected = AGENTS[progress] if progress < len(AGENTS) else "none (all finished)"
-        return InvalidTransitionError(
-            f"cannot {kind} {agent} (step {step}) of {sid!r}: {progress} agent(s) have finished; agents "
-            f"run in order and the next one is {expected}",
-            current=old,
-        )
+        return self._writer.apply(step)
 
     # --- helpers --------------------------------------------------------------------------------------
 
@@ -518,12 +253,11 @@ class ExecutionStore:
             lossy=lossy,
             encoders=self._layer.config.encoders,
         )
-        encoded = _codec.store_json(
+        encoded = self._writer.encode_json(
             raw,
             field="input_data",
             object_key=f"{sid}/{agent}",
             context=execution_context(sid, agent),
-            layer=self._layer,
             warnings=warnings,
             seal=self._seals_input(agent),
         )
@@ -544,12 +278,11 @@ class ExecutionStore:
     def _encode(
         self, value: Any, field: str, sid: str, agent: str, *, lossy: bool = False
     ) -> _codec.EncodedPayload:
-        return _codec.encode(
+        return self._writer.encode(
             value,
             field=field,
             object_key=f"{sid}/{agent}",
             context=execution_context(sid, agent),
-            layer=self._layer,
             lossy=lossy,
         )
 
@@ -593,47 +326,7 @@ class ExecutionStore:
         return False
 
     def _from_item(self, item: Item, *, load_payloads: bool) -> AgentExecution:
-        """The one mapping of an agent item to its model (MalformedItemError if the item is unreadable)."""
-        read = execution_reader(item)
-        sid = read.text("execution_id")
-        agent = read.text("agent")
-        if agent not in AGENT_STEP:
-            raise read.malformed("agent", f"is {agent[:40]!r}, which is not an agent")
-
-        def payload(name: str) -> Any:
-            if not load_payloads:
-                return None
-            context = execution_context(sid, agent)
-            return _codec.decode(item.get(name), field=name, context=context, layer=self._layer)
-
-        return AgentExecution(
-            execution_id=sid,
-            agent_name=agent,
-            step=read.whole("step"),
-            status=read.enum(AgentStatus, "status"),
-            project_id=read.text("project_id", None),
-            start_time=read.moment("start_time", None),
-            end_time=read.moment("end_time", None),
-            input_data=payload("input_data"),
-            output_data=payload("output_data"),
-            error_message=read.text("error_message", None),
-            retry_count=read.whole("retry_count", 0),
-            input_bytes=read.whole("input_bytes", 0),
-            output_bytes=read.whole("output_bytes", 0),
-            last_error=read.text("last_error", None),
-            input_location=_codec.describe(item.get("input_data")),
-            output_location=_codec.describe(item.get("output_data")),
-        )
-
-
-def execution_reader(item: Item) -> ItemReader:
-    """Typed reads of an agent item (its errors name the run and the agent's sort key)."""
-    return ItemReader(item, AGENT_EXECUTIONS.logical_name, ("execution_id", "agent_name"))
-
-
-def execution_context(session_id: str, agent: str) -> _codec.PayloadContext:
-    """Where an agent's payloads live (the associated data of sealed input/output)."""
-    return _codec.PayloadContext(AGENT_EXECUTIONS.logical_name, session_id, agent)
+        return execution_from_item(item, self._layer, load_payloads=load_payloads)
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,12 @@ from datetime import datetime, timedelta
 
 from tdev_state import validate as check
 from tdev_state._expr import Expr
-from tdev_state.dynamo import ConditionFailed, DynamoLayer
+from tdev_state.dynamo import Item
 from tdev_state.exceptions import ClaimLostError, StateError
 from tdev_state.log import get_logger
 from tdev_state.models import RecoveryCandidate, SessionStatus, epoch
-from tdev_state.runs.rules import SESSION_RULES, SessionKind, require_claim, status_effects
+from tdev_state.runs.rules import SessionKind, require_claim, session_expr, status_effects
+from tdev_state.runs.writer import RowWrite, TransitionWriter
 from tdev_state.usage import UsageEvent, UsageKind
 
 log = get_logger(__name__)
@@ -66,9 +67,10 @@ _FINAL = (SessionStatus.COMPLETED.value, SessionStatus.ABANDONED.value)
 class ClaimStore:
     """Claim, extend, release, hand over and abandon runs on `t-developer-{env}-pipeline-sessions`."""
 
-    def __init__(self, layer: DynamoLayer, clock: Callable[[], datetime]) -> None:
-        self._layer = layer
-        self._table = layer.tables.sessions
+    def __init__(self, writer: TransitionWriter, clock: Callable[[], datetime]) -> None:
+        self._writer = writer
+        self._layer = writer.layer
+        self._table = writer.layer.tables.sessions
         self._clock = clock
 
     def claim(self, candidate: RecoveryCandidate, *, worker_id: str, lease: timedelta) -> Claim | None:
@@ -97,13 +99,17 @@ class ClaimStore:
         expr.set_many({"lease_owner": owner, "lease_expires_at": epoch(now + lease)})
         expr.increment("fencing_token").increment("resume_attempts")
         _log(expr, "claimed", now, seen + 1, owner)
-        try:
-            item = self._layer.update(
-                self._table, {"session_id": candidate.session_id}, **expr.kwargs(), return_values="ALL_NEW"
+        item = self._writer.apply(
+            RowWrite(
+                candidate.session_id,
+                expr.action(self._table, {"session_id": candidate.session_id}),
+                refused=lambda _: None,  # someone was faster, or the run moved: not ours to take
+                applied=lambda new: new,
+                returns=True,
             )
-        except ConditionFailed:
+        )
+        if item is None:
             return None
-        assert item is not None
         claim = Claim(
             session_id=candidate.session_id,
             worker_id=owner,
@@ -187,13 +193,21 @@ class ClaimStore:
         expr.increment("resume_count").set_many({"resume_attempts": 0, "last_resumed_at": epoch(moment)})
         expr.remove("last_resume_error")
         _log(expr, "resumed", moment, claim.fencing_token, claim.worker_id, claim.attempt)
-        try:
-            self._layer.update(self._table, {"session_id": claim.session_id}, **expr.kwargs())
-        except ConditionFailed as exc:
-            newer = exc.old_item.get("fencing_token") if exc.old_item else None
+
+        def refused(old: Item | None) -> None:
+            newer = old.get("fencing_token") if old else None
             raise ClaimLostError(
                 f"lost the claim on {claim.session_id} (token {claim.fencing_token}; now {newer})"
-            ) from None
+            )
+
+        self._writer.apply(
+            RowWrite(
+                claim.session_id,
+                expr.action(self._table, {"session_id": claim.session_id}),
+                refused=refused,
+                applied=lambda _: None,
+            )
+        )
         log.info("claim.handed_over_after_end", session_id=claim.session_id, token=claim.fencing_token)
 
     def release(self, claim: Claim) -> None:
@@ -241,11 +255,7 @@ class ClaimStore:
 
     @staticmethod
     def _expr(kind: SessionKind) -> Expr:
-        rule = SESSION_RULES[kind]
-        expr = Expr().require_in("status", [s.value for s in rule.session_from])
-        if rule.versioned:
-            expr.increment("version")
-        return expr
+        return session_expr(kind)
 
     def _fenced(self, claim: Claim, expr: Expr) -> None:
         """Apply a claim's write, fenced by its token. Exactly once: the write carries a request id, so when
@@ -257,23 +267,30 @@ class ClaimStore:
         # A retry of an applied write must not apply again (next_attempt would count twice): refused here.
         expr.require(f"attribute_not_exists({alias}) OR {alias} <> {expr.v(request)}")
         expr.set("claim_request", request)
-        try:
-            self._layer.update(self._table, {"session_id": claim.session_id}, **expr.kwargs())
-        except ConditionFailed as exc:
-            if exc.old_item is not None and exc.old_item.get("claim_request") == request:
+
+        def refused(old: Item | None) -> None:
+            if old is not None and old.get("claim_request") == request:
                 log.info("claim.retry_applied", session_id=claim.session_id, token=claim.fencing_token)
                 return
-            old = exc.old_item
             newer = old.get("fencing_token") if old else None
             # Only a final status or this claim's own hand-over removes the lease without a new token.
             if old is not None and newer == claim.fencing_token and old.get("lease_owner") is None:
                 raise _RunEnded(
                     f"{claim.session_id} is {old.get('status')}, unleased, at this claim's token {newer}",
                     status=str(old.get("status")),
-                ) from None
+                )
             raise ClaimLostError(
                 f"lost the claim on {claim.session_id} (token {claim.fencing_token}; now {newer})"
-            ) from None
+            )
+
+        self._writer.apply(
+            RowWrite(
+                claim.session_id,
+                expr.action(self._table, {"session_id": claim.session_id}),
+                refused=refused,
+                applied=lambda _: None,
+            )
+        )
 
 
 #: Characters of an error or reason kept in a history entry (the full last error stays in its own field).

@@ -245,6 +245,18 @@ def status_effects(
             expr.set_default("expires_at", expiry)
 
 
+def session_expr(kind: SessionKind) -> Expr:
+    """The expression a session row starts from: the statuses it leaves, and the version bump when the row
+    is versioned. The writer's store adds the row's own sets and conditions to it."""
+    rule = SESSION_RULES[kind]
+    expr = Expr()
+    if rule.session_from:
+        expr.require_in("status", [s.value for s in rule.session_from])
+    if rule.versioned:
+        expr.increment("version")
+    return expr
+
+
 def require_claim(expr: Expr, fencing_token: int, worker_id: str) -> None:
     """Condition a write on the claim still being this worker's (the fencing token has not moved on)."""
     expr.require_equal("fencing_token", fencing_token)
@@ -261,6 +273,13 @@ def require_within_budget(expr: Expr, policy: RunPolicy, *, adding: int) -> None
     expr.require(
         f"attribute_not_exists({alias}) OR size({alias}) <= {expr.v(policy.tolerated_failures - adding)}"
     )
+
+
+def may_move_past(policy: RunPolicy, agent: str) -> bool:
+    """May the run go on past a failure of `agent` (the failure then *tolerated*), or does that failure stop
+    it (a critical agent: the session becomes FAILED)? The one place that turns the run policy's critical
+    agents into what a failure does."""
+    return not policy.is_critical(agent)
 
 
 @dataclass(frozen=True)
@@ -293,7 +312,7 @@ def agent_session_effect(
     if rule.kind == "complete":
         end = SessionStatus.FAILED if over_budget else SessionStatus.COMPLETED
         return SessionEffect(end if last else SessionStatus.ACTIVE, step, moved_past, finished=last)
-    if rule.kind == "fail" and policy.is_critical(agent):
+    if rule.kind == "fail" and not may_move_past(policy, agent):
         return SessionEffect(SessionStatus.FAILED, step - 1, moved_past)
     return SessionEffect(SessionStatus.ACTIVE, step - 1, moved_past)
 

@@ -8,36 +8,38 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar, cast
 
-from tdev_state import _codec
 from tdev_state import validate as check
 from tdev_state._expr import Expr
-from tdev_state.dynamo import ConditionFailed, DynamoLayer, Item, TransactAction, TransactionCancelled
+from tdev_state.dynamo import ConditionFailed, Item, TransactAction, TransactionCancelled
 from tdev_state.exceptions import (
     ConflictError,
     InvalidTransitionError,
     MalformedItemError,
     SessionExistsError,
     SessionNotFoundError,
-    StateError,
     ValidationError,
 )
 from tdev_state.log import get_logger
 from tdev_state.models import (
-    AGENT_STEP,
     AGENTS,
     AgentStatus,
     Page,
     PipelineType,
     RecoveryCandidate,
-    RecoveryEvent,
     RecoveryHistory,
     Session,
     SessionStatus,
     epoch,
-    epoch_float,
 )
-from tdev_state.runs.items import ItemReader, readable
-from tdev_state.runs.policy import LivenessStamps, RecoveryPolicy, declared_silence
+from tdev_state.runs.items import readable
+from tdev_state.runs.policy import RecoveryPolicy, declared_silence
+from tdev_state.runs.records import (
+    candidate_from_item,
+    history_from_item,
+    session_context,
+    session_from_item,
+    session_reader,
+)
 from tdev_state.runs.rules import (
     SESSION_RULES,
     SESSION_TRANSITIONS,
@@ -48,198 +50,27 @@ from tdev_state.runs.rules import (
     run_expiry,
     status_effects,
 )
-from tdev_state.schema import PIPELINE_SESSIONS, RECOVERY_INDEX_SHARDS
-from tdev_state.usage import UsageEmitter, UsageEvent, UsageKind
+from tdev_state.runs.writer import TransitionWriter, run_end_events
+from tdev_state.schema import RECOVERY_INDEX_SHARDS
+from tdev_state.usage import UsageEvent
 
 log = get_logger(__name__)
 
 _UNSET: Any = object()
 
 
-_RUN_END: dict[SessionStatus, UsageKind] = {
-    SessionStatus.COMPLETED: "run_completed",
-    SessionStatus.FAILED: "run_failed",
-    SessionStatus.ABANDONED: "run_abandoned",
-}
-
-
-def emit_run_end(
-    usage: UsageEmitter, status: SessionStatus, sid: str, moment: datetime, item: Item | None
-) -> None:
-    """The usage event of a run reaching `status` (nothing for ACTIVE), from the session item as stored."""
-    kind = _RUN_END.get(status)
-    if kind is None or item is None:
-        return
-    read = session_reader(item)
-    try:
-        created: datetime | None = read.moment("created_at", None)
-        resumed = read.whole("resume_count", 0) > 0
-    except MalformedItemError:  # counted all the same (the transition happened), without the details
-        created, resumed = None, False
-    usage.emit(
-        UsageEvent(
-            kind,
-            moment,
-            session_id=sid,
-            pipeline_type=str(item.get("pipeline_type", "SIMPLE")),
-            seconds=max(0.0, epoch_float(moment) - epoch_float(created))
-            if kind == "run_completed" and created is not None
-            else None,
-            recovered=kind == "run_completed" and resumed,
-        )
-    )
-
-
-def run_items(layer: DynamoLayer, session_id: str) -> list[Item]:
-    """Every stored item of a run — its agents and its session, consistent — for reference checks."""
-    items = list(
-        layer.query_all(
-            layer.tables.executions, key_condition="execution_id = :id", values={":id": session_id},
-            consistent=True,
-        )
-    )  # fmt: skip
-    session = layer.get(layer.tables.sessions, {"session_id": session_id})
-    return items + ([session] if session is not None else [])
-
-
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
 def payload_scoped(method: _Method) -> _Method:
-    """Run a store method (its first argument the session id) in a payload scope: objects it stored are
-    taken back if it is refused (DynamoLayer.payload_scope; the run's items are the reference check)."""
+    """Run a store method (its first argument the session id) in the writer's payload scope."""
 
     @functools.wraps(method)
     def scoped(self: Any, session_id: str, *args: Any, **kwargs: Any) -> Any:
-        with self._layer.payload_scope(lambda: run_items(self._layer, session_id)):
+        with self._writer.scope(session_id):
             return method(self, session_id, *args, **kwargs)
 
     return cast(_Method, scoped)
-
-
-def session_reader(item: Item) -> ItemReader:
-    """Typed reads of a session item (its errors name the session)."""
-    return ItemReader(item, PIPELINE_SESSIONS.logical_name, ("session_id",))
-
-
-def candidate_from_item(item: Item) -> RecoveryCandidate:
-    """The one mapping of a session item to a RecoveryCandidate; MalformedItemError if it is unreadable."""
-    read = session_reader(item)
-    return RecoveryCandidate(
-        session_id=read.text("session_id"),
-        status=read.enum(SessionStatus, "status"),
-        last_updated=read.moment("last_updated"),
-        progress=read.whole("progress"),
-        current_agent=read.text("current_agent", None),
-        version=read.whole("version"),
-        lease_expires_at=read.moment("lease_expires_at", None),
-        fencing_token=read.whole("fencing_token", 0),
-        lease_owner=read.text("lease_owner", None),
-        resume_attempts=read.whole("resume_attempts", 0),
-        resume_count=read.whole("resume_count", 0),
-        project_name=read.text("project_name", None),
-        pipeline_type=read.enum(PipelineType, "pipeline_type", PipelineType.SIMPLE).value,
-        failed_agents=_agents(read, "failed_agents"),
-        expires_at=read.moment("expires_at", None),
-        live_for=read.number("live_for"),
-        beats=read.whole("beats", 0),
-        last_resumed_at=read.moment("last_resumed_at", None),
-    )
-
-
-def history_from_item(item: Item) -> RecoveryHistory:
-    """The one mapping of a session item to its RecoveryHistory (MalformedItemError if unreadable)."""
-    read = session_reader(item)
-    events = []
-    for entry in read.entries("recovery_log"):
-        step = ItemReader(entry, f"{PIPELINE_SESSIONS.logical_name} recovery_log", ())
-        step.key = dict(read.key)
-        events.append(
-            RecoveryEvent(
-                kind=step.text("k"),
-                at=step.moment("at"),
-                fencing_token=step.whole("t", 0),
-                worker_id=step.text("w", ""),
-                attempt=step.whole("n", None),
-                detail=step.text("d", None),
-            )
-        )
-    return RecoveryHistory(
-        session_id=read.text("session_id"),
-        status=read.enum(SessionStatus, "status"),
-        fencing_token=read.whole("fencing_token", 0),
-        resume_count=read.whole("resume_count", 0),
-        resume_attempts=read.whole("resume_attempts", 0),
-        lease_owner=read.text("lease_owner", None),
-        lease_expires_at=read.moment("lease_expires_at", None),
-        last_resumed_at=read.moment("last_resumed_at", None),
-        last_resume_error=read.text("last_resume_error", None),
-        abandon_reason=read.text("abandon_reason", None),
-        events=tuple(events),
-    )
-
-
-def _agents(read: ItemReader, name: str) -> tuple[str, ...]:
-    """A set of agent names, in pipeline order; an unknown name makes the item malformed."""
-    names = read.texts(name)
-    unknown = [a for a in names if a not in AGENT_STEP]
-    if unknown:
-        raise read.malformed(name, f"names {unknown[0][:40]!r}, which is not an agent")
-    return tuple(sorted(names, key=AGENT_STEP.__getitem__))
-
-
-def session_context(session_id: str) -> _codec.PayloadContext:
-    """Where a session's metadata lives (the associated data of sealed metadata)."""
-    return _codec.PayloadContext(PIPELINE_SESSIONS.logical_name, session_id)
-
-
-def session_from_item(
-    item: Item, layer: DynamoLayer, *, strict: bool = True, metadata: Any = _UNSET, load_metadata: bool = True
-) -> Session:
-    """Build a Session from its stored item, decoding metadata (or taking the value already known).
-
-    `strict=False` (listings, and the session an update returns): a metadata payload that cannot be read
-    (its S3 object expired or vanished, a key the caller may not use) leaves `metadata` None and says why in
-    `metadata_error`, instead of failing the whole page. `get()` is strict: the typed error is raised.
-    MalformedItemError (whatever `strict` says) when the item itself is unreadable.
-    """
-    read = session_reader(item)
-    sid = read.text("session_id")
-    error: str | None = None
-    stored = item.get("metadata")
-    if metadata is _UNSET and not load_metadata and not isinstance(stored, str | None):
-        # Offloaded or sealed: reading it costs an S3 GET or a KMS call per session; a listing that does
-        # not show metadata skips it (get() reads it).
-        metadata, error = None, "not loaded: listed with load_metadata=False; get() the session to read it"
-    if metadata is _UNSET:
-        try:
-            metadata = _codec.decode(
-                item.get("metadata"),
-                field="metadata",
-                context=session_context(sid),
-                layer=layer,
-            )
-        except StateError as exc:
-            if strict:
-                raise
-            metadata, error = None, f"{type(exc).__name__}: {exc}"
-    return Session(
-        session_id=read.text("session_id"),
-        user_id=read.text("user_id", None),
-        project_name=read.text("project_name", None),
-        pipeline_type=read.enum(PipelineType, "pipeline_type", PipelineType.SIMPLE),
-        status=read.enum(SessionStatus, "status"),
-        current_agent=read.text("current_agent", None),
-        progress=read.whole("progress"),
-        created_at=read.moment("created_at"),
-        last_updated=read.moment("last_updated"),
-        version=read.whole("version"),
-        metadata=metadata,
-        error_message=read.text("error_message", None),
-        resume_count=read.whole("resume_count", 0),
-        failed_agents=_agents(read, "failed_agents"),
-        metadata_error=error,
-    )
 
 
 class SessionStore:
@@ -249,11 +80,12 @@ class SessionStore:
     (optimistic locking); agent transitions (in ExecutionStore) are conditioned on the state they change.
     """
 
-    def __init__(self, layer: DynamoLayer, clock: Callable[[], datetime], liveness: LivenessStamps) -> None:
-        self._layer = layer
-        self._table = layer.tables.sessions
+    def __init__(self, writer: TransitionWriter, clock: Callable[[], datetime]) -> None:
+        self._writer = writer
+        self._layer = writer.layer
+        self._table = writer.layer.tables.sessions
         self._clock = clock
-        self._liveness = liveness
+        self._liveness = writer.liveness
 
     def create(
         self,
@@ -285,14 +117,14 @@ class SessionStore:
             else None
         )
         kind = check.enum(PipelineType, "pipeline_type", pipeline_type)
-        with self._layer.payload_scope(lambda: run_items(self._layer, sid)):
+        with self._writer.scope(sid):
             return self._create(sid, user, name, kind, metadata, token)
 
     def _create(  # noqa: PLR0917 - private; the validated arguments of create
         self, sid: str, user: str | None, name: str | None, kind: PipelineType, metadata: Any, token: str
     ) -> Session:
-        encoded = _codec.encode(
-            metadata, field="metadata", object_key=sid, context=session_context(sid), layer=self._layer
+        encoded = self._writer.encode(
+            metadata, field="metadata", object_key=sid, context=session_context(sid)
         )
         moment = self._clock()
         now = epoch(moment)
@@ -454,9 +286,7 @@ class SessionStore:
         )
         sent_agent = check.agent(current_agent) if current_agent is not None else None
         encoded = (
-            _codec.encode(
-                metadata, field="metadata", object_key=sid, context=session_context(sid), layer=self._layer
-            )
+            self._writer.encode(metadata, field="metadata", object_key=sid, context=session_context(sid))
             if metadata is not _UNSET
             else None
         )
@@ -603,7 +433,8 @@ class SessionStore:
         if usage.on and target is not None:
             if moved_past is not None:
                 usage.emit(UsageEvent("agent_tolerated", moment, session_id=sid, agent=moved_past))
-            emit_run_end(usage, target, sid, moment, item)
+            for event in run_end_events(target, sid, moment, item):
+                usage.emit(event)
         # The write is applied: returning it must not fail on a payload it did not touch.
         known = metadata if metadata is not _UNSET else _UNSET
         return session_from_item(item, self._layer, strict=False, metadata=known)
@@ -776,13 +607,8 @@ class SessionStore:
             floors[status] = idle
             condition, values = "recovery_shard = :shard", {}
             if not live:
-                # The stored key lies at or before last_updated + the declared window, and no window is
-                # longer than the policy's longest: every eligible run sorts before this cutoff.
-                cutoff = moment - max(idle, rule.stall_threshold or timedelta(0)) + rule.longest_window
-                if rule.stall_threshold is None:
-                    cutoff = min(cutoff, moment)
                 condition += " AND stalled_at < :cutoff"
-                values[":cutoff"] = epoch(cutoff)
+                values[":cutoff"] = epoch(rule.index_cutoff(moment, idle))
             for shard in range(RECOVERY_INDEX_SHARDS):
                 page = self._layer.query(
                     self._table,
@@ -798,9 +624,7 @@ class SessionStore:
         found = [
             run
             for run in readable(items, candidate_from_item, on_malformed=on_malformed)
-            if run.status in floors
-            and moment - run.last_updated >= floors[run.status]
-            and (live or moment >= rule.stalled_at(run))
+            if run.status in floors and rule.listed(run, now=moment, idle=floors[run.status], live=live)
         ]
         found.sort(key=lambda c: c.last_updated)
         return found[:size]
