@@ -379,3 +379,16 @@ def test_cli_refuses_bad_settings_in_one_line(capsys: pytest.CaptureFixture[str]
         assert err == [f"error: 127.0.0.1:{port} is in use: pick another --port (0 picks a free one)"]
     finally:
         taken.close()
+
+
+def test_actions_are_judged_by_the_consoles_threshold_the_same_rule_the_worker_applies(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """One rule: a FAILED run past the console's stall threshold is abandoned, not refused by a second one."""
+    sid = make_failed_run(client)
+    clock.advance(minutes=6)  # past the 5-minute threshold; inside generation's own declared window
+    web = browser(client, clock, allow_actions=True, token=TOKEN, stall_threshold=timedelta(minutes=5))
+    csrf = _sign_in_only(web, sid)
+    done = web.post(f"/backlog/{sid}/abandon", data={"reason": "x", "csrf": csrf})
+    assert done.status_code == 303, done.text
+    assert client.sessions.get(sid).status is SessionStatus.ABANDONED

@@ -290,8 +290,9 @@ class BacklogRow:
 
 
 def backlog(client: StateClient, *, now: datetime, policy: RecoveryPolicy, limit: int) -> list[BacklogRow]:
-    """Every FAILED run and every stalled one, oldest first, from the sparse recovery index and one
-    BatchGetItem per kind (no age floor for FAILED runs: an operator sees them before the worker's retry delay)."""
+    """Every FAILED run and every stalled one (the recovery policy's rule), oldest first, from the sparse
+    recovery index and one BatchGetItem per kind (no age floor for FAILED runs: an operator sees them before
+    the worker's retry delay)."""
     failed = client.sessions.recovery_candidates(
         failed_idle=timedelta(0), stalled_idle=None, limit=limit, now=now, live=True
     )

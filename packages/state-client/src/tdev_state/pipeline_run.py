@@ -66,6 +66,7 @@ from tdev_state.models import (
 )
 from tdev_state.resume import ResumeRequest
 from tdev_state.runs.agents import ExecutionStore
+from tdev_state.runs.rules import may_move_past
 
 log = get_logger(__name__)
 
@@ -485,7 +486,7 @@ class PipelineRun:
         ]
 
     def _tolerated(self, agent: str) -> bool:
-        return not self.policy.is_critical(agent)
+        return may_move_past(self.policy, agent)  # the lifecycle's own rule
 
     def _measure(self, metric: str, agent: str, value: float, *, error: bool) -> None:
         if self.metrics is None:

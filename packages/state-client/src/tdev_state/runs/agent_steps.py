@@ -24,15 +24,14 @@ from tdev_state.exceptions import (
 )
 from tdev_state.log import get_logger
 from tdev_state.models import AGENT_STEP, AGENTS, AgentStatus, AgentTransition, SessionStatus
+from tdev_state.runs.expressions import agent_item_update, agent_session_update
 from tdev_state.runs.policy import declared_silence
 from tdev_state.runs.records import execution_reader, session_reader
 from tdev_state.runs.rules import (
     AGENT_RULES,
     AgentKind,
     SessionEffect,
-    agent_item_update,
     agent_session_effect,
-    agent_session_update,
     agent_sort_key,
     may_move_past,
 )

@@ -30,7 +30,8 @@ from tdev_state.models import (
 from tdev_state.runs.items import ItemReader
 from tdev_state.schema import AGENT_EXECUTIONS, PIPELINE_SESSIONS, USER_PROJECTS
 
-_UNSET: Any = object()
+#: "Not given" (a metadata value of None is a value).
+UNSET: Any = object()
 
 
 # --- sessions ------------------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ def session_context(session_id: str) -> _codec.PayloadContext:
 
 
 def session_from_item(
-    item: Item, layer: DynamoLayer, *, strict: bool = True, metadata: Any = _UNSET, load_metadata: bool = True
+    item: Item, layer: DynamoLayer, *, strict: bool = True, metadata: Any = UNSET, load_metadata: bool = True
 ) -> Session:
     """Build a Session from its stored item, decoding metadata (or taking the value already known).
 
@@ -126,11 +127,11 @@ def session_from_item(
     sid = read.text("session_id")
     error: str | None = None
     stored = item.get("metadata")
-    if metadata is _UNSET and not load_metadata and not isinstance(stored, str | None):
+    if metadata is UNSET and not load_metadata and not isinstance(stored, str | None):
         # Offloaded or sealed: reading it costs an S3 GET or a KMS call per session; a listing that does
         # not show metadata skips it (get() reads it).
         metadata, error = None, "not loaded: listed with load_metadata=False; get() the session to read it"
-    if metadata is _UNSET:
+    if metadata is UNSET:
         try:
             metadata = _codec.decode(
                 item.get("metadata"),

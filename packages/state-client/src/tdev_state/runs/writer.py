@@ -69,6 +69,14 @@ class Again:
 AGAIN = Again()
 
 
+class Landed:
+    """What `Transition.refused` returns when the refusal shows this very call's write landed already (a
+    retry after a timeout whose first attempt was applied): go on as if it had just been applied."""
+
+
+LANDED = Landed()
+
+
 @dataclass(frozen=True)
 class Duplicate(Generic[R]):
     """An earlier identical call applied this transition already: `value` is its result, and nothing this
@@ -94,7 +102,7 @@ class Transition(ABC, Generic[R]):
         """The current variant, rendered."""
 
     @abstractmethod
-    def refused(self, reasons: list[CancellationReason]) -> R | Again | Duplicate[R]:
+    def refused(self, reasons: list[CancellationReason]) -> R | Again | Landed | Duplicate[R]:
         """Classify a refusal (one reason per action) from the rule; raise the typed error explaining it."""
 
     @abstractmethod
@@ -120,7 +128,7 @@ class RowWrite(Transition[R]):
         session_id: str,
         action: TransactAction,
         *,
-        refused: Callable[[Item | None], R | Again | Duplicate[R]],
+        refused: Callable[[Item | None], R | Again | Landed | Duplicate[R]],
         applied: Callable[[Item | None], R],
         returns: bool = False,
         stamp: tuple[datetime, datetime] | None = None,
@@ -138,7 +146,7 @@ class RowWrite(Transition[R]):
     def write(self) -> Write:
         return Write([self._action], returns=self._returns)
 
-    def refused(self, reasons: list[CancellationReason]) -> R | Again | Duplicate[R]:
+    def refused(self, reasons: list[CancellationReason]) -> R | Again | Landed | Duplicate[R]:
         return self._refused(reasons[0].old_item)
 
     def applied(self, item: Item | None) -> R:
@@ -176,6 +184,9 @@ class TransitionWriter:
                 outcome = transition.refused(reasons)
                 if isinstance(outcome, Again):
                     continue
+                if isinstance(outcome, Landed):
+                    item = None
+                    break
                 if isinstance(outcome, Duplicate):
                     unused = current_write()
                     if unused is not None:  # the earlier call's item stands; nothing refers to these objects
