@@ -46,8 +46,9 @@ log = get_logger(__name__)
 class SessionStore(RecoveryReads):
     """Sessions in `t-developer-{env}-pipeline-sessions`.
 
-    Every write bumps `version`. Updates from callers are conditioned on the version they read
-    (optimistic locking); agent transitions (in ExecutionStore) are conditioned on the state they change.
+    Every versioned row bumps `version` (heartbeats and lease writes do not: they change nothing anyone reads
+    to write). Updates from callers may be conditioned on the version they read (optimistic locking); agent
+    transitions (in ExecutionStore) are conditioned on the state they change.
     """
 
     def __init__(self, writer: TransitionWriter, clock: Callable[[], datetime]) -> None:
