@@ -32,6 +32,7 @@ from tdev_state.runs.policy import declared_silence
 from tdev_state.runs.records import UNSET, session_context, session_from_item
 from tdev_state.runs.recovery import RecoveryReads
 from tdev_state.runs.rules import (
+    SESSION_RULES,
     predecessors,
     recovery_shard,
     run_expiry,
@@ -100,12 +101,14 @@ class SessionStore(RecoveryReads):
         moment = self._clock()
         now = epoch(moment)
         policy = self._layer.config.run_policy
-        live_for = declared_silence(policy, SessionStatus.ACTIVE, AGENTS[0], ended=False)
+        status = SESSION_RULES["create"].session_to  # the row: a new run is ACTIVE at progress 0
+        assert status is not None
+        live_for = declared_silence(policy, status, AGENTS[0], ended=False)
         stalled_at = moment + timedelta(seconds=live_for)
         item: dict[str, Any] = {
             "session_id": sid,
             "pipeline_type": kind.value,
-            "status": SessionStatus.ACTIVE.value,
+            "status": status.value,
             "current_agent": AGENTS[0],
             "progress": 0,
             "created_at": now,
@@ -114,7 +117,7 @@ class SessionStore(RecoveryReads):
             "version": 1,
             "resume_count": 0,
             "metadata": encoded.value,
-            "recovery_shard": recovery_shard(sid, SessionStatus.ACTIVE),
+            "recovery_shard": recovery_shard(sid, status),
             "live_for": live_for,
             "stalled_at": epoch(stalled_at),
             "last_request": token,
