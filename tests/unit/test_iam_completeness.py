@@ -9,8 +9,8 @@ the component that applies it.
 from __future__ import annotations
 
 from tdev_recovery.access import RECOVERY_WORKER
-from tdev_state._lifecycle import AGENT_RULES, SESSION_RULES, transition_actions
 from tdev_state.access import PIPELINE_CLIENT
+from tdev_state.runs.rules import AGENT_RULES, SESSION_RULES, transition_actions
 
 GRANTED = {"pipeline": PIPELINE_CLIENT.pairs(), "worker": RECOVERY_WORKER.pairs()}
 

@@ -51,5 +51,5 @@ def test_a_host_logging_at_info_receives_the_events_through_logging() -> None:
     done = _host("INFO")
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
-    assert "INFO:tdev_state._executions:agent.complete" in done.stderr
+    assert "INFO:tdev_state.runs.agent_steps:agent.complete" in done.stderr
     assert "session.created" in done.stderr

@@ -10,7 +10,7 @@ import pytest
 from tdev_recovery.exceptions import NotRecoverableError
 from tdev_recovery.plan import abandon_pipeline
 from tdev_state import AGENTS, SessionNotFoundError, SessionStatus, StateClient, ValidationError
-from tdev_state._claims import HISTORY_DETAIL_CHARS
+from tdev_state.runs.claims import HISTORY_DETAIL_CHARS
 from tdev_state.testing import FakeClock, generated_project
 
 from ..console_runs import make_failed_run

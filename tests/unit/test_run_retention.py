@@ -8,8 +8,8 @@ import pytest
 
 from tdev_recovery import RecoveryWorker, RetryPolicy, WorkerConfig
 from tdev_state import AGENTS, SessionStatus, StateClient
-from tdev_state._lifecycle import agent_sort_key
 from tdev_state.models import epoch
+from tdev_state.runs.rules import agent_sort_key
 from tdev_state.testing import FakeClock, make_client
 
 pytestmark = pytest.mark.unit

@@ -327,7 +327,7 @@ class RecoveryWorker:
 
     def _detection_lag(self, candidate: RecoveryCandidate, now: datetime) -> float:
         """Seconds between the moment the run became eligible (by its writer's clock) and its claim."""
-        due = max(self.policy.stalled_at(candidate), candidate.last_updated + self._idle_floor(candidate))
+        due = self.policy.due_at(candidate, idle_floor=self._idle_floor(candidate))
         return max(0.0, (now - due).total_seconds())
 
     # --- resuming -------------------------------------------------------------------------------------

@@ -10,8 +10,6 @@ The other packages build on `tdev_state.storage.DynamoDoor` (DynamoDB only) or t
 
 import logging
 
-from tdev_state._claims import Claim
-from tdev_state._liveness import LivenessObserver, RecoveryPolicy, Verdict
 from tdev_state.adoption.resume_route import accept_resume, resume_app
 from tdev_state.agents import PIPELINE, Agent
 from tdev_state.client import AsyncStateClient, StateClient
@@ -73,6 +71,8 @@ from tdev_state.plan import (
     save_user_project,
     update_agent_execution,
 )
+from tdev_state.runs.claims import Claim
+from tdev_state.runs.policy import LivenessObserver, RecoveryPolicy, Verdict
 
 # A library is quiet unless the host configures logging (Python logging HOWTO, "Configuring Logging for a
 # Library"): without this, Python would print our warnings to stderr through its last-resort handler.

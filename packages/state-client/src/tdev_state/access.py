@@ -82,7 +82,7 @@ PIPELINE_CLIENT = ComponentAccess(
         _index(PIPELINE_SESSIONS, "by-user", "Query"),
         _index(PIPELINE_SESSIONS, "by-recovery", "Query"),
         # ConditionCheckItem: moving past a tolerated failure, and ending a run whose last agent failed,
-        # check in the same transaction that the agent is FAILED (`_lifecycle.transaction_actions`).
+        # check in the same transaction that the agent is FAILED (`runs.rules.transition_actions`).
         _table(AGENT_EXECUTIONS, "GetItem", "UpdateItem", "ConditionCheckItem", "Query"),
         _table(USER_PROJECTS, "GetItem", "UpdateItem", "DeleteItem"),
         _index(USER_PROJECTS, "by-last-accessed", "Query"),

@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import boto3
 
-from tdev_state._claims import ClaimStore
-from tdev_state._executions import ExecutionStore
-from tdev_state._liveness import LivenessStamps
-from tdev_state._projects import ProjectStore
-from tdev_state._sessions import SessionStore
 from tdev_state.config import StateConfig
 from tdev_state.exceptions import ConfigurationError
 from tdev_state.layer import DynamoLayer
 from tdev_state.models import utcnow
+from tdev_state.runs.agents import ExecutionStore
+from tdev_state.runs.claims import ClaimStore
+from tdev_state.runs.policy import LivenessStamps
+from tdev_state.runs.projects import ProjectStore
+from tdev_state.runs.sessions import SessionStore
+from tdev_state.runs.writer import TransitionWriter
 from tdev_state.tables import create_tables
 
 if TYPE_CHECKING:
@@ -57,11 +58,13 @@ class StateClient:
         self.layer = layer
         self.config = layer.config
         liveness = LivenessStamps(timedelta(seconds=layer.config.liveness_interval_seconds))
-        self.sessions = SessionStore(layer, clock, liveness)
-        self.executions = ExecutionStore(layer, clock, liveness)
+        #: The one writer of the run lifecycle, shared by the stores that apply its transitions.
+        writer = TransitionWriter(layer, liveness)
+        self.sessions = SessionStore(writer, clock)
+        self.executions = ExecutionStore(writer, clock)
         self.projects = ProjectStore(layer, clock)
         #: Recovery claims (leases and fencing tokens): the recovery worker's writes to sessions.
-        self.claims = ClaimStore(layer, clock)
+        self.claims = ClaimStore(writer, clock)
         self.clock = clock
 
     def create_tables(self) -> list[str]:

@@ -160,7 +160,7 @@ PIPELINE_SESSIONS = TableSpec(
         # Sparse: `recovery_shard` ("ACTIVE#n" / "FAILED#n") exists only while a run is open, so the
         # recovery sweep reads only open runs older than a cutoff, never a Scan of finished ones.
         # Sorted by `stalled_at`, when the run's last writer said it would count as stalled (its current
-        # agent's deadline, or the heartbeat timeout: tdev_state._liveness), rewritten at most once per
+        # agent's deadline, or the heartbeat timeout: tdev_state.runs.policy), rewritten at most once per
         # liveness interval unless it moves earlier, and KEYS_ONLY: the index entry changes only when it must.
         IndexSpec(
             "by-recovery", KeyAttribute("recovery_shard"), KeyAttribute("stalled_at", "N"), "KEYS_ONLY"

@@ -34,6 +34,7 @@ from tdev_state.models import (
     SessionStatus,
 )
 from tdev_state.resume import ResumeRequest
+from tdev_state.runs.rules import may_move_past
 
 log = get_logger(__name__)
 
@@ -289,4 +290,4 @@ class PipelineRun(RunWrites):
         ]
 
     def _tolerated(self, agent: str) -> bool:
-        return not self.policy.is_critical(agent)
+        return may_move_past(self.policy, agent)  # the lifecycle's own rule

@@ -13,13 +13,13 @@ import inspect
 from collections import deque
 from typing import Any, Literal
 
-from tdev_state._executions import ExecutionStore
 from tdev_state.adoption.deferred import RETRY, DeferredWrites, PendingWrite, is_transient
 from tdev_state.adoption.events import UNSTORED_MARK, MetricsSink
 from tdev_state.client import AsyncStateClient
 from tdev_state.exceptions import InvalidTransitionError, PayloadTooLargeError, StateError, ValidationError
 from tdev_state.log import get_logger
 from tdev_state.models import AGENTS, AgentStatus, AgentTransition
+from tdev_state.runs.agents import ExecutionStore
 
 log = get_logger(__name__)
 

@@ -1,7 +1,8 @@
 """Typed reads of one stored item: the only way the item->model functions read attributes.
 
-Every stored record has exactly one function from item to model (`session_from_item`, `candidate_from_item`,
-`ExecutionStore._from_item`, `project_from_item`, the recovery history). They read attributes through an
+Every stored record has exactly one function from item to model, all in `runs.records`
+(`session_from_item`, `candidate_from_item`, `history_from_item`, `execution_from_item`,
+`project_from_item`). They read attributes through an
 `ItemReader`, so an item that is not as the library writes it — a status typed `Failed` in the AWS console,
 a missing `version`, `last_updated` written as text — is a `MalformedItemError` naming the item's key, the
 attribute and what was wrong, never a KeyError/ValueError/TypeError three layers up. Listings and the

@@ -1,7 +1,7 @@
 """Recovery claims on the session item: a lease (owner, expiry) and a monotonically increasing fencing token.
 
 The session rows `claim`, `extend`, `next_attempt`, `hand_over`, `release` and `abandon` of
-`_lifecycle.SESSION_RULES`, applied. A claim succeeds only if the run is still as the sweep saw it (status,
+`rules.SESSION_RULES`, applied. A claim succeeds only if the run is still as the sweep saw it (status,
 last_updated) and no live lease exists, and it increments `fencing_token`, so a token orders all claims ever
 made on the run. Every later write of the claim is conditioned on that token and owner: a worker whose lease
 expired and was taken over cannot write again (ClaimLostError), and the pipeline can reject its requests by
@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from tdev_state import validate as check
-from tdev_state._lifecycle import SESSION_RULES, SessionKind, require_claim, status_effects
 from tdev_state.exceptions import ClaimLostError, StateError
-from tdev_state.layer import DynamoLayer
 from tdev_state.log import get_logger
 from tdev_state.models import RecoveryCandidate, SessionStatus, epoch
-from tdev_state.storage import ConditionFailed, Expr
+from tdev_state.runs.rules import SessionKind, require_claim, session_expr, status_effects
+from tdev_state.runs.writer import RowWrite, TransitionWriter
+from tdev_state.storage import Expr, Item
 from tdev_state.usage import UsageEvent, UsageKind
 
 log = get_logger(__name__)
@@ -66,9 +66,10 @@ _FINAL = (SessionStatus.COMPLETED.value, SessionStatus.ABANDONED.value)
 class ClaimStore:
     """Claim, extend, release, hand over and abandon runs on `t-developer-{env}-pipeline-sessions`."""
 
-    def __init__(self, layer: DynamoLayer, clock: Callable[[], datetime]) -> None:
-        self._layer = layer
-        self._table = layer.tables.sessions
+    def __init__(self, writer: TransitionWriter, clock: Callable[[], datetime]) -> None:
+        self._writer = writer
+        self._layer = writer.layer
+        self._table = writer.layer.tables.sessions
         self._clock = clock
 
     def claim(self, candidate: RecoveryCandidate, *, worker_id: str, lease: timedelta) -> Claim | None:
@@ -97,13 +98,17 @@ class ClaimStore:
         expr.set_many({"lease_owner": owner, "lease_expires_at": epoch(now + lease)})
         expr.increment("fencing_token").increment("resume_attempts")
         _log(expr, "claimed", now, seen + 1, owner)
-        try:
-            item = self._layer.update(
-                self._table, {"session_id": candidate.session_id}, **expr.kwargs(), return_values="ALL_NEW"
+        item = self._writer.apply(
+            RowWrite(
+                candidate.session_id,
+                expr.action(self._table, {"session_id": candidate.session_id}),
+                refused=lambda _: None,  # someone was faster, or the run moved: not ours to take
+                applied=lambda new: new,
+                returns=True,
             )
-        except ConditionFailed:
+        )
+        if item is None:
             return None
-        assert item is not None
         claim = Claim(
             session_id=candidate.session_id,
             worker_id=owner,
@@ -187,13 +192,21 @@ class ClaimStore:
         expr.increment("resume_count").set_many({"resume_attempts": 0, "last_resumed_at": epoch(moment)})
         expr.remove("last_resume_error")
         _log(expr, "resumed", moment, claim.fencing_token, claim.worker_id, claim.attempt)
-        try:
-            self._layer.update(self._table, {"session_id": claim.session_id}, **expr.kwargs())
-        except ConditionFailed as exc:
-            newer = exc.old_item.get("fencing_token") if exc.old_item else None
+
+        def refused(old: Item | None) -> None:
+            newer = old.get("fencing_token") if old else None
             raise ClaimLostError(
                 f"lost the claim on {claim.session_id} (token {claim.fencing_token}; now {newer})"
-            ) from None
+            )
+
+        self._writer.apply(
+            RowWrite(
+                claim.session_id,
+                expr.action(self._table, {"session_id": claim.session_id}),
+                refused=refused,
+                applied=lambda _: None,
+            )
+        )
         log.info("claim.handed_over_after_end", session_id=claim.session_id, token=claim.fencing_token)
 
     def release(self, claim: Claim) -> None:
@@ -241,11 +254,7 @@ class ClaimStore:
 
     @staticmethod
     def _expr(kind: SessionKind) -> Expr:
-        rule = SESSION_RULES[kind]
-        expr = Expr().require_in("status", [s.value for s in rule.session_from])
-        if rule.versioned:
-            expr.increment("version")
-        return expr
+        return session_expr(kind)
 
     def _fenced(self, claim: Claim, expr: Expr) -> None:
         """Apply a claim's write, fenced by its token. Exactly once: the write carries a request id, so when
@@ -257,23 +266,30 @@ class ClaimStore:
         # A retry of an applied write must not apply again (next_attempt would count twice): refused here.
         expr.require(f"attribute_not_exists({alias}) OR {alias} <> {expr.v(request)}")
         expr.set("claim_request", request)
-        try:
-            self._layer.update(self._table, {"session_id": claim.session_id}, **expr.kwargs())
-        except ConditionFailed as exc:
-            if exc.old_item is not None and exc.old_item.get("claim_request") == request:
+
+        def refused(old: Item | None) -> None:
+            if old is not None and old.get("claim_request") == request:
                 log.info("claim.retry_applied", session_id=claim.session_id, token=claim.fencing_token)
                 return
-            old = exc.old_item
             newer = old.get("fencing_token") if old else None
             # Only a final status or this claim's own hand-over removes the lease without a new token.
             if old is not None and newer == claim.fencing_token and old.get("lease_owner") is None:
                 raise _RunEnded(
                     f"{claim.session_id} is {old.get('status')}, unleased, at this claim's token {newer}",
                     status=str(old.get("status")),
-                ) from None
+                )
             raise ClaimLostError(
                 f"lost the claim on {claim.session_id} (token {claim.fencing_token}; now {newer})"
-            ) from None
+            )
+
+        self._writer.apply(
+            RowWrite(
+                claim.session_id,
+                expr.action(self._table, {"session_id": claim.session_id}),
+                refused=refused,
+                applied=lambda _: None,
+            )
+        )
 
 
 #: Characters of an error or reason kept in a history entry (the full last error stays in its own field).

@@ -1,14 +1,14 @@
-"""The run lifecycle, declared once. Every write of a session or agent item goes through this module.
+"""The run lifecycle, declared once: the transition table that the one writer (`runs.writer`) applies.
 
 Two state machines, as data:
 
 - `AGENT_RULES`: one row per agent transition (start, complete, fail, retry, interrupt) — the agent statuses
   it leaves, the status it reaches, the session statuses it needs, where the session's progress must be.
-  `AgentLifecycle.apply` turns a row into one TransactWriteItems of the agent item and the session item.
+  `agent_steps.AgentStep` renders a row as one TransactWriteItems of the agent item and the session item.
 - `SESSION_RULES`: one row per session transition (create, pipeline status changes, heartbeat, the recovery
-  worker's claim / extend / attempt / hand-over / release / abandon): from-statuses, to-status, whether it
-  is fenced by a claim. `status_effects` is the one place that knows what a status does to the recovery
-  index (`recovery_shard`) and to the TTL (`expires_at`).
+  worker's claim / extend / attempt / hand-over / release / abandon, the orchestrator's verdict):
+  from-statuses, to-status, whether it is fenced by a claim. `status_effects` is the one place that knows
+  what a status does to the recovery index (`recovery_shard`) and to the TTL (`expires_at`).
 
 The run model is T-Developer's. A failed attempt is recorded (agent FAILED, retried in process by the
 pipeline); a critical agent's failure (run policy: generation, assembly) makes the session FAILED at once. A
@@ -25,15 +25,15 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
+from tdev_state.agents import sort_key
 from tdev_state.models import (
     AGENT_STEP,
     AGENTS,
     AgentStatus,
     RunPolicy,
     SessionStatus,
-    epoch,
 )
 from tdev_state.schema import AGENT_EXECUTIONS, PIPELINE_SESSIONS, RECOVERY_INDEX_SHARDS
 from tdev_state.storage import Expr
@@ -197,8 +197,9 @@ def predecessors(target: SessionStatus) -> list[SessionStatus]:
 
 
 def agent_sort_key(agent_name: str) -> str:
-    """An agent item's stored sort key: "NN#agent", so a Query returns a run's agents in pipeline order."""
-    return f"{AGENT_STEP[agent_name]:02d}#{agent_name}"
+    """An agent item's stored sort key, `<key>#<agent>` with the agent's declared, never-changing key: a
+    Query returns a run's agents in pipeline order, and inserting an agent moves no stored item."""
+    return sort_key(agent_name)
 
 
 def recovery_shard(session_id: str, status: SessionStatus) -> str:
@@ -245,6 +246,18 @@ def status_effects(
             expr.set_default("expires_at", expiry)
 
 
+def session_expr(kind: SessionKind) -> Expr:
+    """The expression a session row starts from: the statuses it leaves, and the version bump when the row
+    is versioned. The writer's store adds the row's own sets and conditions to it."""
+    rule = SESSION_RULES[kind]
+    expr = Expr()
+    if rule.session_from:
+        expr.require_in("status", [s.value for s in rule.session_from])
+    if rule.versioned:
+        expr.increment("version")
+    return expr
+
+
 def require_claim(expr: Expr, fencing_token: int, worker_id: str) -> None:
     """Condition a write on the claim still being this worker's (the fencing token has not moved on)."""
     expr.require_equal("fencing_token", fencing_token)
@@ -261,6 +274,13 @@ def require_within_budget(expr: Expr, policy: RunPolicy, *, adding: int) -> None
     expr.require(
         f"attribute_not_exists({alias}) OR size({alias}) <= {expr.v(policy.tolerated_failures - adding)}"
     )
+
+
+def may_move_past(policy: RunPolicy, agent: str) -> bool:
+    """May the run go on past a failure of `agent` (the failure then *tolerated*), or does that failure stop
+    it (a critical agent: the session becomes FAILED)? The one place that turns the run policy's critical
+    agents into what a failure does."""
+    return not policy.is_critical(agent)
 
 
 @dataclass(frozen=True)
@@ -293,106 +313,9 @@ def agent_session_effect(
     if rule.kind == "complete":
         end = SessionStatus.FAILED if over_budget else SessionStatus.COMPLETED
         return SessionEffect(end if last else SessionStatus.ACTIVE, step, moved_past, finished=last)
-    if rule.kind == "fail" and policy.is_critical(agent):
+    if rule.kind == "fail" and not may_move_past(policy, agent):
         return SessionEffect(SessionStatus.FAILED, step - 1, moved_past)
     return SessionEffect(SessionStatus.ACTIVE, step - 1, moved_past)
-
-
-def agent_session_update(
-    rule: AgentRule,
-    session_id: str,
-    agent: str,
-    effect: SessionEffect,
-    *,
-    now: datetime,
-    policy: RunPolicy,
-    retention_days: int | None,
-    refresh_liveness: bool,
-    error_message: str | None,
-    claim: tuple[int, str] | None,
-    live_for: float = 0.0,
-) -> Expr:
-    """The session half of an agent transition, conditioned as the rule says. `live_for`: how long the run
-    may stay silent after it (`_liveness.declared_silence`); the index key `stalled_at` is rewritten only
-    when `refresh_liveness` (or the status changes)."""
-    step = AGENT_STEP[agent]
-    expr = Expr()
-    expr.require_exists("session_id")
-    expr.require_in("status", [s.value for s in rule.session_from])
-    previous = effect.moved_past
-    if rule.progress == "next" and previous is None:
-        expr.require_equal("progress", step - 1)
-    elif rule.progress == "next" and previous is not None:
-        expr.require_equal("progress", step - 2).require_equal("current_agent", previous)
-        expr.add_to_set("failed_agents", {previous})
-    elif rule.progress == "this":
-        expr.require_equal("progress", step - 1).require_equal("current_agent", agent)
-    if rule.fenced:
-        if claim is None:
-            raise AssertionError(f"{rule.kind} is fenced: it needs the claim")  # pragma: no cover
-        require_claim(expr, *claim)
-    if rule.kind == "interrupt":
-        expr.increment("version")  # the claim orders it; the run's status and progress stay
-        return expr
-    expr.set_many({"last_updated": epoch(now), "live_for": live_for}).increment("version")
-    if refresh_liveness or effect.status is not SessionStatus.ACTIVE or rule.kind == "retry":
-        expr.set("stalled_at", epoch(now + timedelta(seconds=live_for)))
-    expr.set("progress", effect.progress)
-    if rule.kind == "complete" and not effect.finished:
-        expr.set("current_agent", AGENTS[step])
-    else:
-        expr.set("current_agent", agent)
-    if effect.finished and effect.status is SessionStatus.COMPLETED:
-        require_within_budget(expr, policy, adding=1 if effect.moved_past else 0)
-    if rule.kind == "retry":
-        expr.remove("error_message")
-    if effect.status is not SessionStatus.ACTIVE or rule.kind == "retry":
-        status_effects(expr, session_id, effect.status, now=now, retention_days=retention_days)
-    if effect.status is SessionStatus.FAILED:
-        reason = (
-            error_message or f"the run policy allows {policy.tolerated_failures} failed agent(s); more failed"
-        )
-        expr.set("error_message", f"{agent}: {reason}"[:4000] if error_message else reason)
-    return expr
-
-
-def agent_item_update(
-    rule: AgentRule,
-    agent: str,
-    *,
-    now: datetime,
-    sets: dict[str, Any],
-    fingerprint: Any,
-    retention_days: int | None,
-) -> Expr:
-    """The agent half of a transition: status, times, and the payload/error attributes in `sets`."""
-    step = AGENT_STEP[agent]
-    expr = Expr()
-    existing = [s for s in rule.agent_from if s is not AgentStatus.PENDING]
-    alternatives = []
-    if AgentStatus.PENDING in rule.agent_from:
-        alternatives.append(f"attribute_not_exists({expr.n('execution_id')})")
-    if existing:
-        listed = ", ".join(expr.v(s.value) for s in existing)
-        alternatives.append(f"{expr.n('status')} IN ({listed})")
-    expr.require(" OR ".join(alternatives))
-    expr.set("status", rule.agent_to.value).set("fingerprint", fingerprint)
-    expr.set_many({"agent": agent, "step": step})
-    if rule.agent_to is AgentStatus.RUNNING:
-        expr.set("start_time", epoch(now)).remove("end_time")
-    else:
-        expr.set("end_time", epoch(now))
-    if rule.kind == "retry":
-        expr.increment("retry_count")
-    elif "retry_count" not in sets:
-        expr.set_default("retry_count", 0)
-    if rule.agent_to is not AgentStatus.FAILED:
-        expr.remove("error_message")  # `last_error` keeps the latest failure's message
-    expr.set_many(sets)
-    expiry = run_expiry(now + AGENT_RETENTION_GRACE, retention_days)
-    if expiry is not None:  # every first write (a start, or a first record that is already final)
-        expr.set_default("expires_at", expiry)
-    return expr
 
 
 # --- what the transitions write, for IAM ------------------------------------------------------------------

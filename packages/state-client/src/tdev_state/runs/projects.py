@@ -8,33 +8,16 @@ from datetime import datetime
 from typing import Any
 
 from tdev_state import validate as check
-from tdev_state._items import ItemReader, readable
 from tdev_state.exceptions import MalformedItemError, ProjectNotFoundError
 from tdev_state.layer import DynamoLayer
 from tdev_state.log import get_logger
 from tdev_state.models import Page, UserProject, epoch, from_epoch
-from tdev_state.schema import USER_PROJECTS
-from tdev_state.storage import Expr, Item, TransactionCancelled
+from tdev_state.runs.items import readable
+from tdev_state.runs.records import project_from_item
+from tdev_state.storage import Expr, TransactionCancelled
 from tdev_state.usage import UsageEvent
 
 log = get_logger(__name__)
-
-
-def project_from_item(item: Item) -> UserProject:
-    """The one mapping of a project item to its model (MalformedItemError if the item is unreadable)."""
-    read = ItemReader(item, USER_PROJECTS.logical_name, ("user_id", "project_id"))
-    return UserProject(
-        user_id=read.text("user_id"),
-        project_id=read.text("project_id"),
-        project_name=read.text("project_name"),
-        description=read.text("description", ""),
-        tech_stack=list(read.texts("tech_stack")),
-        download_count=read.whole("download_count", 0),
-        last_accessed=read.moment("last_accessed", None),
-        created_at=read.moment("created_at", None),
-        file_path=read.text("file_path", None),
-        size_mb=read.number("size_mb"),
-    )
 
 
 class ProjectStore:

@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from tdev_state.exceptions import ConfigurationError
 from tdev_state.models import RecoveryCandidate, RunPolicy, SessionStatus
@@ -91,6 +92,21 @@ def _duration(name: str, value: object, *, zero: bool = False) -> None:
         raise ConfigurationError(f"{name} must be a {kind}, got {value!r:.60}")
 
 
+class Run(Protocol):
+    """What the policy reads of a run: a `Session` or a `RecoveryCandidate` (which also carries the window
+    its last writer declared, `live_for`)."""
+
+    @property
+    def status(self) -> SessionStatus: ...
+    @property
+    def last_updated(self) -> datetime: ...
+    @property
+    def current_agent(self) -> str | None: ...
+
+
+_OPEN = (SessionStatus.ACTIVE, SessionStatus.FAILED)
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What the rule says about one run now."""
@@ -152,19 +168,44 @@ class RecoveryPolicy:
         declared = timedelta(seconds=self.run_policy.longest_silence_seconds)
         return max(self.cooldown, self.stall_threshold or timedelta(0), declared)
 
-    def window(self, run: RecoveryCandidate) -> timedelta:
+    def window(self, run: Run) -> timedelta:
         """How long `run` may stay silent after its last write before it is stalled: what that write
         declared (`live_for`; a hand-over declares the cool-down), or the stall threshold when one is set.
         Never a comparison of two machines' clocks: the window counts from the writer's own stamp."""
         if self.stall_threshold is not None:
             return self.stall_threshold
-        if run.live_for is not None:
-            return timedelta(seconds=run.live_for)
+        declared = run.live_for if isinstance(run, RecoveryCandidate) else None
+        if declared is not None:
+            return timedelta(seconds=declared)
         return timedelta(seconds=self.run_policy.silence_seconds(run.current_agent))
 
-    def stalled_at(self, run: RecoveryCandidate) -> datetime:
+    def stalled_at(self, run: Run) -> datetime:
         """When `run` becomes stalled if nothing else is written (in its last writer's clock)."""
         return run.last_updated + self.window(run)
+
+    def stalled(self, run: Run, *, now: datetime) -> bool:
+        """Is `run` ACTIVE and silent past its window? What the console's "stalled" badge and filter show
+        (a FAILED run is failed, not stalled; whether either may be taken over is `judge`)."""
+        return run.status is SessionStatus.ACTIVE and now >= self.stalled_at(run)
+
+    def due_at(self, run: Run, *, idle_floor: timedelta = timedelta(0)) -> datetime:
+        """When `run` becomes eligible, by its last writer's clock: its window passed and, with an
+        `idle_floor` (the worker's retry delay for FAILED runs), that much silence too."""
+        return run.last_updated + max(self.window(run), idle_floor)
+
+    def index_cutoff(self, now: datetime, idle: timedelta) -> datetime:
+        """The recovery index's sort-key cutoff (`stalled_at < cutoff`) that finds every run eligible at
+        `now` after `idle` of silence: the stored key lies at or before last_updated + the declared window,
+        and no window is longer than `longest_window`, so every such run sorts before it."""
+        cutoff = now - max(idle, self.stall_threshold or timedelta(0)) + self.longest_window
+        return cutoff if self.stall_threshold is not None else min(cutoff, now)
+
+    def listed(self, run: Run, *, now: datetime, idle: timedelta, live: bool) -> bool:
+        """Does a sweep's hit belong in its answer: open, silent for `idle` at least, and stalled under
+        this policy (or any open run silent that long, with `live`: what an operator's listing shows)."""
+        if run.status not in _OPEN or now - run.last_updated < idle:
+            return False
+        return live or now >= self.stalled_at(run)
 
     def judge(
         self,
@@ -177,13 +218,12 @@ class RecoveryPolicy:
         """May `run` be claimed now? `idle_floor`: a further minimum silence (the worker's retry delay for
         FAILED runs); `unchanged_for`: the caller's own-clock observation of the run's signature (None: the
         caller does not watch, and trusts the writers' clocks)."""
-        if run.status not in (SessionStatus.ACTIVE, SessionStatus.FAILED):
+        if run.status not in _OPEN:
             return Verdict(False, f"the run is {run.status.value}")
         if run.lease_expires_at is not None and run.lease_expires_at > now:
             return Verdict(False, f"worker {run.lease_owner} holds it until {run.lease_expires_at:%H:%M:%S}")
         window = self.window(run)
-        due = run.last_updated + max(window, idle_floor)
-        if now < due:
+        if now < self.due_at(run, idle_floor=idle_floor):
             silent = _seconds(max(timedelta(0), now - run.last_updated))
             cooling = run.last_resumed_at is not None and run.last_resumed_at >= run.last_updated
             what = "its resume's cool-down" if cooling else "its window"
