@@ -154,7 +154,7 @@ def test_a_group_without_its_subcommand_prints_the_group_help(capsys: pytest.Cap
     assert tdev(["sessions"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: tdev sessions")
-    assert "one run: its nine agents' timeline" in err
+    assert "one run: its agents' timeline" in err
 
 
 # --- colour ------------------------------------------------------------------------------------------------

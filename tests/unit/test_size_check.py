@@ -20,7 +20,6 @@ def sizes(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "ALLOWED", {})
-    monkeypatch.setattr(module, "BEING_SPLIT", {})
     return module
 
 
