@@ -76,17 +76,18 @@ def test_an_unknown_agent_is_a_validation_error_naming_the_agents() -> None:
 
 def test_sort_keys_follow_the_pipeline_and_the_nine_keep_theirs() -> None:
     """Stored sort keys sort in pipeline order, and the nine agents of 2026 keep 01..09 (items exist)."""
+    from tdev_metrics.usage import LEGACY_AGENTS  # the nine of 2026, in their order then
     from tdev_state.agents import sort_key
 
     keys = [sort_key(n) for n in AGENTS]
     assert keys == sorted(keys)
-    assert [sort_key(n) for n in AGENTS[:9]] == [f"{i:02d}#{n}" for i, n in enumerate(AGENTS[:9], 1)]
+    assert [sort_key(n) for n in LEGACY_AGENTS] == [f"{i:02d}#{n}" for i, n in enumerate(LEGACY_AGENTS, 1)]
 
 
 def test_an_agent_inserted_between_two_keeps_every_stored_key() -> None:
     """A new agent between assembly (08) and download (09) takes 085: the others' keys do not move, and the
     keys still sort in pipeline order; a key out of order is refused."""
-    review = dataclasses.replace(PIPELINE[-1], name="review", key="085", color="#000000")
+    review = dataclasses.replace(PIPELINE[-1], name="x_inserted", key=PIPELINE[-2].key + "5", color="#010203")
     inserted = (*PIPELINE[:-1], review, PIPELINE[-1])
     assert check_pipeline(inserted) == []
     keys = [f"{a.key}#{a.name}" for a in inserted]
