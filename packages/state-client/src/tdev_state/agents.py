@@ -1,8 +1,8 @@
 """The pipeline's agents, declared once: every per-agent fact lives in `PIPELINE` and nowhere else.
 
-Why one declaration: the order of the agents decides progress (N means agents 1..N finished), the stored
-sort key of an agent item (`NN#name`), the progress messages the orchestrator sends (agent_id 1..N), the
-default run policy (limits, critical agents), the console's timeline and the demo's charts. When these
+Why one declaration: the order of the agents decides progress (N means agents 1..N finished), the progress
+messages the orchestrator sends (agent_id 1..N), the default run policy (limits, critical agents), the
+console's timeline and the demo's charts. When these
 facts lived in a dozen files, adding an agent meant editing all of them. Now a new agent is one row here
 (plus a line in the docs); everything else iterates over `PIPELINE` (docs/data-model.md, "Agents declared
 once").

@@ -143,7 +143,7 @@ def validate_env_name(env: str) -> str:
 AGENT_EXECUTIONS = TableSpec(
     logical_name="agent-executions",
     partition_key=KeyAttribute("execution_id"),
-    # Stored as "NN#agent" (pipeline step, zero-padded) so one Query returns a run in pipeline order.
+    # Stored as "<key>#agent" (the agent's declared key, tdev_state.agents): one Query returns a run in order.
     sort_key=KeyAttribute("agent_name"),
     description="One item per agent of a run; execution_id is the run's session_id.",
 )
