@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
-from tdev_state.config import StateConfig
+from tdev_state.config import StateConfig, profile_not_found
 from tdev_state.exceptions import ConfigurationError, NotFoundError, StateError, ValidationError
 
 if TYPE_CHECKING:
@@ -166,6 +166,8 @@ def require_credentials(config: StateConfig) -> None:
         found = boto3.session.Session(
             profile_name=config.profile, region_name=config.region
         ).get_credentials()
+    except botocore.exceptions.ProfileNotFound:
+        raise profile_not_found(config.profile or "") from None
     except botocore.exceptions.BotoCoreError as exc:
         raise ConfigurationError(f"cannot read AWS credentials: {exc}") from None
     if found is None:

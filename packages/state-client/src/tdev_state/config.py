@@ -325,10 +325,15 @@ def _profile_region(profile: str | None) -> str | None:
     try:
         region = botocore.session.Session(profile=profile or None).get_config_variable("region")
     except botocore.exceptions.ProfileNotFound:
-        raise ConfigurationError(
-            f"AWS profile {profile!r:.60} is not in the AWS config files: run `aws configure --profile "
-            f"{profile:.60}` or pick another with --profile / AWS_PROFILE"
-        ) from None
+        raise profile_not_found(profile) from None
     except botocore.exceptions.BotoCoreError as exc:
         raise ConfigurationError(f"cannot read the AWS config files: {exc}") from None
     return region if isinstance(region, str) and region else None
+
+
+def profile_not_found(profile: str) -> ConfigurationError:
+    """The one line for a profile boto3 cannot find, whichever check meets it first."""
+    return ConfigurationError(
+        f"AWS profile {profile!r:.60} is not in the AWS config files: run `aws configure --profile "
+        f"{profile:.60}` or pick another with --profile / AWS_PROFILE"
+    )
