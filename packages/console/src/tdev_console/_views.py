@@ -92,7 +92,7 @@ def run_state(session: Session, now: datetime, policy: RecoveryPolicy) -> tuple[
     """The badge text and tone of a run: stalled (by the recovery rule) and tolerated failures are read off
     the run."""
     status = session.status
-    if status is SessionStatus.ACTIVE and now >= policy.stalled_at(as_candidate(session)):
+    if policy.stalled(session, now=now):  # the recovery policy's own "stalled", as the worker reads it
         return "stalled", "warn"
     if status is SessionStatus.COMPLETED and session.failed_agents:
         return f"COMPLETED ({len(session.failed_agents)} tolerated)", "ok-warn"
