@@ -4,6 +4,7 @@ tdev_recovery's `resume_pipeline` / `abandon_pipeline`: the worker's claim, fenc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -30,25 +31,16 @@ NO_RESUMER = (
 )
 
 
+@dataclass(frozen=True, kw_only=True)
 class RecoveryPages:
     """/backlog (page and fragment), and /backlog/{id}/{action}: GET confirms, POST acts."""
 
-    def __init__(
-        self,
-        *,
-        client: StateClient,
-        settings: ConsoleSettings,
-        pages: Pages,
-        policy: RecoveryPolicy,
-        sign_in: SignIn,
-        metrics: ConsoleMetrics,
-    ) -> None:
-        self.client = client
-        self.settings = settings
-        self.pages = pages
-        self.policy = policy
-        self.sign_in = sign_in
-        self.metrics = metrics
+    client: StateClient
+    settings: ConsoleSettings
+    pages: Pages
+    policy: RecoveryPolicy
+    sign_in: SignIn
+    metrics: ConsoleMetrics
 
     def routes(self) -> list[Route]:
         return [

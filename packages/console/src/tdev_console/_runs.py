@@ -3,6 +3,7 @@ metrics) and one payload on demand — each a page and, where it refreshes itsel
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,23 +28,15 @@ from tdev_state import (
 DEFAULT_METRIC = "agent_execution_time"
 
 
+@dataclass(frozen=True, kw_only=True)
 class RunPages:
     """/runs, /runs/{id}, their fragments, and /runs/{id}/payload/{what}."""
 
-    def __init__(
-        self,
-        *,
-        client: StateClient,
-        settings: ConsoleSettings,
-        pages: Pages,
-        policy: RecoveryPolicy,
-        metrics_reader: MetricsReader,
-    ) -> None:
-        self.client = client
-        self.settings = settings
-        self.pages = pages
-        self.policy = policy
-        self.metrics = metrics_reader
+    client: StateClient
+    settings: ConsoleSettings
+    pages: Pages
+    policy: RecoveryPolicy
+    metrics: MetricsReader
 
     def routes(self) -> list[Route]:
         return [

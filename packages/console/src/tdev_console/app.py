@@ -84,7 +84,7 @@ def create_app(client: StateClient, settings: ConsoleSettings | None = None) -> 
         Route("/healthz", healthz),
         Route("/readyz", lambda r: readyz(client)),
         Route("/metrics", metrics.exposition, name="metrics"),
-        *RunPages(client=client, settings=config, pages=pages, policy=policy, metrics_reader=reader).routes(),
+        *RunPages(client=client, settings=config, pages=pages, policy=policy, metrics=reader).routes(),
         *RecoveryPages(
             client=client, settings=config, pages=pages, policy=policy, sign_in=sign_in, metrics=metrics
         ).routes(),

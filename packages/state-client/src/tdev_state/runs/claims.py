@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from tdev_state import validate as check
 from tdev_state.exceptions import ClaimLostError, StateError
@@ -193,20 +194,7 @@ class ClaimStore:
         expr.remove("last_resume_error")
         _log(expr, "resumed", moment, claim.fencing_token, claim.worker_id, claim.attempt)
 
-        def refused(old: Item | None) -> None:
-            newer = old.get("fencing_token") if old else None
-            raise ClaimLostError(
-                f"lost the claim on {claim.session_id} (token {claim.fencing_token}; now {newer})"
-            )
-
-        self._writer.apply(
-            RowWrite(
-                claim.session_id,
-                expr.action(self._table, {"session_id": claim.session_id}),
-                refused=refused,
-                applied=lambda _: None,
-            )
-        )
+        self._apply_claimed(claim, expr, lambda old: _lost(claim, old))
         log.info("claim.handed_over_after_end", session_id=claim.session_id, token=claim.fencing_token)
 
     def release(self, claim: Claim) -> None:
@@ -278,10 +266,13 @@ class ClaimStore:
                     f"{claim.session_id} is {old.get('status')}, unleased, at this claim's token {newer}",
                     status=str(old.get("status")),
                 )
-            raise ClaimLostError(
-                f"lost the claim on {claim.session_id} (token {claim.fencing_token}; now {newer})"
-            )
+            _lost(claim, old)
 
+        self._apply_claimed(claim, expr, refused)
+
+    def _apply_claimed(self, claim: Claim, expr: Expr, refused: Callable[[Item | None], None]) -> None:
+        """Write `expr` to the claimed run's session; a refusal goes to `refused`, which accepts it (returns)
+        or explains it (raises)."""
         self._writer.apply(
             RowWrite(
                 claim.session_id,
@@ -290,6 +281,12 @@ class ClaimStore:
                 applied=lambda _: None,
             )
         )
+
+
+def _lost(claim: Claim, old: Item | None) -> NoReturn:
+    """The claim was taken over (a newer token) or the run moved on without it."""
+    newer = old.get("fencing_token") if old else None
+    raise ClaimLostError(f"lost the claim on {claim.session_id} (token {claim.fencing_token}; now {newer})")
 
 
 #: Characters of an error or reason kept in a history entry (the full last error stays in its own field).
