@@ -64,8 +64,9 @@ def lease_text(row: BacklogEntry, now: datetime, style: str) -> str:
     return f"{command.printable(row.lease_holder)} ({when})"
 
 
-def print_table(rows: Sequence[BacklogEntry], now: datetime, style: str) -> None:
-    """Plain aligned columns: full ids, nothing cut, greppable and pasteable (no colour, no rich)."""
+def table_lines(rows: Sequence[BacklogEntry], now: datetime, style: str) -> list[str]:
+    """Plain aligned columns: full ids, nothing cut, greppable and pasteable (no colour, no rich). The
+    command prints them; this module only builds text."""
     header = ("STATE", "SESSION ID", "IDLE", "LAST UPDATE", "AGENT", "ATTEMPTS", "RESUMES", "LEASE", "ACTION")
     lines = [
         (
@@ -82,10 +83,10 @@ def print_table(rows: Sequence[BacklogEntry], now: datetime, style: str) -> None
         for row in rows
     ]
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header) - 1)]
-    for line in [header, *lines]:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1]
-        )
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1]
+        for line in [header, *lines]
+    ]
 
 
 _FORCE_HINT = re.compile(r"; pass force=True to (\w+) it anyway")

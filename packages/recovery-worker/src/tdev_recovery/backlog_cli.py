@@ -248,7 +248,7 @@ def backlog_list(args: argparse.Namespace, client: StateClient) -> int:
         for row in rows:
             print(command.printable(row.session_id))
     elif rows:
-        text.print_table(rows, now, args.time_format)
+        print("\n".join(text.table_lines(rows, now, args.time_format)))
         failed = sum(1 for r in rows if r.state == BacklogKind.FAILED.value)
         ready = sum(1 for r in rows if r.verdict.claimable)
         print(
