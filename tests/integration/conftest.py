@@ -78,7 +78,7 @@ def fresh_client(client: StateClient) -> StateClient:
 
 @pytest.fixture(scope="session")
 def throttling_config(base_config: StateConfig) -> Iterator[StateConfig]:
-    """A second LocalStack on port 4567 started with DYNAMODB_ERROR_PROBABILITY=0.3, with its own tables.
+    """A second LocalStack (on a free port) with DYNAMODB_ERROR_PROBABILITY=0.3, with its own tables.
 
     Only meaningful against LocalStack: against AWS, faults cannot be ordered up, so the test using this
     fixture reports itself skipped with that reason.
@@ -87,7 +87,7 @@ def throttling_config(base_config: StateConfig) -> Iterator[StateConfig]:
         pytest.skip("DYNAMODB_ERROR_PROBABILITY is a LocalStack feature; not available against AWS")
     from dataclasses import replace
 
-    with extra_localstack("localstack-faulty", 4567, DYNAMODB_ERROR_PROBABILITY="0.3") as faulty:
+    with extra_localstack("localstack-faulty", DYNAMODB_ERROR_PROBABILITY="0.3") as faulty:
         config = replace(base_config, endpoint_url=faulty.endpoint)
         StateClient(config).create_tables()
         yield config

@@ -4,6 +4,7 @@ for checks behind the library's back, layers with config overrides, and extra Lo
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -53,13 +54,22 @@ class ExtraLocalStack:
         return time.monotonic() - started
 
 
+def free_port() -> int:
+    """A port nothing listens on now (bound to port 0, then released): tests never take a fixed port, so two
+    suites, or two test workers, on one machine never meet."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @contextmanager
-def extra_localstack(name: str, port: int, **settings: str) -> Iterator[ExtraLocalStack]:
-    """Start one (own run dir under .cache/, own port, extra LocalStack settings); always stopped after."""
+def extra_localstack(name: str, **settings: str) -> Iterator[ExtraLocalStack]:
+    """Start one (own port, own run dir under .cache/, extra LocalStack settings); always stopped after."""
     root = Path(__file__).resolve().parents[2]
+    port = free_port()
     env = {
         **os.environ,
-        "TDEV_LOCALSTACK_RUN": str(root / ".cache" / name),
+        "TDEV_LOCALSTACK_RUN": str(root / ".cache" / f"{name}-{port}"),
         "LOCALSTACK_PORT": str(port),
         "LOCALSTACK_MODE": "host",
         **settings,

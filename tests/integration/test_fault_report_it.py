@@ -157,10 +157,10 @@ def test_runs_with_writes_timing_out_after_they_landed(client: StateClient) -> N
 
 @pytest.fixture
 def restartable(base_config: StateConfig) -> Iterator[tuple[StateConfig, Callable[[str], float]]]:
-    """A LocalStack of its own on port 4568 that the test may stop and start (LocalStack targets only)."""
+    """A LocalStack of its own (a free port) that the test may stop and start (LocalStack targets only)."""
     if base_config.endpoint_url is None:
         pytest.skip("restarting the endpoint is only possible with LocalStack")
-    with extra_localstack("localstack-restart", 4568) as instance:
+    with extra_localstack("localstack-restart") as instance:
         config = replace(
             base_config, endpoint_url=instance.endpoint, max_attempts=3, connect_timeout=1.0, read_timeout=3.0
         )
@@ -168,7 +168,16 @@ def restartable(base_config: StateConfig) -> Iterator[tuple[StateConfig, Callabl
 
 
 def _prepare(config: StateConfig) -> None:
-    StateClient(config).create_tables()
+    """Tables and bucket, created with the library's default patience (creating a table on a busy machine
+    may take longer than the short timeouts the test itself runs with)."""
+    defaults = StateConfig(env=config.env)
+    patient = replace(
+        config,
+        max_attempts=defaults.max_attempts,
+        connect_timeout=defaults.connect_timeout,
+        read_timeout=defaults.read_timeout,
+    )
+    StateClient(patient).create_tables()
     boto3.client("s3", region_name=config.region, endpoint_url=config.endpoint_url).create_bucket(
         Bucket=str(config.payload_bucket)
     )
