@@ -10,8 +10,8 @@ Two roles, each its own process:
   receiving side (`tdev_state.accept_resume`): it refuses a fencing token lower than the run's or one it
   accepted already (409; the same request again is accepted once), opens the run with `PipelineRun.resume`
   and continues it from the agent it is told, in the background; when it already continues
-  `MAX_RESUMED_RUNS` runs it answers 503 + Retry-After (back-pressure, which the worker waits out without
-  using an attempt).
+  `MAX_RESUMED_RUNS` runs it answers a NEW run 503 + Retry-After (back-pressure, which the worker waits out
+  without using an attempt), while the same request sent again gets its continuation (202).
 
 Each agent attempt sleeps a short, agent-specific time (heartbeating), may fail (flaky agents are retried in
 process, as the orchestrator's retry counts say; a non-critical agent that fails for good is tolerated and
@@ -213,18 +213,17 @@ def serve(plans: dict[str, dict[str, Any]], events: Events) -> None:
     async def continue_run(run: PipelineRun, request: ResumeRequest) -> str:
         return await run_agents(run, plans[run.session_id], request.next_agent, events, resumed=True)
 
-    running: set[Any] = set()  # continuations of resumed runs in flight in this process
-
     async def accept(body: Any) -> None:
-        task = await accept_resume(
+        # Back-pressure lives in accept_resume: a NEW run beyond MAX_RESUMED_RUNS is busy, while a request
+        # sent again for a run already continued here is answered with its continuation (202).
+        await accept_resume(
             await default_client(),
             body,
             continue_run,
+            max_running=MAX_RESUMED_RUNS,
             metrics=default_collector(),
             heartbeat_seconds=HEARTBEAT_SECONDS,
         )
-        running.add(task)
-        task.add_done_callback(running.discard)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -233,17 +232,10 @@ def serve(plans: dict[str, dict[str, Any]], events: Events) -> None:
             try:
                 if sid not in plans:
                     raise StaleResumeError(f"{sid} is not a run of this demo")
-                if len(running) >= MAX_RESUMED_RUNS:
-                    events.log(event="resume_busy", sid=sid, token=token)
-                    self.send_response(503)  # back-pressure: the worker waits and asks again
-                    self.send_header("Retry-After", "1")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
                 asyncio.run_coroutine_threadsafe(accept(body), loop).result()
             except ResumeBusyError:
                 events.log(event="resume_busy", sid=sid, token=token)
-                self.send_response(503)  # still driving this run: the worker waits and asks again
+                self.send_response(503)  # at its limit or still driving the run: the worker asks again
                 self.send_header("Retry-After", "1")
             except StateError as exc:
                 events.log(event="resume_rejected", sid=sid, token=token, reason=str(exc)[:200])

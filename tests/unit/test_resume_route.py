@@ -17,6 +17,7 @@ from tdev_state import (
     ResumeBusyError,
     StaleResumeError,
     StateClient,
+    ValidationError,
     accept_resume,
     deferred_writes,
 )
@@ -97,3 +98,58 @@ async def test_a_newer_claim_on_a_run_still_continued_here_is_busy(
         await accept_resume(aclient, old.to_json(), gate)
     await second
     assert gate.started == 2
+
+
+async def test_the_same_request_after_its_continuation_finished_the_run_is_still_accepted(
+    aclient: AsyncStateClient, client: StateClient
+) -> None:
+    """A re-sent request whose continuation already finished the run gets that continuation, not 'nothing to
+    resume' — so the worker records the resume the pipeline accepted (the demo's invariant under load)."""
+    sid = failed_run(client)
+    request = claimed(client, sid, "w1")
+
+    def drive_to_the_end() -> None:
+        client.executions.retry(sid, "generation")
+        for agent in AGENTS[AGENTS.index("generation") :]:
+            client.executions.complete(sid, agent, output_data={"out": agent})
+
+    async def finish(run: PipelineRun, request: ResumeRequest) -> None:
+        await asyncio.to_thread(drive_to_the_end)
+
+    first = await accept_resume(aclient, request.to_json(), finish)
+    await first
+    assert client.sessions.get(sid).status.value == "COMPLETED"
+    again = await accept_resume(aclient, request.to_json(), finish)
+    assert again is first
+
+
+async def test_back_pressure_refuses_a_new_run_but_never_a_repeat(
+    aclient: AsyncStateClient, client: StateClient
+) -> None:
+    """At max_running a new run's request is busy (503) and starts nothing; the accepted run's request sent
+    again still gets its continuation; once a continuation ends the new run is accepted."""
+    first_sid, second_sid = failed_run(client), failed_run(client)
+    first, second = claimed(client, first_sid, "w1"), claimed(client, second_sid, "w1")
+    gate = Gate()
+    running = await accept_resume(aclient, first.to_json(), gate, max_running=1)
+    with pytest.raises(ResumeBusyError, match="its limit"):
+        await accept_resume(aclient, second.to_json(), gate, max_running=1)
+    assert await accept_resume(aclient, first.to_json(), gate, max_running=1) is running
+    gate.release.set()
+    await running
+    await asyncio.sleep(0)  # the finished task leaves the running set in its done callback
+    later = await accept_resume(aclient, second.to_json(), gate, max_running=1)
+    await later
+    assert gate.started == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "8"])
+async def test_max_running_must_be_a_whole_number_of_runs(
+    aclient: AsyncStateClient, client: StateClient, bad: Any
+) -> None:
+    """A wrong max_running is the package's ValidationError, and nothing is started."""
+    sid = failed_run(client)
+    gate = Gate()
+    with pytest.raises(ValidationError, match="max_running"):
+        await accept_resume(aclient, claimed(client, sid, "w1").to_json(), gate, max_running=bad)
+    assert gate.started == 0

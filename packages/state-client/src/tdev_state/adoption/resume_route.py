@@ -51,15 +51,42 @@ _tasks: set[asyncio.Task[Any]] = set()
 
 
 async def accept_resume(
-    client: AsyncStateClient, body: Any, continue_run: Continuation, **run_options: Any
+    client: AsyncStateClient,
+    body: Any,
+    continue_run: Continuation,
+    *,
+    max_running: int | None = None,
+    **run_options: Any,
 ) -> asyncio.Task[Any]:
     """Check a resume request and start the continuation in the background; return its task.
 
-    Raises ValidationError (malformed body), SessionNotFoundError, StaleResumeError (token lower than the
-    run's, already accepted here, or the run is final), or a StorageError when the store cannot answer —
-    nothing is started then. `run_options` go to `PipelineRun.resume` (metrics, on_progress, ...).
+    The same request sent again (same run, same fencing token: its answer was lost or came as "busy")
+    returns the continuation it started, before anything else is checked — even once that continuation has
+    finished the run, so the worker learns its request was accepted and records the resume instead of
+    reading "nothing to resume" as a stale claim. `max_running` is this process's back-pressure: with that
+    many resumed runs still being continued here, a NEW request is ResumeBusyError (503, the worker waits
+    without using an attempt); a repeat never is.
+
+    Raises ValidationError (malformed body or max_running), SessionNotFoundError, StaleResumeError (token
+    lower than the run's, already accepted here, or the run is final), ResumeBusyError, or a StorageError
+    when the store cannot answer — nothing is started then. `run_options` go to `PipelineRun.resume`
+    (metrics, on_progress, ...).
     """
+    if max_running is not None and (
+        isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1
+    ):
+        raise ValidationError(f"max_running must be a whole number of runs, at least 1 (got {max_running!r})")
     request = body if isinstance(body, ResumeRequest) else ResumeRequest.from_json(body)
+    with _accepted_lock:
+        seen, running = _accepted.get(request.session_id, (0, None))
+        if request.fencing_token == seen and running is not None:
+            log.info("run.resume_repeated", session_id=request.session_id, fencing_token=seen)
+            return running
+        if max_running is not None and len(_tasks) >= max_running:
+            raise ResumeBusyError(
+                f"this process is continuing {len(_tasks)} resumed runs, its limit ({max_running}); "
+                "send the resume again later"
+            )
     # One consistent read, on a thread of its own: the client's small pool may be busy with the writes of
     # running runs, and the resumer waits for this answer (the worker's HTTP timeout is 10 s).
     stored = await asyncio.to_thread(client.sync.sessions.candidate, request.session_id)
