@@ -115,6 +115,19 @@ class MetricsReader:
             )
         ]
 
+    def by_agent(self, metric: str, *, start: date, end: date | None = None) -> dict[str, Summary]:
+        """One summary per agent over the whole range, every hour and variant merged: the one definition
+        of an agent's duration percentiles, which the usage report shows too (docs/data-model.md,
+        "Figures, one definition each"). One Query per day."""
+        agents: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for _day, _hour, _metric, agent_name, _var, items in self._groups(metric, start, end, None, None):
+            agents[agent_name].extend(items)
+        first = start.isoformat()
+        return {
+            agent: self._summary(first, None, metric, agent, None, items)
+            for agent, items in sorted(agents.items())
+        }
+
     def compare(
         self,
         metric: str,
