@@ -5,6 +5,8 @@ events, funnel completed <= started, agent p50 = the metrics report's)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -14,17 +16,18 @@ import boto3
 import pytest
 
 from tdev_metrics import MetricsCollector, MetricsReader
+from tdev_metrics._usage_store import TABLES
 from tdev_metrics.usage import RELATIVE_ERROR
 from tdev_metrics.usage_reader import UsageReader
 from tdev_metrics.usage_tables import (
     COUNTED,
     FOLDED,
-    TABLES,
     UsageFolder,
     count_day,
     fold_day,
     read_fold,
 )
+from tdev_recovery import RecoveryWorker, ResumeRequest, WorkerConfig
 from tdev_state import AGENTS, StateClient
 from tdev_state.testing import FakeClock, LogEntries
 
@@ -243,3 +246,22 @@ def test_the_report_equals_the_tables_for_a_mix_of_runs(client: StateClient) -> 
     truth["active_users"] = {"total_distinct": 0, "by_day": {}}  # no collector here: users not counted
     truth["projects"] = {"saved": 0, "downloads": 0, "tech_stack": {}}
     assert_report_matches(report, truth, RELATIVE_ERROR)
+
+
+async def test_the_worker_folds_usage_after_a_sweep(client: StateClient, clock: FakeClock) -> None:
+    """A worker given a fold runs it after its sweep, off the event loop (the worker's CLI gives it a
+    UsageFolder when usage counting is on)."""
+    folded = threading.Event()
+
+    async def resumer(request: ResumeRequest) -> None:
+        raise AssertionError(f"nothing to resume: {request.session_id}")
+
+    worker = RecoveryWorker(
+        client,
+        resumer,
+        WorkerConfig(worker_id="fold", poll_interval=0.01),
+        clock=clock,
+        fold_usage=folded.set,
+    )
+    async with worker:
+        assert await asyncio.to_thread(folded.wait, 10)

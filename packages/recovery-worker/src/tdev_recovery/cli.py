@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from tdev_metrics import MetricsCollector
+from tdev_metrics.usage_tables import UsageFolder
 from tdev_recovery.config import RetryPolicy, WorkerConfig
 from tdev_recovery.exceptions import RecoveryError
 from tdev_recovery.ops import OpsServer
@@ -288,7 +289,10 @@ async def _serve(args: argparse.Namespace) -> int:
         client.layer.probe(client.layer.tables.sessions)
     except StorageUnavailableError as exc:
         log.warning("worker.store_unreachable_at_start", error=str(exc))
-    worker = RecoveryWorker(client, resumer, config, publish_backlog=publish)
+    # The usage fold: past days' run and agent counts from the tables into one item per day
+    # (tdev_metrics.usage_tables), so the report equals the tables whatever a pipeline process lost.
+    folder = UsageFolder(client) if args.usage else None
+    worker = RecoveryWorker(client, resumer, config, publish_backlog=publish, fold_usage=folder)
     # Usage counting: resumes and abandoned runs go to the usage items through a collector here; it is
     # flushed by the shutdown below (SIGTERM), so a stopped replica loses nothing it counted.
     collector = (
