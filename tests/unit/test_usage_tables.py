@@ -167,7 +167,7 @@ def test_a_hand_edited_fold_is_logged_and_the_day_counted_again(
 
 
 def test_the_folder_goes_on_past_a_day_that_fails(
-    client: StateClient, monkeypatch: pytest.MonkeyPatch
+    client: StateClient, monkeypatch: pytest.MonkeyPatch, logs: LogEntries
 ) -> None:
     """One day whose fold raises is counted and logged; the folder folds the other days."""
     import tdev_metrics.usage_tables as tables
@@ -182,7 +182,8 @@ def test_the_folder_goes_on_past_a_day_that_fails(
     monkeypatch.setattr(tables, "fold_day", flaky)
     folder = UsageFolder(client, interval=600, monotonic=lambda: 0.0)
     assert folder.fold(NEXT) == tables.SETTLE_DAYS - 1
-    assert (folder.failures, folder() == 0 or folder.folded > 0) == (1, True)
+    assert (folder.failures, folder.folded) == (1, tables.SETTLE_DAYS - 1)
+    assert [e["day"] for e in logs() if e["event"] == "usage.fold_crashed"] == [DAY.isoformat()]
 
 
 def test_failed_runs_and_failure_events_are_two_figures(client: StateClient, clock: FakeClock) -> None:

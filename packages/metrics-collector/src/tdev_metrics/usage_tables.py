@@ -43,7 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -290,7 +290,7 @@ class UsageFolder:
         if self._last is not None and moment - self._last < self.interval:
             return 0
         self._last = moment
-        return self.fold(datetime.now(UTC).date())
+        return self.fold(self.client.clock().astimezone(UTC).date())
 
     def fold(self, today: date) -> int:
         """Fold every day of the settle window before `today` that is not folded closed yet."""

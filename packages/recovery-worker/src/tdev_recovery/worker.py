@@ -85,7 +85,7 @@ class RecoveryWorker:
         self._claims = client.claims
         self._publish_backlog = publish_backlog
         self._fold_usage = fold_usage
-        self._folding: asyncio.Future[object] | None = None
+        self._folding: asyncio.Future[None] | None = None
         self._pool = ThreadPoolExecutor(
             max_workers=self.config.concurrency + 2, thread_name_prefix="tdev-recovery"
         )
@@ -140,7 +140,7 @@ class RecoveryWorker:
             try:
                 await self.sweep()
                 if self._fold_usage is not None and (self._folding is None or self._folding.done()):
-                    self._folding = asyncio.ensure_future(self._io(self._fold_usage))
+                    self._folding = asyncio.ensure_future(self._fold(self._fold_usage))
             except StateError as exc:
                 self.metrics.sweep_errors.inc()
                 log.error("sweep.failed", error=str(exc))  # noqa: TRY400 - expected, no traceback
@@ -178,7 +178,18 @@ class RecoveryWorker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._folding is not None:  # a fold under way ends with its current day (it is idempotent)
+            await self._folding
         self._pool.shutdown(wait=True)
+
+    async def _fold(self, fold: Callable[[], object]) -> None:
+        """The usage fold on this worker's pool. It keeps its own errors per day (UsageFolder); anything
+        else it raises is counted as a sweep error and logged, never left unretrieved on the loop."""
+        try:
+            await self._io(fold)
+        except Exception as exc:
+            self.metrics.sweep_errors.inc()
+            log.exception("usage.fold_crashed", error=f"{type(exc).__name__}: {exc}")
 
     # --- sweeping and claiming ------------------------------------------------------------------------
 
