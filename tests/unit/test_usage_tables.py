@@ -233,6 +233,10 @@ def test_an_agents_p50_is_the_metrics_reports(client: StateClient) -> None:
     assert metrics.p95 is not None
     assert (usage["p50"], usage["p95"]) == (round(metrics.p50, 3), round(metrics.p95, 3))
     assert abs(usage["p50"] - 0.011) <= 0.011 * RELATIVE_ERROR
+    fold_day(client, DAY, today=DAY + timedelta(days=7))  # closed: the day's buckets kept in the fold
+    folded = UsageReader(client).report(DAY, DAY)
+    assert folded["counted_from"] == {DAY.isoformat(): FOLDED}
+    assert folded["duration_seconds"]["agents"]["parser"] == usage
 
 
 def test_the_report_equals_the_tables_for_a_mix_of_runs(client: StateClient) -> None:

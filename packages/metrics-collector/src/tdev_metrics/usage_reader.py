@@ -16,7 +16,7 @@ from typing import Any
 
 from tdev_metrics._usage_store import COUNTS, DURATIONS, TABLES, USERS, UsageStore
 from tdev_metrics.exceptions import MetricValidationError
-from tdev_metrics.report import MetricsReader, Summary
+from tdev_metrics.report import MetricsReader, quantiles
 from tdev_metrics.usage import (
     CLAMPED_DURATIONS,
     LEGACY_AGENTS,
@@ -29,6 +29,7 @@ from tdev_metrics.usage import (
 )
 from tdev_metrics.usage_tables import (
     AGENT_OUTCOMES,
+    AGENT_TIME,
     BUFFER,
     RUN_OUTCOMES,
     DayCount,
@@ -38,9 +39,6 @@ from tdev_metrics.usage_tables import (
 from tdev_state import AGENTS, StateClient
 from tdev_state.log import get_logger
 from tdev_state.storage import Item
-
-#: The metric whose percentiles are an agent's durations, in this report as in the metrics report.
-AGENT_TIME = "agent_execution_time"
 
 log = get_logger(__name__)
 
@@ -107,8 +105,7 @@ class UsageReader:
             by_day_users[key] = len(users)
             days.append(self._day_count(day, shards, today))
             day += timedelta(days=1)
-        agent_times = MetricsReader(self._client).by_agent(AGENT_TIME, start=start, end=end)
-        report = _shape(start, end, counts, days, agent_times, users_total, by_day_users)
+        report = _shape(start, end, counts, days, users_total, by_day_users)
         report["capped"]["usage_items_read"] = items_read
         return report
 
@@ -120,6 +117,7 @@ class UsageReader:
         if fold is not None and fold.closed:
             return fold
         counted = count_day(self._client, day)
+        counted.agent_time = MetricsReader(self._client).buckets_by_agent(AGENT_TIME, day)
         counters = ("rs.", "rc.", "rf.", "ra.", "rv.", "rm.", "as.", "ac.", "af.", "ar.", "at.")
         if counted.total("started") == 0 and any(k.startswith(counters) for k in buffered):
             durations: Counter[str] = Counter()
@@ -128,7 +126,9 @@ class UsageReader:
                     bucket = attr.rpartition(".")[2]
                     if attr[:1] == "r" and "." in attr and _whole(attr, n) and _whole(attr, bucket):
                         durations[attr] += int(n)
-            return _from_buffer(key, buffered, durations)
+            legacy = _from_buffer(key, buffered, durations)
+            legacy.agent_time = counted.agent_time
+            return legacy
         return counted
 
 
@@ -211,7 +211,6 @@ def _shape(  # noqa: PLR0917 - the report's parts, gathered by report()
     end: date,
     counts: Counter[str],
     days: list[DayCount],
-    agent_times: Mapping[str, Summary],
     users: set[int],
     by_day_users: dict[str, int],
 ) -> dict[str, Any]:
@@ -219,7 +218,10 @@ def _shape(  # noqa: PLR0917 - the report's parts, gathered by report()
     agents_counted: dict[str, Counter[str]] = defaultdict(Counter)
     hours: Counter[int] = Counter()
     run_seconds: dict[str, Counter[int]] = defaultdict(Counter)
+    agent_time: dict[str, Counter[str]] = defaultdict(Counter)
     for one in days:
+        for agent, buckets in one.agent_time.items():
+            agent_time[agent].update(buckets)
         for kind, c in one.runs.items():
             runs[kind].update(c)
         for agent, c in one.agents.items():
@@ -236,15 +238,15 @@ def _shape(  # noqa: PLR0917 - the report's parts, gathered by report()
     all_runs: Counter[int] = Counter()
     for hist in run_seconds.values():
         all_runs.update(hist)
-    quantiles = (0.50, 0.95)
+    qs = (0.50, 0.95)
     duration = {
-        "run": _histogram_quantiles(all_runs, quantiles),
+        "run": _histogram_quantiles(all_runs, qs),
         "runs_by_pipeline_type": {
-            kind: _histogram_quantiles(hist, quantiles) for kind, hist in sorted(run_seconds.items())
+            kind: _histogram_quantiles(hist, qs) for kind, hist in sorted(run_seconds.items())
         },
-        # The agent_execution_time metric's percentiles (MetricsReader.by_agent): one definition, the
-        # metrics report's (DDSketch, 1 % relative accuracy).
-        "agents": {agent: _summary_quantiles(agent_times.get(agent)) for agent in agents},
+        # The agent_execution_time metric's percentiles, every hour and variant (MetricsReader.by_agent):
+        # one definition, the metrics report's (DDSketch, 1 % relative accuracy).
+        "agents": {agent: _rounded(quantiles(agent_time.get(agent, Counter()), qs)) for agent in agents},
         "relative_error": round(RELATIVE_ERROR, 4),
     }
     stacks = sorted(
@@ -277,10 +279,5 @@ def _shape(  # noqa: PLR0917 - the report's parts, gathered by report()
     }
 
 
-def _summary_quantiles(summary: Summary | None) -> dict[str, float | None]:
-    if summary is None:
-        return {"p50": None, "p95": None}
-    return {
-        "p50": None if summary.p50 is None else round(summary.p50, 3),
-        "p95": None if summary.p95 is None else round(summary.p95, 3),
-    }
+def _rounded(values: Mapping[str, float | None]) -> dict[str, float | None]:
+    return {k: None if v is None else round(v, 3) for k, v in values.items()}

@@ -49,6 +49,7 @@ from typing import Any
 
 from tdev_metrics._store import expires_at
 from tdev_metrics._usage_store import TABLES
+from tdev_metrics.report import MetricsReader
 from tdev_metrics.usage import duration_bucket
 from tdev_state import (
     AgentStatus,
@@ -72,6 +73,8 @@ RUN_OUTCOMES = ("started", "completed", "failed", "failure_events", "abandoned",
 AGENT_OUTCOMES = ("started", "completed", "failed", "retries", "tolerated")
 #: Where a day's run and agent counts came from (the report says it per day).
 FOLDED, COUNTED, BUFFER = "tables (folded)", "tables", "usage buffer (before folding)"
+#: The metric whose percentiles are an agent's durations, in the usage report as in the metrics report.
+AGENT_TIME = "agent_execution_time"
 _FINAL = frozenset({SessionStatus.COMPLETED, SessionStatus.ABANDONED})
 _PAGE = 100
 
@@ -89,6 +92,9 @@ class DayCount:
     hours: Counter[int] = field(default_factory=Counter)
     #: pipeline type -> duration bucket (tdev_metrics.usage.duration_bucket) -> COMPLETED runs
     run_seconds: dict[str, Counter[int]] = field(default_factory=dict)
+    #: agent -> the day's `agent_execution_time` sketch buckets (MetricsReader.buckets_by_agent): kept in
+    #: a closed fold, so a report of history reads no metric item. Empty when not folded.
+    agent_time: dict[str, Counter[str]] = field(default_factory=dict)
     #: Runs still ACTIVE or FAILED when counted.
     open_runs: int = 0
     #: Items the mapping could not read (each logged): left out of every count.
@@ -144,6 +150,7 @@ class DayCount:
             "agents": {a: dict(c) for a, c in self.agents.items()},
             "hours": {f"{h:02d}": n for h, n in self.hours.items()},
             "run_seconds": {t: {str(b): n for b, n in c.items()} for t, c in self.run_seconds.items()},
+            "agent_time": {a: dict(c) for a, c in self.agent_time.items()},
             "open_runs": self.open_runs,
             "skipped": self.skipped,
         }
@@ -160,6 +167,7 @@ class DayCount:
                 str(t): Counter({int(b): _whole(n) for b, n in _map(c).items()})
                 for t, c in _map(item.get("run_seconds")).items()
             },
+            agent_time={str(a): _counter(c) for a, c in _map(item.get("agent_time")).items()},
             open_runs=_whole(item.get("open_runs", 0)),
             skipped=_whole(item.get("skipped", 0)),
             source=FOLDED,
@@ -242,6 +250,7 @@ def fold_day(client: StateClient, day: date, *, today: date) -> DayCount:
     if stored is not None and stored.closed:
         return stored
     count = count_day(client, day)
+    count.agent_time = MetricsReader(client).buckets_by_agent(AGENT_TIME, day)
     age = (today - day).days
     count.closed = age >= SETTLE_DAYS or (age >= 1 and count.open_runs == 0)
     layer = client.layer

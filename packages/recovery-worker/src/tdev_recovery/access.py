@@ -41,8 +41,10 @@ RECOVERY_WORKER = ComponentAccess(
         Grant("key", frozenset({"kms:Decrypt"})),
         # Usage counting (resumes, abandoned runs) through the worker's metrics collector: its usage items
         # only (exactly-once UpdateItem); the run's type is read with one GetItem above.
-        # The usage fold reads a day's fold item (GetItem) and writes it (UpdateItem, conditioned on it
-        # not being closed).
-        Grant("table", frozenset({"dynamodb:UpdateItem", "dynamodb:GetItem"}), table=METRICS),
+        # The usage fold reads a day's fold item (GetItem) and its agent_execution_time items (Query),
+        # and writes the fold (UpdateItem, conditioned on it not being closed).
+        Grant(
+            "table", frozenset({"dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:Query"}), table=METRICS
+        ),
     ),
 )
