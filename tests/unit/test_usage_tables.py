@@ -17,6 +17,7 @@ import pytest
 
 from tdev_metrics import MetricsCollector, MetricsReader
 from tdev_metrics._usage_store import TABLES
+from tdev_metrics.exceptions import MetricValidationError
 from tdev_metrics.usage import RELATIVE_ERROR
 from tdev_metrics.usage_reader import UsageReader
 from tdev_metrics.usage_tables import (
@@ -270,3 +271,10 @@ async def test_the_worker_folds_usage_after_a_sweep(client: StateClient, clock: 
     )
     async with worker:
         assert await asyncio.to_thread(folded.wait, 10)
+
+
+def test_a_fold_of_a_datetime_is_refused_and_writes_nothing(client: StateClient) -> None:
+    """A datetime (or text) where a day is expected is the package's typed error, naming the argument."""
+    with pytest.raises(MetricValidationError, match="day must be a date"):
+        fold_day(client, datetime(2026, 11, 26, tzinfo=UTC), today=NEXT)  # type: ignore[arg-type]
+    assert read_fold(client, DAY) is None

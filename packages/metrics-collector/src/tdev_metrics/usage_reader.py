@@ -1,7 +1,11 @@
-"""`UsageReader`: a date range's usage report from the compact per-day items `tdev_metrics.usage` writes.
+"""`UsageReader`: a date range's usage report.
 
-One Query per day, whatever the traffic; counters stored under an agent's name and under the legacy
-positional keys of days written before agents were keyed by name add up (see `tdev_metrics.usage`).
+Per day, one Query of the usage items: the buffer's counters (`tdev_metrics.usage`: projects, downloads,
+tech stacks, users) and the day's fold (`tdev_metrics.usage_tables`: runs, the agent funnel, durations).
+Runs and the funnel are the tables' counts — a closed fold as stored, another day counted from the tables
+now — so they equal the tables whatever a pipeline process lost. Counters stored under an agent's name and
+under the legacy positional keys of days written before agents were keyed by name add up (see
+`tdev_metrics.usage`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from tdev_metrics.usage import (
     CLAMPED_DURATIONS,
     LEGACY_AGENTS,
     LEGACY_COUNTER,
-    LEGACY_SERIES,
     OTHER_STACKS,
     PIPELINE_TYPES,
     RELATIVE_ERROR,
@@ -182,18 +185,6 @@ def _named(attr: str) -> str:
         log.warning("usage.item_malformed", attribute=attr[:80], value="no agent at this position")
         return f"{code}.#{position}"
     return f"{code}.{LEGACY_AGENTS[position]}"
-
-
-def _named_series(series: str) -> str:
-    """A duration series with the agent named: a legacy positional series (`a6`) becomes `a.generation`."""
-    legacy = LEGACY_SERIES.fullmatch(series)
-    if legacy is None:
-        return series
-    position = int(legacy.group(1))
-    if position >= len(LEGACY_AGENTS):
-        log.warning("usage.item_malformed", attribute=series[:80], value="no agent at this position")
-        return f"a.#{position}"
-    return f"a.{LEGACY_AGENTS[position]}"
 
 
 def _agents_in(stored: Iterable[str]) -> list[str]:

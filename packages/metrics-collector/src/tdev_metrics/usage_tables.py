@@ -43,12 +43,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from tdev_metrics._store import expires_at
 from tdev_metrics._usage_store import TABLES
+from tdev_metrics.exceptions import MetricValidationError
 from tdev_metrics.report import MetricsReader
 from tdev_metrics.usage import duration_bucket
 from tdev_state import (
@@ -75,7 +76,6 @@ AGENT_OUTCOMES = ("started", "completed", "failed", "retries", "tolerated")
 FOLDED, COUNTED, BUFFER = "tables (folded)", "tables", "usage buffer (before folding)"
 #: The metric whose percentiles are an agent's durations, in the usage report as in the metrics report.
 AGENT_TIME = "agent_execution_time"
-_FINAL = frozenset({SessionStatus.COMPLETED, SessionStatus.ABANDONED})
 _PAGE = 100
 
 
@@ -201,6 +201,7 @@ def count_day(client: StateClient, day: date) -> DayCount:
 
     Cost: one index Query and one BatchGetItem per 100 runs, plus one Query per run for its agents — paid
     once per day by the worker's fold; a report pays it only for days not folded closed yet."""
+    _check_day("day", day)
     count = DayCount(day=day.isoformat())
     cursor: str | None = None
     while True:
@@ -224,8 +225,14 @@ def count_day(client: StateClient, day: date) -> DayCount:
 # --- folding ----------------------------------------------------------------------------------------------
 
 
+def _check_day(name: str, value: Any) -> None:
+    if not isinstance(value, date) or isinstance(value, datetime):
+        raise MetricValidationError(f"{name} must be a date (YYYY-MM-DD), got {type(value).__name__}")
+
+
 def read_fold(client: StateClient, day: date) -> DayCount | None:
     """The stored fold of `day`, or None (none yet, or unreadable: logged, and counted again)."""
+    _check_day("day", day)
     layer = client.layer
     item = layer.get(layer.tables.metrics, {"date": day.isoformat(), "metric_name": TABLES})
     return fold_from_item(day.isoformat(), item)
@@ -246,6 +253,8 @@ def fold_day(client: StateClient, day: date, *, today: date) -> DayCount:
     """Count `day` from the tables and store it as the day's fold; closed (never written again) when every
     run of the day is final and the day is over, or the day is SETTLE_DAYS old. A day already folded closed
     is returned as stored, with no count. Idempotent: the fold is the count itself, not an addition."""
+    _check_day("day", day)
+    _check_day("today", today)
     stored = read_fold(client, day)
     if stored is not None and stored.closed:
         return stored
