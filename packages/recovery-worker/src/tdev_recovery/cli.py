@@ -210,7 +210,8 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=_switch("TDEV_USAGE"),
         help="count the resumes and abandoned runs into the usage report (a metrics collector in this "
-        "process) [$TDEV_USAGE=on|off]",
+        "process), and fold past days' run counts from the tables into one item each "
+        "[$TDEV_USAGE=on|off]",
     )
     knobs.add_argument(
         "--log-level",
