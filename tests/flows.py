@@ -149,7 +149,9 @@ async def worker_act(client: StateClient, clock: Any) -> None:
     assert client.sessions.get(refused[0]).status is SessionStatus.ABANDONED
     assert usage.close()
     # The usage fold of past days (the worker's CLI runs it after its sweeps).
-    assert UsageFolder(client).fold(clock().date() + timedelta(days=1)) == SETTLE_DAYS
+    assert (
+        UsageFolder(client, days_per_call=SETTLE_DAYS).fold(clock().date() + timedelta(days=1)) == SETTLE_DAYS
+    )
     ops = OpsServer(worker, host="127.0.0.1", port=0)
     assert ops.ready()[0]
 

@@ -21,6 +21,7 @@ from tdev_metrics.exceptions import MetricValidationError
 from tdev_metrics.usage import RELATIVE_ERROR
 from tdev_metrics.usage_reader import UsageReader
 from tdev_metrics.usage_tables import (
+    BUFFER,
     COUNTED,
     FOLDED,
     UsageFolder,
@@ -181,9 +182,9 @@ def test_the_folder_goes_on_past_a_day_that_fails(
         return real(c, day, today=today)
 
     monkeypatch.setattr(tables, "fold_day", flaky)
-    folder = UsageFolder(client, interval=600, monotonic=lambda: 0.0)
-    assert folder.fold(NEXT) == tables.SETTLE_DAYS - 1
-    assert (folder.failures, folder.folded) == (1, tables.SETTLE_DAYS - 1)
+    folder = UsageFolder(client, days_per_call=3)
+    assert folder.fold(NEXT) == 2
+    assert (folder.failures, folder.folded) == (1, 2)
     assert [e["day"] for e in logs() if e["event"] == "usage.fold_crashed"] == [DAY.isoformat()]
 
 
@@ -278,3 +279,38 @@ def test_a_fold_of_a_datetime_is_refused_and_writes_nothing(client: StateClient)
     with pytest.raises(MetricValidationError, match="day must be a date"):
         fold_day(client, datetime(2026, 11, 26, tzinfo=UTC), today=NEXT)  # type: ignore[arg-type]
     assert read_fold(client, DAY) is None
+
+
+def test_the_folder_backfills_history_and_never_rereads_a_closed_day(client: StateClient) -> None:
+    """Days older than the settle window with no fold are folded closed a few per call; a day folded
+    closed is not read again by that folder (a day's legacy buffer counts still show: see the reader)."""
+    _finished_runs(client, 1)
+    folder = UsageFolder(client, history_days=20, days_per_call=10)
+    later = DAY + timedelta(days=15)  # DAY is in the history, past the settle window
+    assert folder.fold(later) == 10  # days 1..10 back
+    assert read_fold(client, DAY) is None
+    assert folder.fold(later) == 10  # days 11..20 back: DAY among them
+    stored = read_fold(client, DAY)
+    assert stored is not None
+    assert (stored.closed, stored.total("started")) == (True, 1)
+    with record_calls(client) as calls:
+        assert folder.fold(later) == 0
+    assert calls == []
+
+
+def test_a_day_folded_empty_still_shows_its_buffer_counts(client: StateClient) -> None:
+    """A day whose runs the tables no longer hold (expired, or written before folding) folds closed and
+    empty; the report then shows the usage buffer's counts of it, and says so."""
+    boto3.client("dynamodb", region_name="us-east-1").put_item(
+        TableName=client.config.tables.metrics,
+        Item={
+            "date": {"S": DAY.isoformat()},
+            "metric_name": {"S": "#usage#counts"},
+            "rs.SIMPLE": {"N": "5"},
+            "rf.SIMPLE": {"N": "3"},
+        },
+    )
+    assert fold_day(client, DAY, today=NEXT).closed
+    report = UsageReader(client).report(DAY, DAY)
+    assert (report["runs"]["started"], report["runs"]["failure_events"]) == (5, 3)
+    assert report["counted_from"] == {DAY.isoformat(): BUFFER}

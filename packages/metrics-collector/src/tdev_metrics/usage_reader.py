@@ -118,9 +118,10 @@ class UsageReader:
         key = day.isoformat()
         fold = fold_from_item(key, shards[TABLES][0]) if shards[TABLES] else None
         if fold is not None and fold.closed:
-            return fold
-        counted = count_day(self._client, day)
-        counted.agent_time = MetricsReader(self._client).buckets_by_agent(AGENT_TIME, day)
+            counted = fold
+        else:
+            counted = count_day(self._client, day)
+            counted.agent_time = MetricsReader(self._client).buckets_by_agent(AGENT_TIME, day)
         counters = ("rs.", "rc.", "rf.", "ra.", "rv.", "rm.", "as.", "ac.", "af.", "ar.", "at.")
         if counted.total("started") == 0 and any(k.startswith(counters) for k in buffered):
             durations: Counter[str] = Counter()

@@ -290,17 +290,22 @@ def fold_day(client: StateClient, day: date, *, today: date) -> DayCount:
 
 @dataclass
 class UsageFolder:
-    """The recovery worker's periodic fold of the last `SETTLE_DAYS` days (today excluded), at most once
-    per `interval` seconds. Each day is its own attempt: a day that fails is counted, logged, and the
-    others go on (and it is tried again next time)."""
+    """The recovery worker's periodic fold, at most once per `interval` seconds: every day of the last
+    `history_days` (today excluded) not yet folded closed, newest first, at most `days_per_call` per call —
+    the settle window each time, and older days (history from before the worker ran) a few at a time until
+    every one is closed. A day seen closed is not read again. Each day is its own attempt: a day that fails
+    is counted, logged, and the others go on (it is tried again next time)."""
 
     client: StateClient
     interval: float = 600.0
     monotonic: Callable[[], float] = time.monotonic
+    history_days: int = 366
+    days_per_call: int = 14
     #: Days folded (closed or not), and days that failed, since the start.
     folded: int = 0
     failures: int = 0
     _last: float | None = None
+    _closed: set[date] = field(default_factory=set)
 
     def __call__(self) -> int:
         """Fold the days due if the interval has passed; the number of days folded now."""
@@ -311,12 +316,15 @@ class UsageFolder:
         return self.fold(self.client.clock().astimezone(UTC).date())
 
     def fold(self, today: date) -> int:
-        """Fold every day of the settle window before `today` that is not folded closed yet."""
+        """Fold the days due before `today`, newest first; the number folded."""
+        _check_day("today", today)
+        oldest = today - timedelta(days=self.history_days)
+        self._closed = {d for d in self._closed if d >= oldest}
+        due = [today - timedelta(days=back) for back in range(1, self.history_days + 1)]
         done = 0
-        for back in range(SETTLE_DAYS, 0, -1):
-            day = today - timedelta(days=back)
+        for day in [d for d in due if d not in self._closed][: self.days_per_call]:
             try:
-                fold_day(self.client, day, today=today)
+                count = fold_day(self.client, day, today=today)
             except StateError as exc:
                 self.failures += 1
                 log.warning("usage.fold_failed", day=day.isoformat(), error=str(exc)[:300])
@@ -325,6 +333,8 @@ class UsageFolder:
                 self.failures += 1
                 log.exception("usage.fold_crashed", day=day.isoformat(), error=f"{type(exc).__name__}: {exc}")
                 continue
+            if count.closed:
+                self._closed.add(day)
             done += 1
         self.folded += done
         return done
