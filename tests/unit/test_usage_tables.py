@@ -314,3 +314,12 @@ def test_a_day_folded_empty_still_shows_its_buffer_counts(client: StateClient) -
     report = UsageReader(client).report(DAY, DAY)
     assert (report["runs"]["started"], report["runs"]["failure_events"]) == (5, 3)
     assert report["counted_from"] == {DAY.isoformat(): BUFFER}
+
+
+def test_a_stopped_folder_folds_no_further_day(client: StateClient) -> None:
+    """After stop() (the worker's SIGTERM) a fold call folds nothing more and writes nothing."""
+    folder = UsageFolder(client)
+    folder.stop()
+    with record_calls(client) as calls:
+        assert folder.fold(NEXT) == 0
+    assert calls == []

@@ -306,6 +306,11 @@ class UsageFolder:
     failures: int = 0
     _last: float | None = None
     _closed: set[date] = field(default_factory=set)
+    _stopping: bool = False
+
+    def stop(self) -> None:
+        """Fold no further day (a call under way ends after its current day): the worker is stopping."""
+        self._stopping = True
 
     def __call__(self) -> int:
         """Fold the days due if the interval has passed; the number of days folded now."""
@@ -323,6 +328,8 @@ class UsageFolder:
         due = [today - timedelta(days=back) for back in range(1, self.history_days + 1)]
         done = 0
         for day in [d for d in due if d not in self._closed][: self.days_per_call]:
+            if self._stopping:
+                break
             try:
                 count = fold_day(self.client, day, today=today)
             except StateError as exc:

@@ -275,6 +275,13 @@ def worker_config(args: argparse.Namespace) -> WorkerConfig:
     )
 
 
+def _stop(worker: RecoveryWorker, folder: UsageFolder | None) -> None:
+    """SIGTERM/SIGINT: the usage fold stops after its current day, the worker drains."""
+    if folder is not None:
+        folder.stop()
+    asyncio.ensure_future(worker.shutdown())  # noqa: RUF006 - the worker's run() awaits its own end
+
+
 async def _serve(args: argparse.Namespace) -> int:
     if not args.resumer:
         raise CommandLineError("no resumer: pass --resumer URL|module:function or set TDEV_RESUMER")
@@ -311,7 +318,7 @@ async def _serve(args: argparse.Namespace) -> int:
         ) from None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.shutdown()))
+        loop.add_signal_handler(sig, lambda: _stop(worker, folder))
     try:
         await worker.run()
     finally:
