@@ -172,7 +172,8 @@ def _usage_section(usage: dict[str, Any] | None) -> str:
     usage_png(usage, buffer)
     runs = usage["runs"]
     return f"""<h2>Usage today (<code>tdev usage report</code>; every run in this env today)</h2>
-<p>{runs["started"]} runs started, {runs["completed"]} completed, {runs["failed"]} failures,
+<p>{runs["started"]} runs started, {runs["completed"]} completed, {runs["failed"]} failed
+({runs["failure_events"]} failure events),
 {runs["abandoned"]} abandoned, {runs["recovered"]} recovered;
 {usage["active_users"]["total_distinct"]} distinct users; {usage["projects"]["saved"]} projects saved.</p>
 <img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}" width="100%">"""

@@ -14,6 +14,7 @@ from typing import Any
 
 import tdev_state
 from tdev_metrics import CollectorConfig, MetricsCollector, MetricsReader
+from tdev_metrics.usage_tables import SETTLE_DAYS, UsageFolder
 from tdev_recovery import RecoveryWorker, ResumeRejected, ResumeRequest, RetryPolicy, WorkerConfig
 from tdev_recovery.ops import OpsServer
 from tdev_state import AGENTS, InvalidTransitionError, SessionStatus, StateClient
@@ -147,6 +148,10 @@ async def worker_act(client: StateClient, clock: Any) -> None:
     assert len(resumed) == 3, resumed
     assert client.sessions.get(refused[0]).status is SessionStatus.ABANDONED
     assert usage.close()
+    # The usage fold of past days (the worker's CLI runs it after its sweeps).
+    assert (
+        UsageFolder(client, days_per_call=SETTLE_DAYS).fold(clock().date() + timedelta(days=1)) == SETTLE_DAYS
+    )
     ops = OpsServer(worker, host="127.0.0.1", port=0)
     assert ops.ready()[0]
 

@@ -110,7 +110,8 @@ def test_the_usage_page_renders_tables_not_a_python_dict(client: StateClient, cl
     assert "{'" not in page.text
     for table in ("usage-runs", "usage-by-type", "usage-funnel", "usage-durations", "usage-projects"):
         assert f'id="{table}"' in page.text, table
-    assert re.search(r"<tr><td>PRODUCTION</td>(<td>\d+</td>){5}</tr>", page.text)
+    # started, completed, failed, failure events, abandoned, recovered, resumes
+    assert re.search(r"<tr><td>PRODUCTION</td>(<td>\d+</td>){7}</tr>", page.text)
 
 
 # --- actions only where they will be accepted -------------------------------------------------------

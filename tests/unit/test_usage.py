@@ -67,11 +67,12 @@ def test_three_compact_items_per_day(client: StateClient) -> None:
     assert UsageReader(client).report(DAY, DAY)["runs"]["started"] == 12
 
 
-def test_no_collector_no_counting(client: StateClient) -> None:
-    """Without a collector the pipeline works and nothing is written to the metrics table."""
+def test_no_collector_nothing_written_and_the_runs_still_counted(client: StateClient) -> None:
+    """Without a collector nothing is written to the metrics table, and the report still counts the runs
+    from the tables (before: 0 runs, the counts lived only in a collector's buffer)."""
     drive_mix(client)
     assert _metrics_items(client) == []
-    assert UsageReader(client).report(DAY, DAY)["runs"]["started"] == 0
+    assert UsageReader(client).report(DAY, DAY)["runs"]["started"] == 6
 
 
 def test_a_failing_sink_never_fails_the_pipeline(client: StateClient) -> None:
@@ -405,17 +406,14 @@ def test_a_day_stored_under_positional_keys_reads_by_the_legacy_order(
     assert (funnel["nl_input"]["started"], funnel["generation"]["completed"]) == (5, 4)
     generation = funnel["generation"]
     assert (generation["failed"], generation["retries"], funnel["search"]["tolerated"]) == (1, 1, 1)
-    durations = UsageReader(client).report(DAY, DAY)["duration_seconds"]["agents"]
-    assert durations["generation"]["p50"] == round(bucket_value(23), 3)
 
 
 def test_old_and_new_keys_of_one_day_add_up(client: StateClient) -> None:
     """A day written partly by an old collector (positional) and partly by a new one (named) sums both."""
-    _put_usage_day(client, **{"ac6": 2, "ac.generation": 3, "d:a6.10": 1, "d:a.generation.10": 1})
+    _put_usage_day(client, **{"ac6": 2, "ac.generation": 3})
     report = UsageReader(client).report(DAY, DAY)
     generation = next(f for f in report["funnel"] if f["agent"] == "generation")
     assert generation["completed"] == 5
-    assert report["duration_seconds"]["agents"]["generation"]["p50"] == round(bucket_value(10), 3)
 
 
 def test_a_stored_agent_no_longer_declared_is_still_reported(client: StateClient) -> None:

@@ -327,13 +327,8 @@ class BacklogRow:
 def backlog(client: StateClient, *, now: datetime, policy: RecoveryPolicy, limit: int) -> list[BacklogRow]:
     """Every FAILED run (any age: an operator sees it before the worker's retry delay) and every ACTIVE run
     the rule says is stalled, oldest first, from the sparse recovery index and one BatchGetItem per kind."""
-    failed = client.sessions.recovery_candidates(
-        failed_idle=timedelta(0), stalled_idle=None, limit=limit, now=now, policy=policy, live=True
-    )
-    stalled = client.sessions.recovery_candidates(
-        failed_idle=None, stalled_idle=timedelta(0), limit=limit, now=now, policy=policy
-    )
-    found = sorted([*failed, *stalled], key=lambda c: c.last_updated)[:limit]
+    # The one definition of the backlog: what the worker's gauge and `tdev backlog list` count too.
+    found = client.sessions.backlog(policy=policy, now=now, limit=limit)
     return [
         BacklogRow(
             run=c,

@@ -35,6 +35,8 @@ log = get_logger(__name__)
 COUNTS = "#usage#counts"
 DURATIONS = "#usage#durations"
 USERS = "#usage#users"
+#: A day's counts of the facts the tables hold, folded by the recovery worker (tdev_metrics.usage_tables).
+TABLES = "#usage#tables"
 PREFIX = "#usage#"
 #: Attributes per UpdateItem (with 64-character tech-stack names: about 1 KB of update expression).
 ATTRS_PER_WRITE = 50
@@ -57,7 +59,10 @@ def shard_name(family: str, shard: int) -> str:
 
 
 def family_of(sort_key: str) -> str | None:
-    """COUNTS, DURATIONS or USERS for any of their shards; None for anything else."""
+    """COUNTS, DURATIONS or USERS for any of their shards, TABLES for the day's fold; None for anything
+    else."""
+    if sort_key == TABLES:
+        return TABLES
     parts = sort_key.split("#")
     if len(parts) < 3 or parts[1] != "usage":
         return None
@@ -241,7 +246,7 @@ class UsageStore:
         )
 
     def day(self, day: str) -> dict[str, list[Item]]:
-        """The day's usage shards by family (one consistent Query)."""
+        """The day's usage shards by family, and its fold under TABLES (one consistent Query)."""
         items = self._layer.query_all(
             self._table,
             key_condition="#d = :d AND begins_with(metric_name, :p)",
@@ -249,7 +254,7 @@ class UsageStore:
             values={":d": day, ":p": PREFIX},
             consistent=True,
         )
-        found: dict[str, list[Item]] = {COUNTS: [], DURATIONS: [], USERS: []}
+        found: dict[str, list[Item]] = {COUNTS: [], DURATIONS: [], USERS: [], TABLES: []}
         for item in items:
             family = family_of(str(item["metric_name"]))
             if family is not None:

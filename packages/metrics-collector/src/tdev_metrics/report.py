@@ -9,7 +9,8 @@ relative accuracy).
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -115,6 +116,28 @@ class MetricsReader:
             )
         ]
 
+    def by_agent(self, metric: str, *, start: date, end: date | None = None) -> dict[str, Summary]:
+        """One summary per agent over the whole range, every hour and variant merged: the one definition
+        of an agent's duration percentiles, which the usage report shows too (docs/data-model.md,
+        "Figures, one definition each"). One Query per day."""
+        agents: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for _day, _hour, _metric, agent_name, _var, items in self._groups(metric, start, end, None, None):
+            agents[agent_name].extend(items)
+        first = start.isoformat()
+        return {
+            agent: self._summary(first, None, metric, agent, None, items)
+            for agent, items in sorted(agents.items())
+        }
+
+    def buckets_by_agent(self, metric: str, day: date) -> dict[str, Counter[str]]:
+        """A day's sketch buckets per agent, every hour and variant added up (one Query): what the usage
+        fold keeps of a closed day, so a report reads one item instead of the day's metric items.
+        `quantiles(buckets)` of them is what `by_agent` gives for that day."""
+        agents: dict[str, Counter[str]] = defaultdict(Counter)
+        for _day, _hour, _metric, agent_name, _var, items in self._groups(metric, day, day, None, None):
+            agents[agent_name].update(sketch_buckets(items))
+        return dict(agents)
+
     def compare(
         self,
         metric: str,
@@ -214,6 +237,27 @@ class MetricsReader:
             p95=quantile(0.95),
             p99=quantile(0.99),
         )
+
+
+def sketch_buckets(items: Iterable[Mapping[str, Any]]) -> Counter[str]:
+    """The DDSketch bucket counts of metric items added up (merging sketches of one mapping is adding
+    their buckets): hours into days, variants into one, days into a range."""
+    out: Counter[str] = Counter()
+    for item in items:
+        for name, count in item.items():
+            if name.startswith("b_"):
+                out[name[2:]] += int(count)
+    return out
+
+
+def quantiles(buckets: Mapping[str, float], qs: Iterable[float] = (0.50, 0.95)) -> dict[str, float | None]:
+    """`p50`, `p95`… of merged sketch buckets (DDSketch, 1 % relative accuracy); None without data."""
+    sketch = sketch_from_buckets(dict(buckets)) if buckets else None
+    out: dict[str, float | None] = {}
+    for q in qs:
+        value = sketch.get_quantile_value(q) if sketch is not None and sketch.count else None
+        out[f"p{round(q * 100)}"] = float(value) if value is not None else None
+    return out
 
 
 def _mean_interval(a: Summary, b: Summary) -> Interval | None:

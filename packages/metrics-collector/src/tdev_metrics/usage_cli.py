@@ -57,7 +57,8 @@ def print_report(report: dict[str, Any]) -> None:
     runs = report["runs"]
     console.print(
         f"usage {report['from']} .. {report['to']} (UTC): {runs['started']} runs started, "
-        f"{runs['completed']} completed, {runs['failed']} failures, {runs['abandoned']} abandoned, "
+        f"{runs['completed']} completed, {runs['failed']} failed ({runs['failure_events']} failure events), "
+        f"{runs['abandoned']} abandoned, "
         f"{runs['recovered']} recovered; {report['active_users']['total_distinct']} distinct users; "
         f"{report['projects']['saved']} projects saved, {report['projects']['downloads']} downloads",
         highlight=False,

@@ -1,7 +1,11 @@
-"""`UsageReader`: a date range's usage report from the compact per-day items `tdev_metrics.usage` writes.
+"""`UsageReader`: a date range's usage report.
 
-One Query per day, whatever the traffic; counters stored under an agent's name and under the legacy
-positional keys of days written before agents were keyed by name add up (see `tdev_metrics.usage`).
+Per day, one Query of the usage items: the buffer's counters (`tdev_metrics.usage`: projects, downloads,
+tech stacks, users) and the day's fold (`tdev_metrics.usage_tables`: runs, the agent funnel, durations).
+Runs and the funnel are the tables' counts — a closed fold as stored, another day counted from the tables
+now — so they equal the tables whatever a pipeline process lost. Counters stored under an agent's name and
+under the legacy positional keys of days written before agents were keyed by name add up (see
+`tdev_metrics.usage`).
 """
 
 from __future__ import annotations
@@ -14,21 +18,30 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from tdev_metrics._usage_store import COUNTS, DURATIONS, USERS, UsageStore
+from tdev_metrics._usage_store import COUNTS, DURATIONS, TABLES, USERS, UsageStore
 from tdev_metrics.exceptions import MetricValidationError
+from tdev_metrics.report import MetricsReader, quantiles
 from tdev_metrics.usage import (
-    AGENT_CODES,
     CLAMPED_DURATIONS,
     LEGACY_AGENTS,
     LEGACY_COUNTER,
-    LEGACY_SERIES,
     OTHER_STACKS,
     PIPELINE_TYPES,
     RELATIVE_ERROR,
     bucket_value,
 )
+from tdev_metrics.usage_tables import (
+    AGENT_OUTCOMES,
+    AGENT_TIME,
+    BUFFER,
+    RUN_OUTCOMES,
+    DayCount,
+    count_day,
+    fold_from_item,
+)
 from tdev_state import AGENTS, StateClient
 from tdev_state.log import get_logger
+from tdev_state.storage import Item
 
 log = get_logger(__name__)
 
@@ -54,13 +67,19 @@ def _histogram_quantiles(buckets: Mapping[int, int], qs: Iterable[float]) -> dic
 
 
 class UsageReader:
-    """`report(start, end)`: the usage of a date range, from one Query per day."""
+    """`report(start, end)`: the usage of a date range, from one Query per day (plus, for a day not folded
+    closed yet, the count of its runs from the tables: `tdev_metrics.usage_tables`)."""
 
     def __init__(self, client: StateClient) -> None:
+        self._client = client
         self._store = UsageStore(client.layer, "reader")
 
     def report(self, start: date, end: date) -> dict[str, Any]:
-        """The report as a dict in the documented shape (docs/usage.md); `None` where nothing was measured."""
+        """The report as a dict in the documented shape (docs/usage.md); `None` where nothing was measured.
+
+        Runs and the agent funnel are counted from the tables, by the day each run was created (a closed
+        day from its fold, another day now); projects, downloads, tech stacks and users from the usage
+        buffer's items; agent durations from the `agent_execution_time` metric (`MetricsReader.by_agent`)."""
         for name, day in (("start", start), ("end", end)):
             if not isinstance(day, date) or isinstance(day, datetime):
                 raise MetricValidationError(f"{name} must be a date (YYYY-MM-DD), got {type(day).__name__}")
@@ -69,45 +88,80 @@ class UsageReader:
         if (end - start).days > 366:
             raise MetricValidationError("a usage report covers at most 366 days; split the range")
         counts: Counter[str] = Counter()
-        durations: dict[str, Counter[int]] = defaultdict(Counter)
         users_total: set[int] = set()
         by_day_users: dict[str, int] = {}
-        per_day: dict[str, dict[str, int]] = {}
+        days: list[DayCount] = []
         items_read = 0
         day = start
         while day <= end:
             key = day.isoformat()
-            shards = self._store.day(key)  # every shard of the three families
+            shards = self._store.day(key)  # every shard of the three families, and the day's fold
             today: Counter[str] = Counter()
             for item in shards[COUNTS]:
                 for attr, n in item.items():
                     if _counter(attr) and _whole(attr, n):
                         today[_named(attr)] += int(n)  # an old key and its named one add up
             counts.update(today)
-            for item in shards[DURATIONS]:
-                for attr, n in item.items():
-                    ours = attr[:1] in ("a", "r") and "." in attr  # short names keep a shard small
-                    if ours and _whole(attr, n) and _whole(attr, attr.rpartition(".")[2]):
-                        series, _, bucket = attr.rpartition(".")
-                        durations[_named_series(series)][int(bucket)] += int(n)
             users = {int(h) for item in shards[USERS] for h in item.get("u", set())}
             items_read += sum(len(v) for v in shards.values())
             users_total |= users
             by_day_users[key] = len(users)
-            per_day[key] = {
-                outcome: sum(n for k, n in today.items() if k.startswith(code + "."))
-                for outcome, code in (
-                    ("started", "rs"),
-                    ("completed", "rc"),
-                    ("failed", "rf"),
-                    ("abandoned", "ra"),
-                    ("recovered", "rv"),
-                )
-            }
+            days.append(self._day_count(day, shards, today))
             day += timedelta(days=1)
-        report = _shape(start, end, counts, durations, users_total, by_day_users, per_day)
+        report = _shape(start, end, counts, days, users_total, by_day_users)
         report["capped"]["usage_items_read"] = items_read
         return report
+
+    def _day_count(self, day: date, shards: Mapping[str, list[Item]], buffered: Counter[str]) -> DayCount:
+        """The day's runs and funnel: its closed fold; else the tables counted now; the buffer's counters
+        only for a day whose runs the tables no longer hold (expired, or from before folding)."""
+        key = day.isoformat()
+        fold = fold_from_item(key, shards[TABLES][0]) if shards[TABLES] else None
+        if fold is not None and fold.closed:
+            counted = fold
+        else:
+            counted = count_day(self._client, day)
+            counted.agent_time = MetricsReader(self._client).buckets_by_agent(AGENT_TIME, day)
+        counters = ("rs.", "rc.", "rf.", "ra.", "rv.", "rm.", "as.", "ac.", "af.", "ar.", "at.")
+        if counted.total("started") == 0 and any(k.startswith(counters) for k in buffered):
+            durations: Counter[str] = Counter()
+            for item in shards[DURATIONS]:
+                for attr, n in item.items():
+                    bucket = attr.rpartition(".")[2]
+                    if attr[:1] == "r" and "." in attr and _whole(attr, n) and _whole(attr, bucket):
+                        durations[attr] += int(n)
+            legacy = _from_buffer(key, buffered, durations)
+            legacy.agent_time = counted.agent_time
+            return legacy
+        return counted
+
+
+def _from_buffer(day: str, counts: Counter[str], durations: Counter[str]) -> DayCount:
+    """A day counted by the usage buffer alone (its runs are no longer in the tables). The buffer counted
+    failure events only: `failed` (runs) shows that number too, and the day's source says so."""
+    out = DayCount(day=day, source=BUFFER, closed=True)
+    runs = {
+        "rs": ("started",),
+        "rc": ("completed",),
+        "rf": ("failed", "failure_events"),
+        "ra": ("abandoned",),
+        "rv": ("recovered",),
+        "rm": ("resumes",),
+    }
+    agents = dict(zip(("as", "ac", "af", "ar", "at"), AGENT_OUTCOMES, strict=True))
+    for name, n in counts.items():
+        code, _, rest = name.partition(".")
+        if code in runs and rest:
+            for outcome in runs[code]:
+                out.run(rest)[outcome] += n
+        elif code in agents and rest:
+            out.agent(rest)[agents[code]] += n
+        elif len(name) == 3 and name[0] == "h" and name[1:].isdecimal():
+            out.hours[int(name[1:])] += n
+    for series, n in durations.items():
+        name, _, bucket = series.rpartition(".")
+        out.run_seconds.setdefault(name[1:], Counter())[int(bucket)] += n
+    return out
 
 
 def _whole(attr: str, value: Any) -> bool:
@@ -134,24 +188,10 @@ def _named(attr: str) -> str:
     return f"{code}.{LEGACY_AGENTS[position]}"
 
 
-def _named_series(series: str) -> str:
-    """A duration series with the agent named: a legacy positional series (`a6`) becomes `a.generation`."""
-    legacy = LEGACY_SERIES.fullmatch(series)
-    if legacy is None:
-        return series
-    position = int(legacy.group(1))
-    if position >= len(LEGACY_AGENTS):
-        log.warning("usage.item_malformed", attribute=series[:80], value="no agent at this position")
-        return f"a.#{position}"
-    return f"a.{LEGACY_AGENTS[position]}"
-
-
-def _agents_in(counts: Counter[str], durations: Mapping[str, Counter[int]]) -> list[str]:
-    """The agents to report: the declared ones in pipeline order, then any other agent the stored days
-    name (an agent removed or renamed since), sorted — stored counts are never silently left out."""
-    stored = {k[3:] for k in counts if k[:3] in {f"{code}." for code in AGENT_CODES.values()}}
-    stored |= {s[2:] for s in durations if s.startswith("a.")}
-    return [*AGENTS, *sorted(stored - set(AGENTS))]
+def _agents_in(stored: Iterable[str]) -> list[str]:
+    """The agents to report: the declared ones in pipeline order, then any other agent the counted days
+    name (an agent removed or renamed since), sorted — counted agents are never silently left out."""
+    return [*AGENTS, *sorted(set(stored) - set(AGENTS))]
 
 
 def _counter(attr: str) -> bool:
@@ -162,75 +202,53 @@ def _shape(  # noqa: PLR0917 - the report's parts, gathered by report()
     start: date,
     end: date,
     counts: Counter[str],
-    durations: Mapping[str, Counter[int]],
+    days: list[DayCount],
     users: set[int],
     by_day_users: dict[str, int],
-    per_day: dict[str, dict[str, int]],
 ) -> dict[str, Any]:
-    def total(code: str) -> int:
-        return sum(n for k, n in counts.items() if k.startswith(code + "."))
-
-    types = sorted(
-        {k.split(".", 1)[1] for k in counts if k[:3] in {"rs.", "rc.", "rf.", "ra.", "rv.", "rm."}}
-    )
-    by_type = {
-        t: {
-            "started": counts[f"rs.{t}"],
-            "completed": counts[f"rc.{t}"],
-            "failed": counts[f"rf.{t}"],
-            "abandoned": counts[f"ra.{t}"],
-            "recovered": counts[f"rv.{t}"],
-        }
-        for t in sorted(set(PIPELINE_TYPES) | set(types))
-    }
-    agents = _agents_in(counts, durations)
-    funnel = [
-        {
-            "agent": agent,
-            "started": counts[f"as.{agent}"],
-            "completed": counts[f"ac.{agent}"],
-            "failed": counts[f"af.{agent}"],
-            "retries": counts[f"ar.{agent}"],
-            "tolerated": counts[f"at.{agent}"],
-        }
-        for agent in agents
-    ]
-    run_hist: Counter[int] = Counter()
-    for series, hist in durations.items():
-        if series.startswith("r"):
-            run_hist.update(hist)
-    quantiles = (0.50, 0.95)
+    runs: dict[str, Counter[str]] = defaultdict(Counter)
+    agents_counted: dict[str, Counter[str]] = defaultdict(Counter)
+    hours: Counter[int] = Counter()
+    run_seconds: dict[str, Counter[int]] = defaultdict(Counter)
+    agent_time: dict[str, Counter[str]] = defaultdict(Counter)
+    for one in days:
+        for agent, buckets in one.agent_time.items():
+            agent_time[agent].update(buckets)
+        for kind, c in one.runs.items():
+            runs[kind].update(c)
+        for agent, c in one.agents.items():
+            agents_counted[agent].update(c)
+        hours.update(one.hours)
+        for kind, hist in one.run_seconds.items():
+            run_seconds[kind].update(hist)
+    total: Counter[str] = Counter()
+    for outcomes in runs.values():
+        total.update(outcomes)
+    by_type = {t: {o: runs[t][o] for o in RUN_OUTCOMES} for t in sorted(set(PIPELINE_TYPES) | set(runs))}
+    agents = _agents_in(agents_counted)
+    funnel = [{"agent": agent, **{o: agents_counted[agent][o] for o in AGENT_OUTCOMES}} for agent in agents]
+    all_runs: Counter[int] = Counter()
+    for hist in run_seconds.values():
+        all_runs.update(hist)
+    qs = (0.50, 0.95)
     duration = {
-        "run": _histogram_quantiles(run_hist, quantiles),
+        "run": _histogram_quantiles(all_runs, qs),
         "runs_by_pipeline_type": {
-            series[1:]: _histogram_quantiles(hist, quantiles)
-            for series, hist in sorted(durations.items())
-            if series.startswith("r")
+            kind: _histogram_quantiles(hist, qs) for kind, hist in sorted(run_seconds.items())
         },
-        "agents": {
-            agent: _histogram_quantiles(durations.get(f"a.{agent}", Counter()), quantiles) for agent in agents
-        },
+        # The agent_execution_time metric's percentiles, every hour and variant (MetricsReader.by_agent):
+        # one definition, the metrics report's (DDSketch, 1 % relative accuracy).
+        "agents": {agent: _rounded(quantiles(agent_time.get(agent, Counter()), qs)) for agent in agents},
         "relative_error": round(RELATIVE_ERROR, 4),
     }
     stacks = sorted(
         ((k[2:], n) for k, n in counts.items() if k.startswith("t.")), key=lambda s: (-s[1], s[0])
     )
-    hours = sorted(
-        ((int(k[1:]), n) for k, n in counts.items() if len(k) == 3 and k[0] == "h" and n),
-        key=lambda h: (-h[1], h[0]),
-    )
+    busiest = sorted(((h, n) for h, n in hours.items() if n), key=lambda h: (-h[1], h[0]))
     return {
         "from": start.isoformat(),
         "to": end.isoformat(),
-        "runs": {
-            "started": total("rs"),
-            "completed": total("rc"),
-            "failed": total("rf"),
-            "abandoned": total("ra"),
-            "recovered": total("rv"),
-            "resumes": total("rm"),
-            "by_pipeline_type": by_type,
-        },
+        "runs": {**{o: total[o] for o in RUN_OUTCOMES}, "by_pipeline_type": by_type},
         "funnel": funnel,
         "duration_seconds": duration,
         "projects": {
@@ -243,8 +261,15 @@ def _shape(  # noqa: PLR0917 - the report's parts, gathered by report()
             # What the bounds on usage items (tdev_metrics._usage_store) counted without its detail.
             "tech_stack_entries_as_other": counts[OTHER_STACKS],
             "durations_clamped": counts[CLAMPED_DURATIONS],
+            # Session or agent items the tables' count could not read (each logged) and left out.
+            "items_skipped": sum(one.skipped for one in days),
         },
         "active_users": {"total_distinct": len(users), "by_day": by_day_users},
-        "busiest_hours_utc": [{"hour": hour, "runs_started": n} for hour, n in hours],
-        "runs_per_day": per_day,
+        "busiest_hours_utc": [{"hour": hour, "runs_started": n} for hour, n in busiest],
+        "runs_per_day": {one.day: {o: one.total(o) for o in RUN_OUTCOMES} for one in days},
+        "counted_from": {one.day: one.source for one in days},
     }
+
+
+def _rounded(values: Mapping[str, float | None]) -> dict[str, float | None]:
+    return {k: None if v is None else round(v, 3) for k, v in values.items()}

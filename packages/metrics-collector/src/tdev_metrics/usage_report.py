@@ -47,7 +47,7 @@ def render_png(report: dict[str, Any], target: Path | BinaryIO) -> None:
         days.bar([i + (offset - 1.5) * width for i in range(len(labels))], [per_day[d][key] for d in labels],
                  width=width, color=color, label=key)  # fmt: skip
     days.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
-    days.set_title("Runs per day: started, completed, failures, abandoned")
+    days.set_title("Runs per day (by creation day): started, completed, failed, abandoned")
     days.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
 
     series = [("run", report["duration_seconds"]["run"]), *report["duration_seconds"]["agents"].items()]
@@ -106,12 +106,18 @@ def render_html(report: dict[str, Any]) -> str:
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;
 margin-bottom:1em}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}</style></head><body>
 <h1>T-Developer usage, {e(report["from"])} .. {e(report["to"])} (UTC)</h1>
-<p>{runs["started"]} runs started, {runs["completed"]} completed, {runs["failed"]} failures,
+<p>{runs["started"]} runs started, {runs["completed"]} completed, {runs["failed"]} failed
+({runs["failure_events"]} failure events),
 {runs["abandoned"]} abandoned, {runs["recovered"]} recovered after a resume;
 {report["active_users"]["total_distinct"]} distinct users.</p>
 <img src="data:image/png;base64,{png}" width="100%" alt="usage charts">
 <h2>Runs by pipeline type</h2>
-{table(["type", "started", "completed", "failed", "abandoned", "recovered"], by_type)}
+{
+        table(
+            ["type", "started", "completed", "failed", "failure events", "abandoned", "recovered", "resumes"],
+            by_type,
+        )
+    }
 <h2>Funnel</h2>
 {
         table(

@@ -125,20 +125,18 @@ def list_backlog(
     if agent is not None and agent not in AGENTS:
         raise ValidationError(f"agent {agent!r:.40} is not one of the pipeline's: {', '.join(AGENTS)}")
     moment = now or client.clock()
-    runs: list[RecoveryCandidate] = []
-    if BacklogKind.FAILED in wanted:
-        runs += client.sessions.recovery_candidates(
-            failed_idle=older_than, stalled_idle=None, limit=limit, now=moment, policy=policy, live=True
-        )
-    if BacklogKind.STALLED in wanted:
-        # live=False: the library keeps only the ACTIVE runs whose window under `policy` has passed.
-        runs += client.sessions.recovery_candidates(
-            failed_idle=None, stalled_idle=older_than, limit=limit, now=moment, policy=policy
-        )
+    # The one definition of the backlog (the worker's gauge and the console count the same runs).
+    runs = client.sessions.backlog(
+        policy=policy,
+        now=moment,
+        limit=limit,
+        failed=BacklogKind.FAILED in wanted,
+        stalled=BacklogKind.STALLED in wanted,
+        older_than=older_than,
+    )
     if agent is not None:
         runs = [r for r in runs if r.current_agent == agent]
-    runs.sort(key=lambda r: r.last_updated)
-    return [entry(r, policy, moment) for r in runs[:limit]]
+    return [entry(r, policy, moment) for r in runs]
 
 
 # --- actions -------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from tdev_metrics import MetricsCollector
+from tdev_metrics.usage_tables import UsageFolder
 from tdev_recovery.config import RetryPolicy, WorkerConfig
 from tdev_recovery.exceptions import RecoveryError
 from tdev_recovery.ops import OpsServer
@@ -209,7 +210,8 @@ def build_parser(prog: str = "tdev-recovery-worker") -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=_switch("TDEV_USAGE"),
         help="count the resumes and abandoned runs into the usage report (a metrics collector in this "
-        "process) [$TDEV_USAGE=on|off]",
+        "process), and fold past days' run counts from the tables into one item each "
+        "[$TDEV_USAGE=on|off]",
     )
     knobs.add_argument(
         "--log-level",
@@ -273,6 +275,13 @@ def worker_config(args: argparse.Namespace) -> WorkerConfig:
     )
 
 
+def _stop(worker: RecoveryWorker, folder: UsageFolder | None) -> None:
+    """SIGTERM/SIGINT: the usage fold stops after its current day, the worker drains."""
+    if folder is not None:
+        folder.stop()
+    asyncio.ensure_future(worker.shutdown())  # noqa: RUF006 - the worker's run() awaits its own end
+
+
 async def _serve(args: argparse.Namespace) -> int:
     if not args.resumer:
         raise CommandLineError("no resumer: pass --resumer URL|module:function or set TDEV_RESUMER")
@@ -288,7 +297,10 @@ async def _serve(args: argparse.Namespace) -> int:
         client.layer.probe(client.layer.tables.sessions)
     except StorageUnavailableError as exc:
         log.warning("worker.store_unreachable_at_start", error=str(exc))
-    worker = RecoveryWorker(client, resumer, config, publish_backlog=publish)
+    # The usage fold: past days' run and agent counts from the tables into one item per day
+    # (tdev_metrics.usage_tables), so the report equals the tables whatever a pipeline process lost.
+    folder = UsageFolder(client) if args.usage else None
+    worker = RecoveryWorker(client, resumer, config, publish_backlog=publish, fold_usage=folder)
     # Usage counting: resumes and abandoned runs go to the usage items through a collector here; it is
     # flushed by the shutdown below (SIGTERM), so a stopped replica loses nothing it counted.
     collector = (
@@ -306,7 +318,7 @@ async def _serve(args: argparse.Namespace) -> int:
         ) from None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.shutdown()))
+        loop.add_signal_handler(sig, lambda: _stop(worker, folder))
     try:
         await worker.run()
     finally:

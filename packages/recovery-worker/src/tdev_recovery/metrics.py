@@ -48,7 +48,9 @@ class WorkerMetrics:
             registry=r,
         )
         self.backlog = Gauge(
-            "tdev_recovery_backlog", "Failed or stalled runs found by the last sweep", registry=r
+            "tdev_recovery_backlog",
+            "The recovery backlog at the last sweep: FAILED runs of any age and stalled runs",
+            registry=r,
         )
         self.inflight = Gauge("tdev_recovery_inflight", "Resumes in progress", registry=r)
         self.detection_lag = Histogram(

@@ -68,7 +68,11 @@ class RecoveryWorker:
         clock: Callable[[], datetime] | None = None,
         publish_backlog: Callable[[int], None] | None = None,
         observer: LivenessObserver | None = None,
+        fold_usage: Callable[[], object] | None = None,
     ) -> None:
+        """`fold_usage`: called after each sweep, on this worker's pool and in the background (one at a
+        time): the usage fold of past days (tdev_metrics.usage_tables.UsageFolder, which keeps its own
+        interval and survives a bad day)."""
         self.config = config or WorkerConfig()
         self.metrics = metrics or WorkerMetrics()
         #: The one liveness rule, shaped by this worker's settings (shared with the console and
@@ -80,6 +84,8 @@ class RecoveryWorker:
         self._clock = clock or client.clock
         self._claims = client.claims
         self._publish_backlog = publish_backlog
+        self._fold_usage = fold_usage
+        self._folding: asyncio.Future[None] | None = None
         self._pool = ThreadPoolExecutor(
             max_workers=self.config.concurrency + 2, thread_name_prefix="tdev-recovery"
         )
@@ -133,6 +139,8 @@ class RecoveryWorker:
             self.last_turn_monotonic = time.monotonic()
             try:
                 await self.sweep()
+                if self._fold_usage is not None and (self._folding is None or self._folding.done()):
+                    self._folding = asyncio.ensure_future(self._fold(self._fold_usage))
             except StateError as exc:
                 self.metrics.sweep_errors.inc()
                 log.error("sweep.failed", error=str(exc))  # noqa: TRY400 - expected, no traceback
@@ -170,25 +178,45 @@ class RecoveryWorker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._folding is not None:  # a fold under way ends with its current day (it is idempotent)
+            await self._folding
         self._pool.shutdown(wait=True)
+
+    async def _fold(self, fold: Callable[[], object]) -> None:
+        """The usage fold on this worker's pool. It keeps its own errors per day (UsageFolder); anything
+        else it raises is counted as a sweep error and logged, never left unretrieved on the loop."""
+        try:
+            await self._io(fold)
+        except Exception as exc:
+            self.metrics.sweep_errors.inc()
+            log.exception("usage.fold_crashed", error=f"{type(exc).__name__}: {exc}")
 
     # --- sweeping and claiming ------------------------------------------------------------------------
 
     async def sweep(self) -> int:
         """One pass: find candidates, claim what this replica has room for, start their resumes."""
         self.metrics.sweeps.inc()
-        candidates = await self._io(
-            self._client.sessions.recovery_candidates,
-            failed_idle=self.config.retry_delay,
-            stalled_idle=timedelta(0),
-            limit=self.config.batch_size,
+        # The backlog gauge counts what the console and `tdev backlog list` show (FAILED runs of any age,
+        # stalled ones: sessions.backlog); this replica claims those of them that are due — FAILED ones
+        # once the retry delay has passed too.
+        moment = self._clock()
+        backlog = await self._io(
+            self._client.sessions.backlog,
             policy=self.policy,
+            now=moment,
+            limit=self.config.batch_size,
             on_malformed=lambda _: self.metrics.malformed_items.inc(),
         )
-        self.metrics.backlog.set(len(candidates))
+        floor = {SessionStatus.FAILED: self.config.retry_delay}
+        candidates = [
+            c
+            for c in backlog
+            if self.policy.listed(c, now=moment, idle=floor.get(c.status, timedelta(0)), live=False)
+        ]
+        self.metrics.backlog.set(len(backlog))
         self.metrics.candidates.inc(len(candidates))
         if self._publish_backlog is not None:
-            await self._io(self._publish_backlog, len(candidates))
+            await self._io(self._publish_backlog, len(backlog))
         started = 0
         now = self._clock()
         # Every suspect is watched on this replica's own clock, even when it has no room to claim now: the

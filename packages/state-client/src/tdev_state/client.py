@@ -118,6 +118,7 @@ class AsyncSessions(_AsyncStore):
     update = _off_loop(SessionStore.update)
     heartbeat = _off_loop(SessionStore.heartbeat)
     recovery_candidates = _off_loop(SessionStore.recovery_candidates)
+    backlog = _off_loop(SessionStore.backlog)
     failed_sessions = _off_loop(SessionStore.failed_sessions)
     list_by_day = _off_loop(SessionStore.list_by_day)
     candidate = _off_loop(SessionStore.candidate)

@@ -214,6 +214,9 @@ class Session(_DictMixin):
     failed_agents: tuple[str, ...] = ()
     #: Why `metadata` is None in a listing although the run has some (its payload could not be read).
     metadata_error: str | None = None
+    #: Times the run entered FAILED (failure events; a run that failed, was resumed and failed again
+    #: counts 2). A run "failed" in the usage report when this is at least 1.
+    fail_count: int = 0
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,42 @@ class RecoveryReads:
         found.sort(key=lambda c: c.last_updated)
         return found[:size]
 
+    def backlog(
+        self,
+        *,
+        policy: RecoveryPolicy | None = None,
+        now: datetime | None = None,
+        limit: int = 100,
+        failed: bool = True,
+        stalled: bool = True,
+        older_than: timedelta = timedelta(0),
+        on_malformed: Callable[[MalformedItemError], None] | None = None,
+    ) -> list[RecoveryCandidate]:
+        """The recovery backlog — the one definition that the worker's `tdev_recovery_backlog` gauge, the
+        console's backlog page and `tdev backlog list` all count: every FAILED run (any age: an operator
+        sees it before the worker's retry delay) and every ACTIVE run stalled under `policy`, silent for at
+        least `older_than`, oldest first, at most `limit`. `failed=False` / `stalled=False` leave a kind out
+        (the CLI's filters). Two index reads per kind and shard, one BatchGetItem per kind."""
+        size = check.limit(limit)
+        for name, flag in (("failed", failed), ("stalled", stalled)):
+            if not isinstance(flag, bool):
+                raise ValidationError(f"{name} must be True or False, got {flag!r:.40}")
+        moment = now or self._clock()
+        runs: list[RecoveryCandidate] = []
+        for kind, wanted in ((SessionStatus.FAILED, failed), (SessionStatus.ACTIVE, stalled)):
+            if wanted:  # FAILED: every one (live); ACTIVE: those stalled under the policy
+                runs += self.recovery_candidates(
+                    failed_idle=older_than if kind is SessionStatus.FAILED else None,
+                    stalled_idle=older_than if kind is SessionStatus.ACTIVE else None,
+                    live=kind is SessionStatus.FAILED,
+                    limit=size,
+                    now=moment,
+                    policy=policy,
+                    on_malformed=on_malformed,
+                )
+        runs.sort(key=lambda c: c.last_updated)
+        return runs[:size]
+
     def candidate(self, session_id: str) -> RecoveryCandidate:
         """The run as a recovery candidate now, whatever its age or status (one consistent read): what an
         operator's "resume now" or "abandon" claims, through the same `claims.claim` as the sweep."""
