@@ -104,7 +104,6 @@ LEGACY_AGENTS: tuple[str, ...] = (
     "download",
 )
 LEGACY_COUNTER = re.compile(r"(as|ac|af|ar|at)([0-9]{1,2})")
-LEGACY_SERIES = re.compile(r"a([0-9]{1,2})")
 _MAX_TECH_CHARS = 64
 #: Counters of what was capped (in the counts item; never a tech-stack name, which is stored as "t.<name>").
 OTHER_STACKS = "xo"
