@@ -27,7 +27,7 @@ from tdev_state import command
 from tdev_state.client import StateClient
 from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
 from tdev_state.exceptions import MalformedItemError, SessionNotFoundError
-from tdev_state.models import AGENTS, AgentExecution, Session, SessionStatus, epoch_float
+from tdev_state.models import AGENTS, AgentExecution, RecoveryHistory, Session, SessionStatus, epoch_float
 
 #: Where packages built on this one register `tdev` subcommands: `name = "module:main"`, where
 #: `main(argv, *, prog)` returns an exit code. tdev_state never imports them.
@@ -55,7 +55,21 @@ def _client(args: argparse.Namespace) -> StateClient:
 _ID_COLUMNS = frozenset({"session_id", "project_id"})
 
 #: Columns that hold a timestamp (epoch seconds in --json): shown as --time-format says.
-_TIME_COLUMNS = frozenset({"last_updated", "last_accessed", "created_at", "start", "end"})
+_TIME_COLUMNS = frozenset(
+    {
+        "last_updated",
+        "last_accessed",
+        "created_at",
+        "start",
+        "end",
+        "at",
+        "lease_expires_at",
+        "last_resumed_at",
+    }
+)
+
+#: The moments of a recovery history (beside its steps' `at`).
+_HISTORY_TIMES = ("lease_expires_at", "last_resumed_at")
 
 
 def _table(
@@ -196,12 +210,60 @@ def _timeline(run: list[AgentExecution]) -> list[dict[str, Any]]:
     return rows
 
 
+def _recovery_json(history: RecoveryHistory, time_format: str | None) -> dict[str, Any]:
+    """The run's recovery history for --json: counters, lease and every step, times as the others."""
+    data = history.to_dict()
+    data.update(_json_times([{k: data[k] for k in _HISTORY_TIMES}], time_format)[0])
+    data["events"] = _json_times(data["events"], time_format)
+    return data
+
+
+def _print_recovery(history: RecoveryHistory, time_format: str) -> None:
+    """What recovery did to the run, as the console's run page shows it: the counters and lease now, the
+    reasons, then every claim, failed attempt, resume, release and abandon in order."""
+    from rich.text import Text
+
+    console = command.console()
+    shown = command.printable
+    if not history.events:
+        console.print("recovery: never claimed")
+        return
+    lease = "none"
+    if history.lease_owner is not None:
+        until = history.lease_expires_at
+        lease = f"{shown(history.lease_owner)} until {command.show_time(until, 'iso')}"
+        if until is not None and until <= datetime.now(UTC):
+            lease += " (expired: another claim may take the run)"
+    resumed = command.show_time(history.last_resumed_at, time_format)
+    console.print(
+        Text(
+            f"recovery: {history.fencing_token} claim(s) (fencing token {history.fencing_token}), "
+            f"{history.resume_count} resume(s) accepted, {history.resume_attempts} attempt(s) now, "
+            f"lease {lease}, last resumed {resumed if resumed is not None else 'never'}"
+        )
+    )
+    if history.abandon_reason:
+        console.print(Text(f"abandoned because: {shown(history.abandon_reason)}"))
+    if history.last_resume_error:
+        console.print(Text(f"last resume error: {shown(history.last_resume_error)}"))
+    columns = ("at", "step", "token", "worker", "attempt", "detail")
+    rows = [[e.at, e.kind, e.fencing_token, e.worker_id, e.attempt, e.detail or ""] for e in history.events]
+    _table("recovery history", columns, rows, time_format=time_format)
+
+
 def sessions_show(args: argparse.Namespace) -> int:
     client = _client(args)
     session = client.sessions.get(args.session_id)
     timeline = _timeline(client.executions.list(args.session_id, load_payloads=False))
+    # The same read the console's run page makes: one history, one mapping (records.history_from_item).
+    history = client.sessions.recovery_history(session.session_id)
     if args.json:
-        print(json.dumps({"session": session.to_dict(), "agents": _json_times(timeline, args.time_format)}))
+        document = {
+            "session": session.to_dict(),
+            "agents": _json_times(timeline, args.time_format),
+            "recovery": _recovery_json(history, args.time_format),
+        }
+        print(json.dumps(document))
         return EXIT_OK
     from rich.markup import escape
     from rich.text import Text
@@ -223,6 +285,7 @@ def sessions_show(args: argparse.Namespace) -> int:
         "step", "agent", "status", "start", "duration_s", "retries", "input_bytes", "output_bytes", "error"
     )  # fmt: skip
     _table("", columns, [[row[c] for c in columns] for row in timeline], time_format=args.time_format)
+    _print_recovery(history, args.time_format or "relative")
     return EXIT_OK
 
 
@@ -293,7 +356,7 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="one JSON array on stdout")
     out.add_argument("-q", "--quiet", action="store_true", help="only the session ids, one per line")
     command.time_format_option(listing)
-    show = leaf(sessions, "show", "one run: its agents' timeline", sessions_show)
+    show = leaf(sessions, "show", "one run: its agents' timeline and its recovery history", sessions_show)
     show.add_argument("session_id", help="the run's session id")
     show.add_argument("--json", action="store_true", help="one JSON object on stdout")
     command.time_format_option(show)
