@@ -5,11 +5,12 @@ dates, help texts that say what the code does."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tdev_state import StateClient
+from tdev_state import AGENTS, StateClient
 from tdev_state.cli import main as tdev
 from tdev_state.testing import FakeClock
 
@@ -84,3 +85,116 @@ def test_sessions_show_says_when_a_run_was_never_claimed(
     sid = make_failed_run(client)
     assert tdev(["sessions", "show", sid]) == 0
     assert "recovery: never claimed" in capsys.readouterr().out
+
+
+# --- 2. sessions list: the console's filters, by the worker's rule ----------------------------------------
+
+#: The worker's settings the CLIs read; a developer's shell must not change what these tests see.
+_SETTINGS = ("TDEV_STALL_THRESHOLD", "TDEV_RESUME_COOLDOWN", "TDEV_MAX_ATTEMPTS", "TDEV_MAX_RESUMES")
+
+
+@dataclass
+class Runs:
+    stalled: str  # ACTIVE at match_rate, silent 65 min
+    healthy: str  # ACTIVE, generation started 3 min ago (inside its 6 min window)
+    failed: str  # FAILED at generation
+    clean: str  # COMPLETED, no failure
+    tolerated: str  # COMPLETED with match_rate's failure tolerated
+
+
+def _complete(client: StateClient, sid: str, *, tolerate: str | None = None) -> None:
+    for agent in AGENTS:
+        client.executions.start(sid, agent)
+        if agent == tolerate:
+            client.executions.fail(sid, agent, error_message="no match")
+        else:
+            client.executions.complete(sid, agent, output_data={"ok": agent})
+
+
+@pytest.fixture
+def runs(client: StateClient, monkeypatch: pytest.MonkeyPatch) -> Runs:
+    """Five runs written on a clock that ends at the real now: the CLI judges them with its own clock."""
+    monkeypatch.setenv("TDEV_ENV", client.config.env)
+    for name in _SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    clock = FakeClock(datetime.now(UTC) - timedelta(hours=2))
+    recent = StateClient(client.config, clock=clock)
+    stalled = recent.sessions.create(user_id="ops", project_name="stuck").session_id
+    for agent in AGENTS[:4]:
+        recent.executions.start(stalled, agent)
+        recent.executions.complete(stalled, agent, output_data={"ok": agent})
+    recent.executions.start(stalled, AGENTS[4])
+    clean = recent.sessions.create(user_id="ops", project_name="clean").session_id
+    _complete(recent, clean)
+    tolerated = recent.sessions.create(user_id="ops", project_name="tolerated").session_id
+    _complete(recent, tolerated, tolerate="match_rate")
+    failed = make_failed_run(recent)
+    clock.advance(minutes=52)
+    healthy = recent.sessions.create(user_id="ops", project_name="live").session_id
+    for agent in AGENTS[:6]:
+        recent.executions.start(healthy, agent)
+        recent.executions.complete(healthy, agent, output_data={"ok": agent})
+    clock.advance(minutes=65)  # the stalled run's last write is 65 min old now
+    recent.executions.start(healthy, "generation")
+    clock.advance(minutes=3)
+    assert clock.now <= datetime.now(UTC)
+    return Runs(stalled=stalled, healthy=healthy, failed=failed, clean=clean, tolerated=tolerated)
+
+
+def _listed(capsys: pytest.CaptureFixture[str], *argv: str) -> list[str]:
+    code = tdev(["sessions", "list", *argv, "--json"])
+    rows = json.loads(capsys.readouterr().out or "[]")
+    assert code == (0 if rows else 1)
+    return [row["session_id"] for row in rows]
+
+
+def test_status_stalled_lists_what_the_backlog_calls_stalled(
+    runs: Runs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--status STALLED lists the run silent past its window and not the live one, as `tdev backlog` does."""
+    assert _listed(capsys, "--status", "stalled") == [runs.stalled]
+    assert tdev(["backlog", "list", "--stalled-only", "--json"]) == 0
+    assert [row["session_id"] for row in json.loads(capsys.readouterr().out)] == [runs.stalled]
+
+
+def test_status_active_leaves_stalled_runs_out(runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
+    """ACTIVE means ACTIVE and not stalled, as the console's filter reads it (the filters partition runs)."""
+    assert _listed(capsys, "--status", "ACTIVE") == [runs.healthy]
+
+
+def test_status_tolerated_splits_completed_runs(runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
+    """TOLERATED lists COMPLETED runs with tolerated failures; COMPLETED the clean ones."""
+    assert _listed(capsys, "--status", "TOLERATED") == [runs.tolerated]
+    assert _listed(capsys, "--status", "COMPLETED") == [runs.clean]
+
+
+def test_listed_runs_say_their_state(runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each row carries the state the console's badge shows (stalled, tolerated failures)."""
+    assert tdev(["sessions", "list", "--user", "ops", "--json"]) == 0
+    states = {row["session_id"]: row["state"] for row in json.loads(capsys.readouterr().out)}
+    assert states[runs.stalled] == "stalled"
+    assert states[runs.tolerated] == "COMPLETED with tolerated failures"
+    assert states[runs.healthy] == "ACTIVE"
+
+
+def test_the_stall_threshold_is_the_workers_setting(
+    runs: Runs, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$TDEV_STALL_THRESHOLD (or --stall-threshold) makes a run silent 3 min stalled, as for the worker."""
+    assert _listed(capsys, "--user", "ops", "--status", "STALLED", "--stall-threshold", "1m") == [
+        runs.healthy,
+        runs.stalled,
+    ]
+    monkeypatch.setenv("TDEV_STALL_THRESHOLD", "60")
+    assert set(_listed(capsys, "--status", "STALLED")) == {runs.healthy, runs.stalled}
+
+
+def test_a_bad_stall_threshold_setting_is_one_line(
+    runs: Runs, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A malformed $TDEV_STALL_THRESHOLD is one line naming the variable, exit 2."""
+    monkeypatch.setenv("TDEV_STALL_THRESHOLD", "soon")
+    assert tdev(["sessions", "list", "--status", "STALLED"]) == 2
+    err = capsys.readouterr().err
+    assert "TDEV_STALL_THRESHOLD" in err
+    assert len(err.strip().splitlines()) == 1

@@ -19,15 +19,16 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from tdev_state import command
+from tdev_state import _sessions_list as listing
+from tdev_state import command, dates
 from tdev_state.client import StateClient
 from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
-from tdev_state.exceptions import MalformedItemError, SessionNotFoundError
-from tdev_state.models import AGENTS, AgentExecution, RecoveryHistory, Session, SessionStatus, epoch_float
+from tdev_state.models import AGENTS, AgentExecution, RecoveryHistory, Session, epoch_float
+from tdev_state.runs.policy import RunFilter
 
 #: Where packages built on this one register `tdev` subcommands: `name = "module:main"`, where
 #: `main(argv, *, prog)` returns an exit code. tdev_state never imports them.
@@ -106,13 +107,15 @@ def _json_times(rows: list[dict[str, Any]], time_format: str | None) -> list[dic
     ]
 
 
-def _session_row(s: Session) -> dict[str, Any]:
+def _session_row(s: Session, state: RunFilter | None) -> dict[str, Any]:
     return {
         "session_id": s.session_id,
         "user_id": s.user_id,
         "project_name": s.project_name,
         "type": s.pipeline_type.value,
         "status": s.status.value,
+        # What the console's badge says: stalled and tolerated failures read off the run by the one rule.
+        "state": state.label if state is not None else s.status.value,
         "progress": s.progress,
         "current_agent": s.current_agent,
         "resumes": s.resume_count,
@@ -120,57 +123,20 @@ def _session_row(s: Session) -> dict[str, Any]:
     }
 
 
-def _open_runs(client: StateClient, status: str, limit: int) -> list[Session]:
-    """Open runs of one status from the sparse recovery index (never a Scan), idle for any time at all."""
-    found = client.sessions.recovery_candidates(
-        failed_idle=timedelta(0) if status == "FAILED" else None,
-        stalled_idle=timedelta(0) if status == "ACTIVE" else None,
-        limit=limit,
-        live=True,
-    )
-    sessions = []
-    for candidate in found:
-        try:
-            sessions.append(client.sessions.get(candidate.session_id))
-        except (MalformedItemError, SessionNotFoundError):
-            continue  # unreadable (logged by the library) or gone since the sweep: the others are listed
-    return sessions
-
-
-def _runs_by_day(client: StateClient, last: date, days: int, status: str | None, limit: int) -> list[Session]:
-    """Runs started on `last` and the `days - 1` days before it, newest first, from the by-day index."""
-    found: list[Session] = []
-    for back in range(days):
-        cursor: str | None = None
-        while len(found) < limit:
-            page = client.sessions.list_by_day(
-                last - timedelta(days=back),
-                status=status,
-                limit=limit - len(found),
-                cursor=cursor,
-                load_metadata=False,
-            )
-            found.extend(page.items)
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-        if len(found) >= limit:
-            break
-    return found
-
-
 def sessions_list(args: argparse.Namespace) -> int:
     client = _client(args)
+    now = client.clock()
+    policy = listing.recovery_policy(args.stall_threshold, client.config.run_policy)
+    wanted: RunFilter | None = args.status
+    span = dates.date_range(args, now, default_days=7) if dates.range_given(args) else None
     if args.user is not None:
-        sessions = client.sessions.list_for_user(args.user, limit=args.limit, load_metadata=False).items
-        if args.status:
-            sessions = [s for s in sessions if s.status.value == args.status]
-    elif args.status in ("ACTIVE", "FAILED") and args.day is None:
-        sessions = _open_runs(client, args.status, args.limit)
+        sessions = listing.runs_of_user(client, args.user, wanted, span, args.limit, now=now, policy=policy)
+    elif wanted in listing.OPEN and span is None:
+        sessions = listing.open_runs(client, wanted, args.limit, now=now, policy=policy)
     else:
-        last = args.day or datetime.now(UTC).date()
-        sessions = _runs_by_day(client, last, args.days, args.status, args.limit)
-    rows = [_session_row(s) for s in sessions]
+        span = span or dates.date_range(args, now, default_days=7)
+        sessions = listing.runs_by_day(client, span, wanted, args.limit, now=now, policy=policy)
+    rows = [_session_row(s, listing.state_of(s, now=now, policy=policy)) for s in sessions]
     if args.json:
         print(json.dumps(_json_times(rows, args.time_format)))
     elif args.quiet:
@@ -335,27 +301,42 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
         return made
 
     sessions = group("sessions", "pipeline runs: list them, show one")
-    listing = leaf(
+    lister = leaf(
         sessions,
         "list",
         "runs of a user, open runs by status, or runs by the day they started (newest first)",
         sessions_list,
     )
-    listing.add_argument("--status", choices=[s.value for s in SessionStatus],
-                         help="only runs of this status; ACTIVE/FAILED without --user or --day lists open "
-                         "runs of any age")  # fmt: skip
-    listing.add_argument("--user", help="only this user's runs")
-    listing.add_argument(
-        "--day", type=command.day, default=None, help="last day to list (UTC; default: today)"
+    filters = ", ".join(f"{f.value} ({f.label})" if f.label != f.value else f.value for f in RunFilter)
+    lister.add_argument(
+        "--status",
+        type=listing.run_filter,
+        default=None,
+        metavar="STATUS",
+        help=f"only runs in this state: {filters} — the console's filters, judged by the recovery worker's "
+        "rule; ACTIVE, STALLED or FAILED without --user or a date range lists open runs of any age",
     )
-    listing.add_argument("--days", type=command.days, default=7, help="how many days back from --day to look")
-    listing.add_argument(
+    lister.add_argument(
+        "--user", help="only this user's runs (newest first; with a date range, started in it)"
+    )
+    lister.add_argument(
+        "--stall-threshold",
+        type=dates.duration,
+        default=None,
+        metavar="DURATION",
+        help="silence after which an ACTIVE run is stalled, as the worker's setting; unset or 0: each run's "
+        "own declared window [$TDEV_STALL_THRESHOLD]",
+    )
+    dates.add_range_options(
+        lister, default="runs started in the 7 days ending today", until_aliases=("--day",)
+    )
+    lister.add_argument(
         "--limit", type=command.count("runs", 1, 1000), default=50, help="at most this many runs (1-1000)"
     )
-    out = listing.add_mutually_exclusive_group()
+    out = lister.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON array on stdout")
     out.add_argument("-q", "--quiet", action="store_true", help="only the session ids, one per line")
-    command.time_format_option(listing)
+    command.time_format_option(lister)
     show = leaf(sessions, "show", "one run: its agents' timeline and its recovery history", sessions_show)
     show.add_argument("session_id", help="the run's session id")
     show.add_argument("--json", action="store_true", help="one JSON object on stdout")
