@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from tdev_state import AGENTS, StateClient
+from tdev_metrics import MetricsCollector
+from tdev_recovery import _backlog_text as backlog_text
+from tdev_state import AGENTS, StateClient, dates
 from tdev_state.cli import main as tdev
+from tdev_state.dates import DateRange
 from tdev_state.testing import FakeClock
 
 from ..console_runs import make_failed_run
@@ -198,3 +201,115 @@ def test_a_bad_stall_threshold_setting_is_one_line(
     err = capsys.readouterr().err
     assert "TDEV_STALL_THRESHOLD" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# --- 3. one date range for every command that takes dates -------------------------------------------------
+
+NOW = datetime(2026, 12, 6, 7, 30, tzinfo=UTC)
+
+
+def _span(**options: str | int | None) -> DateRange:
+    given = {
+        k: dates.parse_when(v) if isinstance(v, str) else None for k, v in options.items() if k != "days"
+    }
+    days = options.get("days")
+    return DateRange.resolve(
+        since=given.get("since"),
+        until=given.get("until"),
+        days=days if isinstance(days, int) else None,
+        now=NOW,
+    )
+
+
+def test_a_day_as_until_includes_the_whole_day() -> None:
+    """--since D starts at D's first moment; --until D ends after D's last."""
+    span = _span(since="2026-11-26", until="2026-11-27")
+    assert (span.start, span.end) == (datetime(2026, 11, 26, tzinfo=UTC), datetime(2026, 11, 28, tzinfo=UTC))
+
+
+def test_relative_times_and_moments_are_read_at_now() -> None:
+    """`12h` is twelve hours before now; an ISO time with an offset is read in UTC; --until is now."""
+    assert _span(since="12h") == DateRange(NOW - timedelta(hours=12), NOW)
+    assert _span(since="2026-12-06T08:00+02:00").start == datetime(2026, 12, 6, 6, tzinfo=UTC)
+
+
+def test_days_counts_back_from_the_until_day() -> None:
+    """--days 2 --until D is D and the day before, whole (the old --day/--days and --to/--days)."""
+    span = _span(days=2, until="2026-11-26")
+    assert span.days() == [date(2026, 11, 25), date(2026, 11, 26)]
+    assert span.end == datetime(2026, 11, 27, tzinfo=UTC)
+
+
+COMMANDS_WITH_DATES = [
+    ["sessions", "list"],
+    ["usage", "report"],
+    ["metrics", "report"],
+]
+
+
+@pytest.mark.parametrize("argv", COMMANDS_WITH_DATES, ids=" ".join)
+@pytest.mark.parametrize("bad", ["yesterday-ish", "2026-02-30", "12x", "2026-11-26T25:00"])
+def test_a_bad_time_is_one_line_naming_the_forms(
+    argv: list[str], bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every command that takes dates refuses a bad WHEN in one line that names the accepted forms, exit 2."""
+    assert tdev([*argv, "--since", bad]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "2026-11-26T14:30" in err
+    assert "7d" in err
+
+
+@pytest.mark.parametrize("argv", COMMANDS_WITH_DATES, ids=" ".join)
+@pytest.mark.parametrize(
+    "span",
+    [["--since", "2026-11-27", "--until", "2026-11-26"], ["--since", "2024-01-01", "--until", "2025-06-01"]],
+)
+def test_an_empty_or_too_long_range_is_one_line(
+    client: StateClient,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    span: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A range that ends before it starts, or spans more than 366 days, is refused in one line, exit 2."""
+    monkeypatch.setenv("TDEV_ENV", client.config.env)
+    assert tdev([*argv, *span]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "--since" in err
+
+
+def test_sessions_list_keeps_the_runs_started_inside_the_range(
+    client: StateClient, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A range to the hour lists the runs started in it; the old `--day` still means the whole day."""
+    monkeypatch.setenv("TDEV_ENV", client.config.env)
+    early = client.sessions.create(user_id="ops", project_name="noon").session_id
+    clock.advance(hours=2)
+    late = client.sessions.create(user_id="ops", project_name="two").session_id
+    assert _listed(capsys, "--since", "2026-11-26T13:00", "--until", "2026-11-26") == [late]
+    assert _listed(capsys, "--user", "ops", "--until", "2026-11-26T13:00") == [early]
+    assert _listed(capsys, "--day", "2026-11-26") == [late, early]
+
+
+def test_metrics_report_keeps_the_hours_inside_the_range(
+    client: StateClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hourly rows outside --since/--until are left out; --daily covers the days the range touches."""
+    metrics = MetricsCollector(client, start=False)
+    for hour in (9, 12, 15):
+        moment = datetime(2026, 11, 26, hour, 10, tzinfo=UTC).timestamp()
+        metrics.record("t", 1.0, agent_name="generation", timestamp=moment)
+    assert metrics.flush()
+    monkeypatch.setenv("TDEV_ENV", client.config.env)
+    span = ["--since", "2026-11-26T11:30", "--until", "2026-11-26T15:00"]
+    assert tdev(["metrics", "report", "--metric", "t", *span, "--json"]) == 0
+    assert [row["hour"] for row in json.loads(capsys.readouterr().out)] == [12]
+    assert tdev(["metrics", "report", "--metric", "t", *span, "--daily", "--json"]) == 0
+    assert [row["count"] for row in json.loads(capsys.readouterr().out)] == [3]
+
+
+def test_backlog_reads_durations_with_the_shared_parser() -> None:
+    """`tdev backlog --older-than` reads durations with the same parser as the date range's `7d`."""
+    assert backlog_text.duration is dates.duration

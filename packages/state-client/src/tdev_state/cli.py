@@ -1,12 +1,19 @@
 """`tdev`: the operator's CLI over the state platform.
 
-    tdev sessions list [--status S] [--user U] [--day YYYY-MM-DD] [--days N] [--limit N] [--json | -q]
-    tdev sessions show SESSION_ID [--json]
+    tdev sessions list [--status ACTIVE|STALLED|FAILED|COMPLETED|TOLERATED|ABANDONED] [--user U]
+                      [--since WHEN] [--until WHEN] [--days N] [--stall-threshold D] [--limit N] [--json|-q]
+    tdev sessions show SESSION_ID [--json]    (the agents' timeline and the run's recovery history)
     tdev projects list USER [--json]
     (tables take --time-format relative|iso|epoch; run ids are printed whole, never shortened)
     tdev tables create [--json]
     tdev metrics report …        (tdev-metrics, from tdev-metrics-collector)
+    tdev usage report …          (from tdev-metrics-collector)
+    tdev backlog list|resume|abandon …    (from tdev-recovery-worker)
     tdev worker [run] …          (tdev-recovery-worker, from tdev-recovery-worker)
+    tdev console …               (from tdev-console)
+
+Every command that takes dates takes the same range (`tdev_state.dates`): --since/--from WHEN,
+--until/--to WHEN, --days N; WHEN is a UTC day, a UTC time, or a time ago (90s, 30m, 12h, 7d).
 
 Target options (`--env`, `--local`/`--aws`, `--region`, `--profile`) go anywhere on the line. Exit codes:
 0 ok, 1 nothing found, 2 bad arguments, 3 the store failed. Errors print one line, no traceback. Bare

@@ -194,7 +194,9 @@ def add_range_options(
 ) -> None:
     """The date-range options of a command: --since/--from, --until/--to (and `until_aliases`, a command's
     older spelling), --days. `default` says in --help what the range is when none is given."""
-    group = parser.add_argument_group("date range (UTC)", f"WHEN is {WHEN_FORMS}. Without any: {default}.")
+    forms = WHEN_FORMS.replace(", a time ago", ",\n  a time ago")
+    about = f"WHEN is {forms}.\nWithout any: {default}."
+    group = parser.add_argument_group("date range (UTC)", about)
     start = group.add_mutually_exclusive_group()
     start.add_argument(
         "--since", "--from", dest="since", type=when, default=None, metavar="WHEN", help="the range's start"
