@@ -10,9 +10,12 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from tdev_console import cli as console_cli
 from tdev_metrics import MetricsCollector
 from tdev_recovery import _backlog_text as backlog_text
-from tdev_state import AGENTS, StateClient, dates
+from tdev_recovery import cli as worker_cli
+from tdev_state import AGENTS, RunPolicy, StateClient, dates
+from tdev_state import _sessions_list as listing
 from tdev_state.cli import main as tdev
 from tdev_state.dates import DateRange
 from tdev_state.testing import FakeClock
@@ -313,3 +316,29 @@ def test_metrics_report_keeps_the_hours_inside_the_range(
 def test_backlog_reads_durations_with_the_shared_parser() -> None:
     """`tdev backlog --older-than` reads durations with the same parser as the date range's `7d`."""
     assert backlog_text.duration is dates.duration
+
+
+# --- 4. help and settings that match the code -------------------------------------------------------------
+
+
+def test_the_stall_threshold_setting_reads_the_same_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """$TDEV_STALL_THRESHOLD=5m is five minutes for the worker, the console and the CLIs alike."""
+    monkeypatch.setenv("TDEV_STALL_THRESHOLD", "5m")
+    worker = worker_cli.worker_config(worker_cli.build_parser().parse_args(["--resumer", "http://x"]))
+    console = console_cli.build_parser().parse_args([])
+    assert worker.stall_threshold == timedelta(minutes=5)
+    assert console.stall_threshold == 300
+    assert listing.recovery_policy(None, RunPolicy()).stall_threshold == timedelta(minutes=5)
+
+
+@pytest.mark.parametrize(
+    "argv", [["sessions", "list"], ["sessions", "show"], ["usage", "report"], ["metrics", "report"]]
+)
+def test_no_help_shows_a_default_that_says_nothing(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plain flag's help has no `(default: False)`; no option says `(default: None)`."""
+    assert tdev([*argv, "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # wrapped help lines joined
+    assert "(default: False)" not in out
+    assert "(default: None)" not in out

@@ -43,7 +43,12 @@ def build_parser(prog: str = "tdev-metrics") -> argparse.ArgumentParser:
     report.add_argument("--agent", default=None, help="only this agent")
     report.add_argument("--variant", default=None, help="only this A/B variant")
     report.add_argument("--daily", action="store_true", help="one row per day instead of per hour")
-    report.add_argument("--png", type=Path, default=None, help="also write a chart here")
+    report.add_argument(
+        "--png",
+        type=Path,
+        default=None,
+        help="also write a chart here (needs tdev-metrics-collector[report])",
+    )
     report.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two variants of --agent")
     report.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     return parser

@@ -33,8 +33,18 @@ def build_parser(prog: str = "tdev usage") -> argparse.ArgumentParser:
     report = command.add_command(sub, "report", text, target)
     dates.add_range_options(report, default="today (UTC)")
     report.add_argument("--json", action="store_true", help="the report as one JSON object on stdout")
-    report.add_argument("--png", type=Path, default=None, help="also write the charts here")
-    report.add_argument("--html", type=Path, default=None, help="also write a page with charts and numbers")
+    report.add_argument(
+        "--png",
+        type=Path,
+        default=None,
+        help="also write the charts here (needs tdev-metrics-collector[report])",
+    )
+    report.add_argument(
+        "--html",
+        type=Path,
+        default=None,
+        help="also write a page with charts and numbers (needs tdev-metrics-collector[report])",
+    )
     return parser
 
 

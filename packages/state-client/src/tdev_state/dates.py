@@ -206,7 +206,8 @@ def add_range_options(
         type=_days,
         default=None,
         metavar="N",
-        help=f"the N UTC days ending with --until's day, today included (1-{MAX_RANGE_DAYS})",
+        help=f"the N UTC days ending with --until's day (today without --until), that day included "
+        f"(1-{MAX_RANGE_DAYS})",
     )
     group.add_argument(
         "--until",
