@@ -280,7 +280,7 @@ def test_an_empty_or_too_long_range_is_one_line(
     assert tdev([*argv, *span]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
-    assert "--since" in err
+    assert "since" in err
 
 
 def test_sessions_list_keeps_the_runs_started_inside_the_range(

@@ -152,10 +152,10 @@ class DateRange:
         if start >= end:
             raise ValidationError(
                 f"the range is empty: it starts {start:%Y-%m-%dT%H:%M:%SZ} and ends {end:%Y-%m-%dT%H:%M:%SZ}"
-                " (--since must be before --until)"
+                "; since must come before until"
             )
         if end - start > timedelta(days=MAX_RANGE_DAYS):
-            raise ValidationError(f"the range spans more than {MAX_RANGE_DAYS} days: narrow --since/--until")
+            raise ValidationError(f"the range spans more than {MAX_RANGE_DAYS} days: narrow since/until")
         return cls(start, end)
 
     @property
