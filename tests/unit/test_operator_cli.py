@@ -5,8 +5,11 @@ dates, help texts that say what the code does."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -342,3 +345,55 @@ def test_no_help_shows_a_default_that_says_nothing(
     out = " ".join(capsys.readouterr().out.split())  # wrapped help lines joined
     assert "(default: False)" not in out
     assert "(default: None)" not in out
+
+
+# --- 6. the documented command lines run as written -------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCUMENTED_RUN = "prod_20261206_041907_1177"
+
+
+def documented_commands() -> list[tuple[str, int]]:
+    """The ```bash lines of operations.md's "Runs, filters and dates" section: (command, exit code its
+    comment gives, else 0)."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("## Runs, filters and dates from the terminal", 1)[1].split("\n## ", 1)[0]
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL):
+        for line in block.splitlines():
+            command, _, comment = line.partition("  #")
+            code = re.match(r"\s*exit (\d)", comment)
+            found.append((command.strip(), int(code.group(1)) if code else 0))
+    return found
+
+
+def test_the_section_lists_its_commands() -> None:
+    """The extraction finds the section's commands (guards against a silently empty list)."""
+    commands = [c for c, _ in documented_commands()]
+    assert any(c.startswith("tdev sessions show") for c in commands)
+    assert any("--since" in c for c in commands)
+    assert all(c.startswith("tdev ") for c in commands)
+
+
+def test_every_documented_command_runs_as_written(
+    client: StateClient, runs: Runs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each documented line exits as documented, with no traceback (moto; runs, usage and metrics of the
+    last hours; a run recovery claimed and abandoned under the id the docs show)."""
+    clock = FakeClock(datetime.now(UTC) - timedelta(hours=1))
+    recent = StateClient(client.config, clock=clock)
+    collector = MetricsCollector(recent, start=False)
+    sid = recent.sessions.create(user_id="ops", project_name="docs", session_id=DOCUMENTED_RUN).session_id
+    recent.executions.start(sid, "nl_input")
+    recent.executions.fail(sid, "nl_input", error_message="model overloaded")
+    recent.sessions.update(sid, status="FAILED")
+    claim = recent.claims.claim(recent.sessions.candidate(sid), worker_id="w1", lease=LEASE)
+    assert claim is not None
+    recent.claims.abandon(claim, reason="customer cancelled the project")
+    collector.record("agent_execution_time", 1.5, agent_name="nl_input", timestamp=clock.now.timestamp())
+    assert collector.close()
+    for command, expected in documented_commands():
+        code = tdev(shlex.split(command)[1:])
+        out, err = capsys.readouterr()
+        assert code == expected, f"{command}: exit {code}\n{out[-800:]}\n{err[-800:]}"
+        assert "Traceback" not in err, command
