@@ -397,3 +397,24 @@ def test_every_documented_command_runs_as_written(
         out, err = capsys.readouterr()
         assert code == expected, f"{command}: exit {code}\n{out[-800:]}\n{err[-800:]}"
         assert "Traceback" not in err, command
+
+
+def test_a_listing_judges_a_handed_over_run_by_the_window_it_declared(
+    client: StateClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run handed over 200 s ago (a 120 s cool-down declared) at generation (a 360 s agent window) is
+    stalled by the worker's rule; the by-user listing says so too, not only the recovery-index one."""
+    monkeypatch.setenv("TDEV_ENV", client.config.env)
+    monkeypatch.delenv("TDEV_STALL_THRESHOLD", raising=False)
+    clock = FakeClock(datetime.now(UTC) - timedelta(seconds=200))
+    recent = StateClient(client.config, clock=clock)
+    sid = recent.sessions.create(user_id="handed", project_name="resumed").session_id
+    for agent in AGENTS[:6]:
+        recent.executions.start(sid, agent)
+        recent.executions.complete(sid, agent, output_data={"ok": agent})
+    recent.executions.start(sid, "generation")
+    claim = recent.claims.claim(recent.sessions.candidate(sid), worker_id="w1", lease=LEASE)
+    assert claim is not None
+    recent.claims.handed_over(claim, cooldown=timedelta(seconds=120))
+    assert _listed(capsys, "--status", "STALLED") == [sid]  # the recovery index: the declared window
+    assert _listed(capsys, "--user", "handed", "--status", "STALLED") == [sid]

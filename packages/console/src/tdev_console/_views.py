@@ -42,9 +42,8 @@ class RunRow:
 
 
 def as_candidate(session: Session, history: RecoveryHistory | None = None) -> RecoveryCandidate:
-    """A session as the recovery rule reads a run (with its claim state, when `history` is given). A session
-    does not carry the window the run's last write declared (`live_for`), so the rule falls back to its
-    current agent's declared window (or the stall threshold): the same rule, read from what the page has."""
+    """A session as the recovery rule reads a run (with its claim state, when `history` is given), with the
+    window its last write declared (`live_for`): the page judges the run as the worker's sweep does."""
     claim: dict[str, Any] = {}
     if history is not None:
         claim = {
@@ -65,6 +64,7 @@ def as_candidate(session: Session, history: RecoveryHistory | None = None) -> Re
         project_name=session.project_name,
         pipeline_type=session.pipeline_type.value,
         failed_agents=session.failed_agents,
+        live_for=session.live_for,
         **claim,
     )
 

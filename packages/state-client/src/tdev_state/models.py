@@ -214,6 +214,9 @@ class Session(_DictMixin):
     failed_agents: tuple[str, ...] = ()
     #: Why `metadata` is None in a listing although the run has some (its payload could not be read).
     metadata_error: str | None = None
+    #: Seconds the run's last write said it may stay silent (its agent's deadline, the heartbeat timeout,
+    #: or a resume's cool-down): what `RecoveryPolicy` judges "stalled" by, as for a RecoveryCandidate.
+    live_for: float | None = None
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from tdev_state.exceptions import ConfigurationError
-from tdev_state.models import RecoveryCandidate, RunPolicy, SessionStatus
+from tdev_state.models import RecoveryCandidate, RunPolicy, Session, SessionStatus
 
 #: The default confirmation window: longer than PipelineRun's 30 s heartbeat interval, with room for a slow
 #: store; shortened to half the stall threshold when one is set (demos, tests).
@@ -175,7 +175,9 @@ class RecoveryPolicy:
         Never a comparison of two machines' clocks: the window counts from the writer's own stamp."""
         if self.stall_threshold is not None:
             return self.stall_threshold
-        declared = run.live_for if isinstance(run, RecoveryCandidate) else None
+        # A Session carries it too: a listing judges a run by the window its last write declared, as the
+        # sweep does (a resume's cool-down, a heartbeat's timeout), not by its agent's deadline alone.
+        declared = run.live_for if isinstance(run, RecoveryCandidate | Session) else None
         if declared is not None:
             return timedelta(seconds=declared)
         return timedelta(seconds=self.run_policy.silence_seconds(run.current_agent))

@@ -159,6 +159,7 @@ def session_from_item(
         resume_count=read.whole("resume_count", 0),
         failed_agents=_agents(read, "failed_agents"),
         metadata_error=error,
+        live_for=read.number("live_for"),
     )
 
 
