@@ -10,6 +10,7 @@ import shlex
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from tdev_state import AGENTS, RunPolicy, StateClient, dates
 from tdev_state import _sessions_list as listing
 from tdev_state.cli import main as tdev
 from tdev_state.dates import DateRange
+from tdev_state.runs.sessions import SessionStore
 from tdev_state.testing import FakeClock
 
 from ..console_runs import make_failed_run
@@ -418,3 +420,22 @@ def test_a_listing_judges_a_handed_over_run_by_the_window_it_declared(
     recent.claims.handed_over(claim, cooldown=timedelta(seconds=120))
     assert _listed(capsys, "--status", "STALLED") == [sid]  # the recovery index: the declared window
     assert _listed(capsys, "--user", "handed", "--status", "STALLED") == [sid]
+
+
+def test_a_filtered_listing_reads_a_bounded_number_of_pages(
+    client: StateClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A filter no run matches stops after MAX_INDEX_PAGES pages of the user's runs, not all of them."""
+    monkeypatch.setenv("TDEV_ENV", client.config.env)
+    for n in range(listing.MAX_INDEX_PAGES + 5):
+        client.sessions.create(user_id="many", project_name=f"run {n}")
+    calls = []
+    original = SessionStore.list_for_user
+
+    def counted(self: SessionStore, *args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("limit"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SessionStore, "list_for_user", counted)
+    assert tdev(["sessions", "list", "--user", "many", "--status", "ABANDONED", "--limit", "1"]) == 1
+    assert len(calls) == listing.MAX_INDEX_PAGES

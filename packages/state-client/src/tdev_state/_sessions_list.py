@@ -66,17 +66,22 @@ def _keep(
     return keep
 
 
+#: Index pages one read (a user's runs, one day's) may take to fill the listing when the filters drop runs:
+#: a rare filter over a user with thousands of runs costs a bounded read, not all of them.
+MAX_INDEX_PAGES = 20
+
+
 def _collect(
     fetch: Callable[[int, str | None], Page[Session]], keep: Callable[[Session], bool], limit: int
 ) -> list[Session]:
-    """Pages of one index read until `limit` runs pass `keep` or the index ends."""
+    """Pages of one index read until `limit` runs pass `keep`, the index ends, or MAX_INDEX_PAGES."""
     found: list[Session] = []
     cursor: str | None = None
-    while len(found) < limit:
+    for _ in range(MAX_INDEX_PAGES):
         page = fetch(limit - len(found), cursor)
         found.extend(s for s in page.items if keep(s))
         cursor = page.next_cursor
-        if cursor is None:
+        if cursor is None or len(found) >= limit:
             break
     return found[:limit]
 
