@@ -180,11 +180,11 @@ def test_status_tolerated_splits_completed_runs(runs: Runs, capsys: pytest.Captu
 
 
 def test_listed_runs_say_their_state(runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
-    """Each row carries the state the console's badge shows (stalled, tolerated failures)."""
+    """Each row carries the filter it falls under, as --status takes it (STALLED, TOLERATED, ...)."""
     assert tdev(["sessions", "list", "--user", "ops", "--json"]) == 0
     states = {row["session_id"]: row["state"] for row in json.loads(capsys.readouterr().out)}
-    assert states[runs.stalled] == "stalled"
-    assert states[runs.tolerated] == "COMPLETED with tolerated failures"
+    assert states[runs.stalled] == "STALLED"
+    assert states[runs.tolerated] == "TOLERATED"
     assert states[runs.healthy] == "ACTIVE"
 
 

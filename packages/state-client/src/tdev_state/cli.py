@@ -121,8 +121,9 @@ def _session_row(s: Session, state: RunFilter | None) -> dict[str, Any]:
         "project_name": s.project_name,
         "type": s.pipeline_type.value,
         "status": s.status.value,
-        # What the console's badge says: stalled and tolerated failures read off the run by the one rule.
-        "state": state.label if state is not None else s.status.value,
+        # The filter the run falls under (stalled and tolerated failures read off the run by the one rule):
+        # what `--status` takes back, so a script can narrow a listing by what it printed.
+        "state": state.value if state is not None else s.status.value,
         "progress": s.progress,
         "current_agent": s.current_agent,
         "resumes": s.resume_count,
