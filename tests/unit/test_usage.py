@@ -192,7 +192,7 @@ def test_tdev_usage_report_json_png_html(
     text = page.read_text()
     assert "<script>alert(1)" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
-    assert tdev(["usage", "report", "--from", "2026-10-01"]) == 1
+    assert tdev(["usage", "report", "--from", "2026-10-01", "--to", "2026-10-01"]) == 1
     assert tdev(["usage", "report", "--from", "2026-11-30", "--to", "2026-11-01"]) == 2
     assert tdev(["usage", "report"]) in (0, 1)
     human = capsys.readouterr().out

@@ -9,53 +9,67 @@ from __future__ import annotations
 import io
 import threading
 from contextlib import AbstractContextManager
-from datetime import date
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from tdev_metrics import MetricsReader
 from tdev_metrics.report import Comparison, Summary
 from tdev_metrics.usage_report import render_png
 from tdev_state import AGENTS
+from tdev_state.dates import DateRange
 
 _DRAWING = threading.Lock()
 
 
-def daily_by_agent(reader: MetricsReader, metric: str, day: date) -> list[Summary]:
-    """One summary per (agent, variant) over the day, in pipeline order."""
+def period_by_agent(reader: MetricsReader, metric: str, span: DateRange) -> list[Summary]:
+    """One summary per (agent, variant) over the range's days, in pipeline order."""
     order = {a: i for i, a in enumerate(AGENTS)}
-    rows = reader.daily(metric, start=day)
+    rows = reader.period(metric, start=span.first_day, end=span.last_day)
     return sorted(rows, key=lambda s: (order.get(s.agent, 99), s.agent, s.variant or ""))
 
 
-def comparisons(reader: MetricsReader, metric: str, day: date, daily: list[Summary]) -> list[Comparison]:
-    """B against A for every agent that recorded two or more variants that day (first two, sorted)."""
+def comparisons(
+    reader: MetricsReader, metric: str, span: DateRange, period: list[Summary]
+) -> list[Comparison]:
+    """B against A for every agent that recorded two or more variants in the range (first two, sorted)."""
     variants: dict[str, set[str]] = {}
-    for summary in daily:
+    for summary in period:
         if summary.variant is not None:
             variants.setdefault(summary.agent, set()).add(summary.variant)
     out = []
     for agent, names in sorted(variants.items()):
         if len(names) >= 2:
             a, b = sorted(names)[:2]
-            out.append(reader.compare(metric, agent=agent, variant_a=a, variant_b=b, start=day))
+            out.append(
+                reader.compare(
+                    metric, agent=agent, variant_a=a, variant_b=b, start=span.first_day, end=span.last_day
+                )
+            )
     return out
 
 
-def metrics_svg(summaries: list[Summary], metric: str, day: date) -> bytes:
-    """Two panels over the day's hours: p50/p95/p99 per agent (p95 drawn, band p50..p99), error rate."""
+def metrics_svg(summaries: list[Summary], metric: str, span: DateRange) -> bytes:
+    """Two panels over the range's hours: p50/p95/p99 per agent (p95 drawn, band p50..p99), error rate.
+    The x axis counts hours from the range's first day at 00:00 UTC (the hour of day, for one day)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
+    origin = datetime.combine(span.first_day, time(), UTC)
     per_agent: dict[str, dict[int, list[Summary]]] = {}
     for s in summaries:
-        if s.hour is not None:
-            per_agent.setdefault(s.agent, {}).setdefault(s.hour, []).append(s)
+        if s.hour is None:
+            continue
+        start = datetime.fromisoformat(s.date).replace(hour=s.hour, tzinfo=UTC)
+        if span.overlaps(start, timedelta(hours=1)):
+            x = int((start - origin).total_seconds() // 3600)
+            per_agent.setdefault(s.agent, {}).setdefault(x, []).append(s)
+    days = len(span.days())
     with _DRAWING, _plain_text():
         fig = Figure(figsize=(11, 6.5))
         times, errors = fig.subplots(2, 1, sharex=True)
-        fig.suptitle(f"{metric} on {day.isoformat()} (UTC), per agent and hour")
+        fig.suptitle(f"{metric}, {span.label()} (UTC), per agent and hour")
         drawn = False
         for agent in sorted(per_agent, key=lambda a: (AGENTS.index(a) if a in AGENTS else 99, a)):
             hours = sorted(per_agent[agent])
@@ -74,8 +88,14 @@ def metrics_svg(summaries: list[Summary], metric: str, day: date) -> bytes:
             errors.plot(hours, [_nan(r["error_rate"]) for r in rows], marker=".", label=agent)
         times.set_ylabel("seconds (p95; band p50..p99)")
         errors.set_ylabel("error rate")
-        errors.set_xlabel("hour of day (UTC)")
-        errors.set_xlim(-0.5, 23.5)
+        if days == 1:
+            errors.set_xlabel("hour of day (UTC)")
+        else:
+            step = max(1, days // 10)
+            ticks = list(range(0, days * 24, 24 * step))
+            errors.set_xticks(ticks, [(span.first_day + timedelta(hours=t)).isoformat() for t in ticks])
+            errors.set_xlabel("day (UTC), 00:00")
+        errors.set_xlim(-0.5, days * 24 - 0.5)
         if drawn:
             times.legend(fontsize="small", ncol=3)
         else:

@@ -15,9 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
-from tdev_console import _views
 from tdev_console._settings import ConsoleSettings
-from tdev_state import AGENTS
+from tdev_state import AGENTS, RunFilter
 
 HERE = Path(__file__).parent
 
@@ -60,7 +59,7 @@ def _templates() -> Jinja2Templates:
     env.filters.update(
         ts=ts, ago=ago, dur=dur, size=size, num=num, pct=pct, qs=urlencode, pretty=pretty, label=label
     )
-    env.globals.update(AGENTS=AGENTS, RunFilter=_views.RunFilter)
+    env.globals.update(AGENTS=AGENTS, RunFilter=RunFilter)
     return Jinja2Templates(env=env)
 
 

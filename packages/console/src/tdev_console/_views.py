@@ -7,10 +7,8 @@ pipeline type) are applied after the read, page by page, so one request reads a 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from tdev_state import (
@@ -22,6 +20,7 @@ from tdev_state import (
     RecoveryCandidate,
     RecoveryHistory,
     RecoveryPolicy,
+    RunFilter,
     Session,
     SessionStatus,
     StateClient,
@@ -31,24 +30,6 @@ from tdev_state import (
 
 #: Index pages one runs-list request may read to fill a page when filters drop runs (bounded cost).
 MAX_INDEX_PAGES = 5
-
-
-class RunFilter(StrEnum):
-    """The statuses an operator filters by: the stored ones, plus two that are read off a run."""
-
-    ACTIVE = "ACTIVE"
-    STALLED = "STALLED"  # ACTIVE, but silent past its window (RecoveryPolicy)
-    FAILED = "FAILED"
-    COMPLETED = "COMPLETED"
-    TOLERATED = "TOLERATED"  # COMPLETED with tolerated agent failures
-    ABANDONED = "ABANDONED"
-
-    @property
-    def label(self) -> str:
-        return {
-            RunFilter.STALLED: "stalled",
-            RunFilter.TOLERATED: "COMPLETED with tolerated failures",
-        }.get(self, self.value)
 
 
 @dataclass(frozen=True)
@@ -61,9 +42,8 @@ class RunRow:
 
 
 def as_candidate(session: Session, history: RecoveryHistory | None = None) -> RecoveryCandidate:
-    """A session as the recovery rule reads a run (with its claim state, when `history` is given). A session
-    does not carry the window the run's last write declared (`live_for`), so the rule falls back to its
-    current agent's declared window (or the stall threshold): the same rule, read from what the page has."""
+    """A session as the recovery rule reads a run (with its claim state, when `history` is given), with the
+    window its last write declared (`live_for`): the page judges the run as the worker's sweep does."""
     claim: dict[str, Any] = {}
     if history is not None:
         claim = {
@@ -84,6 +64,7 @@ def as_candidate(session: Session, history: RecoveryHistory | None = None) -> Re
         project_name=session.project_name,
         pipeline_type=session.pipeline_type.value,
         failed_agents=session.failed_agents,
+        live_for=session.live_for,
         **claim,
     )
 
@@ -182,26 +163,14 @@ def find_runs(
         assert query.day is not None
         return client.sessions.list_by_day(query.day, limit=size, cursor=cursor, load_metadata=False)
 
-    statuses: dict[RunFilter, Callable[[RunRow], bool]] = {
-        RunFilter.STALLED: lambda r: r.state == "stalled",
-        RunFilter.ACTIVE: lambda r: r.session.status is SessionStatus.ACTIVE and r.state != "stalled",
-        RunFilter.TOLERATED: lambda r: (
-            r.session.status is SessionStatus.COMPLETED and bool(r.session.failed_agents)
-        ),
-        RunFilter.COMPLETED: lambda r: (
-            r.session.status is SessionStatus.COMPLETED and not r.session.failed_agents
-        ),
-        RunFilter.FAILED: lambda r: r.session.status is SessionStatus.FAILED,
-        RunFilter.ABANDONED: lambda r: r.session.status is SessionStatus.ABANDONED,
-    }
-
     def wanted(row: RunRow) -> bool:
         s = row.session
         if query.pipeline_type is not None and s.pipeline_type is not query.pipeline_type:
             return False
         if query.user is not None and query.day is not None and s.created_at.date() != query.day:
             return False
-        return query.status is None or statuses[query.status](row)
+        # The one definition of each filter (tdev_state.RunFilter), as `tdev sessions list` reads it.
+        return query.status is None or query.status.matches(s, now=now, policy=policy)
 
     rows: list[RunRow] = []
     cursor, pages, read = query.cursor, 0, 0

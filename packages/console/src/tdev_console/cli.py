@@ -22,7 +22,7 @@ from tdev_console.app import ConsoleSettings, create_app
 from tdev_console.server import bind, server, url_of
 from tdev_metrics import MetricsCollector
 from tdev_recovery.resumers import load_resumer
-from tdev_state import StateClient, StateError, StorageUnavailableError, command
+from tdev_state import StateClient, StateError, StorageUnavailableError, ValidationError, command, dates
 from tdev_state.log import configure_output, get_logger
 
 log = get_logger(__name__)
@@ -35,8 +35,9 @@ def _bounded(kind: type[int] | type[float], low: float, high: float, what: str) 
 
     def parse(text: str) -> float:
         try:
-            value = kind(text)
-        except ValueError:
+            # A float setting is seconds, or a duration as every command reads one (tdev_state.dates).
+            value = kind(text) if kind is int else dates.parse_duration(text).total_seconds()
+        except (ValueError, ValidationError):
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
@@ -46,7 +47,9 @@ def _bounded(kind: type[int] | type[float], low: float, high: float, what: str) 
 
 
 _seconds = _bounded(float, 0.001, 86400 * 30, "a number of seconds from 0.001 to 2592000 (30 days)")
-_threshold = _bounded(float, 0, 86400 * 30, "a number of seconds from 0 (each run's own window) to 2592000")
+_threshold = _bounded(
+    float, 0, 86400 * 30, "seconds or a duration (90s, 30m, 2h) from 0 (each run's own window) to 30 days"
+)
 _port = _bounded(int, 0, 65535, "a TCP port (0..65535; 0 picks a free one)")
 _page_size = _bounded(int, 1, 100, "a page size from 1 to 100")
 

@@ -187,6 +187,19 @@ class MetricsStore:
             )
         )
 
+    def sort_keys_of_day(self, day: str) -> list[str]:
+        """The sort keys of every item of `day` (metrics and the usage counters alike), for listing names."""
+        return [
+            str(item.get("metric_name", ""))
+            for item in self._layer.query_all(
+                self._table,
+                key_condition="#d = :d",
+                names={"#d": "date"},
+                values={":d": day},
+                consistent=True,
+            )
+        ]
+
 
 def _num(value: Any) -> float | None:
     if value is None:

@@ -1,8 +1,12 @@
 """`tdev-metrics report`: print metrics as a table, chart them to a PNG, compare two variants.
 
-    tdev-metrics report --metric agent_execution_time --from 2026-11-26 [--to …] [--agent generation]
+    tdev-metrics report --metric agent_execution_time [--since WHEN] [--until WHEN] [--agent generation]
                         [--daily] [--png out.png] [--json]
-    tdev-metrics report --metric agent_execution_time --agent generation --compare A B
+    tdev-metrics report --metric agent_execution_time --agent generation --compare A B [--days 7]
+
+The range is the platform's one date range (`tdev_state.dates`: --since/--from, --until/--to, --days;
+days, times or `12h`-style times ago); without one, today (UTC). Hourly rows are those whose hour overlaps
+the range; --daily and --compare cover every UTC day it touches.
 
 Target options (`--env`, `--local`/`--aws`, `--region`, `--profile`) go anywhere on the line. Exit codes:
 0 ok, 1 no data, 2 bad arguments, 3 the store failed (`tdev_state.command`, shared by the three CLIs).
@@ -14,12 +18,12 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tdev_metrics.report import Comparison, MetricsReader, Summary
-from tdev_state import StateClient, command
+from tdev_state import StateClient, command, dates
 from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CommandLineError
 
 if TYPE_CHECKING:
@@ -35,13 +39,16 @@ def build_parser(prog: str = "tdev-metrics") -> argparse.ArgumentParser:
     text = "hourly or daily figures, a PNG chart, or an A/B comparison"
     report = command.add_command(sub, "report", text, target)
     report.add_argument("--metric", default="agent_execution_time", help="metric name")
-    today = datetime.now(UTC).date()
-    report.add_argument("--from", dest="start", type=command.day, default=today, help="first day (UTC)")
-    report.add_argument("--to", dest="end", type=command.day, default=None, help="last day (default: --from)")
+    dates.add_range_options(report, default="today (UTC)")
     report.add_argument("--agent", default=None, help="only this agent")
     report.add_argument("--variant", default=None, help="only this A/B variant")
     report.add_argument("--daily", action="store_true", help="one row per day instead of per hour")
-    report.add_argument("--png", type=Path, default=None, help="also write a chart here")
+    report.add_argument(
+        "--png",
+        type=Path,
+        default=None,
+        help="also write a chart here (needs tdev-metrics-collector[report])",
+    )
     report.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two variants of --agent")
     report.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     return parser
@@ -158,6 +165,8 @@ def render_comparison(result: Comparison, console: Console) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
+    span = dates.date_range(args, datetime.now(UTC))
+    start, end = span.first_day, span.last_day
     # The console (rich, the `cli` extra) only where a table is printed: --json needs no extra.
     reader = MetricsReader(StateClient(command.state_config(args, need_credentials=True)))
     if args.compare:
@@ -168,8 +177,8 @@ def _report(args: argparse.Namespace) -> int:
             agent=args.agent,
             variant_a=args.compare[0],
             variant_b=args.compare[1],
-            start=args.start,
-            end=args.end,
+            start=start,
+            end=end,
         )
         if args.json:
             mean, rate = result.mean, result.error_rate
@@ -183,12 +192,15 @@ def _report(args: argparse.Namespace) -> int:
         else:
             render_comparison(result, command.console())
         return EXIT_OK if result.a.count and result.b.count else EXIT_NOT_FOUND
-    query = reader.daily if args.daily else reader.hourly
-    rows = query(args.metric, start=args.start, end=args.end, agent=args.agent, variant=args.variant)
+    if args.daily:
+        rows = reader.daily(args.metric, start=start, end=end, agent=args.agent, variant=args.variant)
+    else:
+        hours = reader.hourly(args.metric, start=start, end=end, agent=args.agent, variant=args.variant)
+        rows = [r for r in hours if span.overlaps(_hour_start(r), timedelta(hours=1))]
     if args.json:
         print(json.dumps([r.to_dict() for r in rows]))
     else:
-        render_table(rows, command.console(), f"{args.metric} {args.start}..{args.end or args.start}")
+        render_table(rows, command.console(), f"{args.metric} {span.label()}")
     if args.png and rows:
         try:
             render_png(rows, args.png, args.metric)
@@ -202,6 +214,11 @@ def _report(args: argparse.Namespace) -> int:
         if not args.json:
             command.console().print(f"chart written to {args.png}")
     return EXIT_OK if rows else EXIT_NOT_FOUND
+
+
+def _hour_start(row: Summary) -> datetime:
+    """The first moment of an hourly row (its date and hour, UTC)."""
+    return datetime.fromisoformat(row.date).replace(hour=row.hour or 0, tzinfo=UTC)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "tdev-metrics") -> int:

@@ -153,6 +153,37 @@ class MetricsReader:
         a, b = (self._total(metric, agent, v, start, end) for v in (variant_a, variant_b))
         return Comparison(a=a, b=b, mean=_mean_interval(a, b), error_rate=_rate_interval(a, b))
 
+    def period(
+        self,
+        metric: str,
+        *,
+        start: date,
+        end: date | None = None,
+        agent: str | None = None,
+        variant: str | None = None,
+    ) -> list[Summary]:
+        """One summary per (agent, variant) over the whole period (its `date` is the first day): counts
+        add and sketches merge across days, as `daily` merges hours."""
+        merged: dict[tuple[str, str | None], list[dict[str, Any]]] = defaultdict(list)
+        for _day, _hour, _metric, agent_name, var, items in self._groups(metric, start, end, agent, variant):
+            merged[(agent_name, var)].extend(items)
+        return [
+            self._summary(start.isoformat(), None, metric, agent_name, var, items)
+            for (agent_name, var), items in sorted(merged.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
+        ]
+
+    def metric_names(self, *, start: date, end: date | None = None) -> list[str]:
+        """The names of the metrics recorded on the days [start, end], sorted — what a picker offers instead
+        of a free-text box. One Query per day (each day is one partition of the metrics table); the usage
+        counters kept in the same partitions are not metrics and are left out."""
+        names: set[str] = set()
+        for day in _days(start, end):
+            for sort_key in self._store.sort_keys_of_day(day.isoformat()):
+                name = sort_key.split("#", 1)[0]
+                if name and not sort_key.startswith("#"):
+                    names.add(name)
+        return sorted(names)
+
     # --- helpers --------------------------------------------------------------------------------------
 
     def _total(self, metric: str, agent: str, variant: str, start: date, end: date | None) -> Summary:
@@ -169,18 +200,9 @@ class MetricsReader:
                 raise MetricValidationError(
                     f"{name} name {value!r:.60} is not valid: a non-empty string without '#'"
                 )
-        for name, day in (("start", start), ("end", end)):
-            if day is not None and (not isinstance(day, date) or isinstance(day, datetime)):
-                raise MetricValidationError(f"{name} must be a date (YYYY-MM-DD), got {type(day).__name__}")
-        last = end or start
-        if last < start:
-            raise MetricValidationError(f"end {last} is before start {start}")
-        if (last - start).days > 366:
-            raise MetricValidationError("at most 366 days per query")
         prefix = f"{metric}#" + (f"{agent}#" if agent else "")
         out = []
-        day = start
-        while day <= last:
+        for day in _days(start, end):
             for item in self._store.query_day(day.isoformat(), prefix):
                 if not _readable(item):
                     continue
@@ -189,7 +211,6 @@ class MetricsReader:
                 if variant is not None and item_variant != variant:
                     continue
                 out.append((day.isoformat(), int(parts[2]), parts[0], parts[1], item_variant, [item]))
-            day += timedelta(days=1)
         out.sort(key=lambda g: (g[0], g[1], g[3], g[4] or ""))
         return out
 
@@ -275,6 +296,20 @@ def _rate_interval(a: Summary, b: Summary) -> Interval | None:
     diff = pb - pa
     half = Z95 * math.sqrt(pa * (1 - pa) / a.count + pb * (1 - pb) / b.count)
     return Interval(diff, diff - half, diff + half)
+
+
+def _days(start: date, end: date | None) -> list[date]:
+    """The days [start, end] a read covers (end defaults to start); MetricValidationError if they are not
+    dates, run backwards, or span more than 366 days."""
+    for name, day in (("start", start), ("end", end)):
+        if day is not None and (not isinstance(day, date) or isinstance(day, datetime)):
+            raise MetricValidationError(f"{name} must be a date (YYYY-MM-DD), got {type(day).__name__}")
+    last = end or start
+    if last < start:
+        raise MetricValidationError(f"end {last} is before start {start}")
+    if (last - start).days > 366:
+        raise MetricValidationError("at most 366 days per query")
+    return [start + timedelta(days=n) for n in range((last - start).days + 1)]
 
 
 def _readable(item: dict[str, Any]) -> bool:

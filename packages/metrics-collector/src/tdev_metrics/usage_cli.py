@@ -1,7 +1,10 @@
 """`tdev usage report`: how T-Developer is used, from the platform's own counters (docs/usage.md).
 
-    tdev usage report --from 2026-11-01 --to 2026-11-30 [--json] [--png FILE] [--html FILE]
+    tdev usage report --since 2026-11-01 --until 2026-11-30 [--json] [--png FILE] [--html FILE]
     tdev usage report --days 30            # the 30 days ending today (UTC)
+
+The range is the platform's one date range (`tdev_state.dates`: --since/--from, --until/--to, --days);
+without one, today (UTC). The report is by day: it covers every UTC day the range touches.
 
 One Query per day on the metrics table, whatever the number of runs. Exit codes are the shared ones
 (tdev_state.command): 0 ok, 1 no runs in the range, 2 bad arguments, 3 the store failed.
@@ -13,12 +16,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tdev_metrics.usage_reader import UsageReader
-from tdev_state import StateClient, command
+from tdev_state import StateClient, command, dates
 from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, CommandLineError
 
 
@@ -28,19 +31,20 @@ def build_parser(prog: str = "tdev usage") -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     text = "runs, funnel, durations, projects, tech stacks, users and busy hours over a date range"
     report = command.add_command(sub, "report", text, target)
-    span = report.add_mutually_exclusive_group()
-    span.add_argument(
-        "--from", dest="start", type=command.day, default=None, help="first day (UTC; default: --to)"
-    )
-    span.add_argument(
-        "--days", type=command.days, default=None, help="the N days ending --to, instead of --from"
+    dates.add_range_options(report, default="today (UTC)")
+    report.add_argument("--json", action="store_true", help="the report as one JSON object on stdout")
+    report.add_argument(
+        "--png",
+        type=Path,
+        default=None,
+        help="also write the charts here (needs tdev-metrics-collector[report])",
     )
     report.add_argument(
-        "--to", dest="end", type=command.day, default=None, help="last day (UTC; default: today)"
+        "--html",
+        type=Path,
+        default=None,
+        help="also write a page with charts and numbers (needs tdev-metrics-collector[report])",
     )
-    report.add_argument("--json", action="store_true", help="the report as one JSON object on stdout")
-    report.add_argument("--png", type=Path, default=None, help="also write the charts here")
-    report.add_argument("--html", type=Path, default=None, help="also write a page with charts and numbers")
     return parser
 
 
@@ -101,11 +105,9 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    end = args.end or datetime.now(UTC).date()
-    if args.start is not None and args.end is None:
-        end = args.start  # one day, as `tdev-metrics report --from D` reads it
-    start = end - timedelta(days=args.days - 1) if args.days else (args.start or end)
-    report = UsageReader(StateClient(command.state_config(args, need_credentials=True))).report(start, end)
+    span = dates.date_range(args, datetime.now(UTC))
+    client = StateClient(command.state_config(args, need_credentials=True))
+    report = UsageReader(client).report(span.first_day, span.last_day)
     if args.json:
         print(json.dumps(report))
     else:

@@ -3,30 +3,19 @@ one line per action. Plain text (no colour, no rich), full ids, stored text thro
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tdev_recovery.backlog import RESUME, ActionResult, BacklogEntry
-from tdev_state import RecoveryPolicy, command
+from tdev_state import RecoveryPolicy, command, dates
 from tdev_state.models import epoch_float
 
-_DURATION = re.compile(r"(\d{1,9}(?:\.\d{1,6})?)\s*(s|m|h|d)?")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 TIME_FORMATS = ("relative", "iso", "epoch")
 
-
-def duration(text: str) -> timedelta:
-    """An argparse type: `90`, `90s`, `30m`, `2h`, `1d` (a bare number is seconds), up to 3650 days."""
-    match = _DURATION.fullmatch(text.strip().lower())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use e.g. 90s, 30m, 2h, 1d")
-    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds > 3650 * 86400:
-        raise argparse.ArgumentTypeError(f"{text!r} is longer than 3650 days")
-    return timedelta(seconds=seconds)
+#: Durations are read as every command reads them (90s, 30m, 2h, 1d): the platform's one parser.
+duration = dates.duration
 
 
 def human(delta: timedelta) -> str:

@@ -30,7 +30,7 @@ from tdev_recovery.exceptions import RecoveryError
 from tdev_recovery.ops import OpsServer
 from tdev_recovery.resumers import load_resumer
 from tdev_recovery.worker import RecoveryWorker
-from tdev_state import StateClient, StorageUnavailableError, command
+from tdev_state import StateClient, StorageUnavailableError, ValidationError, command, dates
 from tdev_state.command import CommandLineError
 from tdev_state.log import configure_output, get_logger
 
@@ -47,12 +47,14 @@ def _setting(
 ) -> Callable[[str], float]:
     """An argparse type for a numeric setting that names both places it may come from when it is wrong
     (argparse applies it to the environment's string default too, after --help had its chance)."""
-    noun = "whole number" if kind is int else "number"
+    noun = "whole number" if kind is int else "number of seconds or a duration (90s, 30m, 2h, 1d)"
 
     def parse(text: str) -> float:
         try:
-            value = kind(text)
-        except ValueError:
+            # Seconds, or a duration as every command reads one (tdev_state.dates): the same
+            # $TDEV_STALL_THRESHOLD means the same here, in `tdev backlog`, `sessions list`, the console.
+            value = kind(text) if kind is int else dates.parse_duration(text).total_seconds()
+        except (ValueError, ValidationError):
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not a {noun} (set by {flag} or ${variable})"
             ) from None

@@ -72,7 +72,7 @@ from tdev_state.plan import (
     update_agent_execution,
 )
 from tdev_state.runs.claims import Claim
-from tdev_state.runs.policy import LivenessObserver, RecoveryPolicy, Verdict
+from tdev_state.runs.policy import LivenessObserver, RecoveryPolicy, RunFilter, Verdict
 
 # A library is quiet unless the host configures logging (Python logging HOWTO, "Configuring Logging for a
 # Library"): without this, Python would print our warnings to stderr through its last-resort handler.
@@ -115,6 +115,7 @@ __all__ = [
     "RecoveryPolicy",
     "ResumeBusyError",
     "RunExistsError",
+    "RunFilter",
     "RunPolicy",
     "Session",
     "SessionExistsError",

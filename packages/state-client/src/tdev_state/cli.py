@@ -1,12 +1,19 @@
 """`tdev`: the operator's CLI over the state platform.
 
-    tdev sessions list [--status S] [--user U] [--day YYYY-MM-DD] [--days N] [--limit N] [--json | -q]
-    tdev sessions show SESSION_ID [--json]
+    tdev sessions list [--status ACTIVE|STALLED|FAILED|COMPLETED|TOLERATED|ABANDONED] [--user U]
+                      [--since WHEN] [--until WHEN] [--days N] [--stall-threshold D] [--limit N] [--json|-q]
+    tdev sessions show SESSION_ID [--json]    (the agents' timeline and the run's recovery history)
     tdev projects list USER [--json]
     (tables take --time-format relative|iso|epoch; run ids are printed whole, never shortened)
     tdev tables create [--json]
     tdev metrics report …        (tdev-metrics, from tdev-metrics-collector)
+    tdev usage report …          (from tdev-metrics-collector)
+    tdev backlog list|resume|abandon …    (from tdev-recovery-worker)
     tdev worker [run] …          (tdev-recovery-worker, from tdev-recovery-worker)
+    tdev console …               (from tdev-console)
+
+Every command that takes dates takes the same range (`tdev_state.dates`): --since/--from WHEN,
+--until/--to WHEN, --days N; WHEN is a UTC day, a UTC time, or a time ago (90s, 30m, 12h, 7d).
 
 Target options (`--env`, `--local`/`--aws`, `--region`, `--profile`) go anywhere on the line. Exit codes:
 0 ok, 1 nothing found, 2 bad arguments, 3 the store failed. Errors print one line, no traceback. Bare
@@ -19,15 +26,16 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from tdev_state import command
+from tdev_state import _sessions_list as listing
+from tdev_state import command, dates
 from tdev_state.client import StateClient
 from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
-from tdev_state.exceptions import MalformedItemError, SessionNotFoundError
-from tdev_state.models import AGENTS, AgentExecution, Session, SessionStatus, epoch_float
+from tdev_state.models import AGENTS, AgentExecution, RecoveryHistory, Session, epoch_float
+from tdev_state.runs.policy import RunFilter
 
 #: Where packages built on this one register `tdev` subcommands: `name = "module:main"`, where
 #: `main(argv, *, prog)` returns an exit code. tdev_state never imports them.
@@ -55,7 +63,21 @@ def _client(args: argparse.Namespace) -> StateClient:
 _ID_COLUMNS = frozenset({"session_id", "project_id"})
 
 #: Columns that hold a timestamp (epoch seconds in --json): shown as --time-format says.
-_TIME_COLUMNS = frozenset({"last_updated", "last_accessed", "created_at", "start", "end"})
+_TIME_COLUMNS = frozenset(
+    {
+        "last_updated",
+        "last_accessed",
+        "created_at",
+        "start",
+        "end",
+        "at",
+        "lease_expires_at",
+        "last_resumed_at",
+    }
+)
+
+#: The moments of a recovery history (beside its steps' `at`).
+_HISTORY_TIMES = ("lease_expires_at", "last_resumed_at")
 
 
 def _table(
@@ -92,13 +114,16 @@ def _json_times(rows: list[dict[str, Any]], time_format: str | None) -> list[dic
     ]
 
 
-def _session_row(s: Session) -> dict[str, Any]:
+def _session_row(s: Session, state: RunFilter | None) -> dict[str, Any]:
     return {
         "session_id": s.session_id,
         "user_id": s.user_id,
         "project_name": s.project_name,
         "type": s.pipeline_type.value,
         "status": s.status.value,
+        # The filter the run falls under (stalled and tolerated failures read off the run by the one rule):
+        # what `--status` takes back, so a script can narrow a listing by what it printed.
+        "state": state.value if state is not None else s.status.value,
         "progress": s.progress,
         "current_agent": s.current_agent,
         "resumes": s.resume_count,
@@ -106,57 +131,20 @@ def _session_row(s: Session) -> dict[str, Any]:
     }
 
 
-def _open_runs(client: StateClient, status: str, limit: int) -> list[Session]:
-    """Open runs of one status from the sparse recovery index (never a Scan), idle for any time at all."""
-    found = client.sessions.recovery_candidates(
-        failed_idle=timedelta(0) if status == "FAILED" else None,
-        stalled_idle=timedelta(0) if status == "ACTIVE" else None,
-        limit=limit,
-        live=True,
-    )
-    sessions = []
-    for candidate in found:
-        try:
-            sessions.append(client.sessions.get(candidate.session_id))
-        except (MalformedItemError, SessionNotFoundError):
-            continue  # unreadable (logged by the library) or gone since the sweep: the others are listed
-    return sessions
-
-
-def _runs_by_day(client: StateClient, last: date, days: int, status: str | None, limit: int) -> list[Session]:
-    """Runs started on `last` and the `days - 1` days before it, newest first, from the by-day index."""
-    found: list[Session] = []
-    for back in range(days):
-        cursor: str | None = None
-        while len(found) < limit:
-            page = client.sessions.list_by_day(
-                last - timedelta(days=back),
-                status=status,
-                limit=limit - len(found),
-                cursor=cursor,
-                load_metadata=False,
-            )
-            found.extend(page.items)
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-        if len(found) >= limit:
-            break
-    return found
-
-
 def sessions_list(args: argparse.Namespace) -> int:
     client = _client(args)
+    now = client.clock()
+    policy = listing.recovery_policy(args.stall_threshold, client.config.run_policy)
+    wanted: RunFilter | None = args.status
+    span = dates.date_range(args, now, default_days=7) if dates.range_given(args) else None
     if args.user is not None:
-        sessions = client.sessions.list_for_user(args.user, limit=args.limit, load_metadata=False).items
-        if args.status:
-            sessions = [s for s in sessions if s.status.value == args.status]
-    elif args.status in ("ACTIVE", "FAILED") and args.day is None:
-        sessions = _open_runs(client, args.status, args.limit)
+        sessions = listing.runs_of_user(client, args.user, wanted, span, args.limit, now=now, policy=policy)
+    elif wanted in listing.OPEN and span is None:
+        sessions = listing.open_runs(client, wanted, args.limit, now=now, policy=policy)
     else:
-        last = args.day or datetime.now(UTC).date()
-        sessions = _runs_by_day(client, last, args.days, args.status, args.limit)
-    rows = [_session_row(s) for s in sessions]
+        span = span or dates.date_range(args, now, default_days=7)
+        sessions = listing.runs_by_day(client, span, wanted, args.limit, now=now, policy=policy)
+    rows = [_session_row(s, listing.state_of(s, now=now, policy=policy)) for s in sessions]
     if args.json:
         print(json.dumps(_json_times(rows, args.time_format)))
     elif args.quiet:
@@ -196,12 +184,60 @@ def _timeline(run: list[AgentExecution]) -> list[dict[str, Any]]:
     return rows
 
 
+def _recovery_json(history: RecoveryHistory, time_format: str | None) -> dict[str, Any]:
+    """The run's recovery history for --json: counters, lease and every step, times as the others."""
+    data = history.to_dict()
+    data.update(_json_times([{k: data[k] for k in _HISTORY_TIMES}], time_format)[0])
+    data["events"] = _json_times(data["events"], time_format)
+    return data
+
+
+def _print_recovery(history: RecoveryHistory, time_format: str) -> None:
+    """What recovery did to the run, as the console's run page shows it: the counters and lease now, the
+    reasons, then every claim, failed attempt, resume, release and abandon in order."""
+    from rich.text import Text
+
+    console = command.console()
+    shown = command.printable
+    if not history.events:
+        console.print("recovery: never claimed")
+        return
+    lease = "none"
+    if history.lease_owner is not None:
+        until = history.lease_expires_at
+        lease = f"{shown(history.lease_owner)} until {command.show_time(until, 'iso')}"
+        if until is not None and until <= datetime.now(UTC):
+            lease += " (expired: another claim may take the run)"
+    resumed = command.show_time(history.last_resumed_at, time_format)
+    console.print(
+        Text(
+            f"recovery: {history.fencing_token} claim(s) (fencing token {history.fencing_token}), "
+            f"{history.resume_count} resume(s) accepted, {history.resume_attempts} attempt(s) now, "
+            f"lease {lease}, last resumed {resumed if resumed is not None else 'never'}"
+        )
+    )
+    if history.abandon_reason:
+        console.print(Text(f"abandoned because: {shown(history.abandon_reason)}"))
+    if history.last_resume_error:
+        console.print(Text(f"last resume error: {shown(history.last_resume_error)}"))
+    columns = ("at", "step", "token", "worker", "attempt", "detail")
+    rows = [[e.at, e.kind, e.fencing_token, e.worker_id, e.attempt, e.detail or ""] for e in history.events]
+    _table("recovery history", columns, rows, time_format=time_format)
+
+
 def sessions_show(args: argparse.Namespace) -> int:
     client = _client(args)
     session = client.sessions.get(args.session_id)
     timeline = _timeline(client.executions.list(args.session_id, load_payloads=False))
+    # The same read the console's run page makes: one history, one mapping (records.history_from_item).
+    history = client.sessions.recovery_history(session.session_id)
     if args.json:
-        print(json.dumps({"session": session.to_dict(), "agents": _json_times(timeline, args.time_format)}))
+        document = {
+            "session": session.to_dict(),
+            "agents": _json_times(timeline, args.time_format),
+            "recovery": _recovery_json(history, args.time_format),
+        }
+        print(json.dumps(document))
         return EXIT_OK
     from rich.markup import escape
     from rich.text import Text
@@ -223,6 +259,7 @@ def sessions_show(args: argparse.Namespace) -> int:
         "step", "agent", "status", "start", "duration_s", "retries", "input_bytes", "output_bytes", "error"
     )  # fmt: skip
     _table("", columns, [[row[c] for c in columns] for row in timeline], time_format=args.time_format)
+    _print_recovery(history, args.time_format or "relative")
     return EXIT_OK
 
 
@@ -272,28 +309,43 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
         return made
 
     sessions = group("sessions", "pipeline runs: list them, show one")
-    listing = leaf(
+    lister = leaf(
         sessions,
         "list",
         "runs of a user, open runs by status, or runs by the day they started (newest first)",
         sessions_list,
     )
-    listing.add_argument("--status", choices=[s.value for s in SessionStatus],
-                         help="only runs of this status; ACTIVE/FAILED without --user or --day lists open "
-                         "runs of any age")  # fmt: skip
-    listing.add_argument("--user", help="only this user's runs")
-    listing.add_argument(
-        "--day", type=command.day, default=None, help="last day to list (UTC; default: today)"
+    filters = ", ".join(f"{f.value} ({f.label})" if f.label != f.value else f.value for f in RunFilter)
+    lister.add_argument(
+        "--status",
+        type=listing.run_filter,
+        default=None,
+        metavar="STATUS",
+        help=f"only runs in this state: {filters} — the console's filters, judged by the recovery worker's "
+        "rule; ACTIVE, STALLED or FAILED without --user or a date range lists open runs of any age",
     )
-    listing.add_argument("--days", type=command.days, default=7, help="how many days back from --day to look")
-    listing.add_argument(
+    lister.add_argument(
+        "--user", help="only this user's runs (newest first; with a date range, started in it)"
+    )
+    lister.add_argument(
+        "--stall-threshold",
+        type=dates.duration,
+        default=None,
+        metavar="DURATION",
+        help="silence after which an ACTIVE run is stalled, as the worker's setting; unset or 0: each run's "
+        "own declared window [$TDEV_STALL_THRESHOLD]",
+    )
+    dates.add_range_options(
+        lister, default="runs started in the 7 days ending today", until_aliases=("--day",)
+    )
+    lister.add_argument(
         "--limit", type=command.count("runs", 1, 1000), default=50, help="at most this many runs (1-1000)"
     )
-    out = listing.add_mutually_exclusive_group()
+    out = lister.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON array on stdout")
     out.add_argument("-q", "--quiet", action="store_true", help="only the session ids, one per line")
-    command.time_format_option(listing)
-    show = leaf(sessions, "show", "one run: its agents' timeline", sessions_show)
+    command.time_format_option(lister)
+    show = leaf(sessions, "show", "one run: its agents' timeline and its recovery history", sessions_show)
     show.add_argument("session_id", help="the run's session id")
     show.add_argument("--json", action="store_true", help="one JSON object on stdout")
     command.time_format_option(show)

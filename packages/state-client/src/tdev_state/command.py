@@ -51,12 +51,14 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
     An option whose help already says its default (one computed at run time: a host name, half another
     setting) or whose default is None (not given: the help says what happens then) gets no second,
-    contradicting `(default: None)`."""
+    contradicting `(default: None)`; a plain on/off flag gets no `(default: False)`."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         if action.default is None or "default:" in text:
             return text
+        if action.nargs == 0 and action.default is False:
+            return text  # a plain flag is off unless given: `(default: False)` says nothing
         return super()._get_help_string(action)
 
 

@@ -217,6 +217,9 @@ class Session(_DictMixin):
     #: Times the run entered FAILED (failure events; a run that failed, was resumed and failed again
     #: counts 2). A run "failed" in the usage report when this is at least 1.
     fail_count: int = 0
+    #: Seconds the run's last write said it may stay silent (its agent's deadline, the heartbeat timeout,
+    #: or a resume's cool-down): what `RecoveryPolicy` judges "stalled" by, as for a RecoveryCandidate.
+    live_for: float | None = None
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Protocol
 
 from tdev_state.exceptions import ConfigurationError
-from tdev_state.models import RecoveryCandidate, RunPolicy, SessionStatus
+from tdev_state.models import RecoveryCandidate, RunPolicy, Session, SessionStatus
 
 #: The default confirmation window: longer than PipelineRun's 30 s heartbeat interval, with room for a slow
 #: store; shortened to half the stall threshold when one is set (demos, tests).
@@ -174,7 +175,9 @@ class RecoveryPolicy:
         Never a comparison of two machines' clocks: the window counts from the writer's own stamp."""
         if self.stall_threshold is not None:
             return self.stall_threshold
-        declared = run.live_for if isinstance(run, RecoveryCandidate) else None
+        # A Session carries it too: a listing judges a run by the window its last write declared, as the
+        # sweep does (a resume's cool-down, a heartbeat's timeout), not by its agent's deadline alone.
+        declared = run.live_for if isinstance(run, RecoveryCandidate | Session) else None
         if declared is not None:
             return timedelta(seconds=declared)
         return timedelta(seconds=self.run_policy.silence_seconds(run.current_agent))
@@ -237,6 +240,51 @@ class RecoveryPolicy:
             if left > 0:
                 return Verdict(False, f"confirming it is stalled: watched {unchanged_for:.0f} s", left)
         return Verdict(True, "stalled")
+
+
+class ListedRun(Run, Protocol):
+    """What a listing's filter reads of a run: the rule's fields and the tolerated failures."""
+
+    @property
+    def failed_agents(self) -> Sequence[str]: ...
+
+
+class RunFilter(StrEnum):
+    """The statuses an operator filters runs by — the console's runs list and `tdev sessions list --status`
+    alike: the stored ones, and two read off a run. They partition the runs: ACTIVE means ACTIVE and not
+    stalled, COMPLETED means COMPLETED without tolerated failures. "Stalled" is `RecoveryPolicy.stalled`,
+    the worker's own rule, so a filter never disagrees with the worker or the backlog about a run."""
+
+    ACTIVE = "ACTIVE"
+    STALLED = "STALLED"  # ACTIVE, but silent past its window (RecoveryPolicy.stalled)
+    FAILED = "FAILED"
+    COMPLETED = "COMPLETED"
+    TOLERATED = "TOLERATED"  # COMPLETED with tolerated agent failures
+    ABANDONED = "ABANDONED"
+
+    @property
+    def label(self) -> str:
+        """How a person reads it: the two derived ones spelled out."""
+        return {
+            RunFilter.STALLED: "stalled",
+            RunFilter.TOLERATED: "COMPLETED with tolerated failures",
+        }.get(self, self.value)
+
+    @property
+    def stored(self) -> SessionStatus:
+        """The stored status every run this filter selects has (what an index read may ask for)."""
+        derived = {RunFilter.STALLED: SessionStatus.ACTIVE, RunFilter.TOLERATED: SessionStatus.COMPLETED}
+        return derived.get(self) or SessionStatus(self.value)
+
+    def matches(self, run: ListedRun, *, now: datetime, policy: RecoveryPolicy) -> bool:
+        """Does `run` (a Session or a RecoveryCandidate) belong under this filter now, by `policy`'s rule?"""
+        if run.status is not self.stored:
+            return False
+        if self in (RunFilter.ACTIVE, RunFilter.STALLED):
+            return policy.stalled(run, now=now) == (self is RunFilter.STALLED)
+        if self in (RunFilter.COMPLETED, RunFilter.TOLERATED):
+            return bool(run.failed_agents) == (self is RunFilter.TOLERATED)
+        return True
 
 
 def _seconds(delta: timedelta) -> str:

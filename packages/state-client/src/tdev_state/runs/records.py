@@ -160,6 +160,7 @@ def session_from_item(
         failed_agents=_agents(read, "failed_agents"),
         metadata_error=error,
         fail_count=read.whole("fail_count", 0),
+        live_for=read.number("live_for"),
     )
 
 
