@@ -113,6 +113,7 @@ class AsyncSessions(_AsyncStore):
     """Async twin of SessionStore."""
 
     create = _off_loop(SessionStore.create)
+    resolve = _off_loop(SessionStore.resolve)
     get = _off_loop(SessionStore.get)
     list_for_user = _off_loop(SessionStore.list_for_user)
     update = _off_loop(SessionStore.update)

@@ -214,6 +214,8 @@ class Session(_DictMixin):
     failed_agents: tuple[str, ...] = ()
     #: Why `metadata` is None in a listing although the run has some (its payload could not be read).
     metadata_error: str | None = None
+    #: The caller's own ids for this run (unique per env; `sessions.resolve` finds the run by any of them).
+    refs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,7 @@ def session_from_item(
         resume_count=read.whole("resume_count", 0),
         failed_agents=_agents(read, "failed_agents"),
         metadata_error=error,
+        refs=tuple(str(ref) for ref in item.get("refs") or ()),
     )
 
 
