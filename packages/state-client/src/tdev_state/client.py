@@ -114,6 +114,7 @@ class AsyncSessions(_AsyncStore):
 
     create = _off_loop(SessionStore.create)
     resolve = _off_loop(SessionStore.resolve)
+    events = _off_loop(SessionStore.events)
     get = _off_loop(SessionStore.get)
     list_for_user = _off_loop(SessionStore.list_for_user)
     update = _off_loop(SessionStore.update)

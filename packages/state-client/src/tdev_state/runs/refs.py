@@ -84,6 +84,7 @@ class CreateWithRefs(RowWrite[Session]):
         self._put = put
         self._refs = tuple(refs)
         self._ref_actions = tuple(ref_actions)
+        self.makes_version = 1  # a new run (nothing returned from a transaction says so)
 
     def write(self) -> Write:
         return Write([self._put, *self._ref_actions])

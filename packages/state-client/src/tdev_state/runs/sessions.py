@@ -22,15 +22,17 @@ from tdev_state.models import (
     AGENTS,
     Page,
     PipelineType,
+    RunEvents,
     Session,
     SessionStatus,
     epoch,
 )
+from tdev_state.runs.eventlog import read_events
 from tdev_state.runs.items import readable
 from tdev_state.runs.policy import declared_silence
 from tdev_state.runs.records import UNSET, session_context, session_from_item
 from tdev_state.runs.recovery import RecoveryReads
-from tdev_state.runs.refs import CreateWithRefs, checked_refs, ref_puts, resolve
+from tdev_state.runs.refs import REF_PREFIX, CreateWithRefs, checked_refs, ref_puts, resolve
 from tdev_state.runs.rules import (
     SESSION_RULES,
     predecessors,
@@ -103,6 +105,20 @@ class SessionStore(RecoveryReads):
         """The run id that `id_or_ref` names (the run's id or one of its refs), in one read;
         SessionNotFoundError when neither exists."""
         return resolve(self._layer, id_or_ref)
+
+    def events(self, id_or_ref: str, *, after: int = 0) -> RunEvents:
+        """The run's events after seq `after` (`runs.eventlog`): one GetItem of the session, and one Query of
+        its agent items when the run moved past `after`. `id_or_ref` that is not a run's id is looked up as
+        a ref (one more read). SessionNotFoundError when neither names a run."""
+        key = check.identifier("id_or_ref", id_or_ref, existing=True)
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ValidationError(f"after must be a whole number >= 0 (a seq already seen), got {after!r}")
+        found = read_events(self._layer, key, after)
+        if found is None and not key.startswith(REF_PREFIX):
+            found = read_events(self._layer, resolve(self._layer, key), after)
+        if found is None:
+            raise SessionNotFoundError(f"no pipeline run {key!r} in env {self._layer.config.env!r}")
+        return found
 
     def _create(  # noqa: PLR0917 - private; the validated arguments of create
         self,
