@@ -95,7 +95,7 @@ class Connection:
 
 
 def seq_of(block: str) -> int:
-    return int(block.split("\n")[0].removeprefix("id: "))
+    return int(block.split("\n", maxsplit=1)[0].removeprefix("id: "))
 
 
 async def test_an_ended_run_streams_every_event_with_its_id_then_end(
