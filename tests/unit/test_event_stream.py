@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from examples.orchestrator.agents import RecordingWebSocketManager
 
 from tdev_state import AGENTS, AsyncStateClient, SessionNotFoundError, StateClient, ValidationError
 from tdev_state.events import EventHub, ManualTrigger, Resync, RetryHint, StreamItem
@@ -178,3 +182,36 @@ async def test_an_unknown_run_or_a_bad_position_is_refused_before_streaming(hub:
     with pytest.raises(ValidationError):
         await anext(hub.watch("anything", after=-3))
     assert hub.watched_runs == 0
+
+
+def documented_forwarder() -> Any:
+    """`forward_progress` exactly as docs/adoption.md shows it."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "adoption.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "def forward_progress" in b)
+    namespace: dict[str, Any] = {}
+    exec(block, namespace)
+    return namespace["forward_progress"]
+
+
+async def test_the_documented_forwarder_sends_each_attempt_under_the_browsers_id(
+    aclient: AsyncStateClient, client: StateClient
+) -> None:
+    """docs/adoption.md's adapter turns a run's stored events into ws_manager calls keyed by the ref."""
+    sid = client.sessions.create(refs=["project_ws"]).session_id
+    client.executions.start(sid, "nl_input")
+    client.executions.fail(sid, "nl_input", error_message="busy")
+    client.executions.retry(sid, "nl_input")
+    client.executions.complete(sid, "nl_input", output_data={})
+    for agent in AGENTS[1:]:
+        client.executions.start(sid, agent)
+        client.executions.complete(sid, agent, output_data={})
+    ws = RecordingWebSocketManager()
+    await asyncio.wait_for(documented_forwarder()(aclient, ws, "project_ws"), DEADLINE)
+    assert ws.progress[:4] == [
+        ("project_ws", 1, 0, "processing"),
+        ("project_ws", 1, 0, "error"),
+        ("project_ws", 1, 0, "processing"),
+        ("project_ws", 1, 100, "completed"),
+    ]
+    assert ws.progress[-1] == ("project_ws", 9, 100, "completed")
+    assert ws.logs[1] == ("project_ws", "NL_INPUT error: busy", "error")

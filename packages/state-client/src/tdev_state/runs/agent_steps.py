@@ -223,7 +223,7 @@ class AgentStep(Transition[AgentTransition]):
             events += run_end_events(effect.status, sid, now, session)
         return events
 
-    def _event_entry(self, seq: int) -> dict[str, Any]:
+    def _event_entry(self, seq: int) -> str:
         """This transition's entry in the agent's event log: what, when, the run's status after it, the
         error, the output's size, and the tolerance (never a payload)."""
         kind, effect = self.kind, self.effect
