@@ -129,3 +129,12 @@ async def test_pipeline_run_defer_mode_stores_the_run_without_a_taken_ref(
     assert (stored.refs, stored.progress) == ((), 1)
     assert client.sessions.resolve("project_3") == "other"
     assert any(r.getMessage().startswith("run.ref_taken") for r in caplog.records)
+
+
+def test_a_ref_items_key_is_never_read_as_a_run(client: StateClient) -> None:
+    """get() and events() on a ref item's own key (`ref#…`) find no run, instead of a malformed one."""
+    client.sessions.create(session_id="r2", refs=["project_k"])
+    with pytest.raises(SessionNotFoundError):
+        client.sessions.get(f"{REF_PREFIX}project_k")
+    with pytest.raises(SessionNotFoundError):
+        client.sessions.events(f"{REF_PREFIX}project_k")

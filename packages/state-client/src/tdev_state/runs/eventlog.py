@@ -35,6 +35,7 @@ from tdev_state.models import (
     epoch,
     from_epoch,
 )
+from tdev_state.runs.refs import is_ref_item
 from tdev_state.storage import Expr, Item
 
 #: The agent item's list of its transitions (seq-stamped).
@@ -104,7 +105,7 @@ def read_events(layer: DynamoLayer, run_id: str, after: int = 0) -> RunEvents | 
     """The run's events after `after`: one consistent GetItem, plus one consistent Query of the agent items
     only when the run has moved past `after`. None when the run does not exist."""
     session = layer.get(layer.tables.sessions, {"session_id": run_id})
-    if session is None:
+    if session is None or is_ref_item(session):  # a ref's own item is not a run
         return None
     seq = _whole(session.get("version"), 0)
     agents: list[Item] = []

@@ -32,7 +32,7 @@ from tdev_state.runs.items import readable
 from tdev_state.runs.policy import declared_silence
 from tdev_state.runs.records import UNSET, session_context, session_from_item
 from tdev_state.runs.recovery import RecoveryReads
-from tdev_state.runs.refs import REF_PREFIX, CreateWithRefs, checked_refs, ref_puts, resolve
+from tdev_state.runs.refs import REF_PREFIX, CreateWithRefs, checked_refs, is_ref_item, ref_puts, resolve
 from tdev_state.runs.rules import (
     SESSION_RULES,
     predecessors,
@@ -206,7 +206,7 @@ class SessionStore(RecoveryReads):
         listings do, instead of raising the typed error."""
         sid = check.identifier("session_id", session_id, existing=True)
         item = self._layer.get(self._table, {"session_id": sid}, consistent=consistent)
-        if item is None:
+        if item is None or is_ref_item(item):  # a ref's own item is not a run (resolve() follows a ref)
             raise SessionNotFoundError(f"no pipeline session {sid!r} in env {self._layer.config.env!r}")
         return session_from_item(item, self._layer, strict=strict)
 
