@@ -215,3 +215,18 @@ async def test_the_documented_forwarder_sends_each_attempt_under_the_browsers_id
     ]
     assert ws.progress[-1] == ("project_ws", 9, 100, "completed")
     assert ws.logs[1] == ("project_ws", "NL_INPUT error: busy", "error")
+
+
+async def test_watchers_connecting_by_ref_share_one_look_up(hub: EventHub, client: StateClient) -> None:
+    """Five watchers joining a run by its ref at once cost one BatchGetItem for the ref, not five."""
+    client.sessions.create(refs=["project_many"])
+    lookups: list[str] = []
+    client.layer.dynamodb.meta.events.register(
+        "before-call.dynamodb.BatchGetItem", lambda **_: lookups.append("b")
+    )
+    streams = [hub.watch("project_many") for _ in range(5)]
+    firsts = await asyncio.gather(*(next_item(s) for s in streams))
+    assert [i.seq for i in firsts] == [1] * 5
+    assert len(lookups) == 1
+    for stream in streams:
+        await stream.aclose()

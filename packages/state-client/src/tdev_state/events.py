@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
@@ -105,6 +106,9 @@ class ManualTrigger:
 
 
 _END = object()
+#: Names (ids and refs) whose run a hub remembers, oldest forgotten first: N watchers connecting to one run by
+#: its ref cost one look-up, not N.
+_RESOLVED_KEPT = 10_000
 
 
 class _Watcher:
@@ -243,6 +247,8 @@ class EventHub:
         self.sleep = sleep
         self.failed_polls = 0
         self._pollers: dict[str, _Poller] = {}
+        self._resolved: dict[str, str] = {}
+        self._resolving: dict[str, asyncio.Future[str]] = {}
 
     @property
     def watched_runs(self) -> int:
@@ -255,8 +261,21 @@ class EventHub:
         return sum(len(p.watchers) for p in self._pollers.values())
 
     async def resolve(self, id_or_ref: str) -> str:
-        """The run id `id_or_ref` names (one read); SessionNotFoundError when none: check before streaming."""
-        return await self.client.sessions.resolve(id_or_ref)
+        """The run id `id_or_ref` names (one read, then remembered: a ref never moves to another run, and a
+        run id stays its own); SessionNotFoundError when none: check before streaming."""
+        known = self._resolved.get(id_or_ref)
+        if known is not None:
+            return known
+        pending = self._resolving.get(id_or_ref)
+        if pending is None:  # watchers connecting at once share one look-up
+            pending = asyncio.ensure_future(self.client.sessions.resolve(id_or_ref))
+            self._resolving[id_or_ref] = pending
+            pending.add_done_callback(functools.partial(self._resolved_one, id_or_ref))
+        run_id = await asyncio.shield(pending)  # one waiter cancelled never cancels the others' look-up
+        self._resolved[id_or_ref] = run_id
+        while len(self._resolved) > _RESOLVED_KEPT:
+            self._resolved.pop(next(iter(self._resolved)))
+        return run_id
 
     async def watch(self, id_or_ref: str, *, after: int = 0) -> AsyncGenerator[StreamItem, None]:
         """Every event of the run after seq `after`, live until the run ends (see the module's docstring).
@@ -270,6 +289,9 @@ class EventHub:
         async with contextlib.aclosing(self.follow(run_id, after=after)) as items:
             async for item in items:
                 yield item
+
+    def _resolved_one(self, name: str, _: object) -> None:
+        self._resolving.pop(name, None)
 
     async def follow(self, run_id: str, *, after: int = 0) -> AsyncGenerator[StreamItem, None]:
         """`watch` for a run id already resolved (`resolve`): no look-up of its own. A run that vanishes
