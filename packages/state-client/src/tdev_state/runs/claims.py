@@ -316,7 +316,7 @@ def _log(  # noqa: PLR0917 - one entry's fields, in the order the history shows 
     resumes are capped), so the list stays small, and it adds write units only to recovered runs.
     """
     if kind in RUN_EVENTS and event:  # the run's event log too (runs.eventlog): a versioned claim write
-        log_run_event(expr, kind, moment, t=token, n=attempt, e=detail)
+        log_run_event(expr, kind, moment, token=token, attempt=attempt, error=detail)
     entry: dict[str, object] = {"k": kind, "at": epoch(moment), "t": token, "w": worker}
     if attempt is not None:
         entry["n"] = attempt

@@ -10,7 +10,7 @@ one small entry saying what it was, in the write it already makes:
   exact;
 - every other versioned write (the pipeline's status updates, the verdict, a claim, a failed resume
   attempt, a hand-over, an abandon) is a single update of the session item, which appends `{k, at, …}` to
-  the session's `run_log`.
+  the session's `run_log` (`"kind|at|…"`).
 
 A reader derives the events from ONE GetItem of the session and ONE Query of the run's agent items: the agent
 entries name their seq; the seqs in 2..version they do not name are the session-level transitions, in the
@@ -55,13 +55,22 @@ _AGENT_KINDS = {
     "f": ("agent_failed", AgentStatus.FAILED),
     "i": ("agent_interrupted", AgentStatus.FAILED),
 }
+#: A session-level transition -> its one-letter code in `run_log`, and the code -> the event's kind.
+_RUN_CODES = {
+    "status": "u",
+    "verdict": "v",
+    "claimed": "c",
+    "attempt_failed": "a",
+    "resumed": "r",
+    "abandoned": "x",
+}
 _RUN_KINDS = {
-    "status": "run_updated",
-    "verdict": "run_finished",
-    "claimed": "claimed",
-    "attempt_failed": "resume_attempt_failed",
-    "resumed": "resumed",
-    "abandoned": "abandoned",
+    "u": "run_updated",
+    "v": "run_finished",
+    "c": "claimed",
+    "a": "resume_attempt_failed",
+    "r": "resumed",
+    "x": "abandoned",
 }
 _ENDED = frozenset({SessionStatus.COMPLETED.value, SessionStatus.ABANDONED.value})
 
@@ -90,15 +99,27 @@ def agent_entry(  # noqa: PLR0917 - one entry's fields
     return "|".join(fields).rstrip("|")
 
 
-def log_run_event(expr: Expr, kind: str, moment: datetime, **fields: Any) -> Expr:
-    """Append one session-level transition to `run_log`, in the versioned write that makes it."""
-    if kind not in _RUN_KINDS:
-        raise AssertionError(f"unknown run event {kind!r}")  # pragma: no cover - a programming error
-    entry: dict[str, Any] = {"k": kind, "at": epoch(moment)}
-    for name, value in fields.items():
-        if value is not None:
-            entry[name] = value[:EVENT_ERROR_CHARS] if isinstance(value, str) else value
-    return expr.append(RUN_LOG, [entry])
+def log_run_event(  # noqa: PLR0917 - one entry's fields
+    expr: Expr,
+    kind: str,
+    moment: datetime,
+    status: str | None = None,
+    token: int | None = None,
+    attempt: int | None = None,
+    error: str | None = None,
+) -> Expr:
+    """Append one session-level transition to `run_log`, in the versioned write that makes it: one string,
+    `kind|at|status|fencing token|attempt|error` (the session item is rewritten by every transition of its
+    run, so its entries are kept as short as the agents')."""
+    fields = [
+        _RUN_CODES[kind],
+        str(epoch(moment)),
+        status or "",
+        str(token) if token is not None else "",
+        str(attempt) if attempt is not None else "",
+        (error or "")[:EVENT_ERROR_CHARS],
+    ]
+    return expr.append(RUN_LOG, ["|".join(fields).rstrip("|")])
 
 
 def read_events(layer: DynamoLayer, run_id: str, after: int = 0) -> RunEvents | None:
@@ -140,7 +161,7 @@ def derive_events(session: Item, agents: Iterable[Item]) -> list[RunEvent]:
             if 1 < event.seq <= seq:
                 found[event.seq] = event
     gaps = (n for n in range(2, seq + 1) if n not in found)
-    entries = [e for e in session.get(RUN_LOG) or () if isinstance(e, dict)]
+    entries: list[str | None] = [str(e) for e in session.get(RUN_LOG) or ()]
     for n, entry in zip(gaps, [*entries, *([None] * seq)], strict=False):
         found[n] = _run_event(run_id, n, entry)
     return [found[n] for n in sorted(found)]
@@ -182,12 +203,12 @@ def _agent_events(run_id: str, item: Item) -> list[RunEvent]:
     return events
 
 
-def _run_event(run_id: str, seq: int, entry: dict[str, Any] | None) -> RunEvent:
-    if entry is None or entry.get("k") not in _RUN_KINDS:
+def _run_event(run_id: str, seq: int, entry: str | None) -> RunEvent:
+    code, when, status, token, attempt, error = ((entry or "").split("|", 5) + [""] * 6)[:6]
+    if code not in _RUN_KINDS:
         return RunEvent(run_id, seq, "transition", None)
-    kind = _RUN_KINDS[str(entry["k"])]
-    status = str(entry["st"]) if "st" in entry else None
-    if kind == "run_updated" and status is not None and status != SessionStatus.ACTIVE.value:
+    kind = _RUN_KINDS[code]
+    if kind == "run_updated" and status and status != SessionStatus.ACTIVE.value:
         kind = "run_finished"  # the pipeline itself set the run's end (or its failure)
     if kind == "abandoned":
         status = SessionStatus.ABANDONED.value
@@ -195,12 +216,12 @@ def _run_event(run_id: str, seq: int, entry: dict[str, Any] | None) -> RunEvent:
         run_id,
         seq,
         kind,
-        _moment(entry.get("at")),
-        status=status,
+        _moment(when or None),
+        status=status or None,
         run_status=status if kind in ("run_finished", "abandoned") else None,
-        error=str(entry["e"]) if "e" in entry else None,
-        fencing_token=_whole(entry["t"], 0) if "t" in entry else None,
-        attempt=_whole(entry["n"], 0) if "n" in entry else None,
+        error=error or None,
+        fencing_token=int(token) if token.isdigit() else None,
+        attempt=int(attempt) if attempt.isdigit() else None,
     )
 
 

@@ -113,7 +113,7 @@ class StatusUpdate(Transition[Session]):
         target, repeat, moment = self._target, self._variant == "repeat", self._moment
         expr = Expr().require_exists("session_id")
         expr.set_many({"last_updated": epoch(moment), "last_request": self._token}).increment("version")
-        log_run_event(expr, "status", moment, st=target.value if target is not None else None)
+        log_run_event(expr, "status", moment, status=target.value if target is not None else None)
         if self._version is not None:
             expr.require_equal("version", self._version)
         if target is not None:
@@ -238,7 +238,7 @@ class VerdictStep(Transition[Session]):
             "verdict": self._target.value,
         }
         expr.set_many(values).increment("version")
-        log_run_event(expr, "verdict", self._moment, st=self._target.value, e=self._error)
+        log_run_event(expr, "verdict", self._moment, status=self._target.value, error=self._error)
         expr.set("live_for", self._live_for).set("stalled_at", epoch(self._stalled_at))
         retention = self._layer.config.retention_days
         status_effects(
