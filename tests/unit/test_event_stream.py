@@ -230,3 +230,27 @@ async def test_watchers_connecting_by_ref_share_one_look_up(hub: EventHub, clien
     assert len(lookups) == 1
     for stream in streams:
         await stream.aclose()
+
+
+async def test_this_processs_own_write_wakes_the_poller_at_once(hub: EventHub, client: StateClient) -> None:
+    """A transition written through the hub's own client is delivered without waiting for the trigger."""
+    sid = client.sessions.create().session_id
+    async with contextlib.aclosing(hub.watch(sid)) as stream:
+        assert (await next_item(stream)).seq == 1
+        await asyncio.to_thread(client.executions.start, sid, "nl_input")  # the trigger never fires here
+        event = await next_item(stream)
+        assert isinstance(event, RunEvent)
+        assert (event.seq, event.kind) == (2, "agent_started")
+
+
+def test_a_failing_transition_listener_never_fails_the_write(client: StateClient) -> None:
+    """A listener that raises is logged; the transition stands and the listener can be removed."""
+
+    def broken(_: str) -> None:
+        raise RuntimeError("listener bug")
+
+    remove = client.on_transition(broken)
+    sid = client.sessions.create().session_id
+    client.executions.start(sid, "nl_input")
+    remove()
+    assert client.sessions.events(sid).seq == 2

@@ -12,8 +12,9 @@ stops after the run ends (COMPLETED or ABANDONED; a FAILED run stays open — th
 stream shows the claim and the resume). An ended run replays and stops at once.
 
 **Fan-out**: one poller per run per hub, shared by all its watchers. It reads with a consistent GetItem of
-the session at a bounded rate (`interval`, 1 s by default, or whenever the injected `PollTrigger` says),
-and Queries the agent items only when the session's seq moved. N watchers cost the store what one costs.
+the session at a bounded rate (`interval`, 1 s by default, or whenever the injected `PollTrigger` says) —
+and at once after a transition this process's own client wrote (`StateClient.on_transition`) — and Queries
+the agent items only when the session's seq moved. N watchers cost the store what one costs.
 Each watcher has a bounded queue: a watcher that lets it fill is dropped with a `Resync` (its position),
 so a slow client never holds the poller, the others, or the pipeline. A read that fails (the store down,
 throttled) sends each watcher a `RetryHint` and the poller backs off (up to `max_backoff`), never hangs.
@@ -160,6 +161,8 @@ class _Poller:
         self.watchers: set[_Watcher] = set()
         self.task: asyncio.Task[None] | None = None
         self.reads = 0
+        #: Set when this process wrote the run: poll now rather than at the next tick.
+        self.wake = asyncio.Event()
 
     def join(self, watcher: _Watcher) -> None:
         self.watchers.add(watcher)
@@ -183,7 +186,7 @@ class _Poller:
                 if backoff:
                     await self.hub.sleep(backoff)
                 else:
-                    await self.hub.trigger.wait(self.run_id)
+                    await self._pause()
             first = False
             try:
                 backoff = await self._poll()
@@ -197,6 +200,20 @@ class _Poller:
                 log.warning("events.poll_failed", run_id=self.run_id, error=repr(exc)[:300])
                 for watcher in list(self.watchers):
                     watcher.offer(RetryHint(self.run_id, backoff, f"{type(exc).__name__}: {exc}"[:300]))
+
+    async def _pause(self) -> None:
+        """Until the trigger says poll, or this process wrote the run (`EventHub` listens to its client)."""
+        if not self.wake.is_set():
+            waits = [
+                asyncio.ensure_future(self.hub.trigger.wait(self.run_id)),
+                asyncio.ensure_future(self.wake.wait()),
+            ]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+        self.wake.clear()
 
     async def _poll(self) -> float:
         self.reads += 1
@@ -248,6 +265,9 @@ class EventHub:
         self.failed_polls = 0
         self._pollers: dict[str, _Poller] = {}
         self._resolved: dict[str, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # This process's own writes wake their run's poller at once (no wait for the next tick).
+        self._stop_listening = client.sync.on_transition(self._written)
         self._resolving: dict[str, asyncio.Future[str]] = {}
 
     @property
@@ -290,6 +310,17 @@ class EventHub:
             async for item in items:
                 yield item
 
+    def _written(self, run_id: str) -> None:
+        """Called on the writing thread after this client applied a transition of `run_id`."""
+        loop = self._loop
+        if loop is not None and run_id in self._pollers and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake, run_id)
+
+    def _wake(self, run_id: str) -> None:
+        poller = self._pollers.get(run_id)
+        if poller is not None:
+            poller.wake.set()
+
     def _resolved_one(self, name: str, _: object) -> None:
         self._resolving.pop(name, None)
 
@@ -297,6 +328,7 @@ class EventHub:
         """`watch` for a run id already resolved (`resolve`): no look-up of its own. A run that vanishes
         (or never was) ends the stream."""
         _check_position(after)
+        self._loop = asyncio.get_running_loop()
         poller = self._pollers.get(run_id)
         if poller is None:
             poller = self._pollers[run_id] = _Poller(self, run_id)
@@ -319,7 +351,8 @@ class EventHub:
             poller.task.cancel()
 
     async def aclose(self) -> None:
-        """Stop every poller (their watchers' streams end)."""
+        """Stop every poller (their watchers' streams end) and stop listening to the client's writes."""
+        self._stop_listening()
         for poller in list(self._pollers.values()):
             for watcher in list(poller.watchers):
                 watcher.end()

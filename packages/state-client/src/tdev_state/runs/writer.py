@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar
 
 from tdev_state.exceptions import MalformedItemError
 from tdev_state.layer import DynamoLayer
+from tdev_state.log import get_logger
 from tdev_state.models import SessionStatus, epoch_float
 from tdev_state.payloads import EncodedPayload, PayloadContext, current_write
 from tdev_state.runs.policy import LivenessStamps
@@ -45,6 +46,8 @@ from tdev_state.storage import (
 from tdev_state.usage import UsageEmitter, UsageEvent, UsageKind
 
 R = TypeVar("R")
+
+log = get_logger(__name__)
 
 #: The code of an action whose condition was false (a single write's refusal is given this code too).
 CONDITION_FAILED = "ConditionalCheckFailed"
@@ -200,6 +203,8 @@ class TransitionWriter:
         self.layer = layer
         self.liveness = liveness
         self.versions = KnownVersions()
+        #: Told the run id after each transition applied (the event hub of this process wakes its poller).
+        self.listeners: list[Callable[[str], None]] = []
 
     def known_version(self, session_id: str) -> int:
         """The run's session version as this process last saw it; read once (consistent) when it has not seen
@@ -240,6 +245,7 @@ class TransitionWriter:
                     return outcome.value
                 return outcome
             self._remember_version(transition, write, item)
+            self._tell(transition.session_id)
             stamp = transition.stamp()
             if stamp is not None:
                 self.liveness.mark(transition.session_id, *stamp)
@@ -248,6 +254,14 @@ class TransitionWriter:
                 for event in transition.usage(item, usage):
                     usage.emit(event)
             return transition.applied(item)
+
+    def _tell(self, session_id: str) -> None:
+        """Tell each listener that `session_id` moved; one that fails is logged, never fails the write."""
+        for listener in list(self.listeners):
+            try:
+                listener(session_id)
+            except Exception as exc:  # a listener is someone else's code: the transition stands
+                log.warning("writer.listener_failed", session_id=session_id, error=repr(exc)[:300])
 
     def _remember_version(self, transition: Transition[Any], write: Write, item: Item | None) -> None:
         """Keep the run's version known after an applied write: the one the transition made, or the one the
