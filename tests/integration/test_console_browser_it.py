@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -220,6 +221,23 @@ def test_a_run_page_shows_its_stored_timeline_and_recovery(console: Console, pag
     assert [e.kind for e in history.events].count("resumed") == history.resume_count == run.resume_count
     page.locator("#run-metrics table").wait_for()
     shot(page, "run")
+
+
+def test_a_run_page_follows_its_events_without_a_reload(console: Console, page: Any) -> None:
+    """A transition written by the library shows on the open run page, driven by the run's SSE stream (the
+    region records the last event id it refreshed on), with no reload."""
+    sid = console.client.sessions.create(
+        project_name="watched live", refs=[f"project_{uuid.uuid4().hex[:8]}"]
+    )
+    page.goto(f"{console.url}/runs/{sid.session_id}")
+    agent_row = page.locator(f"#timeline tbody tr[data-agent='{AGENTS[0]}']")
+    assert agent_row.get_attribute("data-status") == "PENDING"
+    console.client.executions.start(sid.session_id, AGENTS[0])
+    page.locator("#run[data-last-event='2']").wait_for(timeout=10_000)
+    page.locator(f"#timeline tbody tr[data-agent='{AGENTS[0]}'][data-status='RUNNING']").wait_for(
+        timeout=10_000
+    )
+    shot(page, "run-live")
 
 
 def test_resume_a_failed_run_from_the_backlog(console: Console, page: Any) -> None:

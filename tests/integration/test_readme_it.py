@@ -67,6 +67,11 @@ LONG_RUNNING = re.compile(
     r"^uv run (tdev-recovery-worker|tdev worker|tdev console) .*--(?:http-)?port (\d+)\b.*$"
 )
 
+#: Commands that talk to the console `make console` starts on port 8080 (the SSE `curl -N`): run as written
+#: while a console on this run's tables serves that port, then it is stopped.
+WITH_CONSOLE = re.compile(r'^curl -N "http://127\.0\.0\.1:8080/')
+CONSOLE_FOR_CURL = "uv run tdev console --local --port 8080"
+
 
 def readme_commands() -> list[str]:
     """Each line of each ```bash block, without its trailing comment."""
@@ -107,7 +112,9 @@ def test_every_readme_command_runs_as_written(client: StateClient, tmp_path: Pat
                 skipped.append(command)
                 continue
             long_running = LONG_RUNNING.match(command)
-            if long_running:
+            if WITH_CONSOLE.match(command):
+                _run_with_console(command, env)
+            elif long_running:
                 _run_until_healthy(command, int(long_running.group(2)), env)
             else:
                 _run(command, env)
@@ -142,6 +149,44 @@ def _run(command: str, env: dict[str, str]) -> None:
     if command.startswith("make demo"):
         assert "all invariants hold" in done.stdout, done.stdout[-2000:]
         assert "report: " in done.stdout
+
+
+def _run_with_console(command: str, env: dict[str, str]) -> None:
+    """Run `command` (a client of the console) while the console serves port 8080, then stop the console.
+    The newest run after the demo has ended (COMPLETED or ABANDONED), so its event stream replays and ends:
+    `curl -N` exits 0 by itself."""
+    console = subprocess.Popen(
+        ["bash", "-c", f"exec {CONSOLE_FOR_CURL}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and console.poll() is None and _status(8080, "/healthz") != 200:
+            time.sleep(0.5)
+        assert _status(8080, "/healthz") == 200, f"the console for {command!r} never answered"
+        done = subprocess.run(
+            ["bash", "-c", command],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, (
+            f"README command failed ({done.returncode}): {command}\n{done.stderr[-2000:]}"
+        )
+        assert re.search(r"^id: 1$", done.stdout, re.M), done.stdout[:2000]
+        assert "event: end" in done.stdout, done.stdout[-2000:]
+    finally:
+        if console.poll() is None:
+            os.killpg(console.pid, signal.SIGTERM)
+        console.communicate(timeout=60)
 
 
 def _run_until_healthy(command: str, port: int, env: dict[str, str]) -> None:

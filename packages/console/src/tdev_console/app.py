@@ -44,6 +44,7 @@ from tdev_metrics import MetricsReader
 from tdev_metrics.usage_reader import UsageReader
 from tdev_recovery import LiveRunError, NotRecoverableError, RecoveryError
 from tdev_state import (
+    AsyncStateClient,
     MalformedItemError,
     NotFoundError,
     StateClient,
@@ -51,6 +52,7 @@ from tdev_state import (
     StorageError,
     ValidationError,
 )
+from tdev_state.events_http import EventsApp, events_app
 from tdev_state.log import get_logger
 
 log = get_logger(__name__)
@@ -79,11 +81,15 @@ def create_app(client: StateClient, settings: ConsoleSettings | None = None) -> 
     metrics = ConsoleMetrics()
     sign_in = SignIn(config, pages)
     reader = MetricsReader(client)
+    live = LiveEvents(client)
     routes: list[BaseRoute] = [
         Route("/", lambda r: RedirectResponse(r.url_for("runs"), status_code=303)),
         Route("/healthz", healthz),
         Route("/readyz", lambda r: readyz(client)),
         Route("/metrics", metrics.exposition, name="metrics"),
+        # Before the run pages: a run's live events (SSE, tdev_state.events_http), the same endpoint the
+        # orchestrator mounts; the run page follows it with EventSource instead of polling.
+        Route("/runs/{session_id:runid}/events", live, name="run_events"),
         *RunPages(client=client, settings=config, pages=pages, policy=policy, metrics=reader).routes(),
         *RecoveryPages(
             client=client, settings=config, pages=pages, policy=policy, sign_in=sign_in, metrics=metrics
@@ -132,6 +138,20 @@ def error_page(pages: Pages, metrics: ConsoleMetrics, status: int, title: str) -
         return pages.error(request, code, name, message)
 
     return handle
+
+
+class LiveEvents:
+    """The SSE endpoint over the console's client: its async twin and event hub are made on the first
+    request (on the server's event loop), shared by every watcher of this console."""
+
+    def __init__(self, client: StateClient) -> None:
+        self._client = client
+        self._app: EventsApp | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._app is None:
+            self._app = events_app(AsyncStateClient(self._client))
+        await self._app(scope, receive, send)
 
 
 def healthz(request: Request) -> Response:

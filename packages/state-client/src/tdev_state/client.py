@@ -9,6 +9,7 @@ synchronous.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,13 +60,25 @@ class StateClient:
         self.config = layer.config
         liveness = LivenessStamps(timedelta(seconds=layer.config.liveness_interval_seconds))
         #: The one writer of the run lifecycle, shared by the stores that apply its transitions.
-        writer = TransitionWriter(layer, liveness)
+        self._writer = writer = TransitionWriter(layer, liveness)
         self.sessions = SessionStore(writer, clock)
         self.executions = ExecutionStore(writer, clock)
         self.projects = ProjectStore(layer, clock)
         #: Recovery claims (leases and fencing tokens): the recovery worker's writes to sessions.
         self.claims = ClaimStore(writer, clock)
         self.clock = clock
+
+    def on_transition(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call `listener(session_id)` after each transition this client applies (on the writing thread; keep
+        it short). Returns the function that removes it. A listener that raises is logged and never fails the
+        transition. `tdev_state.events` uses it to show this process's own writes at once."""
+        self._writer.listeners.append(listener)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._writer.listeners.remove(listener)
+
+        return remove
 
     def create_tables(self) -> list[str]:
         """Create this environment's tables if missing (LocalStack and tests; infra does it in AWS)."""
@@ -113,6 +126,8 @@ class AsyncSessions(_AsyncStore):
     """Async twin of SessionStore."""
 
     create = _off_loop(SessionStore.create)
+    resolve = _off_loop(SessionStore.resolve)
+    events = _off_loop(SessionStore.events)
     get = _off_loop(SessionStore.get)
     list_for_user = _off_loop(SessionStore.list_for_user)
     update = _off_loop(SessionStore.update)

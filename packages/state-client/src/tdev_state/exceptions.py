@@ -49,6 +49,15 @@ class SessionExistsError(ConflictError):
     """A session with that session_id already exists; creating it again would overwrite it."""
 
 
+class RefTakenError(ConflictError):
+    """A ref given to a new run already points at another run (refs are unique per env); nothing written."""
+
+    def __init__(self, message: str, *, ref: str, run_id: str | None) -> None:
+        super().__init__(message)
+        self.ref = ref
+        self.run_id = run_id
+
+
 class RunExistsError(SessionExistsError):
     """`PipelineRun.open` was asked for a new run whose id is taken; resume it with `PipelineRun.resume`."""
 

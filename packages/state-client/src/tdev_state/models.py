@@ -220,6 +220,8 @@ class Session(_DictMixin):
     #: Seconds the run's last write said it may stay silent (its agent's deadline, the heartbeat timeout,
     #: or a resume's cool-down): what `RecoveryPolicy` judges "stalled" by, as for a RecoveryCandidate.
     live_for: float | None = None
+    #: The caller's own ids for this run (unique per env; `sessions.resolve` finds the run by any of them).
+    refs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -372,3 +374,51 @@ class Page(Generic[T]):
     #: Items of this page that could not be read (MalformedItemError each: key, attribute, problem); they
     #: are left out of `items`, logged, and the page goes on.
     skipped: tuple[MalformedItemError, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunEvent(_DictMixin):
+    """One transition of a run, as the live progress stream shows it (`tdev_state.events`).
+
+    `seq` is the run's `version` after the transition: it goes up by one per versioned transition and never
+    goes back, so a reader that saw `seq` n asks for everything after n and misses nothing, sees nothing
+    twice — across processes and resumes. Events carry statuses, times and sizes, never payloads.
+    `kind`: run_opened, run_updated, run_finished (the orchestrator's verdict, or a status it set that ends
+    or fails the run), agent_started, agent_retried, agent_completed, agent_failed, agent_interrupted,
+    claimed, resume_attempt_failed, resumed, abandoned — or `transition` for a run stored before events
+    were (its details unknown).
+    """
+
+    run_id: str
+    seq: int
+    kind: str
+    at: datetime | None
+    agent: str | None = None
+    #: The agent's attempt (1 for the first) for agent events.
+    attempt: int | None = None
+    #: The agent's status after an agent event; the run's status after a run event.
+    status: str | None = None
+    #: The run's status after this event, when the event changed it (the run ended or failed).
+    run_status: str | None = None
+    error: str | None = None
+    #: Seconds from the attempt's start to this event (agent_completed, agent_failed, agent_interrupted).
+    seconds: float | None = None
+    output_bytes: int | None = None
+    #: agent_failed: the run policy lets the run move past this agent. agent_started: the failed agent the
+    #: run moved past with this start (its failure is final and tolerated).
+    tolerated: str | None = None
+    #: claimed, resume_attempt_failed, resumed, abandoned: the claim's fencing token.
+    fencing_token: int | None = None
+
+
+@dataclass(frozen=True)
+class RunEvents(_DictMixin):
+    """A run's events after a position, read at one moment: `seq` is the run's latest (every event up to
+    it is in `events`, from `after` on), `ended` whether the run is COMPLETED or ABANDONED (no event can
+    follow)."""
+
+    run_id: str
+    seq: int
+    status: str
+    ended: bool
+    events: tuple[RunEvent, ...]

@@ -186,6 +186,10 @@ def make_stalled_runs(
             client.executions.start(sid, AGENTS[done], input_data={"before": True})
         return sid, list(AGENTS[:done])
 
+    if _moto_depth > 0:
+        # moto's TransactWriteItems deep-copies every table while another thread may insert an item
+        # ("dictionary changed size during iteration"): in process, threads buy nothing, so one at a time.
+        threads = 1
     with ThreadPoolExecutor(threads) as pool:
         return dict(pool.map(one, plans))
 

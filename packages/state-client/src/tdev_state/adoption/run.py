@@ -19,6 +19,7 @@ from tdev_state.client import AsyncStateClient
 from tdev_state.exceptions import (
     InvalidTransitionError,
     PayloadTooLargeError,
+    RefTakenError,
     RunExistsError,
     SessionExistsError,
     StateError,
@@ -34,6 +35,7 @@ from tdev_state.models import (
     SessionStatus,
 )
 from tdev_state.resume import ResumeRequest
+from tdev_state.runs.refs import checked_refs
 from tdev_state.runs.rules import may_move_past
 
 log = get_logger(__name__)
@@ -115,16 +117,29 @@ class PipelineRun(RunWrites):
         project_name: str | None = None,
         pipeline_type: str = "SIMPLE",
         metadata: Any = None,
+        refs: Sequence[str] = (),
         **options: Any,
     ) -> PipelineRun:
         """Create a NEW run. An id that exists is refused (`RunExistsError`) in the raise mode, and stored
         under a derived id `<id>-dup-<8 hex>` (logged) in the defer mode; nothing of the other run changes.
-        To continue an existing run, use `resume`."""
+        To continue an existing run, use `resume`.
+
+        `refs`: the orchestrator's own ids for the run (its API's `project_…` id), by which watchers find it
+        (`sessions.resolve`, `tdev_state.events`). A ref another run holds is `RefTakenError` in the raise
+        mode; in the defer mode the run is stored without its refs (logged as `run.ref_taken`): a taken ref
+        never costs the run."""
         run = cls(client, session_id, **options)
         # The orchestrator's constants are checked in both modes (a wrong one fails its first test run);
         # what depends on a run's data never raises in the defer mode.
         kind = check.enum(PipelineType, "pipeline_type", pipeline_type)
-        fields = {"user_id": user_id, "project_name": project_name, "pipeline_type": kind}
+        fields: dict[str, Any] = {"user_id": user_id, "project_name": project_name, "pipeline_type": kind}
+        if refs:
+            try:
+                fields["refs"] = list(checked_refs(refs))
+            except ValidationError as exc:  # the run's data: never costs the run in the defer mode
+                if run.on_store_error == "raise":
+                    raise
+                log.warning("run.refs_refused", session_id=session_id, error=str(exc)[:300])
         if run.variant is not None and (metadata is None or isinstance(metadata, dict)):
             metadata = {**(metadata or {}), "variant": run.variant}  # the A/B arm, on the run itself
 
@@ -146,6 +161,15 @@ class PipelineRun(RunWrites):
                 log.warning("run.data_refused", session_id=run.session_id, error=str(error)[:300])
                 write.kwargs = kwargs
                 return PendingWrite("create (data marked)", None, create, kwargs=kwargs, refused=taken)
+            if isinstance(error, RefTakenError):
+                log.warning(
+                    "run.ref_taken",
+                    session_id=run.session_id,
+                    error=str(error)[:300],
+                    note="the run is stored without its refs; watchers find it by its own id",
+                )
+                write.kwargs = {k: v for k, v in write.kwargs.items() if k != "refs"}
+                return PendingWrite("create (without refs)", None, create, kwargs=write.kwargs, refused=taken)
             if not isinstance(error, SessionExistsError):
                 return None
             # The identifier rule counts UTF-8 bytes: cut the requested id so the derived one stays valid.

@@ -23,6 +23,7 @@ from tdev_state.exceptions import (
 from tdev_state.log import get_logger
 from tdev_state.models import AGENT_STEP, AGENTS, AgentStatus, AgentTransition, SessionStatus
 from tdev_state.payloads import EncodedPayload
+from tdev_state.runs.eventlog import AGENT_LOG, agent_entry
 from tdev_state.runs.expressions import agent_item_update, agent_session_update
 from tdev_state.runs.policy import declared_silence
 from tdev_state.runs.records import execution_reader, session_reader
@@ -122,6 +123,11 @@ class AgentStep(Transition[AgentTransition]):
             fingerprint=self._fingerprint.stored,
             retention_days=retention,
         )
+        # The run's event log (runs.eventlog): this transition makes the version after the one known here;
+        # the session half is conditioned on it, so the stamp is exact or the write is refused.
+        before = self._store._writer.known_version(sid)
+        self.makes_version = before + 1
+        agent_expr.append(AGENT_LOG, [self._event_entry(before + 1)])
         session_expr = agent_session_update(
             rule,
             sid,
@@ -135,6 +141,7 @@ class AgentStep(Transition[AgentTransition]):
             claim=self._claim,
             live_for=live_for,
         )
+        session_expr.require_equal("version", before)
         actions = [
             agent_expr.action(
                 layer.tables.executions, {"execution_id": sid, "agent_name": agent_sort_key(agent)}
@@ -148,6 +155,13 @@ class AgentStep(Transition[AgentTransition]):
     def refused(
         self, reasons: list[CancellationReason]
     ) -> AgentTransition | Again | Duplicate[AgentTransition]:
+        old = refusal_of(reasons, 1)
+        expected = (self.makes_version or 1) - 1
+        if old is not None and "version" in old and int(old["version"]) != expected:
+            # Another writer moved the run (a claim, a second process): the refusal shows the version to
+            # write on; whether the transition itself still holds is the next attempt's answer.
+            self._store._writer.versions.remember(self.session_id, int(old["version"]))
+            return AGAIN
         variant = self._next_variant(reasons)
         if variant is not None:
             self.effect = variant
@@ -208,6 +222,25 @@ class AgentStep(Transition[AgentTransition]):
                 session = {"pipeline_type": "UNKNOWN"}
             events += run_end_events(effect.status, sid, now, session)
         return events
+
+    def _event_entry(self, seq: int) -> str:
+        """This transition's entry in the agent's event log: what, when, the run's status after it, the
+        error, the output's size, and the tolerance (never a payload)."""
+        kind, effect = self.kind, self.effect
+        output = self._payloads.get("output_data")
+        if kind == "fail":
+            tolerated = self.agent if may_move_past(self._policy, self.agent) else None
+        else:
+            tolerated = effect.moved_past
+        return agent_entry(
+            seq,
+            kind,
+            self._now,
+            effect.status,
+            error=self._error or self._sets.get("error_message"),
+            output_bytes=output.json_bytes if output is not None else None,
+            tolerated=tolerated,
+        )
 
     # --- the variants and the refusal -----------------------------------------------------------------
 

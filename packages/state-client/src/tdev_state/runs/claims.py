@@ -20,6 +20,7 @@ from tdev_state import validate as check
 from tdev_state.exceptions import ClaimLostError, StateError
 from tdev_state.log import get_logger
 from tdev_state.models import RecoveryCandidate, SessionStatus, epoch
+from tdev_state.runs.eventlog import log_run_event
 from tdev_state.runs.rules import SessionKind, require_claim, session_expr, status_effects
 from tdev_state.runs.writer import RowWrite, TransitionWriter
 from tdev_state.storage import Expr, Item
@@ -192,7 +193,8 @@ class ClaimStore:
         expr = Expr().require_in("status", list(_FINAL)).require_equal("fencing_token", claim.fencing_token)
         expr.increment("resume_count").set_many({"resume_attempts": 0, "last_resumed_at": epoch(moment)})
         expr.remove("last_resume_error")
-        _log(expr, "resumed", moment, claim.fencing_token, claim.worker_id, claim.attempt)
+        # Not versioned (no event): the run ended under this claim; its end was the event.
+        _log(expr, "resumed", moment, claim.fencing_token, claim.worker_id, claim.attempt, event=False)
 
         self._apply_claimed(claim, expr, lambda old: _lost(claim, old))
         log.info("claim.handed_over_after_end", session_id=claim.session_id, token=claim.fencing_token)
@@ -289,6 +291,9 @@ def _lost(claim: Claim, old: Item | None) -> NoReturn:
     raise ClaimLostError(f"lost the claim on {claim.session_id} (token {claim.fencing_token}; now {newer})")
 
 
+#: The claim steps that are versioned writes, hence events of the run (release and extend are not).
+RUN_EVENTS = frozenset({"claimed", "attempt_failed", "resumed", "abandoned"})
+
 #: Characters of an error or reason kept in a history entry (the full last error stays in its own field).
 HISTORY_DETAIL_CHARS = 300
 
@@ -301,12 +306,17 @@ def _log(  # noqa: PLR0917 - one entry's fields, in the order the history shows 
     worker: str,
     attempt: int | None = None,
     detail: str | None = None,
+    *,
+    event: bool = True,
 ) -> None:
-    """Append one step to the run's `recovery_log`, in the same conditional write that makes the step.
+    """Append one step to the run's `recovery_log`, in the same conditional write that makes the step (and,
+    when the write bumps the version — `event` — to its `run_log`, the event log's session half).
 
     Short keys keep each entry near 100 bytes: a run is claimed a handful of times at most (attempts and
     resumes are capped), so the list stays small, and it adds write units only to recovered runs.
     """
+    if kind in RUN_EVENTS and event:  # the run's event log too (runs.eventlog): a versioned claim write
+        log_run_event(expr, kind, moment, token=token, attempt=attempt, error=detail)
     entry: dict[str, object] = {"k": kind, "at": epoch(moment), "t": token, "w": worker}
     if attempt is not None:
         entry["n"] = attempt

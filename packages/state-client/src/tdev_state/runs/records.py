@@ -161,6 +161,7 @@ def session_from_item(
         metadata_error=error,
         fail_count=read.whole("fail_count", 0),
         live_for=read.number("live_for"),
+        refs=tuple(str(ref) for ref in item.get("refs") or ()),
     )
 
 

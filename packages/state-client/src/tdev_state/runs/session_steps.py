@@ -24,6 +24,7 @@ from tdev_state.exceptions import (
 from tdev_state.log import get_logger
 from tdev_state.models import AGENTS, AgentStatus, RunPolicy, Session, SessionStatus, epoch
 from tdev_state.payloads import EncodedPayload
+from tdev_state.runs.eventlog import log_run_event
 from tdev_state.runs.policy import declared_silence
 from tdev_state.runs.records import UNSET, session_context, session_from_item, session_reader
 from tdev_state.runs.rules import (
@@ -112,6 +113,7 @@ class StatusUpdate(Transition[Session]):
         target, repeat, moment = self._target, self._variant == "repeat", self._moment
         expr = Expr().require_exists("session_id")
         expr.set_many({"last_updated": epoch(moment), "last_request": self._token}).increment("version")
+        log_run_event(expr, "status", moment, status=target.value if target is not None else None)
         if self._version is not None:
             expr.require_equal("version", self._version)
         if target is not None:
@@ -236,6 +238,7 @@ class VerdictStep(Transition[Session]):
             "verdict": self._target.value,
         }
         expr.set_many(values).increment("version")
+        log_run_event(expr, "verdict", self._moment, status=self._target.value, error=self._error)
         expr.set("live_for", self._live_for).set("stalled_at", epoch(self._stalled_at))
         retention = self._layer.config.retention_days
         status_effects(

@@ -22,14 +22,17 @@ from tdev_state.models import (
     AGENTS,
     Page,
     PipelineType,
+    RunEvents,
     Session,
     SessionStatus,
     epoch,
 )
+from tdev_state.runs.eventlog import read_events
 from tdev_state.runs.items import readable
 from tdev_state.runs.policy import declared_silence
 from tdev_state.runs.records import UNSET, session_context, session_from_item
 from tdev_state.runs.recovery import RecoveryReads
+from tdev_state.runs.refs import REF_PREFIX, CreateWithRefs, checked_refs, is_ref_item, ref_puts, resolve
 from tdev_state.runs.rules import (
     SESSION_RULES,
     predecessors,
@@ -68,8 +71,13 @@ class SessionStore(RecoveryReads):
         metadata: Any = None,
         session_id: str | None = None,
         request_token: str | None = None,
+        refs: Sequence[str] | None = None,
     ) -> Session:
         """Create an ACTIVE session at progress 0; never overwrites (SessionExistsError).
+
+        `refs`: the caller's own ids for this run (T-Developer's `project_…` id), unique per env, stored in
+        the same transaction as the run (`runs.refs`); `resolve` finds the run by any of them. A ref that
+        another run holds refuses the create (`RefTakenError`) and nothing is written.
 
         `user_id` and `project_name` may be left out (T-Developer's orchestrator has no user id): the run is
         then simply not in the by-user index. `request_token`: the caller's own idempotency token — a create
@@ -89,11 +97,38 @@ class SessionStore(RecoveryReads):
             else None
         )
         kind = check.enum(PipelineType, "pipeline_type", pipeline_type)
+        wanted = checked_refs(refs)
         with self._writer.scope(sid):
-            return self._create(sid, user, name, kind, metadata, token)
+            return self._create(sid, user, name, kind, metadata, token, wanted)
+
+    def resolve(self, id_or_ref: str) -> str:
+        """The run id that `id_or_ref` names (the run's id or one of its refs), in one read;
+        SessionNotFoundError when neither exists."""
+        return resolve(self._layer, id_or_ref)
+
+    def events(self, id_or_ref: str, *, after: int = 0) -> RunEvents:
+        """The run's events after seq `after` (`runs.eventlog`): one GetItem of the session, and one Query of
+        its agent items when the run moved past `after`. `id_or_ref` that is not a run's id is looked up as
+        a ref (one more read). SessionNotFoundError when neither names a run."""
+        key = check.identifier("id_or_ref", id_or_ref, existing=True)
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ValidationError(f"after must be a whole number >= 0 (a seq already seen), got {after!r}")
+        found = read_events(self._layer, key, after)
+        if found is None and not key.startswith(REF_PREFIX):
+            found = read_events(self._layer, resolve(self._layer, key), after)
+        if found is None:
+            raise SessionNotFoundError(f"no pipeline run {key!r} in env {self._layer.config.env!r}")
+        return found
 
     def _create(  # noqa: PLR0917 - private; the validated arguments of create
-        self, sid: str, user: str | None, name: str | None, kind: PipelineType, metadata: Any, token: str
+        self,
+        sid: str,
+        user: str | None,
+        name: str | None,
+        kind: PipelineType,
+        metadata: Any,
+        token: str,
+        refs: tuple[str, ...] = (),
     ) -> Session:
         encoded = self._writer.encode(
             metadata, field="metadata", object_key=sid, context=session_context(sid)
@@ -126,6 +161,8 @@ class SessionStore(RecoveryReads):
             item["user_id"] = user
         if name is not None:
             item["project_name"] = name
+        if refs:
+            item["refs"] = list(refs)
         expiry = run_expiry(moment, self._layer.config.retention_days)
         if expiry is not None:  # one retention rule per run: fixed now, open or not (docs/data-model.md)
             item["expires_at"] = expiry
@@ -148,14 +185,16 @@ class SessionStore(RecoveryReads):
             return events
 
         put = TransactAction("Put", self._table, item=item, condition="attribute_not_exists(session_id)")
-        created = RowWrite(
-            sid,
-            put,
-            refused=refused,
-            applied=lambda _: session_from_item(item, self._layer),
-            stamp=(moment, stalled_at),
-            usage=usage,
-        )
+        common: dict[str, Any] = {
+            "refused": refused,
+            "applied": lambda _: session_from_item(item, self._layer),
+            "stamp": (moment, stalled_at),
+            "usage": usage,
+        }
+        created: RowWrite[Session] = RowWrite(sid, put, **common)
+        if refs:  # the refs' Puts join the session's: one transaction, all or nothing
+            actions = ref_puts(self._table, sid, refs, created_at=now, expires_at=expiry)
+            created = CreateWithRefs(sid, put, refs, actions, **common)
         session = self._writer.apply(created)
         if session.version == 1:
             log.info("session.created", session_id=sid, user_id=user, pipeline_type=kind.value)
@@ -167,7 +206,7 @@ class SessionStore(RecoveryReads):
         listings do, instead of raising the typed error."""
         sid = check.identifier("session_id", session_id, existing=True)
         item = self._layer.get(self._table, {"session_id": sid}, consistent=consistent)
-        if item is None:
+        if item is None or is_ref_item(item):  # a ref's own item is not a run (resolve() follows a ref)
             raise SessionNotFoundError(f"no pipeline session {sid!r} in env {self._layer.config.env!r}")
         return session_from_item(item, self._layer, strict=strict)
 

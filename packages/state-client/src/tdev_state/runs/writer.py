@@ -19,8 +19,10 @@ The calls into the payload layer (`PayloadStore.scope`, `current_write`, encodin
 
 from __future__ import annotations
 
+import threading
 import uuid
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from typing import Any, Generic, TypeVar
 
 from tdev_state.exceptions import MalformedItemError
 from tdev_state.layer import DynamoLayer
+from tdev_state.log import get_logger
 from tdev_state.models import SessionStatus, epoch_float
 from tdev_state.payloads import EncodedPayload, PayloadContext, current_write
 from tdev_state.runs.policy import LivenessStamps
@@ -43,6 +46,8 @@ from tdev_state.storage import (
 from tdev_state.usage import UsageEmitter, UsageEvent, UsageKind
 
 R = TypeVar("R")
+
+log = get_logger(__name__)
 
 #: The code of an action whose condition was false (a single write's refusal is given this code too).
 CONDITION_FAILED = "ConditionalCheckFailed"
@@ -92,6 +97,9 @@ class Transition(ABC, Generic[R]):
     session_id: str
     #: Runs in a payload scope (it stores payloads); claims store none.
     stores_payloads: bool = True
+    #: The session version this transition makes, when it knows it (an agent step conditions its session
+    #: half on the version before it): the writer remembers it for the run's next transition.
+    makes_version: int | None = None
 
     def prepare(self, writer: TransitionWriter) -> None:
         """Inside the payload scope, before the first write: encode the payloads."""
@@ -158,12 +166,55 @@ class RowWrite(Transition[R]):
         return self._usage(item) if self._usage is not None else ()
 
 
+class KnownVersions:
+    """The last session `version` this process wrote or read for each run it writes (bounded, thread-safe).
+
+    An agent transition stamps its event entry with the version it makes (`runs.eventlog`), so it must know
+    the version before it writes: it conditions the session half on this one, which is right on the common
+    path (the process that drives a run makes its versioned writes in order). A wrong one is refused, and the
+    refusal's old item gives the right one: written again, never a read first.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str) -> int | None:
+        with self._lock:
+            return self._seen.get(session_id)
+
+    def remember(self, session_id: str, version: int) -> None:
+        with self._lock:
+            self._seen[session_id] = version
+            self._seen.move_to_end(session_id)
+            while len(self._seen) > self._size:
+                self._seen.popitem(last=False)
+
+    def forget(self, session_id: str) -> None:
+        with self._lock:
+            self._seen.pop(session_id, None)
+
+
 class TransitionWriter:
     """Applies transitions to one layer's tables; shared by the sessions, agents and claims stores."""
 
     def __init__(self, layer: DynamoLayer, liveness: LivenessStamps) -> None:
         self.layer = layer
         self.liveness = liveness
+        self.versions = KnownVersions()
+        #: Told the run id after each transition applied (the event hub of this process wakes its poller).
+        self.listeners: list[Callable[[str], None]] = []
+
+    def known_version(self, session_id: str) -> int:
+        """The run's session version as this process last saw it; read once (consistent) when it has not seen
+        it (0 when the run does not exist: the write is then refused as the rule explains)."""
+        known = self.versions.get(session_id)
+        if known is None:
+            item = self.layer.get(self.layer.tables.sessions, {"session_id": session_id})
+            known = int(item.get("version", 0)) if item is not None else 0
+            self.versions.remember(session_id, known)
+        return known
 
     def apply(self, transition: Transition[R]) -> R:
         """Scope, write, classify a refusal, remember liveness, emit usage: see the module's docstring."""
@@ -187,11 +238,14 @@ class TransitionWriter:
                     item = None
                     break
                 if isinstance(outcome, Duplicate):
+                    self.versions.forget(transition.session_id)
                     unused = current_write()
                     if unused is not None:  # the earlier call's item stands; nothing refers to these objects
                         unused.mark_unused()
                     return outcome.value
                 return outcome
+            self._remember_version(transition, write, item)
+            self._tell(transition.session_id)
             stamp = transition.stamp()
             if stamp is not None:
                 self.liveness.mark(transition.session_id, *stamp)
@@ -200,6 +254,28 @@ class TransitionWriter:
                 for event in transition.usage(item, usage):
                     usage.emit(event)
             return transition.applied(item)
+
+    def _tell(self, session_id: str) -> None:
+        """Tell each listener that `session_id` moved; one that fails is logged, never fails the write."""
+        for listener in list(self.listeners):
+            try:
+                listener(session_id)
+            except Exception as exc:  # a listener is someone else's code: the transition stands
+                log.warning("writer.listener_failed", session_id=session_id, error=repr(exc)[:300])
+
+    def _remember_version(self, transition: Transition[Any], write: Write, item: Item | None) -> None:
+        """Keep the run's version known after an applied write: the one the transition made, or the one the
+        returned session item shows; forget it when a write bumped it unseen (a claim's fenced write)."""
+        sid = transition.session_id
+        if transition.makes_version is not None:
+            self.versions.remember(sid, transition.makes_version)
+        elif item is not None and item.get("session_id") == sid and "version" in item:
+            self.versions.remember(sid, int(item["version"]))
+        elif any(
+            action.table == self.layer.tables.sessions and "version" in (action.names or {}).values()
+            for action in write.actions
+        ):
+            self.versions.forget(sid)
 
     def scope(self, session_id: str, stores_payloads: bool = True) -> AbstractContextManager[Any]:
         """The payload scope of one call on `session_id` (nothing to scope when it stores no payload)."""
