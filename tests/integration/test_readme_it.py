@@ -59,6 +59,9 @@ NOT_RUN = {
     ),
     "make deploy ENV=local": "needs Terraform's AWS provider, which this machine cannot download",
     "make deploy ENV=prod": "needs an AWS account (and asks for approval)",
+    "uv run tdev console --env dev --aws --allow-actions --resumer http://pipeline:8000/resume": (
+        "needs a deployed dev env; the same options on the local tables are run above"
+    ),
     "make destroy ENV=prod CONFIRM_PROD=t-developer-prod": "needs an AWS account",
 }
 
@@ -73,9 +76,14 @@ WITH_CONSOLE = re.compile(r'^curl -N "http://127\.0\.0\.1:8080/')
 CONSOLE_FOR_CURL = "uv run tdev console --local --port 8080"
 
 
+#: The documents whose ```bash blocks are run here, in this order (docs/operations.md's terminal section is
+#: run by tests/unit/test_operator_cli.py on moto, docs/deploy.md's runbook by test_deploy_guard_it.py).
+DOCUMENTS = ("README.md", "docs/console.md")
+
+
 def readme_commands() -> list[str]:
-    """Each line of each ```bash block, without its trailing comment."""
-    text = (ROOT / "README.md").read_text()
+    """Each line of each ```bash block of DOCUMENTS, without its trailing comment."""
+    text = "\n".join((ROOT / document).read_text() for document in DOCUMENTS)
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
         for line in block.splitlines():
