@@ -153,3 +153,31 @@ async def test_max_running_must_be_a_whole_number_of_runs(
     with pytest.raises(ValidationError, match="max_running"):
         await accept_resume(aclient, claimed(client, sid, "w1").to_json(), gate, max_running=bad)
     assert gate.started == 0
+
+
+class VariantSink:
+    """A metrics sink that keeps the A/B arm each observation was recorded under."""
+
+    def __init__(self) -> None:
+        self.variants: list[Any] = []
+
+    def record(
+        self, metric_name: str, value: float, *, agent_name: str, error: bool = False, variant: Any = None
+    ) -> None:
+        self.variants.append(variant)
+
+
+@pytest.mark.parametrize("mode", ["defer", "raise"])
+async def test_a_resumed_run_keeps_the_variant_it_was_opened_with(
+    aclient: AsyncStateClient, client: StateClient, mode: str
+) -> None:
+    """A resume (the worker's, through accept_resume) records the run's metrics under the A/B arm it was
+    opened with; before, a resumed run's metrics landed unlabelled and `--compare A B` lost that arm."""
+    opened = await PipelineRun.open(aclient, f"ab-{mode}-run", variant="A", on_store_error=mode)
+    sink = VariantSink()
+    resumed = await PipelineRun.resume(aclient, opened.session_id, metrics=sink, on_store_error=mode)
+    assert resumed.variant == "A"
+    async with resumed.agent(AGENTS[0]) as step:
+        step.complete({"out": 1})
+    assert sink.variants
+    assert set(sink.variants) == {"A"}

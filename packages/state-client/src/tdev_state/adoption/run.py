@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import uuid
 import weakref
@@ -232,7 +233,17 @@ class PipelineRun(RunWrites):
             for agent in request.tolerated_failures:
                 run.earlier[agent] = (False, 0.0, None, f"{agent} failed before the resume (tolerated)")
         if run.on_store_error == "raise":
-            await client.sessions.get(run.session_id)
+            stored: Session | None = await client.sessions.get(run.session_id)
+        else:  # never worth failing or delaying the resume: one budgeted read, or the run goes on without
+            try:
+                stored = await asyncio.wait_for(
+                    client.sessions.get(run.session_id), run.writes.policy.call_budget_seconds
+                )
+            except (StateError, TimeoutError) as exc:
+                log.info("run.resume_unread", session_id=run.session_id, error=type(exc).__name__)
+                stored = None
+        if "variant" not in options and stored is not None:
+            run.variant = _stored_variant(stored)
         return run
 
     async def finish(self, success: bool | None = None, errors: Sequence[str] = ()) -> Session | None:
@@ -315,3 +326,16 @@ class PipelineRun(RunWrites):
 
     def _tolerated(self, agent: str) -> bool:
         return may_move_past(self.policy, agent)  # the lifecycle's own rule
+
+
+def _stored_variant(session: Session) -> str | None:
+    """The A/B arm the run was opened with (kept in its metadata by `open`), so a resumed run's metrics stay
+    in their arm instead of landing unlabelled; anything unreadable there is no arm."""
+    metadata = session.metadata
+    variant = metadata.get("variant") if isinstance(metadata, dict) else None
+    if not isinstance(variant, str):
+        return None
+    try:
+        return check.identifier("variant", variant)
+    except StateError:
+        return None
