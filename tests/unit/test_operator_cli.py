@@ -288,6 +288,30 @@ def test_an_empty_or_too_long_range_is_one_line(
     assert "since" in err
 
 
+@pytest.mark.parametrize("argv", COMMANDS_WITH_DATES, ids=" ".join)
+@pytest.mark.parametrize(
+    "span",
+    [
+        ["--until", "9999-12-31"],
+        ["--since", "9999-12-31T23:59-02:00"],
+        ["--until", "0001-01-01", "--days", "5"],
+    ],
+)
+def test_a_range_at_the_calendars_edge_is_one_line(
+    client: StateClient,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    span: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A WHEN whose range would leave the calendar (year 9999's last day as --until) is one line, exit 2."""
+    monkeypatch.setenv("TDEV_ENV", client.config.env)
+    assert tdev([*argv, *span]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "calendar" in err
+
+
 def test_sessions_list_keeps_the_runs_started_inside_the_range(
     client: StateClient, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
