@@ -323,3 +323,17 @@ def test_a_stopped_folder_folds_no_further_day(client: StateClient) -> None:
     with record_calls(client) as calls:
         assert folder.fold(NEXT) == 0
     assert calls == []
+
+
+def test_a_day_is_not_folded_closed_in_the_first_moments_after_midnight(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """A run stamped with the day just ended by a process whose clock lags the worker's by a second (or
+    still on its way into the by-day index) is counted: the folder does not close a day at 00:00:01."""
+    _finished_runs(client, 1)
+    clock.now = datetime.combine(NEXT, datetime.min.time(), UTC) + timedelta(seconds=1)
+    UsageFolder(client, history_days=3)()
+    clock.now = datetime.combine(NEXT, datetime.min.time(), UTC) - timedelta(seconds=1)  # the lagging clock
+    _finished_runs(client, 1)
+    clock.now = datetime.combine(NEXT, datetime.min.time(), UTC) + timedelta(days=1)
+    assert UsageReader(client).report(DAY, DAY)["runs"]["started"] == 2

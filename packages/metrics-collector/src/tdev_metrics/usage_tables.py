@@ -70,6 +70,10 @@ log = get_logger(__name__)
 #: A day whose runs are not all final is folded closed anyway once it is this many days old: a run still
 #: open then counts as it stood (the worker abandons open runs long before; docs/operations.md).
 SETTLE_DAYS = 7
+#: The worker folds a day only this long after it ended: a run stamped with that day by a process whose
+#: clock lags, a session still on its way into the by-day index, a metric flushed late into the day's
+#: items — all land before a fold can close the day for good.
+CLOSE_GRACE = timedelta(hours=1)
 RUN_OUTCOMES = ("started", "completed", "failed", "failure_events", "abandoned", "recovered", "resumes")
 AGENT_OUTCOMES = ("started", "completed", "failed", "retries", "tolerated")
 #: Where a day's run and agent counts came from (the report says it per day).
@@ -318,7 +322,8 @@ class UsageFolder:
         if self._last is not None and moment - self._last < self.interval:
             return 0
         self._last = moment
-        return self.fold(self.client.clock().astimezone(UTC).date())
+        # A day counts as past (foldable, closable) only CLOSE_GRACE after its midnight.
+        return self.fold((self.client.clock() - CLOSE_GRACE).astimezone(UTC).date())
 
     def fold(self, today: date) -> int:
         """Fold the days due before `today`, newest first; the number folded."""
