@@ -153,3 +153,18 @@ async def test_max_running_must_be_a_whole_number_of_runs(
     with pytest.raises(ValidationError, match="max_running"):
         await accept_resume(aclient, claimed(client, sid, "w1").to_json(), gate, max_running=bad)
     assert gate.started == 0
+
+
+async def test_back_pressure_holds_for_requests_that_arrive_together(
+    aclient: AsyncStateClient, client: StateClient
+) -> None:
+    """Two new runs' requests at once with max_running=1: one is accepted, the other is busy (503) — the
+    limit is not passed by requests that were both checked before either started its continuation."""
+    requests = [claimed(client, failed_run(client), "w1") for _ in range(2)]
+    gate = Gate()
+    outcomes = await asyncio.gather(
+        *(accept_resume(aclient, r.to_json(), gate, max_running=1) for r in requests), return_exceptions=True
+    )
+    assert sorted(type(o).__name__ for o in outcomes) == ["ResumeBusyError", "Task"]
+    gate.release.set()
+    await asyncio.gather(*(o for o in outcomes if isinstance(o, asyncio.Task)))
