@@ -337,3 +337,16 @@ def test_a_day_is_not_folded_closed_in_the_first_moments_after_midnight(
     _finished_runs(client, 1)
     clock.now = datetime.combine(NEXT, datetime.min.time(), UTC) + timedelta(days=1)
     assert UsageReader(client).report(DAY, DAY)["runs"]["started"] == 2
+
+
+def test_a_session_edited_to_a_negative_count_is_skipped_not_counted_negative(client: StateClient) -> None:
+    """A run whose fail_count was edited to -3 is a malformed item (skipped), never -3 failure events —
+    which also made the day's closed fold unreadable, so the report counted that day again every time."""
+    _finished_runs(client, 1)
+    bad = client.sessions.create().session_id
+    item = client.layer.get(client.layer.tables.sessions, {"session_id": bad})
+    assert item is not None
+    client.layer.put(client.layer.tables.sessions, {**item, "fail_count": -3, "status": "COMPLETED"})
+    count = fold_day(client, DAY, today=NEXT)
+    assert (count.total("started"), count.total("failure_events"), count.skipped) == (1, 0, 1)
+    assert read_fold(client, DAY) is not None
