@@ -350,3 +350,17 @@ def test_a_session_edited_to_a_negative_count_is_skipped_not_counted_negative(cl
     count = fold_day(client, DAY, today=NEXT)
     assert (count.total("started"), count.total("failure_events"), count.skipped) == (1, 0, 1)
     assert read_fold(client, DAY) is not None
+
+
+def test_a_day_with_an_unreadable_run_stays_open_until_it_settles(client: StateClient) -> None:
+    """A run the mapping cannot read may be an open one: its day is not folded closed before SETTLE_DAYS,
+    so once the item is repaired the next fold counts it."""
+    _finished_runs(client, 1)
+    bad = client.sessions.create().session_id
+    item = client.layer.get(client.layer.tables.sessions, {"session_id": bad})
+    assert item is not None
+    client.layer.put(client.layer.tables.sessions, {**item, "status": "BOGUS"})
+    assert not fold_day(client, DAY, today=NEXT).closed
+    client.layer.put(client.layer.tables.sessions, {**item, "status": "COMPLETED"})  # repaired
+    again = fold_day(client, DAY, today=NEXT)
+    assert (again.total("started"), again.skipped, again.closed) == (2, 0, True)

@@ -255,8 +255,9 @@ def fold_from_item(day: str, item: Mapping[str, Any] | None) -> DayCount | None:
 
 def fold_day(client: StateClient, day: date, *, today: date) -> DayCount:
     """Count `day` from the tables and store it as the day's fold; closed (never written again) when every
-    run of the day is final and the day is over, or the day is SETTLE_DAYS old. A day already folded closed
-    is returned as stored, with no count. Idempotent: the fold is the count itself, not an addition."""
+    run of the day is readable and final and the day is over, or the day is SETTLE_DAYS old. A day already
+    folded closed is returned as stored, with no count. Idempotent: the fold is the count itself, not an
+    addition."""
     _check_day("day", day)
     _check_day("today", today)
     stored = read_fold(client, day)
@@ -265,7 +266,8 @@ def fold_day(client: StateClient, day: date, *, today: date) -> DayCount:
     count = count_day(client, day)
     count.agent_time = MetricsReader(client).buckets_by_agent(AGENT_TIME, day)
     age = (today - day).days
-    count.closed = age >= SETTLE_DAYS or (age >= 1 and count.open_runs == 0)
+    # A skipped (unreadable) item may be an open run's: the day is not known final until it settles.
+    count.closed = age >= SETTLE_DAYS or (age >= 1 and count.open_runs == 0 and count.skipped == 0)
     layer = client.layer
     values: dict[str, Any] = {":kind": "usage", ":at": time.time(), ":closed": count.closed}
     names = {"#kind": "kind", "#at": "folded_at", "#closed": "closed"}
