@@ -295,6 +295,7 @@ def test_an_empty_or_too_long_range_is_one_line(
         ["--until", "9999-12-31"],
         ["--since", "9999-12-31T23:59-02:00"],
         ["--until", "0001-01-01", "--days", "5"],
+        ["--since", "9999-12-31T00:00", "--until", "9999-12-31T12:00"],
     ],
 )
 def test_a_range_at_the_calendars_edge_is_one_line(

@@ -155,6 +155,8 @@ class DateRange:
                 start = datetime.combine(last_day - timedelta(days=(days or default_days) - 1), time(), UTC)
         except OverflowError:  # --until 9999-12-31 ends in year 10000; --until 0001-01-01 --days 5 before 1
             raise ValidationError("the range leaves the calendar (years 1-9999): narrow it") from None
+        if end > datetime.combine(date.max, time(), UTC):  # a by-day read steps past its last day
+            raise ValidationError("the range leaves the calendar (years 1-9999): narrow it")
         if start >= end:
             raise ValidationError(
                 f"the range is empty: it starts {start:%Y-%m-%dT%H:%M:%SZ} and ends {end:%Y-%m-%dT%H:%M:%SZ}"
