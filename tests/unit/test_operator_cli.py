@@ -173,6 +173,13 @@ def test_status_active_leaves_stalled_runs_out(runs: Runs, capsys: pytest.Captur
     assert _listed(capsys, "--status", "ACTIVE") == [runs.healthy]
 
 
+def test_status_active_with_a_limit_is_not_filled_by_stalled_runs(
+    runs: Runs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--status ACTIVE --limit 1 lists the live run even when an older stalled run is first in the index."""
+    assert _listed(capsys, "--status", "ACTIVE", "--limit", "1") == [runs.healthy]
+
+
 def test_status_tolerated_splits_completed_runs(runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
     """TOLERATED lists COMPLETED runs with tolerated failures; COMPLETED the clean ones."""
     assert _listed(capsys, "--status", "TOLERATED") == [runs.tolerated]
