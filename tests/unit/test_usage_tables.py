@@ -33,6 +33,7 @@ from tdev_recovery import RecoveryWorker, ResumeRequest, WorkerConfig
 from tdev_state import AGENTS, StateClient
 from tdev_state.testing import FakeClock, LogEntries
 
+from ..console_runs import make_failed_run
 from ..usage_mix import assert_report_matches, drive_mix, ground_truth
 
 DAY = date(2026, 11, 26)  # the FakeClock's day
@@ -364,3 +365,20 @@ def test_a_day_with_an_unreadable_run_stays_open_until_it_settles(client: StateC
     client.layer.put(client.layer.tables.sessions, {**item, "status": "COMPLETED"})  # repaired
     again = fold_day(client, DAY, today=NEXT)
     assert (again.total("started"), again.skipped, again.closed) == (2, 0, True)
+
+
+def test_a_run_resumed_the_next_day_counts_its_resume_once(client: StateClient, clock: FakeClock) -> None:
+    """A run created on DAY and resumed on NEXT, a day with no run of its own: the worker's buffer counted
+    the resume on NEXT, the tables on DAY (its run's day) — the report over both counts it once, as the
+    tables do (NEXT's buffered resume is not read as a day whose runs the tables no longer hold)."""
+    sid = make_failed_run(client)
+    clock.advance(days=1)
+    claim = client.claims.claim(client.sessions.candidate(sid), worker_id="w1", lease=timedelta(minutes=5))
+    assert claim is not None
+    client.claims.handed_over(claim, cooldown=timedelta(minutes=1))
+    # What the worker's collector writes for that resume on NEXT (its buffer: the day of the event).
+    client.layer.put(
+        client.layer.tables.metrics,
+        {"date": NEXT.isoformat(), "metric_name": "#usage#counts", "kind": "usage", "rm.SIMPLE": 1},
+    )
+    assert UsageReader(client).report(DAY, NEXT)["runs"]["resumes"] == 1
