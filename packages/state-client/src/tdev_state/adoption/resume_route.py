@@ -109,6 +109,13 @@ async def accept_resume(
             # with the same token and Idempotency-Key): accepted once, never started twice.
             log.info("run.resume_repeated", session_id=request.session_id, fencing_token=seen)
             return running
+        if request.fencing_token == seen and request.session_id in _starting:
+            # The same request while the first is still starting (re-sent after a timeout): busy, so the
+            # worker sends it again and gets its continuation — stale would make it drop an accepted claim.
+            raise ResumeBusyError(
+                f"the resume of {request.session_id!r} with fencing token {seen} is being started here; "
+                "send it again later"
+            )
         if running is not None and not running.done():
             # A worker judged the run stalled while this process was slow to drive it: never run it twice
             # here. Busy, not refused — the worker waits and sends the same request again (no attempt used).
