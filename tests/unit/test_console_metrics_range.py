@@ -117,3 +117,17 @@ def test_a_bad_range_is_a_400_saying_what_to_type(
     page = browser(client, clock).get(f"/metrics/view?{query}")
     assert page.status_code == 400
     assert hint in html.unescape(page.text)
+
+
+def test_the_picker_offers_no_hand_edited_name_the_page_would_refuse(
+    client: StateClient, clock: FakeClock, recorded: Any
+) -> None:
+    """A metric item written by hand under a name with markup is neither rendered as markup nor offered:
+    picking it would only be the page's 400 (it is no metric name)."""
+    hostile = '"><script>alert(1)</script>'
+    table = client.layer.tables.metrics
+    client.layer.put(table, {"date": "2026-11-26", "metric_name": f"{hostile}#generation#0#10#0", "c": 1})
+    page = browser(client, clock).get("/metrics/view?since=2026-11-26&until=2026-11-26")
+    assert page.status_code == 200
+    assert "<script>alert" not in page.text
+    assert _picker(page.text) == ["agent_execution_time", "tokens"]

@@ -173,6 +173,13 @@ def test_status_active_leaves_stalled_runs_out(runs: Runs, capsys: pytest.Captur
     assert _listed(capsys, "--status", "ACTIVE") == [runs.healthy]
 
 
+def test_status_active_with_a_limit_is_not_filled_by_stalled_runs(
+    runs: Runs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--status ACTIVE --limit 1 lists the live run even when an older stalled run is first in the index."""
+    assert _listed(capsys, "--status", "ACTIVE", "--limit", "1") == [runs.healthy]
+
+
 def test_status_tolerated_splits_completed_runs(runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
     """TOLERATED lists COMPLETED runs with tolerated failures; COMPLETED the clean ones."""
     assert _listed(capsys, "--status", "TOLERATED") == [runs.tolerated]
@@ -286,6 +293,31 @@ def test_an_empty_or_too_long_range_is_one_line(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert "since" in err
+
+
+@pytest.mark.parametrize("argv", COMMANDS_WITH_DATES, ids=" ".join)
+@pytest.mark.parametrize(
+    "span",
+    [
+        ["--until", "9999-12-31"],
+        ["--since", "9999-12-31T23:59-02:00"],
+        ["--until", "0001-01-01", "--days", "5"],
+        ["--since", "9999-12-31T00:00", "--until", "9999-12-31T12:00"],
+    ],
+)
+def test_a_range_at_the_calendars_edge_is_one_line(
+    client: StateClient,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    span: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A WHEN whose range would leave the calendar (year 9999's last day as --until) is one line, exit 2."""
+    monkeypatch.setenv("TDEV_ENV", client.config.env)
+    assert tdev([*argv, *span]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "calendar" in err
 
 
 def test_sessions_list_keeps_the_runs_started_inside_the_range(

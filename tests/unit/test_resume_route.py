@@ -181,3 +181,42 @@ async def test_a_resumed_run_keeps_the_variant_it_was_opened_with(
         step.complete({"out": 1})
     assert sink.variants
     assert set(sink.variants) == {"A"}
+
+
+async def test_back_pressure_holds_for_requests_that_arrive_together(
+    aclient: AsyncStateClient, client: StateClient
+) -> None:
+    """Two new runs' requests at once with max_running=1: one is accepted, the other is busy (503) — the
+    limit is not passed by requests that were both checked before either started its continuation."""
+    requests = [claimed(client, failed_run(client), "w1") for _ in range(2)]
+    gate = Gate()
+    outcomes = await asyncio.gather(
+        *(accept_resume(aclient, r.to_json(), gate, max_running=1) for r in requests), return_exceptions=True
+    )
+    assert sorted(type(o).__name__ for o in outcomes) == ["ResumeBusyError", "Task"]
+    gate.release.set()
+    await asyncio.gather(*(o for o in outcomes if isinstance(o, asyncio.Task)))
+
+
+async def test_the_same_request_while_its_continuation_is_starting_is_busy_not_stale(
+    aclient: AsyncStateClient, client: StateClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same request again while the first is still starting (the worker re-sent it after a timeout) is
+    busy (503: send it again), never stale — stale makes the worker drop a claim whose resume was accepted."""
+    request = claimed(client, failed_run(client), "w1")
+    gate, starting = Gate(), asyncio.Event()
+    original = PipelineRun.resume
+
+    async def slow_resume(*args: Any, **kwargs: Any) -> PipelineRun:
+        starting.set()
+        await gate.release.wait()  # the store is slow: the first request is still starting
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(PipelineRun, "resume", slow_resume)
+    first = asyncio.ensure_future(accept_resume(aclient, request.to_json(), gate))
+    await starting.wait()
+    with pytest.raises(ResumeBusyError):
+        await accept_resume(aclient, request.to_json(), gate)
+    gate.release.set()
+    await (await first)
+    assert gate.started == 1

@@ -235,6 +235,7 @@ def test_odd_durations_are_clamped_and_counted(client: StateClient, seconds: flo
     clamped into the histogram's end bucket and counted as clamped."""
     collector = MetricsCollector(client, start=False, usage=False)
     at = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    collector.usage(UsageEvent(kind="run_started", at=at, pipeline_type="SIMPLE"))  # a run of that day
     collector.usage(UsageEvent(kind="run_completed", at=at, pipeline_type="SIMPLE", seconds=seconds))
     assert collector.close()
     report = UsageReader(client).report(DAY, DAY)
@@ -343,6 +344,7 @@ def test_a_usage_write_that_crashes_is_dropped_counted_and_logged(
 
     monkeypatch.setattr(buffer.store, "apply", crash_on_durations)
     at = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    collector.usage(UsageEvent(kind="run_started", at=at, pipeline_type="SIMPLE"))  # a run of that day
     collector.usage(UsageEvent(kind="run_completed", at=at, pipeline_type="SIMPLE", seconds=3.0))
     assert collector.flush()
     assert collector.flush()
@@ -367,7 +369,9 @@ def test_a_long_running_writer_forgets_old_days(client: StateClient) -> None:
 
 
 def _put_usage_day(client: StateClient, **attrs: Any) -> None:
-    """Write a day's counts and durations items by hand, as an older collector left them."""
+    """Write a day's counts and durations items by hand, as an older collector left them (with a run
+    started that day, as every such day has: the tables no longer hold it)."""
+    attrs = {"rs.SIMPLE": 1, **attrs}
     ddb = boto3.client("dynamodb", region_name="us-east-1")
     table = client.config.tables.metrics
     counts = {k: {"N": str(v)} for k, v in attrs.items() if not k.startswith("d:")}

@@ -33,6 +33,7 @@ from tdev_recovery import RecoveryWorker, ResumeRequest, WorkerConfig
 from tdev_state import AGENTS, StateClient
 from tdev_state.testing import FakeClock, LogEntries
 
+from ..console_runs import make_failed_run
 from ..usage_mix import assert_report_matches, drive_mix, ground_truth
 
 DAY = date(2026, 11, 26)  # the FakeClock's day
@@ -323,3 +324,61 @@ def test_a_stopped_folder_folds_no_further_day(client: StateClient) -> None:
     with record_calls(client) as calls:
         assert folder.fold(NEXT) == 0
     assert calls == []
+
+
+def test_a_day_is_not_folded_closed_in_the_first_moments_after_midnight(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """A run stamped with the day just ended by a process whose clock lags the worker's by a second (or
+    still on its way into the by-day index) is counted: the folder does not close a day at 00:00:01."""
+    _finished_runs(client, 1)
+    clock.now = datetime.combine(NEXT, datetime.min.time(), UTC) + timedelta(seconds=1)
+    UsageFolder(client, history_days=3)()
+    clock.now = datetime.combine(NEXT, datetime.min.time(), UTC) - timedelta(seconds=1)  # the lagging clock
+    _finished_runs(client, 1)
+    clock.now = datetime.combine(NEXT, datetime.min.time(), UTC) + timedelta(days=1)
+    assert UsageReader(client).report(DAY, DAY)["runs"]["started"] == 2
+
+
+def test_a_session_edited_to_a_negative_count_is_skipped_not_counted_negative(client: StateClient) -> None:
+    """A run whose fail_count was edited to -3 is a malformed item (skipped), never -3 failure events —
+    which also made the day's closed fold unreadable, so the report counted that day again every time."""
+    _finished_runs(client, 1)
+    bad = client.sessions.create().session_id
+    item = client.layer.get(client.layer.tables.sessions, {"session_id": bad})
+    assert item is not None
+    client.layer.put(client.layer.tables.sessions, {**item, "fail_count": -3, "status": "COMPLETED"})
+    count = fold_day(client, DAY, today=NEXT)
+    assert (count.total("started"), count.total("failure_events"), count.skipped) == (1, 0, 1)
+    assert read_fold(client, DAY) is not None
+
+
+def test_a_day_with_an_unreadable_run_stays_open_until_it_settles(client: StateClient) -> None:
+    """A run the mapping cannot read may be an open one: its day is not folded closed before SETTLE_DAYS,
+    so once the item is repaired the next fold counts it."""
+    _finished_runs(client, 1)
+    bad = client.sessions.create().session_id
+    item = client.layer.get(client.layer.tables.sessions, {"session_id": bad})
+    assert item is not None
+    client.layer.put(client.layer.tables.sessions, {**item, "status": "BOGUS"})
+    assert not fold_day(client, DAY, today=NEXT).closed
+    client.layer.put(client.layer.tables.sessions, {**item, "status": "COMPLETED"})  # repaired
+    again = fold_day(client, DAY, today=NEXT)
+    assert (again.total("started"), again.skipped, again.closed) == (2, 0, True)
+
+
+def test_a_run_resumed_the_next_day_counts_its_resume_once(client: StateClient, clock: FakeClock) -> None:
+    """A run created on DAY and resumed on NEXT, a day with no run of its own: the worker's buffer counted
+    the resume on NEXT, the tables on DAY (its run's day) — the report over both counts it once, as the
+    tables do (NEXT's buffered resume is not read as a day whose runs the tables no longer hold)."""
+    sid = make_failed_run(client)
+    clock.advance(days=1)
+    claim = client.claims.claim(client.sessions.candidate(sid), worker_id="w1", lease=timedelta(minutes=5))
+    assert claim is not None
+    client.claims.handed_over(claim, cooldown=timedelta(minutes=1))
+    # What the worker's collector writes for that resume on NEXT (its buffer: the day of the event).
+    client.layer.put(
+        client.layer.tables.metrics,
+        {"date": NEXT.isoformat(), "metric_name": "#usage#counts", "kind": "usage", "rm.SIMPLE": 1},
+    )
+    assert UsageReader(client).report(DAY, NEXT)["runs"]["resumes"] == 1

@@ -52,7 +52,9 @@ class ReportPages:
         query = MetricsQuery.parse(request.query_params, self.settings.clock())
         span, metric = query.span, query.metric
         period = _charts.period_by_agent(self.metrics, metric, span)
-        names = self.metrics.metric_names(start=span.first_day, end=span.last_day)
+        # Only names the page accepts back: an item written by hand under another name is not offered.
+        recorded = self.metrics.metric_names(start=span.first_day, end=span.last_day)
+        names = [name for name in recorded if _METRIC_NAME.fullmatch(name)]
         return self.pages.render(
             request,
             "metrics.html",

@@ -122,8 +122,10 @@ class UsageReader:
         else:
             counted = count_day(self._client, day)
             counted.agent_time = MetricsReader(self._client).buckets_by_agent(AGENT_TIME, day)
-        counters = ("rs.", "rc.", "rf.", "ra.", "rv.", "rm.", "as.", "ac.", "af.", "ar.", "at.")
-        if counted.total("started") == 0 and any(k.startswith(counters) for k in buffered):
+        # Only runs *started* that day (`rs.`) say the tables lost its runs: the buffer counts an end, a
+        # resume or an agent on the day it happened, so a day with no run of its own still holds those of
+        # the runs of the days before (a run resumed or failed after midnight) — counted on their own day.
+        if counted.total("started") == 0 and any(k.startswith("rs.") and n > 0 for k, n in buffered.items()):
             durations: Counter[str] = Counter()
             for item in shards[DURATIONS]:
                 for attr, n in item.items():

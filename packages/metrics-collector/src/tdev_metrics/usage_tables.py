@@ -70,6 +70,10 @@ log = get_logger(__name__)
 #: A day whose runs are not all final is folded closed anyway once it is this many days old: a run still
 #: open then counts as it stood (the worker abandons open runs long before; docs/operations.md).
 SETTLE_DAYS = 7
+#: The worker folds a day only this long after it ended: a run stamped with that day by a process whose
+#: clock lags, a session still on its way into the by-day index, a metric flushed late into the day's
+#: items — all land before a fold can close the day for good.
+CLOSE_GRACE = timedelta(hours=1)
 RUN_OUTCOMES = ("started", "completed", "failed", "failure_events", "abandoned", "recovered", "resumes")
 AGENT_OUTCOMES = ("started", "completed", "failed", "retries", "tolerated")
 #: Where a day's run and agent counts came from (the report says it per day).
@@ -251,8 +255,9 @@ def fold_from_item(day: str, item: Mapping[str, Any] | None) -> DayCount | None:
 
 def fold_day(client: StateClient, day: date, *, today: date) -> DayCount:
     """Count `day` from the tables and store it as the day's fold; closed (never written again) when every
-    run of the day is final and the day is over, or the day is SETTLE_DAYS old. A day already folded closed
-    is returned as stored, with no count. Idempotent: the fold is the count itself, not an addition."""
+    run of the day is readable and final and the day is over, or the day is SETTLE_DAYS old. A day already
+    folded closed is returned as stored, with no count. Idempotent: the fold is the count itself, not an
+    addition."""
     _check_day("day", day)
     _check_day("today", today)
     stored = read_fold(client, day)
@@ -261,7 +266,8 @@ def fold_day(client: StateClient, day: date, *, today: date) -> DayCount:
     count = count_day(client, day)
     count.agent_time = MetricsReader(client).buckets_by_agent(AGENT_TIME, day)
     age = (today - day).days
-    count.closed = age >= SETTLE_DAYS or (age >= 1 and count.open_runs == 0)
+    # A skipped (unreadable) item may be an open run's: the day is not known final until it settles.
+    count.closed = age >= SETTLE_DAYS or (age >= 1 and count.open_runs == 0 and count.skipped == 0)
     layer = client.layer
     values: dict[str, Any] = {":kind": "usage", ":at": time.time(), ":closed": count.closed}
     names = {"#kind": "kind", "#at": "folded_at", "#closed": "closed"}
@@ -318,7 +324,8 @@ class UsageFolder:
         if self._last is not None and moment - self._last < self.interval:
             return 0
         self._last = moment
-        return self.fold(self.client.clock().astimezone(UTC).date())
+        # A day counts as past (foldable, closable) only CLOSE_GRACE after its midnight.
+        return self.fold((self.client.clock() - CLOSE_GRACE).astimezone(UTC).date())
 
     def fold(self, today: date) -> int:
         """Fold the days due before `today`, newest first; the number folded."""

@@ -66,6 +66,9 @@ def _keep(
     return keep
 
 
+#: The largest page of the recovery index one listing reads (validate.limit's bound).
+MAX_OPEN_PAGE = 1000
+
 #: Index pages one read (a user's runs, one day's) may take to fill the listing when the filters drop runs:
 #: a rare filter over a user with thousands of runs costs a bounded read, not all of them.
 MAX_INDEX_PAGES = 20
@@ -111,16 +114,20 @@ def open_runs(
     """Open runs under one filter from the sparse recovery index (never a Scan), of any age. STALLED asks
     the index for the runs the rule says are stalled (as the worker's sweep and the backlog do), and each
     candidate is judged with the window its last write declared."""
+    # ACTIVE reads live and stalled runs alike, oldest first: the stalled ones (silent longest) would fill
+    # a page of `limit` and leave the live ones out, so it reads the index's largest page and keeps `limit`.
     found = client.sessions.recovery_candidates(
         failed_idle=timedelta(0) if wanted is RunFilter.FAILED else None,
         stalled_idle=None if wanted is RunFilter.FAILED else timedelta(0),
-        limit=limit,
+        limit=MAX_OPEN_PAGE if wanted is RunFilter.ACTIVE else limit,
         now=now,
         policy=policy,
         live=wanted is not RunFilter.STALLED,
     )
-    sessions = []
+    sessions: list[Session] = []
     for candidate in found:
+        if len(sessions) >= limit:
+            break
         if not wanted.matches(candidate, now=now, policy=policy):
             continue
         try:

@@ -102,7 +102,10 @@ def parse_when(text: str) -> When:
             at = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise ValidationError(f"{text!r:.40} is not a time of the calendar: use {WHEN_FORMS}") from None
-        return When(value, at=(at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC))
+        try:
+            return When(value, at=(at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC))
+        except OverflowError:  # 9999-12-31T23:59-02:00 is in year 10000 in UTC
+            raise ValidationError(f"{text!r:.40} is outside the calendar in UTC: use {WHEN_FORMS}") from None
     if re.fullmatch(r"\d{1,9}(\.\d{1,6})?\s*[smhd]", value.lower()):
         return When(value, ago=parse_duration(value))
     raise ValidationError(f"{text!r:.40} is not a time: use {WHEN_FORMS}")
@@ -143,12 +146,17 @@ class DateRange:
         MAX_RANGE_DAYS. Without --since and --days: the `default_days` UTC days ending with --until's."""
         if since is not None and days is not None:
             raise ValidationError("give --since (--from) or --days, not both")
-        end = until.end(now) if until is not None else now
-        if since is not None:
-            start = since.start(now)
-        else:
-            last_day = (end - timedelta(microseconds=1)).date() if until is not None else end.date()
-            start = datetime.combine(last_day - timedelta(days=(days or default_days) - 1), time(), UTC)
+        try:
+            end = until.end(now) if until is not None else now
+            if since is not None:
+                start = since.start(now)
+            else:
+                last_day = (end - timedelta(microseconds=1)).date() if until is not None else end.date()
+                start = datetime.combine(last_day - timedelta(days=(days or default_days) - 1), time(), UTC)
+        except OverflowError:  # --until 9999-12-31 ends in year 10000; --until 0001-01-01 --days 5 before 1
+            raise ValidationError("the range leaves the calendar (years 1-9999): narrow it") from None
+        if end > datetime.combine(date.max, time(), UTC):  # a by-day read steps past its last day
+            raise ValidationError("the range leaves the calendar (years 1-9999): narrow it")
         if start >= end:
             raise ValidationError(
                 f"the range is empty: it starts {start:%Y-%m-%dT%H:%M:%SZ} and ends {end:%Y-%m-%dT%H:%M:%SZ}"

@@ -48,6 +48,9 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 _accepted: dict[str, tuple[int, asyncio.Task[Any] | None]] = {}
 _accepted_lock = threading.Lock()
 _tasks: set[asyncio.Task[Any]] = set()
+#: Runs accepted here whose continuation is not started yet (PipelineRun.resume under way): they count
+#: against max_running too, or requests arriving together would all pass the limit.
+_starting: set[str] = set()
 
 
 async def accept_resume(
@@ -106,6 +109,13 @@ async def accept_resume(
             # with the same token and Idempotency-Key): accepted once, never started twice.
             log.info("run.resume_repeated", session_id=request.session_id, fencing_token=seen)
             return running
+        if request.fencing_token == seen and request.session_id in _starting:
+            # The same request while the first is still starting (re-sent after a timeout): busy, so the
+            # worker sends it again and gets its continuation — stale would make it drop an accepted claim.
+            raise ResumeBusyError(
+                f"the resume of {request.session_id!r} with fencing token {seen} is being started here; "
+                "send it again later"
+            )
         if running is not None and not running.done():
             # A worker judged the run stalled while this process was slow to drive it: never run it twice
             # here. Busy, not refused — the worker waits and sends the same request again (no attempt used).
@@ -118,11 +128,18 @@ async def accept_resume(
                 f"resume of {request.session_id!r} with fencing token {request.fencing_token} refused: this "
                 f"process accepted token {seen} already (a newer or concurrent request)"
             )
+        if max_running is not None and len(_tasks) + len(_starting) >= max_running:
+            raise ResumeBusyError(
+                f"this process is continuing {len(_tasks) + len(_starting)} resumed runs, its limit "
+                f"({max_running}); send the resume again later"
+            )
         _accepted[request.session_id] = (request.fencing_token, None)
+        _starting.add(request.session_id)
     try:
         run = await PipelineRun.resume(client, request.session_id, request=request, **run_options)
     except BaseException:
         with _accepted_lock:  # not started: the same request may be sent again
+            _starting.discard(request.session_id)
             if _accepted.get(request.session_id) == (request.fencing_token, None):
                 _accepted[request.session_id] = (seen, running)
         raise
@@ -136,7 +153,8 @@ async def accept_resume(
     task = asyncio.get_running_loop().create_task(_continue(continue_run, run, request))
     with _accepted_lock:
         _accepted[request.session_id] = (request.fencing_token, task)
-    _tasks.add(task)
+        _starting.discard(request.session_id)
+        _tasks.add(task)
     task.add_done_callback(_tasks.discard)
     return task
 

@@ -66,7 +66,8 @@ class ItemReader:
         return value
 
     def whole(self, name: str, default: Any = _REQUIRED) -> Any:
-        """A whole-number attribute (stored as a Number; a bool or text is refused)."""
+        """A whole-number attribute (stored as a Number; a bool, text or a negative number is refused: every
+        one stored is a count, a version, a step or a size, so a negative one was edited by hand)."""
         value = self._value(name, default)
         if value is default:
             return value
@@ -74,6 +75,8 @@ class ItemReader:
             raise self.malformed(name, f"is a {_kind(value)}, not a whole number")
         if isinstance(value, Decimal) and (not value.is_finite() or value != value.to_integral_value()):
             raise self.malformed(name, f"is {str(value)[:_QUOTED]}, not a whole number")
+        if value < 0:
+            raise self.malformed(name, f"is {str(value)[:_QUOTED]}, a negative number")
         return int(value)
 
     def moment(self, name: str, default: Any = _REQUIRED) -> Any:
