@@ -125,3 +125,30 @@ def test_events_of_an_unknown_run_and_a_bad_position_are_refused(client: StateCl
     sid = client.sessions.create().session_id
     with pytest.raises(ValidationError, match="after"):
         client.sessions.events(sid, after=-1)
+
+
+def test_a_run_stored_before_the_event_log_labels_its_new_transitions_right(client: StateClient) -> None:
+    """A run in flight at the upgrade (history without log entries): its later transitions keep their own
+    kinds at their own seqs, and only the older seqs are bare `transition`s."""
+    sid = client.sessions.create().session_id
+    client.executions.start(sid, "nl_input")
+    client.executions.complete(sid, "nl_input", output_data={})
+    tables = client.layer.tables
+    dynamo = client.layer.dynamodb  # the history as the code before the event log stored it
+    dynamo.update_item(
+        TableName=tables.sessions, Key={"session_id": {"S": sid}}, UpdateExpression="REMOVE run_log"
+    )
+    for item in dynamo.query(
+        TableName=tables.executions,
+        KeyConditionExpression="execution_id = :id",
+        ExpressionAttributeValues={":id": {"S": sid}},
+    )["Items"]:
+        key = {"execution_id": item["execution_id"], "agent_name": item["agent_name"]}
+        dynamo.update_item(TableName=tables.executions, Key=key, UpdateExpression="REMOVE ev")
+    client.sessions.record_verdict(sid, success=False, reason="gave up after the upgrade")
+    assert kinds(client.sessions.events(sid).events) == [
+        (1, "run_opened", None),
+        (2, "transition", None),
+        (3, "transition", None),
+        (4, "run_finished", None),
+    ]
