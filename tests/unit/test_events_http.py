@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -213,3 +214,60 @@ async def test_other_methods_and_paths_are_refused(app: EventsApp) -> None:
     """POST is 405; a path that is not /runs/{id}/events is 404."""
     assert (await Connection(app, "/runs/x/events", method="POST").start())[0] == 405
     assert (await Connection(app, "/runs/x").start())[0] == 404
+
+
+class CountedPolls(ManualTrigger):
+    """A manual trigger that counts the poller's pauses: one more means it finished a read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses = 0
+
+    async def wait(self, run_id: str) -> None:
+        self.pauses += 1
+        await super().wait(run_id)
+
+
+async def test_a_client_that_stops_taking_bytes_is_dropped_with_resync(
+    aclient: AsyncStateClient, client: StateClient, beats: ManualTrigger
+) -> None:
+    """A connection that stops taking bytes falls behind its bounded queue and is sent `resync`: the app
+    holds no growing buffer of its own between the watcher and the socket."""
+    polls = CountedPolls()
+    hub = EventHub(aclient, trigger=polls, queue_size=2)
+    app = events_app(aclient, hub=hub, heartbeat=beats)
+    sid = client.sessions.create().session_id
+    flowing, bodies = asyncio.Event(), []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            await flowing.wait()  # the socket takes nothing until the test lets it
+            bodies.append(bytes(message["body"]))
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client never leaves
+        return {"type": "http.disconnect"}
+
+    async def polled(n: int) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + DEADLINE
+        while polls.pauses < n:
+            assert loop.time() < end, "the poller did not read"
+            await asyncio.sleep(0.001)
+
+    scope = {"type": "http", "method": "GET", "path": f"/runs/{sid}/events", "root_path": "", "headers": []}
+    task = asyncio.create_task(app(scope, receive, send))
+    await polled(1)
+    for n, agent in enumerate(AGENTS[:3]):  # one event per read: a slow reader would keep up with each
+        client.executions.start(sid, agent)
+        await polled(2 * n + 2)
+        client.executions.complete(sid, agent, output_data={})
+        await polled(2 * n + 3)
+    flowing.set()
+    await asyncio.wait_for(task, DEADLINE)
+    text = b"".join(bodies).decode()
+    sent_ids = [int(n) for n in re.findall(r"^id: (\d+)$", text, re.M)]
+    resync = re.search(r"^event: resync\ndata: (.+)$", text, re.M)
+    assert resync is not None
+    assert json.loads(resync.group(1))["seq"] == sent_ids[-1]  # reconnecting after it loses nothing
+    await hub.aclose()

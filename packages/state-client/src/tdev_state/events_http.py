@@ -139,7 +139,9 @@ class EventsApp:
         if scope.get("method") == "HEAD":
             await send({"type": "http.response.body", "body": b""})
             return
-        items: asyncio.Queue[StreamItem | None] = asyncio.Queue()
+        # One item in hand at most: a socket that stops taking bytes stops the pump, so the watcher's own
+        # bounded queue fills and drops it with `resync` (an unbounded queue here would hide the slow client).
+        items: asyncio.Queue[StreamItem | None] = asyncio.Queue(maxsize=1)
 
         async def pump() -> None:
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
