@@ -271,3 +271,16 @@ async def test_a_client_that_stops_taking_bytes_is_dropped_with_resync(
     assert resync is not None
     assert json.loads(resync.group(1))["seq"] == sent_ids[-1]  # reconnecting after it loses nothing
     await hub.aclose()
+
+
+async def test_an_empty_last_event_id_leaves_the_position_to_after(
+    app: EventsApp, client: StateClient
+) -> None:
+    """An empty Last-Event-ID (no event seen yet; a proxy's blank header) does not override `?after=`."""
+    sid = client.sessions.create().session_id
+    client.executions.start(sid, "nl_input")
+    client.executions.complete(sid, "nl_input", output_data={})
+    conn = Connection(app, f"/runs/{sid}/events?after=2", headers={"Last-Event-ID": ""})
+    assert (await conn.start())[0] == 200
+    assert seq_of(await conn.message()) == 3
+    await conn.leave()

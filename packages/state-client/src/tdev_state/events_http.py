@@ -202,13 +202,13 @@ def events_app(
 
 
 def _position(scope: MutableMapping[str, Any]) -> int | None:
-    """The seq to resume after: Last-Event-ID (a reconnect) or `?after=`; 0 when neither; None when
-    malformed."""
+    """The seq to resume after: a non-empty Last-Event-ID (a reconnect) or `?after=`; 0 when neither; None
+    when malformed."""
     raw: str | None = None
     for key, value in scope.get("headers") or ():
         if key.lower() == b"last-event-id":
             raw = value.decode("latin-1").strip()
-    if raw is None:
+    if not raw:  # no event seen yet (a blank header too): the URL's own `?after=` stands
         query = parse_qs(bytes(scope.get("query_string") or b"").decode("latin-1"))
         raw = query.get("after", [None])[-1]
     if raw is None or raw == "":
