@@ -266,8 +266,17 @@ class EventHub:
         self._pollers: dict[str, _Poller] = {}
         self._resolved: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        # This process's own writes wake their run's poller at once (no wait for the next tick).
-        self._stop_listening = client.sync.on_transition(self._written)
+        # This process's own writes wake their run's poller at once (no wait for the next tick). Held weakly:
+        # the sync client outlives short-lived hubs, and its listener must not keep each one alive for ever.
+        method = weakref.WeakMethod(self._written)
+
+        def written(run_id: str) -> None:
+            alive = method()
+            if alive is not None:
+                alive(run_id)
+
+        self._stop_listening = client.sync.on_transition(written)
+        weakref.finalize(self, self._stop_listening)
         self._resolving: dict[str, asyncio.Future[str]] = {}
 
     @property
@@ -359,15 +368,18 @@ class EventHub:
             self._forget(poller)
 
 
-_hubs: weakref.WeakKeyDictionary[AsyncStateClient, dict[asyncio.AbstractEventLoop, EventHub]] = (
-    weakref.WeakKeyDictionary()
-)
+#: The shared hubs, held weakly: a hub lives while someone holds it (an app, a watch), so one made for a
+#: short-lived client or event loop never pins them (a hub holds its client).
+_hubs: weakref.WeakKeyDictionary[
+    AsyncStateClient, weakref.WeakValueDictionary[asyncio.AbstractEventLoop, EventHub]
+] = weakref.WeakKeyDictionary()
 
 
 def event_hub(client: AsyncStateClient) -> EventHub:
-    """The process's shared hub for `client` on the running event loop (created with the defaults)."""
+    """The process's shared hub for `client` on the running event loop (created with the defaults; shared
+    while anyone holds it — an app, a running `watch` — and freed with its listener after)."""
     loop = asyncio.get_running_loop()
-    hubs = _hubs.setdefault(client, {})
+    hubs = _hubs.setdefault(client, weakref.WeakValueDictionary())
     hub = hubs.get(loop)
     if hub is None:
         hub = hubs[loop] = EventHub(client)
