@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tdev_state import AGENTS, AsyncStateClient, StateClient
 from tdev_state.events import EventHub, ManualTrigger
@@ -283,4 +284,53 @@ async def test_an_empty_last_event_id_leaves_the_position_to_after(
     conn = Connection(app, f"/runs/{sid}/events?after=2", headers={"Last-Event-ID": ""})
     assert (await conn.start())[0] == 200
     assert seq_of(await conn.message()) == 3
+    await conn.leave()
+
+
+class AccessDenied:
+    """Every DynamoDB call of `client` refused as AWS refuses a role without the permission (the message
+    names the account and the role), until `stop()`."""
+
+    SECRET = "arn:aws:sts::123456789012:assumed-role/tdev-orchestrator/i-0abc"
+
+    def __init__(self, client: StateClient) -> None:
+        self._events = client.layer.dynamodb.meta.events
+        self._events.register_first("before-call.dynamodb", self._refuse)
+
+    def _refuse(self, **_: Any) -> None:
+        message = f"User: {self.SECRET} is not authorized"
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": message}}, "GetItem")
+
+    def stop(self) -> None:
+        self._events.unregister("before-call.dynamodb", self._refuse)
+
+
+async def test_the_stores_own_refusal_text_never_reaches_the_client_at_connect(
+    app: EventsApp, client: StateClient
+) -> None:
+    """A 503 says the store did not answer, never the store's message (it names the AWS account and role)."""
+    denied = AccessDenied(client)
+    conn = Connection(app, "/runs/anything/events")
+    status, _ = await conn.start()
+    body = await conn.body()
+    denied.stop()
+    assert status == 503
+    assert b"123456789012" not in body
+
+
+async def test_the_stores_own_refusal_text_never_reaches_the_client_in_a_retry_event(
+    app: EventsApp, client: StateClient, polls: ManualTrigger
+) -> None:
+    """A failed poll's `event: retry` names the kind of failure, never the store's message."""
+    sid = client.sessions.create().session_id
+    conn = Connection(app, f"/runs/{sid}/events")
+    await conn.start()
+    await conn.message()  # run_opened
+    denied = AccessDenied(client)
+    polls.fire()
+    retry = await conn.message()
+    denied.stop()
+    assert retry.startswith("retry: ")
+    assert "AccessDeniedError" in retry
+    assert "123456789012" not in retry
     await conn.leave()

@@ -51,7 +51,9 @@ def sse_message(item: StreamItem | None) -> bytes:
         data = json.dumps(item.to_dict(), separators=(",", ":"), default=str)
         return f"id: {item.seq}\ndata: {data}\n\n".encode()
     if isinstance(item, RetryHint):
-        data = json.dumps({"run_id": item.run_id, "after_seconds": item.after_seconds, "reason": item.reason})
+        # The kind of failure only: the store's own text can name the AWS account and role (AccessDenied).
+        reason = item.reason.partition(":")[0]
+        data = json.dumps({"run_id": item.run_id, "after_seconds": item.after_seconds, "reason": reason})
         return f"retry: {int(item.after_seconds * 1000)}\nevent: retry\ndata: {data}\n\n".encode()
     if isinstance(item, Resync):
         return f"event: resync\ndata: {json.dumps({'run_id': item.run_id, 'seq': item.seq})}\n\n".encode()
@@ -118,8 +120,12 @@ class EventsApp:
             status = (
                 404 if isinstance(exc, NotFoundError) else 400 if isinstance(exc, ValidationError) else 503
             )
-            extra = [(b"retry-after", str(int(hub.first_backoff) or 1).encode())] if status == 503 else []
-            await _respond(send, status, {"error": str(exc), "kind": type(exc).__name__}, extra)
+            extra, message = [], str(exc)
+            if status == 503:  # the store's own text stays in the log (it can name the account and role)
+                log.warning("events.lookup_failed", name=name[:200], error=repr(exc)[:300])
+                extra = [(b"retry-after", str(int(hub.first_backoff) or 1).encode())]
+                message = "the store did not answer the look-up of this run; try again after Retry-After"
+            await _respond(send, status, {"error": message, "kind": type(exc).__name__}, extra)
             return
         await self._stream(scope, receive, send, hub.follow(run_id, after=after))
 
