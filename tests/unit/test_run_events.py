@@ -4,11 +4,12 @@ or a duplicate — across writers in several processes and a resume by the recov
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig
-from tdev_state import AGENTS, SessionNotFoundError, StateClient, ValidationError
+from tdev_state import AGENTS, ConflictError, SessionNotFoundError, StateClient, ValidationError
 from tdev_state.models import RunEvent
 from tdev_state.testing import FakeClock, make_client
 
@@ -152,3 +153,29 @@ def test_a_run_stored_before_the_event_log_labels_its_new_transitions_right(clie
         (3, "transition", None),
         (4, "run_finished", None),
     ]
+
+
+def test_an_agent_step_that_another_writer_always_overtakes_gives_up_with_a_conflict(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """Written again on each moved version, but not for ever: a run another process moves before every
+    attempt ends the step with ConflictError (a recorded outcome), not an endless loop of transactions."""
+    other = make_client(clock)
+    sid = client.sessions.create().session_id
+    attempts = 0
+
+    def overtake(**_: Any) -> None:  # the other process writes the run just before each attempt lands
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 200:  # a bound for the test only: without the writer's, the step lands after it
+            other.sessions.update(sid, metadata={"n": attempts})
+
+    events = client.layer.dynamodb.meta.events
+    events.register("before-call.dynamodb.TransactWriteItems", overtake)
+    try:
+        with pytest.raises(ConflictError):
+            client.executions.start(sid, "nl_input")
+    finally:
+        events.unregister("before-call.dynamodb.TransactWriteItems", overtake)
+    assert attempts < 200
+    assert "agent_started" not in [e.kind for e in client.sessions.events(sid).events]  # nothing written
