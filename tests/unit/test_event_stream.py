@@ -266,3 +266,23 @@ async def test_a_process_hub_nobody_holds_is_freed_with_its_listener(client: Sta
         hubs.append(weakref.ref(event_hub(AsyncStateClient(client))))
     gc.collect()
     assert [hub() for hub in hubs] == [None, None, None]
+
+
+async def test_a_run_whose_watchers_were_all_dropped_is_polled_no_more(
+    hub: EventHub, client: StateClient
+) -> None:
+    """A dropped watcher whose consumer has not let go yet (a stuck connection) keeps no poller reading the
+    store once a second for it."""
+    sid = client.sessions.create().session_id
+    slow = hub.watch(sid)
+    await take(slow, 1)
+    for agent in AGENTS[:3]:  # six live events, none taken: more than the queue (4) holds
+        client.executions.start(sid, agent)
+        client.executions.complete(sid, agent, output_data={})
+    loop = asyncio.get_running_loop()
+    end = loop.time() + DEADLINE
+    while hub.watched_runs:
+        assert loop.time() < end, "the run's poller still reads for a dropped watcher"
+        await asyncio.sleep(0.001)
+    assert (await take(slow, 5))[-1] == Resync(sid, 5)
+    await slow.aclose()

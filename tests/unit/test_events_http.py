@@ -252,7 +252,7 @@ async def test_a_client_that_stops_taking_bytes_is_dropped_with_resync(
     async def polled(n: int) -> None:
         loop = asyncio.get_running_loop()
         end = loop.time() + DEADLINE
-        while polls.pauses < n:
+        while polls.pauses < n and (n == 1 or hub.watched_runs):  # a poller stops once its watcher drops
             assert loop.time() < end, "the poller did not read"
             await asyncio.sleep(0.001)
 
