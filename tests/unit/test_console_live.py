@@ -60,3 +60,20 @@ def test_the_console_answers_404_and_400_for_events(client: StateClient, clock: 
     with browser(client, clock) as web:
         assert web.get("/runs/nobody/events").status_code == 404
         assert web.get(f"/runs/{sid}/events", headers={"Last-Event-ID": "x"}).status_code == 400
+
+
+def test_the_console_serves_the_events_of_a_run_whose_id_is_percent_encoded_in_its_url(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """A run id with `:`, `@` or a non-ASCII letter (legal ids, percent-encoded in the page's URL) streams
+    from the URL the run page gives, not a 404."""
+    sid = client.sessions.create(session_id="prod:2026@é").session_id
+    client.sessions.update(sid, status="ABANDONED")
+    with browser(client, clock) as web:
+        page = web.get("/runs/prod%3A2026%40%C3%A9")
+        found = re.search(r'data-events="([^"]+)"', page.text)
+        assert found is not None
+        with web.stream("GET", found.group(1).replace("&amp;", "&")) as response:
+            assert response.status_code == 200
+            body = "".join(response.iter_text())
+    assert body.rstrip().endswith("event: end\ndata: {}")

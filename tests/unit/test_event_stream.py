@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import re
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 from examples.orchestrator.agents import RecordingWebSocketManager
 
 from tdev_state import AGENTS, AsyncStateClient, SessionNotFoundError, StateClient, ValidationError
-from tdev_state.events import EventHub, ManualTrigger, Resync, RetryHint, StreamItem
+from tdev_state.events import EventHub, ManualTrigger, Resync, RetryHint, StreamItem, event_hub
 from tdev_state.models import RunEvent
 
 from ..outage import StoreOutage
@@ -254,3 +256,33 @@ def test_a_failing_transition_listener_never_fails_the_write(client: StateClient
     client.executions.start(sid, "nl_input")
     remove()
     assert client.sessions.events(sid).seq == 2
+
+
+async def test_a_process_hub_nobody_holds_is_freed_with_its_listener(client: StateClient) -> None:
+    """`event_hub` for a short-lived async client (one per request, or per `asyncio.run`) is freed once nobody
+    holds it: neither the hub nor its write listener stays on the long-lived sync client."""
+    hubs = []
+    for _ in range(3):
+        hubs.append(weakref.ref(event_hub(AsyncStateClient(client))))
+    gc.collect()
+    assert [hub() for hub in hubs] == [None, None, None]
+
+
+async def test_a_run_whose_watchers_were_all_dropped_is_polled_no_more(
+    hub: EventHub, client: StateClient
+) -> None:
+    """A dropped watcher whose consumer has not let go yet (a stuck connection) keeps no poller reading the
+    store once a second for it."""
+    sid = client.sessions.create().session_id
+    slow = hub.watch(sid)
+    await take(slow, 1)
+    for agent in AGENTS[:3]:  # six live events, none taken: more than the queue (4) holds
+        client.executions.start(sid, agent)
+        client.executions.complete(sid, agent, output_data={})
+    loop = asyncio.get_running_loop()
+    end = loop.time() + DEADLINE
+    while hub.watched_runs:
+        assert loop.time() < end, "the run's poller still reads for a dropped watcher"
+        await asyncio.sleep(0.001)
+    assert (await take(slow, 5))[-1] == Resync(sid, 5)
+    await slow.aclose()

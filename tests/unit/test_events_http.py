@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tdev_state import AGENTS, AsyncStateClient, StateClient
 from tdev_state.events import EventHub, ManualTrigger
@@ -213,3 +215,122 @@ async def test_other_methods_and_paths_are_refused(app: EventsApp) -> None:
     """POST is 405; a path that is not /runs/{id}/events is 404."""
     assert (await Connection(app, "/runs/x/events", method="POST").start())[0] == 405
     assert (await Connection(app, "/runs/x").start())[0] == 404
+
+
+class CountedPolls(ManualTrigger):
+    """A manual trigger that counts the poller's pauses: one more means it finished a read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses = 0
+
+    async def wait(self, run_id: str) -> None:
+        self.pauses += 1
+        await super().wait(run_id)
+
+
+async def test_a_client_that_stops_taking_bytes_is_dropped_with_resync(
+    aclient: AsyncStateClient, client: StateClient, beats: ManualTrigger
+) -> None:
+    """A connection that stops taking bytes falls behind its bounded queue and is sent `resync`: the app
+    holds no growing buffer of its own between the watcher and the socket."""
+    polls = CountedPolls()
+    hub = EventHub(aclient, trigger=polls, queue_size=2)
+    app = events_app(aclient, hub=hub, heartbeat=beats)
+    sid = client.sessions.create().session_id
+    flowing, bodies = asyncio.Event(), []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            await flowing.wait()  # the socket takes nothing until the test lets it
+            bodies.append(bytes(message["body"]))
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client never leaves
+        return {"type": "http.disconnect"}
+
+    async def polled(n: int) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + DEADLINE
+        while polls.pauses < n and (n == 1 or hub.watched_runs):  # a poller stops once its watcher drops
+            assert loop.time() < end, "the poller did not read"
+            await asyncio.sleep(0.001)
+
+    scope = {"type": "http", "method": "GET", "path": f"/runs/{sid}/events", "root_path": "", "headers": []}
+    task = asyncio.create_task(app(scope, receive, send))
+    await polled(1)
+    for n, agent in enumerate(AGENTS[:3]):  # one event per read: a slow reader would keep up with each
+        client.executions.start(sid, agent)
+        await polled(2 * n + 2)
+        client.executions.complete(sid, agent, output_data={})
+        await polled(2 * n + 3)
+    flowing.set()
+    await asyncio.wait_for(task, DEADLINE)
+    text = b"".join(bodies).decode()
+    sent_ids = [int(n) for n in re.findall(r"^id: (\d+)$", text, re.M)]
+    resync = re.search(r"^event: resync\ndata: (.+)$", text, re.M)
+    assert resync is not None
+    assert json.loads(resync.group(1))["seq"] == sent_ids[-1]  # reconnecting after it loses nothing
+    await hub.aclose()
+
+
+async def test_an_empty_last_event_id_leaves_the_position_to_after(
+    app: EventsApp, client: StateClient
+) -> None:
+    """An empty Last-Event-ID (no event seen yet; a proxy's blank header) does not override `?after=`."""
+    sid = client.sessions.create().session_id
+    client.executions.start(sid, "nl_input")
+    client.executions.complete(sid, "nl_input", output_data={})
+    conn = Connection(app, f"/runs/{sid}/events?after=2", headers={"Last-Event-ID": ""})
+    assert (await conn.start())[0] == 200
+    assert seq_of(await conn.message()) == 3
+    await conn.leave()
+
+
+class AccessDenied:
+    """Every DynamoDB call of `client` refused as AWS refuses a role without the permission (the message
+    names the account and the role), until `stop()`."""
+
+    SECRET = "arn:aws:sts::123456789012:assumed-role/tdev-orchestrator/i-0abc"
+
+    def __init__(self, client: StateClient) -> None:
+        self._events = client.layer.dynamodb.meta.events
+        self._events.register_first("before-call.dynamodb", self._refuse)
+
+    def _refuse(self, **_: Any) -> None:
+        message = f"User: {self.SECRET} is not authorized"
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": message}}, "GetItem")
+
+    def stop(self) -> None:
+        self._events.unregister("before-call.dynamodb", self._refuse)
+
+
+async def test_the_stores_own_refusal_text_never_reaches_the_client_at_connect(
+    app: EventsApp, client: StateClient
+) -> None:
+    """A 503 says the store did not answer, never the store's message (it names the AWS account and role)."""
+    denied = AccessDenied(client)
+    conn = Connection(app, "/runs/anything/events")
+    status, _ = await conn.start()
+    body = await conn.body()
+    denied.stop()
+    assert status == 503
+    assert b"123456789012" not in body
+
+
+async def test_the_stores_own_refusal_text_never_reaches_the_client_in_a_retry_event(
+    app: EventsApp, client: StateClient, polls: ManualTrigger
+) -> None:
+    """A failed poll's `event: retry` names the kind of failure, never the store's message."""
+    sid = client.sessions.create().session_id
+    conn = Connection(app, f"/runs/{sid}/events")
+    await conn.start()
+    await conn.message()  # run_opened
+    denied = AccessDenied(client)
+    polls.fire()
+    retry = await conn.message()
+    denied.stop()
+    assert retry.startswith("retry: ")
+    assert "AccessDeniedError" in retry
+    assert "123456789012" not in retry
+    await conn.leave()

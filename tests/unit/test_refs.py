@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -138,3 +139,23 @@ def test_a_ref_items_key_is_never_read_as_a_run(client: StateClient) -> None:
         client.sessions.get(f"{REF_PREFIX}project_k")
     with pytest.raises(SessionNotFoundError):
         client.sessions.events(f"{REF_PREFIX}project_k")
+
+
+def test_a_name_longer_than_any_ref_is_looked_up_as_a_run_id_only(client: StateClient) -> None:
+    """A 2,045-byte name (a legal lookup key) is not found, and no key over DynamoDB's 2,048-byte partition
+    key limit is sent for its ref (DynamoDB would refuse the whole read as invalid)."""
+    keys: list[int] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        for table in params.get("RequestItems", {}).values():
+            keys.extend(len(key["session_id"]["S"].encode()) for key in table["Keys"])
+
+    dynamo = client.layer.dynamodb
+    dynamo.meta.events.register("provide-client-params.dynamodb.BatchGetItem", record)
+    try:
+        with pytest.raises(SessionNotFoundError):
+            client.sessions.resolve("a" * 2045)
+    finally:
+        dynamo.meta.events.unregister("provide-client-params.dynamodb.BatchGetItem", record)
+    assert keys
+    assert max(keys) <= 2048

@@ -4,11 +4,12 @@ or a duplicate — across writers in several processes and a resume by the recov
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig
-from tdev_state import AGENTS, SessionNotFoundError, StateClient, ValidationError
+from tdev_state import AGENTS, ConflictError, SessionNotFoundError, StateClient, ValidationError
 from tdev_state.models import RunEvent
 from tdev_state.testing import FakeClock, make_client
 
@@ -125,3 +126,56 @@ def test_events_of_an_unknown_run_and_a_bad_position_are_refused(client: StateCl
     sid = client.sessions.create().session_id
     with pytest.raises(ValidationError, match="after"):
         client.sessions.events(sid, after=-1)
+
+
+def test_a_run_stored_before_the_event_log_labels_its_new_transitions_right(client: StateClient) -> None:
+    """A run in flight at the upgrade (history without log entries): its later transitions keep their own
+    kinds at their own seqs, and only the older seqs are bare `transition`s."""
+    sid = client.sessions.create().session_id
+    client.executions.start(sid, "nl_input")
+    client.executions.complete(sid, "nl_input", output_data={})
+    tables = client.layer.tables
+    dynamo = client.layer.dynamodb  # the history as the code before the event log stored it
+    dynamo.update_item(
+        TableName=tables.sessions, Key={"session_id": {"S": sid}}, UpdateExpression="REMOVE run_log"
+    )
+    for item in dynamo.query(
+        TableName=tables.executions,
+        KeyConditionExpression="execution_id = :id",
+        ExpressionAttributeValues={":id": {"S": sid}},
+    )["Items"]:
+        key = {"execution_id": item["execution_id"], "agent_name": item["agent_name"]}
+        dynamo.update_item(TableName=tables.executions, Key=key, UpdateExpression="REMOVE ev")
+    client.sessions.record_verdict(sid, success=False, reason="gave up after the upgrade")
+    assert kinds(client.sessions.events(sid).events) == [
+        (1, "run_opened", None),
+        (2, "transition", None),
+        (3, "transition", None),
+        (4, "run_finished", None),
+    ]
+
+
+def test_an_agent_step_that_another_writer_always_overtakes_gives_up_with_a_conflict(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """Written again on each moved version, but not for ever: a run another process moves before every
+    attempt ends the step with ConflictError (a recorded outcome), not an endless loop of transactions."""
+    other = make_client(clock)
+    sid = client.sessions.create().session_id
+    attempts = 0
+
+    def overtake(**_: Any) -> None:  # the other process writes the run just before each attempt lands
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 200:  # a bound for the test only: without the writer's, the step lands after it
+            other.sessions.update(sid, metadata={"n": attempts})
+
+    events = client.layer.dynamodb.meta.events
+    events.register("before-call.dynamodb.TransactWriteItems", overtake)
+    try:
+        with pytest.raises(ConflictError):
+            client.executions.start(sid, "nl_input")
+    finally:
+        events.unregister("before-call.dynamodb.TransactWriteItems", overtake)
+    assert attempts < 200
+    assert "agent_started" not in [e.kind for e in client.sessions.events(sid).events]  # nothing written

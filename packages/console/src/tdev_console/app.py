@@ -151,6 +151,11 @@ class LiveEvents:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if self._app is None:
             self._app = events_app(AsyncStateClient(self._client))
+        # The console routes on the raw path (`RawPath`): hand the app the run's name as the route decoded
+        # it, or an id with `:`, `@` or a non-ASCII letter would be looked up percent-encoded (a 404).
+        name = scope.get("path_params", {}).get("session_id")
+        if isinstance(name, str):
+            scope = {**scope, "path": f"{scope.get('root_path', '')}/runs/{name}/events"}
         await self._app(scope, receive, send)
 
 

@@ -18,7 +18,8 @@ the agent items only when the session's seq moved. N watchers cost the store wha
 Each watcher has a bounded queue: a watcher that lets it fill is dropped with a `Resync` (its position),
 so a slow client never holds the poller, the others, or the pipeline. A read that fails (the store down,
 throttled) sends each watcher a `RetryHint` and the poller backs off (up to `max_backoff`), never hangs.
-Cancelling the consuming task (or closing the iterator) frees the watcher; the last one stops the poller.
+Cancelling the consuming task (or closing the iterator) frees the watcher; the last one stops the poller (as
+the last one still taking events does: a dropped watcher needs no more reads).
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ class _Poller:
     async def _run(self) -> None:
         backoff = 0.0
         first = True
-        while self.watchers and not self.ended:
+        while any(not w.dropped for w in self.watchers) and not self.ended:
             if not first:
                 if backoff:
                     await self.hub.sleep(backoff)
@@ -200,6 +201,10 @@ class _Poller:
                 log.warning("events.poll_failed", run_id=self.run_id, error=repr(exc)[:300])
                 for watcher in list(self.watchers):
                     watcher.offer(RetryHint(self.run_id, backoff, f"{type(exc).__name__}: {exc}"[:300]))
+        if not self.ended and self.hub._pollers.get(self.run_id) is self:
+            # Every watcher left or was dropped (one not yet let go, a stuck connection, needs nothing more):
+            # stop reading for them; a new watcher of the run starts a new poller.
+            del self.hub._pollers[self.run_id]
 
     async def _pause(self) -> None:
         """Until the trigger says poll, or this process wrote the run (`EventHub` listens to its client)."""
@@ -266,8 +271,17 @@ class EventHub:
         self._pollers: dict[str, _Poller] = {}
         self._resolved: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        # This process's own writes wake their run's poller at once (no wait for the next tick).
-        self._stop_listening = client.sync.on_transition(self._written)
+        # This process's own writes wake their run's poller at once (no wait for the next tick). Held weakly:
+        # the sync client outlives short-lived hubs, and its listener must not keep each one alive for ever.
+        method = weakref.WeakMethod(self._written)
+
+        def written(run_id: str) -> None:
+            alive = method()
+            if alive is not None:
+                alive(run_id)
+
+        self._stop_listening = client.sync.on_transition(written)
+        weakref.finalize(self, self._stop_listening)
         self._resolving: dict[str, asyncio.Future[str]] = {}
 
     @property
@@ -359,15 +373,18 @@ class EventHub:
             self._forget(poller)
 
 
-_hubs: weakref.WeakKeyDictionary[AsyncStateClient, dict[asyncio.AbstractEventLoop, EventHub]] = (
-    weakref.WeakKeyDictionary()
-)
+#: The shared hubs, held weakly: a hub lives while someone holds it (an app, a watch), so one made for a
+#: short-lived client or event loop never pins them (a hub holds its client).
+_hubs: weakref.WeakKeyDictionary[
+    AsyncStateClient, weakref.WeakValueDictionary[asyncio.AbstractEventLoop, EventHub]
+] = weakref.WeakKeyDictionary()
 
 
 def event_hub(client: AsyncStateClient) -> EventHub:
-    """The process's shared hub for `client` on the running event loop (created with the defaults)."""
+    """The process's shared hub for `client` on the running event loop (created with the defaults; shared
+    while anyone holds it — an app, a running `watch` — and freed with its listener after)."""
     loop = asyncio.get_running_loop()
-    hubs = _hubs.setdefault(client, {})
+    hubs = _hubs.setdefault(client, weakref.WeakValueDictionary())
     hub = hubs.get(loop)
     if hub is None:
         hub = hubs[loop] = EventHub(client)

@@ -51,7 +51,9 @@ def sse_message(item: StreamItem | None) -> bytes:
         data = json.dumps(item.to_dict(), separators=(",", ":"), default=str)
         return f"id: {item.seq}\ndata: {data}\n\n".encode()
     if isinstance(item, RetryHint):
-        data = json.dumps({"run_id": item.run_id, "after_seconds": item.after_seconds, "reason": item.reason})
+        # The kind of failure only: the store's own text can name the AWS account and role (AccessDenied).
+        reason = item.reason.partition(":")[0]
+        data = json.dumps({"run_id": item.run_id, "after_seconds": item.after_seconds, "reason": reason})
         return f"retry: {int(item.after_seconds * 1000)}\nevent: retry\ndata: {data}\n\n".encode()
     if isinstance(item, Resync):
         return f"event: resync\ndata: {json.dumps({'run_id': item.run_id, 'seq': item.seq})}\n\n".encode()
@@ -118,8 +120,12 @@ class EventsApp:
             status = (
                 404 if isinstance(exc, NotFoundError) else 400 if isinstance(exc, ValidationError) else 503
             )
-            extra = [(b"retry-after", str(int(hub.first_backoff) or 1).encode())] if status == 503 else []
-            await _respond(send, status, {"error": str(exc), "kind": type(exc).__name__}, extra)
+            extra, message = [], str(exc)
+            if status == 503:  # the store's own text stays in the log (it can name the account and role)
+                log.warning("events.lookup_failed", name=name[:200], error=repr(exc)[:300])
+                extra = [(b"retry-after", str(int(hub.first_backoff) or 1).encode())]
+                message = "the store did not answer the look-up of this run; try again after Retry-After"
+            await _respond(send, status, {"error": message, "kind": type(exc).__name__}, extra)
             return
         await self._stream(scope, receive, send, hub.follow(run_id, after=after))
 
@@ -139,7 +145,9 @@ class EventsApp:
         if scope.get("method") == "HEAD":
             await send({"type": "http.response.body", "body": b""})
             return
-        items: asyncio.Queue[StreamItem | None] = asyncio.Queue()
+        # One item in hand at most: a socket that stops taking bytes stops the pump, so the watcher's own
+        # bounded queue fills and drops it with `resync` (an unbounded queue here would hide the slow client).
+        items: asyncio.Queue[StreamItem | None] = asyncio.Queue(maxsize=1)
 
         async def pump() -> None:
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
@@ -200,13 +208,13 @@ def events_app(
 
 
 def _position(scope: MutableMapping[str, Any]) -> int | None:
-    """The seq to resume after: Last-Event-ID (a reconnect) or `?after=`; 0 when neither; None when
-    malformed."""
+    """The seq to resume after: a non-empty Last-Event-ID (a reconnect) or `?after=`; 0 when neither; None
+    when malformed."""
     raw: str | None = None
     for key, value in scope.get("headers") or ():
         if key.lower() == b"last-event-id":
             raw = value.decode("latin-1").strip()
-    if raw is None:
+    if not raw:  # no event seen yet (a blank header too): the URL's own `?after=` stands
         query = parse_qs(bytes(scope.get("query_string") or b"").decode("latin-1"))
         raw = query.get("after", [None])[-1]
     if raw is None or raw == "":

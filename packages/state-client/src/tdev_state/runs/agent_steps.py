@@ -54,6 +54,10 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+#: Attempts an agent step makes on a run another writer keeps moving (each a refused transaction) before it
+#: gives up with ConflictError.
+MAX_OVERTAKEN = 16
+
 #: Lossy-mode warnings kept on the agent item (all of them are returned to the caller).
 _STORED_WARNINGS = 20
 
@@ -93,6 +97,7 @@ class AgentStep(Transition[AgentTransition]):
         self._warnings: tuple[str, ...] = ()
         self._refresh = False
         self._stalled_at = self._now = datetime.min
+        self._overtaken = 0  # refusals because another writer moved the run's version first
 
     def prepare(self, writer: TransitionWriter) -> None:
         """Encode the payloads (inside the scope), then fix the moment and the fingerprint."""
@@ -159,8 +164,16 @@ class AgentStep(Transition[AgentTransition]):
         expected = (self.makes_version or 1) - 1
         if old is not None and "version" in old and int(old["version"]) != expected:
             # Another writer moved the run (a claim, a second process): the refusal shows the version to
-            # write on; whether the transition itself still holds is the next attempt's answer.
+            # write on; whether the transition itself still holds is the next attempt's answer. Bounded: a run
+            # moved before every attempt is a conflict to report, not a loop of transactions.
             self._store._writer.versions.remember(self.session_id, int(old["version"]))
+            self._overtaken += 1
+            if self._overtaken > MAX_OVERTAKEN:
+                raise ConflictError(
+                    f"{self.kind} {self.agent} of {self.session_id!r}: another writer moved the run before "
+                    f"each of {self._overtaken} attempts (now version {int(old['version'])}); nothing was "
+                    "written. One process should drive a run; try again once it is quiet"
+                )
             return AGAIN
         variant = self._next_variant(reasons)
         if variant is not None:

@@ -14,7 +14,8 @@ one small entry saying what it was, in the write it already makes:
 
 A reader derives the events from ONE GetItem of the session and ONE Query of the run's agent items: the agent
 entries name their seq; the seqs in 2..version they do not name are the session-level transitions, in the
-order `run_log` holds them (both are written in version order, so the i-th gap is the i-th entry). Only seqs
+order `run_log` holds them (both are written in version order, so the entries fill the last gaps: a run
+stored before the log has older seqs with no entry, shown as bare `transition`s). Only seqs
 up to the session's version as read are given out: an agent transition that lands between the two reads is
 left for the next read, never shown before the transitions that precede it.
 """
@@ -160,10 +161,13 @@ def derive_events(session: Item, agents: Iterable[Item]) -> list[RunEvent]:
         for event in _agent_events(run_id, item):
             if 1 < event.seq <= seq:
                 found[event.seq] = event
-    gaps = (n for n in range(2, seq + 1) if n not in found)
-    entries: list[str | None] = [str(e) for e in session.get(RUN_LOG) or ()]
-    for n, entry in zip(gaps, [*entries, *([None] * seq)], strict=False):
-        found[n] = _run_event(run_id, n, entry)
+    gaps = [n for n in range(2, seq + 1) if n not in found]
+    entries = [str(e) for e in session.get(RUN_LOG) or ()]
+    # The entries are the LAST gaps: a run stored before the log (in flight at the upgrade) has older seqs
+    # with no entry, and its new transitions must keep their own kinds (the verdict at its own seq).
+    unlogged = len(gaps) - len(entries)
+    for i, n in enumerate(gaps):
+        found[n] = _run_event(run_id, n, entries[i - unlogged] if i >= unlogged else None)
     return [found[n] for n in sorted(found)]
 
 

@@ -116,7 +116,9 @@ def resolve(layer: DynamoLayer, id_or_ref: str) -> str:
     key = check.identifier("id_or_ref", id_or_ref, existing=True)
     table = layer.tables.sessions
     keys = [{"session_id": key}]
-    if not key.startswith(REF_PREFIX):
+    # A name longer than an id may be is no ref (refs pass the identifier rule), and its ref key could pass
+    # DynamoDB's 2,048-byte key limit, which refuses the whole read as invalid: looked up as a run id only.
+    if not key.startswith(REF_PREFIX) and len(key.encode("utf-8")) <= check.MAX_ID_BYTES:
         keys.append({"session_id": ref_key(key)})
     found = {str(item["session_id"]): item for item in layer.batch_get(table, keys, consistent=True)}
     if key in found and not key.startswith(REF_PREFIX):
