@@ -77,3 +77,14 @@ def test_an_allowed_entry_no_longer_over_fails(
     sizes.ALLOWED["packages/p/src/pkg/mod.py"] = "was long"
     assert sizes.main(tmp_path) == 1
     assert "no longer over" in capsys.readouterr().out
+
+
+def test_the_infra_stacks_are_held_to_the_same_limits(
+    sizes: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A module of infra/src over 450 lines fails like a package's (the stack module was 599 unchecked)."""
+    src = tmp_path / "infra" / "src" / "tdev_infra"
+    src.mkdir(parents=True)
+    (src / "stack.py").write_text("x = 1\n" * 451)
+    assert sizes.main(tmp_path) == 1
+    assert "infra/src/tdev_infra/stack.py: module of 451 lines (limit 450)" in capsys.readouterr().out
