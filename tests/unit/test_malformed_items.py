@@ -243,8 +243,16 @@ def test_metric_and_usage_reports_skip_hand_edited_items(client: StateClient) ->
     client.layer.put(table, {"date": day.isoformat(), "metric_name": other, "count": "many"})
     client.layer.put(table, {"date": day.isoformat(), "metric_name": "edited#parser#noon", "count": 5})
     client.layer.put(
-        table, {"date": day.isoformat(), "metric_name": "#usage#counts", "rs.SIMPLE": "lots", "rc.SIMPLE": 2}
+        table,
+        {
+            "date": day.isoformat(),
+            "metric_name": "#usage#counts",
+            "rs.SIMPLE": "lots",
+            "rs.PRODUCTION": 3,
+            "rc.SIMPLE": 2,
+        },
     )
     assert sum(s.count for s in MetricsReader(client).daily("edited", start=day)) == 3
     runs = UsageReader(client).report(day, day)["runs"]
-    assert (runs["started"], runs["completed"]) == (0, 2)
+    # The buffer's day (no run of it in the tables): the readable counters, the one typed as text skipped.
+    assert (runs["started"], runs["completed"]) == (3, 2)
