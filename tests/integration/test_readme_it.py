@@ -163,20 +163,9 @@ def _run_with_console(command: str, env: dict[str, str]) -> None:
     """Run `command` (a client of the console) while the console serves port 8080, then stop the console.
     The newest run after the demo has ended (COMPLETED or ABANDONED), so its event stream replays and ends:
     `curl -N` exits 0 by itself."""
-    console = subprocess.Popen(
-        ["bash", "-c", f"exec {CONSOLE_FOR_CURL}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    console = _start(CONSOLE_FOR_CURL, env)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and console.poll() is None and _status(8080, "/healthz") != 200:
-            time.sleep(0.5)
-        assert _status(8080, "/healthz") == 200, f"the console for {command!r} never answered"
+        assert _healthy(console, 8080, ("/healthz",)), f"the console for {command!r} never answered"
         done = subprocess.run(
             ["bash", "-c", command],
             cwd=ROOT,
@@ -199,22 +188,9 @@ def _run_with_console(command: str, env: dict[str, str]) -> None:
 
 def _run_until_healthy(command: str, port: int, env: dict[str, str]) -> None:
     """Start it, wait until /healthz and /readyz answer 200 on its port, SIGTERM it, expect exit 0."""
-    process = subprocess.Popen(
-        ["bash", "-c", f"exec {command}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    process = _start(command, env)
     try:
-        deadline = time.monotonic() + 60
-        healthy = False
-        while time.monotonic() < deadline and process.poll() is None and not healthy:
-            healthy = all(_status(port, path) == 200 for path in ("/healthz", "/readyz"))
-            if not healthy:
-                time.sleep(0.5)
+        healthy = _healthy(process, port, ("/healthz", "/readyz"))
         assert healthy, f"{command} never became healthy (exit {process.poll()})"
     finally:
         if process.poll() is None:
@@ -226,6 +202,29 @@ def _run_until_healthy(command: str, port: int, env: dict[str, str]) -> None:
         assert "tdev console for env" in out, out
     else:
         assert '"event": "worker.stopped"' in err or "worker.stopped" in err
+
+
+def _start(command: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A long-running README command in a process group of its own (stopped with SIGTERM to the group)."""
+    return subprocess.Popen(
+        ["bash", "-c", f"exec {command}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _healthy(process: subprocess.Popen[str], port: int, paths: tuple[str, ...]) -> bool:
+    """Whether every path answers 200 on the port within 60 s, while the process still runs."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if all(_status(port, path) == 200 for path in paths):
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def _status(port: int, path: str) -> int:

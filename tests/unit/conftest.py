@@ -6,12 +6,12 @@ import them from there, and these fixtures only put them together per test.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 import tdev_state
-from tdev_state import StateClient
+from tdev_state import AsyncStateClient, StateClient, deferred_writes
 from tdev_state.testing import FakeClock, make_client, moto_aws
 
 
@@ -37,3 +37,12 @@ def plan(client: StateClient) -> Iterator[StateClient]:
     tdev_state.configure(client)
     yield client
     tdev_state.configure(None)
+
+
+@pytest.fixture
+async def aclient(client: StateClient) -> AsyncIterator[AsyncStateClient]:
+    """The async client over the moto client, its deferred-write drainer closed afterwards (a test that
+    needs another DeferPolicy overrides this fixture in its module)."""
+    async with AsyncStateClient(client) as a:
+        yield a
+        deferred_writes(a).close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,13 +30,6 @@ from ..outage import StoreOutage
 pytestmark = pytest.mark.unit
 
 THREE_WAYS = {"return": "could not do it", "raise": "crashed", "hang": "TimeoutError"}
-
-
-@pytest.fixture
-async def aclient(client: StateClient) -> AsyncIterator[AsyncStateClient]:
-    async with AsyncStateClient(client) as a:
-        yield a
-        deferred_writes(a).close()
 
 
 async def test_a_run_is_stored_as_the_orchestrator_ran_it(

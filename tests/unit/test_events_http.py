@@ -24,12 +24,6 @@ DEADLINE = 10.0
 
 
 @pytest.fixture
-async def aclient(client: StateClient) -> AsyncIterator[AsyncStateClient]:
-    async with AsyncStateClient(client) as a:
-        yield a
-
-
-@pytest.fixture
 def polls() -> ManualTrigger:
     return ManualTrigger()
 

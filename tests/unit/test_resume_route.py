@@ -4,7 +4,6 @@ on a run this process still continues is busy (503), never a second continuation
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -19,18 +18,10 @@ from tdev_state import (
     StateClient,
     ValidationError,
     accept_resume,
-    deferred_writes,
 )
 from tdev_state.resume import ResumeRequest
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-async def aclient(client: StateClient) -> AsyncIterator[AsyncStateClient]:
-    async with AsyncStateClient(client) as a:
-        yield a
-        deferred_writes(a).close()
 
 
 def failed_run(client: StateClient) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -31,13 +30,6 @@ from ..outage import StoreOutage
 from .test_liveness import PER_AGENT
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-async def aclient(client: StateClient) -> AsyncIterator[AsyncStateClient]:
-    async with AsyncStateClient(client) as a:
-        yield a
-        deferred_writes(a).close()
 
 
 async def test_a_heartbeat_too_slow_for_the_policys_timeout_is_refused(aclient: AsyncStateClient) -> None:
