@@ -49,9 +49,9 @@ test-unit: venv ## Unit tests (moto, no network)
 	@$(RUN) pytest -m unit -q -p no:cacheprovider -n 2 --dist loadfile
 
 .PHONY: test-integration
-test-integration: venv ## Integration tests against LocalStack (started and stopped here) or $$AWS_ENDPOINT_URL
+test-integration: venv ## Integration tests against LocalStack (started and stopped here) or $$AWS_ENDPOINT_URL; the chaos test at 200 runs (make chaos: 500)
 	@bash scripts/ensure-browser.sh
-	@bash scripts/with-localstack.sh $(RUN) pytest -m integration -q -p no:cacheprovider
+	@TDEV_CHAOS_RUNS=$${TDEV_CHAOS_RUNS:-200} bash scripts/with-localstack.sh $(RUN) pytest -m integration -q -p no:cacheprovider --durations=15
 
 .PHONY: test
 test: ## lint + typecheck + unit + integration (starts and stops LocalStack)

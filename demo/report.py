@@ -100,7 +100,8 @@ def write_report(  # noqa: PLR0917 - the demo's one call site passes everything 
         buffer = io.BytesIO()
         render_png(hourly, buffer, "agent_execution_time", colors=agent_colors())
         metrics_png = base64.b64encode(buffer.getvalue()).decode()
-    resumes = [e for e in events if e["event"] == "resume_accepted"]
+    # One row per resume: a repeat of a timed-out request (same run, same token) is the same resume.
+    resumes = list({(e["sid"], e["token"]): e for e in events if e["event"] == "resume_accepted"}.values())
     meters = [e["meter"] for e in events if e["event"] == "meter"]
     write_units = sum(m["write_units"] for m in meters)
     completed_by_metered = len(

@@ -113,12 +113,14 @@ def test_every_readme_command_runs_as_written(client: StateClient, tmp_path: Pat
     }
     if client.config.endpoint_url:
         env["AWS_ENDPOINT_URL"] = client.config.endpoint_url
-    ran, skipped = [], []
+    ran: list[tuple[float, str]] = []
+    skipped: list[str] = []
     try:
         for command in readme_commands():
             if command in NOT_RUN:
                 skipped.append(command)
                 continue
+            started = time.monotonic()
             long_running = LONG_RUNNING.match(command)
             if WITH_CONSOLE.match(command):
                 _run_with_console(command, env)
@@ -126,10 +128,12 @@ def test_every_readme_command_runs_as_written(client: StateClient, tmp_path: Pat
                 _run_until_healthy(command, int(long_running.group(2)), env)
             else:
                 _run(command, env)
-            ran.append(command)
+            ran.append((time.monotonic() - started, command))
     finally:
         delete_tables(StateClient(own).layer)
-    print(f"ran {len(ran)} README commands; not run: {len(skipped)} (reasons in NOT_RUN)")
+    print(f"ran {len(ran)} README commands; not run: {len(skipped)} (reasons in NOT_RUN); slowest:")
+    for seconds, command in sorted(ran, reverse=True)[:8]:
+        print(f"  {seconds:6.1f} s  {command}")
     assert not set(NOT_RUN) - set(skipped), f"NOT_RUN lists commands the README no longer has: {NOT_RUN}"
     summary = json.loads((ROOT / "reports" / "demo" / "summary.json").read_text())
     assert summary["invariants_failed"] == []
