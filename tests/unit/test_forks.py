@@ -16,6 +16,7 @@ from tdev_state import (
     AgentStatus,
     ConflictError,
     ForkPointError,
+    InvalidTransitionError,
     PipelineRun,
     RunActiveError,
     SessionNotFoundError,
@@ -24,7 +25,9 @@ from tdev_state import (
     ValidationError,
     fork_pipeline,
 )
+from tdev_state.runs import fork_steps
 from tdev_state.testing import FakeClock, agent_payload, make_client
+from tdev_state.usage import UsageEvent
 
 pytestmark = pytest.mark.unit
 
@@ -419,3 +422,28 @@ async def test_the_plans_fork_returns_the_child_as_a_dict(plan: StateClient, par
     child = await fork_pipeline(parent, "generation", {"framework": "vue"})
     assert (child["parent_id"], child["fork_point"], child["replay"]) == (parent, "generation", False)
     assert isinstance(child["created_at"], int | float)
+
+
+def test_a_run_with_the_most_children_is_not_forked_again(
+    client: StateClient, parent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_CHILDREN a fork is InvalidTransitionError and writes nothing: the parent item stays small."""
+    monkeypatch.setattr(fork_steps, "MAX_CHILDREN", 2)
+    client.sessions.fork(parent, from_agent="parser")
+    client.sessions.fork(parent, from_agent="parser")
+    refused_without_writing(client, InvalidTransitionError, parent, from_agent="parser")
+
+
+def test_a_fork_counts_as_a_run_started_in_usage(client: StateClient, parent: str) -> None:
+    """The usage bus sees the fork as a run started by the parent's user."""
+    seen: list[UsageEvent] = []
+
+    class Sink:
+        def usage(self, event: UsageEvent) -> None:
+            seen.append(event)
+
+    client.layer.usage.attach(Sink())
+    child = client.sessions.fork(parent, from_agent="parser").session_id
+    assert [(e.kind, e.session_id, e.user_id) for e in seen if e.kind == "run_started"] == [
+        ("run_started", child, "u1")
+    ]
