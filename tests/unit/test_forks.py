@@ -273,18 +273,24 @@ def test_a_fork_point_the_run_never_reached_is_refused(client: StateClient) -> N
     refused_without_writing(client, ForkPointError, sid, from_agent="generation")
 
 
+@pytest.fixture
+def stopped(client: StateClient) -> str:
+    """A small FAILED run (two agents completed): enough for the refusals checked before any read."""
+    return completed_run(client, 2)
+
+
 @pytest.mark.parametrize("agent", ["not_an_agent", "", None])
-def test_a_fork_from_something_not_an_agent_is_refused(client: StateClient, parent: str, agent: Any) -> None:
+def test_a_fork_from_something_not_an_agent_is_refused(client: StateClient, stopped: str, agent: Any) -> None:
     """An unknown agent name is ValidationError."""
-    refused_without_writing(client, ValidationError, parent, from_agent=agent)
+    refused_without_writing(client, ValidationError, stopped, from_agent=agent)
 
 
 @pytest.mark.parametrize("overrides", [["framework", "vue"], "framework=vue", {"x": float("nan")}, {1: "a"}])
 def test_overrides_that_are_not_a_json_object_are_refused(
-    client: StateClient, parent: str, overrides: Any
+    client: StateClient, stopped: str, overrides: Any
 ) -> None:
     """Overrides must be a JSON object: ValidationError."""
-    refused_without_writing(client, ValidationError, parent, from_agent="search", overrides=overrides)
+    refused_without_writing(client, ValidationError, stopped, from_agent="parser", overrides=overrides)
 
 
 def test_overrides_on_an_input_that_is_not_an_object_are_refused(client: StateClient) -> None:
