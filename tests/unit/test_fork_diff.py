@@ -195,3 +195,15 @@ def test_tdev_runs_diff(cli_env: StateClient, capsys: pytest.CaptureFixture[str]
     assert tdev(["runs", "diff", a, b, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["agents"][0]["paths"] == [{"path": "$.x", "a": "1", "b": "2"}]
     assert tdev(["runs", "diff", a, "nope"]) == 1
+
+
+def test_tdev_sessions_show_prints_the_lineage(
+    cli_env: StateClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tdev sessions show` names a fork's parent and fork point, and a parent's forks."""
+    parent = finished_run(cli_env)
+    child = cli_env.sessions.fork(parent, from_agent="parser", overrides={"framework": "vue"}).session_id
+    assert tdev(["sessions", "show", child]) == 0
+    assert f"forked from {parent} at parser" in capsys.readouterr().out.replace("\n", "")
+    assert tdev(["sessions", "show", parent]) == 0
+    assert f"{child} (at parser)" in capsys.readouterr().out.replace("\n", "")

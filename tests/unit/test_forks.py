@@ -453,3 +453,16 @@ def test_a_fork_counts_as_a_run_started_in_usage(client: StateClient, parent: st
     assert [(e.kind, e.session_id, e.user_id) for e in seen if e.kind == "run_started"] == [
         ("run_started", child, "u1")
     ]
+
+
+def test_sealed_outputs_copied_into_a_fork_still_open(aws: None, clock: FakeClock) -> None:
+    """A sealed output is copied as stored and opens in the child (bound to the run that sealed it)."""
+    key = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
+    client = make_client(clock, kms_key_id=key, encrypt_fields={"output_data", "metadata"})
+    parent = completed_run(client, 3, metadata={"variant": "A"})
+    child = client.sessions.fork(parent, from_agent="parser", overrides={"framework": "vue"})
+    copied = raw_agents(client, child.session_id)["ui_selection"]["output_data"]
+    assert copied == raw_agents(client, parent)["ui_selection"]["output_data"]  # not decoded nor resealed
+    assert client.executions.get(child.session_id, "ui_selection").output_data == {"out": "ui_selection"}
+    assert client.executions.get(child.session_id, "parser").input_data["framework"] == "vue"
+    assert client.sessions.get(child.session_id).metadata == {"variant": "A"}
