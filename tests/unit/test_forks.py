@@ -107,6 +107,8 @@ def test_a_fork_copies_the_agents_before_its_point_as_stored(client: StateClient
             assert new[agent][name] == old[agent][name]
         assert new[agent]["payload_origin"] == parent
         assert "ev" not in new[agent]
+    copies = {e.agent_name: e.origin_run for e in client.executions.list(child)}
+    assert copies == {**dict.fromkeys(before, parent), "ui_selection": None}
 
 
 def test_a_fork_is_a_run_due_at_its_fork_point(client: StateClient, parent: str) -> None:
