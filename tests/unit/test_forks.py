@@ -10,6 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
+from tdev_metrics.usage_tables import count_day
 from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig
 from tdev_state import (
     AGENTS,
@@ -468,3 +469,17 @@ def test_sealed_outputs_copied_into_a_fork_still_open(aws: None, clock: FakeCloc
     assert client.executions.get(child.session_id, "ui_selection").output_data == {"out": "ui_selection"}
     assert client.executions.get(child.session_id, "parser").input_data["framework"] == "vue"
     assert client.sessions.get(child.session_id).metadata == {"variant": "A"}
+
+
+def test_usage_from_the_tables_counts_a_forks_agents_once(client: StateClient, clock: FakeClock) -> None:
+    """A completed fork adds its own agents to the day's counts, never its parent's copies again."""
+    parent = completed_run(client, 6)  # FAILED after search; generation never ran
+    child = client.sessions.fork(parent, from_agent="generation").session_id
+    for agent in AGENTS[AGENTS.index("generation") :]:
+        client.executions.start(child, agent, input_data={"framework": "react"})
+        client.executions.complete(child, agent, output_data={"by": agent})
+    count = count_day(client, clock.now.date())
+    assert client.sessions.get(child).status is SessionStatus.COMPLETED
+    assert count.agent("nl_input")["started"] == 1
+    assert count.agent("generation")["completed"] == 1
+    assert count.total("started") == 2
