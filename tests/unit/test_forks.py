@@ -483,3 +483,26 @@ def test_usage_from_the_tables_counts_a_forks_agents_once(client: StateClient, c
     assert count.agent("nl_input")["started"] == 1
     assert count.agent("generation")["completed"] == 1
     assert count.total("started") == 2
+
+
+async def test_a_fork_started_by_the_worker_is_not_a_recovered_run(
+    client: StateClient, clock: FakeClock, parent: str
+) -> None:
+    """The hand-over that starts a fork counts as a resume, never as a recovery of the fork."""
+    child = client.sessions.fork(parent, from_agent="download").session_id
+    worker = RecoveryWorker(client, Recorder(), WORKER, clock=clock)
+    await worker.resume_now(child)
+    await worker.wait_for_inflight()
+    seen: list[UsageEvent] = []
+
+    class Sink:
+        def usage(self, event: UsageEvent) -> None:
+            seen.append(event)
+
+    client.layer.usage.attach(Sink())
+    client.executions.start(child, "download")
+    client.executions.complete(child, "download", output_data={})
+    assert [e.recovered for e in seen if e.kind == "run_completed"] == [False]
+    count = count_day(client, clock.now.date())
+    assert client.sessions.get(child).resume_count == 1
+    assert (count.total("resumes"), count.total("recovered"), count.total("completed")) == (1, 0, 2)

@@ -123,7 +123,7 @@ class DayCount:
         status = session.status
         if status is SessionStatus.COMPLETED:
             counts["completed"] += 1
-            counts["recovered"] += 1 if session.resume_count > 0 else 0
+            counts["recovered"] += 1 if session.recoveries > 0 else 0
             seconds = (session.last_updated - session.created_at).total_seconds()
             self.run_seconds.setdefault(session.pipeline_type.value, Counter())[duration_bucket(seconds)] += 1
         elif status is SessionStatus.ABANDONED:
