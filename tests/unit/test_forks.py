@@ -64,9 +64,8 @@ def pipeline_input(agent: str) -> dict[str, Any]:
 def completed_run(client: StateClient, agents: int = len(AGENTS), **create: Any) -> str:
     """A run whose first `agents` agents completed, each with its accumulated input (COMPLETED when all)."""
     sid = client.sessions.create(user_id="u1", project_name="todo", **create).session_id
-    for agent in AGENTS[:agents]:
-        client.executions.start(sid, agent, input_data=pipeline_input(agent))
-        client.executions.complete(sid, agent, output_data={"out": agent})
+    for agent in AGENTS[:agents]:  # recorded when finished, with its input: one write per agent
+        client.executions.complete(sid, agent, input_data=pipeline_input(agent), output_data={"out": agent})
     if agents < len(AGENTS):
         client.sessions.update(sid, status="FAILED", error_message="stopped")
     return sid
@@ -104,7 +103,7 @@ def test_a_fork_copies_the_agents_before_its_point_as_stored(client: StateClient
     before = AGENTS[: AGENTS.index("ui_selection")]
     assert sorted(new) == sorted([*before, "ui_selection"])
     for agent in before:
-        for name in ("input_data", "output_data", "status", "start_time", "end_time", "agent_name"):
+        for name in ("input_data", "output_data", "status", "end_time", "agent_name", "input_bytes"):
             assert new[agent][name] == old[agent][name]
         assert new[agent]["payload_origin"] == parent
         assert "ev" not in new[agent]
