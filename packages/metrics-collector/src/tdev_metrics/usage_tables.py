@@ -60,6 +60,7 @@ from tdev_state import (
     StateClient,
     StateError,
 )
+from tdev_state.agents import AGENT_STEP
 from tdev_state.log import get_logger
 from tdev_state.storage import ConditionFailed
 
@@ -122,7 +123,7 @@ class DayCount:
         status = session.status
         if status is SessionStatus.COMPLETED:
             counts["completed"] += 1
-            counts["recovered"] += 1 if session.resume_count > 0 else 0
+            counts["recovered"] += 1 if session.recoveries > 0 else 0
             seconds = (session.last_updated - session.created_at).total_seconds()
             self.run_seconds.setdefault(session.pipeline_type.value, Counter())[duration_bucket(seconds)] += 1
         elif status is SessionStatus.ABANDONED:
@@ -134,11 +135,14 @@ class DayCount:
         counts["resumes"] += session.resume_count
         self.hours[session.created_at.astimezone(UTC).hour] += 1
         for agent in session.failed_agents:
-            self.agent(agent)["tolerated"] += 1
+            if session.fork_point is None or AGENT_STEP[agent] >= AGENT_STEP[session.fork_point]:
+                self.agent(agent)["tolerated"] += 1  # a fork's copies were counted with its parent
 
     def add_agents(self, executions: Iterable[Any]) -> None:
         """Count one run's agent items (`AgentExecution`s)."""
         for execution in executions:
+            if execution.origin_run is not None or execution.status is AgentStatus.PENDING:
+                continue  # a fork's copy (its parent's work), or a fork point not started yet
             counts = self.agent(execution.agent_name)
             counts["started"] += 1
             counts["completed"] += 1 if execution.status is AgentStatus.COMPLETED else 0

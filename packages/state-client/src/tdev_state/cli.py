@@ -5,6 +5,8 @@
     tdev sessions show SESSION_ID [--json]    (the agents' timeline and the run's recovery history)
     tdev projects list USER [--json]
     (tables take --time-format relative|iso|epoch; run ids are printed whole, never shortened)
+    tdev runs fork RUN --from AGENT [--set key=value ...] [--json]    (prints the new run's id)
+    tdev runs diff A B [--json]
     tdev tables create [--json]
     tdev metrics report …        (tdev-metrics, from tdev-metrics-collector)
     tdev usage report …          (from tdev-metrics-collector)
@@ -31,7 +33,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from tdev_state import _sessions_list as listing
-from tdev_state import command, dates
+from tdev_state import command, dates, runs_cli
 from tdev_state.client import StateClient
 from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
 from tdev_state.models import AGENTS, AgentExecution, RecoveryHistory, Session, epoch_float
@@ -253,6 +255,12 @@ def sessions_show(args: argparse.Namespace) -> int:
     )
     if session.failed_agents:
         console.print(Text(f"tolerated failures: {shown(', '.join(session.failed_agents))}"))
+    if session.parent_id is not None:
+        how = "a replay" if session.replay else f"overrides {session.fork_overrides}"
+        console.print(Text(f"forked from {shown(session.parent_id)} at {session.fork_point} ({shown(how)})"))
+    if session.children:
+        forks = ", ".join(f"{c.run_id} (at {c.fork_point})" for c in session.children)
+        console.print(Text(f"forks: {shown(forks)}"))
     if session.error_message:
         console.print(Text(f"error: {shown(session.error_message, keep_newlines=True)}"))
     columns = (
@@ -361,6 +369,8 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     plist.add_argument("--json", action="store_true", help="one JSON array on stdout")
     command.time_format_option(plist)
+
+    runs_cli.add_commands(group("runs", "fork a run from an agent, compare two runs"), target)
 
     tables = group("tables", "this environment's DynamoDB tables")
     create = leaf(tables, "create", "create the env's tables if missing (LocalStack, tests)", tables_create)

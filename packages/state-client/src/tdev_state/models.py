@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 
 from tdev_state.agents import AGENT_STEP, AGENTS, PIPELINE
 from tdev_state.exceptions import MalformedItemError
+from tdev_state.lineage import ForkChild
 
 # AGENTS and AGENT_STEP are declared in tdev_state.agents and stay importable from here.
 __all__ = [
@@ -222,6 +223,18 @@ class Session(_DictMixin):
     live_for: float | None = None
     #: The caller's own ids for this run (unique per env; `sessions.resolve` finds the run by any of them).
     refs: tuple[str, ...] = ()
+    #: A fork (`sessions.fork`): the run it was forked from, the agent it runs from, True when it has no
+    #: overrides (a replay), and the overrides as JSON text; `children`: the runs forked from this one.
+    parent_id: str | None = None
+    fork_point: str | None = None
+    replay: bool = False
+    fork_overrides: str | None = None
+    children: tuple[ForkChild, ...] = ()
+
+    @property
+    def recoveries(self) -> int:
+        """Resumes that recovered the run: a fork's first resume is how it starts, not a recovery."""
+        return max(0, self.resume_count - (1 if self.parent_id is not None else 0))
 
 
 @dataclass(frozen=True)
@@ -246,6 +259,11 @@ class AgentExecution(_DictMixin):
     #: Where each payload is stored ("inline", "inline, compressed", "S3 s3://…", "…, sealed"; "none").
     input_location: str = "none"
     output_location: str = "none"
+    #: Which code, model and prompt made the latest attempt, as the pipeline said (None: not recorded).
+    agent_version: dict[str, str] | None = None
+    #: A fork's copy of a finished agent: the run that produced it (None: this run did). Counts of agent
+    #: work leave copies out, or a fork would count its parent's agents again.
+    origin_run: str | None = None
 
     @property
     def duration_seconds(self) -> float | None:
