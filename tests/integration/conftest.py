@@ -64,7 +64,8 @@ def client(base_config: StateConfig) -> Iterator[StateClient]:
         )
     try:
         # Without the schema's streams: no test of these tables reads one, and LocalStack spends about
-        # 20 ms more per transaction on a table with a stream (docs/benchmarks.md). `streamed_client` has them.
+        # 20 ms more per transaction on a table with a stream (docs/benchmarks.md); `streamed_client` has
+        # them.
         client.create_tables(streams=False)
         yield client
     finally:
