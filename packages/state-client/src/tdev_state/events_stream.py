@@ -10,9 +10,10 @@ the watched runs it sees; unwatched runs cost nothing. The hub still derives the
 items (`sessions.events`), so a record lost, late or reordered costs a read, never a gap, and a run is read
 at least every `safety_seconds` even if its records never come.
 
-Falls back on its own: a table without a stream, a denied or failing stream read (an IAM gap, throttling,
-an outage) makes every wait a plain `fallback_seconds` poll — counted, logged, and retried with backoff
-(up to `max_backoff`) until the stream answers again. A closed shard is followed to its children; an expired
+Falls back on its own: a table without a stream, or a process whose IAM role may not read it (the read-only
+console's), polls every `fallback_seconds` and asks again every `recheck_seconds`; a failing stream read
+(throttling, an outage) polls meanwhile — counted, logged, and retried with backoff (up to `max_backoff`)
+until the stream answers again. A closed shard is followed to its children; an expired
 iterator is renewed after the last record read; a trimmed one restarts at the shard's oldest record. Each
 of those may have skipped records, so every watched run is then read once. A record without a session key
 is counted and skipped.
@@ -37,7 +38,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from tdev_state.client import AsyncStateClient
-from tdev_state.exceptions import StateError, ValidationError
+from tdev_state.exceptions import AccessDeniedError, StateError, ValidationError
 from tdev_state.log import get_logger
 
 log = get_logger(__name__)
@@ -190,7 +191,7 @@ class StreamTrigger:
                 self._forget_idle_runs()
                 if not got:
                     await self.sleep(self.idle_seconds)
-            except _NoStream as exc:
+            except (_NoStream, AccessDeniedError) as exc:  # no stream, or not ours to read: poll, ask rarely
                 self.healthy, arn, shards = False, None, None
                 log.info("events.stream_absent", reason=str(exc)[:200], polling_every=self.fallback_seconds)
                 await self.sleep(self.recheck_seconds)
