@@ -186,6 +186,7 @@ async def test_a_record_without_a_session_key_is_counted_and_skipped(aclient: As
 
 async def test_an_interval_that_is_not_a_positive_number_is_refused(aclient: AsyncStateClient) -> None:
     """A zero, negative, boolean or text interval is a ValidationError naming it."""
+    bad: Any
     for bad in (0, -1.0, True, "1"):
         with pytest.raises(ValidationError, match="safety_seconds"):
             StreamTrigger(aclient, safety_seconds=bad)
