@@ -149,7 +149,8 @@ class StreamTrigger:
             changed.set()
 
     async def aclose(self) -> None:
-        """Stop the reader (idempotent); waits fall back to the interval until one is needed again."""
+        """Stop the reader for good (idempotent; the hub's `aclose` calls it): later waits are plain
+        `fallback_seconds` polls."""
         self._closed = True
         task, self._task = self._task, None
         if task is not None and not task.done():
