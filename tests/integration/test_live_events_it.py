@@ -156,12 +156,14 @@ async def test_a_watcher_follows_a_run_through_a_sigkill_and_the_workers_resume(
         async with AsyncStateClient(StateClient(client.config)) as reader:
             hub = EventHub(reader, trigger=IntervalTrigger(0.1))
             app = events_app(reader, hub=hub)
+            deadline = time.monotonic() + DEADLINE
             while True:  # the ref is a 404 until the child has opened its run
                 first = Sse(app, ref)
                 if await first.status() == 200:
                     break
                 await first.close()
                 assert child.poll() is None, (tmp_path / "child.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "the pipeline process never opened its run"
             while len(messages) < SEQ_AT_KILL:
                 messages.append(await first.message())
             await _until(ready.exists)
