@@ -64,7 +64,7 @@ def main() -> int:
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name=config.region)
     s3.create_bucket(Bucket=bucket)
     client = StateClient(config)
-    client.create_tables()
+    client.create_tables(streams=False)  # the live group makes tables with streams of its own
     try:
         results: dict[str, Any] = {
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from demo.live import LiveRun, check_live
 from demo.report import write_report
 from tdev_metrics import MetricsReader
 from tdev_metrics.usage_reader import UsageReader
@@ -146,7 +147,7 @@ def main() -> int:
         f"demo {demo_run}: tables t-developer-{client.config.env}-* on {client.config.endpoint_url or 'AWS'}",
         highlight=False,
     )
-    client.create_tables()
+    client.create_tables(streams=False)  # LocalStack's stream emulation halves its write rate (benchmarks.md)
     s3 = boto3.client("s3", endpoint_url=client.config.endpoint_url, region_name=client.config.region)
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=bucket)
@@ -204,6 +205,8 @@ def main() -> int:
         start(["-m", "demo.pipeline", "drive", *common, "--driver", str(d)], env, logs / f"pipeline-{d}.log")
         for d in range(args.drivers)
     ]
+    live = LiveRun(client.config, plans[0]["session_id"], lambda text: console.print(text, highlight=False))
+    live.start()
     started = time.monotonic()
     # Kills land mid-run: 0.5-2.5 s after every run exists (a process start takes seconds here).
     kill_delays = sorted(rng.uniform(0.5, 2.5) for _ in range(min(args.kills, args.drivers)))
@@ -268,6 +271,7 @@ def main() -> int:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    live.stop()
     elapsed = time.monotonic() - started
     if elapsed >= args.timeout:
         console.print(f"timed out after {args.timeout:.0f}s")
@@ -275,9 +279,9 @@ def main() -> int:
     failures = check_invariants(client, plans, events, killed_pids, baseline)
     usage_after = UsageReader(client).report(today, today)
     usage_lines, usage_failures = check_usage(client, plans, usage_before, usage_after)
-    failures += usage_failures
+    failures += usage_failures + check_live(client, live)
     report = write_report(
-        out, client, MetricsReader(client), plans, events, killed_pids, elapsed, usage=usage_after
+        out, client, MetricsReader(client), plans, events, killed_pids, elapsed, usage=usage_after, live=live
     )
     summary = {
         "demo_run": demo_run,

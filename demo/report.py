@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from demo.live import LiveRun, live_section
 from tdev_metrics import MetricsReader
 from tdev_metrics.cli import render_png
 from tdev_state import AGENTS, PIPELINE, StateClient
@@ -90,6 +91,7 @@ def write_report(  # noqa: PLR0917 - the demo's one call site passes everything 
     elapsed: float,
     *,
     usage: dict[str, Any] | None = None,
+    live: LiveRun | None = None,
 ) -> Path:
     sessions = {p["session_id"]: client.sessions.get(p["session_id"]) for p in plans}
     status = Counter(s.status.value for s in sessions.values())
@@ -156,6 +158,7 @@ attempts excluded; they are counted in the last column).</p>
 <table><tr><th>agent</th><th>completed attempts</th><th>mean seconds of completed attempts</th>
 <th>failed attempts</th></tr>
 {agent_rows}</table>
+{live_section(live)}
 {_usage_section(usage)}
 </body></html>"""
     path = out / "index.html"

@@ -42,12 +42,16 @@ class CallRecorder:
         self.pairs: set[tuple[str, str]] = set()
         self.implied: set[tuple[str, str]] = set()
         self.operations: list[tuple[str, str]] = []
+        #: Shard iterators handed out, by the stream resource they read (GetRecords names only its iterator).
+        self._iterators: dict[str, str] = {}
 
     def _table(self, name: str, index: str | None = None) -> str:
         logical = self._tables.get(name, f"foreign:{name}")
         return f"index:{logical}/{index}" if index else f"table:{logical}"
 
-    def needs(self, service: str, operation: str, params: Mapping[str, Any]) -> set[tuple[str, str]]:
+    def needs(  # noqa: PLR0911 - one return per service's way of naming its resource
+        self, service: str, operation: str, params: Mapping[str, Any]
+    ) -> set[tuple[str, str]]:
         """The IAM pairs one API call needs."""
         if service == "dynamodb":
             if operation in ("TransactWriteItems", "TransactGetItems"):
@@ -59,6 +63,13 @@ class CallRecorder:
             if operation in ("BatchGetItem", "BatchWriteItem"):
                 return {(f"dynamodb:{operation}", self._table(t)) for t in params.get("RequestItems", {})}
             return {(f"dynamodb:{operation}", self._table(params["TableName"], params.get("IndexName")))}
+        if service == "dynamodbstreams":  # IAM names stream actions dynamodb:*, on the table's stream ARN
+            if "StreamArn" in params:
+                table = str(params["StreamArn"]).split(":table/", 1)[-1].split("/stream/", 1)[0]
+                resource = "stream:" + self._table(table).split(":", 1)[1]
+            else:
+                resource = self._iterators.get(str(params.get("ShardIterator")), "foreign:iterator")
+            return {(f"dynamodb:{operation}", resource)}
         if service == "s3":
             key = str(params.get("Key", ""))
             in_scope = params.get("Bucket") == self._bucket and key.startswith(self._prefix)
@@ -80,7 +91,14 @@ class CallRecorder:
                 recorder.pairs |= pairs
                 if service == "s3" and operation in S3_KMS_IMPLIED:
                     recorder.implied.add((S3_KMS_IMPLIED[operation], "key"))
-            return original(client, operation, params)
+            answer = original(client, operation, params)
+            if service == "dynamodbstreams":
+                (resource,) = {r for _, r in pairs}
+                for key in ("ShardIterator", "NextShardIterator"):
+                    if answer.get(key):
+                        with recorder._lock:
+                            recorder._iterators[answer[key]] = resource
+            return answer
 
         botocore.client.BaseClient._make_api_call = record  # type: ignore[method-assign]
         try:

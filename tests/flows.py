@@ -7,7 +7,11 @@ split in `setup` (done by other components, not recorded and not under the polic
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -17,7 +21,8 @@ from tdev_metrics import CollectorConfig, MetricsCollector, MetricsReader
 from tdev_metrics.usage_tables import SETTLE_DAYS, UsageFolder
 from tdev_recovery import RecoveryWorker, ResumeRejected, ResumeRequest, RetryPolicy, WorkerConfig
 from tdev_recovery.ops import OpsServer
-from tdev_state import AGENTS, InvalidTransitionError, SessionStatus, StateClient
+from tdev_state import AGENTS, AsyncStateClient, InvalidTransitionError, SessionStatus, StateClient
+from tdev_state.events import EventHub, StreamTrigger
 from tdev_state.testing import generated_project
 
 
@@ -84,6 +89,28 @@ async def pipeline_act(client: StateClient, clock: Any) -> None:
         await tdev_state.save_user_project({"user_id": "u-flow", "project_id": "p2", "project_name": "n"})
     finally:
         tdev_state.configure(None)
+    await _serve_live_events(client)
+
+
+async def _serve_live_events(client: StateClient) -> None:
+    """The orchestrator's process serves a run's live events: its hub finds and reads the sessions stream."""
+    executor = ThreadPoolExecutor(2)
+    hub = EventHub(AsyncStateClient(client, executor=executor))
+    trigger = hub.trigger
+    assert isinstance(trigger, StreamTrigger)
+    sid = client.sessions.create(user_id="u-flow", project_name="live").session_id
+    try:
+        async with contextlib.aclosing(hub.watch(sid)) as items:
+            await anext(items)  # the run so far; the poller now waits on the stream
+            deadline = time.monotonic() + 10
+            # DescribeStream, GetShardIterator, then GetRecords rounds
+            while trigger.stream_requests < 3:
+                assert time.monotonic() < deadline, "the stream was never read"
+                await asyncio.sleep(0.01)
+        assert trigger.healthy
+    finally:
+        await hub.aclose()
+        executor.shutdown()
 
 
 def _every_transition_kind(client: StateClient) -> None:

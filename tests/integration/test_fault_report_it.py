@@ -177,7 +177,7 @@ def _prepare(config: StateConfig) -> None:
         connect_timeout=defaults.connect_timeout,
         read_timeout=defaults.read_timeout,
     )
-    StateClient(patient).create_tables()
+    StateClient(patient).create_tables(streams=False)
     boto3.client("s3", region_name=config.region, endpoint_url=config.endpoint_url).create_bucket(
         Bucket=str(config.payload_bucket)
     )

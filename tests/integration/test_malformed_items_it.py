@@ -37,7 +37,7 @@ HEALTHY = 12
 def own_tables(client: StateClient) -> Iterator[StateClient]:
     """Tables of this test alone: the worker must meet only this scenario's runs."""
     isolated = StateClient(replace(client.config, env=f"{client.config.env}m"))
-    isolated.create_tables()
+    isolated.create_tables(streams=False)
     try:
         yield isolated
     finally:

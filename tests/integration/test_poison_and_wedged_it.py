@@ -74,7 +74,7 @@ def test_a_poison_metric_loses_no_other_metric(client: StateClient) -> None:
 def own_tables(client: StateClient) -> Iterator[StateClient]:
     """Tables of this test alone: the worker below must not meet the stalled runs other tests leave."""
     isolated = StateClient(replace(client.config, env=f"{client.config.env}w"))
-    isolated.create_tables()
+    isolated.create_tables(streams=False)
     try:
         yield isolated
     finally:

@@ -24,7 +24,7 @@ from .endpoints import raw_client
 def usage_client(base_config: StateConfig) -> Iterator[StateClient]:
     """Tables of its own: usage items are per day and env, so no other test's runs may land in them."""
     client = StateClient(replace(base_config, env=f"{base_config.env}u", payload_bucket=None))
-    client.create_tables()
+    client.create_tables(streams=False)
     try:
         yield client
     finally:

@@ -14,6 +14,7 @@ from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import boto3
 import pytest
 
 from tdev_state import AGENTS, ConfigurationError, StateClient, StateConfig
@@ -105,6 +106,15 @@ def test_tables_create_has_json(aws: None, capsys: pytest.CaptureFixture[str]) -
         f"t-developer-clitables-{t}"
         for t in ("agent-executions", "pipeline-sessions", "user-projects", "metrics")
     )
+
+
+def test_tables_create_without_streams_leaves_them_out(aws: None) -> None:
+    """`tdev tables create --no-streams` makes the sessions table without the stream the schema declares."""
+    assert tdev(["tables", "create", "--no-streams", "--env", "clinostream"]) == 0
+    table = boto3.client("dynamodb", region_name="us-east-1").describe_table(
+        TableName="t-developer-clinostream-pipeline-sessions"
+    )["Table"]
+    assert "StreamSpecification" not in table
 
 
 # --- finished runs without a user ---------------------------------------------------------------------------

@@ -48,6 +48,9 @@ def grant_resources(grant: Grant, arns: ResourceArns) -> list[str]:
     if grant.resource == "index":
         assert grant.table is not None
         return [f"{arns.table(grant.table)}/index/{grant.index}"]
+    if grant.resource == "stream":  # the table's stream ARNs: a new label each time it is re-enabled
+        assert grant.table is not None
+        return [f"{arns.table(grant.table)}/stream/*"]
     if grant.resource == "payloads":
         return [arns.payload_objects]
     return [arns.key]

@@ -19,7 +19,7 @@ from tdev_infra.settings import BackendSettings, EnvironmentSettings
 from tdev_infra.worker_service import add_worker_service
 from tdev_state.access import ComponentAccess
 from tdev_state.config import PAYLOAD_PREFIX, payload_expiry_days
-from tdev_state.schema import ALL_TABLES, TableSpec
+from tdev_state.schema import ALL_TABLES, STREAM_VIEW_TYPE, TableSpec
 
 LOCALSTACK_SERVICES = ("dynamodb", "s3", "kms", "iam", "sts", "sns", "cloudwatch", "applicationautoscaling")
 
@@ -201,7 +201,7 @@ class StateStack(tf.TerraformStack):
             server_side_encryption=encryption,
             deletion_protection_enabled=s.deletion_protection,
             stream_enabled=spec.stream or None,
-            stream_view_type="NEW_AND_OLD_IMAGES" if spec.stream else None,
+            stream_view_type=STREAM_VIEW_TYPE if spec.stream else None,
             # Autoscaling owns the capacity numbers once the table exists; Terraform must not reset them. GSI
             # capacities live inside global_secondary_index, so that block is ignored too (as
             # terraform-aws-modules/dynamodb-table does for autoscaled tables): a new index in prod is

@@ -19,6 +19,7 @@ from .synth import STACKS, Synth
 
 TABLE_REF = {f"${{aws_dynamodb_table.{construct_id(s)}.arn}}": s.logical_name for s in ALL_TABLES}
 INDEX_REF = re.compile(r"^(\$\{aws_dynamodb_table\.\w+\.arn\})/index/([\w-]+)$")
+STREAM_REF = re.compile(r"^(\$\{aws_dynamodb_table\.\w+\.arn\})/stream/\*$")
 
 
 def _resource_id(arn: str) -> str:
@@ -26,6 +27,8 @@ def _resource_id(arn: str) -> str:
         return f"table:{TABLE_REF[arn]}"
     if m := INDEX_REF.match(arn):
         return f"index:{TABLE_REF[m.group(1)]}/{m.group(2)}"
+    if m := STREAM_REF.match(arn):
+        return f"stream:{TABLE_REF[m.group(1)]}"
     if arn == "${aws_s3_bucket.payloads.arn}/payloads/*":
         return "payloads"
     if arn == "${aws_kms_key.state_key.arn}":
@@ -47,7 +50,9 @@ def test_policy_allows_exactly_the_declared_grants(synth: Synth, env: str, acces
         actions = statement["Action"]
         assert all("*" not in a for a in actions), actions
         assert statement["Resource"]
-        assert "*" not in statement["Resource"]
+        assert (
+            "*" not in statement["Resource"]
+        )  # a stream's ARN ends in /stream/* (its label): still one table
         for arn in statement["Resource"]:
             allowed |= {(action, _resource_id(arn)) for action in actions}
     assert allowed == set(access.pairs())

@@ -16,7 +16,7 @@ from typing import Literal
 
 from tdev_state.schema import AGENT_EXECUTIONS, PIPELINE_SESSIONS, USER_PROJECTS, TableSpec
 
-ResourceKind = Literal["table", "index", "payloads", "key"]
+ResourceKind = Literal["table", "index", "stream", "payloads", "key"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Grant:
     index: str | None = None
 
     def __post_init__(self) -> None:
-        if self.resource in ("table", "index") and self.table is None:
+        if self.resource in ("table", "index", "stream") and self.table is None:
             raise ValueError(f"a {self.resource} grant needs its table")
         if self.resource == "index":
             assert self.table is not None
@@ -41,10 +41,11 @@ class Grant:
 
     @property
     def resource_id(self) -> str:
-        """A stable name for the resource: `table:<logical>`, `index:<logical>/<index>`, `payloads`, `key`."""
-        if self.resource == "table":
+        """A stable name for the resource: `table:<logical>`, `index:<logical>/<index>`,
+        `stream:<logical>` (the table's streams), `payloads`, `key`."""
+        if self.resource in ("table", "stream"):
             assert self.table is not None
-            return f"table:{self.table.logical_name}"
+            return f"{self.resource}:{self.table.logical_name}"
         if self.resource == "index":
             assert self.table is not None
             return f"index:{self.table.logical_name}/{self.index}"
@@ -78,7 +79,14 @@ PIPELINE_CLIENT = ComponentAccess(
     component="pipeline-client",
     description="The T-Developer pipeline process (tdev_state.StateClient / AsyncStateClient).",
     grants=(
-        _table(PIPELINE_SESSIONS, "GetItem", "PutItem", "UpdateItem", "BatchGetItem"),
+        # DescribeTable: the live events find the sessions stream's ARN (`tdev_state.events_stream`); with
+        # the stream grant, they read it (no ListStreams: the table names its stream).
+        _table(PIPELINE_SESSIONS, "GetItem", "PutItem", "UpdateItem", "BatchGetItem", "DescribeTable"),
+        Grant(
+            "stream",
+            frozenset({"dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords"}),
+            table=PIPELINE_SESSIONS,
+        ),
         _index(PIPELINE_SESSIONS, "by-user", "Query"),
         _index(PIPELINE_SESSIONS, "by-recovery", "Query"),
         # ConditionCheckItem: moving past a tolerated failure, and ending a run whose last agent failed,

@@ -7,7 +7,7 @@
     (tables take --time-format relative|iso|epoch; run ids are printed whole, never shortened)
     tdev runs fork RUN --from AGENT [--set key=value ...] [--json]    (prints the new run's id)
     tdev runs diff A B [--json]
-    tdev tables create [--json]
+    tdev tables create [--json] [--no-streams]
     tdev metrics report …        (tdev-metrics, from tdev-metrics-collector)
     tdev usage report …          (from tdev-metrics-collector)
     tdev backlog list|resume|abandon …    (from tdev-recovery-worker)
@@ -286,7 +286,7 @@ def projects_list(args: argparse.Namespace) -> int:
 
 
 def tables_create(args: argparse.Namespace) -> int:
-    names = _client(args).create_tables()
+    names = _client(args).create_tables(streams=not args.no_streams)
     if args.json:
         print(json.dumps({"ready": names}))
     else:
@@ -375,6 +375,12 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     tables = group("tables", "this environment's DynamoDB tables")
     create = leaf(tables, "create", "create the env's tables if missing (LocalStack, tests)", tables_create)
     create.add_argument("--json", action="store_true", help='{"ready": [table names]} on stdout')
+    create.add_argument(
+        "--no-streams",
+        action="store_true",
+        help="without the DynamoDB streams the schema declares (LocalStack writes about twice as fast; "
+        "the live events then poll at 1/s)",
+    )
     for name in plugins:
         sub.add_parser(name, help=f"(from its own package) run `tdev {name} --help`", add_help=False)
     return parser

@@ -80,9 +80,10 @@ class StateClient:
 
         return remove
 
-    def create_tables(self) -> list[str]:
-        """Create this environment's tables if missing (LocalStack and tests; infra does it in AWS)."""
-        return create_tables(self.layer)
+    def create_tables(self, *, streams: bool = True) -> list[str]:
+        """Create this environment's tables if missing (LocalStack and tests; infra does it in AWS);
+        `streams=False` leaves out the streams the schema declares (see `tdev_state.tables`)."""
+        return create_tables(self.layer, streams=streams)
 
     def close(self) -> None:
         """Close the HTTP connection pools."""
@@ -191,9 +192,11 @@ class AsyncStateClient:
         sync = await loop.run_in_executor(None, StateClient, config)
         return cls(sync)
 
-    async def create_tables(self) -> list[str]:
+    async def create_tables(self, *, streams: bool = True) -> list[str]:
         """Async twin of StateClient.create_tables."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.sync.create_tables)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(self.sync.create_tables, streams=streams)
+        )
 
     async def aclose(self) -> None:
         """Close connections and, if we made it, the thread pool (waiting for calls in flight)."""

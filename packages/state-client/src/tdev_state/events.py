@@ -12,7 +12,9 @@ stops after the run ends (COMPLETED or ABANDONED; a FAILED run stays open — th
 stream shows the claim and the resume). An ended run replays and stops at once.
 
 **Fan-out**: one poller per run per hub, shared by all its watchers. It reads with a consistent GetItem of
-the session at a bounded rate (`interval`, 1 s by default, or whenever the injected `PollTrigger` says) —
+the session when the injected `PollTrigger` says — by default a `StreamTrigger`
+(`tdev_state.events_stream`): when the sessions table's DynamoDB stream names the run, and at 1/s while the
+table has no stream or it cannot be read —
 and at once after a transition this process's own client wrote (`StateClient.on_transition`) — and Queries
 the agent items only when the session's seq moved. N watchers cost the store what one costs.
 Each watcher has a bounded queue: a watcher that lets it fill is dropped with a `Resync` (its position),
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tdev_state.client import AsyncStateClient
+from tdev_state.events_stream import StreamTrigger
 from tdev_state.exceptions import NotFoundError, ValidationError
 from tdev_state.log import get_logger
 from tdev_state.models import RunEvent
@@ -48,6 +51,7 @@ __all__ = [
     "RetryHint",
     "RunEvent",
     "StreamItem",
+    "StreamTrigger",
     "event_hub",
 ]
 
@@ -205,6 +209,7 @@ class _Poller:
             # Every watcher left or was dropped (one not yet let go, a stuck connection, needs nothing more):
             # stop reading for them; a new watcher of the run starts a new poller.
             del self.hub._pollers[self.run_id]
+            self.hub._untrack(self.run_id)
 
     async def _pause(self) -> None:
         """Until the trigger says poll, or this process wrote the run (`EventHub` listens to its client)."""
@@ -241,7 +246,8 @@ class _Poller:
 class EventHub:
     """The watchers of one process (one client, one event loop): one shared poller per watched run.
 
-    `trigger` decides when a poller reads again (`IntervalTrigger(1.0)` by default); `queue_size` bounds
+    `trigger` decides when a poller reads again (a `StreamTrigger` by default: the stream where the table
+    has one and it answers, else polling at 1/s — decided and re-decided by itself); `queue_size` bounds
     each watcher's backlog (a slower watcher is dropped with `Resync`); after a failed read a poller waits
     `first_backoff`, doubling to `max_backoff` (through `sleep`, which tests replace), and sends each
     watcher a `RetryHint`.
@@ -262,7 +268,7 @@ class EventHub:
         if not 0 < first_backoff <= max_backoff:
             raise ValidationError("the backoffs must satisfy 0 < first_backoff <= max_backoff")
         self.client = client
-        self.trigger: PollTrigger = trigger or IntervalTrigger()
+        self.trigger: PollTrigger = trigger or StreamTrigger(client)
         self.queue_size = queue_size
         self.first_backoff = first_backoff
         self.max_backoff = max_backoff
@@ -358,19 +364,29 @@ class EventHub:
         finally:
             poller.leave(watcher)
 
+    def _untrack(self, run_id: str) -> None:
+        forget = getattr(self.trigger, "forget", None)  # a trigger that tracks runs stops tracking this one
+        if forget is not None:
+            forget(run_id)
+
     def _forget(self, poller: _Poller) -> None:
         if self._pollers.get(poller.run_id) is poller:
             del self._pollers[poller.run_id]
+            self._untrack(poller.run_id)
         if poller.task is not None and not poller.task.done():
             poller.task.cancel()
 
     async def aclose(self) -> None:
-        """Stop every poller (their watchers' streams end) and stop listening to the client's writes."""
+        """Stop every poller (their watchers' streams end), the trigger's reader if it has one, and stop
+        listening to the client's writes."""
         self._stop_listening()
         for poller in list(self._pollers.values()):
             for watcher in list(poller.watchers):
                 watcher.end()
             self._forget(poller)
+        close = getattr(self.trigger, "aclose", None)
+        if close is not None:
+            await close()
 
 
 #: The shared hubs, held weakly: a hub lives while someone holds it (an app, a watch), so one made for a

@@ -27,6 +27,11 @@ TABLE_NAME_PREFIX = "t-developer"
 #: of many concurrent runs never concentrate on one GSI partition (1,000 WCU/s per partition key).
 RECOVERY_INDEX_SHARDS = 4
 
+#: What a table's stream carries. KEYS_ONLY: the one consumer (`tdev_state.events_stream`) only needs to know
+#: which run moved — it reads the run's items itself, so a lost record costs a read, never a gap — and an
+#: image would put every agent's inline payload (up to 400 KB) into the stream once more.
+STREAM_VIEW_TYPE = "KEYS_ONLY"
+
 
 @dataclass(frozen=True)
 class KeyAttribute:
@@ -50,7 +55,8 @@ class IndexSpec:
 
 @dataclass(frozen=True)
 class TableSpec:
-    """A table: logical name (the suffix of its physical name), keys, indexes and TTL attribute."""
+    """A table: logical name (the suffix of its physical name), keys, indexes, TTL attribute and whether it
+    has a DynamoDB stream (`STREAM_VIEW_TYPE`)."""
 
     logical_name: str
     partition_key: KeyAttribute
@@ -88,8 +94,11 @@ class TableSpec:
                     attrs[key.name] = key.type
         return [{"AttributeName": n, "AttributeType": t} for n, t in sorted(attrs.items())]
 
-    def create_table_request(self, env: str) -> dict[str, Any]:
-        """The CreateTable request (on-demand) for this table in `env`; infra renders the same fields."""
+    def create_table_request(self, env: str, *, stream: bool = True) -> dict[str, Any]:
+        """The CreateTable request (on-demand) for this table in `env`; infra renders the same fields.
+
+        `stream=False` leaves the stream out even where the spec has one: a test's tables that no stream
+        consumer reads (LocalStack spends ~20 ms more per transaction on a table with a stream)."""
         request: dict[str, Any] = {
             "TableName": self.physical_name(env),
             "KeySchema": _key_schema(self.partition_key, self.sort_key),
@@ -102,11 +111,8 @@ class TableSpec:
             request["GlobalSecondaryIndexes"] = gsis
         if lsis:
             request["LocalSecondaryIndexes"] = lsis
-        if self.stream:
-            request["StreamSpecification"] = {
-                "StreamEnabled": True,
-                "StreamViewType": "NEW_AND_OLD_IMAGES",
-            }
+        if self.stream and stream:
+            request["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": STREAM_VIEW_TYPE}
         return request
 
 
@@ -145,6 +151,9 @@ AGENT_EXECUTIONS = TableSpec(
     partition_key=KeyAttribute("execution_id"),
     # Stored as "<key>#agent" (the agent's declared key, tdev_state.agents): one Query returns a run in order.
     sort_key=KeyAttribute("agent_name"),
+    # For consumers of agent-level changes; the live events read the sessions stream (every agent
+    # transition is one transaction with its session, so that stream names every moved run).
+    stream=True,
     description="One item per agent of a run; execution_id is the run's session_id.",
 )
 
@@ -171,6 +180,8 @@ PIPELINE_SESSIONS = TableSpec(
         # run keeps that far below a partition's 1,000 writes per second.
         IndexSpec("by-day", KeyAttribute("created_day"), KeyAttribute("created_at", "N"), "KEYS_ONLY"),
     ),
+    # Every versioned transition bumps the session: its stream tells the live events which run moved.
+    stream=True,
     description="One item per pipeline run.",
 )
 

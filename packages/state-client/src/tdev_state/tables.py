@@ -25,12 +25,15 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
-def create_tables(layer: DynamoDoor, *, wait_seconds: float = 120.0) -> list[str]:
-    """Create every table of `layer`'s env that is missing, wait until ACTIVE, enable TTL. Idempotent."""
+def create_tables(layer: DynamoDoor, *, wait_seconds: float = 120.0, streams: bool = True) -> list[str]:
+    """Create every table of `layer`'s env that is missing, wait until ACTIVE, enable TTL. Idempotent.
+
+    `streams=False` creates the tables without their streams (tests whose tables no stream consumer reads:
+    a stream makes LocalStack's writes slower); an existing table is left as it is."""
     env = layer.config.env
     names = []
     for spec in ALL_TABLES:
-        request = spec.create_table_request(env)
+        request = spec.create_table_request(env, stream=streams)
         name = request["TableName"]
         names.append(name)
         if _guarded(layer, "CreateTable", name, partial(layer.dynamodb.create_table, **request)):

@@ -105,6 +105,9 @@ def moto_aws() -> Iterator[None]:
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_SESSION_TOKEN": None,
         "AWS_DEFAULT_REGION": _MOTO_REGION,
+        # botocore sends DynamoDB Streams calls to an account-id host moto does not serve; the classic host
+        # is the one it knows (the stream consumer's unit tests run on moto).
+        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
     }
     saved = {key: os.environ.get(key) for key in overrides}
     _set_environ(overrides)
