@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +117,7 @@ class StreamTrigger:
         self._changed: dict[str, asyncio.Event] = {}
         self._last_wait: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._closed = False
 
     # --- the hub's side ---------------------------------------------------------------------------------
@@ -157,6 +160,9 @@ class StreamTrigger:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)  # a request in flight ends on its own; its answer is dropped
         self.healthy = False
 
     def _ensure_reader(self) -> None:
@@ -206,7 +212,12 @@ class StreamTrigger:
         self.healthy = False
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.to_thread(fn, *args)
+        """Run one blocking stream request on the reader's own thread. Not `asyncio.to_thread`: the loop's
+        default pool is shared with the host (a FastAPI app's sync endpoints, a pipeline's own threads), and
+        a reader queued behind them delivers nothing — the bench's ten writer threads held it for seconds."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tdev-stream")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
     def _client(self) -> Any:
         if self._streams is None:
