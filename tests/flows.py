@@ -51,6 +51,10 @@ async def pipeline_act(client: StateClient, clock: Any) -> None:
     reader = StateClient(client.config, clock=clock, session=client.layer.session)
     assert reader.executions.get(sid, "generation").output_data == generated_project(200_000)
     assert reader.sessions.get(sid).metadata == {"req": "x"}
+    # A fork of the run (#27): the child's items are Put in one transaction with the parent's update, and
+    # its sealed copies open under the run that sealed them.
+    child = client.sessions.fork(sid, from_agent="generation", overrides={"framework": "vue"}).session_id
+    assert reader.executions.get(child, "parser").output_data == {"ok": "parser"}
     # A refused call (an agent three steps ahead) takes back the large payload it had stored.
     other = client.sessions.create(user_id="u-flow", project_name="refused").session_id
     try:

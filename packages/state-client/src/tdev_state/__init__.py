@@ -21,6 +21,7 @@ from tdev_state.exceptions import (
     ConflictError,
     EncryptionError,
     ExecutionNotFoundError,
+    ForkPointError,
     InvalidTransitionError,
     MalformedItemError,
     NotFoundError,
@@ -29,6 +30,7 @@ from tdev_state.exceptions import (
     ProjectNotFoundError,
     RefTakenError,
     ResumeBusyError,
+    RunActiveError,
     RunExistsError,
     SessionExistsError,
     SessionNotFoundError,
@@ -39,6 +41,7 @@ from tdev_state.exceptions import (
     TableMissingError,
     ValidationError,
 )
+from tdev_state.lineage import ForkChild, Lineage
 from tdev_state.models import (
     AGENTS,
     AgentExecution,
@@ -97,7 +100,10 @@ __all__ = [
     "DeferredWrites",
     "EncryptionError",
     "ExecutionNotFoundError",
+    "ForkChild",
+    "ForkPointError",
     "InvalidTransitionError",
+    "Lineage",
     "LivenessObserver",
     "LossyValue",
     "MalformedItemError",
@@ -116,6 +122,7 @@ __all__ = [
     "RecoveryPolicy",
     "RefTakenError",
     "ResumeBusyError",
+    "RunActiveError",
     "RunExistsError",
     "RunFilter",
     "RunPolicy",

@@ -83,7 +83,8 @@ PIPELINE_CLIENT = ComponentAccess(
         _index(PIPELINE_SESSIONS, "by-recovery", "Query"),
         # ConditionCheckItem: moving past a tolerated failure, and ending a run whose last agent failed,
         # check in the same transaction that the agent is FAILED (`runs.rules.transition_actions`).
-        _table(AGENT_EXECUTIONS, "GetItem", "UpdateItem", "ConditionCheckItem", "Query"),
+        # PutItem: a fork (`sessions.fork`) Puts its copied agent items in the transaction that creates it.
+        _table(AGENT_EXECUTIONS, "GetItem", "PutItem", "UpdateItem", "ConditionCheckItem", "Query"),
         _table(USER_PROJECTS, "GetItem", "UpdateItem", "DeleteItem"),
         _index(USER_PROJECTS, "by-last-accessed", "Query"),
         # DeleteObject: a refused call takes back the payload objects it created (PayloadStore.scope).

@@ -139,6 +139,8 @@ class AsyncSessions(_AsyncStore):
     candidate = _off_loop(SessionStore.candidate)
     recovery_history = _off_loop(SessionStore.recovery_history)
     record_verdict = _off_loop(SessionStore.record_verdict)
+    fork = _off_loop(SessionStore.fork)
+    lineage = _off_loop(SessionStore.lineage)
 
 
 class AsyncExecutions(_AsyncStore):

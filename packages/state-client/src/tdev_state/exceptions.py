@@ -79,6 +79,14 @@ class InvalidTransitionError(StateError):
         self.current = current
 
 
+class RunActiveError(ConflictError):
+    """A fork of a run that is ACTIVE or leased by a worker (or became so while the fork was written)."""
+
+
+class ForkPointError(InvalidTransitionError):
+    """A fork from an agent the run has not reached: an agent before it is not stored as finished."""
+
+
 class MalformedItemError(StateError):
     """A stored item is not as the library writes it (an attribute missing, of the wrong type, or outside
     its values — e.g. edited by hand): the one item is unreadable; listings and recovery skip it."""

@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 
 from tdev_state.agents import AGENT_STEP, AGENTS, PIPELINE
 from tdev_state.exceptions import MalformedItemError
+from tdev_state.lineage import ForkChild
 
 # AGENTS and AGENT_STEP are declared in tdev_state.agents and stay importable from here.
 __all__ = [
@@ -222,6 +223,13 @@ class Session(_DictMixin):
     live_for: float | None = None
     #: The caller's own ids for this run (unique per env; `sessions.resolve` finds the run by any of them).
     refs: tuple[str, ...] = ()
+    #: A fork (`sessions.fork`): the run it was forked from, the agent it runs from, True when it has no
+    #: overrides (a replay), and the overrides as JSON text; `children`: the runs forked from this one.
+    parent_id: str | None = None
+    fork_point: str | None = None
+    replay: bool = False
+    fork_overrides: str | None = None
+    children: tuple[ForkChild, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ places: no layer below the store knows the codec's byte format.
 
 from tdev_state.payloads._codec import EncodedPayload, PayloadContext
 from tdev_state.payloads._codec import describe as describe_payload
-from tdev_state.payloads._inputs import KnownOutputs
+from tdev_state.payloads._inputs import KnownOutputs, with_references
 from tdev_state.payloads._inputs import references as output_references
 from tdev_state.payloads._inputs import resolve as resolve_outputs
 from tdev_state.payloads._inputs import substitute as substitute_outputs
@@ -33,4 +33,5 @@ __all__ = [
     "output_references",
     "resolve_outputs",
     "substitute_outputs",
+    "with_references",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 from tdev_state.payloads import _jsonform
 from tdev_state.payloads._marks import OUTPUT_MARK, Encoders, OutputRef
 
-__all__ = ["OUTPUT_MARK", "KnownOutputs", "references", "resolve", "substitute"]
+__all__ = ["OUTPUT_MARK", "KnownOutputs", "references", "resolve", "substitute", "with_references"]
 
 
 class KnownOutputs:
@@ -92,3 +92,19 @@ def resolve(value: Any, output_of: Callable[[str], Any]) -> Any:
     if not references(value):
         return value
     return {k: output_of(v.agent) if isinstance(v, OutputRef) else v for k, v in value.items()}
+
+
+def with_references(value: Any, *, field: str, encoders: Encoders | None = None) -> bytes:
+    """The JSON text to store for a decoded input whose top-level `OutputRef`s stay references (a fork
+    merges overrides into a stored input: the earlier outputs it refers to are copied with it, so the
+    references resolve in the fork exactly as in its parent)."""
+    if not isinstance(value, dict) or not references(value):
+        return _jsonform.to_json(value, field=field, encoders=encoders)[0]
+    parts = []
+    for key, child in value.items():
+        name = _jsonform.to_json(key, field=field)[0] + b":"
+        if isinstance(child, OutputRef):
+            parts.append(name + _jsonform.marker_json(OUTPUT_MARK, child.agent))
+        else:
+            parts.append(name + _jsonform.to_json(child, field=field, encoders=encoders, path=f".{key}")[0])
+    return b"{" + b",".join(parts) + b"}"

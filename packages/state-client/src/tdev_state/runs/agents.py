@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from tdev_state import validate as check
+from tdev_state.config import StateConfig
 from tdev_state.exceptions import ExecutionNotFoundError, PayloadIntegrityError
 from tdev_state.log import get_logger
 from tdev_state.models import AGENT_STEP, AGENTS, AgentExecution, AgentStatus, AgentTransition
@@ -271,13 +272,7 @@ class ExecutionStore:
         """An accumulated input carries the request and every earlier output, in any shape the orchestrator
         gives it (whole, promoted keys, reworded): so it is sealed when its own field is configured sealed
         or when any earlier agent's input or output is — a sealed value is sealed wherever it is stored."""
-        config = self._layer.config
-        return any(
-            config.should_encrypt(name, earlier)
-            for earlier in AGENTS[: AGENT_STEP[agent]]
-            for name in ("input_data", "output_data")
-            if earlier != agent or name == "input_data"
-        )
+        return input_sealed(self._layer.config, agent)
 
     def _encode(self, value: Any, field: str, sid: str, agent: str, *, lossy: bool = False) -> EncodedPayload:
         return self._writer.encode(
@@ -328,6 +323,17 @@ class ExecutionStore:
 
     def _from_item(self, item: Item, *, load_payloads: bool) -> AgentExecution:
         return execution_from_item(item, self._layer, load_payloads=load_payloads)
+
+
+def input_sealed(config: StateConfig, agent: str) -> bool:
+    """Is `agent`'s accumulated input sealed: its own field is configured sealed, or any earlier agent's
+    input or output is (see `ExecutionStore._seals_input`)."""
+    return any(
+        config.should_encrypt(name, earlier)
+        for earlier in AGENTS[: AGENT_STEP[agent]]
+        for name in ("input_data", "output_data")
+        if earlier != agent or name == "input_data"
+    )
 
 
 @dataclass(frozen=True)

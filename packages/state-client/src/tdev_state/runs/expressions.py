@@ -89,7 +89,8 @@ def agent_item_update(
     """The agent half of a transition: status, times, and the payload/error attributes in `sets`."""
     step = AGENT_STEP[agent]
     expr = Expr()
-    existing = [s for s in rule.agent_from if s is not AgentStatus.PENDING]
+    # PENDING: no item yet, or the item a fork stores for its fork point (its input, nothing run yet).
+    existing = list(rule.agent_from)
     alternatives = []
     if AgentStatus.PENDING in rule.agent_from:
         alternatives.append(f"attribute_not_exists({expr.n('execution_id')})")

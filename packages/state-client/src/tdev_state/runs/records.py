@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tdev_state.exceptions import StateError
+from tdev_state.exceptions import MalformedItemError, StateError
 from tdev_state.layer import DynamoLayer
+from tdev_state.lineage import ForkChild
 from tdev_state.models import (
     AGENT_STEP,
     AgentExecution,
@@ -162,7 +163,37 @@ def session_from_item(
         fail_count=read.whole("fail_count", 0),
         live_for=read.number("live_for"),
         refs=tuple(str(ref) for ref in item.get("refs") or ()),
+        parent_id=read.text("parent_id", None),
+        fork_point=_agent_or_none(read, "fork_point"),
+        replay=item.get("replay") is True,
+        fork_overrides=read.text("fork_overrides", None),
+        children=fork_children(read),
     )
+
+
+def _agent_or_none(read: ItemReader, name: str) -> str | None:
+    value: str | None = read.text(name, None)
+    if value is not None and value not in AGENT_STEP:
+        raise read.malformed(name, f"is {value[:40]!r}, which is not an agent")
+    return value
+
+
+def fork_children(read: ItemReader) -> tuple[ForkChild, ...]:
+    """The runs forked from a run, oldest first (`children`: maps of run_id, fork_point, created_at)."""
+    children = []
+    for entry in read.entries("children"):
+        child = ItemReader(entry, PIPELINE_SESSIONS.logical_name, ("run_id",))
+        try:
+            point = child.text("fork_point")
+            moment = child.moment("created_at")
+            run_id = child.text("run_id")
+        except MalformedItemError as exc:
+            problem = f"holds an entry whose {exc.attribute!r} {exc.problem}"
+            raise read.malformed("children", problem) from None
+        if point not in AGENT_STEP:
+            raise read.malformed("children", f"names fork point {point[:40]!r}, which is not an agent")
+        children.append(ForkChild(run_id, point, moment))
+    return tuple(children)
 
 
 # --- agent executions ----------------------------------------------------------------------------------
@@ -186,10 +217,14 @@ def execution_from_item(item: Item, layer: DynamoLayer, *, load_payloads: bool =
     if agent not in AGENT_STEP:
         raise read.malformed("agent", f"is {agent[:40]!r}, which is not an agent")
 
+    # A fork's copied item holds its parent's payload attributes as stored: sealed ones stay bound to the run
+    # that sealed them (`payload_origin`), so they open without being decoded and sealed again.
+    origin = read.text("payload_origin", sid)
+
     def payload(name: str) -> Any:
         if not load_payloads:
             return None
-        context = execution_context(sid, agent)
+        context = execution_context(origin, agent)
         return layer.payloads.decode(item.get(name), field=name, context=context)
 
     return AgentExecution(

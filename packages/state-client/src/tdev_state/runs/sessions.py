@@ -5,7 +5,7 @@ one writer (`writer.TransitionWriter`); the multi-variant ones are `session_step
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -17,6 +17,7 @@ from tdev_state.exceptions import (
     SessionNotFoundError,
     ValidationError,
 )
+from tdev_state.lineage import Lineage
 from tdev_state.log import get_logger
 from tdev_state.models import (
     AGENTS,
@@ -28,6 +29,7 @@ from tdev_state.models import (
     epoch,
 )
 from tdev_state.runs.eventlog import read_events
+from tdev_state.runs.forks import ForkStore
 from tdev_state.runs.items import readable
 from tdev_state.runs.policy import declared_silence
 from tdev_state.runs.records import UNSET, session_context, session_from_item
@@ -61,6 +63,7 @@ class SessionStore(RecoveryReads):
         self._table = writer.layer.tables.sessions
         self._clock = clock
         self._liveness = writer.liveness
+        self._forks = ForkStore(writer, clock)
 
     def create(
         self,
@@ -100,6 +103,29 @@ class SessionStore(RecoveryReads):
         wanted = checked_refs(refs)
         with self._writer.scope(sid):
             return self._create(sid, user, name, kind, metadata, token, wanted)
+
+    def fork(
+        self,
+        id_or_ref: str,
+        *,
+        from_agent: str,
+        overrides: Mapping[str, Any] | None = None,
+        refs: Sequence[str] = (),
+    ) -> Session:
+        """A new run from `from_agent` of the stopped run `id_or_ref`, returned as its Session: the agents
+        before it are the parent's finished results (copied as stored: no payload decoded, no S3 byte
+        written), the fork point's input is the parent's with `overrides` merged at its top level, and the
+        child is ACTIVE and due at once, so the recovery worker's resume path starts it. One transaction of
+        at most k + 2 items for a fork at agent k, which also lists the child on the parent
+        (`lineage`). Nothing is written when it raises: RunActiveError (the parent is ACTIVE or leased, or
+        was resumed meanwhile; a ConflictError), ForkPointError (an agent before `from_agent` is not stored
+        as finished, or overrides without a stored input to merge into), ValidationError (not an agent,
+        overrides not a JSON object or the stored input not one), SessionNotFoundError, RefTakenError."""
+        return self._forks.fork(id_or_ref, from_agent=from_agent, overrides=overrides, refs=refs)
+
+    def lineage(self, id_or_ref: str) -> Lineage:
+        """The run's parent and fork point (when it is a fork) and the runs forked from it."""
+        return self._forks.lineage(id_or_ref)
 
     def resolve(self, id_or_ref: str) -> str:
         """The run id that `id_or_ref` names (the run's id or one of its refs), in one read;

@@ -1,0 +1,343 @@
+"""Fork and lineage on moto (#27): what a fork copies, what it hands the resume path, and what it refuses."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import boto3
+import pytest
+
+from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig
+from tdev_state import (
+    AGENTS,
+    AgentStatus,
+    ConflictError,
+    ForkPointError,
+    PipelineRun,
+    RunActiveError,
+    SessionNotFoundError,
+    SessionStatus,
+    StateClient,
+    ValidationError,
+)
+from tdev_state.testing import FakeClock, make_client
+
+pytestmark = pytest.mark.unit
+
+WORKER = WorkerConfig(
+    worker_id="w1",
+    poll_interval=0.05,
+    confirm=timedelta(0),
+    lease=timedelta(seconds=30),
+    retry=RetryPolicy(initial_interval=timedelta(milliseconds=1), maximum_attempts=2),
+    grace_period=1.0,
+)
+
+
+class Recorder:
+    """An in-process resumer: records the requests the worker sends."""
+
+    def __init__(self) -> None:
+        self.requests: list[ResumeRequest] = []
+
+    async def __call__(self, request: ResumeRequest) -> None:
+        self.requests.append(request)
+
+
+def pipeline_input(agent: str) -> dict[str, Any]:
+    """What T-Developer hands an agent: the request and the earlier outputs by agent name."""
+    step = AGENTS.index(agent)
+    data: dict[str, Any] = {"query": "a todo app", "framework": "react"}
+    for earlier in AGENTS[:step]:
+        data[earlier] = {"out": earlier}
+    return data
+
+
+def completed_run(client: StateClient, agents: int = len(AGENTS), **create: Any) -> str:
+    """A run whose first `agents` agents completed, each with its accumulated input (COMPLETED when all)."""
+    sid = client.sessions.create(user_id="u1", project_name="todo", **create).session_id
+    for agent in AGENTS[:agents]:
+        client.executions.start(sid, agent, input_data=pipeline_input(agent))
+        client.executions.complete(sid, agent, output_data={"out": agent})
+    if agents < len(AGENTS):
+        client.sessions.update(sid, status="FAILED", error_message="stopped")
+    return sid
+
+
+def table_items(client: StateClient) -> list[dict[str, Any]]:
+    """Every item of the sessions and executions tables (a test's view of "nothing written")."""
+    dynamodb = boto3.resource("dynamodb", region_name="us-east-1")
+    found = []
+    for name in (client.layer.tables.sessions, client.layer.tables.executions):
+        found += dynamodb.Table(name).scan()["Items"]
+    return found
+
+
+def raw_agents(client: StateClient, sid: str) -> dict[str, dict[str, Any]]:
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(client.layer.tables.executions)
+    items = table.query(KeyConditionExpression="execution_id = :id", ExpressionAttributeValues={":id": sid})
+    return {str(i["agent"]): i for i in items["Items"]}
+
+
+def bucket_keys(client: StateClient) -> list[str]:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=client.config.payload_bucket).get("Contents", [])]
+
+
+@pytest.fixture
+def parent(client: StateClient) -> str:
+    return completed_run(client)
+
+
+def test_a_fork_copies_the_agents_before_its_point_as_stored(client: StateClient, parent: str) -> None:
+    """Agents 1..k-1 of the child are the parent's items as stored, under the child's id."""
+    child = client.sessions.fork(parent, from_agent="ui_selection").session_id
+    old, new = raw_agents(client, parent), raw_agents(client, child)
+    before = AGENTS[: AGENTS.index("ui_selection")]
+    assert sorted(new) == sorted([*before, "ui_selection"])
+    for agent in before:
+        for name in ("input_data", "output_data", "status", "start_time", "end_time", "agent_name"):
+            assert new[agent][name] == old[agent][name]
+        assert new[agent]["payload_origin"] == parent
+        assert "ev" not in new[agent]
+
+
+def test_a_fork_is_a_run_due_at_its_fork_point(client: StateClient, parent: str) -> None:
+    """The child is ACTIVE at progress k-1, its current agent the fork point, and records its parent."""
+    session = client.sessions.fork(parent, from_agent="ui_selection", overrides={"framework": "vue"})
+    stored = client.sessions.get(session.session_id)
+    k = AGENTS.index("ui_selection") + 1
+    assert (stored.status, stored.progress) == (SessionStatus.ACTIVE, k - 1)
+    assert stored.current_agent == "ui_selection"
+    assert (stored.parent_id, stored.fork_point, stored.replay) == (parent, "ui_selection", False)
+    assert stored.fork_overrides == '{"framework":"vue"}'
+    assert (stored.user_id, stored.project_name, stored.live_for) == ("u1", "todo", 0)
+
+
+def test_a_fork_keeps_the_parents_ab_arm(client: StateClient) -> None:
+    """The child carries the parent's metadata, and with it the A/B variant its metrics are labelled by."""
+    parent = completed_run(client, metadata={"variant": "B", "source": "api"})
+    child = client.sessions.fork(parent, from_agent="generation")
+    assert client.sessions.get(child.session_id).metadata == {"variant": "B", "source": "api"}
+
+
+async def test_the_worker_resumes_a_fork_with_the_overrides_merged(
+    client: StateClient, clock: FakeClock, parent: str
+) -> None:
+    """The resume request of a fork carries agent k's input with the overrides and the copied outputs."""
+    child = client.sessions.fork(parent, from_agent="ui_selection", overrides={"framework": "vue"})
+    resumer = Recorder()
+    worker = RecoveryWorker(client, resumer, WORKER, clock=clock)
+    await worker.resume_now(child.session_id)
+    await worker.wait_for_inflight()
+    (request,) = resumer.requests
+    assert request.next_agent == "ui_selection"
+    assert request.next_input == {**pipeline_input("ui_selection"), "framework": "vue"}
+    assert [(c.agent_name, c.output_data) for c in request.completed] == [
+        (a, {"out": a}) for a in AGENTS[: AGENTS.index("ui_selection")]
+    ]
+    assert request.request == pipeline_input("nl_input")
+
+
+async def test_a_resumed_fork_runs_to_completion_from_its_fork_point(
+    client: StateClient, clock: FakeClock, parent: str
+) -> None:
+    """The pipeline's resume of a fork starts agent k over its PENDING item and completes the run."""
+    from tdev_state import AsyncStateClient
+
+    child = client.sessions.fork(parent, from_agent="generation").session_id
+    resumer = Recorder()
+    worker = RecoveryWorker(client, resumer, WORKER, clock=clock)
+    await worker.resume_now(child)
+    await worker.wait_for_inflight()
+    (request,) = resumer.requests
+    async with AsyncStateClient(client) as aclient:
+        run = await PipelineRun.resume(aclient, child, request=request, on_store_error="raise")
+        for agent in AGENTS[AGENTS.index("generation") :]:
+            async with run.agent(agent, input_data=dict(run.resumed_input or {})) as step:
+                step.complete({"again": agent})
+    runs = {e.agent_name: e for e in client.executions.list(child)}
+    assert client.sessions.get(child).status is SessionStatus.COMPLETED
+    assert runs["generation"].input_data == pipeline_input("generation")
+    assert runs["generation"].output_data == {"again": "generation"}
+    assert runs["parser"].output_data == {"out": "parser"}
+
+
+def test_lineage_is_read_both_ways(client: StateClient, parent: str) -> None:
+    """The child names its parent and fork point; the parent lists the child."""
+    child = client.sessions.fork(parent, from_agent="search").session_id
+    mine, theirs = client.sessions.lineage(child), client.sessions.lineage(parent)
+    assert (mine.parent_id, mine.fork_point, mine.replay, mine.children) == (parent, "search", True, ())
+    assert [(c.run_id, c.fork_point) for c in theirs.children] == [(child, "search")]
+    assert theirs.parent_id is None
+
+
+def test_a_fork_of_a_fork_reads_the_outputs_of_the_first_run(client: StateClient, parent: str) -> None:
+    """A grandchild copies the child's copies: the outputs still read back, its parent is the child."""
+    child = client.sessions.fork(parent, from_agent="generation").session_id
+    client.sessions.update(child, status="ABANDONED", error_message="not run")
+    grandchild = client.sessions.fork(child, from_agent="parser").session_id
+    outputs = {e.agent_name: e.output_data for e in client.executions.list(grandchild)}
+    assert outputs["nl_input"] == {"out": "nl_input"}
+    assert raw_agents(client, grandchild)["nl_input"]["payload_origin"] == parent
+    assert client.sessions.lineage(grandchild).parent_id == child
+    assert [c.run_id for c in client.sessions.lineage(child).children] == [grandchild]
+
+
+def test_a_fork_at_the_first_agent_copies_no_agent(client: StateClient, parent: str) -> None:
+    """Forking at nl_input copies nothing and hands its request, overrides merged, to the resume."""
+    child = client.sessions.fork(parent, from_agent="nl_input", overrides={"framework": "vue"})
+    (only,) = client.executions.list(child.session_id)
+    assert (only.agent_name, only.status) == ("nl_input", AgentStatus.PENDING)
+    assert only.input_data == {"query": "a todo app", "framework": "vue"}
+    assert child.progress == 0
+
+
+def test_the_copied_outputs_outlive_the_parents_items(client: StateClient, parent: str) -> None:
+    """Deleting the parent's items (as TTL does) leaves every copied output of the child readable."""
+    child = client.sessions.fork(parent, from_agent="ui_selection").session_id
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(client.layer.tables.executions)
+    for item in raw_agents(client, parent).values():
+        table.delete_item(Key={"execution_id": parent, "agent_name": item["agent_name"]})
+    outputs = {e.agent_name: e.output_data for e in client.executions.list(child)}
+    assert outputs["nl_input"] == {"out": "nl_input"}
+
+
+@pytest.fixture
+def offloading(aws: None, clock: FakeClock) -> Iterator[StateClient]:
+    client = make_client(clock, offload_threshold=1024)
+    yield client
+    client.close()
+
+
+def test_a_fork_puts_no_payload_object(offloading: StateClient) -> None:
+    """Offloaded outputs are referred to, not copied: the fork writes no S3 object and reads them back."""
+    sid = offloading.sessions.create().session_id
+    big = {"code": "x" * 20_000}
+    offloading.executions.start(sid, "nl_input", input_data={"q": "big"})
+    offloading.executions.complete(sid, "nl_input", output_data=big)
+    offloading.executions.start(sid, "ui_selection", input_data={"q": "big"})
+    offloading.sessions.update(sid, status="FAILED")
+    objects = bucket_keys(offloading)
+    child = offloading.sessions.fork(sid, from_agent="ui_selection").session_id
+    assert bucket_keys(offloading) == objects
+    assert offloading.executions.get(child, "nl_input").output_data == big
+
+
+def test_a_fork_without_overrides_is_a_replay(client: StateClient, parent: str) -> None:
+    """No overrides: replay is True, no overrides stored, agent k gets the parent's input as stored."""
+    child = client.sessions.fork(parent, from_agent="generation", overrides={})
+    assert (child.replay, child.fork_overrides) == (True, None)
+    assert (
+        raw_agents(client, child.session_id)["generation"]["input_data"]
+        == (raw_agents(client, parent)["generation"]["input_data"])
+    )
+
+
+# --- refusals: each is typed and writes nothing ------------------------------------------------------------
+
+
+def refused_without_writing(client: StateClient, error: type[Exception], *args: Any, **kwargs: Any) -> None:
+    before = table_items(client)
+    with pytest.raises(error):
+        client.sessions.fork(*args, **kwargs)
+    assert table_items(client) == before
+
+
+def test_an_active_run_is_not_forked(client: StateClient) -> None:
+    """A run still ACTIVE is RunActiveError."""
+    sid = client.sessions.create().session_id
+    client.executions.complete(sid, "nl_input", output_data={})
+    refused_without_writing(client, RunActiveError, sid, from_agent="ui_selection")
+
+
+def test_a_run_leased_by_a_worker_is_not_forked(client: StateClient) -> None:
+    """A FAILED run a worker holds (a resume under way) is RunActiveError."""
+    sid = completed_run(client, 3)
+    claim = client.claims.claim(client.sessions.candidate(sid), worker_id="w", lease=timedelta(minutes=5))
+    assert claim is not None
+    refused_without_writing(client, RunActiveError, sid, from_agent="component_decision")
+
+
+def test_a_fork_point_the_run_never_reached_is_refused(client: StateClient) -> None:
+    """From an agent whose predecessors did not all finish: ForkPointError."""
+    sid = completed_run(client, 3)
+    refused_without_writing(client, ForkPointError, sid, from_agent="generation")
+
+
+@pytest.mark.parametrize("agent", ["not_an_agent", "", None])
+def test_a_fork_from_something_not_an_agent_is_refused(client: StateClient, parent: str, agent: Any) -> None:
+    """An unknown agent name is ValidationError."""
+    refused_without_writing(client, ValidationError, parent, from_agent=agent)
+
+
+@pytest.mark.parametrize("overrides", [["framework", "vue"], "framework=vue", {"x": float("nan")}, {1: "a"}])
+def test_overrides_that_are_not_a_json_object_are_refused(
+    client: StateClient, parent: str, overrides: Any
+) -> None:
+    """Overrides must be a JSON object: ValidationError."""
+    refused_without_writing(client, ValidationError, parent, from_agent="search", overrides=overrides)
+
+
+def test_overrides_on_an_input_that_is_not_an_object_are_refused(client: StateClient) -> None:
+    """A stored input that is not a JSON object cannot take overrides: ValidationError."""
+    sid = client.sessions.create().session_id
+    client.executions.start(sid, "nl_input", input_data="just text")
+    client.executions.complete(sid, "nl_input", output_data={})
+    client.sessions.update(sid, status="FAILED")
+    refused_without_writing(client, ValidationError, sid, from_agent="nl_input", overrides={"a": 1})
+
+
+def test_an_unknown_run_is_not_forked(client: StateClient) -> None:
+    """An id that names no run and no ref is SessionNotFoundError."""
+    refused_without_writing(client, SessionNotFoundError, "no-such-run", from_agent="search")
+
+
+def test_a_fork_raced_by_a_resume_of_the_parent_writes_nothing(client: StateClient) -> None:
+    """The parent resumed between the fork's read and its write: ConflictError, no item written."""
+    parent = completed_run(client, 4)
+    layer = client.layer
+    real = layer.query_all
+
+    def resumed_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        layer.query_all = real  # type: ignore[method-assign]
+        client.sessions.update(parent, status="ACTIVE")  # what a resume's pipeline does
+        return real(*args, **kwargs)
+
+    layer.query_all = resumed_meanwhile  # type: ignore[method-assign]
+    before = table_items(client)
+    with pytest.raises(ConflictError):
+        client.sessions.fork(parent, from_agent="match_rate")
+    after = table_items(client)
+    assert [i for i in after if i.get("session_id") != parent] == [
+        i for i in before if i.get("session_id") != parent
+    ]
+    assert "children" not in client.layer.get(client.layer.tables.sessions, {"session_id": parent})
+
+
+async def test_the_async_client_forks_and_reads_lineage(client: StateClient, parent: str) -> None:
+    """AsyncStateClient mirrors fork and lineage."""
+    from tdev_state import AsyncStateClient
+
+    async with AsyncStateClient(client) as aclient:
+        child = await aclient.sessions.fork(parent, from_agent="search", overrides={"framework": "vue"})
+        lineage = await aclient.sessions.lineage(parent)
+    assert [c.run_id for c in lineage.children] == [child.session_id]
+
+
+def test_a_fork_is_found_by_its_ref(client: StateClient, parent: str) -> None:
+    """A fork may carry refs like any run; lineage answers by ref too."""
+    child = client.sessions.fork(parent, from_agent="search", refs=["project_fork_1"])
+    assert client.sessions.resolve("project_fork_1") == child.session_id
+    assert client.sessions.lineage("project_fork_1").parent_id == parent
+
+
+def test_session_dict_carries_the_lineage(client: StateClient, parent: str) -> None:
+    """Session.to_dict (the plan's dict shape) has the fork's fields and the parent's children."""
+    child = client.sessions.fork(parent, from_agent="search").session_id
+    as_dict = client.sessions.get(parent).to_dict()
+    assert [c["run_id"] for c in as_dict["children"]] == [child]
+    assert dataclasses.asdict(client.sessions.get(child))["parent_id"] == parent
