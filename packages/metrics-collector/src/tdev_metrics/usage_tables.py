@@ -32,6 +32,8 @@ One definition per figure (docs/data-model.md, "Figures, one definition each"):
 | agent `failed` | failed attempts: `retry_count`, plus 1 when the item is FAILED now |
 | agent `retries` | `retry_count` |
 | agent `tolerated` | runs listing the agent in `failed_agents` |
+| agent `forks` | runs forked from another run at this agent (`fork_point`), with or without overrides |
+| agent `replays` | of those, forks with no overrides (`replay`): the same inputs run again |
 
 A session or agent item the mapping cannot read is counted in `skipped`, logged, and left out; the others
 are counted.
@@ -76,6 +78,9 @@ SETTLE_DAYS = 7
 CLOSE_GRACE = timedelta(hours=1)
 RUN_OUTCOMES = ("started", "completed", "failed", "failure_events", "abandoned", "recovered", "resumes")
 AGENT_OUTCOMES = ("started", "completed", "failed", "retries", "tolerated")
+#: Forks counted by fork point, under the agent forked from (a fork is a run like any other: it also counts
+#: in RUN_OUTCOMES and, from its fork point on, in the funnel).
+FORK_OUTCOMES = ("forks", "replays")
 #: Where a day's run and agent counts came from (the report says it per day).
 FOLDED, COUNTED, BUFFER = "tables (folded)", "tables", "usage buffer (before folding)"
 #: The metric whose percentiles are an agent's durations, in the usage report as in the metrics report.
@@ -135,6 +140,10 @@ class DayCount:
         self.hours[session.created_at.astimezone(UTC).hour] += 1
         for agent in session.failed_agents:
             self.agent(agent)["tolerated"] += 1
+        if session.fork_point is not None:
+            fork = self.agent(session.fork_point)
+            fork["forks"] += 1
+            fork["replays"] += 1 if session.replay else 0
 
     def add_agents(self, executions: Iterable[Any]) -> None:
         """Count one run's agent items (`AgentExecution`s)."""
