@@ -20,6 +20,7 @@ from tdev_state import (
     EncryptionError,
     PayloadIntegrityError,
     RecoveryPolicy,
+    SessionStatus,
     StateClient,
     ValidationError,
 )
@@ -67,7 +68,14 @@ class RunPages:
     def run_context(self, request: Request) -> dict[str, Any]:
         sid = request.path_params["session_id"]
         view = _views.run_view(self.client, sid, now=self.settings.clock(), policy=self.policy)
-        return {"run": view, "can_resume": self.settings.resumer is not None}
+        can_resume = self.settings.resumer is not None
+        # Rerun from here: a fork needs an ended run, and a resumer to start the child with.
+        ended = view.session.status is not SessionStatus.ACTIVE
+        return {
+            "run": view,
+            "can_resume": can_resume,
+            "can_fork": self.settings.allow_actions and can_resume and ended,
+        }
 
     def run(self, request: Request) -> Response:
         return self.pages.render(request, "run.html", **self.run_context(request))
