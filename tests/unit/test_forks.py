@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -22,8 +22,9 @@ from tdev_state import (
     SessionStatus,
     StateClient,
     ValidationError,
+    fork_pipeline,
 )
-from tdev_state.testing import FakeClock, make_client
+from tdev_state.testing import FakeClock, agent_payload, make_client
 
 pytestmark = pytest.mark.unit
 
@@ -216,12 +217,13 @@ def offloading(aws: None, clock: FakeClock) -> Iterator[StateClient]:
 def test_a_fork_puts_no_payload_object(offloading: StateClient) -> None:
     """Offloaded outputs are referred to, not copied: the fork writes no S3 object and reads them back."""
     sid = offloading.sessions.create().session_id
-    big = {"code": "x" * 20_000}
+    big = agent_payload(20, seed=1)
     offloading.executions.start(sid, "nl_input", input_data={"q": "big"})
     offloading.executions.complete(sid, "nl_input", output_data=big)
     offloading.executions.start(sid, "ui_selection", input_data={"q": "big"})
     offloading.sessions.update(sid, status="FAILED")
     objects = bucket_keys(offloading)
+    assert objects  # the output is offloaded
     child = offloading.sessions.fork(sid, from_agent="ui_selection").session_id
     assert bucket_keys(offloading) == objects
     assert offloading.executions.get(child, "nl_input").output_data == big
@@ -341,3 +343,79 @@ def test_session_dict_carries_the_lineage(client: StateClient, parent: str) -> N
     as_dict = client.sessions.get(parent).to_dict()
     assert [c["run_id"] for c in as_dict["children"]] == [child]
     assert dataclasses.asdict(client.sessions.get(child))["parent_id"] == parent
+
+
+# --- shared S3 objects: kept alive for the child, never deleted by it --------------------------------------
+
+
+@pytest.fixture
+def retained(aws: None) -> Iterator[tuple[StateClient, FakeClock]]:
+    """A client with a retention rule and a low offload threshold, its clock at the real time (S3 stamps
+    objects with the real time, which the fork compares with its own)."""
+    clock = FakeClock(datetime.now(UTC))
+    client = make_client(clock, offload_threshold=1024, retention_days=30)
+    yield client, clock
+    client.close()
+
+
+BIG = agent_payload(20, seed=1)
+
+
+def offloaded_run(client: StateClient) -> str:
+    """A FAILED run whose first output and second input are offloaded to S3."""
+    sid = client.sessions.create().session_id
+    client.executions.start(sid, "nl_input", input_data={"q": "big"})
+    client.executions.complete(sid, "nl_input", output_data=BIG)
+    client.executions.start(sid, "ui_selection", input_data={"q": "big", "other": agent_payload(20, seed=2)})
+    client.sessions.update(sid, status="FAILED")
+    return sid
+
+
+def test_a_fork_of_an_old_run_restarts_the_age_of_the_objects_it_shares(
+    retained: tuple[StateClient, FakeClock],
+) -> None:
+    """Objects that would expire before the child's items are copied onto themselves: no byte sent."""
+    client, clock = retained
+    sid = offloaded_run(client)
+    clock.advance(days=10)
+    before = client.layer.meter.snapshot()
+    client.sessions.fork(sid, from_agent="ui_selection")
+    after = client.layer.meter.snapshot()
+    assert after["s3_puts"] > before["s3_puts"]
+    assert after["s3_put_bytes"] == before["s3_put_bytes"]
+
+
+def test_a_fork_of_a_young_run_does_not_look_at_its_objects(retained: tuple[StateClient, FakeClock]) -> None:
+    """Objects younger than the child needs are not even read: the fork makes no S3 call."""
+    client, _ = retained
+    sid = offloaded_run(client)
+    before = client.layer.meter.snapshot()
+    client.sessions.fork(sid, from_agent="ui_selection")
+    after = client.layer.meter.snapshot()
+    assert (after["s3_puts"], after["s3_gets"]) == (before["s3_puts"], before["s3_gets"])
+
+
+def test_a_refused_fork_never_deletes_a_parents_object(offloading: StateClient) -> None:
+    """A fork raced by a resume takes back only the objects it created; the parent's stay and read back."""
+    sid = offloaded_run(offloading)
+    parent_objects = bucket_keys(offloading)
+    layer, real = offloading.layer, offloading.layer.query_all
+
+    def resumed_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        layer.query_all = real  # type: ignore[method-assign]
+        offloading.sessions.update(sid, status="ACTIVE")
+        return real(*args, **kwargs)
+
+    layer.query_all = resumed_meanwhile  # type: ignore[method-assign]
+    with pytest.raises(ConflictError):  # the merged input is new and offloaded: a PUT to take back
+        offloading.sessions.fork(sid, from_agent="ui_selection", overrides={"framework": "vue"})
+    assert offloading.layer.payloads.discarded_objects >= 1
+    assert bucket_keys(offloading) == parent_objects
+    assert offloading.executions.get(sid, "nl_input").output_data == BIG
+
+
+async def test_the_plans_fork_returns_the_child_as_a_dict(plan: StateClient, parent: str) -> None:
+    """fork_pipeline: the plan-style awaitable returns the child's session as a plain dict."""
+    child = await fork_pipeline(parent, "generation", {"framework": "vue"})
+    assert (child["parent_id"], child["fork_point"], child["replay"]) == (parent, "generation", False)
+    assert isinstance(child["created_at"], int | float)

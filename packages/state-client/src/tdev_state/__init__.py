@@ -69,6 +69,7 @@ from tdev_state.pipeline_run import (
 )
 from tdev_state.plan import (
     configure,
+    fork_pipeline,
     get_failed_sessions,
     resume_pipeline,
     save_pipeline_session,
@@ -143,6 +144,7 @@ __all__ = [
     "accept_resume",
     "configure",
     "deferred_writes",
+    "fork_pipeline",
     "get_failed_sessions",
     "resume_app",
     "resume_pipeline",

@@ -5,6 +5,8 @@
     tdev sessions show SESSION_ID [--json]    (the agents' timeline and the run's recovery history)
     tdev projects list USER [--json]
     (tables take --time-format relative|iso|epoch; run ids are printed whole, never shortened)
+    tdev runs fork RUN --from AGENT [--set key=value ...] [--json]    (prints the new run's id)
+    tdev runs diff A B [--json]
     tdev tables create [--json]
     tdev metrics report …        (tdev-metrics, from tdev-metrics-collector)
     tdev usage report …          (from tdev-metrics-collector)
@@ -31,7 +33,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from tdev_state import _sessions_list as listing
-from tdev_state import command, dates
+from tdev_state import command, dates, runs_cli
 from tdev_state.client import StateClient
 from tdev_state.command import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
 from tdev_state.models import AGENTS, AgentExecution, RecoveryHistory, Session, epoch_float
@@ -361,6 +363,8 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     plist.add_argument("--json", action="store_true", help="one JSON array on stdout")
     command.time_format_option(plist)
+
+    runs_cli.add_commands(group("runs", "fork a run from an agent, compare two runs"), target)
 
     tables = group("tables", "this environment's DynamoDB tables")
     create = leaf(tables, "create", "create the env's tables if missing (LocalStack, tests)", tables_create)

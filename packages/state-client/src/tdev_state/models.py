@@ -254,6 +254,8 @@ class AgentExecution(_DictMixin):
     #: Where each payload is stored ("inline", "inline, compressed", "S3 s3://…", "…, sealed"; "none").
     input_location: str = "none"
     output_location: str = "none"
+    #: Which code, model and prompt made the latest attempt, as the pipeline said (None: not recorded).
+    agent_version: dict[str, str] | None = None
 
     @property
     def duration_seconds(self) -> float | None:

@@ -6,6 +6,7 @@
                                   "output_data": json.dumps(result.output_data)})
     for session in await get_failed_sessions():
         if session["last_updated"] < time.time() - 3600: ...
+    child = await fork_pipeline(project_id, "ui_selection", {"framework": "vue"})
     await save_user_project({"user_id": u, "project_id": pid, "project_name": p, "tech_stack": "[...]"})
 
 They use one process-wide AsyncStateClient built from the environment on first use (`TDEV_ENV`,
@@ -236,6 +237,18 @@ async def get_failed_sessions(
     client = await default_client()
     sessions = await client.sessions.failed_sessions(older_than=older_than, limit=limit)
     return [s.to_dict() for s in sessions if s.status is SessionStatus.FAILED]
+
+
+async def fork_pipeline(
+    session_id: str, from_agent: str, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Fork a stopped run from `from_agent` (issue #27): the new run's session as a dict (its `session_id`,
+    `parent_id`, `fork_point`, `replay`; epoch-second timestamps). The agents before `from_agent` are the
+    run's finished results, its input gets `overrides` merged, and the recovery worker starts it
+    (`sessions.fork` says what is refused)."""
+    client = await default_client()
+    session = await client.sessions.fork(session_id, from_agent=from_agent, overrides=overrides)
+    return session.to_dict()
 
 
 async def save_user_project(project: Mapping[str, Any]) -> dict[str, Any]:

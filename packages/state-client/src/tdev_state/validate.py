@@ -245,3 +245,42 @@ def _parse_cursor(cursor: str) -> dict[str, Any] | None:  # noqa: PLR0911 - one 
         else:
             return None
     return key
+
+
+#: An attempt's `agent_version`: at most this many fields, each name and value this long.
+MAX_VERSION_FIELDS = 8
+MAX_VERSION_NAME_CHARS = 32
+MAX_VERSION_VALUE_CHARS = 128
+
+
+def agent_version(value: Any) -> dict[str, str]:
+    """Which code, model and prompt produced an attempt (free-form: {"code": "1.4.2", "model": "…"}).
+
+    A mapping of at most MAX_VERSION_FIELDS names (the identifier rule, short) to short texts without
+    control, format or line-breaking characters (a value is shown on an operator's terminal and in the
+    console); a model name such as `anthropic/claude-x` or a prompt hash is fine."""
+    if not isinstance(value, Mapping):
+        raise ValidationError(
+            f"agent_version must be a mapping of names to texts (e.g. {{'code': '1.4.2', 'model': 'm'}}), "
+            f"got {type(value).__name__}"
+        )
+    if not value or len(value) > MAX_VERSION_FIELDS:
+        raise ValidationError(f"agent_version holds 1 to {MAX_VERSION_FIELDS} fields, got {len(value)}")
+    checked: dict[str, str] = {}
+    for name, text in value.items():
+        identifier("an agent_version name", name)
+        if len(name) > MAX_VERSION_NAME_CHARS:
+            raise ValidationError(f"agent_version name {name[:40]!r} is over {MAX_VERSION_NAME_CHARS} chars")
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_VERSION_VALUE_CHARS:
+            raise ValidationError(
+                f"agent_version[{name!r}] must be a non-blank text of at most {MAX_VERSION_VALUE_CHARS} "
+                f"chars, got {text!r:.60}"
+            )
+        for char in encodable(f"agent_version[{name!r}]", text):
+            if char != " " and unicodedata.category(char) in _REFUSED_CATEGORIES:
+                raise ValidationError(
+                    f"agent_version[{name!r}] contains an invisible, control or line-breaking character "
+                    f"(U+{ord(char):04X}); versions are visible text"
+                )
+        checked[name] = text
+    return checked

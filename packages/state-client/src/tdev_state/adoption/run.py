@@ -8,7 +8,7 @@ import inspect
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from tdev_state import validate as check
@@ -287,9 +287,13 @@ class PipelineRun(RunWrites):
         """The run's session as stored now (a read: StateError if the store cannot answer)."""
         return await self.client.sessions.get(self.session_id)
 
-    def agent(self, agent_name: str, *, input_data: Any = None) -> AgentStep:
-        """One attempt of one agent, as an async context manager."""
-        return AgentStep(self, check.agent(agent_name), input_data)
+    def agent(
+        self, agent_name: str, *, input_data: Any = None, agent_version: Mapping[str, str] | None = None
+    ) -> AgentStep:
+        """One attempt of one agent, as an async context manager. `agent_version`: which code, model and
+        prompt make this attempt (kept with it; checked here, so a bad one fails at once in either mode)."""
+        version = check.agent_version(agent_version) if agent_version is not None else None
+        return AgentStep(self, check.agent(agent_name), input_data, agent_version=version)
 
     # --- progress and metrics --------------------------------------------------------------------------
 

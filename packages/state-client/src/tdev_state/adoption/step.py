@@ -23,10 +23,14 @@ class AgentStep:
     `complete(output, success=False, error=...)` / `fail(error)` for a failure the agent returned. An
     exception (or a timeout) leaving the block is recorded as FAILED and re-raised."""
 
-    def __init__(self, run: PipelineRun, agent: str, input_data: Any) -> None:
+    def __init__(
+        self, run: PipelineRun, agent: str, input_data: Any, *, agent_version: dict[str, str] | None = None
+    ) -> None:
         self.run = run
         self.agent = agent
         self.input_data = input_data
+        #: Which code, model and prompt make this attempt (stored with its start or retry).
+        self.agent_version = agent_version
         self.attempt = 1
         self._outcome: tuple[bool, Any, str | None] | None = None
         self._started = 0.0
@@ -54,21 +58,21 @@ class AgentStep:
             run._restore = None
         for pending in run._report_pending(except_agent=agent):
             await pending
+        begin: dict[str, Any] = {"input_data": self.input_data}
+        if self.agent_version is not None:
+            begin["agent_version"] = self.agent_version
         if self.attempt == 1:
             await run._emit(agent, "processing", 1)
-            write = run._agent_write("start", agent, "input_data", {"input_data": self.input_data},
-                                     fallback="retry")  # fmt: skip
+            write = run._agent_write("start", agent, "input_data", begin, fallback="retry")
         else:
-            write = run._agent_write("retry", agent, "input_data", {"input_data": self.input_data},
-                                     fallback=None)  # fmt: skip
+            write = run._agent_write("retry", agent, "input_data", begin, fallback=None)
         if run.on_store_error == "raise" and self.attempt == 1:
             try:
                 await run._raw(write)
             except InvalidTransitionError as exc:
                 if not (exc.current and exc.current.get("status") == AgentStatus.FAILED.value):
                     raise
-                await run._raw(run._agent_write("retry", agent, "input_data",
-                                                {"input_data": self.input_data}, fallback=None))  # fmt: skip
+                await run._raw(run._agent_write("retry", agent, "input_data", begin, fallback=None))
         else:
             await run._write(write)
         self._started = time.monotonic()

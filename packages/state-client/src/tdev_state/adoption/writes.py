@@ -152,7 +152,9 @@ class RunWrites:
                                     marked, landed=self._set_last)  # fmt: skip
             current = error.current if isinstance(error, InvalidTransitionError) else None
             if fallback and current and current.get("status") == AgentStatus.FAILED.value:
-                retry_kwargs = {k: v for k, v in kwargs.items() if k in ("input_data", "lossy")}
+                retry_kwargs = {
+                    k: v for k, v in kwargs.items() if k in ("input_data", "lossy", "agent_version")
+                }
                 return self._agent_write(fallback, agent, payload, retry_kwargs, fallback=None)
             return None
 

@@ -97,6 +97,11 @@ def reference(name: str) -> bytes:
     return canonical({CHUNK_MARK: name})
 
 
+def names(text: bytes) -> list[str]:
+    """The chunk names a skeleton or a chunk's JSON text refers to directly (nested ones are inside them)."""
+    return [match.decode("ascii") for match in _REFERENCE.findall(text)] if _MARK_TEXT in text else []
+
+
 def join(text: bytes, fetch: Callable[[str], bytes], *, field: str, check_each: bool = True) -> bytes:
     """Inverse of `split`, on JSON text: every reference replaced by its chunk's text (fetched once each,
     recursively). With `check_each`, each chunk is checked against the SHA-256 in its name

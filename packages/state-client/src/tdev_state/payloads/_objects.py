@@ -16,6 +16,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import Binary
@@ -207,6 +208,33 @@ class PayloadObjects:
             with self._counts_lock:
                 self.orphaned_objects += len(write.created)
             log.warning("payload.orphans_left", objects=len(write.created), error=str(exc))
+
+    def refresh(self, bucket: str, key: str, *, created_before: datetime) -> bool:
+        """Restart the lifecycle age of an object created before `created_before`: a server-side copy onto
+        itself (its bytes, name and metadata unchanged; no byte leaves S3). True when it was copied.
+
+        The bucket expires an object counting from its creation; a fork's items refer to its parent's
+        objects and may live longer than them (docs/data-model.md, "Fork and lineage"). A versioned
+        bucket keeps the replaced version as noncurrent for a day, then deletes it."""
+        s3 = self._require_bucket()[0]
+        where = f"s3://{bucket}/{key}"
+        head = self._door.guarded(
+            "HeadObject", where, functools.partial(s3.head_object, Bucket=bucket, Key=key)
+        )
+        self._meter.count_s3("get")
+        if head["LastModified"] >= created_before:
+            return False
+        copy = functools.partial(
+            s3.copy_object,
+            Bucket=bucket,
+            Key=key,
+            CopySource={"Bucket": bucket, "Key": key},
+            Metadata=dict(head.get("Metadata") or {}),
+            MetadataDirective="REPLACE",  # S3 refuses a copy onto itself that changes nothing
+        )
+        self._door.guarded("CopyObject", where, copy)
+        self._meter.count_s3("put")
+        return True
 
     def get_object(self, bucket: str, key: str) -> bytes:
         """Read a payload object."""

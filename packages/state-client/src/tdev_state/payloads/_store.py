@@ -22,6 +22,7 @@ import hashlib
 import secrets
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from tdev_state.config import StateConfig
@@ -251,6 +252,42 @@ class PayloadStore:
             form="chunks",
             digest=digest,
             warnings=warnings,
+        )
+
+    # --- shared objects -------------------------------------------------------------------------------
+
+    def objects_of(self, stored: Any) -> list[tuple[str, str]]:
+        """The (bucket, key) of every S3 object a stored payload attribute refers to: its offloaded object,
+        or its chunks — nested ones too, which costs a GET of each chunk that refers to others."""
+        if not isinstance(stored, Mapping):
+            return []
+        if isinstance(stored.get("s3"), Mapping):
+            return [(str(stored["s3"]["bucket"]), str(stored["s3"]["key"]))]
+        ref = stored.get("chunks")
+        if not isinstance(ref, Mapping):
+            return []
+        bucket, prefix, tree = str(ref["bucket"]), str(ref["prefix"]), ref["tree"]
+        skeleton = (
+            tree.encode("utf-8") if isinstance(tree, str) else _chunks.unpack(bytes(tree), field="tree")
+        )
+        found: dict[str, None] = {}
+        todo = _chunks.names(skeleton)
+        while todo:
+            name = todo.pop()
+            key = f"{prefix}{name}.json.z"
+            if key in found:
+                continue
+            found[key] = None
+            body = _chunks.unpack(self.objects.get_object(bucket, key), field="chunk")
+            todo.extend(_chunks.names(body))
+        return [(bucket, key) for key in found]
+
+    def keep_alive(self, stored: Any, *, created_before: datetime) -> int:
+        """Restart the lifecycle age of each object `stored` refers to that was created before
+        `created_before` (`PayloadObjects.refresh`); the number copied."""
+        return sum(
+            self.objects.refresh(bucket, key, created_before=created_before)
+            for bucket, key in self.objects_of(stored)
         )
 
     # --- reading --------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import builtins
 import dataclasses
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -70,17 +70,22 @@ class ExecutionStore:
         input_data: Any = None,
         project_id: str | None = None,
         lossy: bool = False,
+        agent_version: Mapping[str, str] | None = None,
     ) -> AgentTransition:
         """Mark the next agent RUNNING with its input and point the session at it.
 
         `lossy` (for every transition that stores a payload): a value with no exact stored form (NaN, an
         object without a JSON form, two keys that would merge…) is stored in its marked lossy form and
         listed in the returned `warnings`, instead of refusing the call (ValidationError, nothing written).
+        `agent_version`: which code, model and prompt make this attempt (`validate.agent_version`), kept
+        with it on the agent item (`AgentExecution.agent_version`; `tdev_state.diff.mixed_versions`).
         """
         sid, agent = self._address(session_id, agent_name)
         sets: dict[str, Any] = {}
         if project_id is not None:
             sets["project_id"] = check.identifier("project_id", project_id)
+        if agent_version is not None:
+            sets["agent_version"] = check.agent_version(agent_version)
         payloads: dict[str, PayloadThunk] = {
             "input_data": lambda: self._encode_input(input_data, sid, agent, lossy=lossy)
         }
@@ -142,18 +147,28 @@ class ExecutionStore:
         return self._apply("fail", sid, agent, sets=sets, payloads=payloads, extra=(message,), error=message)
 
     def retry(
-        self, session_id: str, agent_name: str, *, input_data: Any = _UNSET, lossy: bool = False
+        self,
+        session_id: str,
+        agent_name: str,
+        *,
+        input_data: Any = _UNSET,
+        lossy: bool = False,
+        agent_version: Mapping[str, str] | None = None,
     ) -> AgentTransition:
         """Run a FAILED agent again: RUNNING, retry_count + 1, the session ACTIVE at this agent again.
 
         Legal while no later agent has started (the orchestrator retries at once, in process).
         """
         sid, agent = self._address(session_id, agent_name)
+        # The attempt's own version, or none: an earlier attempt's never stands for this one's output.
+        sets: dict[str, Any] = {
+            "agent_version": check.agent_version(agent_version) if agent_version is not None else None
+        }
         payloads: dict[str, PayloadThunk] = {}
         if input_data is not _UNSET:
             payloads["input_data"] = lambda: self._encode_input(input_data, sid, agent, lossy=lossy)
         # Every retry is a new attempt, so its fingerprint is unique: a repeat is a second retry.
-        return self._apply("retry", sid, agent, sets={}, payloads=payloads, extra=(str(uuid.uuid4()),))
+        return self._apply("retry", sid, agent, sets=sets, payloads=payloads, extra=(str(uuid.uuid4()),))
 
     def interrupt(
         self, session_id: str, agent_name: str, *, reason: str, fencing_token: int, worker_id: str

@@ -31,47 +31,43 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from tdev_state import validate as check
+from tdev_state.config import PAYLOAD_GRACE_DAYS
 from tdev_state.exceptions import (
-    ConflictError,
     ForkPointError,
-    RefTakenError,
     RunActiveError,
-    SessionExistsError,
     SessionNotFoundError,
     ValidationError,
 )
 from tdev_state.lineage import Lineage
 from tdev_state.log import get_logger
-from tdev_state.models import AGENT_STEP, AGENTS, AgentStatus, Session, SessionStatus, epoch
-from tdev_state.payloads import EncodedPayload, describe_payload, with_references
-from tdev_state.runs.agents import input_sealed
-from tdev_state.runs.eventlog import AGENT_LOG
+from tdev_state.models import AGENT_STEP, AGENTS, AgentStatus, Session, SessionStatus, from_epoch
+from tdev_state.payloads import EncodedPayload, with_references
+from tdev_state.runs.fork_steps import ForkWrite
 from tdev_state.runs.records import execution_context, session_context, session_from_item, session_reader
-from tdev_state.runs.refs import REF_PREFIX, checked_refs, is_ref_item, ref_puts, resolve
-from tdev_state.runs.rules import AGENT_RETENTION_GRACE, agent_sort_key, recovery_shard, run_expiry
+from tdev_state.runs.refs import checked_refs, is_ref_item, resolve
+from tdev_state.runs.rules import AGENT_RETENTION_GRACE
 from tdev_state.runs.writer import (
-    CONDITION_FAILED,
-    Again,
-    Duplicate,
-    Landed,
-    Transition,
     TransitionWriter,
-    Write,
-    refusal_of,
 )
-from tdev_state.storage import CancellationReason, Expr, Item, TransactAction
+from tdev_state.storage import Item
 
 log = get_logger(__name__)
 
 #: The largest overrides accepted, as JSON text (they are stored on the child's session item).
 MAX_OVERRIDES_BYTES = 16 * 1024
-#: Agent-item attributes a copy does not carry: the parent's event entries (their seqs are the parent's)
-#: and fingerprint (sealed under the parent's id; a copy is final and never repeats a transition).
-_NOT_COPIED = frozenset({AGENT_LOG, "fingerprint", "expires_at", "execution_id"})
+
+
+#: A fork refers to its parent's S3 objects, which the bucket expires `retention + PAYLOAD_GRACE_DAYS` after
+#: their creation; the child's copied items expire `retention + AGENT_RETENTION_GRACE` after the fork. An
+#: object older than the difference at the fork would go first: its age is restarted (`keep_alive`).
+_SHARED_SAFE_AGE = timedelta(days=PAYLOAD_GRACE_DAYS) - AGENT_RETENTION_GRACE
+#: How much older than the item referring to it a chunk may be (`ChunkNames` reuses a name for a day).
+_CHUNK_REUSE = timedelta(days=1)
 
 
 def checked_overrides(overrides: Mapping[str, Any] | None) -> tuple[dict[str, Any], str | None]:
@@ -98,10 +94,6 @@ def checked_overrides(overrides: Mapping[str, Any] | None) -> tuple[dict[str, An
             "a fork may carry; put large values in the run's input instead"
         )
     return (dict(overrides), text) if overrides else ({}, None)
-
-
-def _sealed(stored: Any) -> bool:
-    return stored is not None and "sealed" in describe_payload(stored)
 
 
 class ForkStore:
@@ -142,8 +134,9 @@ class ForkStore:
         }
         tolerated = set(session_reader(parent).texts("failed_agents"))
         _require_reached(parent_id, point, items, tolerated)
+        self._keep_shared(parent, [items[a] for a in AGENTS[: AGENT_STEP[point]] if a in items], now)
         child = str(uuid.uuid4())
-        step = _ForkWrite(self, parent_id, parent, child, point, items, tolerated, merge, text, wanted, now)
+        step = ForkWrite(self, parent_id, parent, child, point, items, tolerated, merge, text, wanted, now)
         session = self._writer.apply(step)
         log.info(
             "session.forked",
@@ -170,6 +163,28 @@ class ForkStore:
             replay=session.replay,
             children=session.children,
         )
+
+    def _keep_shared(self, parent: Item, copied: Sequence[Item], now: datetime) -> None:
+        """Keep alive, for the child's life, the parent's S3 objects its copies refer to (see
+        `_SHARED_SAFE_AGE`): only with a retention rule, and only items old enough to need it are looked at
+        (a HEAD per object; a GET of each chunk that nests others; a copy in place of each old one)."""
+        config = self._layer.config
+        if not config.retention_days or not config.payload_bucket:
+            return
+        payloads = self._layer.payloads
+        created_before = now - _SHARED_SAFE_AGE
+        recent = now - _SHARED_SAFE_AGE + _CHUNK_REUSE
+        refreshed = 0
+        for item in [*copied, parent]:
+            moments = [item.get(name) for name in ("start_time", "end_time", "created_at")]
+            stamped = [from_epoch(m) for m in moments if isinstance(m, int | float | Decimal)]
+            written = min(stamped, default=None)
+            if written is not None and written >= recent:
+                continue  # its objects are younger than the child needs: nothing to look at
+            for name in ("input_data", "output_data", "metadata"):
+                refreshed += payloads.keep_alive(item.get(name), created_before=created_before)
+        if refreshed:
+            log.info("session.fork_kept_shared", parent_id=parent.get("session_id"), objects=refreshed)
 
     def _require_stopped(self, parent_id: str, parent: Item, now: datetime) -> None:
         read = session_reader(parent)
@@ -245,199 +260,3 @@ def _require_reached(parent_id: str, point: str, items: Mapping[str, Item], tole
             + "; ".join(problems)[:600]
             + "; fork it from an agent every earlier agent of which finished. Nothing was written"
         )
-
-
-class _ForkWrite(Transition[Session]):
-    """The fork's one transaction (see the module's docstring)."""
-
-    def __init__(  # noqa: PLR0917 - private; the validated pieces of one fork
-        self,
-        store: ForkStore,
-        parent_id: str,
-        parent: Item,
-        child: str,
-        point: str,
-        items: Mapping[str, Item],
-        tolerated: set[str],
-        merge: dict[str, Any],
-        overrides_text: str | None,
-        refs: tuple[str, ...],
-        now: datetime,
-    ) -> None:
-        self.session_id = child
-        self._store = store
-        self._parent_id = parent_id
-        self._parent = parent
-        self._point = point
-        self._items = items
-        self._tolerated = tolerated
-        self._merge = merge
-        self._text = overrides_text
-        self._refs = refs
-        self._now = now
-        self._actions: list[TransactAction] = []
-        self._session: Item = {}
-
-    def prepare(self, writer: TransitionWriter) -> None:
-        layer = writer.layer
-        config = layer.config
-        child, point, now, parent = self.session_id, self._point, self._now, self._parent
-        k = AGENT_STEP[point]
-        agent_expiry = run_expiry(now + AGENT_RETENTION_GRACE, config.retention_days)
-        origin = str(parent.get("session_id"))
-        before = AGENTS[: k - 1]
-        actions: list[TransactAction] = []
-        for agent in before:
-            copy = {name: value for name, value in self._items[agent].items() if name not in _NOT_COPIED}
-            copy["execution_id"] = child
-            copy["payload_origin"] = self._items[agent].get("payload_origin") or origin
-            if agent_expiry is not None:
-                copy["expires_at"] = agent_expiry
-            actions.append(TransactAction("Put", layer.tables.executions, item=copy))
-        pending = self._pending_item(agent_expiry)
-        if pending is not None:
-            actions.append(TransactAction("Put", layer.tables.executions, item=pending,
-                                          condition="attribute_not_exists(execution_id)"))  # fmt: skip
-        self._session = self._session_item(k, before)
-        session_put = TransactAction(
-            "Put", layer.tables.sessions, item=self._session, condition="attribute_not_exists(session_id)"
-        )
-        expr = Expr()
-        expr.append("children", [{"run_id": child, "fork_point": point, "created_at": epoch(now)}])
-        expr.require_equal("version", parent.get("version"))
-        expr.require(f"{expr.n('status')} <> {expr.v(SessionStatus.ACTIVE.value)}")
-        lease = expr.n("lease_expires_at")
-        expr.require(f"attribute_not_exists({lease}) OR {lease} < {expr.v(epoch(now))}")
-        parent_update = expr.action(layer.tables.sessions, {"session_id": self._parent_id})
-        refs = ref_puts(layer.tables.sessions, child, self._refs, created_at=epoch(now),
-                        expires_at=self._session.get("expires_at"))  # fmt: skip
-        self._actions = [session_put, parent_update, *actions, *refs]
-
-    def _pending_item(self, expiry: int | None) -> Item | None:
-        """The fork point's item: the input the pipeline resumes with (None: the parent never stored one,
-        and there are no overrides to merge — the resume then starts from the run's request)."""
-        point, child = self._point, self.session_id
-        stored_item = self._items.get(point)
-        stored = stored_item.get("input_data") if stored_item is not None else None
-        if stored is None:
-            if self._merge:
-                raise ForkPointError(
-                    f"run {self._parent_id!r} never stored an input for {point}: there is nothing to merge "
-                    "the overrides into; fork without overrides (the fork then starts from the run's "
-                    "request), or from an agent the run started. Nothing was written"
-                )
-            return None
-        assert stored_item is not None
-        origin = (str(stored_item.get("payload_origin") or self._parent_id), point)
-        item: Item = {
-            "execution_id": child,
-            "agent_name": agent_sort_key(point),
-            "agent": point,
-            "step": AGENT_STEP[point],
-            "status": AgentStatus.PENDING.value,
-            "retry_count": 0,
-        }
-        if self._merge or _sealed(stored):
-            encoded = self._store.reencode(
-                stored,
-                field="input_data",
-                origin=origin,
-                target=(child, point),
-                merge=self._merge,
-                seal=input_sealed(self._store._layer.config, point),
-            )
-            item["input_data"], item["input_bytes"] = encoded.value, encoded.json_bytes
-        else:  # copied as stored: no decode, no S3 write (an unsealed payload is bound to no run)
-            item["input_data"] = stored
-            item["input_bytes"] = stored_item.get("input_bytes", 0)
-        if expiry is not None:
-            item["expires_at"] = expiry
-        return item
-
-    def _session_item(self, k: int, before: Sequence[str]) -> Item:
-        parent, child, now = self._parent, self.session_id, self._now
-        config = self._store._layer.config
-        status = SessionStatus.ACTIVE
-        item: Item = {
-            "session_id": child,
-            "pipeline_type": parent.get("pipeline_type", "SIMPLE"),
-            "status": status.value,
-            "current_agent": self._point,
-            "progress": k - 1,
-            "created_at": epoch(now),
-            "created_day": now.astimezone(UTC).date().isoformat(),
-            "last_updated": epoch(now),
-            "version": 1,
-            "resume_count": 0,
-            "recovery_shard": recovery_shard(child, status),
-            # Due at once: the recovery worker's sweep (or resume_now) starts it through the resume path.
-            "live_for": 0,
-            "stalled_at": epoch(now),
-            "last_request": str(uuid.uuid4()),
-            "parent_id": self._parent_id,
-            "fork_point": self._point,
-            "replay": self._text is None,
-        }
-        for name in ("user_id", "project_name"):
-            if parent.get(name) is not None:
-                item[name] = parent[name]
-        metadata = parent.get("metadata")
-        if _sealed(metadata):
-            metadata = self._store.reencode(
-                metadata,
-                field="metadata",
-                origin=(self._parent_id, None),
-                target=(child, None),
-                merge={},
-                seal=True,
-            ).value
-        item["metadata"] = metadata
-        failed = {a for a in before if a in self._tolerated}
-        if failed:
-            item["failed_agents"] = failed
-        if self._text is not None:
-            item["fork_overrides"] = self._text
-        if self._refs:
-            item["refs"] = list(self._refs)
-        expiry = run_expiry(now, config.retention_days)
-        if expiry is not None:
-            item["expires_at"] = expiry
-        return item
-
-    def write(self) -> Write:
-        return Write(self._actions)
-
-    def refused(self, reasons: list[CancellationReason]) -> Session | Again | Landed | Duplicate[Session]:
-        parent = refusal_of(reasons, 1)
-        if reasons and reasons[0].code == CONDITION_FAILED:
-            raise SessionExistsError(f"a run {self.session_id!r} exists already; fork again")
-        if len(reasons) > 1 and reasons[1].code == CONDITION_FAILED:
-            if parent is not None and parent.get("status") == SessionStatus.ACTIVE.value:
-                raise RunActiveError(
-                    f"run {self._parent_id!r} became ACTIVE while it was forked (resumed): nothing was "
-                    "written; fork it once it has stopped"
-                )
-            raise ConflictError(
-                f"run {self._parent_id!r} changed while it was forked (resumed, claimed or updated): "
-                "nothing was written; fork it again"
-            )
-        for action, reason in zip(self._actions[2:], reasons[2:], strict=False):
-            if reason.code != CONDITION_FAILED:
-                continue
-            if action.table == self._store._layer.tables.sessions:  # a ref's Put
-                ref = str((action.item or {}).get("session_id", ""))[len(REF_PREFIX) :]
-                owner = reason.old_item.get("run_id") if reason.old_item else None
-                raise RefTakenError(
-                    f"ref {ref!r} already belongs to run {owner!r} (refs are unique per env); nothing was "
-                    "written: fork without that ref, or with another",
-                    ref=ref,
-                    run_id=str(owner) if owner is not None else None,
-                )
-            raise ConflictError(f"the fork point's item of {self.session_id!r} exists already; fork again")
-        raise ConflictError(
-            f"the fork of {self._parent_id!r} was refused ({', '.join(r.code for r in reasons)[:200]}); "
-            "nothing was written: fork it again"
-        )
-
-    def applied(self, item: Item | None) -> Session:
-        return session_from_item(self._session, self._store._layer, strict=False)

@@ -244,7 +244,16 @@ def execution_from_item(item: Item, layer: DynamoLayer, *, load_payloads: bool =
         last_error=read.text("last_error", None),
         input_location=describe_payload(item.get("input_data")),
         output_location=describe_payload(item.get("output_data")),
+        agent_version=_version(read, item.get("agent_version")),
     )
+
+
+def _version(read: ItemReader, value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise read.malformed("agent_version", "is not a map of texts")
+    return {str(k): v for k, v in value.items()}
 
 
 # --- projects ------------------------------------------------------------------------------------------
