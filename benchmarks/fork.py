@@ -7,9 +7,11 @@ typical seconds, then forked at a few agents *k*. Per fork:
 - items written: every item a DynamoDB write call carried (PutItem, UpdateItem, DeleteItem, each action of
   a TransactWriteItems but its ConditionChecks, each request of a BatchWriteItem), counted on the client's
   own calls; the goal is at most k + 2;
-- write units: ReturnConsumedCapacity as the endpoint reports it (the client's capacity meter) — real on
-  LocalStack / DynamoDB Local, never from moto;
-- S3 PutObject calls and bytes (goal: 0 — a fork references the parent's payloads).
+- write units: ReturnConsumedCapacity as the endpoint reports it (the client's capacity meter; on
+  LocalStack that is DynamoDB Local, never moto) and, because DynamoDB Local reports one item's units per
+  table for a whole transaction, the units DynamoDB bills computed from each written item's size;
+- S3 PutObject calls and bytes (goal: 0 — a fork references the parent's payloads), and every S3 call it
+  made (a CopyObject restarts the age of a shared object that would expire before the child).
 
 The model-call seconds a fork at agent k saves are the parent's stored durations of agents 1..k-1 (the
 agents the child does not run): read back from the parent's items, in this profile and in the demo's.
@@ -17,6 +19,7 @@ agents the child does not run): read back from the parent's items, in this profi
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -27,23 +30,62 @@ from tdev_state import AGENTS, PIPELINE, AgentStatus, StateClient, StateConfig
 FORK_POINTS = ("ui_selection", "search", "generation", "assembly", "download")
 
 
+def item_bytes(value: Any, name: str = "") -> int:
+    """An item's (or attribute's) size by DynamoDB's documented rule, from its wire form: names and strings
+    in UTF-8 bytes, binary as is, a number about one byte per two digits plus one, a map or list 3 bytes
+    plus 1 per element. An estimate within a few bytes — enough to place it in 1 KB write units."""
+    size = len(name.encode())
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in WIRE_TYPES:
+        return size + sum(item_bytes(v, k) for k, v in value.items())  # a whole item: name -> attribute
+    kind, inner = next(iter(value.items()))
+    scalar = {
+        "S": lambda: len(inner.encode()),
+        "B": lambda: len(inner),
+        "N": lambda: len(inner.lstrip("-").replace(".", "")) // 2 + 1,
+        "BOOL": lambda: 1,
+        "NULL": lambda: 1,
+        "SS": lambda: sum(len(v.encode()) for v in inner),
+        "BS": lambda: sum(len(v) for v in inner),
+        "NS": lambda: sum(len(v) // 2 + 1 for v in inner),
+        "L": lambda: 3 + sum(1 + item_bytes(v) for v in inner),
+        "M": lambda: 3 + sum(1 + item_bytes(v, k) for k, v in inner.items()),
+    }
+    return size + int(scalar[kind]())
+
+
+WIRE_TYPES = frozenset({"S", "N", "B", "BOOL", "NULL", "SS", "NS", "BS", "L", "M"})
+
+
 class WriteItems:
-    """Counts the items each DynamoDB write call of one client carries (botocore's before-call event)."""
+    """Counts the items each DynamoDB write call of one client carries (botocore's before-call event), and
+    the size of each item a Put carries."""
 
     def __init__(self, client: StateClient) -> None:
         self.items: Counter[str] = Counter()
+        self.put_bytes: list[int] = []
+        self.s3_calls: Counter[str] = Counter()
         self._ddb = client.layer.dynamodb
         self._ddb.meta.events.register("provide-client-params.dynamodb.*", self._seen)
+        self._s3 = client.layer.payloads.s3
+        if self._s3 is not None:
+            self._s3.meta.events.register("provide-client-params.s3.*", self._s3_seen)
+
+    def _s3_seen(self, model: Any, **_: Any) -> None:
+        self.s3_calls[model.name] += 1
 
     def _seen(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         name = model.name
         if name in ("PutItem", "UpdateItem", "DeleteItem"):
             self.items[name] += 1
+            if name == "PutItem":
+                self.put_bytes.append(item_bytes(params["Item"]))
         elif name == "TransactWriteItems":
             for action in params.get("TransactItems", []):
                 kind = next(iter(action))
                 if kind != "ConditionCheck":
                     self.items[f"Transact.{kind}"] += 1
+                if kind == "Put":
+                    self.put_bytes.append(item_bytes(action["Put"]["Item"]))
         elif name == "BatchWriteItem":
             self.items[name] += sum(len(v) for v in params.get("RequestItems", {}).values())
 
@@ -52,6 +94,8 @@ class WriteItems:
 
     def close(self) -> None:
         self._ddb.meta.events.unregister("provide-client-params.dynamodb.*", self._seen)
+        if self._s3 is not None:
+            self._s3.meta.events.unregister("provide-client-params.s3.*", self._s3_seen)
 
 
 def saved_seconds(client: StateClient, parent: str, fork_point: str) -> float:
@@ -77,15 +121,27 @@ def measure_fork(client: StateClient, parent: str, agent: str) -> dict[str, Any]
         writes.close()
     after = meter.snapshot()
     by_table = {t.rsplit("-", 1)[-1]: round(u - tables.get(t, 0.0), 1) for t, u in meter.write_units.items()}
+    # DynamoDB bills a transactional write 2 units per started KB of each item (an Update: of the item's
+    # larger image, here the parent after its `children` grew). DynamoDB Local reports ONE item's units per
+    # table for a whole transaction (measured: 1, 3, 7 and 10 Puts of 100 B all report 2.0), so the units
+    # DynamoDB would bill are computed from the sizes as well.
+    table = client.layer.tables.sessions
+    parent_item = client.layer.dynamodb.get_item(TableName=table, Key={"session_id": {"S": parent}})["Item"]
+    sizes = [*writes.put_bytes, item_bytes(parent_item)]
+    billed = sum(2 * math.ceil(size / 1024) for size in sizes)
     return {
         "k": k,
         "items_written": writes.total(),
         "goal_items": k + 2,
-        "write_units": round(after["write_units"] - before["write_units"], 1),
-        "write_units_by_table": {t: u for t, u in by_table.items() if u},
+        "write_units_reported": round(after["write_units"] - before["write_units"], 1),
+        "write_units_reported_by_table": {t: u for t, u in by_table.items() if u},
+        "write_units_by_item_size": billed,
+        "item_bytes": sizes,
         "read_units": round(after["read_units"] - before["read_units"], 1),
         "s3_puts": int(after["s3_puts"] - before["s3_puts"]),
         "s3_put_bytes": int(after["s3_put_bytes"] - before["s3_put_bytes"]),
+        # Every S3 call the fork made (PutObject, CopyObject — a shared object's age restarted —, reads).
+        "s3_calls": dict(writes.s3_calls),
         "by_call": dict(writes.items),
         "child": child.session_id,
     }
