@@ -178,3 +178,46 @@ def test_lineage_and_the_rerun_form_escape_stored_strings(client: StateClient, c
         assert "<img src=x" not in page.text, url
         assert "&lt;script&gt;" in page.text, url
     assert 'id="lineage-fork-point">parser<' in web.get(f"/runs/{child.session_id}").text
+
+
+def test_the_diff_page_compares_a_child_with_its_parent_and_escapes_stored_strings(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """The diff of a fork against its parent: agents before the fork point the same, the rerun ones as they
+    came out; stored markup (project name, overrides) is escaped."""
+    sid = make_completed_run(client, project=f"shop {HOSTILE}")
+    child = client.sessions.fork(sid, from_agent="generation", overrides={"note": HOSTILE})
+    for agent in AGENTS[AGENTS.index("generation") :]:
+        client.executions.start(child.session_id, agent)
+        client.executions.complete(child.session_id, agent, output_data={"out": agent, "v": 2})
+    web = browser(client, clock)
+    page = web.get(f"/runs/{sid}/diff/{child.session_id}")
+    assert page.status_code == 200, page.text
+    rows = dict(re.findall(r'<tr data-agent="(\w+)" data-same="(\w+)"', page.text))
+    assert rows == {a: "true" if AGENTS.index(a) < AGENTS.index("generation") else "false" for a in AGENTS}
+    assert "$.v" in page.text
+    child_page = web.get(f"/runs/{child.session_id}").text
+    for text in (page.text, child_page):
+        assert "<script>window.__xss" not in text
+        assert "&lt;script&gt;" in text
+    assert web.get(f"/runs/{sid}/diff/no-such-run").status_code == 404
+
+
+def test_a_run_page_says_when_its_agents_were_made_by_different_versions(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """A fork whose rerun agents record another model than the copied ones: the run page says the run mixes
+    versions, and each agent shows its own."""
+    sid = client.sessions.create(project_name="versioned").session_id
+    for agent in AGENTS:
+        client.executions.start(sid, agent, input_data={"a": agent}, agent_version={"model": "m1"})
+        client.executions.complete(sid, agent, output_data={"out": agent})
+    child = client.sessions.fork(sid, from_agent="generation").session_id
+    web = browser(client, clock)
+    assert 'id="mixed-versions"' not in web.get(f"/runs/{sid}").text
+    for agent in AGENTS[AGENTS.index("generation") :]:
+        client.executions.start(child, agent, agent_version={"model": "m2"})
+        client.executions.complete(child, agent, output_data={"out": agent})
+    page = web.get(f"/runs/{child}").text
+    assert re.search(r'id="mixed-versions">mixed: model m1 → m2<', page)
+    assert page.count("model=m2") == 3

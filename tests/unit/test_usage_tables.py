@@ -33,7 +33,7 @@ from tdev_recovery import RecoveryWorker, ResumeRequest, WorkerConfig
 from tdev_state import AGENTS, StateClient
 from tdev_state.testing import FakeClock, LogEntries
 
-from ..console_runs import make_failed_run
+from ..console_runs import BackgroundResumer, make_failed_run
 from ..usage_mix import assert_report_matches, drive_mix, ground_truth
 
 DAY = date(2026, 11, 26)  # the FakeClock's day
@@ -416,3 +416,22 @@ def test_the_usage_cli_prints_forks_by_fork_point(
     out = capsys.readouterr().out
     assert "forks of stored runs: 1 (1 replays), by fork point:" in out
     assert "search" in out.split("by fork point:")[1]
+
+
+def test_a_forks_start_through_the_resume_path_is_not_counted_as_a_recovery(client: StateClient) -> None:
+    """A fork started by the worker's resume path and run to its end counts as a run started and completed,
+    not as a resume nor a recovered run."""
+    parent = _finished_runs(client, 1)[0]
+    child = client.sessions.fork(parent, from_agent="search").session_id
+    resumer = BackgroundResumer(client)
+    worker = RecoveryWorker(client, resumer, WorkerConfig(worker_id="w"))
+    try:
+        result = asyncio.run(worker.resume_now(child))
+    finally:
+        asyncio.run(worker.shutdown())
+    resumer.join()
+    assert resumer.errors == []
+    assert result.outcome == "resumed"
+    assert client.sessions.get(child).resume_count == 1
+    runs = UsageReader(client).report(DAY, DAY)["runs"]
+    assert (runs["started"], runs["completed"], runs["resumes"], runs["recovered"]) == (2, 2, 0, 0)

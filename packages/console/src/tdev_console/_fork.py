@@ -32,6 +32,7 @@ from tdev_state import (
     StateClient,
     ValidationError,
 )
+from tdev_state.diff import diff_runs
 from tdev_state.log import get_logger
 
 log = get_logger(__name__)
@@ -81,7 +82,17 @@ class ForkPages:
         return [
             Route("/runs/{session_id:runid}/fork/{agent}", self.confirm, methods=["GET"], name="fork"),
             Route("/runs/{session_id:runid}/fork/{agent}", self.act, methods=["POST"], name="fork_act"),
+            Route("/runs/{session_id:runid}/diff/{other:runid}", self.diff, name="diff"),
         ]
+
+    def diff(self, request: Request) -> Response:
+        """Two runs agent by agent (`tdev_state.diff.diff_runs`): a fork against its parent, or any two.
+        Reads each run's session and agents (payloads included: the outputs are compared)."""
+        a, b = str(request.path_params["session_id"]), str(request.path_params["other"])
+        result = diff_runs(self.client, a, b)
+        run_a = self.client.sessions.get(result.run_a, strict=False)
+        run_b = self.client.sessions.get(result.run_b, strict=False)
+        return self.pages.render(request, "diff.html", diff=result, a=run_a, b=run_b)
 
     def refused(self, session_id: str, agent: str) -> tuple[Any, str | None]:
         """The run, and why a fork from `agent` would be refused now (None: it would be taken). The store

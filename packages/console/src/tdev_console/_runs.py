@@ -24,6 +24,7 @@ from tdev_state import (
     StateClient,
     ValidationError,
 )
+from tdev_state.diff import mixed_versions
 
 #: The metric the pipeline records per agent (the demo and the plan's `record_metric` calls).
 DEFAULT_METRIC = "agent_execution_time"
@@ -75,6 +76,8 @@ class RunPages:
             "run": view,
             "can_resume": can_resume,
             "can_fork": self.settings.allow_actions and can_resume and ended,
+            # A fork or a resume across a deploy: the version fields that differ across the run's agents.
+            "mixed_versions": mixed_versions(a.execution for a in view.agents if a.execution is not None),
         }
 
     def run(self, request: Request) -> Response:
