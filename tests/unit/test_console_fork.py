@@ -4,6 +4,7 @@ the lineage on a run's page, and the diff of a child against its parent — over
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -221,3 +222,27 @@ def test_a_run_page_says_when_its_agents_were_made_by_different_versions(
     page = web.get(f"/runs/{child}").text
     assert re.search(r'id="mixed-versions">mixed: model m1 → m2<', page)
     assert page.count("model=m2") == 3
+
+
+def test_rerun_starts_the_child_at_once_under_a_fixed_stall_threshold(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """With --stall-threshold set, a fresh child would look live for that long: Rerun from here starts it
+    anyway (it created it a moment ago), through the same claim."""
+    sid = make_completed_run(client)
+    resumer = BackgroundResumer(client)
+    web = browser(
+        client,
+        clock,
+        allow_actions=True,
+        token=TOKEN,
+        resumer=resumer,
+        resumer_name="test",
+        stall_threshold=timedelta(minutes=10),
+    )
+    csrf = signed_in_csrf(web, sid, "search")
+    assert web.post(f"/runs/{sid}/fork/search", data={"csrf": csrf}).status_code == 303
+    resumer.join()
+    assert [r.next_agent for r in resumer.requests] == ["search"]
+    child = client.sessions.get(sid).children[0].run_id
+    assert client.sessions.get(child).status is SessionStatus.COMPLETED

@@ -148,8 +148,15 @@ class ForkPages:
         child_id = child.session_id
         log.warning("console.forked", session_id=sid, child_id=child_id, fork_point=agent)
         try:
+            # force: the child was created a moment ago by this request and nobody runs it; a console (or
+            # worker) with a fixed --stall-threshold would otherwise call it live for that long. A lease a
+            # worker's sweep took meanwhile is still respected (LiveRunError below).
             result = await resume_pipeline(
-                child_id, resumer=resumer, client=self.client, config=self.settings.worker_config()
+                child_id,
+                resumer=resumer,
+                client=self.client,
+                config=self.settings.worker_config(),
+                force=True,
             )
         except LiveRunError as exc:
             self.metrics.action("fork", "live")
