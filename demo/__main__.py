@@ -433,7 +433,8 @@ def check_usage(
         "abandoned": sum(1 for s in sessions if s.status is SessionStatus.ABANDONED),
         "recovered": sum(1 for s in sessions if s.status is SessionStatus.COMPLETED and _resumes(s)),
         "resumes": sum(_resumes(s) for s in sessions),
-        "agents_completed": sum(1 for e in agents if e.status.value == "COMPLETED"),
+        # A fork's copies of its parent's agents (origin_run) were counted with the parent.
+        "agents_completed": sum(1 for e in agents if e.status.value == "COMPLETED" and e.origin_run is None),
         "forks": sum(1 for s in sessions if s.fork_point is not None),
         "replays": sum(1 for s in sessions if s.fork_point is not None and s.replay),
     }

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tdev_state import AGENTS, AsyncStateClient, PipelineRun, StateClient, ValidationError
+from tdev_state import validate as check
 from tdev_state.cli import main as tdev
 from tdev_state.diff import MAX_PATHS, diff_runs, mixed_versions
 
@@ -58,11 +59,17 @@ def test_a_retry_without_a_version_does_not_keep_the_earlier_attempts(client: St
         {f"k{i}": "v" for i in range(9)},
     ],
 )
-def test_a_hostile_or_malformed_version_is_refused(client: StateClient, version: Any) -> None:
+def test_a_hostile_or_malformed_version_is_refused(version: Any) -> None:
     """Versions are short visible texts under identifier names: anything else is ValidationError."""
+    with pytest.raises(ValidationError):
+        check.agent_version(version)
+
+
+def test_a_start_with_a_refused_version_writes_nothing(client: StateClient) -> None:
+    """executions.start checks the version before writing: the agent is not started."""
     sid = client.sessions.create().session_id
     with pytest.raises(ValidationError):
-        client.executions.start(sid, "nl_input", agent_version=version)
+        client.executions.start(sid, "nl_input", agent_version={"code": "1\n2"})
     assert client.executions.list(sid) == []
 
 
@@ -159,9 +166,8 @@ def test_tdev_runs_fork_json(cli_env: StateClient, capsys: pytest.CaptureFixture
 def test_tdev_runs_fork_refuses_bad_arguments_in_one_line(
     cli_env: StateClient, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
-    """A bad agent or --set is exit 2 with one line, no traceback."""
-    parent = finished_run(cli_env)
-    assert tdev(["runs", "fork", parent, *args]) == 2
+    """A bad agent or --set is exit 2 with one line, no traceback (refused before any read)."""
+    assert tdev(["runs", "fork", "some-run", *args]) == 2
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
@@ -189,3 +195,15 @@ def test_tdev_runs_diff(cli_env: StateClient, capsys: pytest.CaptureFixture[str]
     assert tdev(["runs", "diff", a, b, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["agents"][0]["paths"] == [{"path": "$.x", "a": "1", "b": "2"}]
     assert tdev(["runs", "diff", a, "nope"]) == 1
+
+
+def test_tdev_sessions_show_prints_the_lineage(
+    cli_env: StateClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tdev sessions show` names a fork's parent and fork point, and a parent's forks."""
+    parent = finished_run(cli_env)
+    child = cli_env.sessions.fork(parent, from_agent="parser", overrides={"framework": "vue"}).session_id
+    assert tdev(["sessions", "show", child]) == 0
+    assert f"forked from {parent} at parser" in capsys.readouterr().out.replace("\n", "")
+    assert tdev(["sessions", "show", parent]) == 0
+    assert f"{child} (at parser)" in capsys.readouterr().out.replace("\n", "")

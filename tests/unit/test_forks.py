@@ -10,12 +10,14 @@ from typing import Any
 import boto3
 import pytest
 
+from tdev_metrics.usage_tables import count_day
 from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig
 from tdev_state import (
     AGENTS,
     AgentStatus,
     ConflictError,
     ForkPointError,
+    InvalidTransitionError,
     PipelineRun,
     RunActiveError,
     SessionNotFoundError,
@@ -24,7 +26,9 @@ from tdev_state import (
     ValidationError,
     fork_pipeline,
 )
+from tdev_state.runs import fork_steps
 from tdev_state.testing import FakeClock, agent_payload, make_client
+from tdev_state.usage import UsageEvent
 
 pytestmark = pytest.mark.unit
 
@@ -104,6 +108,8 @@ def test_a_fork_copies_the_agents_before_its_point_as_stored(client: StateClient
             assert new[agent][name] == old[agent][name]
         assert new[agent]["payload_origin"] == parent
         assert "ev" not in new[agent]
+    copies = {e.agent_name: e.origin_run for e in client.executions.list(child)}
+    assert copies == {**dict.fromkeys(before, parent), "ui_selection": None}
 
 
 def test_a_fork_is_a_run_due_at_its_fork_point(client: StateClient, parent: str) -> None:
@@ -270,18 +276,24 @@ def test_a_fork_point_the_run_never_reached_is_refused(client: StateClient) -> N
     refused_without_writing(client, ForkPointError, sid, from_agent="generation")
 
 
+@pytest.fixture
+def stopped(client: StateClient) -> str:
+    """A small FAILED run (two agents completed): enough for the refusals checked before any read."""
+    return completed_run(client, 2)
+
+
 @pytest.mark.parametrize("agent", ["not_an_agent", "", None])
-def test_a_fork_from_something_not_an_agent_is_refused(client: StateClient, parent: str, agent: Any) -> None:
+def test_a_fork_from_something_not_an_agent_is_refused(client: StateClient, stopped: str, agent: Any) -> None:
     """An unknown agent name is ValidationError."""
-    refused_without_writing(client, ValidationError, parent, from_agent=agent)
+    refused_without_writing(client, ValidationError, stopped, from_agent=agent)
 
 
 @pytest.mark.parametrize("overrides", [["framework", "vue"], "framework=vue", {"x": float("nan")}, {1: "a"}])
 def test_overrides_that_are_not_a_json_object_are_refused(
-    client: StateClient, parent: str, overrides: Any
+    client: StateClient, stopped: str, overrides: Any
 ) -> None:
     """Overrides must be a JSON object: ValidationError."""
-    refused_without_writing(client, ValidationError, parent, from_agent="search", overrides=overrides)
+    refused_without_writing(client, ValidationError, stopped, from_agent="parser", overrides=overrides)
 
 
 def test_overrides_on_an_input_that_is_not_an_object_are_refused(client: StateClient) -> None:
@@ -419,3 +431,55 @@ async def test_the_plans_fork_returns_the_child_as_a_dict(plan: StateClient, par
     child = await fork_pipeline(parent, "generation", {"framework": "vue"})
     assert (child["parent_id"], child["fork_point"], child["replay"]) == (parent, "generation", False)
     assert isinstance(child["created_at"], int | float)
+
+
+def test_a_run_with_the_most_children_is_not_forked_again(
+    client: StateClient, parent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_CHILDREN a fork is InvalidTransitionError and writes nothing: the parent item stays small."""
+    monkeypatch.setattr(fork_steps, "MAX_CHILDREN", 2)
+    client.sessions.fork(parent, from_agent="parser")
+    client.sessions.fork(parent, from_agent="parser")
+    refused_without_writing(client, InvalidTransitionError, parent, from_agent="parser")
+
+
+def test_a_fork_counts_as_a_run_started_in_usage(client: StateClient, parent: str) -> None:
+    """The usage bus sees the fork as a run started by the parent's user."""
+    seen: list[UsageEvent] = []
+
+    class Sink:
+        def usage(self, event: UsageEvent) -> None:
+            seen.append(event)
+
+    client.layer.usage.attach(Sink())
+    child = client.sessions.fork(parent, from_agent="parser").session_id
+    assert [(e.kind, e.session_id, e.user_id) for e in seen if e.kind == "run_started"] == [
+        ("run_started", child, "u1")
+    ]
+
+
+def test_sealed_outputs_copied_into_a_fork_still_open(aws: None, clock: FakeClock) -> None:
+    """A sealed output is copied as stored and opens in the child (bound to the run that sealed it)."""
+    key = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
+    client = make_client(clock, kms_key_id=key, encrypt_fields={"output_data", "metadata"})
+    parent = completed_run(client, 3, metadata={"variant": "A"})
+    child = client.sessions.fork(parent, from_agent="parser", overrides={"framework": "vue"})
+    copied = raw_agents(client, child.session_id)["ui_selection"]["output_data"]
+    assert copied == raw_agents(client, parent)["ui_selection"]["output_data"]  # not decoded nor resealed
+    assert client.executions.get(child.session_id, "ui_selection").output_data == {"out": "ui_selection"}
+    assert client.executions.get(child.session_id, "parser").input_data["framework"] == "vue"
+    assert client.sessions.get(child.session_id).metadata == {"variant": "A"}
+
+
+def test_usage_from_the_tables_counts_a_forks_agents_once(client: StateClient, clock: FakeClock) -> None:
+    """A completed fork adds its own agents to the day's counts, never its parent's copies again."""
+    parent = completed_run(client, 6)  # FAILED after search; generation never ran
+    child = client.sessions.fork(parent, from_agent="generation").session_id
+    for agent in AGENTS[AGENTS.index("generation") :]:
+        client.executions.start(child, agent, input_data={"framework": "react"})
+        client.executions.complete(child, agent, output_data={"by": agent})
+    count = count_day(client, clock.now.date())
+    assert client.sessions.get(child).status is SessionStatus.COMPLETED
+    assert count.agent("nl_input")["started"] == 1
+    assert count.agent("generation")["completed"] == 1
+    assert count.total("started") == 2

@@ -31,9 +31,12 @@ One definition per figure (docs/data-model.md, "Figures, one definition each"):
 | agent `completed` | of those, items COMPLETED — never more than `started` |
 | agent `failed` | failed attempts: `retry_count`, plus 1 when the item is FAILED now |
 | agent `retries` | `retry_count` |
-| agent `tolerated` | runs listing the agent in `failed_agents` |
+| agent `tolerated` | runs listing the agent in `failed_agents` (a fork's: only from its fork point on) |
 | agent `forks` | runs forked from another run at this agent (`fork_point`), with or without overrides |
 | agent `replays` | of those, forks with no overrides (`replay`): the same inputs run again |
+
+A fork's copies of its parent's agents (`origin_run`) and its fork point not started yet are not agent
+items of its own: counted with the parent, not again.
 
 A session or agent item the mapping cannot read is counted in `skipped`, logged, and left out; the others
 are counted.
@@ -62,6 +65,7 @@ from tdev_state import (
     StateClient,
     StateError,
 )
+from tdev_state.agents import AGENT_STEP
 from tdev_state.log import get_logger
 from tdev_state.storage import ConditionFailed
 
@@ -142,7 +146,8 @@ class DayCount:
         counts["resumes"] += resumes
         self.hours[session.created_at.astimezone(UTC).hour] += 1
         for agent in session.failed_agents:
-            self.agent(agent)["tolerated"] += 1
+            if session.fork_point is None or AGENT_STEP[agent] >= AGENT_STEP[session.fork_point]:
+                self.agent(agent)["tolerated"] += 1  # a fork's copies were counted with its parent
         if session.fork_point is not None:
             fork = self.agent(session.fork_point)
             fork["forks"] += 1
@@ -151,6 +156,8 @@ class DayCount:
     def add_agents(self, executions: Iterable[Any]) -> None:
         """Count one run's agent items (`AgentExecution`s)."""
         for execution in executions:
+            if execution.origin_run is not None or execution.status is AgentStatus.PENDING:
+                continue  # a fork's copy (its parent's work), or a fork point not started yet
             counts = self.agent(execution.agent_name)
             counts["started"] += 1
             counts["completed"] += 1 if execution.status is AgentStatus.COMPLETED else 0

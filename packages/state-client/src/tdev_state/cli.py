@@ -255,6 +255,12 @@ def sessions_show(args: argparse.Namespace) -> int:
     )
     if session.failed_agents:
         console.print(Text(f"tolerated failures: {shown(', '.join(session.failed_agents))}"))
+    if session.parent_id is not None:
+        how = "a replay" if session.replay else f"overrides {session.fork_overrides}"
+        console.print(Text(f"forked from {shown(session.parent_id)} at {session.fork_point} ({shown(how)})"))
+    if session.children:
+        forks = ", ".join(f"{c.run_id} (at {c.fork_point})" for c in session.children)
+        console.print(Text(f"forks: {shown(forks)}"))
     if session.error_message:
         console.print(Text(f"error: {shown(session.error_message, keep_newlines=True)}"))
     columns = (

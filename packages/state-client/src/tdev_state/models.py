@@ -256,6 +256,9 @@ class AgentExecution(_DictMixin):
     output_location: str = "none"
     #: Which code, model and prompt made the latest attempt, as the pipeline said (None: not recorded).
     agent_version: dict[str, str] | None = None
+    #: A fork's copy of a finished agent: the run that produced it (None: this run did). Counts of agent
+    #: work leave copies out, or a fork would count its parent's agents again.
+    origin_run: str | None = None
 
     @property
     def duration_seconds(self) -> float | None:

@@ -4,13 +4,14 @@ fork point's PENDING item and the parent's `children` entry, and what a refusal 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tdev_state.exceptions import (
     ConflictError,
     ForkPointError,
+    InvalidTransitionError,
     RefTakenError,
     RunActiveError,
     SessionExistsError,
@@ -33,9 +34,14 @@ from tdev_state.runs.writer import (
     refusal_of,
 )
 from tdev_state.storage import CancellationReason, Expr, Item, TransactAction
+from tdev_state.usage import UsageEmitter, UsageEvent
 
 if TYPE_CHECKING:
     from tdev_state.runs.forks import ForkStore
+
+#: Children a run lists at most (each entry ~100 bytes of the parent's item, which every later write of
+#: the parent pays for): past it, fork one of its forks.
+MAX_CHILDREN = 500
 
 #: Agent-item attributes a copy does not carry: the parent's event entries (their seqs are the parent's)
 #: and fingerprint (sealed under the parent's id; a copy is final and never repeats a transition).
@@ -105,6 +111,8 @@ class ForkWrite(Transition[Session]):
         expr = Expr()
         expr.append("children", [{"run_id": child, "fork_point": point, "created_at": epoch(now)}])
         expr.require_equal("version", parent.get("version"))
+        listed = expr.n("children")  # the parent item stays small: forks of forks past the cap
+        expr.require(f"attribute_not_exists({listed}) OR size({listed}) < {expr.v(MAX_CHILDREN)}")
         expr.require(f"{expr.n('status')} <> {expr.v(SessionStatus.ACTIVE.value)}")
         lease = expr.n("lease_expires_at")
         expr.require(f"attribute_not_exists({lease}) OR {lease} < {expr.v(epoch(now))}")
@@ -212,6 +220,12 @@ class ForkWrite(Transition[Session]):
         if reasons and reasons[0].code == CONDITION_FAILED:
             raise SessionExistsError(f"a run {self.session_id!r} exists already; fork again")
         if len(reasons) > 1 and reasons[1].code == CONDITION_FAILED:
+            if parent is not None and len(parent.get("children") or ()) >= MAX_CHILDREN:
+                raise InvalidTransitionError(
+                    f"run {self._parent_id!r} has {MAX_CHILDREN} forks already, the most a run lists: fork "
+                    "one of its forks instead; nothing was written",
+                    current={"children": len(parent.get("children") or ())},
+                )
             if parent is not None and parent.get("status") == SessionStatus.ACTIVE.value:
                 raise RunActiveError(
                     f"run {self._parent_id!r} became ACTIVE while it was forked (resumed): nothing was "
@@ -238,6 +252,17 @@ class ForkWrite(Transition[Session]):
             f"the fork of {self._parent_id!r} was refused ({', '.join(r.code for r in reasons)[:200]}); "
             "nothing was written: fork it again"
         )
+
+    def usage(self, item: Item | None, usage: UsageEmitter) -> Iterable[UsageEvent]:
+        """A fork is a run started, like any created run (its user active too)."""
+        session, moment = self._session, self._now
+        user = session.get("user_id")
+        kind = str(session.get("pipeline_type", "SIMPLE"))
+        events = [UsageEvent("run_started", moment, session_id=self.session_id, pipeline_type=kind,
+                             user_id=user)]  # fmt: skip
+        if user is not None:
+            events.append(UsageEvent("user_active", moment, user_id=user))
+        return events
 
     def applied(self, item: Item | None) -> Session:
         return session_from_item(self._session, self._store._layer, strict=False)

@@ -167,7 +167,7 @@ class ForkStore:
     def _keep_shared(self, parent: Item, copied: Sequence[Item], now: datetime) -> None:
         """Keep alive, for the child's life, the parent's S3 objects its copies refer to (see
         `_SHARED_SAFE_AGE`): only with a retention rule, and only items old enough to need it are looked at
-        (a HEAD per object; a GET of each chunk that nests others; a copy in place of each old one)."""
+        (a HEAD per object, a GET of each chunk to find those it nests, a copy in place of each old one)."""
         config = self._layer.config
         if not config.retention_days or not config.payload_bucket:
             return

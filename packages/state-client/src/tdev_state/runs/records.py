@@ -245,6 +245,7 @@ def execution_from_item(item: Item, layer: DynamoLayer, *, load_payloads: bool =
         input_location=describe_payload(item.get("input_data")),
         output_location=describe_payload(item.get("output_data")),
         agent_version=_version(read, item.get("agent_version")),
+        origin_run=read.text("payload_origin", None),
     )
 
 

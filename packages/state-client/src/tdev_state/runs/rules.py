@@ -58,7 +58,8 @@ _ALL_OPEN = (SessionStatus.ACTIVE, SessionStatus.FAILED)
 
 @dataclass(frozen=True)
 class AgentRule:
-    """One agent transition. PENDING in `agent_from` means "no item yet" (nothing is stored as PENDING)."""
+    """One agent transition. PENDING in `agent_from` means "no item yet", or the item a fork stores for its
+    fork point (its input, nothing run yet: `runs.forks`)."""
 
     kind: AgentKind
     agent_from: tuple[AgentStatus, ...]
