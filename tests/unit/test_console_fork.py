@@ -190,7 +190,7 @@ def test_the_diff_page_compares_a_child_with_its_parent_and_escapes_stored_strin
     child = client.sessions.fork(sid, from_agent="generation", overrides={"note": HOSTILE})
     for agent in AGENTS[AGENTS.index("generation") :]:
         client.executions.start(child.session_id, agent)
-        client.executions.complete(child.session_id, agent, output_data={"out": agent, "v": 2})
+        client.executions.complete(child.session_id, agent, output_data={"out": agent, "v": 2, "x": HOSTILE})
     web = browser(client, clock)
     page = web.get(f"/runs/{sid}/diff/{child.session_id}")
     assert page.status_code == 200, page.text
@@ -246,3 +246,27 @@ def test_rerun_starts_the_child_at_once_under_a_fixed_stall_threshold(
     assert [r.next_agent for r in resumer.requests] == ["search"]
     child = client.sessions.get(sid).children[0].run_id
     assert client.sessions.get(child).status is SessionStatus.COMPLETED
+
+
+def test_a_child_the_console_cannot_start_is_shown_with_the_reason(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """When the start is refused after the fork (the child was ended meanwhile), the browser still lands on
+    the child's page, told why it was not started from here — not an error page that hides the new run."""
+    sid = make_completed_run(client)
+    web, resumer = acting(client, clock)
+    csrf = signed_in_csrf(web, sid, "parser")
+    original = client.sessions.fork
+
+    def fork_then_taken(*args: Any, **kwargs: Any) -> Any:
+        child = original(*args, **kwargs)
+        client.sessions.update(child.session_id, status=SessionStatus.ABANDONED)  # someone gave it up
+        return child
+
+    client.sessions.fork = fork_then_taken  # type: ignore[method-assign]
+    done = web.post(f"/runs/{sid}/fork/parser", data={"csrf": csrf})
+    assert done.status_code == 303
+    child = client.sessions.get(sid).children[0].run_id
+    assert done.headers["location"] == f"{BASE}/runs/{child}"
+    assert "not started from here" in web.get(done.headers["location"]).text
+    assert resumer.requests == []

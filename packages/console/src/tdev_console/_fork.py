@@ -22,7 +22,7 @@ from tdev_console._pages import Pages
 from tdev_console._recovery import NO_RESUMER
 from tdev_console._settings import ConsoleSettings
 from tdev_console._telemetry import ConsoleMetrics
-from tdev_recovery import LiveRunError, resume_pipeline
+from tdev_recovery import LiveRunError, RecoveryError, resume_pipeline
 from tdev_state import (
     AGENTS,
     AgentStatus,
@@ -158,9 +158,12 @@ class ForkPages:
                 config=self.settings.worker_config(),
                 force=True,
             )
-        except LiveRunError as exc:
-            self.metrics.action("fork", "live")
-            request.session["flash"] = f"forked as {child_id}, not started: {exc.reason}"
+        except RecoveryError as exc:  # the child exists: show it, and say why it is not started (yet)
+            self.metrics.action("fork", "live" if isinstance(exc, LiveRunError) else "not_recoverable")
+            request.session["flash"] = (
+                f"forked as {child_id}, not started from here: {exc}. A recovery worker's sweep starts it "
+                "when it is due."
+            )
             return RedirectResponse(request.url_for("run", session_id=child_id), status_code=303)
         self.metrics.action("fork", str(result["outcome"]))
         request.session["flash"] = (
