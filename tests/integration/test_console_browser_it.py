@@ -272,7 +272,11 @@ def test_rerun_a_completed_run_from_here(console: Console, page: Any) -> None:
     done = [
         s
         for s in all_runs_today(console.client)
-        if s.status is SessionStatus.COMPLETED and not s.failed_agents and s.parent_id is None
+        # not the demo's own fork nor its parent: this test's fork is then the run's only child
+        if s.status is SessionStatus.COMPLETED
+        and not s.failed_agents
+        and s.parent_id is None
+        and not s.children
     ]
     assert done, "the demo completed no run without a tolerated failure"
     parent = done[0].session_id
