@@ -431,8 +431,9 @@ def check_usage(
         "failed": sum(1 for s in sessions if s.fail_count > 0),
         "failure_events": sum(s.fail_count for s in sessions),
         "abandoned": sum(1 for s in sessions if s.status is SessionStatus.ABANDONED),
-        "recovered": sum(1 for s in sessions if s.status is SessionStatus.COMPLETED and _resumes(s)),
-        "resumes": sum(_resumes(s) for s in sessions),
+        # A fork's first resume is how it starts (demo/fork.py), not a recovery: Session.recoveries.
+        "recovered": sum(1 for s in sessions if s.status is SessionStatus.COMPLETED and s.recoveries),
+        "resumes": sum(s.resume_count for s in sessions),
         # A fork's copies of its parent's agents (origin_run) were counted with the parent.
         "agents_completed": sum(1 for e in agents if e.status.value == "COMPLETED" and e.origin_run is None),
         "forks": sum(1 for s in sessions if s.fork_point is not None),
@@ -453,11 +454,6 @@ def check_usage(
     shown = ", ".join(f"{k} {counted[k]}/{truth[k]}" for k in truth)
     lines = [f"usage of this demo's runs (tdev usage report; counted/in the tables): {shown}"]
     return lines, problems
-
-
-def _resumes(session: Session) -> int:
-    """Resumes that recovered the run: a fork's first resume is its start (demo/fork.py), not a recovery."""
-    return max(session.resume_count - (1 if session.fork_point is not None else 0), 0)
 
 
 def _stored_attempts(client: StateClient) -> int:

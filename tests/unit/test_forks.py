@@ -64,9 +64,8 @@ def pipeline_input(agent: str) -> dict[str, Any]:
 def completed_run(client: StateClient, agents: int = len(AGENTS), **create: Any) -> str:
     """A run whose first `agents` agents completed, each with its accumulated input (COMPLETED when all)."""
     sid = client.sessions.create(user_id="u1", project_name="todo", **create).session_id
-    for agent in AGENTS[:agents]:
-        client.executions.start(sid, agent, input_data=pipeline_input(agent))
-        client.executions.complete(sid, agent, output_data={"out": agent})
+    for agent in AGENTS[:agents]:  # recorded when finished, with its input: one write per agent
+        client.executions.complete(sid, agent, input_data=pipeline_input(agent), output_data={"out": agent})
     if agents < len(AGENTS):
         client.sessions.update(sid, status="FAILED", error_message="stopped")
     return sid
@@ -104,7 +103,7 @@ def test_a_fork_copies_the_agents_before_its_point_as_stored(client: StateClient
     before = AGENTS[: AGENTS.index("ui_selection")]
     assert sorted(new) == sorted([*before, "ui_selection"])
     for agent in before:
-        for name in ("input_data", "output_data", "status", "start_time", "end_time", "agent_name"):
+        for name in ("input_data", "output_data", "status", "end_time", "agent_name", "input_bytes"):
             assert new[agent][name] == old[agent][name]
         assert new[agent]["payload_origin"] == parent
         assert "ev" not in new[agent]
@@ -483,3 +482,26 @@ def test_usage_from_the_tables_counts_a_forks_agents_once(client: StateClient, c
     assert count.agent("nl_input")["started"] == 1
     assert count.agent("generation")["completed"] == 1
     assert count.total("started") == 2
+
+
+async def test_a_fork_started_by_the_worker_is_not_a_recovered_run(
+    client: StateClient, clock: FakeClock, parent: str
+) -> None:
+    """The hand-over that starts a fork counts as a resume, never as a recovery of the fork."""
+    child = client.sessions.fork(parent, from_agent="download").session_id
+    worker = RecoveryWorker(client, Recorder(), WORKER, clock=clock)
+    await worker.resume_now(child)
+    await worker.wait_for_inflight()
+    seen: list[UsageEvent] = []
+
+    class Sink:
+        def usage(self, event: UsageEvent) -> None:
+            seen.append(event)
+
+    client.layer.usage.attach(Sink())
+    client.executions.start(child, "download")
+    client.executions.complete(child, "download", output_data={})
+    assert [e.recovered for e in seen if e.kind == "run_completed"] == [False]
+    count = count_day(client, clock.now.date())
+    assert client.sessions.get(child).resume_count == 1
+    assert (count.total("resumes"), count.total("recovered"), count.total("completed")) == (1, 0, 2)

@@ -419,8 +419,8 @@ def test_the_usage_cli_prints_forks_by_fork_point(
 
 
 def test_a_forks_start_through_the_resume_path_is_not_counted_as_a_recovery(client: StateClient) -> None:
-    """A fork started by the worker's resume path and run to its end counts as a run started and completed,
-    not as a resume nor a recovered run."""
+    """A fork started by the worker's resume path and run to its end counts as a run started and completed
+    and its start as a resume handed to the pipeline, but not as a recovered run."""
     parent = _finished_runs(client, 1)[0]
     child = client.sessions.fork(parent, from_agent="search").session_id
     resumer = BackgroundResumer(client)
@@ -434,4 +434,4 @@ def test_a_forks_start_through_the_resume_path_is_not_counted_as_a_recovery(clie
     assert result.outcome == "resumed"
     assert client.sessions.get(child).resume_count == 1
     runs = UsageReader(client).report(DAY, DAY)["runs"]
-    assert (runs["started"], runs["completed"], runs["resumes"], runs["recovered"]) == (2, 2, 0, 0)
+    assert (runs["started"], runs["completed"], runs["resumes"], runs["recovered"]) == (2, 2, 1, 0)

@@ -25,8 +25,8 @@ One definition per figure (docs/data-model.md, "Figures, one definition each"):
 | `failed` | runs that entered FAILED at least once (`fail_count >= 1`) |
 | `failure_events` | times those runs entered FAILED (the sum of `fail_count`) |
 | `abandoned` | runs now ABANDONED |
-| `recovered` | runs COMPLETED after at least one resume |
-| `resumes` | resumes handed to the pipeline (the sum of `resume_count`; a fork's start is not one) |
+| `recovered` | runs COMPLETED after a resume that recovered them (`Session.recoveries`) |
+| `resumes` | resumes handed to the pipeline (the sum of `resume_count`; a fork's start is one) |
 | agent `started` | runs with a stored item for the agent (it began at least once) |
 | agent `completed` | of those, items COMPLETED — never more than `started` |
 | agent `failed` | failed attempts: `retry_count`, plus 1 when the item is FAILED now |
@@ -129,12 +129,9 @@ class DayCount:
         counts = self.run(session.pipeline_type.value)
         counts["started"] += 1
         status = session.status
-        # A fork is started through the resume path (docs/fork.md): that first resume is its start, not a
-        # recovery, so it counts in neither `resumes` nor `recovered`.
-        resumes = max(session.resume_count - (1 if session.fork_point is not None else 0), 0)
         if status is SessionStatus.COMPLETED:
             counts["completed"] += 1
-            counts["recovered"] += 1 if resumes > 0 else 0
+            counts["recovered"] += 1 if session.recoveries > 0 else 0
             seconds = (session.last_updated - session.created_at).total_seconds()
             self.run_seconds.setdefault(session.pipeline_type.value, Counter())[duration_bucket(seconds)] += 1
         elif status is SessionStatus.ABANDONED:
@@ -143,7 +140,7 @@ class DayCount:
             self.open_runs += 1
         counts["failed"] += 1 if session.fail_count > 0 else 0
         counts["failure_events"] += session.fail_count
-        counts["resumes"] += resumes
+        counts["resumes"] += session.resume_count
         self.hours[session.created_at.astimezone(UTC).hour] += 1
         for agent in session.failed_agents:
             if session.fork_point is None or AGENT_STEP[agent] >= AGENT_STEP[session.fork_point]:

@@ -231,6 +231,11 @@ class Session(_DictMixin):
     fork_overrides: str | None = None
     children: tuple[ForkChild, ...] = ()
 
+    @property
+    def recoveries(self) -> int:
+        """Resumes that recovered the run: a fork's first resume is how it starts, not a recovery."""
+        return max(0, self.resume_count - (1 if self.parent_id is not None else 0))
+
 
 @dataclass(frozen=True)
 class AgentExecution(_DictMixin):

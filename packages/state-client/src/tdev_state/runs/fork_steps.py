@@ -120,6 +120,9 @@ class ForkWrite(Transition[Session]):
         refs = ref_puts(layer.tables.sessions, child, self._refs, created_at=epoch(now),
                         expires_at=self._session.get("expires_at"))  # fmt: skip
         self._actions = [session_put, parent_update, *actions, *refs]
+        # Last, once everything the fork checks has passed: only a raced transaction can still refuse it.
+        shared = [self._items[a] for a in AGENTS[:k] if a in self._items]
+        self._store.keep_shared(parent, shared, now)
 
     def _pending_item(self, expiry: int | None) -> Item | None:
         """The fork point's item: the input the pipeline resumes with (None: the parent never stored one,

@@ -134,7 +134,6 @@ class ForkStore:
         }
         tolerated = set(session_reader(parent).texts("failed_agents"))
         _require_reached(parent_id, point, items, tolerated)
-        self._keep_shared(parent, [items[a] for a in AGENTS[: AGENT_STEP[point]] if a in items], now)
         child = str(uuid.uuid4())
         step = ForkWrite(self, parent_id, parent, child, point, items, tolerated, merge, text, wanted, now)
         session = self._writer.apply(step)
@@ -164,7 +163,7 @@ class ForkStore:
             children=session.children,
         )
 
-    def _keep_shared(self, parent: Item, copied: Sequence[Item], now: datetime) -> None:
+    def keep_shared(self, parent: Item, copied: Sequence[Item], now: datetime) -> None:
         """Keep alive, for the child's life, the parent's S3 objects its copies refer to (see
         `_SHARED_SAFE_AGE`): only with a retention rule, and only items old enough to need it are looked at
         (a HEAD per object, a GET of each chunk to find those it nests, a copy in place of each old one)."""

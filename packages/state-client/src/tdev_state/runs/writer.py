@@ -376,7 +376,8 @@ def run_end_events(status: SessionStatus, sid: str, moment: datetime, item: Item
     read = session_reader(item)
     try:
         created: datetime | None = read.moment("created_at", None)
-        resumed = read.whole("resume_count", 0) > 0
+        # A fork's first resume is how it starts (`Session.recoveries`), not a recovery.
+        resumed = read.whole("resume_count", 0) > (1 if item.get("parent_id") is not None else 0)
     except MalformedItemError:  # counted all the same (the transition happened), without the details
         created, resumed = None, False
     return [
