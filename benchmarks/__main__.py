@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-from benchmarks import adoption, console, live, metrics, recovery, state_client, usage  # noqa: E402
+from benchmarks import adoption, console, fork, live, metrics, recovery, state_client, usage  # noqa: E402
 from tdev_state import StateClient, StateConfig  # noqa: E402
 from tdev_state.log import configure_output  # noqa: E402
 from tdev_state.tables import delete_tables  # noqa: E402
@@ -47,7 +47,17 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=50, help="runs for the concurrency benchmark")
     parser.add_argument(
         "--only",
-        choices=("state_client", "encryption", "recovery", "metrics", "usage", "console", "adoption", "live"),
+        choices=(
+            "state_client",
+            "encryption",
+            "recovery",
+            "metrics",
+            "usage",
+            "console",
+            "adoption",
+            "live",
+            "fork",
+        ),
         default=None,
         help="run one group only",
     )
@@ -87,6 +97,8 @@ def main() -> int:
             results["adoption"] = adoption.run_all(config)
         if args.only in (None, "live"):
             results["live"] = live.run_all(config)
+        if args.only in (None, "fork"):
+            results["fork"] = fork.run_all(config)
     finally:
         delete_tables(client.layer)
         empty_and_delete_bucket(s3, bucket)

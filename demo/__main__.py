@@ -22,6 +22,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from demo.fork import fork_and_diff
 from demo.live import LiveRun, check_live
 from demo.report import write_report
 from tdev_metrics import MetricsReader
@@ -215,6 +217,9 @@ def main() -> int:
     killed_pids: list[int] = []
     final = {SessionStatus.COMPLETED, SessionStatus.ABANDONED}
     statuses: Counter[str] = Counter()
+    fork_lines: list[str] = []
+    fork_failures: list[str] = []
+    fork_child: str | None = None
     planned_kills = len(kill_delays)
     console.print(
         f"{len(plans)} runs, {args.drivers} pipeline processes ({planned_kills} to be SIGKILLed mid-run), "
@@ -258,6 +263,10 @@ def main() -> int:
                     f"t={elapsed:5.1f}s  created {len(sessions)}/{len(plans)}  {counts}", highlight=False
                 )
             if done:
+                # While the resume endpoint still serves: fork one completed run and diff it (demo/fork.py).
+                fork_lines, fork_failures, fork_child = fork_and_diff(
+                    client, plans, f"http://127.0.0.1:{port}/resume"
+                )
                 break
             time.sleep(1.0)
     finally:
@@ -278,8 +287,9 @@ def main() -> int:
     events = [json.loads(line) for line in events_path.read_text().splitlines()]
     failures = check_invariants(client, plans, events, killed_pids, baseline)
     usage_after = UsageReader(client).report(today, today)
-    usage_lines, usage_failures = check_usage(client, plans, usage_before, usage_after)
-    failures += usage_failures + check_live(client, live)
+    forks = [fork_child] if fork_child else []
+    usage_lines, usage_failures = check_usage(client, plans, usage_before, usage_after, forks=forks)
+    failures += usage_failures + fork_failures + check_live(client, live)
     report = write_report(
         out, client, MetricsReader(client), plans, events, killed_pids, elapsed, usage=usage_after, live=live
     )
@@ -289,7 +299,9 @@ def main() -> int:
         "runs": len(plans),
         "final": dict(sorted(statuses.items())),
         "sigkilled": len(killed_pids),
-        "resumes": len(_resumes(events)),
+        "resumes": sum(1 for sid, _ in _resumes(events) if sid != fork_child),
+        "forks": len(forks),
+        "fork": fork_child,
         "invariants_failed": failures,
         "report": str(report),
         "logs": str(logs),
@@ -307,7 +319,7 @@ def main() -> int:
         f"completions the store answered after the helper's budget (deferred, in order): {deferred}",
         highlight=False,
     )
-    for line in usage_lines:
+    for line in [*usage_lines, *fork_lines]:
         console.print(line, highlight=False, markup=False)
     console.print(f"report: {report}", highlight=False)
     console.print(f"logs:   {logs}", highlight=False)
@@ -409,30 +421,39 @@ def check_usage(
     plans: list[dict[str, Any]],
     before: dict[str, Any],
     after: dict[str, Any],
+    *,
+    forks: Sequence[str] = (),
 ) -> tuple[list[str], list[str]]:
     """The usage report of this demo's runs (today's report after minus before) against the tables: every
     count equal, with no allowance — the SIGKILLed pipeline processes included, since the report counts
     runs and agents from the tables (tdev_metrics.usage_tables), not from a buffer that dies with them.
     The counters are the env's: run the demo in an env with no other activity (its workers sweep every
     open run there)."""
-    sessions = [client.sessions.get(p["session_id"]) for p in plans]
+    sessions = [client.sessions.get(sid) for sid in [*(p["session_id"] for p in plans), *forks]]
     agents = [e for s in sessions for e in client.executions.list(s.session_id, load_payloads=False)]
     truth = {
-        "started": len(plans),
+        "started": len(sessions),
         "completed": sum(1 for s in sessions if s.status is SessionStatus.COMPLETED),
         "failed": sum(1 for s in sessions if s.fail_count > 0),
         "failure_events": sum(s.fail_count for s in sessions),
         "abandoned": sum(1 for s in sessions if s.status is SessionStatus.ABANDONED),
-        "recovered": sum(1 for s in sessions if s.status is SessionStatus.COMPLETED and s.resume_count),
+        # A fork's first resume is how it starts (demo/fork.py), not a recovery: Session.recoveries.
+        "recovered": sum(1 for s in sessions if s.status is SessionStatus.COMPLETED and s.recoveries),
         "resumes": sum(s.resume_count for s in sessions),
-        "agents_completed": sum(1 for e in agents if e.status.value == "COMPLETED"),
+        # A fork's copies of its parent's agents (origin_run) were counted with the parent.
+        "agents_completed": sum(1 for e in agents if e.status.value == "COMPLETED" and e.origin_run is None),
+        "forks": sum(1 for s in sessions if s.fork_point is not None),
+        "replays": sum(1 for s in sessions if s.fork_point is not None and s.replay),
     }
 
     def agents_completed(report: dict[str, Any]) -> int:
         return sum(row["completed"] for row in report["funnel"])
 
-    counted = {k: after["runs"][k] - before["runs"][k] for k in truth if k != "agents_completed"}
+    extra = ("agents_completed", "forks", "replays")
+    counted = {k: after["runs"][k] - before["runs"][k] for k in truth if k not in extra}
     counted["agents_completed"] = agents_completed(after) - agents_completed(before)
+    for k in ("forks", "replays"):  # by fork point in the report (docs/fork.md); totals here
+        counted[k] = after["forks"][k] - before["forks"][k]
     problems = [
         f"usage: {k} counted {counted[k]}, the tables say {truth[k]}" for k in truth if counted[k] != truth[k]
     ]

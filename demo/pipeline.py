@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -93,17 +94,25 @@ class Events:
         os.write(self._fd, line.encode())
 
 
-def agent_output(plan: dict[str, Any], agent: str) -> Any:
-    """An agent's result as the orchestrator has it: objects flattened by `__dict__`, plain values inside."""
+def _seed(plan: dict[str, Any], *parts: str) -> int:
+    """A seed stable across processes (`hash` of a str is not): a fork's plan seeds as its parent's, so a
+    replayed agent makes the parent's output again, and a diff shows what the override changed."""
+    return zlib.crc32("/".join((plan.get("seeded_as") or plan["session_id"], *parts)).encode()) % 1000
+
+
+def agent_output(plan: dict[str, Any], agent: str, data: dict[str, Any]) -> Any:
+    """An agent's result as the orchestrator has it: objects flattened by `__dict__`, plain values inside.
+    Generation honours a `framework` in its accumulated input (a fork's override: docs/fork.md)."""
     if agent == "generation":
-        files = generated_project(200_000, seed=hash(plan["session_id"]) % 1000)
+        files = generated_project(200_000, seed=_seed(plan, "files"))
+        wanted = data.get("framework")
         return {
-            "framework": Framework.REACT,
+            "framework": Framework(wanted) if wanted in {f.value for f in Framework} else Framework.REACT,
             "files": [GeneratedFile(Path(name), text) for name, text in sorted(files.items())],
             "generated_at": datetime.now(UTC),
         }
     return {
-        **agent_payload(2, seed=hash((plan["session_id"], agent, "out")) % 1000),
+        **agent_payload(2, seed=_seed(plan, agent, "out")),
         "finished_at": datetime.now(UTC),
         "tags": {agent, "demo"},
     }
@@ -137,7 +146,7 @@ async def run_agents(
                 tolerated_here = agent == plan["tolerated"]
                 flaky_here = agent in plan["flaky"] and attempt == 0
                 failing = doomed_here or critical_once or tolerated_here or flaky_here
-                output = None if failing else agent_output(plan, agent)
+                output = None if failing else agent_output(plan, agent, data)
                 # What the orchestrator's agents return: a result with success=False, or the output.
                 if failing:
                     step.fail(f"simulated failure of {agent} (attempt {attempt + 1})")
@@ -210,6 +219,21 @@ def serve(plans: dict[str, dict[str, Any]], events: Events) -> None:
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
 
+    async def plan_of(sid: str) -> dict[str, Any] | None:
+        """The run's plan; for a fork of a planned run (`sessions.fork`, demo/fork.py), the parent's plan
+        without its planned failures: the child runs from its fork point as a healthy run would."""
+        if sid in plans:
+            return plans[sid]
+        try:
+            parent = (await (await default_client()).sessions.lineage(sid)).parent_id
+        except StateError:
+            return None
+        if parent not in plans:
+            return None
+        fork = {**plans[parent], "session_id": sid, "project_id": sid, "flaky": [], "tolerated": None}
+        plans[sid] = {**fork, "fail_at": None, "doomed": False, "seeded_as": parent}
+        return plans[sid]
+
     async def continue_run(run: PipelineRun, request: ResumeRequest) -> str:
         return await run_agents(run, plans[run.session_id], request.next_agent, events, resumed=True)
 
@@ -230,8 +254,8 @@ def serve(plans: dict[str, dict[str, Any]], events: Events) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             sid, token = body["session_id"], int(body["fencing_token"])
             try:
-                if sid not in plans:
-                    raise StaleResumeError(f"{sid} is not a run of this demo")
+                if asyncio.run_coroutine_threadsafe(plan_of(sid), loop).result() is None:
+                    raise StaleResumeError(f"{sid} is not a run of this demo, nor a fork of one")
                 asyncio.run_coroutine_threadsafe(accept(body), loop).result()
             except ResumeBusyError:
                 events.log(event="resume_busy", sid=sid, token=token)

@@ -40,8 +40,13 @@ def timeline_png(plans: list[dict[str, Any]], events: list[dict[str, Any]], kill
     it failed); black ticks where a resume was accepted."""
     t0 = min(e["t"] for e in events)
     rows = {p["session_id"]: i for i, p in enumerate(plans)}
+    labels = [p["session_id"].split("-")[-1] for p in plans]
+    for e in events:  # runs not planned: the demo's fork (demo/fork.py), a row of its own at the bottom
+        if "sid" in e and e["sid"] not in rows:
+            rows[e["sid"]] = len(rows)
+            labels.append(f"fork {e['sid'][:8]}")
     colors = agent_colors()
-    fig, ax = plt.subplots(figsize=(12, max(4, len(plans) * 0.28 + 1.2)))
+    fig, ax = plt.subplots(figsize=(12, max(4, len(rows) * 0.28 + 1.2)))
     open_attempts: dict[tuple[str, str, int], dict[str, Any]] = {}
     for e in sorted(events, key=lambda e: e["t"]):
         if e["event"] == "start":
@@ -66,7 +71,7 @@ def timeline_png(plans: list[dict[str, Any]], events: list[dict[str, Any]], kill
         ax.barh(
             rows[sid], 0.3, left=start["t"] - t0, color="white", edgecolor="black", hatch="//", height=0.7
         )
-    ax.set_yticks(range(len(plans)), [p["session_id"].split("-")[-1] for p in plans], fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the demo started")
     ax.set_title(
@@ -123,8 +128,15 @@ def write_report(  # noqa: PLR0917 - the demo's one call site passes everything 
     def row(*cells: Any) -> str:
         return "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
 
+    # A fork's start goes through the resume route too (demo/fork.py): its row names it as a fork.
     recovery_rows = "".join(
-        row(e["sid"], e["token"], e["next_agent"], len(e["completed"]), sessions[e["sid"]].status.value)
+        row(
+            e["sid"] if e["sid"] in sessions else f"{e['sid']} (fork)",
+            e["token"],
+            e["next_agent"],
+            len(e["completed"]),
+            (sessions.get(e["sid"]) or client.sessions.get(e["sid"])).status.value,
+        )
         for e in resumes
     )
     agent_rows = "".join(

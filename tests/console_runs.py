@@ -32,6 +32,17 @@ def make_failed_run(
     return sid
 
 
+def make_completed_run(client: StateClient, *, project: str = "finished shop") -> str:
+    """A run whose nine agents completed, each with its accumulated input (what a fork starts from)."""
+    sid = client.sessions.create(user_id="console-user", project_name=project).session_id
+    data: dict[str, Any] = {"request": "build a shop"}
+    for agent in AGENTS:
+        client.executions.start(sid, agent, input_data=dict(data))
+        data[agent] = {"out": agent}
+        client.executions.complete(sid, agent, output_data=data[agent])
+    return sid
+
+
 def make_hostile_run(client: StateClient) -> str:
     """A run with markup in its project name, an agent's error and its metadata (and a tolerated failure)."""
     sid = client.sessions.create(
@@ -56,7 +67,7 @@ def finish_run(client: StateClient, request: ResumeRequest) -> None:
             current = None
         if current is AgentStatus.FAILED:
             client.executions.retry(request.session_id, agent)
-        elif current is None:
+        elif current in (None, AgentStatus.PENDING):  # never started, or a fork's point (stored input)
             client.executions.start(request.session_id, agent, input_data={"resumed": True})
         client.executions.complete(request.session_id, agent, output_data={"out": agent, "resumed": True})
 

@@ -175,7 +175,7 @@ def test_runs_list_after_a_small_demo(console: Console, page: Any) -> None:
     assert console.demo["invariants_failed"] == []
     page.goto(f"{console.url}/runs")
     stored = {s.session_id: s for s in all_runs_today(console.client)}
-    assert len(stored) == console.demo["runs"] + 2
+    assert len(stored) == console.demo["runs"] + console.demo["forks"] + 2
     shown = page.locator("table.runs tbody tr")
     assert shown.count() == len(stored)
     for row in shown.all():
@@ -264,6 +264,41 @@ def test_resume_a_failed_run_from_the_backlog(console: Console, page: Any) -> No
     shot(page, "resumed")
     page.goto(f"{console.url}/backlog")
     assert page.locator(f"tr[data-session='{sid}']").count() == 0
+
+
+def test_rerun_a_completed_run_from_here(console: Console, page: Any) -> None:
+    """Rerun from here on a completed run's timeline, with an override: the browser lands on the child's
+    page, which shows its lineage (parent and fork point) and follows the child to COMPLETED."""
+    done = [
+        s
+        for s in all_runs_today(console.client)
+        # not the demo's own fork nor its parent: this test's fork is then the run's only child
+        if s.status is SessionStatus.COMPLETED
+        and not s.failed_agents
+        and s.parent_id is None
+        and not s.children
+    ]
+    assert done, "the demo completed no run without a tolerated failure"
+    parent = done[0].session_id
+    page.goto(f"{console.url}/login?token={TOKEN}")
+    page.wait_for_url("**/backlog")
+    page.goto(f"{console.url}/runs/{parent}")
+    page.locator("#timeline tr[data-agent='ui_selection'] a.rerun").click()
+    page.wait_for_url(f"**/runs/{parent}/fork/ui_selection")
+    page.fill("#overrides", "framework=vue")
+    shot(page, "confirm-rerun")
+    page.click("#confirm")
+    page.wait_for_load_state()
+    children = console.client.sessions.get(parent).children
+    assert [c.fork_point for c in children] == ["ui_selection"]
+    child = children[0].run_id
+    assert page.url.endswith(f"/runs/{child}"), page.inner_text("main")
+    assert page.inner_text("#lineage-parent") == parent
+    assert page.inner_text("#lineage-fork-point") == "ui_selection"
+    page.locator("#run-status", has_text="COMPLETED").wait_for(timeout=30_000)
+    console.resumer.join()
+    assert console.resumer.errors == []
+    shot(page, "rerun-child")
 
 
 def test_stored_markup_is_inert_in_the_browser(console: Console, page: Any) -> None:

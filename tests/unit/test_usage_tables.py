@@ -33,7 +33,7 @@ from tdev_recovery import RecoveryWorker, ResumeRequest, WorkerConfig
 from tdev_state import AGENTS, StateClient
 from tdev_state.testing import FakeClock, LogEntries
 
-from ..console_runs import make_failed_run
+from ..console_runs import BackgroundResumer, make_failed_run
 from ..usage_mix import assert_report_matches, drive_mix, ground_truth
 
 DAY = date(2026, 11, 26)  # the FakeClock's day
@@ -382,3 +382,56 @@ def test_a_run_resumed_the_next_day_counts_its_resume_once(client: StateClient, 
         {"date": NEXT.isoformat(), "metric_name": "#usage#counts", "kind": "usage", "rm.SIMPLE": 1},
     )
     assert UsageReader(client).report(DAY, NEXT)["runs"]["resumes"] == 1
+
+
+def test_forks_and_replays_are_counted_by_fork_point_and_survive_the_fold(client: StateClient) -> None:
+    """Forks count under the agent forked from, replays (no overrides) among them; a closed fold keeps them,
+    and the report, its CLI table and its HTML page show them."""
+    parent = client.sessions.create(pipeline_type="SIMPLE").session_id
+    for agent in AGENTS:
+        client.executions.start(parent, agent, input_data={"request": "x"})
+        client.executions.complete(parent, agent, output_data={"ok": agent})
+    client.sessions.fork(parent, from_agent="ui_selection", overrides={"framework": "vue"})
+    client.sessions.fork(parent, from_agent="ui_selection")
+    client.sessions.fork(parent, from_agent="generation")
+    expected = {"ui_selection": {"forks": 2, "replays": 1}, "generation": {"forks": 1, "replays": 1}}
+    forks = UsageReader(client).report(DAY, DAY)["forks"]
+    assert forks == {"forks": 3, "replays": 2, "by_fork_point": expected}
+    fold_day(client, DAY, today=DAY + timedelta(days=30))  # closed: read back as its one item
+    stored = read_fold(client, DAY)
+    assert stored is not None
+    assert stored.closed
+    assert UsageReader(client).report(DAY, DAY)["forks"]["by_fork_point"] == expected
+
+
+def test_the_usage_cli_prints_forks_by_fork_point(
+    client: StateClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tdev usage report`'s tables include the forks by fork point when some run was forked."""
+    from tdev_metrics.usage_cli import print_report
+
+    parent = _finished_runs(client, 1)[0]
+    client.sessions.fork(parent, from_agent="search")
+    print_report(UsageReader(client).report(DAY, DAY))
+    out = capsys.readouterr().out
+    assert "forks of stored runs: 1 (1 replays), by fork point:" in out
+    assert "search" in out.split("by fork point:")[1]
+
+
+def test_a_forks_start_through_the_resume_path_is_not_counted_as_a_recovery(client: StateClient) -> None:
+    """A fork started by the worker's resume path and run to its end counts as a run started and completed
+    and its start as a resume handed to the pipeline, but not as a recovered run."""
+    parent = _finished_runs(client, 1)[0]
+    child = client.sessions.fork(parent, from_agent="search").session_id
+    resumer = BackgroundResumer(client)
+    worker = RecoveryWorker(client, resumer, WorkerConfig(worker_id="w"))
+    try:
+        result = asyncio.run(worker.resume_now(child))
+    finally:
+        asyncio.run(worker.shutdown())
+    resumer.join()
+    assert resumer.errors == []
+    assert result.outcome == "resumed"
+    assert client.sessions.get(child).resume_count == 1
+    runs = UsageReader(client).report(DAY, DAY)["runs"]
+    assert (runs["started"], runs["completed"], runs["resumes"], runs["recovered"]) == (2, 2, 1, 0)

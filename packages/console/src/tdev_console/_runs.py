@@ -20,9 +20,11 @@ from tdev_state import (
     EncryptionError,
     PayloadIntegrityError,
     RecoveryPolicy,
+    SessionStatus,
     StateClient,
     ValidationError,
 )
+from tdev_state.diff import mixed_versions
 
 #: The metric the pipeline records per agent (the demo and the plan's `record_metric` calls).
 DEFAULT_METRIC = "agent_execution_time"
@@ -67,7 +69,16 @@ class RunPages:
     def run_context(self, request: Request) -> dict[str, Any]:
         sid = request.path_params["session_id"]
         view = _views.run_view(self.client, sid, now=self.settings.clock(), policy=self.policy)
-        return {"run": view, "can_resume": self.settings.resumer is not None}
+        can_resume = self.settings.resumer is not None
+        # Rerun from here: a fork needs an ended run, and a resumer to start the child with.
+        ended = view.session.status is not SessionStatus.ACTIVE
+        return {
+            "run": view,
+            "can_resume": can_resume,
+            "can_fork": self.settings.allow_actions and can_resume and ended,
+            # A fork or a resume across a deploy: the version fields that differ across the run's agents.
+            "mixed_versions": mixed_versions(a.execution for a in view.agents if a.execution is not None),
+        }
 
     def run(self, request: Request) -> Response:
         return self.pages.render(request, "run.html", **self.run_context(request))

@@ -47,9 +47,9 @@ class ConsoleMetrics:
         )
         self.actions = Counter(
             "tdev_console_actions",
-            "Resume now / Abandon requests, by action and outcome (the worker's: resumed, abandoned, "
-            "released, stale, lost, error; refused: sign-in, CSRF, origin or no resumer; live and "
-            "not_recoverable: the recovery rule said no; failed: another error)",
+            "Resume now / Abandon / Rerun from here (fork) requests, by action and outcome (the worker's: "
+            "resumed, abandoned, released, stale, lost, error; refused: sign-in, CSRF, origin or no "
+            "resumer; live and not_recoverable: the recovery rule said no; failed: another error)",
             ["action", "outcome"],
             registry=r,
         )

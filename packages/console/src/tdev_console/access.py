@@ -7,7 +7,9 @@ grant shows them as sealed. These are the read grants of the pipeline's policy, 
 pipeline never lists runs by day) and a Query on the metrics table (which `tdev-metrics report` reads too).
 
 With `--allow-actions`, Resume now and Abandon take claims like a recovery worker: give the console the
-worker's grants (`tdev_recovery.access.RECOVERY_WORKER`) as well.
+worker's grants (`tdev_recovery.access.RECOVERY_WORKER`) as well. Rerun from here also creates a run
+(`sessions.fork`: one transaction on the sessions and agent-executions tables, S3 and KMS when the fork
+point's input is re-encoded): give it the pipeline's grants (`tdev_state.access.PIPELINE_CLIENT`) too.
 """
 
 from __future__ import annotations

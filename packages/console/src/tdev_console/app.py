@@ -2,6 +2,7 @@
 its own Prometheus metrics. `create_app` only assembles it; each route group lives in a module of its own:
 
 - `_runs` — the runs list, one run, its payloads; `_recovery` — the backlog and the actions;
+  `_fork` — Rerun from here (fork a run at an agent, start the child) and the diff of two runs;
   `_reports` — agent metrics and usage; `_guard` — headers, crash page, sign-in; `_telemetry` — /metrics;
   `_pages` — templates and filters; `_views` — what each page shows, read through the public client.
 
@@ -11,11 +12,12 @@ Security, in the order a request meets it:
   inline code, no framing), `nosniff`, a same-origin referrer policy and `no-store`;
 - every stored string reaches the page through Jinja2 with autoescaping on; charts are images;
 - reads need nothing but the state client's read grants;
-- the actions (Resume now, Abandon) exist only when the console was started with `allow_actions`; a browser
-  must first present the per-start token (once, at /login, which sets a signed SameSite=Strict session
-  cookie), and each action form carries that session's CSRF token, checked in constant time, as is the
-  Origin header when the browser sends one. Actions go through `tdev_recovery`'s `resume_pipeline` and
-  `abandon_pipeline`: the worker's own claim, fencing token and attempt counting, and its RecoveryPolicy.
+- the actions (Resume now, Abandon, Rerun from here) exist only when the console was started with
+  `allow_actions`; a browser must first present the per-start token (once, at /login, which sets a signed
+  SameSite=Strict session cookie), and each action form carries that session's CSRF token, checked in
+  constant time, as is the Origin header when the browser sends one. Actions go through `tdev_recovery`'s
+  `resume_pipeline` and `abandon_pipeline`: the worker's own claim, fencing token and attempt counting, and
+  its RecoveryPolicy (Rerun from here forks with `tdev_state`, then starts the child with `resume_pipeline`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from tdev_console._fork import ForkPages
 from tdev_console._guard import SecurityHeaders, SignIn
 from tdev_console._http import AllowedHosts, HostCheck, RawPath
 from tdev_console._pages import HERE, Pages
@@ -94,6 +97,7 @@ def create_app(client: StateClient, settings: ConsoleSettings | None = None) -> 
         *RecoveryPages(
             client=client, settings=config, pages=pages, policy=policy, sign_in=sign_in, metrics=metrics
         ).routes(),
+        *ForkPages(client=client, settings=config, pages=pages, sign_in=sign_in, metrics=metrics).routes(),
         *ReportPages(config, pages, reader, UsageReader(client)).routes(),
         *sign_in.routes(),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

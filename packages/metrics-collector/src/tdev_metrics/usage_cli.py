@@ -85,6 +85,18 @@ def print_report(report: dict[str, Any]) -> None:
         counts = (str(row[k]) for k in ("started", "completed", "failed", "retries", "tolerated"))
         funnel.add_row(Text(command.printable(row["agent"])), *counts, _n(d["p50"]), _n(d["p95"]))
     console.print(funnel)
+    forks = report.get("forks") or {}
+    if forks.get("forks"):
+        console.print(
+            f"forks of stored runs: {forks['forks']} ({forks['replays']} replays), by fork point:",
+            highlight=False,
+        )
+        by_point = Table()
+        for column in ("fork point", "forks", "replays"):
+            by_point.add_column(column, justify="left" if column == "fork point" else "right")
+        for agent, row in forks["by_fork_point"].items():
+            by_point.add_row(Text(command.printable(agent)), str(row["forks"]), str(row["replays"]))
+        console.print(by_point)
     run = report["duration_seconds"]["run"]
     console.print(f"run duration: p50 {_n(run['p50'])} s, p95 {_n(run['p95'])} s", highlight=False)
     stacks = ", ".join(

@@ -34,6 +34,7 @@ from tdev_metrics.usage_tables import (
     AGENT_OUTCOMES,
     AGENT_TIME,
     BUFFER,
+    FORK_OUTCOMES,
     RUN_OUTCOMES,
     DayCount,
     count_day,
@@ -229,6 +230,13 @@ def _shape(  # noqa: PLR0917 - the report's parts, gathered by report()
     by_type = {t: {o: runs[t][o] for o in RUN_OUTCOMES} for t in sorted(set(PIPELINE_TYPES) | set(runs))}
     agents = _agents_in(agents_counted)
     funnel = [{"agent": agent, **{o: agents_counted[agent][o] for o in AGENT_OUTCOMES}} for agent in agents]
+    # Forks by fork point (docs/fork.md): the agents some run was forked from, in pipeline order.
+    by_point = {
+        agent: {o: agents_counted[agent][o] for o in FORK_OUTCOMES}
+        for agent in agents
+        if agents_counted[agent]["forks"]
+    }
+    forks = {**{o: sum(c[o] for c in by_point.values()) for o in FORK_OUTCOMES}, "by_fork_point": by_point}
     all_runs: Counter[int] = Counter()
     for hist in run_seconds.values():
         all_runs.update(hist)
@@ -252,6 +260,7 @@ def _shape(  # noqa: PLR0917 - the report's parts, gathered by report()
         "to": end.isoformat(),
         "runs": {**{o: total[o] for o in RUN_OUTCOMES}, "by_pipeline_type": by_type},
         "funnel": funnel,
+        "forks": forks,
         "duration_seconds": duration,
         "projects": {
             "saved": counts["p.saved"],

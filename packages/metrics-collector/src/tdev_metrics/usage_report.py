@@ -125,6 +125,18 @@ margin-bottom:1em}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
             [list(r.values()) for r in report["funnel"]],
         )
     }
+<h2>Forks by fork point</h2>
+<p>{report.get("forks", {}).get("forks", 0)} runs forked from a stored run,
+{report.get("forks", {}).get("replays", 0)} of them replays (no overrides).</p>
+{
+        table(
+            ["fork point", "forks", "replays"],
+            [
+                [a, r["forks"], r["replays"]]
+                for a, r in report.get("forks", {}).get("by_fork_point", {}).items()
+            ],
+        )
+    }
 <h2>Durations (seconds; within ±{report["duration_seconds"]["relative_error"] * 100:.1f} %)</h2>
 {table(["series", "p50", "p95"], durations)}
 <h2>Projects</h2>

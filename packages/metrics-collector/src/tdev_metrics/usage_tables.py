@@ -25,13 +25,18 @@ One definition per figure (docs/data-model.md, "Figures, one definition each"):
 | `failed` | runs that entered FAILED at least once (`fail_count >= 1`) |
 | `failure_events` | times those runs entered FAILED (the sum of `fail_count`) |
 | `abandoned` | runs now ABANDONED |
-| `recovered` | runs COMPLETED after at least one resume |
-| `resumes` | resumes handed to the pipeline (the sum of `resume_count`) |
+| `recovered` | runs COMPLETED after a resume that recovered them (`Session.recoveries`) |
+| `resumes` | resumes handed to the pipeline (the sum of `resume_count`; a fork's start is one) |
 | agent `started` | runs with a stored item for the agent (it began at least once) |
 | agent `completed` | of those, items COMPLETED — never more than `started` |
 | agent `failed` | failed attempts: `retry_count`, plus 1 when the item is FAILED now |
 | agent `retries` | `retry_count` |
-| agent `tolerated` | runs listing the agent in `failed_agents` |
+| agent `tolerated` | runs listing the agent in `failed_agents` (a fork's: only from its fork point on) |
+| agent `forks` | runs forked from another run at this agent (`fork_point`), with or without overrides |
+| agent `replays` | of those, forks with no overrides (`replay`): the same inputs run again |
+
+A fork's copies of its parent's agents (`origin_run`) and its fork point not started yet are not agent
+items of its own: counted with the parent, not again.
 
 A session or agent item the mapping cannot read is counted in `skipped`, logged, and left out; the others
 are counted.
@@ -77,6 +82,9 @@ SETTLE_DAYS = 7
 CLOSE_GRACE = timedelta(hours=1)
 RUN_OUTCOMES = ("started", "completed", "failed", "failure_events", "abandoned", "recovered", "resumes")
 AGENT_OUTCOMES = ("started", "completed", "failed", "retries", "tolerated")
+#: Forks counted by fork point, under the agent forked from (a fork is a run like any other: it also counts
+#: in RUN_OUTCOMES and, from its fork point on, in the funnel).
+FORK_OUTCOMES = ("forks", "replays")
 #: Where a day's run and agent counts came from (the report says it per day).
 FOLDED, COUNTED, BUFFER = "tables (folded)", "tables", "usage buffer (before folding)"
 #: The metric whose percentiles are an agent's durations, in the usage report as in the metrics report.
@@ -137,6 +145,10 @@ class DayCount:
         for agent in session.failed_agents:
             if session.fork_point is None or AGENT_STEP[agent] >= AGENT_STEP[session.fork_point]:
                 self.agent(agent)["tolerated"] += 1  # a fork's copies were counted with its parent
+        if session.fork_point is not None:
+            fork = self.agent(session.fork_point)
+            fork["forks"] += 1
+            fork["replays"] += 1 if session.replay else 0
 
     def add_agents(self, executions: Iterable[Any]) -> None:
         """Count one run's agent items (`AgentExecution`s)."""
