@@ -207,3 +207,18 @@ def test_tdev_sessions_show_prints_the_lineage(
     assert f"forked from {parent} at parser" in capsys.readouterr().out.replace("\n", "")
     assert tdev(["sessions", "show", parent]) == 0
     assert f"{child} (at parser)" in capsys.readouterr().out.replace("\n", "")
+
+
+def test_tdev_runs_diff_of_one_fork_compares_it_with_its_parent(
+    cli_env: StateClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tdev runs diff CHILD` diffs the fork against its parent; a run that is no fork is exit 2, one line."""
+    parent = finished_run(cli_env)
+    child = cli_env.sessions.fork(parent, from_agent="parser").session_id
+    assert tdev(["runs", "diff", child, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["run_a"], shown["run_b"]) == (parent, child)
+    assert tdev(["runs", "diff", parent]) == 2
+    err = capsys.readouterr().err
+    assert "is not a fork" in err
+    assert len(err.strip().splitlines()) == 1

@@ -1,7 +1,7 @@
 """`tdev runs fork` and `tdev runs diff` (issue #27): fork a stopped run from an agent, compare two runs.
 
     tdev runs fork RUN --from AGENT [--set key=value ...] [--json]   prints the new run's id
-    tdev runs diff A B [--json]                                      per agent: status, same output or the
+    tdev runs diff A [B] [--json]                                    per agent: status, same output or the
                                                                      differing JSON paths, versions
 
 `--set` values are JSON when they parse as JSON (`--set retries=3`, `--set 'tags=["a"]'`), else text
@@ -51,7 +51,13 @@ def runs_fork(args: argparse.Namespace) -> int:
 
 def runs_diff(args: argparse.Namespace) -> int:
     client = StateClient(command.state_config(args, need_credentials=True))
-    diff = diff_runs(client, args.a, args.b)
+    a, b = args.a, args.b
+    if b is None:  # one run: a fork, compared with the run it was forked from
+        parent = client.sessions.lineage(a).parent_id
+        if parent is None:
+            raise CommandLineError(f"{a} is not a fork: name the run to compare it with (tdev runs diff A B)")
+        a, b = parent, a
+    diff = diff_runs(client, a, b)
     if args.json:
         print(json.dumps(diff.to_json()))
         return EXIT_OK
@@ -122,5 +128,7 @@ def add_commands(group: Any, target: argparse.ArgumentParser) -> None:
     diff = command.add_command(group, "diff", "compare two runs agent by agent", target)
     diff.set_defaults(run=runs_diff)
     diff.add_argument("a", help="one run (id or ref), e.g. the parent")
-    diff.add_argument("b", help="the other run, e.g. its fork")
+    diff.add_argument(
+        "b", nargs="?", default=None, help="the other run, e.g. its fork (omitted: A is a fork, B its parent)"
+    )
     diff.add_argument("--json", action="store_true", help="one JSON object on stdout")
