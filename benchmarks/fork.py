@@ -27,7 +27,7 @@ from benchmarks.state_client import AGENT_SECONDS, SimulatedClock, profile, run_
 from tdev_state import AGENTS, PIPELINE, AgentStatus, StateClient, StateConfig
 
 #: Where the benchmark forks: early, in the middle, just before and after the 1 MB agent, and the last.
-FORK_POINTS = ("ui_selection", "search", "generation", "assembly", "download")
+FORK_POINTS = (AGENTS[1], *AGENTS[5:])  # ui_selection, then search to download
 
 
 def item_bytes(value: Any, name: str = "") -> int:

@@ -115,6 +115,7 @@ def test_every_readme_command_runs_as_written(client: StateClient, tmp_path: Pat
         env["AWS_ENDPOINT_URL"] = client.config.endpoint_url
     ran: list[tuple[float, str]] = []
     skipped: list[str] = []
+    port_was_free = _status(4566, "/_localstack/health") == 0  # `make localstack-up` may start one there
     try:
         for command in readme_commands():
             if command in NOT_RUN:
@@ -131,6 +132,9 @@ def test_every_readme_command_runs_as_written(client: StateClient, tmp_path: Pat
             ran.append((time.monotonic() - started, command))
     finally:
         delete_tables(StateClient(own).layer)
+        if port_was_free:  # the README's LocalStack was started by this test (the suite's runs elsewhere)
+            down = ["make", "--no-print-directory", "localstack-down"]
+            subprocess.run(down, cwd=ROOT, timeout=120, check=False)
     print(f"ran {len(ran)} README commands; not run: {len(skipped)} (reasons in NOT_RUN); slowest:")
     for seconds, command in sorted(ran, reverse=True)[:8]:
         print(f"  {seconds:6.1f} s  {command}")

@@ -20,6 +20,22 @@ MissingData = Literal["breaching", "notBreaching", "ignore", "missing"]
 RECOVERY_NAMESPACE = "T-Developer"
 LOCALSTACK_ENDPOINT = "http://localhost:4566"
 
+#: The worker container's environment: client configuration (as `make output` hands it to clients) plus
+#: the worker's own settings. The infra contract test checks the client part against the clients' keys.
+#: Declared here, not in worker_service, so a test reads it without importing the provider (jsii, ~1.6 GB).
+WORKER_ENVIRONMENT = (
+    "TDEV_ENV",
+    "AWS_REGION",
+    "TDEV_PAYLOAD_BUCKET",
+    "TDEV_KMS_KEY_ID",
+    "TDEV_RETENTION_DAYS",
+    "TDEV_TARGET",
+    "TDEV_RESUMER",
+    "TDEV_CLOUDWATCH_NAMESPACE",
+    "TDEV_HTTP_PORT",
+    "TDEV_LOG_LEVEL",
+)
+
 
 @dataclass(frozen=True)
 class EnvironmentSettings:

@@ -18,25 +18,11 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from tdev_infra import _cdktf as tf
-from tdev_infra.settings import RECOVERY_NAMESPACE
+from tdev_infra.settings import RECOVERY_NAMESPACE, WORKER_ENVIRONMENT
 
 if TYPE_CHECKING:
     from tdev_infra.stack import StateStack
 
-#: The worker container's environment: client configuration (as `make output` hands it to clients) plus
-#: the worker's own settings. The infra contract test checks the client part against the clients' keys.
-WORKER_ENVIRONMENT = (
-    "TDEV_ENV",
-    "AWS_REGION",
-    "TDEV_PAYLOAD_BUCKET",
-    "TDEV_KMS_KEY_ID",
-    "TDEV_RETENTION_DAYS",
-    "TDEV_TARGET",
-    "TDEV_RESUMER",
-    "TDEV_CLOUDWATCH_NAMESPACE",
-    "TDEV_HTTP_PORT",
-    "TDEV_LOG_LEVEL",
-)
 EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
 HTTP_PORT = 8080
 

@@ -7,9 +7,11 @@ switched on: an S3 state backend and task roles.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +20,23 @@ from .synth import DEV_ACCOUNT, PROD_ACCOUNT, PROD_ROLE, STATE_BUCKET, TASK_PRIN
 
 
 @pytest.fixture(scope="session")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
-    out = tmp_path_factory.mktemp("cdktf.out")
+def synth(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Synth:
+    """Under pytest-xdist the workers share one synth: the first takes the lock and writes it into the
+    run's common temp directory, the others wait for it (a synth per worker cost each ~30-90 s)."""
+    if worker_id == "master":
+        return _synthesize(tmp_path_factory.mktemp("cdktf.out"))
+    shared = tmp_path_factory.getbasetemp().parent  # this run's directory, the same for every worker
+    with (shared / "cdktf.out.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (shared / "cdktf.out.done").exists():
+            return Synth(shared / "cdktf.out")
+        made = _synthesize(shared / "cdktf.out")
+        (shared / "cdktf.out.done").touch()
+        return made
+
+
+def _synthesize(out: Path) -> Synth:
+    out.mkdir(exist_ok=True)
     env = {
         **os.environ,
         "TDEV_TF_STATE_BUCKET": STATE_BUCKET,

@@ -166,7 +166,7 @@ def test_the_task_carries_the_workers_grants_and_configuration(synth: Synth) -> 
     """The task role has exactly the worker's policy; the container's environment is the clients'
     configuration (make output's keys) plus the worker's own; its health check is the image's /healthz
     probe; the backlog metric goes to the log group the alarm reads through EMF."""
-    from tdev_infra.worker_service import WORKER_ENVIRONMENT
+    from tdev_infra.settings import WORKER_ENVIRONMENT
 
     attachments = synth.resources("dev", "aws_iam_role_policy_attachment")
     task_policy = attachments["worker_task_policy"]
