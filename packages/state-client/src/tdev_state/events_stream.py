@@ -114,6 +114,7 @@ class StreamTrigger:
         self.lost_positions = 0  # expired or trimmed iterators: every watched run read once more
         self._changed: dict[str, asyncio.Event] = {}
         self._last_wait: dict[str, float] = {}
+        self._waiting: dict[str, int] = {}  # runs in a wait now (never idle, whatever `linger_seconds`)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -128,8 +129,16 @@ class StreamTrigger:
         if changed is None:
             changed = self._changed[run_id] = asyncio.Event()
         timeout = self.safety_seconds if self.healthy else self.fallback_seconds
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout)
+        self._waiting[run_id] = self._waiting.get(run_id, 0) + 1  # watched while waited on, however long
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout)
+        finally:
+            left = self._waiting.pop(run_id, 1) - 1
+            if left:
+                self._waiting[run_id] = left
+            if run_id in self._last_wait:  # the linger counts from the end of the last wait
+                self._last_wait[run_id] = time.monotonic()
         changed.clear()
 
     def fire(self, run_id: str) -> None:
@@ -167,7 +176,7 @@ class StreamTrigger:
     def _forget_idle_runs(self) -> None:
         """Runs no poller waited on for `linger_seconds` are no longer watched (their pollers ended)."""
         cutoff = time.monotonic() - self.linger_seconds
-        for run_id in [r for r, at in self._last_wait.items() if at < cutoff]:
+        for run_id in [r for r, at in self._last_wait.items() if at < cutoff and r not in self._waiting]:
             self._last_wait.pop(run_id, None)
             self._changed.pop(run_id, None)
 
@@ -281,7 +290,9 @@ class StreamTrigger:
             for record in records:
                 self._take(record)
             split = split or shard.iterator is None
-        if split:
+        # Every shard read to its end: their children may be listed only after a while, so look again each
+        # round until one shows (else the reader would idle for ever on nothing, still "healthy").
+        if split or not any(s.iterator for s in shards.values()):
             for found in await self._call(self._describe, arn):
                 if found["ShardId"] not in shards:
                     child = _Shard(found["ShardId"])

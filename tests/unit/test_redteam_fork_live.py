@@ -1,0 +1,74 @@
+"""Red-team findings on forks (#27) and the sessions-stream trigger (#26): each test is one bug seen."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tdev_state import AsyncStateClient
+from tdev_state.events_stream import StreamTrigger
+
+from .test_stream_trigger import (
+    DEADLINE,
+    HOURS,
+    ScriptedStreams,
+    _closed,
+    _open,
+    _record,
+    _until,
+    _watching,
+    _yield,
+)
+
+pytestmark = pytest.mark.unit
+
+
+class CountingStreams(ScriptedStreams):
+    """A scripted stream that counts its DescribeStream pages."""
+
+    def __init__(self, shards: list[dict[str, Any]], answers: dict[str, list[Any]]) -> None:
+        super().__init__(shards, answers)
+        self.describes = 0
+
+    def describe_stream(self, StreamArn: str, ExclusiveStartShardId: str | None = None) -> dict[str, Any]:
+        self.describes += 1
+        return super().describe_stream(StreamArn, ExclusiveStartShardId)
+
+
+async def test_a_closed_shard_whose_child_shows_late_is_still_followed(aclient: AsyncStateClient) -> None:
+    """The stream lists a closed shard's child only after a while: the reader keeps looking for it."""
+    streams = CountingStreams([_open("A")], {})
+    trigger = StreamTrigger(
+        aclient, fallback_seconds=HOURS, safety_seconds=HOURS, sleep=_yield, streams=streams
+    )
+    waiting = await _watching(trigger, "run-1")
+    streams.shards = [_closed("A")]  # the child is not listed yet
+    streams.answers["A"] = [{"Records": [], "NextShardIterator": None}]
+    described = streams.describes
+    await _until(lambda: not streams.answers["A"] and streams.describes > described)
+    streams.shards = [_closed("A"), _open("B")]
+    streams.answers["B"] = [{"Records": [_record("run-1", "12")]}]
+    await asyncio.wait_for(waiting, DEADLINE)
+    await trigger.aclose()
+
+
+async def test_a_run_waited_on_longer_than_the_linger_is_still_woken(aclient: AsyncStateClient) -> None:
+    """A wait longer than `linger_seconds` (safety interval above it) is a watcher still there: its
+    run's record ends it."""
+    streams = ScriptedStreams([_open("A")], {})
+    trigger = StreamTrigger(
+        aclient,
+        fallback_seconds=HOURS,
+        safety_seconds=HOURS,
+        linger_seconds=1e-9,
+        sleep=_yield,
+        streams=streams,
+    )
+    waiting = await _watching(trigger, "run-1")
+    streams.answers["A"] = [{"Records": []}] * 3 + [
+        {"Records": [_record("run-1", "12")]}
+    ]  # rounds past the linger
+    await asyncio.wait_for(waiting, DEADLINE)
+    await trigger.aclose()
