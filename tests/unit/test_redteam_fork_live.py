@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
 
-from tdev_state import AsyncStateClient
+from tdev_state import AsyncStateClient, StateClient
+from tdev_state.events import event_hub
 from tdev_state.events_stream import StreamTrigger
 
 from .test_stream_trigger import (
@@ -72,3 +74,20 @@ async def test_a_run_waited_on_longer_than_the_linger_is_still_woken(aclient: As
     ]  # rounds past the linger
     await asyncio.wait_for(waiting, DEADLINE)
     await trigger.aclose()
+
+
+async def test_the_process_hub_after_a_close_is_a_live_one(
+    aclient: AsyncStateClient, client: StateClient
+) -> None:
+    """`event_hub` after its hub was closed (a host's shutdown hook) hands out one that reads the stream
+    again, not the closed one polling for ever."""
+    closed = event_hub(aclient)  # still held (by the app that closed it)
+    await closed.aclose()
+    hub = event_hub(aclient)
+    sid = client.sessions.create().session_id
+    async with contextlib.aclosing(hub.watch(sid)) as stream:
+        await asyncio.wait_for(anext(stream), DEADLINE)
+        assert isinstance(hub.trigger, StreamTrigger)
+        trigger = hub.trigger
+        await _until(lambda: trigger.healthy)
+    await hub.aclose()
