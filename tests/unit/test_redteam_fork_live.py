@@ -91,3 +91,18 @@ async def test_the_process_hub_after_a_close_is_a_live_one(
         trigger = hub.trigger
         await _until(lambda: trigger.healthy)
     await hub.aclose()
+
+
+async def test_waits_poll_while_no_shard_can_be_read(aclient: AsyncStateClient) -> None:
+    """Every shard closed and no child listed yet: the trigger is not healthy (waits poll meanwhile)."""
+    streams = ScriptedStreams([_open("A")], {})
+    trigger = StreamTrigger(
+        aclient, fallback_seconds=HOURS, safety_seconds=HOURS, sleep=_yield, streams=streams
+    )
+    waiting = await _watching(trigger, "run-1")
+    assert trigger.healthy
+    streams.shards = [_closed("A")]
+    streams.answers["A"] = [{"Records": [], "NextShardIterator": None}]
+    await _until(lambda: not trigger.healthy)
+    waiting.cancel()
+    await trigger.aclose()

@@ -13,10 +13,10 @@ at least every `safety_seconds` even if its records never come.
 Falls back on its own: a table without a stream, or a process whose IAM role may not read it (the read-only
 console's), polls every `fallback_seconds` and asks again every `recheck_seconds`; a failing stream read
 (throttling, an outage) polls meanwhile — counted, logged, and retried with backoff (up to `max_backoff`)
-until the stream answers again. A closed shard is followed to its children; an expired
-iterator is renewed after the last record read; a trimmed one restarts at the shard's oldest record. Each
-of those may have skipped records, so every watched run is then read once. A record without a session key
-is counted and skipped.
+until the stream answers again. A closed shard is followed to its children (when none is listed yet, the
+stream is described again after a growing pause, polling meanwhile); an expired iterator is renewed after
+the last record read; a trimmed one restarts at the shard's oldest record. Each of those may have skipped
+records, so every watched run is then read once. A record without a session key is counted and skipped.
 
 Limits: DynamoDB Streams serves about five GetRecords per second per shard, shared by all its readers, and
 AWS advises at most two readers per shard: at the default `idle_seconds` (0.25 s, four reads per second per
@@ -197,8 +197,15 @@ class StreamTrigger:
                     self.fire_all()  # a write between a run's last read and LATEST is not in the stream
                     log.info("events.stream_reading", stream=arn, shards=len(shards))
                 got = await self._round(arn, shards)
-                backoff = 0.0
                 self._forget_idle_runs()
+                if not any(s.iterator for s in shards.values()):
+                    # Every shard read to its end and no child listed yet: nothing is read, so waits poll
+                    # meanwhile, and the stream is described again after a growing pause.
+                    self.healthy = False
+                    backoff = min(max(backoff * 2, self.first_backoff), self.max_backoff)
+                    await self.sleep(backoff)
+                    continue
+                self.healthy, backoff = True, 0.0
                 if not got:
                     await self.sleep(self.idle_seconds)
             except (_NoStream, AccessDeniedError) as exc:  # no stream, or not ours to read: poll, ask rarely
