@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -11,7 +13,9 @@ import pytest
 from tdev_state import AsyncStateClient, StateClient
 from tdev_state.events import event_hub
 from tdev_state.events_stream import StreamTrigger
+from tdev_state.testing import FakeClock, make_client
 
+from .test_forks import offloaded_run, raw_agents
 from .test_stream_trigger import (
     DEADLINE,
     HOURS,
@@ -106,3 +110,43 @@ async def test_waits_poll_while_no_shard_can_be_read(aclient: AsyncStateClient) 
     await _until(lambda: not trigger.healthy)
     waiting.cancel()
     await trigger.aclose()
+
+
+@pytest.fixture
+def retained(aws: None) -> Iterator[tuple[StateClient, FakeClock]]:
+    """A client with a retention rule and S3 offloading, its clock at the real time (as S3's stamps)."""
+    clock = FakeClock(datetime.now(UTC))
+    client = make_client(clock, offload_threshold=1024, retention_days=30)
+    yield client, clock
+    client.close()
+
+
+def test_a_fork_of_a_fork_keeps_alive_the_input_its_fork_point_shares(
+    retained: tuple[StateClient, FakeClock],
+) -> None:
+    """The fork point's input, copied as stored into the child and started there days later, still names
+    the parent's object: a fork of the child restarts that object's age too."""
+    client, clock = retained
+    parent = offloaded_run(client)  # ui_selection's input is an S3 object written now
+    clock.advance(days=5)  # young enough: the first fork refreshes nothing
+    child = client.sessions.fork(parent, from_agent="ui_selection").session_id
+    client.executions.complete(
+        child, "ui_selection", output_data={"ok": True}
+    )  # its input as the fork wrote it
+    client.sessions.update(child, status="FAILED")
+    clock.advance(days=3)  # the object is 8 days old, past the 6 a fork's copies need
+    payloads = client.layer.payloads
+    shared = {key for _, key in payloads.objects_of(raw_agents(client, child)["ui_selection"]["input_data"])}
+    refreshed: set[str] = set()
+    real = payloads.objects.refresh
+
+    def recording(bucket: str, key: str, *, created_before: Any) -> bool:
+        copied = real(bucket, key, created_before=created_before)
+        if copied:
+            refreshed.add(key)
+        return copied
+
+    payloads.objects.refresh = recording  # type: ignore[method-assign]
+    client.sessions.fork(child, from_agent="parser")
+    assert shared
+    assert shared <= refreshed

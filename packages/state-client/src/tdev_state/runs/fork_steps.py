@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from tdev_state.exceptions import (
@@ -46,6 +47,18 @@ MAX_CHILDREN = 500
 #: Agent-item attributes a copy does not carry: the parent's event entries (their seqs are the parent's)
 #: and fingerprint (sealed under the parent's id; a copy is final and never repeats a transition).
 _NOT_COPIED = frozenset({AGENT_LOG, "fingerprint", "expires_at", "execution_id"})
+
+
+#: An agent item's moments, epoch seconds: the earliest bounds the age of the S3 objects it names (a chunk
+#: may be a day older). `input_since` is the fork's own: an input copied as stored into a fork point keeps
+#: naming objects written when its parent's item was, whatever the child later stamps on that item.
+PAYLOAD_MOMENTS = ("start_time", "end_time", "created_at", "input_since")
+
+
+def earliest_moment(item: Item) -> Decimal | int | float | None:
+    """The earliest of an item's `PAYLOAD_MOMENTS` (None: it has none)."""
+    found = [item.get(name) for name in PAYLOAD_MOMENTS]
+    return min((m for m in found if isinstance(m, int | float | Decimal)), default=None)
 
 
 def sealed(stored: Any) -> bool:
@@ -161,6 +174,8 @@ class ForkWrite(Transition[Session]):
         else:  # copied as stored: no decode, no S3 write (an unsealed payload is bound to no run)
             item["input_data"] = stored
             item["input_bytes"] = stored_item.get("input_bytes", 0)
+            since = earliest_moment(stored_item)  # unknown: 0, so a fork of the child always looks at it
+            item["input_since"] = since if since is not None else 0
         if expiry is not None:
             item["expires_at"] = expiry
         return item
