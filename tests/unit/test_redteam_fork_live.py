@@ -13,7 +13,7 @@ import pytest
 from tdev_state import AsyncStateClient, StateClient
 from tdev_state.events import event_hub
 from tdev_state.events_stream import StreamTrigger
-from tdev_state.testing import FakeClock, make_client
+from tdev_state.testing import FakeClock, agent_payload, make_client
 
 from .test_forks import offloaded_run, raw_agents
 from .test_stream_trigger import (
@@ -112,6 +112,23 @@ async def test_waits_poll_while_no_shard_can_be_read(aclient: AsyncStateClient) 
     await trigger.aclose()
 
 
+def refreshed_by_fork(client: StateClient, run: str, agent: str) -> set[str]:
+    """The object keys whose age a fork of `run` from `agent` restarted."""
+    objects = client.layer.payloads.objects
+    refreshed: set[str] = set()
+    real = objects.refresh
+
+    def recording(bucket: str, key: str, *, created_before: Any) -> bool:
+        copied = real(bucket, key, created_before=created_before)
+        if copied:
+            refreshed.add(key)
+        return copied
+
+    objects.refresh = recording  # type: ignore[method-assign]
+    client.sessions.fork(run, from_agent=agent)
+    return refreshed
+
+
 @pytest.fixture
 def retained(aws: None) -> Iterator[tuple[StateClient, FakeClock]]:
     """A client with a retention rule and S3 offloading, its clock at the real time (as S3's stamps)."""
@@ -137,16 +154,23 @@ def test_a_fork_of_a_fork_keeps_alive_the_input_its_fork_point_shares(
     clock.advance(days=3)  # the object is 8 days old, past the 6 a fork's copies need
     payloads = client.layer.payloads
     shared = {key for _, key in payloads.objects_of(raw_agents(client, child)["ui_selection"]["input_data"])}
-    refreshed: set[str] = set()
-    real = payloads.objects.refresh
-
-    def recording(bucket: str, key: str, *, created_before: Any) -> bool:
-        copied = real(bucket, key, created_before=created_before)
-        if copied:
-            refreshed.add(key)
-        return copied
-
-    payloads.objects.refresh = recording  # type: ignore[method-assign]
-    client.sessions.fork(child, from_agent="parser")
     assert shared
-    assert shared <= refreshed
+    assert shared <= refreshed_by_fork(client, child, "parser")
+
+
+def test_a_fork_of_a_fork_keeps_alive_the_metadata_it_shares(retained: tuple[StateClient, FakeClock]) -> None:
+    """The run's metadata, copied as stored into the child, still names the parent's object: a fork of the
+    child restarts that object's age too (the child's own creation time does not bound it)."""
+    client, clock = retained
+    parent = client.sessions.create(metadata={"notes": agent_payload(20, seed=3)}).session_id
+    client.sessions.update(parent, status="FAILED")
+    clock.advance(days=5)
+    child = client.sessions.fork(parent, from_agent="nl_input").session_id
+    client.sessions.update(child, status="FAILED")
+    clock.advance(days=3)
+    payloads = client.layer.payloads
+    stored = client.layer.get(client.layer.tables.sessions, {"session_id": child})
+    assert stored is not None
+    shared = {key for _, key in payloads.objects_of(stored["metadata"])}
+    assert shared
+    assert shared <= refreshed_by_fork(client, child, "nl_input")
