@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tdev_state import AsyncStateClient, StateClient
+from tdev_state.cli import main as tdev
 from tdev_state.events import event_hub
 from tdev_state.events_stream import StreamTrigger
 from tdev_state.testing import FakeClock, agent_payload, make_client
@@ -174,3 +175,14 @@ def test_a_fork_of_a_fork_keeps_alive_the_metadata_it_shares(retained: tuple[Sta
     shared = {key for _, key in payloads.objects_of(stored["metadata"])}
     assert shared
     assert shared <= refreshed_by_fork(client, child, "nl_input")
+
+
+def test_tdev_runs_diff_shows_run_ids_as_text_not_markup(
+    client: StateClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run id that reads as console markup (`[x]run`) is printed as it is in the diff's title."""
+    monkeypatch.setenv("TDEV_ENV", client.config.env)
+    monkeypatch.setenv("COLUMNS", "200")
+    sid = client.sessions.create(session_id="[notastyle]run").session_id
+    assert tdev(["runs", "diff", sid, sid]) == 0
+    assert "[notastyle]run vs [notastyle]run" in capsys.readouterr().out
