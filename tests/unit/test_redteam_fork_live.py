@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from tdev_state import AsyncStateClient, StateClient
+from tdev_recovery import Outcome, RecoveryWorker
+from tdev_state import AsyncStateClient, SessionStatus, StateClient
 from tdev_state.cli import main as tdev
 from tdev_state.events import event_hub
 from tdev_state.events_stream import StreamTrigger
 from tdev_state.testing import FakeClock, agent_payload, make_client
 
-from .test_forks import offloaded_run, raw_agents
+from .test_forks import WORKER, Recorder, completed_run, offloaded_run, raw_agents
 from .test_stream_trigger import (
     DEADLINE,
     HOURS,
@@ -186,3 +188,18 @@ def test_tdev_runs_diff_shows_run_ids_as_text_not_markup(
     sid = client.sessions.create(session_id="[notastyle]run").session_id
     assert tdev(["runs", "diff", sid, sid]) == 0
     assert "[notastyle]run vs [notastyle]run" in capsys.readouterr().out
+
+
+async def test_a_forks_start_does_not_use_its_recovery_budget(client: StateClient, clock: FakeClock) -> None:
+    """The hand-over that starts a fork is not a recovery: with max_resumes=1 a fork that stalls after it
+    is still recovered once, as any run is, not abandoned."""
+    parent = completed_run(client, 4)
+    child = client.sessions.fork(parent, from_agent="match_rate").session_id
+    recorder = Recorder()
+    worker = RecoveryWorker(client, recorder, dataclasses.replace(WORKER, max_resumes=1), clock=clock)
+    await worker.resume_now(child)  # its start
+    await worker.wait_for_inflight()
+    result = await worker.resume_now(child, force=True)  # its first recovery
+    await worker.wait_for_inflight()
+    assert result.outcome is Outcome.RESUMED
+    assert client.sessions.get(child).status is SessionStatus.ACTIVE
