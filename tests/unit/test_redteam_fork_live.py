@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from tdev_recovery import Outcome, RecoveryWorker
-from tdev_state import AsyncStateClient, SessionStatus, StateClient
+from tdev_state import AsyncStateClient, SessionStatus, StateClient, ValidationError
 from tdev_state.cli import main as tdev
-from tdev_state.events import event_hub
+from tdev_state.events import EventHub, event_hub
+from tdev_state.events_http import events_app
 from tdev_state.events_stream import StreamTrigger
 from tdev_state.testing import FakeClock, agent_payload, make_client
 
@@ -203,3 +204,14 @@ async def test_a_forks_start_does_not_use_its_recovery_budget(client: StateClien
     await worker.wait_for_inflight()
     assert result.outcome is Outcome.RESUMED
     assert client.sessions.get(child).status is SessionStatus.ACTIVE
+
+
+@pytest.mark.parametrize(
+    "make",
+    [EventHub, StreamTrigger, event_hub, events_app],
+    ids=["EventHub", "StreamTrigger", "event_hub", "events_app"],
+)
+async def test_a_sync_client_is_refused_with_a_validation_error(client: StateClient, make: Any) -> None:
+    """The live events given a StateClient (not async): a ValidationError saying how to wrap it."""
+    with pytest.raises(ValidationError, match=r"AsyncStateClient\(client\)"):
+        make(client)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tdev_state.client import AsyncStateClient
-from tdev_state.events_stream import StreamTrigger
+from tdev_state.events_stream import StreamTrigger, checked_async_client
 from tdev_state.exceptions import NotFoundError, ValidationError
 from tdev_state.log import get_logger
 from tdev_state.models import RunEvent
@@ -267,7 +267,7 @@ class EventHub:
             raise ValidationError(f"queue_size must be a whole number >= 1, got {queue_size!r}")
         if not 0 < first_backoff <= max_backoff:
             raise ValidationError("the backoffs must satisfy 0 < first_backoff <= max_backoff")
-        self.client = client
+        self.client = checked_async_client(client, "EventHub")
         self.trigger: PollTrigger = trigger or StreamTrigger(client)
         self.queue_size = queue_size
         self.first_backoff = first_backoff
@@ -405,6 +405,7 @@ def event_hub(client: AsyncStateClient) -> EventHub:
     while anyone holds it — an app, a running `watch` — and freed with its listener after; a closed one is
     replaced)."""
     loop = asyncio.get_running_loop()
+    checked_async_client(client, "event_hub")
     hubs = _hubs.setdefault(client, weakref.WeakValueDictionary())
     hub = hubs.get(loop)
     if hub is None or hub.closed:  # a host closed it (its shutdown): a new one for whoever comes next

@@ -49,6 +49,17 @@ __all__ = ["StreamTrigger"]
 _ITERATOR_LOST = ("ExpiredIteratorException", "TrimmedDataAccessException")
 
 
+def checked_async_client(client: object, what: str) -> AsyncStateClient:
+    """`client` if it is an AsyncStateClient; else a ValidationError saying how to make one (a StateClient
+    is the usual mistake: the live events run on the event loop)."""
+    if not isinstance(client, AsyncStateClient):
+        raise ValidationError(
+            f"{what} needs an AsyncStateClient, got {type(client).__name__}; wrap a StateClient as "
+            "AsyncStateClient(client)"
+        )
+    return client
+
+
 class _NoStream(StateError):
     """The sessions table has no stream (or it is disabled): this process polls."""
 
@@ -95,7 +106,7 @@ class StreamTrigger:
                 raise ValidationError(f"{name} must be a number of seconds > 0, got {value!r}")
         if not first_backoff <= max_backoff:
             raise ValidationError("the backoffs must satisfy 0 < first_backoff <= max_backoff")
-        self.client = client
+        self.client = checked_async_client(client, "StreamTrigger")
         self.fallback_seconds = fallback_seconds
         self.safety_seconds = safety_seconds
         self.idle_seconds = idle_seconds
