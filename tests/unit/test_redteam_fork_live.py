@@ -14,6 +14,7 @@ import pytest
 from tdev_recovery import Outcome, RecoveryWorker
 from tdev_state import AsyncStateClient, SessionStatus, StateClient, ValidationError
 from tdev_state.cli import main as tdev
+from tdev_state.diff import diff_runs
 from tdev_state.events import EventHub, event_hub
 from tdev_state.events_http import events_app
 from tdev_state.events_stream import StreamTrigger
@@ -215,3 +216,12 @@ async def test_a_sync_client_is_refused_with_a_validation_error(client: StateCli
     """The live events given a StateClient (not async): a ValidationError saying how to wrap it."""
     with pytest.raises(ValidationError, match=r"AsyncStateClient\(client\)"):
         make(client)
+
+
+@pytest.mark.parametrize("kind", ["async", "text"])
+def test_diff_runs_refuses_what_is_not_a_state_client(client: StateClient, kind: str) -> None:
+    """diff_runs given an AsyncStateClient (or anything else): a ValidationError, not a TypeError."""
+    sid = client.sessions.create().session_id
+    given: Any = AsyncStateClient(client) if kind == "async" else "client"
+    with pytest.raises(ValidationError, match=r"asyncio\.to_thread"):
+        diff_runs(given, sid, sid)
