@@ -409,8 +409,8 @@ class RecoveryWorker:
             heartbeat.cancel()
             return await self._abandon(holder["claim"], reason)
 
-        if claim.resume_count >= self.config.max_resumes:
-            return await abandon(f"resumed {claim.resume_count} times and failed again; giving up")
+        if claim.recoveries >= self.config.max_resumes:  # a fork's start is not one of them
+            return await abandon(f"resumed {claim.recoveries} times and failed again; giving up")
         if claim.attempt > policy.maximum_attempts:
             # Earlier claims ended without an outcome (their worker died mid-attempt): that counts.
             return await abandon(

@@ -18,6 +18,7 @@ from typing import Any
 
 from tdev_state import validate as check
 from tdev_state.client import StateClient
+from tdev_state.exceptions import ValidationError
 from tdev_state.models import AGENTS, AgentExecution
 
 #: Differing paths listed per agent (the rest are counted), and characters kept of each value shown.
@@ -98,6 +99,11 @@ def diff_runs(client: StateClient, a: str, b: str) -> RunDiff:
 
     SessionNotFoundError for an unknown run; the typed payload errors of `executions.list` when an output
     cannot be read (vanished object, changed bytes, a key the caller may not use)."""
+    if not isinstance(client, StateClient):  # an AsyncStateClient would hand back coroutines
+        raise ValidationError(
+            f"diff_runs reads through a StateClient, got {type(client).__name__}; from async code: "
+            "await asyncio.to_thread(diff_runs, aclient.sync, a, b)"
+        )
     run_a = client.sessions.resolve(check.identifier("a", a, existing=True))
     run_b = client.sessions.resolve(check.identifier("b", b, existing=True))
     side_a = {e.agent_name: e for e in client.executions.list(run_a)}

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tdev_state.client import AsyncStateClient
-from tdev_state.events_stream import StreamTrigger
+from tdev_state.events_stream import StreamTrigger, checked_async_client
 from tdev_state.exceptions import NotFoundError, ValidationError
 from tdev_state.log import get_logger
 from tdev_state.models import RunEvent
@@ -267,13 +267,16 @@ class EventHub:
             raise ValidationError(f"queue_size must be a whole number >= 1, got {queue_size!r}")
         if not 0 < first_backoff <= max_backoff:
             raise ValidationError("the backoffs must satisfy 0 < first_backoff <= max_backoff")
-        self.client = client
+        self.client = checked_async_client(client, "EventHub")
         self.trigger: PollTrigger = trigger or StreamTrigger(client)
         self.queue_size = queue_size
         self.first_backoff = first_backoff
         self.max_backoff = max_backoff
         self.sleep = sleep
         self.failed_polls = 0
+        #: Set by `aclose`: `event_hub` then hands out a new hub, never this one (it no longer hears this
+        #: process's writes, and its trigger's reader is stopped for good).
+        self.closed = False
         self._pollers: dict[str, _Poller] = {}
         self._resolved: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -379,6 +382,7 @@ class EventHub:
     async def aclose(self) -> None:
         """Stop every poller (their watchers' streams end), the trigger's reader if it has one, and stop
         listening to the client's writes."""
+        self.closed = True
         self._stop_listening()
         for poller in list(self._pollers.values()):
             for watcher in list(poller.watchers):
@@ -398,11 +402,13 @@ _hubs: weakref.WeakKeyDictionary[
 
 def event_hub(client: AsyncStateClient) -> EventHub:
     """The process's shared hub for `client` on the running event loop (created with the defaults; shared
-    while anyone holds it — an app, a running `watch` — and freed with its listener after)."""
+    while anyone holds it — an app, a running `watch` — and freed with its listener after; a closed one is
+    replaced)."""
     loop = asyncio.get_running_loop()
+    checked_async_client(client, "event_hub")
     hubs = _hubs.setdefault(client, weakref.WeakValueDictionary())
     hub = hubs.get(loop)
-    if hub is None:
+    if hub is None or hub.closed:  # a host closed it (its shutdown): a new one for whoever comes next
         hub = hubs[loop] = EventHub(client)
     return hub
 

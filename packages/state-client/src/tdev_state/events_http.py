@@ -28,6 +28,7 @@ from urllib.parse import parse_qs
 
 from tdev_state.client import AsyncStateClient
 from tdev_state.events import EventHub, IntervalTrigger, PollTrigger, Resync, RetryHint, StreamItem, event_hub
+from tdev_state.events_stream import checked_async_client
 from tdev_state.exceptions import NotFoundError, StateError, ValidationError
 from tdev_state.log import get_logger
 from tdev_state.models import RunEvent
@@ -71,6 +72,8 @@ class EventsApp:
         authorize: Authorize | None = None,
         heartbeat: PollTrigger | None = None,
     ) -> None:
+        if not callable(client):  # else the client itself, checked here rather than at the first request
+            checked_async_client(client, "events_app")
         self._client = client
         self._hub = hub
         self._authorize = authorize

@@ -13,10 +13,10 @@ at least every `safety_seconds` even if its records never come.
 Falls back on its own: a table without a stream, or a process whose IAM role may not read it (the read-only
 console's), polls every `fallback_seconds` and asks again every `recheck_seconds`; a failing stream read
 (throttling, an outage) polls meanwhile — counted, logged, and retried with backoff (up to `max_backoff`)
-until the stream answers again. A closed shard is followed to its children; an expired
-iterator is renewed after the last record read; a trimmed one restarts at the shard's oldest record. Each
-of those may have skipped records, so every watched run is then read once. A record without a session key
-is counted and skipped.
+until the stream answers again. A closed shard is followed to its children (when none is listed yet, the
+stream is described again after a growing pause, polling meanwhile); an expired iterator is renewed after
+the last record read; a trimmed one restarts at the shard's oldest record. Each of those may have skipped
+records, so every watched run is then read once. A record without a session key is counted and skipped.
 
 Limits: DynamoDB Streams serves about five GetRecords per second per shard, shared by all its readers, and
 AWS advises at most two readers per shard: at the default `idle_seconds` (0.25 s, four reads per second per
@@ -49,6 +49,17 @@ __all__ = ["StreamTrigger"]
 
 #: Answers of GetRecords that cost the shard's position, not the stream: renew the iterator and go on.
 _ITERATOR_LOST = ("ExpiredIteratorException", "TrimmedDataAccessException")
+
+
+def checked_async_client(client: object, what: str) -> AsyncStateClient:
+    """`client` if it is an AsyncStateClient; else a ValidationError saying how to make one (a StateClient
+    is the usual mistake: the live events run on the event loop)."""
+    if not isinstance(client, AsyncStateClient):
+        raise ValidationError(
+            f"{what} needs an AsyncStateClient, got {type(client).__name__}; wrap a StateClient as "
+            "AsyncStateClient(client)"
+        )
+    return client
 
 
 class _NoStream(StateError):
@@ -97,7 +108,7 @@ class StreamTrigger:
                 raise ValidationError(f"{name} must be a number of seconds > 0, got {value!r}")
         if not first_backoff <= max_backoff:
             raise ValidationError("the backoffs must satisfy 0 < first_backoff <= max_backoff")
-        self.client = client
+        self.client = checked_async_client(client, "StreamTrigger")
         self.fallback_seconds = fallback_seconds
         self.safety_seconds = safety_seconds
         self.idle_seconds = idle_seconds
@@ -116,6 +127,7 @@ class StreamTrigger:
         self.lost_positions = 0  # expired or trimmed iterators: every watched run read once more
         self._changed: dict[str, asyncio.Event] = {}
         self._last_wait: dict[str, float] = {}
+        self._waiting: dict[str, int] = {}  # runs in a wait now (never idle, whatever `linger_seconds`)
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
@@ -131,8 +143,16 @@ class StreamTrigger:
         if changed is None:
             changed = self._changed[run_id] = asyncio.Event()
         timeout = self.safety_seconds if self.healthy else self.fallback_seconds
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout)
+        self._waiting[run_id] = self._waiting.get(run_id, 0) + 1  # watched while waited on, however long
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout)
+        finally:
+            left = self._waiting.pop(run_id, 1) - 1
+            if left:
+                self._waiting[run_id] = left
+            if run_id in self._last_wait:  # the linger counts from the end of the last wait
+                self._last_wait[run_id] = time.monotonic()
         changed.clear()
 
     def fire(self, run_id: str) -> None:
@@ -173,7 +193,7 @@ class StreamTrigger:
     def _forget_idle_runs(self) -> None:
         """Runs no poller waited on for `linger_seconds` are no longer watched (their pollers ended)."""
         cutoff = time.monotonic() - self.linger_seconds
-        for run_id in [r for r, at in self._last_wait.items() if at < cutoff]:
+        for run_id in [r for r, at in self._last_wait.items() if at < cutoff and r not in self._waiting]:
             self._last_wait.pop(run_id, None)
             self._changed.pop(run_id, None)
 
@@ -194,8 +214,15 @@ class StreamTrigger:
                     self.fire_all()  # a write between a run's last read and LATEST is not in the stream
                     log.info("events.stream_reading", stream=arn, shards=len(shards))
                 got = await self._round(arn, shards)
-                backoff = 0.0
                 self._forget_idle_runs()
+                if not any(s.iterator for s in shards.values()):
+                    # Every shard read to its end and no child listed yet: nothing is read, so waits poll
+                    # meanwhile, and the stream is described again after a growing pause.
+                    self.healthy = False
+                    backoff = min(max(backoff * 2, self.first_backoff), self.max_backoff)
+                    await self.sleep(backoff)
+                    continue
+                self.healthy, backoff = True, 0.0
                 if not got:
                     await self.sleep(self.idle_seconds)
             except (_NoStream, AccessDeniedError) as exc:  # no stream, or not ours to read: poll, ask rarely
@@ -292,7 +319,9 @@ class StreamTrigger:
             for record in records:
                 self._take(record)
             split = split or shard.iterator is None
-        if split:
+        # Every shard read to its end: their children may be listed only after a while, so look again each
+        # round until one shows (else the reader would idle for ever on nothing, still "healthy").
+        if split or not any(s.iterator for s in shards.values()):
             for found in await self._call(self._describe, arn):
                 if found["ShardId"] not in shards:
                     child = _Shard(found["ShardId"])

@@ -75,7 +75,7 @@ def _print_diff(diff: RunDiff) -> None:
 
     shown = command.printable
     console = command.console()
-    table = Table(title=f"{shown(diff.run_a)} vs {shown(diff.run_b)}")
+    table = Table(title=Text(f"{shown(diff.run_a)} vs {shown(diff.run_b)}"))  # ids may read as markup
     for column in ("agent", "status a", "status b", "output", "differs at", "version a", "version b"):
         table.add_column(column)
     for agent in diff.agents:

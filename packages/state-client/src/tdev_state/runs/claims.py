@@ -51,6 +51,13 @@ class Claim:
     #: The lease is gone under this claim's token — the run reached a final status (a resumer ran it to
     #: the end) or this claim handed it over: there is nothing left to extend, and nothing was lost.
     ended: bool = False
+    #: The run is a fork (`sessions.fork`): its first hand-over is how it starts, not a recovery.
+    forked: bool = False
+
+    @property
+    def recoveries(self) -> int:
+        """Resumes so far that recovered the run (`Session.recoveries`): what `max_resumes` bounds."""
+        return max(0, self.resume_count - (1 if self.forked else 0))
 
 
 class _RunEnded(ClaimLostError):
@@ -123,6 +130,7 @@ class ClaimStore:
             last_error=item.get("last_resume_error"),
             progress=int(item.get("progress", 0)),
             failed_agents=tuple(sorted(item.get("failed_agents") or ())),
+            forked=item.get("parent_id") is not None,
         )
         log.info(
             "claim.taken",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from tdev_state.exceptions import (
@@ -46,6 +47,24 @@ MAX_CHILDREN = 500
 #: Agent-item attributes a copy does not carry: the parent's event entries (their seqs are the parent's)
 #: and fingerprint (sealed under the parent's id; a copy is final and never repeats a transition).
 _NOT_COPIED = frozenset({AGENT_LOG, "fingerprint", "expires_at", "execution_id"})
+
+
+#: An item's moments, epoch seconds: the earliest bounds the age of the S3 objects it names (a chunk may be
+#: a day older). `payloads_since` is the fork's own: a payload copied as stored into the child's fork point
+#: or session keeps naming objects written when its parent's item was, whatever the child stamps later.
+PAYLOAD_MOMENTS = ("start_time", "end_time", "created_at", "payloads_since")
+
+
+def earliest_moment(item: Item) -> Decimal | int | float | None:
+    """The earliest of an item's `PAYLOAD_MOMENTS` (None: it has none)."""
+    found = [item.get(name) for name in PAYLOAD_MOMENTS]
+    return min((m for m in found if isinstance(m, int | float | Decimal)), default=None)
+
+
+def _since(item: Item) -> Decimal | int | float:
+    """`payloads_since` for a payload copied as stored from `item` (unknown: 0, so always looked at)."""
+    since = earliest_moment(item)
+    return since if since is not None else 0
 
 
 def sealed(stored: Any) -> bool:
@@ -161,6 +180,7 @@ class ForkWrite(Transition[Session]):
         else:  # copied as stored: no decode, no S3 write (an unsealed payload is bound to no run)
             item["input_data"] = stored
             item["input_bytes"] = stored_item.get("input_bytes", 0)
+            item["payloads_since"] = _since(stored_item)
         if expiry is not None:
             item["expires_at"] = expiry
         return item
@@ -202,6 +222,8 @@ class ForkWrite(Transition[Session]):
                 merge={},
                 seal=True,
             ).value
+        elif metadata is not None:  # copied as stored: it names objects as old as the parent's item
+            item["payloads_since"] = _since(parent)
         item["metadata"] = metadata
         failed = {a for a in before if a in self._tolerated}
         if failed:

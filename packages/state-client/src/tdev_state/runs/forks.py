@@ -32,7 +32,6 @@ import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from tdev_state import validate as check
@@ -47,7 +46,7 @@ from tdev_state.lineage import Lineage
 from tdev_state.log import get_logger
 from tdev_state.models import AGENT_STEP, AGENTS, AgentStatus, Session, SessionStatus, from_epoch
 from tdev_state.payloads import EncodedPayload, with_references
-from tdev_state.runs.fork_steps import ForkWrite
+from tdev_state.runs.fork_steps import ForkWrite, earliest_moment
 from tdev_state.runs.records import execution_context, session_context, session_from_item, session_reader
 from tdev_state.runs.refs import checked_refs, is_ref_item, resolve
 from tdev_state.runs.rules import AGENT_RETENTION_GRACE
@@ -175,10 +174,8 @@ class ForkStore:
         recent = now - _SHARED_SAFE_AGE + _CHUNK_REUSE
         refreshed = 0
         for item in [*copied, parent]:
-            moments = [item.get(name) for name in ("start_time", "end_time", "created_at")]
-            stamped = [from_epoch(m) for m in moments if isinstance(m, int | float | Decimal)]
-            written = min(stamped, default=None)
-            if written is not None and written >= recent:
+            earliest = earliest_moment(item)
+            if earliest is not None and from_epoch(earliest) >= recent:
                 continue  # its objects are younger than the child needs: nothing to look at
             for name in ("input_data", "output_data", "metadata"):
                 refreshed += payloads.keep_alive(item.get(name), created_before=created_before)
