@@ -52,8 +52,8 @@ def test_a_run_naming_no_agent_is_skipped_by_the_count_not_raised(
 
     def hostile(*args: Any, **kwargs: Any) -> Any:
         page = listing(*args, **kwargs)
-        bad = {"failed_agents": ("nobody",), "fork_point": "nobody"}[field]
-        items = [dataclasses.replace(page.items[0], **{field: bad}), *page.items[1:]]
+        bad: dict[str, Any] = {"failed_agents": ("nobody",), "fork_point": "nobody"}
+        items = [dataclasses.replace(page.items[0], **{field: bad[field]}), *page.items[1:]]
         return dataclasses.replace(page, items=items)
 
     monkeypatch.setattr(client.sessions, "list_by_day", hostile)
