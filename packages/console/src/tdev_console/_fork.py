@@ -65,6 +65,8 @@ def parse_overrides(text: str) -> dict[str, Any] | None:
             found[key] = json.loads(raw)
         except ValueError:
             found[key] = raw
+        except RecursionError:  # `[[[…` thousands deep: the decoder's stack, not the form, gives out
+            raise ValidationError(f"override line {number} ({key!r:.60}) nests too deep") from None
     return found or None
 
 
