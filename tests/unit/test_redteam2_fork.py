@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tdev_console._fork import parse_overrides
 from tdev_metrics.usage_tables import count_day
 from tdev_state import (
     AsyncStateClient,
@@ -132,3 +133,13 @@ async def test_plan_json_text_nested_too_deep_is_a_validation_error(
     with pytest.raises(ValidationError, match="nest"):
         await call(arg)
     assert plan.layer.meter.snapshot()["write_units"] == before
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x1c", "\x1e", "\x0b", "\x0c"])
+def test_an_override_value_holding_a_unicode_line_separator_stays_one_value(separator: str) -> None:
+    """Only a newline ends an override line (what a textarea sends): a value holding U+2028, NEL or a
+    file separator stays whole, never read as a second `key=value` line (before: it set another key)."""
+    assert parse_overrides(f"note=a{separator}framework=vue\r\nk=1") == {
+        "note": f"a{separator}framework=vue",
+        "k": 1,
+    }
