@@ -48,7 +48,10 @@ def parse_overrides(text: str) -> dict[str, Any] | None:
     CLI's `--set key=value` reads it. ValidationError says which line is wrong."""
     if len(text) > MAX_OVERRIDES_TEXT:
         raise ValidationError(f"overrides are {len(text)} characters: at most {MAX_OVERRIDES_TEXT}")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # Only a newline ends a line (what a textarea sends): str.splitlines would also split at U+2028, NEL
+    # or a file separator inside a value, reading the rest of that value as another key=value line.
+    rows = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = [line.strip() for line in rows if line.strip()]
     if len(lines) > MAX_OVERRIDE_LINES:
         raise ValidationError(f"{len(lines)} override lines: at most {MAX_OVERRIDE_LINES}")
     found: dict[str, Any] = {}
@@ -65,6 +68,8 @@ def parse_overrides(text: str) -> dict[str, Any] | None:
             found[key] = json.loads(raw)
         except ValueError:
             found[key] = raw
+        except RecursionError:  # `[[[…` thousands deep: the decoder's stack, not the form, gives out
+            raise ValidationError(f"override line {number} ({key!r:.60}) nests too deep") from None
     return found or None
 
 

@@ -125,7 +125,13 @@ class DayCount:
         return sum(c[outcome] for c in self.runs.values())
 
     def add_run(self, session: Session) -> None:
-        """Count one run (its agents are `add_agents`)."""
+        """Count one run (its agents are `add_agents`); ValueError, counting nothing, when it names an agent
+        that is not one (a model built without the mapping, which refuses such an item)."""
+        named = [*session.failed_agents, *([session.fork_point] if session.fork_point is not None else [])]
+        unknown = [a for a in named if a not in AGENT_STEP]
+        if unknown:
+            name = unknown[0][:40]
+            raise ValueError(f"run {session.session_id[:80]!r} names {name!r}, which is not an agent")
         counts = self.run(session.pipeline_type.value)
         counts["started"] += 1
         status = session.status
@@ -230,10 +236,10 @@ def count_day(client: StateClient, day: date) -> DayCount:
             count.skipped += 1
             log.warning("usage.tables_item_skipped", day=count.day, error=str(bad)[:300])
         for session in page.items:
-            count.add_run(session)
             try:
+                count.add_run(session)
                 count.add_agents(client.executions.list(session.session_id, load_payloads=False))
-            except MalformedItemError as exc:
+            except (MalformedItemError, ValueError) as exc:
                 count.skipped += 1
                 sid = session.session_id
                 log.warning("usage.tables_item_skipped", day=count.day, session_id=sid, error=str(exc)[:300])

@@ -86,8 +86,9 @@ def _table(
     title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, time_format: str | None = None
 ) -> None:
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title)
+    table = Table(title=Text(title))  # a title holds ids (a user id, say), which rich would read as markup
     for column in columns:
         if column in _ID_COLUMNS:
             widest = max([len(command.printable(row[columns.index(column)])) for row in rows] + [len(column)])

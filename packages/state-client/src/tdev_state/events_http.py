@@ -80,8 +80,9 @@ class EventsApp:
         self._heartbeat: PollTrigger = heartbeat or IntervalTrigger(15.0)
 
     def hub(self) -> EventHub:
-        """The hub this app streams from (the client's shared one unless one was given)."""
-        if self._hub is None:
+        """The hub this app streams from (the client's shared one unless one was given); a hub its host
+        closed (its shutdown) is replaced by the client's live shared one, never streamed from closed."""
+        if self._hub is None or self._hub.closed:
             client = self._client if isinstance(self._client, AsyncStateClient) else self._client()
             self._hub = event_hub(client)
         return self._hub

@@ -268,6 +268,8 @@ async def save_user_project(project: Mapping[str, Any]) -> dict[str, Any]:
             raise ValidationError(
                 "tech_stack is text but not JSON; send a list of names or json.dumps of one"
             ) from None
+        except RecursionError:
+            raise ValidationError("tech_stack nests too deep; send a list of names") from None
     client = await default_client()
     saved = await client.projects.save(
         user_id=data["user_id"],
@@ -296,6 +298,8 @@ def _json_value(value: Any, field: str) -> Any:
             if isinstance(value, bytes | bytearray):
                 raise ValidationError(f"{field} is bytes but not JSON text; send a value or text") from None
             return value
+        except RecursionError:  # JSON thousands deep: the decoder's stack gives out, the value is refused
+            raise ValidationError(f"{field} is JSON text that nests too deep; flatten it") from None
     return value
 
 

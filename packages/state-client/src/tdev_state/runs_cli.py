@@ -32,6 +32,8 @@ def parse_setting(text: str) -> tuple[str, Any]:
         value: Any = json.loads(raw)
     except ValueError:
         value = raw
+    except RecursionError:  # argparse turns only ArgumentTypeError (and ValueError) into a usage error
+        raise argparse.ArgumentTypeError(f"--set {key.strip()!r:.60}: the value nests too deep") from None
     return key.strip(), value
 
 

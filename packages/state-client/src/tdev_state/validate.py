@@ -223,7 +223,7 @@ def _parse_cursor(cursor: str) -> dict[str, Any] | None:  # noqa: PLR0911 - one 
     """The typed key inside a cursor, or None when it is not one of ours."""
     try:
         data = json.loads(base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):  # forged: nested thousands deep
         return None
     if not isinstance(data, dict):
         return None

@@ -87,6 +87,8 @@ def checked_overrides(overrides: Mapping[str, Any] | None) -> tuple[dict[str, An
         text = json.dumps(dict(overrides), sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"overrides must hold JSON values only: {exc}"[:300]) from None
+    except RecursionError:  # a value nested thousands deep: the encoder's stack gives out, not a bug here
+        raise ValidationError("overrides nest too deep to store as JSON; flatten the value") from None
     if len(text.encode("utf-8")) > MAX_OVERRIDES_BYTES:
         raise ValidationError(
             f"overrides are {len(text.encode('utf-8')):,} bytes of JSON, over the {MAX_OVERRIDES_BYTES:,} "
