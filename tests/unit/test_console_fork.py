@@ -15,7 +15,7 @@ from tdev_console._fork import parse_overrides
 from tdev_state import AGENTS, SessionStatus, StateClient, ValidationError
 from tdev_state.testing import FakeClock
 
-from ..console_runs import HOSTILE, BackgroundResumer, make_completed_run
+from ..console_runs import HOSTILE, BackgroundResumer, make_completed_run, make_failed_run
 
 pytestmark = pytest.mark.unit
 
@@ -269,4 +269,21 @@ def test_a_child_the_console_cannot_start_is_shown_with_the_reason(
     child = client.sessions.get(sid).children[0].run_id
     assert done.headers["location"] == f"{BASE}/runs/{child}"
     assert "not started from here" in web.get(done.headers["location"]).text
+    assert resumer.requests == []
+
+
+def test_a_post_cannot_fork_from_an_agent_the_page_does_not_offer(
+    client: StateClient, clock: FakeClock
+) -> None:
+    """The form refuses a rerun from an agent that did not complete (generation FAILED), and so does a POST
+    with a valid CSRF token: 409, no child written."""
+    done = make_completed_run(client)
+    failed = make_failed_run(client)
+    web, resumer = acting(client, clock)
+    csrf = signed_in_csrf(web, done, "parser")
+    assert web.get(f"/runs/{failed}/fork/generation").status_code == 409
+    refused = web.post(f"/runs/{failed}/fork/generation", data={"csrf": csrf})
+    assert refused.status_code == 409
+    assert "did not complete" in refused.text
+    assert client.sessions.get(failed).children == ()
     assert resumer.requests == []

@@ -145,6 +145,10 @@ class ForkPages:
             self.metrics.action("fork", "refused")
             return self.pages.error(request, 409, "No resumer", NO_RESUMER)
         overrides = parse_overrides(str(form.get("overrides", "")))  # a ValidationError is a 400 page
+        _, why = self.refused(sid, agent)  # the page's own rule: a POST may not fork what it would not offer
+        if why is not None:
+            self.metrics.action("fork", "refused")
+            return self.pages.error(request, 409, "Cannot rerun from here", f"{why}. Nothing was written.")
         try:
             child = self.client.sessions.fork(sid, from_agent=agent, overrides=overrides)
         except (ConflictError, InvalidTransitionError) as exc:  # ACTIVE, leased, not reached: a page
