@@ -11,7 +11,8 @@ import boto3
 import pytest
 
 from tdev_metrics.usage_tables import count_day
-from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig
+from tdev_recovery import RecoveryWorker, RetryPolicy, WorkerConfig
+from tdev_recovery.testing import RecordingResumer
 from tdev_state import (
     AGENTS,
     AgentStatus,
@@ -40,16 +41,6 @@ WORKER = WorkerConfig(
     retry=RetryPolicy(initial_interval=timedelta(milliseconds=1), maximum_attempts=2),
     grace_period=1.0,
 )
-
-
-class Recorder:
-    """An in-process resumer: records the requests the worker sends."""
-
-    def __init__(self) -> None:
-        self.requests: list[ResumeRequest] = []
-
-    async def __call__(self, request: ResumeRequest) -> None:
-        self.requests.append(request)
 
 
 def pipeline_input(agent: str) -> dict[str, Any]:
@@ -135,7 +126,7 @@ async def test_the_worker_resumes_a_fork_with_the_overrides_merged(
 ) -> None:
     """The resume request of a fork carries agent k's input with the overrides and the copied outputs."""
     child = client.sessions.fork(parent, from_agent="ui_selection", overrides={"framework": "vue"})
-    resumer = Recorder()
+    resumer = RecordingResumer()
     worker = RecoveryWorker(client, resumer, WORKER, clock=clock)
     await worker.resume_now(child.session_id)
     await worker.wait_for_inflight()
@@ -155,7 +146,7 @@ async def test_a_resumed_fork_runs_to_completion_from_its_fork_point(
     from tdev_state import AsyncStateClient
 
     child = client.sessions.fork(parent, from_agent="generation").session_id
-    resumer = Recorder()
+    resumer = RecordingResumer()
     worker = RecoveryWorker(client, resumer, WORKER, clock=clock)
     await worker.resume_now(child)
     await worker.wait_for_inflight()
@@ -489,7 +480,7 @@ async def test_a_fork_started_by_the_worker_is_not_a_recovered_run(
 ) -> None:
     """The hand-over that starts a fork counts as a resume, never as a recovery of the fork."""
     child = client.sessions.fork(parent, from_agent="download").session_id
-    worker = RecoveryWorker(client, Recorder(), WORKER, clock=clock)
+    worker = RecoveryWorker(client, RecordingResumer(), WORKER, clock=clock)
     await worker.resume_now(child)
     await worker.wait_for_inflight()
     seen: list[UsageEvent] = []

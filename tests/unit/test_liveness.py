@@ -9,6 +9,7 @@ import pytest
 
 from tdev_recovery import RecoveryWorker, ResumeRequest, RetryPolicy, WorkerConfig, resume_pipeline
 from tdev_recovery.exceptions import LiveRunError, NotRecoverableError
+from tdev_recovery.testing import RecordingResumer
 from tdev_state import AGENTS, LivenessObserver, RecoveryPolicy, SessionStatus, StateClient
 from tdev_state.testing import FakeClock
 
@@ -22,16 +23,6 @@ PER_AGENT = WorkerConfig(
     retry=RetryPolicy(initial_interval=timedelta(milliseconds=1), maximum_attempts=3),
     grace_period=1.0,
 )
-
-
-class Recorder:
-    """An in-process resumer that records the requests."""
-
-    def __init__(self) -> None:
-        self.requests: list[ResumeRequest] = []
-
-    async def __call__(self, request: ResumeRequest) -> None:
-        self.requests.append(request)
 
 
 class Monotonic:
@@ -72,7 +63,7 @@ async def test_resume_request_carries_the_request_and_the_next_input_as_stored(
     pipeline_data = {**request, "nl_input_result": {"project_type": "web_app"}}
     client.executions.start(sid, "ui_selection", input_data=pipeline_data)
     clock.advance(minutes=5)
-    resumer = Recorder()
+    resumer = RecordingResumer()
     assert await sweep(RecoveryWorker(client, resumer, PER_AGENT, clock=clock)) == 1
     (sent,) = resumer.requests
     assert sent.request == request
@@ -87,7 +78,7 @@ async def test_next_input_is_none_when_the_next_agent_never_started(
     """A run that stopped between agents has no stored input for the next one: None, never a guess."""
     run_up_to(client, 2, start_next=False)
     clock.advance(minutes=5)
-    resumer = Recorder()
+    resumer = RecordingResumer()
     assert await sweep(RecoveryWorker(client, resumer, PER_AGENT, clock=clock)) == 1
     assert resumer.requests[0].next_agent == "parser"
     assert resumer.requests[0].next_input is None
@@ -99,7 +90,7 @@ async def test_worker_leaves_generation_alone_inside_its_legal_two_attempts(
 ) -> None:
     """Generation may run 2 x 300 s (+ grace): silent 10.5 min it is live; past 11 min it is stalled."""
     run_up_to(client, 6, start_next=True)
-    worker = RecoveryWorker(client, Recorder(), PER_AGENT, clock=clock)
+    worker = RecoveryWorker(client, RecordingResumer(), PER_AGENT, clock=clock)
     clock.advance(minutes=10, seconds=30)
     assert await sweep(worker) == 0
     clock.advance(minutes=1)
@@ -111,7 +102,7 @@ async def test_dead_pipeline_in_a_short_agent_is_found_after_its_own_deadline(
 ) -> None:
     """A run dead in ui_selection (window 150 s) is found after 150 s, not after a global 10 min."""
     run_up_to(client, 1, start_next=True)
-    worker = RecoveryWorker(client, Recorder(), PER_AGENT, clock=clock)
+    worker = RecoveryWorker(client, RecordingResumer(), PER_AGENT, clock=clock)
     clock.advance(seconds=140)
     assert await sweep(worker) == 0
     clock.advance(seconds=20)
@@ -123,7 +114,7 @@ async def test_heartbeating_run_is_stalled_once_its_last_beat_is_older_than_the_
 ) -> None:
     """Heartbeats keep a long agent live; once they stop, the heartbeat timeout (90 s) decides."""
     sid = run_up_to(client, 6, start_next=True)
-    worker = RecoveryWorker(client, Recorder(), PER_AGENT, clock=clock)
+    worker = RecoveryWorker(client, RecordingResumer(), PER_AGENT, clock=clock)
     for _ in range(30):  # 15 min of generation, beating every 30 s
         clock.advance(seconds=30)
         client.sessions.heartbeat(sid)
@@ -140,7 +131,7 @@ async def test_resume_pipeline_refuses_a_live_run_unless_forced(
     """An ACTIVE run inside its agent's deadline is refused (nothing written); force=True takes it."""
     sid = run_up_to(client, 6, start_next=True)
     clock.advance(minutes=5)
-    resumer = Recorder()
+    resumer = RecordingResumer()
     with pytest.raises(LiveRunError, match="live"):
         await resume_pipeline(sid, resumer=resumer, client=client)
     assert client.sessions.recovery_history(sid).fencing_token == 0
@@ -157,8 +148,8 @@ async def test_failed_run_whose_pipeline_may_still_retry_is_live(
     client.executions.fail(sid, "generation", error_message="attempt 1 timed out")
     clock.advance(minutes=2)
     with pytest.raises(LiveRunError):
-        await resume_pipeline(sid, resumer=Recorder(), client=client)
-    worker = RecoveryWorker(client, Recorder(), PER_AGENT, clock=clock)
+        await resume_pipeline(sid, resumer=RecordingResumer(), client=client)
+    worker = RecoveryWorker(client, RecordingResumer(), PER_AGENT, clock=clock)
     assert await sweep(worker) == 0
     clock.advance(minutes=10)
     assert await sweep(worker) == 1
@@ -168,7 +159,7 @@ async def test_a_second_resume_within_the_cooldown_is_refused(client: StateClien
     """A double click resumes once: the hand-over leaves the run to its pipeline for the cool-down."""
     sid = run_up_to(client, 3, start_next=False)
     clock.advance(minutes=10)
-    resumer = Recorder()
+    resumer = RecordingResumer()
     first = await resume_pipeline(sid, resumer=resumer, client=client)
     assert first["fencing_token"] == 1
     with pytest.raises(LiveRunError, match="cool-down"):
@@ -226,7 +217,7 @@ async def test_a_pipeline_host_with_a_clock_an_hour_behind_keeps_its_heartbeatin
     sid = run_up_to(pipeline, 6, start_next=True)
     own = Monotonic()
     config = WorkerConfig(**{**PER_AGENT.__dict__, "confirm": timedelta(seconds=45)})
-    worker = RecoveryWorker(client, Recorder(), config, clock=clock, observer=LivenessObserver(own))
+    worker = RecoveryWorker(client, RecordingResumer(), config, clock=clock, observer=LivenessObserver(own))
     for _ in range(40):  # 20 minutes of beats every 30 s, the worker sweeping between them
         for moving in (clock, behind):
             moving.advance(seconds=30)
@@ -252,10 +243,14 @@ async def test_resume_pipeline_with_an_observer_confirms_on_its_own_clock(
     observer = LivenessObserver(own)
     config = WorkerConfig(worker_id="console-1", confirm=timedelta(seconds=45))
     with pytest.raises(LiveRunError, match="45 s more"):
-        await resume_pipeline(sid, resumer=Recorder(), client=client, config=config, observer=observer)
+        await resume_pipeline(
+            sid, resumer=RecordingResumer(), client=client, config=config, observer=observer
+        )
     assert client.sessions.recovery_history(sid).fencing_token == 0
     own.value += 46
-    result = await resume_pipeline(sid, resumer=Recorder(), client=client, config=config, observer=observer)
+    result = await resume_pipeline(
+        sid, resumer=RecordingResumer(), client=client, config=config, observer=observer
+    )
     assert result["outcome"] == "resumed"
 
 
@@ -266,9 +261,9 @@ async def test_force_never_overrides_a_live_workers_lease(client: StateClient, c
     held = client.claims.claim(client.sessions.candidate(sid), worker_id="w9", lease=timedelta(seconds=30))
     assert held is not None
     with pytest.raises(LiveRunError, match="w9 holds it"):
-        await resume_pipeline(sid, resumer=Recorder(), client=client)
+        await resume_pipeline(sid, resumer=RecordingResumer(), client=client)
     with pytest.raises(NotRecoverableError, match="held by another worker"):
-        await resume_pipeline(sid, resumer=Recorder(), client=client, force=True)
+        await resume_pipeline(sid, resumer=RecordingResumer(), client=client, force=True)
     assert client.sessions.recovery_history(sid).fencing_token == 1
 
 

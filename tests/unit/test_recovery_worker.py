@@ -29,6 +29,7 @@ from tdev_recovery import (
 )
 from tdev_recovery.exceptions import ClaimLostError, NotRecoverableError
 from tdev_recovery.ops import OpsServer
+from tdev_recovery.testing import RecordingResumer
 from tdev_state import AGENTS, AgentStatus, SessionStatus, StateClient
 from tdev_state.models import epoch
 from tdev_state.testing import FakeClock, make_client
@@ -43,19 +44,6 @@ FAST = WorkerConfig(
     retry=RetryPolicy(initial_interval=timedelta(milliseconds=1), maximum_attempts=3),
     grace_period=1.0,
 )
-
-
-class Recorder:
-    """An in-process resumer: records requests; optionally fails."""
-
-    def __init__(self, error: Exception | None = None) -> None:
-        self.requests: list[ResumeRequest] = []
-        self.error = error
-
-    async def __call__(self, request: ResumeRequest) -> None:
-        self.requests.append(request)
-        if self.error:
-            raise self.error
 
 
 def crashed_run(client: StateClient, completed: int, *, running_next: bool) -> str:
@@ -88,7 +76,7 @@ async def test_run_crashed_after_agent_4_resumes_at_agent_5(
     """Completed agents 1-4 and their outputs go to the resumer; agent 5 is next and nothing reruns."""
     sid = crashed_run(client, 4, running_next=running_next)
     clock.advance(minutes=11)
-    resumer = Recorder()
+    resumer = RecordingResumer()
     worker = RecoveryWorker(client, resumer, FAST, clock=clock)
     assert await sweep_and_wait(worker) == 1
     (request,) = resumer.requests
@@ -109,7 +97,7 @@ async def test_failed_run_waits_for_the_retry_delay(client: StateClient, clock: 
     resumed once, at that agent."""
     sid = crashed_run(client, 6, running_next=True)
     client.executions.fail(sid, "generation", error_message="llm 500")
-    resumer = Recorder()
+    resumer = RecordingResumer()
     worker = RecoveryWorker(client, resumer, FAST, clock=clock)
     clock.advance(minutes=30)
     assert await sweep_and_wait(worker) == 0
@@ -126,7 +114,7 @@ async def test_a_tolerated_failure_is_never_rerun(client: StateClient, clock: Fa
     client.executions.fail(sid, "component_decision", error_message="no components")
     client.executions.start(sid, "match_rate")
     clock.advance(minutes=11)
-    resumer = Recorder()
+    resumer = RecordingResumer()
     assert await sweep_and_wait(RecoveryWorker(client, resumer, FAST, clock=clock)) == 1
     (request,) = resumer.requests
     assert request.next_agent == "match_rate"
@@ -143,7 +131,7 @@ async def test_an_agent_left_running_in_a_run_the_pipeline_failed_is_closed(
     sid = crashed_run(client, 2, running_next=True)
     client.sessions.update(sid, status="FAILED", error_message="orchestrator gave up")
     clock.advance(hours=2)
-    resumer = Recorder()
+    resumer = RecordingResumer()
     assert await sweep_and_wait(RecoveryWorker(client, resumer, FAST, clock=clock)) == 1
     assert [r.next_agent for r in resumer.requests] == ["parser"]
     assert client.executions.get(sid, "parser").status is AgentStatus.FAILED
@@ -158,7 +146,7 @@ async def test_a_run_whose_generation_output_is_in_s3_is_resumed_with_it(
     client.executions.complete(sid, "generation", output_data={"files": files})
     assert client.executions.get(sid, "generation", load_payloads=False).output_bytes > 16 * 1024
     clock.advance(minutes=11)
-    resumer = Recorder()
+    resumer = RecordingResumer()
     assert await sweep_and_wait(RecoveryWorker(client, resumer, FAST, clock=clock)) == 1
     (request,) = resumer.requests
     assert request.next_agent == "assembly"
@@ -182,7 +170,7 @@ async def test_a_run_with_a_vanished_payload_is_abandoned_within_its_attempts(
     for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]:
         s3.delete_object(Bucket=bucket, Key=obj["Key"])
     clock.advance(minutes=11)
-    resumer = Recorder()
+    resumer = RecordingResumer()
     worker = RecoveryWorker(client, resumer, FAST, clock=clock)
     await sweep_and_wait(worker)
     item = client.layer.get(client.config.tables.sessions, {"session_id": sid})
@@ -208,7 +196,7 @@ async def test_attempts_of_dead_workers_count_toward_abandoning(
         )
         assert client.claims.claim(candidate, worker_id="dies", lease=timedelta(seconds=30))
     clock.advance(minutes=11)
-    resumer = Recorder()
+    resumer = RecordingResumer()
     assert await sweep_and_wait(RecoveryWorker(client, resumer, FAST, clock=clock)) == 1
     session = client.sessions.get(sid)
     assert session.status is SessionStatus.ABANDONED
@@ -227,7 +215,7 @@ async def test_a_run_the_policy_failed_with_nothing_left_is_abandoned(
         else:
             client.executions.complete(sid, agent, output_data=agent)
     clock.advance(hours=2)
-    resumer = Recorder()
+    resumer = RecordingResumer()
     await sweep_and_wait(RecoveryWorker(client, resumer, FAST, clock=clock))
     session = client.sessions.get(sid)
     assert session.status is SessionStatus.ABANDONED
@@ -240,7 +228,7 @@ async def test_a_live_heartbeat_is_not_a_stall(client: StateClient, clock: FakeC
     for _ in range(4):
         clock.advance(minutes=5)
         client.sessions.heartbeat(sid)
-    worker = RecoveryWorker(client, Recorder(), FAST, clock=clock)
+    worker = RecoveryWorker(client, RecordingResumer(), FAST, clock=clock)
     assert await sweep_and_wait(worker) == 0
 
 
@@ -248,7 +236,7 @@ async def test_exhausted_attempts_abandon_the_run(client: StateClient, clock: Fa
     """A pipeline that keeps failing: three attempts, then ABANDONED with the reason recorded."""
     sid = crashed_run(client, 3, running_next=False)
     clock.advance(minutes=11)
-    resumer = Recorder(ResumeRejected("pipeline 503", retryable=True))
+    resumer = RecordingResumer(ResumeRejected("pipeline 503", retryable=True))
     worker = RecoveryWorker(client, resumer, FAST, clock=clock)
     await sweep_and_wait(worker)
     assert [r.attempt for r in resumer.requests] == [1, 2, 3]
@@ -262,7 +250,7 @@ async def test_non_retryable_refusal_abandons_at_once(client: StateClient, clock
     """A refusal marked non-retryable is final after one attempt."""
     sid = crashed_run(client, 3, running_next=False)
     clock.advance(minutes=11)
-    resumer = Recorder(ResumeRejected("unknown session", retryable=False))
+    resumer = RecordingResumer(ResumeRejected("unknown session", retryable=False))
     await sweep_and_wait(RecoveryWorker(client, resumer, FAST, clock=clock))
     assert len(resumer.requests) == 1
     assert client.sessions.get(sid).status is SessionStatus.ABANDONED
@@ -278,7 +266,7 @@ async def test_a_live_claim_is_never_taken_an_expired_one_is(client: StateClient
     a = claims.claim(candidate, worker_id="A", lease=timedelta(seconds=30))
     assert a is not None
     assert a.fencing_token == 1
-    b_resumer = Recorder()
+    b_resumer = RecordingResumer()
     b = RecoveryWorker(client, b_resumer, WorkerConfig(**{**FAST.__dict__, "worker_id": "B"}), clock=clock)
     assert await sweep_and_wait(b) == 0
     clock.advance(seconds=31)
@@ -293,7 +281,7 @@ async def test_a_run_that_keeps_failing_is_abandoned_after_max_resumes(
 ) -> None:
     """After max_resumes hand-overs, the next failure ends the run as ABANDONED."""
     sid = crashed_run(client, 1, running_next=True)
-    resumer = Recorder()
+    resumer = RecordingResumer()
     worker = RecoveryWorker(client, resumer, FAST, clock=clock)
     for _ in range(FAST.max_resumes):
         clock.advance(minutes=11)
@@ -311,7 +299,7 @@ async def test_resume_pipeline_as_the_plan_calls_it(client: StateClient, clock: 
     """await resume_pipeline(session_id) performs one resume of a stalled run."""
     sid = crashed_run(client, 5, running_next=False)
     clock.advance(minutes=12)  # past the window of search and generation (the plan records on completion)
-    resumer = Recorder()
+    resumer = RecordingResumer()
     result = await resume_pipeline(sid, resumer=resumer, client=client)
     assert result == {"session_id": sid, "outcome": "resumed", "fencing_token": 1}
     assert resumer.requests[0].next_agent == "search"
@@ -324,7 +312,7 @@ async def test_resume_pipeline_as_the_plan_calls_it(client: StateClient, clock: 
 
 async def test_shutdown_is_idempotent_and_stops_the_loop(client: StateClient, clock: FakeClock) -> None:
     """run() returns after shutdown(); calling shutdown() again is harmless."""
-    worker = RecoveryWorker(client, Recorder(), FAST, clock=clock)
+    worker = RecoveryWorker(client, RecordingResumer(), FAST, clock=clock)
     runner = asyncio.create_task(worker.run())
     await until(lambda: worker.metrics.sweeps._value.get() >= 1)
     await worker.shutdown()
@@ -420,7 +408,7 @@ def _http(base: str, path: str, method: str = "GET", **headers: str) -> tuple[in
 async def test_ops_endpoints(client: StateClient, clock: FakeClock, tmp_path: Path) -> None:
     """/metrics is prometheus_client's own app (gzip, name[] filters, process and GC collectors); HEAD
     answers without a body; the port file lets the container HEALTHCHECK find the port."""
-    worker = RecoveryWorker(client, Recorder(), FAST, clock=clock)
+    worker = RecoveryWorker(client, RecordingResumer(), FAST, clock=clock)
     await worker.sweep()
     port_file = tmp_path / "port"
     ops = OpsServer(worker, host="127.0.0.1", port=0, port_file=port_file).start()
@@ -475,7 +463,7 @@ async def test_healthz_means_the_loop_turns_and_readyz_means_dynamodb_answers(
     from tdev_state import StateConfig
 
     broken = StateClient(StateConfig(env="notables"), clock=clock)
-    worker = RecoveryWorker(broken, Recorder(), FAST, clock=clock)
+    worker = RecoveryWorker(broken, RecordingResumer(), FAST, clock=clock)
     ops = OpsServer(worker, host="127.0.0.1", port=0).start()
     base = f"http://127.0.0.1:{ops.port}"
     try:
@@ -502,7 +490,7 @@ async def test_resume_pipeline_is_importable_with_the_plans_other_calls(
 
     sid = crashed_run(client, 2, running_next=True)
     clock.advance(minutes=12)
-    resumer = Recorder()
+    resumer = RecordingResumer()
     result = await plan_resume(sid, resumer=resumer, client=client)
     assert result["outcome"] == "resumed"
     assert resumer.requests[0].next_agent == "parser"

@@ -10,8 +10,23 @@ import sys
 import time
 
 from tdev_state.exceptions import ValidationError
+from tdev_state.resume import ResumeRequest
 
-__all__ = ["start_worker"]
+__all__ = ["RecordingResumer", "start_worker"]
+
+
+class RecordingResumer:
+    """An in-process resumer: records every request the worker hands it and, given `error`, raises it
+    after recording (a pipeline that refuses or fails)."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.requests: list[ResumeRequest] = []
+        self.error = error
+
+    async def __call__(self, request: ResumeRequest) -> None:
+        self.requests.append(request)
+        if self.error:
+            raise self.error
 
 
 def start_worker(index: int, url: str, env: dict[str, str], *, stall: float) -> subprocess.Popen[bytes]:
