@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tdev_recovery import Outcome, RecoveryWorker
+from tdev_recovery.testing import RecordingResumer
 from tdev_state import AsyncStateClient, SessionStatus, StateClient, ValidationError
 from tdev_state.cli import main as tdev
 from tdev_state.diff import diff_runs
@@ -20,7 +21,7 @@ from tdev_state.events_http import events_app
 from tdev_state.events_stream import StreamTrigger
 from tdev_state.testing import FakeClock, agent_payload, make_client
 
-from .test_forks import WORKER, Recorder, completed_run, offloaded_run, raw_agents
+from .test_forks import WORKER, completed_run, offloaded_run, raw_agents
 from .test_stream_trigger import (
     DEADLINE,
     HOURS,
@@ -197,7 +198,7 @@ async def test_a_forks_start_does_not_use_its_recovery_budget(client: StateClien
     is still recovered once, as any run is, not abandoned."""
     parent = completed_run(client, 4)
     child = client.sessions.fork(parent, from_agent="match_rate").session_id
-    recorder = Recorder()
+    recorder = RecordingResumer()
     worker = RecoveryWorker(client, recorder, dataclasses.replace(WORKER, max_resumes=1), clock=clock)
     await worker.resume_now(child)  # its start
     await worker.wait_for_inflight()
