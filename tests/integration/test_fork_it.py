@@ -118,3 +118,40 @@ def test_a_fork_writes_k_items_of_its_own_and_no_s3_byte(
     assert len(fresh_client.executions.list(child, load_payloads=False)) == k
     assert (after["s3_puts"], after["s3_put_bytes"]) == (before["s3_puts"], before["s3_put_bytes"])
     assert fresh_client.executions.get(child, "nl_input").output_data == BIG
+
+
+def test_a_fork_raced_by_a_resume_of_the_parent_writes_nothing(client: StateClient) -> None:
+    """The parent resumed (set ACTIVE again, as a resumed pipeline does) between the fork's reads and its
+    transaction: DynamoDB's own condition refuses the fork, ConflictError, and no child item exists."""
+    from tdev_state import ConflictError
+
+    parent = client.sessions.create(user_id="u-fork", project_name="raced").session_id
+    for agent in AGENTS[:4]:
+        client.executions.complete(parent, agent, input_data={"q": agent}, output_data={"by": agent})
+    client.sessions.update(parent, status="FAILED", error_message="stopped")
+    layer = client.layer
+    real = layer.query_all
+
+    def resumed_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        layer.query_all = real  # type: ignore[method-assign]
+        client.sessions.update(parent, status="ACTIVE")
+        return real(*args, **kwargs)
+
+    layer.query_all = resumed_meanwhile  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ConflictError):
+            client.sessions.fork(parent, from_agent="match_rate")
+    finally:
+        layer.query_all = real  # type: ignore[method-assign]
+    pages = (
+        raw_client("dynamodb", client.config)
+        .get_paginator("scan")
+        .paginate(
+            TableName=client.layer.tables.sessions,
+            FilterExpression="parent_id = :p",
+            ExpressionAttributeValues={":p": {"S": parent}},
+        )
+    )
+    assert [item for page in pages for item in page["Items"]] == []
+    assert client.sessions.get(parent).children == ()
+    assert client.sessions.get(parent).status is SessionStatus.ACTIVE
