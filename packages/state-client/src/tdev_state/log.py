@@ -67,10 +67,24 @@ class Readable(logging.Formatter):
         return printable(super().format(record), keep_newlines=True)
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a record is emitted, not the object it was when the entry
+    point configured output: a later redirect (or a test's capture, since closed) must not turn every log
+    line into a logging error."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ sets it; the property decides
+        return
+
+
 def configure_output(level: str | int = "WARNING", *, json_lines: bool | None = None) -> None:
     """For entry points only: send the packages' logs to stderr at `level`, as JSON lines when stderr is
     not a terminal (or `json_lines=True`), as readable lines otherwise. Idempotent."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     as_json = (not sys.stderr.isatty()) if json_lines is None else json_lines
     handler.setFormatter(
         JsonLines() if as_json else Readable("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
